@@ -1,0 +1,40 @@
+# fedseg developer entry points. `make demo` and `make test` are the README's two commands.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export FEDSEG_CACHE ?= $(CURDIR)/.cache/fedseg
+export FLWR_TELEMETRY_ENABLED := 0
+TORCH := torch==2.13.0
+
+.PHONY: venv demo test test-fast lint bench clean
+
+# torch first (CPU wheel), then the rest; fail loudly if anything moved torch.
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev,openvino,intake]'
+	@$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; \
+	  sys.exit(0 if v == '2.13.0' else f'torch was changed to {torch.__version__}; pin torch==2.13.0')"
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/fedseg demo --out demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: venv
+	$(BIN)/python benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) .cache demo

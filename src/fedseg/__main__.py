@@ -1,0 +1,3 @@
+from fedseg.cli.main import main
+
+main()

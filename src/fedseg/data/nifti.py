@@ -1,0 +1,55 @@
+"""NIfTI reading and writing with nibabel: arrays in the file's voxel order, float32 images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from fedseg.errors import FedsegError
+
+
+def load_header(path: Path) -> nib.Nifti1Image:
+    """Open a NIfTI file lazily (header only; data is read on first access)."""
+    try:
+        return nib.load(str(path))  # type: ignore[return-value]
+    except FileNotFoundError:
+        raise FedsegError(f"{path}: file not found") from None
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise FedsegError(f"{path}: not a readable NIfTI file ({exc})") from None
+
+
+def load_array(path: Path, channel: int | None = None, dtype: type = np.float32) -> np.ndarray:
+    """Read a volume (X, Y, Z); for a 4D file, ``channel`` picks the last-axis index.
+
+    A trailing singleton axis (X, Y, Z, 1), as some atlases store, is dropped.
+    """
+    img = load_header(path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise FedsegError(f"{path}: image data cannot be read ({exc}); re-export it") from None
+    if channel is not None:
+        if data.ndim != 4 or channel >= data.shape[3]:
+            raise FedsegError(f"{path}: no channel {channel} in image of shape {data.shape}")
+        data = data[..., channel]
+    elif data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    return np.asarray(data, dtype=dtype)
+
+
+def spacing_of(affine: np.ndarray) -> np.ndarray:
+    """Voxel spacing in mm (3,) from a 4x4 affine."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def save(path: Path, data: np.ndarray, affine: np.ndarray, *, label: bool = False) -> None:
+    """Write a 3D volume; labels as uint8, images as float32. Parent folders are created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(data, dtype=np.uint8 if label else np.float32)
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
+    img.header.set_xyzt_units("mm")
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    nib.save(img, str(path))

@@ -1,0 +1,9 @@
+"""The one exception type users see: a message that says what is wrong and how to fix it."""
+
+
+class FedsegError(Exception):
+    """A user-facing error. The CLI prints its message as one line, with no traceback.
+
+    The message must name what is wrong and what to do about it, e.g.
+    ``"no cases found in /data/site1: expected BraTS folders (<case>/<case>_t1.nii.gz ...)"``.
+    """
