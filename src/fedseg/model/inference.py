@@ -1,0 +1,94 @@
+"""Full-volume inference in numpy: sliding window over the brain, backend-agnostic.
+
+A backend is a ``Predictor``: a function from a batch of patches (B, C_in, x, y, z)
+float32 to per-region probabilities (B, C_out, x, y, z) float32 in [0, 1]. PyTorch and
+exported (OpenVINO) models both provide one; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import product
+
+import numpy as np
+
+from fedseg.data.labels import regions_to_labels
+from fedseg.data.preprocess import crop_and_normalize, uncrop
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def tile_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Start offsets of tiles of side ``roi`` covering ``size`` voxels with ``overlap``."""
+    if size <= roi:
+        return [0]
+    step = max(1, int(roi * (1 - overlap)))
+    n = int(np.ceil((size - roi) / step)) + 1
+    return sorted({int(s) for s in np.rint(np.linspace(0, size - roi, n))})
+
+
+def gaussian_weights(roi: tuple[int, int, int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Separable Gaussian importance map (x, y, z), peak 1, floor 1e-3 (edges still count)."""
+    axes = []
+    for n in roi:
+        c = (n - 1) / 2
+        axes.append(np.exp(-0.5 * ((np.arange(n) - c) / (sigma_scale * n)) ** 2))
+    w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    return np.maximum(w / w.max(), 1e-3).astype(np.float32)
+
+
+def sliding_window(
+    image: np.ndarray,
+    predictor: Predictor,
+    roi: tuple[int, int, int],
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    out_channels: int = 3,
+) -> np.ndarray:
+    """Blend ``predictor`` over tiles of ``image`` (C, X, Y, Z) -> (out_channels, X, Y, Z).
+
+    Axes shorter than the tile are zero-padded to it (and cropped back after).
+    Overlapping tiles are blended with Gaussian weights.
+    """
+    shape = image.shape[1:]
+    pad = [(0, 0)] + [(0, max(0, r - s)) for s, r in zip(shape, roi, strict=True)]
+    padded = np.pad(image, pad) if any(p[1] for p in pad) else image
+    full = padded.shape[1:]
+    weights = gaussian_weights(roi)
+    acc = np.zeros((out_channels, *full), dtype=np.float32)
+    norm = np.zeros(full, dtype=np.float32)
+    starts = list(product(*(tile_starts(s, r, overlap) for s, r in zip(full, roi, strict=True))))
+    for b in range(0, len(starts), batch_size):
+        chunk = starts[b : b + batch_size]
+        slices = [tuple(slice(s, s + r) for s, r in zip(st, roi, strict=True)) for st in chunk]
+        batch = np.stack([padded[(slice(None), *sl)] for sl in slices]).astype(np.float32)
+        probs = predictor(batch)
+        for sl, p in zip(slices, probs, strict=True):
+            acc[(slice(None), *sl)] += p * weights
+            norm[sl] += weights
+    out = acc / np.maximum(norm, 1e-8)
+    return out[(slice(None), *(slice(0, s) for s in shape))]
+
+
+def predict_probabilities(
+    image: np.ndarray,
+    predictor: Predictor,
+    roi: tuple[int, int, int],
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+) -> np.ndarray:
+    """Raw case image (4, X, Y, Z) -> region probabilities (3, X, Y, Z) on the input grid.
+
+    Crops the all-zero planes and z-scores (as in training), tiles the crop, and puts the
+    result back on the full grid (zero probability outside the crop).
+    """
+    cropped, box = crop_and_normalize(image)
+    probs = sliding_window(cropped, predictor, roi, overlap=overlap, batch_size=batch_size)
+    return uncrop(probs, box, image.shape[1:])
+
+
+def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Region probabilities (3, X, Y, Z) -> BraTS 2021 label map (X, Y, Z) uint8."""
+    return regions_to_labels(probs > threshold)

@@ -1,0 +1,103 @@
+"""Segmentation metrics per region, BraTS 2021 conventions (numpy/scipy only).
+
+The empty-mask rules live here and nowhere else:
+- both prediction and reference empty: Dice 1, Jaccard 1, HD95 0 mm, sensitivity 1;
+- exactly one empty: Dice 0, Jaccard 0, HD95 ``HD95_ONE_EMPTY`` (373.13 mm, the diagonal
+  of the 240x240x155 mm BraTS grid), sensitivity 0 when the reference has voxels.
+HD95 is the 95th percentile of the pooled surface distances in both directions
+(prediction surface -> reference surface and back), in mm, honouring voxel spacing.
+Specificity is over the whole volume given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from fedseg.data.labels import REGIONS, labels_to_regions
+
+HD95_ONE_EMPTY = 373.13
+METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "sensitivity", "specificity")
+
+
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty."""
+    p, r = pred.astype(bool), ref.astype(bool)
+    total = p.sum() + r.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(p, r).sum() / total)
+
+
+def jaccard(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Jaccard (IoU) of two boolean masks; 1.0 when both are empty."""
+    p, r = pred.astype(bool), ref.astype(bool)
+    union = np.logical_or(p, r).sum()
+    return 1.0 if union == 0 else float(np.logical_and(p, r).sum() / union)
+
+
+def sensitivity(pred: np.ndarray, ref: np.ndarray) -> float:
+    """TP / (TP + FN); with an empty reference, 1.0 if the prediction is empty too, else 0."""
+    p, r = pred.astype(bool), ref.astype(bool)
+    positives = r.sum()
+    if positives == 0:
+        return 1.0 if p.sum() == 0 else 0.0
+    return float(np.logical_and(p, r).sum() / positives)
+
+
+def specificity(pred: np.ndarray, ref: np.ndarray) -> float:
+    """TN / (TN + FP) over the whole array; 1.0 if there are no negatives."""
+    p, r = pred.astype(bool), ref.astype(bool)
+    negatives = (~r).sum()
+    return 1.0 if negatives == 0 else float(np.logical_and(~p, ~r).sum() / negatives)
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with at least one 6-neighbour outside it (border counts as outside)."""
+    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1),
+                                    border_value=0)  # fmt: skip
+    return mask & ~eroded
+
+
+def hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] | np.ndarray) -> float:
+    """95th percentile of pooled symmetric surface distances in mm (empty rules above)."""
+    p, r = pred.astype(bool), ref.astype(bool)
+    p_any, r_any = p.any(), r.any()
+    if not p_any and not r_any:
+        return 0.0
+    if p_any != r_any:
+        return HD95_ONE_EMPTY
+    # Crop to the union's bounding box (+1 voxel): all surface voxels lie inside it.
+    idx = np.argwhere(p | r)
+    lo = np.maximum(idx.min(0) - 1, 0)
+    hi = np.minimum(idx.max(0) + 2, p.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    ps, rs = _surface(p[box]), _surface(r[box])
+    sampling = tuple(float(s) for s in spacing)
+    to_r = ndimage.distance_transform_edt(~rs, sampling=sampling)[ps]
+    to_p = ndimage.distance_transform_edt(~ps, sampling=sampling)[rs]
+    return float(np.percentile(np.concatenate([to_r, to_p]), 95))
+
+
+def region_metrics(
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] | np.ndarray
+) -> dict[str, float]:
+    """All ``METRICS`` for one pair of boolean masks (X, Y, Z)."""
+    return {
+        "dice": dice(pred, ref),
+        "jaccard": jaccard(pred, ref),
+        "hd95": hd95(pred, ref, spacing),
+        "sensitivity": sensitivity(pred, ref),
+        "specificity": specificity(pred, ref),
+    }
+
+
+def case_metrics(
+    pred_label: np.ndarray, ref_label: np.ndarray, spacing: tuple[float, ...] | np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Metrics per region for BraTS 2021 label maps (X, Y, Z): ``out[region][metric]``."""
+    pr, rr = labels_to_regions(pred_label), labels_to_regions(ref_label)
+    return {reg: region_metrics(pr[i], rr[i], spacing) for i, reg in enumerate(REGIONS)}
+
+
+def mean_dice(metrics: dict[str, dict[str, float]]) -> float:
+    """Mean of the Dice over the three regions of one ``case_metrics`` result."""
+    return float(np.mean([metrics[r]["dice"] for r in REGIONS]))

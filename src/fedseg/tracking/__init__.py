@@ -1,0 +1,1 @@
+"""Tracking layer: the SQLite run store, model selection, alarms, reports."""

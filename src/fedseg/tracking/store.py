@@ -1,0 +1,356 @@
+"""The run store: one SQLite file per run folder holding everything a run measured.
+
+Conventions:
+- ``round`` counts training rounds from 1 (a centralized run's epochs are its rounds).
+- ``model_round`` names the global model that was evaluated: 0 is the initial model,
+  r is the model after round r's aggregation. In round r every site validates model r-1
+  before training, so validation rows of round r carry ``model_round = r - 1``.
+- ``validation`` rows are summaries (mean, std, n) of per-case metrics: what a site may
+  share. ``case_metrics`` rows (one value per case) are written only by a site's own
+  local store or by a centralized run; the federation's store never holds them.
+- Metrics are lower-case names (``dice``, ``jaccard``, ``hd95``, ``sensitivity``,
+  ``specificity``, ``loss``); regions are ``ET``, ``TC``, ``WT`` or ``mean``.
+
+WAL mode lets ``fedseg status`` read while a run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,              -- running | done | failed
+    started REAL NOT NULL,
+    finished REAL,
+    wall_s REAL,
+    n_sites INTEGER,                   -- sites whose update was aggregated
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS site_rounds (
+    round INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    status TEXT NOT NULL,              -- ok | failed | timeout | rejected | skipped
+    n_train INTEGER,
+    n_val INTEGER,
+    train_loss REAL,
+    wall_s REAL,
+    bytes_sent INTEGER,                -- aggregator -> site
+    bytes_received INTEGER,            -- site -> aggregator
+    update_norm REAL,                  -- L2 norm of (site weights - global weights)
+    update_distance REAL,              -- L2 distance of the site's weights to the aggregate
+    error TEXT,
+    extra TEXT,                        -- JSON for plan-specific values
+    PRIMARY KEY (round, site)
+);
+CREATE TABLE IF NOT EXISTS validation (
+    model_round INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    region TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    mean REAL NOT NULL,
+    std REAL NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (model_round, site, region, metric)
+);
+CREATE TABLE IF NOT EXISTS case_metrics (
+    model_round INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    region TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (model_round, site, case_id, region, metric)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    model_round INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    round INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE (round, site, kind)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A metric summarized over a site's cases: mean, standard deviation, count."""
+
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass(frozen=True)
+class SiteRound:
+    """What one site did in one round (no per-case values)."""
+
+    round: int
+    site: str
+    status: str
+    n_train: int | None = None
+    n_val: int | None = None
+    train_loss: float | None = None
+    wall_s: float | None = None
+    bytes_sent: int | None = None
+    bytes_received: int | None = None
+    update_norm: float | None = None
+    update_distance: float | None = None
+    error: str | None = None
+    extra: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ValidationRow:
+    model_round: int
+    site: str
+    region: str
+    metric: str
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Alarm:
+    round: int
+    site: str
+    kind: str
+    message: str
+
+
+class RunStore:
+    """Read/write access to ``<run>/run.sqlite``. Each write is its own transaction."""
+
+    FILENAME = "run.sqlite"
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        if path.is_dir():
+            path = path / self.FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- meta -------------------------------------------------------------------------
+    def set_meta(self, key: str, value: Any) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
+        )
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    # -- rounds -----------------------------------------------------------------------
+    def start_round(self, rnd: int) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO rounds (round, status, started) VALUES (?, 'running', ?)",
+            (rnd, time.time()),
+        )
+
+    def finish_round(
+        self, rnd: int, *, status: str = "done", n_sites: int | None = None, note: str = ""
+    ) -> None:
+        now = time.time()
+        self._db.execute(
+            "UPDATE rounds SET status = ?, finished = ?, wall_s = ? - started, n_sites = ?, "
+            "note = ? WHERE round = ?",
+            (status, now, now, n_sites, note, rnd),
+        )
+
+    def last_done_round(self) -> int:
+        """The highest round whose status is ``done``; 0 if none."""
+        row = self._db.execute("SELECT MAX(round) FROM rounds WHERE status = 'done'").fetchone()
+        return int(row[0] or 0)
+
+    def rounds(self) -> list[dict[str, Any]]:
+        cur = self._db.execute("SELECT * FROM rounds ORDER BY round")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def discard_after(self, rnd: int) -> None:
+        """Forget every record of rounds after ``rnd`` (used when resuming after a crash)."""
+        with self._tx():
+            self._db.execute("DELETE FROM rounds WHERE round > ?", (rnd,))
+            self._db.execute("DELETE FROM site_rounds WHERE round > ?", (rnd,))
+            self._db.execute("DELETE FROM validation WHERE model_round > ?", (rnd,))
+            self._db.execute("DELETE FROM case_metrics WHERE model_round > ?", (rnd,))
+            self._db.execute("DELETE FROM checkpoints WHERE model_round > ?", (rnd,))
+            self._db.execute("DELETE FROM alarms WHERE round > ?", (rnd,))
+
+    # -- sites ------------------------------------------------------------------------
+    def record_site_round(self, sr: SiteRound) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO site_rounds VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                sr.round, sr.site, sr.status, sr.n_train, sr.n_val, sr.train_loss, sr.wall_s,
+                sr.bytes_sent, sr.bytes_received, sr.update_norm, sr.update_distance, sr.error,
+                json.dumps(sr.extra) if sr.extra is not None else None,
+            ),
+        )  # fmt: skip
+
+    def site_rounds(self, site: str | None = None) -> list[SiteRound]:
+        q = "SELECT * FROM site_rounds" + (" WHERE site = ?" if site else "")
+        rows = self._db.execute(q + " ORDER BY round, site", (site,) if site else ()).fetchall()
+        out = []
+        for r in rows:
+            extra = json.loads(r[12]) if r[12] else None
+            out.append(SiteRound(*r[:12], extra=extra))
+        return out
+
+    def sites(self) -> list[str]:
+        rows = self._db.execute(
+            "SELECT site FROM site_rounds UNION SELECT site FROM validation ORDER BY site"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    # -- metrics ----------------------------------------------------------------------
+    def record_validation(
+        self, model_round: int, site: str, summaries: dict[str, dict[str, Summary]]
+    ) -> None:
+        """``summaries[region][metric]`` for one site's validation of one model."""
+        rows = [
+            (model_round, site, region, metric, s.mean, s.std, s.n)
+            for region, by_metric in summaries.items()
+            for metric, s in by_metric.items()
+        ]
+        with self._tx():
+            self._db.executemany("INSERT OR REPLACE INTO validation VALUES (?,?,?,?,?,?,?)", rows)
+
+    def validation(
+        self, *, metric: str | None = None, site: str | None = None, region: str | None = None
+    ) -> list[ValidationRow]:
+        clauses, args = [], []
+        for col, val in (("metric", metric), ("site", site), ("region", region)):
+            if val is not None:
+                clauses.append(f"{col} = ?")
+                args.append(val)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT * FROM validation{where} ORDER BY model_round, site, region, metric", args
+        ).fetchall()
+        return [ValidationRow(*r) for r in rows]
+
+    def record_case_metrics(
+        self, model_round: int, site: str, case_id: str, values: dict[str, dict[str, float]]
+    ) -> None:
+        """``values[region][metric]`` for one case (local stores only)."""
+        rows = [
+            (model_round, site, case_id, region, metric, float(v))
+            for region, by_metric in values.items()
+            for metric, v in by_metric.items()
+        ]
+        with self._tx():
+            self._db.executemany("INSERT OR REPLACE INTO case_metrics VALUES (?,?,?,?,?,?)", rows)
+
+    def case_metrics(self, model_round: int | None = None) -> list[tuple[Any, ...]]:
+        """Rows ``(model_round, site, case_id, region, metric, value)``."""
+        if model_round is None:
+            return self._db.execute("SELECT * FROM case_metrics ORDER BY 1,2,3,4,5").fetchall()
+        return self._db.execute(
+            "SELECT * FROM case_metrics WHERE model_round = ? ORDER BY 1,2,3,4,5", (model_round,)
+        ).fetchall()
+
+    # -- checkpoints, alarms, events --------------------------------------------------
+    def record_checkpoint(self, model_round: int, path: Path) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
+            (model_round, str(path), time.time()),
+        )
+
+    def checkpoints(self) -> dict[int, Path]:
+        rows = self._db.execute("SELECT model_round, path FROM checkpoints ORDER BY 1").fetchall()
+        return {int(r): Path(p) for r, p in rows}
+
+    def record_alarm(self, alarm: Alarm) -> bool:
+        """Store an alarm; False if the same (round, site, kind) was already stored."""
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO alarms (round, site, kind, message, created) VALUES (?,?,?,?,?)",
+            (alarm.round, alarm.site, alarm.kind, alarm.message, time.time()),
+        )
+        return cur.rowcount == 1
+
+    def alarms(self) -> list[Alarm]:
+        rows = self._db.execute(
+            "SELECT round, site, kind, message FROM alarms ORDER BY round, site, kind"
+        ).fetchall()
+        return [Alarm(*r) for r in rows]
+
+    def log(self, message: str, level: str = "info") -> None:
+        self._db.execute(
+            "INSERT INTO events (time, level, message) VALUES (?,?,?)",
+            (time.time(), level, message),
+        )
+
+    def events(self) -> list[tuple[float, str, str]]:
+        return self._db.execute("SELECT time, level, message FROM events ORDER BY id").fetchall()
+
+    # -- helpers ----------------------------------------------------------------------
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def summarize(values: Iterable[float]) -> Summary:
+    """Mean, population std and count of ``values`` (NaNs excluded)."""
+    import numpy as np
+
+    arr = np.asarray([v for v in values if v == v], dtype=np.float64)
+    if arr.size == 0:
+        return Summary(float("nan"), float("nan"), 0)
+    return Summary(float(arr.mean()), float(arr.std()), int(arr.size))
+
+
+def iter_summaries(
+    per_case: list[dict[str, dict[str, float]]],
+) -> Iterator[tuple[str, str, Summary]]:
+    """Summaries ``(region, metric, Summary)`` of per-case ``values[region][metric]`` dicts."""
+    if not per_case:
+        return
+    for region, by_metric in per_case[0].items():
+        for metric in by_metric:
+            yield region, metric, summarize(c[region][metric] for c in per_case)
