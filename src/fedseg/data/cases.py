@@ -163,6 +163,26 @@ def case_from_files(paths: list[Path], label: Path | None = None) -> Case:
     return Case(case_id, Layout.BRATS2021, images, label, (), Path(paths[0]).parent)
 
 
+def _load_modalities(case: Case) -> list[np.ndarray]:
+    """The four volumes in MODALITIES order, each file read once (an MSD 4D file holds all)."""
+    files: dict[Path, np.ndarray] = {}
+    vols = []
+    for m in MODALITIES:
+        src = case.images[m]
+        if src.channel is None:
+            vols.append(nifti.load_array(src.path))
+            continue
+        if src.path not in files:
+            files[src.path] = nifti.load_array(src.path, channel=None)
+        data = files[src.path]
+        if data.ndim != 4 or src.channel >= data.shape[3]:
+            raise FedsegError(
+                f"{src.path}: no channel {src.channel} in image of shape {data.shape}"
+            )
+        vols.append(np.ascontiguousarray(data[..., src.channel]))
+    return vols
+
+
 def load_case(case: Case, *, with_label: bool = True) -> CaseVolumes:
     """Load a complete case into memory; labels converted to BraTS 2021 values."""
     if case.missing:
@@ -172,7 +192,7 @@ def load_case(case: Case, *, with_label: bool = True) -> CaseVolumes:
         )
     first = case.images[MODALITIES[0]]
     affine = np.asarray(nifti.load_header(first.path).affine)
-    vols = [nifti.load_array(case.images[m].path, case.images[m].channel) for m in MODALITIES]
+    vols = _load_modalities(case)
     shapes = {v.shape for v in vols}
     if len(shapes) != 1:
         raise FedsegError(
