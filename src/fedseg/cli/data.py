@@ -81,7 +81,8 @@ def split_cmd(
     verb = "created" if changes.created else ("updated" if changes.changed else "unchanged")
     console.print(
         f"{split.path}: {verb}; {len(split.train)} train, {len(split.val)} validation "
-        f"(seed {split.seed}, val-fraction {split.val_fraction})"
+        f"(seed {split.seed}, val-fraction {split.val_fraction})",
+        soft_wrap=True,
     )
     if not changes.created:
         for label, ids in (
@@ -130,5 +131,6 @@ def _print_check_report(report: DatasetReport, console: Console) -> None:
     console.print(
         f"{report.root} ({report.layout.value}): {total} cases: "
         f"[green]{report.ok} ok[/], [yellow]{report.with_warnings} with warnings[/], "
-        f"[red]{report.with_errors} with errors[/]"
+        f"[red]{report.with_errors} with errors[/]",
+        soft_wrap=True,
     )

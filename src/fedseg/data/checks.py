@@ -22,10 +22,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 
 from fedseg.data import nifti
-from fedseg.data.cases import MODALITIES, Case, discover_cases
+from fedseg.data.cases import FILE_KEYS, MODALITIES, Case, discover_cases
 from fedseg.data.labels import Layout, label_values
 from fedseg.errors import FedsegError
 
@@ -65,6 +65,7 @@ class CaseReport(BaseModel):
     case_id: str
     problems: tuple[Problem, ...] = ()
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def status(self) -> str:
         severities = {p.severity for p in self.problems}
@@ -85,6 +86,7 @@ class DatasetReport(BaseModel):
     with_warnings: int
     with_errors: int
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def passed(self) -> bool:
         """True when no case has an error (warnings allowed)."""
@@ -251,7 +253,10 @@ def check_case(case: Case, *, expect_label: bool | None = None) -> list[Problem]
     if expect_label is None:
         expect_label = _label_expected(case)
     for m in case.missing:
-        out.error("missing-image", f"{m} image not found in {case.folder}")
+        expected = (
+            f"{case.case_id}{FILE_KEYS[case.layout][m]}.nii.gz" if case.layout in FILE_KEYS else m
+        )
+        out.error("missing-image", f"{m} image not found (expected {expected} in {case.folder})")
 
     # Headers first: one opened image per distinct file (MSD cases share one 4D file).
     headers: dict[Path, nib.Nifti1Image] = {}
