@@ -125,3 +125,12 @@ def test_case_from_files(tmp_path: Path, factory) -> None:
     assert np.array_equal(load_case(case).image, image)
     with pytest.raises(FedsegError, match="expected 4 image files"):
         case_from_files(paths[:3])
+
+
+def test_brats_folder_ignores_macos_resource_forks(tmp_path: Path, factory) -> None:
+    _write_site(tmp_path, Layout.BRATS2021, factory, n=1)
+    # "._" sorts before the case's own files; it must not be taken as the T1 image
+    (tmp_path / "case000" / "._case000_t1.nii.gz").write_bytes(b"\x00\x05\x16\x07 fork")
+    (case,) = discover_cases(tmp_path)
+    assert case.images["t1"].path.name == "case000_t1.nii.gz"
+    assert load_case(case).image.shape == (4, *factory.shape)

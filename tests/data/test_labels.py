@@ -77,3 +77,14 @@ def test_regions_to_labels_inner_region_wins() -> None:
     regions[1, 1] = True  # TC only -> NCR
     regions[2, 2] = True  # WT only -> ED
     assert regions_to_labels(regions).ravel().tolist() == [4, 1, 2]
+
+
+def test_float_labels() -> None:
+    # integral floats (labels stored as float32, as some tools do) convert
+    out = to_brats2021(np.array([0.0, 1.0, 3.0], dtype=np.float32), Layout.BRATS2023)
+    assert out.tolist() == [0, 1, 4]
+    # interpolated labels are refused instead of truncated (1.5 would become NCR)
+    with pytest.raises(FedsegError, match="non-integer"):
+        to_brats2021(np.array([0.0, 1.5, 2.0]), Layout.BRATS2021)
+    with pytest.raises(FedsegError, match="non-integer"):
+        to_brats2021(np.array([0.0, np.nan]), Layout.BRATS2021)

@@ -81,7 +81,7 @@ def _folder_case(folder: Path, layout: Layout) -> Case | None:
     case_id = folder.name
     for f in sorted(folder.iterdir()):
         stem = _strip_suffix(f.name)
-        if stem is None:
+        if stem is None or f.name.startswith("."):  # macOS "._x_t1.nii.gz" resource forks
             continue
         for key, suffix in keys.items():
             if stem.endswith(suffix) and key not in found:
@@ -100,7 +100,7 @@ def detect_layout(folder: Path) -> Layout | None:
         return Layout.MSD
     candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())[:20]]
     for cand in candidates:
-        names = [n for n in (_strip_suffix(p.name) for p in cand.iterdir()) if n]
+        names = [n for n in (_strip_suffix(p.name) for p in cand.iterdir()) if n and n[0] != "."]
         for layout in (Layout.BRATS2023, Layout.BRATS2021):
             keys = FILE_KEYS[layout].values()
             if any(n.endswith(k) for n in names for k in keys):
