@@ -243,3 +243,21 @@ def test_severities_are_enums(tmp_path: Path, factory) -> None:
     _rewrite(root, factory, "t2", lambda d: d - 50)
     (problem,) = check_dataset(root).cases[0].problems
     assert problem.severity is Severity.WARNING
+
+
+def test_swapped_ncr_and_edema_is_flagged(tmp_path: Path, factory, layout: Layout) -> None:
+    """MSD labels (1 ED, 2 NET) saved as BraTS ones, or the reverse, keep valid values; only
+    where they lie gives them away."""
+    from fedseg.data.labels import from_brats2021
+
+    image, label = factory.volumes()
+    swapped = label.copy()
+    swapped[label == 1], swapped[label == 2] = 2, 1
+    factory.write(tmp_path, layout, "good", image, label)
+    factory.write(tmp_path, layout, "swapped", image, swapped)
+    assert sorted(np.unique(from_brats2021(swapped, layout)).tolist()) == sorted(
+        np.unique(from_brats2021(label, layout)).tolist()
+    )
+    found = _problems(tmp_path)
+    assert found["good"] == set()
+    assert found["swapped"] == {("warning", "label-order")}

@@ -118,3 +118,15 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, factory) -> None:
     assert proc.returncode == 2 and "seed 3, not 4" in proc.stderr
     proc = _fedseg("data", "check", str(root), "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["ok"] == 2
+
+
+def test_layout_option(tmp_path: Path, factory, runner: CliRunner) -> None:
+    from fedseg.errors import FedsegError
+
+    root = _site(tmp_path, factory, n=2, layout=Layout.BRATS2023)
+    result = runner.invoke(cli_main.app, ["data", "check", str(root), "--layout", "brats2023"])
+    assert result.exit_code == 0
+    result = runner.invoke(cli_main.app, ["data", "check", str(root), "--layout", "msd"])
+    assert isinstance(result.exception, FedsegError) and "no msd cases" in str(result.exception)
+    result = runner.invoke(cli_main.app, ["data", "check", str(root), "--layout", "brats2020"])
+    assert isinstance(result.exception, FedsegError) and "unknown layout" in str(result.exception)

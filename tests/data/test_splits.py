@@ -151,3 +151,13 @@ def test_bad_split_file_and_fraction(tmp_path: Path, factory) -> None:
     (root / SPLIT_FILE).write_text("{not json")
     with pytest.raises(FedsegError, match="not a valid split file"):
         load_split(root)
+
+
+def test_empty_split_file_keeps_its_parameters(tmp_path: Path, factory) -> None:
+    root = _site(tmp_path, factory, [f"c{i}" for i in range(10)])
+    (root / SPLIT_FILE).write_text(SplitFile(seed=9, val_fraction=0.3).model_dump_json())
+    split = load_split(root)
+    assert (split.seed, split.val_fraction) == (9, 0.3)
+    assert len(split.val) == 3
+    expected = first_split([f"c{i}" for i in range(10)], 9, 0.3)
+    assert {c.case_id for c in split.val} == {c for c, s in expected.items() if s is Side.VAL}

@@ -7,6 +7,8 @@ stop training:
 
 - ``empty-tumor`` (warning): a label map with no tumor voxel is a valid case (the BraTS
   empty-mask rules score it), but in a glioma data set it is more often a missing annotation.
+- ``label-order`` (warning): NCR and ED look swapped (the "core" label forms the tumor's
+  outer surface), as when MSD labels (1 ED, 2 NET) sit in a BraTS folder (1 NCR, 2 ED).
 - ``negative-intensity`` (warning): skull-stripped MRI is non-negative; negative values mean
   the volume was already normalized or resampled with ringing. The z-scoring still works.
 
@@ -23,10 +25,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from pydantic import BaseModel, ConfigDict, computed_field
+from scipy import ndimage
 
 from fedseg.data import nifti
 from fedseg.data.cases import FILE_KEYS, MODALITIES, Case, discover_cases
-from fedseg.data.labels import Layout, label_values
+from fedseg.data.labels import ED, NCR, TO_BRATS2021, Layout, label_values
+from fedseg.data.preprocess import nonzero_box
 from fedseg.errors import FedsegError
 
 #: Tolerances when comparing the float geometry of two volumes (mm, and mm per voxel).
@@ -232,6 +236,36 @@ def _check_label(layout: Layout, data: np.ndarray, out: _Collector) -> None:
         )
     elif values == {0}:
         out.warning("empty-tumor", "label has no tumor voxel (all zero)")
+    else:
+        _check_label_order(layout, data, out)
+
+
+#: Fewest voxels of each of NCR and ED before their placement is judged.
+LABEL_ORDER_MIN_VOXELS = 20
+
+
+def _check_label_order(layout: Layout, data: np.ndarray, out: _Collector) -> None:
+    """Warn when NCR and ED look swapped: edema surrounds the core, so ED should make up
+    most of the tumor's outer surface. Labelled with the other convention (MSD 1 ED 2 NET vs
+    BraTS 1 NCR 2 ED, the same values), the "NCR" label forms the surface instead."""
+    to_disk = {dst: src for src, dst in TO_BRATS2021[layout].items()}
+    ed_value, ncr_value = to_disk[ED], to_disk[NCR]
+    tumor = data != 0
+    box = nonzero_box(tumor[None], margin=1)
+    tumor, sub = tumor[box], data[box]
+    surface = tumor & ~ndimage.binary_erosion(tumor, border_value=0)
+    n_ed, n_ncr = int(np.count_nonzero(sub == ed_value)), int(np.count_nonzero(sub == ncr_value))
+    if min(n_ed, n_ncr) < LABEL_ORDER_MIN_VOXELS:
+        return
+    ed_surface = int(np.count_nonzero(surface & (sub == ed_value)))
+    ncr_surface = int(np.count_nonzero(surface & (sub == ncr_value)))
+    if ncr_surface > 3 * ed_surface:
+        out.warning(
+            "label-order",
+            f"label {ncr_value} (necrotic/non-enhancing core) forms most of the tumor's outer "
+            f"surface, not label {ed_value} (edema): check that the two are not swapped "
+            f"({_LAYOUT_NAMES[layout]} expected)",
+        )
 
 
 def _label_expected(case: Case) -> bool:

@@ -198,8 +198,11 @@ def make_split(
                     f"{path} was made with {name} {stored}, not {given}; drop the option to "
                     f"keep the existing split, or delete the file to re-split (moves cases)"
                 )
-    use_seed = seed if seed is not None else DEFAULT_SEED
+    # An existing (even empty) file keeps its own parameters.
+    use_seed = seed if seed is not None else (record.seed if record else DEFAULT_SEED)
     use_fraction = val_fraction if val_fraction is not None else DEFAULT_VAL_FRACTION
+    if val_fraction is None and record is not None:
+        use_fraction = record.val_fraction
     if not 0 < use_fraction < 1:
         raise FedsegError(f"val-fraction must be between 0 and 1 (exclusive), got {use_fraction}")
     new, changes = update_split(record, list(usable), use_seed, use_fraction)
