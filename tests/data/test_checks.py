@@ -261,3 +261,31 @@ def test_swapped_ncr_and_edema_is_flagged(tmp_path: Path, factory, layout: Layou
     found = _problems(tmp_path)
     assert found["good"] == set()
     assert found["swapped"] == {("warning", "label-order")}
+
+
+def test_streams_one_case_at_a_time_reading_each_file_once(
+    tmp_path: Path, factory, layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collections import Counter
+
+    import nibabel as nib
+
+    from fedseg.data import checks
+
+    _site(tmp_path, factory, layout, n=3)
+    opened: Counter[str] = Counter()
+    real_load = nib.load
+
+    def counting_load(path, *args, **kwargs):  # the real loader, with a tally
+        opened[str(Path(path).relative_to(tmp_path))] += 1
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(checks.nifti.nib, "load", counting_load)
+    reports = checks.iter_checks(discover_cases(tmp_path))
+    first = next(reports)
+    assert first.case_id == "case000" and first.status == "ok"
+    assert opened and all("case000" in name for name in opened)  # nothing of later cases yet
+    rest = list(reports)
+    assert [r.status for r in rest] == ["ok", "ok"]
+    files_per_case = 2 if layout is Layout.MSD else 5
+    assert len(opened) == 3 * files_per_case and set(opened.values()) == {1}
