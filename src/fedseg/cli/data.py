@@ -30,7 +30,11 @@ def check_cmd(
         None, "--layout", help="brats2021, brats2023 or msd (default: detected from file names)."
     ),
 ) -> None:
-    """Check every case (files, grids, values, labels); exit 1 if any case has an error."""
+    """Check every case (files, grids, values, labels).
+
+    Exit status: 0 when no case has an error (warnings allowed), 1 when some case has one,
+    2 when the folder cannot be read.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -63,12 +67,12 @@ def check_cmd(
 @app.command("split")
 def split_cmd(
     root: Path = typer.Argument(..., help="Site folder holding the cases."),
-    seed: int | None = typer.Option(None, "--seed", help="Hash seed of a new split [default: 0]."),
+    seed: int | None = typer.Option(None, "--seed", help="Hash seed of a new split (default 0)."),
     val_fraction: float | None = typer.Option(
-        None, "--val-fraction", help="Fraction of cases in validation [default: 0.2]."
+        None, "--val-fraction", help="Fraction of cases in validation (default 0.2)."
     ),
     split_file: Path | None = typer.Option(
-        None, "--file", help="Where the split file lives [default: ROOT/fedseg_split.json]."
+        None, "--file", help="Where the split file lives (default ROOT/fedseg_split.json)."
     ),
 ) -> None:
     """Write or update the site's persistent train/validation split; existing cases never move."""
