@@ -139,7 +139,7 @@ def draw_profiles(n_sites: int, seed: int, spacing: float) -> list[SiteProfile]:
                 tumor_radius_mm=round(float(radius[i]), 1),
                 tumor_radius_spread=round(float(rng.uniform(0.15, 0.35)), 3),
                 edema_mm=round(float(edema[i]), 1),
-                necrosis_prob=round(float(rng.uniform(0.85, 0.97)), 3),
+                necrosis_prob=round(float(rng.uniform(0.93, 0.98)), 3),
                 bad_shift_vox=(shift_vec[0], shift_vec[1], shift_vec[2]),
             )
         )

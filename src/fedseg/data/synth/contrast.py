@@ -38,7 +38,7 @@ def synthesize(
 ) -> np.ndarray:
     """Noise-free images (4, X, Y, Z) float32 in MODALITIES order; 0 outside the brain.
 
-    Tumor compartments get soft edges (partial volume of about half a voxel) and a
+    Tumor compartments get soft edges (about 1 mm, at most half a voxel) and a
     smooth heterogeneous texture of relative std ``texture``.
     """
     tumor = {
@@ -47,7 +47,9 @@ def synthesize(
         "et": (label == ET).astype(np.float32),
     }
     if label.any():
-        tumor = {k: ndi.gaussian_filter(v, 0.5) for k, v in tumor.items()}
+        # Soft edges of ~1 mm; on coarse grids the voxel itself is the partial volume.
+        sigma = min(0.5, 1.0 / anat.spacing)
+        tumor = {k: ndi.gaussian_filter(v, sigma) for k, v in tumor.items()}
     raw_total = tumor["ncr"] + tumor["ed"] + tumor["et"]
     over = np.where(raw_total > 1.0, 1.0 / np.maximum(raw_total, 1e-6), 1.0).astype(np.float32)
     healthy = 1.0 - np.minimum(raw_total, 1.0)

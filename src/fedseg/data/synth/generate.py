@@ -25,7 +25,7 @@ import yaml
 
 from fedseg.data.cases import write_case
 from fedseg.data.labels import ED, ET, NCR
-from fedseg.data.synth.anatomy import atlas_on_grid, deform_subject, push_tissue
+from fedseg.data.synth.anatomy import Anatomy, atlas_on_grid, deform_subject, push_tissue
 from fedseg.data.synth.annotation import corrupt_label
 from fedseg.data.synth.config import BadKind, SiteProfile, SynthConfig
 from fedseg.data.synth.contrast import synthesize
@@ -39,7 +39,8 @@ SYNTH_YAML = "synth.yaml"
 @dataclass
 class SynthCase:
     """One generated case: ``image`` (4, X, Y, Z) float32 in MODALITIES order, ``label``
-    as written (BraTS 2021 values), ``clean_label`` before a bad site's errors, the affine."""
+    as written (BraTS 2021 values), ``clean_label`` before a bad site's errors, the affine,
+    the tumor plan and the subject's anatomy (tissue fractions after the mass effect)."""
 
     case_id: str
     image: np.ndarray
@@ -47,6 +48,7 @@ class SynthCase:
     clean_label: np.ndarray
     affine: np.ndarray
     plan: TumorPlan
+    anatomy: Anatomy
 
 
 def case_id(site: str, index: int) -> str:
@@ -71,7 +73,7 @@ def synth_case(
     images = acquire(synthesize(anat, clean, rng), anat.brain, profile, config.spacing, rng)
     label = corrupt_label(clean, anat.brain, profile, config.spacing)
     name = case_id(config.site_names()[site_index], case_index)
-    return SynthCase(name, images, label, clean, anat.affine, plan)
+    return SynthCase(name, images, label, clean, anat.affine, plan, anat)
 
 
 def _write_one(
