@@ -25,7 +25,13 @@ import yaml
 
 from fedseg.data.cases import write_case
 from fedseg.data.labels import ED, ET, NCR
-from fedseg.data.synth.anatomy import Anatomy, atlas_on_grid, deform_subject, push_tissue
+from fedseg.data.synth.anatomy import (
+    Anatomy,
+    atlas_on_grid,
+    brain_depth,
+    deform_subject,
+    push_tissue,
+)
 from fedseg.data.synth.annotation import corrupt_label
 from fedseg.data.synth.config import BadKind, SiteProfile, SynthConfig
 from fedseg.data.synth.contrast import synthesize
@@ -67,8 +73,9 @@ def synth_case(
     rng = np.random.default_rng([config.seed, site_index, case_index])
     atlas = atlas_on_grid(config.spacing, config.grid_shape())
     anat = deform_subject(atlas, rng, config.deformation_mm)
-    plan = plan_tumor(anat, profile, rng)
-    anat = push_tissue(anat, plan.centre_vox, plan.radius_mm, plan.mass_effect)
+    depth = brain_depth(anat)
+    plan = plan_tumor(anat, depth, profile, rng)
+    anat = push_tissue(anat, depth, plan.centre_vox, plan.radius_mm, plan.mass_effect)
     clean = draw_tumor(anat, plan, rng)
     images = acquire(synthesize(anat, clean, rng), anat.brain, profile, config.spacing, rng)
     label = corrupt_label(clean, anat.brain, profile, config.spacing)
