@@ -15,6 +15,7 @@ from fedseg.data.synth import (
     SynthConfig,
     generate_dataset,
     make_tiny_dataset,
+    read_record,
     synth_case,
 )
 from fedseg.errors import FedsegError
@@ -81,6 +82,17 @@ def _digest(root: Path) -> dict[str, str]:
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*.nii.gz"))
     }
+
+
+def test_record_repeats_the_data_set(tmp_path: Path) -> None:
+    config = SynthConfig(sites=2, cases_per_site=1, seed=9, spacing=4.0, bad_sites=[1])
+    generate_dataset(tmp_path / "first", config)
+    again = read_record(tmp_path / "first")
+    assert again.profiles is not None and again.profiles[0].bad_kind == "eroded"
+    generate_dataset(tmp_path / "second", again)
+    assert _digest(tmp_path / "first") == _digest(tmp_path / "second")
+    with pytest.raises(FedsegError, match=r"synth\.yaml"):
+        read_record(tmp_path)
 
 
 def test_same_seed_identical_files_other_seed_differs(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ API for other code and tests:
 - ``generate_dataset(out, config, progress=None, workers=1) -> dict[site, list[case folder]]``
   writes ``out/<site>/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` (BraTS 2021 layout, case
   ids such as ``site1_000``, unique across sites) and ``out/synth.yaml`` (config, site
-  profiles, cases). Same config -> identical files.
+  profiles, cases). Same config -> identical files; ``read_record(out)`` gives the config back.
 - ``synth_case(config, profiles, site_index, case_index) -> SynthCase`` makes one case in
   memory (image, written label, the clean label before a bad site's errors, affine).
 - ``make_tiny_dataset(out, sites=2, cases_per_site=3, seed=0, spacing=4.0)`` is the quick
@@ -120,6 +120,20 @@ def _record(
         "cases": cases,
     }
     (out / SYNTH_YAML).write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def read_record(out: Path) -> SynthConfig:
+    """The config, with its site profiles, that wrote the data set in ``out`` (synth.yaml):
+    ``generate_dataset(new_out, read_record(out))`` repeats it file for file."""
+    path = Path(out) / SYNTH_YAML
+    if not path.is_file():
+        raise FedsegError(f"{path}: not found; give a folder written by `fedseg data synth`")
+    try:
+        doc = yaml.safe_load(path.read_text())
+        profiles = [SiteProfile(**p) for p in doc["profiles"]]
+        return SynthConfig(**doc["config"], profiles=profiles)
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise FedsegError(f"{path}: not a valid synth record ({exc}); regenerate it") from None
 
 
 def generate_dataset(
