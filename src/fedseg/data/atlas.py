@@ -16,6 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from fedseg.data import nifti
@@ -60,10 +61,15 @@ def atlas_dir(cache: Path | None = None) -> Path:
     return target
 
 
+#: Voxel order of every array in ``Atlas``: the BraTS convention (x to the patient's Left,
+#: y to Posterior, z to Superior), so atlas arrays index like BraTS cases.
+ATLAS_AXCODES = ("L", "P", "S")
+
+
 @dataclass
 class Atlas:
     """SRI24 tissue maps on the BraTS grid: probabilities (X, Y, Z) float32 in [0, 1], the
-    skull-stripped T1, and the affine shared by all of them."""
+    skull-stripped T1, and the one affine shared by all of them (LPS voxel order)."""
 
     csf: np.ndarray
     gm: np.ndarray
@@ -77,10 +83,30 @@ class Atlas:
         return (self.csf + self.gm + self.wm) > 0.5
 
 
+def _load_lps(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Array and affine of ``path`` reoriented to ``ATLAS_AXCODES`` voxel order.
+
+    The atlas files disagree in voxel order (tissue maps RAS, T1 LAS), each with a matching
+    affine; reorienting all of them gives arrays that line up index by index.
+    """
+    img = nifti.load_header(path)
+    current = nib.orientations.io_orientation(img.affine)
+    target = nib.orientations.axcodes2ornt(ATLAS_AXCODES)
+    transform = nib.orientations.ornt_transform(current, target)
+    data = nifti.load_array(path)
+    shape = data.shape[:3]
+    data = np.ascontiguousarray(nib.orientations.apply_orientation(data, transform))
+    affine = img.affine @ nib.orientations.inv_ornt_aff(transform, shape)
+    return data.astype(np.float32), np.asarray(affine)
+
+
 def load_atlas(cache: Path | None = None) -> Atlas:
-    """Load the SRI24 atlas (downloading it on first use)."""
+    """Load the SRI24 atlas (downloading it on first use); all arrays in LPS voxel order."""
     d = atlas_dir(cache)
-    affine = np.asarray(nifti.load_header(d / "t1_stripped.nii.gz").affine)
-    maps = {n: nifti.load_array(d / f"pbmap_{n}.nii.gz") for n in ("csf", "gm", "wm")}
-    t1 = nifti.load_array(d / "t1_stripped.nii.gz")
+    t1, affine = _load_lps(d / "t1_stripped.nii.gz")
+    maps = {}
+    for n in ("csf", "gm", "wm"):
+        maps[n], aff = _load_lps(d / f"pbmap_{n}.nii.gz")
+        if not np.allclose(aff, affine, atol=1e-3):
+            raise FedsegError(f"atlas cache {d} is inconsistent; delete it to download again")
     return Atlas(maps["csf"], maps["gm"], maps["wm"], t1, affine)

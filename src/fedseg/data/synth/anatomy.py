@@ -2,8 +2,7 @@
 by a smooth random deformation, and pushed aside by a tumor's mass effect.
 
 Arrays are in BraTS voxel order (LPS: x to the patient's left, y posterior, z superior).
-The atlas files disagree in their orientation codes (the tissue maps are RAS, the T1 is
-LAS, each with a matching affine); we bring every map to LPS and write one BraTS affine.
+``fedseg.data.atlas.load_atlas`` already gives every map in that order with one affine.
 """
 
 from __future__ import annotations
@@ -70,9 +69,8 @@ def _resample(vol: np.ndarray, spacing: float, shape: tuple[int, int, int]) -> n
 def atlas_on_grid(spacing: float, shape: tuple[int, int, int]) -> Anatomy:
     """The SRI24 atlas as an Anatomy on the ``spacing`` mm grid (cached per process)."""
     atlas = load_atlas()
-    # Tissue maps are stored RAS and the T1 LAS (see the module docstring): flip to LPS.
-    maps = [m[::-1, ::-1, :] for m in (atlas.csf, atlas.gm, atlas.wm)]
-    t1 = atlas.t1[:, ::-1, :]
+    maps = [atlas.csf, atlas.gm, atlas.wm]  # load_atlas gives LPS order, as BraTS files
+    t1 = atlas.t1
     csf, gm, wm, t1 = (_resample(np.ascontiguousarray(m), spacing, shape) for m in (*maps, t1))
     total = csf + gm + wm
     brain = total > 0.5
