@@ -140,3 +140,5 @@ def test_cli_errors_are_one_line_exit_2(case_dir: Path, model_file: Path, tmp_pa
     assert proc.returncode == 2 and "missing modalities flair" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not out.exists()
+    proc = run_fedseg("segment", "--model", model_file, case_dir, "--out", tmp_path / "seg.png")
+    assert proc.returncode == 2 and "must be a NIfTI file name" in proc.stderr

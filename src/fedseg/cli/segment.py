@@ -12,6 +12,7 @@ from fedseg.data.cases import load_case
 from fedseg.model.segmenter import (
     Combine,
     ModelSet,
+    check_output,
     resolve_case,
     segment_volumes,
     write_segmentation,
@@ -41,6 +42,7 @@ def segment(
     if combine not in ("mean", "triplet"):
         raise typer.BadParameter("use 'mean' or 'triplet'", param_hint="--combine")
     mode: Combine = "triplet" if combine == "triplet" else "mean"
+    check_output(out)
     case = resolve_case(inputs)
     models = ModelSet.from_files(model, mode)
     with Progress(

@@ -221,14 +221,20 @@ def probability_paths(folder: Path, case_id: str) -> dict[str, Path]:
     return {r: Path(folder) / f"{case_id}_{r}_prob.nii.gz" for r in REGIONS}
 
 
+def check_output(out: Path) -> Path:
+    """Refuse an output name that is not NIfTI (checked before any work is done)."""
+    out = Path(out)
+    if not out.name.endswith((".nii.gz", ".nii")):
+        raise FedsegError(f"{out}: the output must be a NIfTI file name (.nii.gz or .nii)")
+    return out
+
+
 def write_segmentation(
     seg: Segmentation, out: Path, probabilities_dir: Path | None = None
 ) -> list[Path]:
     """Write the label map to ``out`` (uint8) and, if asked, the three probability maps
     (float32) into ``probabilities_dir``. Returns the files written."""
-    out = Path(out)
-    if not out.name.endswith((".nii.gz", ".nii")):
-        raise FedsegError(f"{out}: the output must be a NIfTI file name (.nii.gz or .nii)")
+    out = check_output(out)
     nifti.save(out, seg.labels, seg.affine, label=True)
     written = [out]
     if probabilities_dir is not None:
