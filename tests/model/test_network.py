@@ -10,9 +10,11 @@ from modelkit import TINY, run_fedseg, tiny_model
 
 from fedseg.errors import FedsegError
 from fedseg.model.config import NetworkConfig
+from fedseg.model.model_file import ModelFile, save_model
 from fedseg.model.registry import build_network
 from fedseg.model.resunet import count_parameters
 from fedseg.model.segmenter import ModelSet, check_roi
+from fedseg.model.weights import get_weights
 
 
 def test_tiny_network_output_shape_non_cubic() -> None:
@@ -71,6 +73,7 @@ def test_model_with_bad_tile_is_refused_when_loaded(tmp_path: Path) -> None:
     assert ModelSet.from_files([path], roi=(16, 16, 16)).members[0].roi == (16, 16, 16)
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_tile_in_one_line(tmp_path: Path, case_dir: Path) -> None:
     path = tiny_model(tmp_path / "bad.pt", roi=(18, 16, 16))
     proc = run_fedseg("segment", "--model", path, case_dir, "--out", tmp_path / "s.nii.gz")
@@ -78,3 +81,11 @@ def test_cli_reports_bad_tile_in_one_line(tmp_path: Path, case_dir: Path) -> Non
     assert "not a multiple of 4" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
+
+
+def test_model_with_wrong_channel_counts_is_refused(tmp_path: Path) -> None:
+    cfg = TINY.model_copy(update={"in_channels": 2})
+    net = build_network(cfg)
+    path = save_model(tmp_path / "two.pt", ModelFile(cfg, get_weights(net), (16, 16, 16)))
+    with pytest.raises(FedsegError, match="maps 2 -> 3 channels; segmentation needs 4"):
+        ModelSet.from_files([path])

@@ -19,7 +19,14 @@ from typing import Literal
 import numpy as np
 
 from fedseg.data import nifti
-from fedseg.data.cases import Case, CaseVolumes, case_from_files, discover_cases, load_case
+from fedseg.data.cases import (
+    MODALITIES,
+    Case,
+    CaseVolumes,
+    case_from_files,
+    discover_cases,
+    load_case,
+)
 from fedseg.data.labels import REGIONS
 from fedseg.data.preprocess import nonzero_box
 from fedseg.errors import FedsegError
@@ -66,6 +73,11 @@ def load_member(path: Path, *, roi: Sequence[int] | None = None) -> Member:
     from fedseg.model.torch_backend import torch_predictor
 
     mf = load_model(Path(path))
+    if (mf.network.in_channels, mf.network.out_channels) != (len(MODALITIES), len(REGIONS)):
+        raise FedsegError(
+            f"{path}: network maps {mf.network.in_channels} -> {mf.network.out_channels} "
+            f"channels; segmentation needs {len(MODALITIES)} modalities -> {len(REGIONS)} regions"
+        )
     tile = check_roi(roi if roi is not None else mf.roi, mf.network.divisor, str(path))
     return Member(torch_predictor(mf.build()), tile, Path(path).name)
 
