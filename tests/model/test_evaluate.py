@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from modelkit import TINY_ROI, run_fedseg
 
-from fedseg.cli.evaluate import select_cases
 from fedseg.data.cases import discover_cases
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
@@ -20,6 +19,7 @@ from fedseg.model.evaluate import (
     evaluate_cases,
     mean_metrics,
     read_metrics_csv,
+    select_cases,
     write_metrics_csv,
 )
 from fedseg.model.metrics import HD95_ONE_EMPTY, METRICS

@@ -9,29 +9,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedseg.data.cases import Case, discover_cases
 from fedseg.data.labels import REGIONS
-from fedseg.errors import FedsegError
-from fedseg.model.evaluate import CaseResult, evaluate_cases, mean_metrics, write_metrics_csv
+from fedseg.model.evaluate import (
+    CaseResult,
+    evaluate_cases,
+    mean_metrics,
+    select_cases,
+    write_metrics_csv,
+)
 from fedseg.model.metrics import METRICS
 from fedseg.model.segmenter import ModelSet
 
 console = Console()
-
-
-def select_cases(data: Path, split: str) -> list[Case]:
-    """The cases of ``data`` on side ``split`` (train/val) of its persistent split, or all."""
-    if split == "all":
-        return discover_cases(data)
-    if split not in ("train", "val"):
-        raise FedsegError(f"--split {split}: use train, val or all")
-    try:
-        from fedseg.data.splits import load_split
-    except ImportError:
-        raise FedsegError(
-            "this fedseg has no persistent splits yet (fedseg.data.splits); use --split all"
-        ) from None
-    return list(getattr(load_split(data), split))
 
 
 def evaluate(

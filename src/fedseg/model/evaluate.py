@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedseg.data.cases import Case, load_case
+from fedseg.data.cases import Case, discover_cases, load_case
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
 from fedseg.model.metrics import METRICS, case_metrics
@@ -36,6 +36,21 @@ class CaseResult:
 def flatten(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     """``case_metrics`` output (region -> metric -> value) -> ``COLUMNS`` -> value."""
     return {f"{r}_{m}": float(metrics[r][m]) for r in REGIONS for m in METRICS}
+
+
+def select_cases(data: Path, split: str) -> list[Case]:
+    """The cases of ``data`` on side ``split`` (train/val) of its persistent split, or all."""
+    if split == "all":
+        return discover_cases(data)
+    if split not in ("train", "val"):
+        raise FedsegError(f"--split {split}: use train, val or all")
+    try:
+        from fedseg.data.splits import load_split
+    except ImportError:
+        raise FedsegError(
+            "this fedseg has no persistent splits yet (fedseg.data.splits); use --split all"
+        ) from None
+    return list(getattr(load_split(data), split))
 
 
 def evaluate_case(
