@@ -1,0 +1,128 @@
+"""Fixtures for intake tests: a minimal synthetic case moved by known rigid transforms, and a
+real Orthanc PACS on free loopback ports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from fedseg.data import nifti
+from fedseg.data.atlas import Atlas, load_atlas
+from fedseg.data.cases import MODALITIES
+from fedseg.intake import itk_bridge
+from fedseg.intake.registration import block_average, euler_from
+
+#: Known per-sequence rigid motions: (rotation axis, degrees, translation mm). They map the
+#: native (scanner) space of each sequence to the atlas space.
+MOTIONS: dict[str, tuple[tuple[float, float, float], float, tuple[float, float, float]]] = {
+    "t1": ((0, 0, 1), 6.0, (4.0, -3.0, 2.0)),
+    "t1ce": ((1, 0.3, 0), 8.0, (-6.0, 5.0, 3.0)),
+    "t2": ((0, 1, 0), -5.0, (3.0, 4.0, -5.0)),
+    "flair": ((1, 1, 0), 7.0, (-2.0, -6.0, 4.0)),
+}
+
+
+@dataclass
+class SyntheticCase:
+    """Atlas-space truth (arrays on ``grid``) and where the moved native case was written."""
+
+    truth: dict[str, np.ndarray]
+    label: np.ndarray
+    grid_affine: np.ndarray
+    folder: Path
+    case_id: str
+
+
+def rotation(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
+    """Rodrigues rotation matrix."""
+    k = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    t = np.radians(degrees)
+    return np.eye(3) + np.sin(t) * kx + (1 - np.cos(t)) * kx @ kx
+
+
+def atlas_truth(
+    atlas: Atlas, spacing: float
+) -> tuple[dict[str, np.ndarray], np.ndarray, sitk.Image]:
+    """Four made-up contrasts and a 3-label tumor on the atlas grid at ``spacing`` mm."""
+    grid = itk_bridge.reference_grid(atlas.affine, atlas.t1.shape, spacing)
+
+    def down(arr: np.ndarray) -> np.ndarray:
+        img = block_average(itk_bridge.from_array(arr.astype(np.float32), atlas.affine), spacing)
+        return itk_bridge.to_array(sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear))
+
+    csf, gm, wm, t1 = down(atlas.csf), down(atlas.gm), down(atlas.wm), down(atlas.t1)
+    brain = t1 > 1.0
+    # A tumor in the right hemisphere: necrosis (1) in enhancing rim (4) in edema (2).
+    affine = itk_bridge.affine_of(grid)
+    ijk = np.indices(t1.shape).reshape(3, -1).T
+    xyz = (ijk @ affine[:3, :3].T + affine[:3, 3]).reshape(*t1.shape, 3)
+    center = (
+        np.array([28.0, 10.0, 20.0]) + affine[:3, :3] @ (np.array(t1.shape) / 2) + affine[:3, 3]
+    )
+    r = np.linalg.norm(xyz - center, axis=-1)
+    label = np.zeros(t1.shape, np.uint8)
+    label[(r < 22) & brain] = 2
+    label[(r < 13) & brain] = 4
+    label[(r < 8) & brain] = 1
+    tumor = label > 0
+    truth = {
+        "t1": t1 * (1 - 0.3 * tumor),
+        "t1ce": t1 * 0.8 + 700 * (label == 4) + 40 * brain,
+        "t2": (1000 * csf + 500 * gm + 250 * wm) * brain + 600 * (label == 2) + 300 * (label == 1),
+        "flair": (150 * csf + 600 * gm + 450 * wm) * brain + 500 * (label == 2),
+    }
+    return {m: v.astype(np.float32) for m, v in truth.items()}, label, grid
+
+
+def native_transform(m: str) -> sitk.Euler3DTransform:
+    """The native->atlas point map of sequence ``m`` (what resampling into native space uses)."""
+    axis, deg, shift = MOTIONS[m]
+    return euler_from(rotation(axis, deg), np.asarray(shift))
+
+
+def write_moved_case(
+    root: Path, truth: dict[str, np.ndarray], label: np.ndarray, grid: sitk.Image, case_id: str
+) -> Path:
+    """Move each atlas-space sequence by its own rigid motion onto a native grid (2.4 mm,
+    other axes order) and write a BraTS case; the label moves with T1Gd."""
+    affine = itk_bridge.affine_of(grid)
+    native = sitk.Image([84, 100, 60], sitk.sitkFloat32)
+    native.SetSpacing((2.4, 2.4, 2.4))
+    # An LPS-axes scanner grid around the same center as the atlas box.
+    center = np.asarray(
+        grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in grid.GetSize()])
+    )
+    native.SetOrigin(tuple(center - np.array([84, 100, 60]) * 2.4 / 2))
+    folder = root / case_id
+    for m in MODALITIES:
+        src = itk_bridge.from_array(truth[m], affine)
+        moved = sitk.Resample(src, native, native_transform(m), sitk.sitkLinear, 0.0)
+        nifti.save(
+            folder / f"{case_id}_{m}.nii.gz",
+            itk_bridge.to_array(moved),
+            itk_bridge.affine_of(moved),
+        )
+    lab = sitk.Resample(
+        itk_bridge.from_array(label, affine),
+        native,
+        native_transform("t1ce"),
+        sitk.sitkNearestNeighbor,
+        0,
+    )
+    nifti.save(
+        folder / f"{case_id}_seg.nii.gz",
+        itk_bridge.to_array(lab, np.uint8),
+        itk_bridge.affine_of(lab),
+        label=True,
+    )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def atlas() -> Atlas:
+    return load_atlas()
