@@ -3,12 +3,20 @@ real Orthanc PACS on free loopback ports."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import yaml
 
 from fedseg.data import nifti
 from fedseg.data.atlas import Atlas, load_atlas
@@ -126,3 +134,117 @@ def write_moved_case(
 @pytest.fixture(scope="session")
 def atlas() -> Atlas:
     return load_atlas()
+
+
+# --------------------------------------------------------------------------- Orthanc PACS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Orthanc:
+    """A running Orthanc: DICOM on ``dicom_port`` (AE ``aet``), REST on ``http_port``; it
+    sends C-MOVE results to AE ``calling_ae`` at 127.0.0.1:``move_port``."""
+
+    aet: str
+    dicom_port: int
+    http_port: int
+    calling_ae: str
+    move_port: int
+    process: subprocess.Popen
+    log: Path
+
+    def rest(self, method: str, path: str, body: bytes | None = None) -> object:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", body, method=method
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def upload(self, files: list[Path]) -> None:
+        """Store DICOM files through the REST API (POST /instances)."""
+        for f in files:
+            self.rest("POST", "/instances", f.read_bytes())
+
+    def pacs_yaml(self, path: Path, **overrides: object) -> Path:
+        cfg = {
+            "calling_ae": self.calling_ae,
+            "peer": {"host": "127.0.0.1", "port": self.dicom_port, "ae_title": self.aet},
+            "retrieve": "get",
+            "move_port": self.move_port,
+            "move_bind": "127.0.0.1",
+            "timeout_s": 20,
+            **overrides,
+        }
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+
+def start_orthanc(folder: Path, extra: dict | None = None) -> Orthanc:
+    """Start Orthanc with a private config in ``folder``; wait until REST and DICOM answer."""
+    binary = shutil.which("Orthanc") or next(
+        (p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if Path(p).exists()), None
+    )
+    if binary is None:
+        pytest.skip("Orthanc is not installed (apt-get install orthanc)")
+    folder.mkdir(parents=True, exist_ok=True)
+    dicom_port, http_port, move_port = free_port(), free_port(), free_port()
+    config = {
+        "Name": "fedseg-test",
+        "StorageDirectory": str(folder / "db"),
+        "IndexDirectory": str(folder / "db"),
+        "StorageCompression": False,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": True,
+        "DicomAet": "ORTHANCTEST",
+        "DicomPort": dicom_port,
+        "DicomCheckCalledAet": True,
+        "DicomModalities": {"fedseg": ["FEDSEGTEST", "127.0.0.1", move_port]},
+        "Plugins": [],
+        "ConcurrentJobs": 1,
+        "SaveJobs": False,
+        "DicomScuTimeout": 10,
+        **(extra or {}),
+    }
+    (folder / "orthanc.json").write_text(json.dumps(config, indent=2))
+    log = folder / "orthanc.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [binary, str(folder / "orthanc.json")], stdout=out, stderr=subprocess.STDOUT
+        )
+    server = Orthanc("ORTHANCTEST", dicom_port, http_port, "FEDSEGTEST", move_port, proc, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Orthanc exited at start:\n{log.read_text()[-2000:]}")
+        try:
+            server.rest("GET", "/system")
+            with socket.create_connection(("127.0.0.1", dicom_port), timeout=1):
+                return server
+        except OSError:
+            time.sleep(0.2)
+    stop_orthanc(server)
+    raise RuntimeError(f"Orthanc did not answer within 30 s:\n{log.read_text()[-2000:]}")
+
+
+def stop_orthanc(server: Orthanc) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """A fresh Orthanc PACS on free loopback ports, stopped after the test."""
+    server = start_orthanc(tmp_path / "orthanc")
+    yield server
+    stop_orthanc(server)

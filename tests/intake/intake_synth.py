@@ -4,6 +4,7 @@ on the SRI24 grid moved by known rigid transforms (the realistic generator lives
 from __future__ import annotations
 
 import datetime
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,18 @@ def sitk_of(volume: np.ndarray, spacing: tuple[float, float, float]) -> sitk.Ima
     img = sitk.GetImageFromArray(volume.transpose(2, 1, 0).astype(np.float32))
     img.SetSpacing(spacing)
     return img
+
+
+def assert_phi_free(root: Path, study_uid: str) -> None:
+    """No identifying value in any file name under ``root``, nor anywhere in any file's
+    (decompressed) bytes: NIfTI headers, voxels, logs."""
+    needles = [*PATIENT.values(), "DOE", "JANE", "STUDY42", study_uid]
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert files
+    for path in root.rglob("*"):
+        content = path.read_bytes() if path.is_file() else b""
+        if path.name.endswith(".gz"):
+            content = gzip.decompress(content)
+        for n in needles:
+            assert n.lower() not in path.name.lower(), (path, n)
+            assert n.encode() not in content, (path, n)

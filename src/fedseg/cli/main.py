@@ -34,6 +34,11 @@ def _register() -> None:
     from fedseg.cli import data as data_cli
 
     app.add_typer(data_cli.app, name="data", help="Check, split, show and synthesize site data.")
+    from fedseg.cli import intake as intake_cli
+
+    app.add_typer(
+        intake_cli.app, name="intake", help="DICOM/PACS intake and harmonized preprocessing."
+    )
 
 
 def main() -> None:
