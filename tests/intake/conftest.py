@@ -63,8 +63,11 @@ def atlas_truth(
         img = block_average(itk_bridge.from_array(arr.astype(np.float32), atlas.affine), spacing)
         return itk_bridge.to_array(sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear))
 
-    csf, gm, wm, t1 = down(atlas.csf), down(atlas.gm), down(atlas.wm), down(atlas.t1)
+    # Contrasts are remapped T1 intensities (not the tissue maps, which sit ~1 mm off the
+    # atlas T1 along x): same anatomy, different contrast, as MI registration expects.
+    t1 = down(atlas.t1)
     brain = t1 > 1.0
+    rel = t1 / np.percentile(t1[brain], 99)  # ~0.3 CSF, ~0.6 GM, ~0.9 WM
     # A tumor in the right hemisphere: necrosis (1) in enhancing rim (4) in edema (2).
     affine = itk_bridge.affine_of(grid)
     ijk = np.indices(t1.shape).reshape(3, -1).T
@@ -81,8 +84,8 @@ def atlas_truth(
     truth = {
         "t1": t1 * (1 - 0.3 * tumor),
         "t1ce": t1 * 0.8 + 700 * (label == 4) + 40 * brain,
-        "t2": (1000 * csf + 500 * gm + 250 * wm) * brain + 600 * (label == 2) + 300 * (label == 1),
-        "flair": (150 * csf + 600 * gm + 450 * wm) * brain + 500 * (label == 2),
+        "t2": (400 + 800 * (1.1 - rel)) * brain + 600 * (label == 2) + 300 * (label == 1),
+        "flair": (300 + 600 * np.exp(-(((rel - 0.6) / 0.25) ** 2))) * brain + 500 * (label == 2),
     }
     return {m: v.astype(np.float32) for m, v in truth.items()}, label, grid
 
@@ -99,13 +102,13 @@ def write_moved_case(
     """Move each atlas-space sequence by its own rigid motion onto a native grid (2.4 mm,
     other axes order) and write a BraTS case; the label moves with T1Gd."""
     affine = itk_bridge.affine_of(grid)
-    native = sitk.Image([84, 100, 60], sitk.sitkFloat32)
+    native = sitk.Image([84, 100, 64], sitk.sitkFloat32)
     native.SetSpacing((2.4, 2.4, 2.4))
     # An LPS-axes scanner grid around the same center as the atlas box.
     center = np.asarray(
         grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in grid.GetSize()])
     )
-    native.SetOrigin(tuple(center - np.array([84, 100, 60]) * 2.4 / 2))
+    native.SetOrigin(tuple(center - np.array([84, 100, 64]) * 2.4 / 2))
     folder = root / case_id
     for m in MODALITIES:
         src = itk_bridge.from_array(truth[m], affine)

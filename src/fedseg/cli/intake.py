@@ -67,7 +67,10 @@ def preprocess(
         None, "--spacing", help="Isotropic output spacing in mm (default: the 1 mm BraTS grid)."
     ),
     brain_extractor: str = typer.Option(
-        "atlas", "--brain-extractor", help="Registered name: atlas (default), none, or a plug-in."
+        "atlas",
+        "--brain-extractor",
+        help="atlas (default: SRI24 brain mask), none, or a plug-in registered under the "
+        "entry point group fedseg.brain_extractors (see fedseg.intake.brain_extraction).",
     ),
 ) -> None:
     """Co-register to T1Gd and SRI24, resample to the atlas grid, skull-strip; resumable."""
