@@ -251,3 +251,66 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     server = start_orthanc(tmp_path / "orthanc")
     yield server
     stop_orthanc(server)
+
+
+def make_pki(folder: Path) -> dict[str, Path]:
+    """A throw-away CA and two certificates for 127.0.0.1: ``server`` (Orthanc), ``client``
+    (us). Uses the openssl command; skips the test where it is missing."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl command not found (needed to make test certificates)")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=folder)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fedseg test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            f"{name}.pem",
+        )
+    return {
+        n: folder / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+    }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Orthanc
+from conftest import Orthanc, make_pki, start_orthanc, stop_orthanc
 from intake_synth import PATIENT, assert_phi_free, blob_volume, write_series, write_study
 from typer.testing import CliRunner
 
@@ -15,7 +15,7 @@ from fedseg.cli.main import _register, app
 from fedseg.data.cases import discover_cases, load_case
 from fedseg.errors import FedsegError
 from fedseg.intake.config import load_pacs_config
-from fedseg.intake.pacs import StudyQuery, echo, find
+from fedseg.intake.pacs import StudyQuery, echo, find, retrieve
 
 pytestmark = pytest.mark.slow
 _register()
@@ -117,3 +117,38 @@ def test_retrieve_then_convert(
     assert np.allclose(vols.spacing, [2.0, 2.0, 3.0])
     assert_phi_free(tmp_path / "nifti", uids["2024"])
     assert uids["2024"] not in cases[0].case_id
+
+
+def test_tls_echo_find_and_get(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    server = start_orthanc(
+        tmp_path / "orthanc",
+        {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(pki["server.pem"]),
+            "DicomTlsPrivateKey": str(pki["server.key"]),
+            "DicomTlsTrustedCertificates": str(pki["ca.pem"]),
+            "DicomTlsRemoteCertificateRequired": True,
+        },
+    )
+    try:
+        uid, _ = write_study(tmp_path / "s1", seed=3, shape=(16, 16, 6), extra=False)
+        server.upload(sorted((tmp_path / "s1").rglob("*.dcm")))
+        tls = {
+            "ca": str(pki["ca.pem"]),
+            "cert": str(pki["client.pem"]),
+            "key": str(pki["client.key"]),
+        }
+        cfg = load_pacs_config(server.pacs_yaml(tmp_path / "tls.yaml", tls=tls))
+        assert echo(cfg) > 0
+        assert [s.study_uid for s in find(cfg, StudyQuery(patient_id="PAT-0001"))] == [uid]
+        got = retrieve(cfg, find(cfg, StudyQuery(study_uid=uid)), tmp_path / "dcm")
+        assert got.received == 24 and got.failed == 0
+        # Without TLS the PACS does not speak to us: a clear one-line error, not a traceback.
+        plain = load_pacs_config(server.pacs_yaml(tmp_path / "plain.yaml", timeout_s=5))
+        with pytest.raises(FedsegError, match="aborted the association") as err:
+            echo(plain)
+        print(err.value)
+        assert "TLS" in str(err.value) and "\n" not in str(err.value)
+    finally:
+        stop_orthanc(server)
