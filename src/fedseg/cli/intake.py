@@ -15,6 +15,17 @@ app.add_typer(pacs_app, name="pacs", help="Talk to a PACS: echo, find and retrie
 console = Console()
 
 
+def _require() -> None:
+    """A one-line error instead of an ImportError when the intake extra is not installed."""
+    import importlib.util
+
+    from fedseg.errors import FedsegError
+
+    missing = [m for m in ("SimpleITK", "pydicom", "pynetdicom") if not importlib.util.find_spec(m)]
+    if missing:
+        raise FedsegError(f"fedseg intake needs {', '.join(missing)}: pip install 'fedseg[intake]'")
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -26,6 +37,7 @@ def _progress() -> Progress:
 
 
 def _convert(dicom_dir: Path, out: Path, mapping: Path | None) -> None:
+    _require()
     from fedseg.intake.config import load_mapping
     from fedseg.intake.dicom_to_nifti import convert_dicom
 
@@ -74,6 +86,7 @@ def preprocess(
     ),
 ) -> None:
     """Co-register to T1Gd and SRI24, resample to the atlas grid, skull-strip; resumable."""
+    _require()
     from fedseg.intake.config import PreprocessConfig
     from fedseg.intake.preprocess import preprocess_cases
 
@@ -133,6 +146,7 @@ _UID = typer.Option("", "--study-uid", help="One StudyInstanceUID.")
 @pacs_app.command("echo")
 def pacs_echo(config: Path = _CONFIG) -> None:
     """C-ECHO: check that the PACS accepts us."""
+    _require()
     from fedseg.intake.config import load_pacs_config
     from fedseg.intake.pacs import echo
 
@@ -154,6 +168,7 @@ def pacs_find(
     study_uid: str = _UID,
 ) -> None:
     """C-FIND: list the studies (and matching series) that fit the query."""
+    _require()
     from fedseg.intake.config import load_pacs_config
     from fedseg.intake.pacs import find
 
@@ -182,6 +197,7 @@ def pacs_retrieve(
     mapping: Path | None = typer.Option(None, "--mapping", help="Mapping YAML for --convert."),
 ) -> None:
     """C-GET or C-MOVE the matching studies into a local DICOM folder (then convert)."""
+    _require()
     from fedseg.errors import FedsegError
     from fedseg.intake.config import load_pacs_config
     from fedseg.intake.pacs import find, retrieve
@@ -201,5 +217,5 @@ def pacs_retrieve(
         highlight=False,
     )
     if convert is not None:
-        for folder in result.folders:
-            _convert(folder, convert, mapping)
+        # The whole folder: studies converted on an earlier run are reported as "exists".
+        _convert(out, convert, mapping)
