@@ -79,6 +79,18 @@ def test_find_by_patient_date_modality_and_series(
     assert [x.description for x in flair[0].series] == ["FLAIR AX"]
     ct = find(cfg, StudyQuery(modality="CT"))
     assert [s.study_uid for s in ct] == [uids["2024"]]
+    config = str(tmp_path / "pacs.yaml")
+    listed = runner.invoke(
+        app, ["intake", "pacs", "find", "--config", config, "--series-description", "*FLAIR*"]
+    )
+    assert listed.exit_code == 0, listed.output
+    assert "FLAIR AX" in listed.output and "1 study found" in listed.output
+    bad_date = runner.invoke(app, ["intake", "pacs", "find", "--config", config, "--date", "2024"])
+    assert bad_date.exit_code != 0 and "YYYYMMDD" in str(bad_date.exception)
+    no_query = runner.invoke(
+        app, ["intake", "pacs", "retrieve", "--config", config, "--out", str(tmp_path / "x")]
+    )
+    assert no_query.exit_code != 0 and "needs a query" in str(no_query.exception)
 
 
 @pytest.mark.parametrize("method", ["get", "move"])
