@@ -59,6 +59,7 @@ def test_registration_recovers_known_motions(atlas: Atlas, tmp_path: Path) -> No
     assert out.label is not None
     for name, values in {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,)}.items():
         numbers[f"dice_tumor_{name}"] = dice(np.isin(out.label, values), np.isin(label, values))
+    numbers["seconds_per_case"] = report.results[0].seconds
     print(json.dumps({k: round(v, 4) for k, v in numbers.items()}, indent=1))
     for m in MODALITIES:
         assert numbers[f"dice_brain_{m}"] > 0.95, numbers

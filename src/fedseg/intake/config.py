@@ -195,7 +195,7 @@ class PreprocessConfig(_Strict):
     n4_shrink: int = Field(default=2, ge=1)
     n4_iterations: tuple[int, ...] = (50, 40, 30)
     histogram_bins: int = Field(default=32, ge=8)
-    sampling: float = Field(default=0.15, gt=0, le=1)
+    sampling: float = Field(default=0.05, gt=0, le=1)
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
     iterations: int = Field(default=200, ge=1)
