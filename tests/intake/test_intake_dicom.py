@@ -96,6 +96,11 @@ def test_ensure_clean_clears_text_and_catches_leaks(tmp_path: Path) -> None:
     with pytest.raises(FedsegError, match="patient-identifying"):
         ensure_clean(leaky, {"PAT-0001"})
     assert not leaky.exists()
+    # A short numeric patient id inside the random hex of a pseudonym is no leak.
+    lucky = tmp_path / "case_0a1234bc99ef_t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), lucky)
+    ensure_clean(lucky, {"1234"}, digest="0a1234bc99ef")
+    assert lucky.exists()
 
 
 def test_cli_dicom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:  # the intake modules need the `intake` extra: import them lazily
+    from fedseg.intake.pacs import StudyQuery
+    from fedseg.intake.preprocess import CaseResult
 
 app = typer.Typer(no_args_is_help=True)
 pacs_app = typer.Typer(no_args_is_help=True)
@@ -94,7 +99,7 @@ def preprocess(
     with _progress() as progress:
         task = progress.add_task("harmonizing cases", total=None)
 
-        def on_case(result) -> None:  # type: ignore[no-untyped-def]
+        def on_case(result: CaseResult) -> None:
             note = f" ({result.note})" if result.note else ""
             secs = f" {result.seconds:.1f} s" if result.seconds else ""
             progress.console.print(
@@ -117,7 +122,7 @@ def preprocess(
 
 def _query(
     patient_id: str, study_date: str, modality: str, series_description: str, study_uid: str
-):  # type: ignore[no-untyped-def]
+) -> StudyQuery:
     from pydantic import ValidationError
 
     from fedseg.errors import FedsegError

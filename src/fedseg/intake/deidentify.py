@@ -64,9 +64,13 @@ def _header_bytes(img: nib.Nifti1Image) -> bytes:
     return b"".join(b if isinstance(b, bytes) else str(b).encode() for b in blocks)
 
 
-def ensure_clean(path: Path, identifiers: set[str]) -> None:
+def ensure_clean(path: Path, identifiers: set[str], digest: str = "") -> None:
     """Clear the free-text header fields of a written NIfTI file (rewriting it only if one was
-    set), then check that no identifier occurs in its name, header or header extensions."""
+    set), then check that no identifier occurs in its name, header or header extensions.
+
+    ``digest`` (the hash part of the case id) is left out of the name check: random hex can
+    contain a short numeric patient id by chance, and carries no patient data by construction.
+    """
     img = nib.load(str(path))
     header = img.header
     if any(bytes(header[f].tobytes()).strip(b"\x00 ") for f in TEXT_FIELDS) or header.extensions:
@@ -78,8 +82,9 @@ def ensure_clean(path: Path, identifiers: set[str]) -> None:
         nib.save(clean, str(path))
         img = nib.load(str(path))
     raw = _header_bytes(img).lower()
+    name = path.name.lower().replace(digest.lower(), "/") if digest else path.name.lower()
     for ident in identifiers:
-        if ident.lower() in path.name.lower() or ident.lower().encode() in raw:
+        if ident.lower() in name or ident.lower().encode() in raw:
             path.unlink(missing_ok=True)
             raise FedsegError(
                 f"{path.name}: a patient-identifying value reached the output; file removed "

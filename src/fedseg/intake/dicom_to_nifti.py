@@ -143,7 +143,7 @@ def convert_study(study: Study, chosen: dict[str, Series], out: Path, case_id: s
     for m in MODALITIES:
         image = read_series(chosen[m])
         nifti.save(paths[m], itk_bridge.to_array(image), itk_bridge.affine_of(image))
-        ensure_clean(paths[m], identifiers)
+        ensure_clean(paths[m], identifiers, digest=case_id.rsplit("_", 1)[-1])
     final = out / case_id
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)

@@ -199,14 +199,14 @@ def _association(
     tls_args = None
     if cfg.tls is not None:
         ctx = ssl_client_context(cfg.tls)
-        tls_args = (ctx, cfg.peer.host if cfg.tls.check_hostname else None)
+        tls_args = (ctx, cfg.peer.host)  # the name is checked only if tls.check_hostname
     assoc = ae.associate(
         cfg.peer.host,
         cfg.peer.port,
         ae_title=cfg.peer.ae_title,
         ext_neg=ext_neg,
         evt_handlers=handlers,
-        tls_args=tls_args,  # type: ignore[arg-type]
+        tls_args=tls_args,
     )
     if not assoc.is_established:
         if assoc.is_rejected:
@@ -429,6 +429,7 @@ def retrieve(cfg: PacsConfig, studies: list[StudyMatch], dest: Path) -> Retrieve
                         )
                         failed += _count_failures(responses, cfg, "C-MOVE")
         finally:
-            server.shutdown()  # type: ignore[union-attr]
+            if server is not None:
+                server.shutdown()
     folders = sorted({f for f in folder_of.values() if f.exists()})
     return RetrieveResult(store.received, failed, folders)

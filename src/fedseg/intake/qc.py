@@ -11,9 +11,8 @@ from matplotlib.figure import Figure
 
 def _center(mask: np.ndarray) -> tuple[int, int, int]:
     idx = np.argwhere(mask)
-    if len(idx) == 0:
-        return tuple(s // 2 for s in mask.shape)  # type: ignore[return-value]
-    return tuple(int(v) for v in idx.mean(axis=0).round())  # type: ignore[return-value]
+    c = idx.mean(axis=0).round() if len(idx) else np.asarray(mask.shape) // 2
+    return int(c[0]), int(c[1]), int(c[2])
 
 
 def registration_png(
