@@ -97,18 +97,24 @@ def native_transform(m: str) -> sitk.Euler3DTransform:
 
 
 def write_moved_case(
-    root: Path, truth: dict[str, np.ndarray], label: np.ndarray, grid: sitk.Image, case_id: str
+    root: Path,
+    truth: dict[str, np.ndarray],
+    label: np.ndarray,
+    grid: sitk.Image,
+    case_id: str,
+    spacing: float = 2.4,
 ) -> Path:
-    """Move each atlas-space sequence by its own rigid motion onto a native grid (2.4 mm,
-    other axes order) and write a BraTS case; the label moves with T1Gd."""
+    """Move each atlas-space sequence by its own rigid motion onto a native scanner grid
+    (LPS axes, ``spacing`` mm, a 202x240x154 mm box) and write a BraTS case; the label moves
+    with T1Gd."""
     affine = itk_bridge.affine_of(grid)
-    native = sitk.Image([84, 100, 64], sitk.sitkFloat32)
-    native.SetSpacing((2.4, 2.4, 2.4))
-    # An LPS-axes scanner grid around the same center as the atlas box.
+    size = [round(202 / spacing), round(240 / spacing), round(154 / spacing)]
+    native = sitk.Image(size, sitk.sitkFloat32)
+    native.SetSpacing((spacing,) * 3)
     center = np.asarray(
         grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in grid.GetSize()])
     )
-    native.SetOrigin(tuple(center - np.array([84, 100, 64]) * 2.4 / 2))
+    native.SetOrigin(tuple(center - np.array(size) * spacing / 2))
     folder = root / case_id
     for m in MODALITIES:
         src = itk_bridge.from_array(truth[m], affine)

@@ -72,7 +72,7 @@ def test_registration_recovers_known_motions(atlas: Atlas, tmp_path: Path) -> No
 def test_cli_default_pipeline_masks_resumes_and_draws_qc(atlas: Atlas, tmp_path: Path) -> None:
     spacing = 4.0
     truth, label, grid = atlas_truth(atlas, spacing)
-    write_moved_case(tmp_path / "in", truth, label, grid, "synth_001")
+    write_moved_case(tmp_path / "in", truth, label, grid, "synth_001", spacing=3.5)
     partial = tmp_path / "in" / "synth_002"
     shutil.copytree(tmp_path / "in" / "synth_001", partial)
     for f in partial.iterdir():
