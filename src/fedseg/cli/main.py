@@ -38,6 +38,11 @@ def _register() -> None:
     app.add_typer(data_cli.app, name="data", help="Check, split, show and synthesize site data.")
     app.command("segment")(segment_cli.segment)
     app.command("evaluate")(evaluate_cli.evaluate)
+    from fedseg.cli import intake as intake_cli
+
+    app.add_typer(
+        intake_cli.app, name="intake", help="DICOM/PACS intake and harmonized preprocessing."
+    )
 
 
 def main() -> None:

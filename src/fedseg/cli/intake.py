@@ -1,0 +1,226 @@
+"""`fedseg intake ...`: DICOM to de-identified NIfTI, harmonized preprocessing, PACS access."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:  # the intake modules need the `intake` extra: import them lazily
+    from fedseg.intake.pacs import StudyQuery
+    from fedseg.intake.preprocess import CaseResult
+
+app = typer.Typer(no_args_is_help=True)
+pacs_app = typer.Typer(no_args_is_help=True)
+app.add_typer(pacs_app, name="pacs", help="Talk to a PACS: echo, find and retrieve studies.")
+console = Console()
+
+
+def _require() -> None:
+    """A one-line error instead of an ImportError when the intake extra is not installed."""
+    import importlib.util
+
+    from fedseg.errors import FedsegError
+
+    missing = [m for m in ("SimpleITK", "pydicom", "pynetdicom") if not importlib.util.find_spec(m)]
+    if missing:
+        raise FedsegError(f"fedseg intake needs {', '.join(missing)}: pip install 'fedseg[intake]'")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _convert(dicom_dir: Path, out: Path, mapping: Path | None) -> None:
+    _require()
+    from fedseg.intake.config import load_mapping
+    from fedseg.intake.dicom_to_nifti import convert_dicom
+
+    cfg = load_mapping(mapping)
+    with _progress() as progress:
+        task = progress.add_task("converting studies", total=None)
+        report = convert_dicom(
+            dicom_dir,
+            out,
+            cfg,
+            on_start=lambda n: progress.update(task, total=n),
+            on_study=lambda o: progress.advance(task),
+        )
+    for line in report.lines():
+        console.print(line, highlight=False, markup=False)
+    console.print(
+        f"{len(report.converted)} case(s) written to {out}; log in {out / 'intake_dicom.log'}",
+        highlight=False,
+    )
+
+
+@app.command("dicom")
+def dicom(
+    dicom_dir: Path = typer.Argument(..., help="Folder with DICOM files (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the BraTS-2021 case folders."),
+    mapping: Path | None = typer.Option(
+        None, "--mapping", help="YAML with series rules and the pseudonym salt."
+    ),
+) -> None:
+    """Convert each MR study to one de-identified case (<case>/<case>_{t1,t1ce,t2,flair})."""
+    _convert(dicom_dir, out, mapping)
+
+
+@app.command("preprocess")
+def preprocess(
+    cases: Path = typer.Argument(..., help="Folder of NIfTI cases (BraTS layout)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the harmonized cases."),
+    spacing: float | None = typer.Option(
+        None, "--spacing", help="Isotropic output spacing in mm (default: the 1 mm BraTS grid)."
+    ),
+    brain_extractor: str = typer.Option(
+        "atlas",
+        "--brain-extractor",
+        help="atlas (default: SRI24 brain mask), none, or a plug-in registered under the "
+        "entry point group fedseg.brain_extractors (see fedseg.intake.brain_extraction).",
+    ),
+) -> None:
+    """Co-register to T1Gd and SRI24, resample to the atlas grid, skull-strip; resumable."""
+    _require()
+    from fedseg.intake.config import PreprocessConfig
+    from fedseg.intake.preprocess import preprocess_cases
+
+    cfg = PreprocessConfig(spacing=spacing, brain_extractor=brain_extractor)
+    with _progress() as progress:
+        task = progress.add_task("harmonizing cases", total=None)
+
+        def on_case(result: CaseResult) -> None:
+            note = f" ({result.note})" if result.note else ""
+            secs = f" {result.seconds:.1f} s" if result.seconds else ""
+            progress.console.print(
+                f"{result.case_id}: {result.status}{secs}{note}", highlight=False, markup=False
+            )
+            progress.advance(task)
+
+        report = preprocess_cases(
+            cases, out, cfg, on_start=lambda n: progress.update(task, total=n), on_case=on_case
+        )
+    console.print(
+        f"{report.count('done')} done, {report.count('exists')} already there, "
+        f"{report.count('skipped')} skipped, {report.count('failed')} failed; QC pictures in "
+        f"{out}/<case>/intake/qc.png",
+        highlight=False,
+    )
+    if report.count("failed"):
+        raise typer.Exit(1)
+
+
+def _query(
+    patient_id: str, study_date: str, modality: str, series_description: str, study_uid: str
+) -> StudyQuery:
+    from pydantic import ValidationError
+
+    from fedseg.errors import FedsegError
+    from fedseg.intake.pacs import StudyQuery
+
+    try:
+        return StudyQuery(
+            patient_id=patient_id,
+            study_date=study_date,
+            modality=modality,
+            series_description=series_description,
+            study_uid=study_uid,
+        )
+    except ValidationError as exc:
+        raise FedsegError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+
+_CONFIG = typer.Option(..., "--config", help="PACS YAML: calling_ae, peer host/port/ae_title.")
+_PID = typer.Option("", "--patient-id", help="Patient ID (wildcards * ? allowed).")
+_DATE = typer.Option("", "--date", help="Study date or range: YYYYMMDD[-YYYYMMDD].")
+_MOD = typer.Option("", "--modality", help="Modality in study, e.g. MR.")
+_DESC = typer.Option("", "--series-description", help="Series description, e.g. '*FLAIR*'.")
+_UID = typer.Option("", "--study-uid", help="One StudyInstanceUID.")
+
+
+@pacs_app.command("echo")
+def pacs_echo(config: Path = _CONFIG) -> None:
+    """C-ECHO: check that the PACS accepts us."""
+    _require()
+    from fedseg.intake.config import load_pacs_config
+    from fedseg.intake.pacs import echo
+
+    cfg = load_pacs_config(config)
+    ms = echo(cfg)
+    console.print(
+        f"C-ECHO ok: {cfg.peer.ae_title}@{cfg.peer.host}:{cfg.peer.port} in {ms:.0f} ms",
+        highlight=False,
+    )
+
+
+@pacs_app.command("find")
+def pacs_find(
+    config: Path = _CONFIG,
+    patient_id: str = _PID,
+    date: str = _DATE,
+    modality: str = _MOD,
+    series_description: str = _DESC,
+    study_uid: str = _UID,
+) -> None:
+    """C-FIND: list the studies (and matching series) that fit the query."""
+    _require()
+    from fedseg.intake.config import load_pacs_config
+    from fedseg.intake.pacs import find
+
+    cfg = load_pacs_config(config)
+    studies = find(cfg, _query(patient_id, date, modality, series_description, study_uid))
+    table = Table("study date", "patient id", "modalities", "description", "series", "study uid")
+    for s in studies:
+        series = "; ".join(f"{x.number} {x.description}" for x in s.series)
+        table.add_row(s.study_date, s.patient_id, s.modalities, s.description, series, s.study_uid)
+    console.print(table)
+    console.print(f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} found")
+
+
+@pacs_app.command("retrieve")
+def pacs_retrieve(
+    config: Path = _CONFIG,
+    out: Path = typer.Option(..., "--out", help="Local DICOM folder (stays at the site)."),
+    patient_id: str = _PID,
+    date: str = _DATE,
+    modality: str = _MOD,
+    series_description: str = _DESC,
+    study_uid: str = _UID,
+    convert: Path | None = typer.Option(
+        None, "--convert", help="Then run `intake dicom` on what came in, into this folder."
+    ),
+    mapping: Path | None = typer.Option(None, "--mapping", help="Mapping YAML for --convert."),
+) -> None:
+    """C-GET or C-MOVE the matching studies into a local DICOM folder (then convert)."""
+    _require()
+    from fedseg.errors import FedsegError
+    from fedseg.intake.config import load_pacs_config
+    from fedseg.intake.pacs import find, retrieve
+
+    cfg = load_pacs_config(config)
+    query = _query(patient_id, date, modality, series_description, study_uid)
+    if query == type(query)():
+        raise FedsegError("retrieve needs a query: give --patient-id, --date, --study-uid, ...")
+    studies = find(cfg, query)
+    if not studies:
+        raise FedsegError("no study matches the query; try `fedseg intake pacs find` first")
+    with console.status(f"retrieving {len(studies)} study(ies) by C-{cfg.retrieve.upper()}"):
+        result = retrieve(cfg, studies, out)
+    console.print(
+        f"{result.received} instance(s) received into {out}"
+        + (f"; {result.failed} failed at the PACS" if result.failed else ""),
+        highlight=False,
+    )
+    if convert is not None:
+        # The whole folder: studies converted on an earlier run are reported as "exists".
+        _convert(out, convert, mapping)
