@@ -34,6 +34,9 @@ def _register() -> None:
     from fedseg.cli import data as data_cli
 
     app.add_typer(data_cli.app, name="data", help="Check, split, show and synthesize site data.")
+    from fedseg.cli import train as train_cli
+
+    app.command(name="train")(train_cli.train)
 
 
 def main() -> None:
