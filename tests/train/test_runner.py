@@ -72,22 +72,22 @@ def test_run_folder_store_rows_and_model_files(
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     tmp_path: Path, site: list[Case], recipe: RecipeConfig
 ) -> None:
-    sites = _sites(site)
-    run_training(tmp_path / "straight", sites, 3, recipe=recipe, progress=False)
+    sites = _sites(site)[:1]
+    run_training(tmp_path / "straight", sites, 2, recipe=recipe, progress=False)
     run_training(tmp_path / "cut", sites, 1, recipe=recipe, progress=False)
     # An interrupted epoch: its round was started and some rows written, no checkpoint.
     with RunStore(tmp_path / "cut") as store:
         store.start_round(2)
         store.record_case_metrics(2, "a", "junk", {"WT": {"dice": 0.0}})
-    run_training(tmp_path / "cut", sites, 3, resume=True, progress=False)
+    run_training(tmp_path / "cut", sites, 2, resume=True, progress=False)
     a, b = load_state(tmp_path / "straight" / CHECKPOINT), load_state(tmp_path / "cut" / CHECKPOINT)
-    assert a.epoch == b.epoch == 3
+    assert a.epoch == b.epoch == 2
     for k in a.weights:  # type: ignore[union-attr]
         np.testing.assert_allclose(b.weights[k], a.weights[k], rtol=0, atol=1e-6)  # type: ignore[index]
     for k in a.optimizer_state:  # type: ignore[union-attr]
         np.testing.assert_allclose(b.optimizer_state[k], a.optimizer_state[k], rtol=0, atol=1e-6)  # type: ignore[index]
     with RunStore(tmp_path / "cut") as store:
-        assert [r["status"] for r in store.rounds()] == ["done"] * 3
+        assert [r["status"] for r in store.rounds()] == ["done"] * 2
         assert not [r for r in store.case_metrics() if r[2] == "junk"]
 
 
@@ -113,7 +113,7 @@ from fedseg.train.runner import SiteData, run_training
 cases = discover_cases(Path(sys.argv[1]))
 resume = sys.argv[4] == "resume"
 recipe = None if resume else RecipeConfig.from_yaml(Path(sys.argv[3]))
-run_training(Path(sys.argv[2]), [SiteData("s", cases[:4], cases[4:])], 3, recipe=recipe,
+run_training(Path(sys.argv[2]), [SiteData("s", cases[:4], cases[4:])], 2, recipe=recipe,
              resume=resume, progress=False)
 """
 
@@ -126,7 +126,8 @@ def test_kill_9_in_the_middle_of_an_epoch_then_resume(
     (tmp_path / "recipe.yaml").write_text(recipe.to_yaml())
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    src = str(Path(__file__).parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
 
     def launch(out: str, mode: str) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, str(script), str(root), str(tmp_path / out)]
@@ -152,6 +153,6 @@ def test_kill_9_in_the_middle_of_an_epoch_then_resume(
     assert launch("cut", "resume").wait(timeout=300) == 0
     a = load_state(tmp_path / "straight" / CHECKPOINT)
     b = load_state(tmp_path / "cut" / CHECKPOINT)
-    assert a.epoch == b.epoch == 3
+    assert a.epoch == b.epoch == 2
     for k in a.weights:  # type: ignore[union-attr]
         np.testing.assert_allclose(b.weights[k], a.weights[k], rtol=0, atol=1e-6)  # type: ignore[index]
