@@ -43,6 +43,9 @@ def _register() -> None:
     app.add_typer(
         intake_cli.app, name="intake", help="DICOM/PACS intake and harmonized preprocessing."
     )
+    from fedseg.cli import train as train_cli
+
+    app.command(name="train")(train_cli.train)
 
 
 def main() -> None:
