@@ -34,6 +34,12 @@ def _register() -> None:
     from fedseg.cli import data as data_cli
 
     app.add_typer(data_cli.app, name="data", help="Check, split, show and synthesize site data.")
+    from fedseg.cli import deploy as deploy_cli
+    from fedseg.cli import pki as pki_cli
+
+    app.add_typer(pki_cli.app, name="pki", help="Consortium CA, server certificate, site keys.")
+    app.add_typer(deploy_cli.server_app, name="server", help="Run the aggregator (SuperLink).")
+    app.add_typer(deploy_cli.site_app, name="site", help="Run a site (SuperNode).")
 
 
 def main() -> None:
