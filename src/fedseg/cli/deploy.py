@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -88,12 +89,13 @@ def site_start(
         max_retries=max_retries,
     )
     proc = deploy.start_site(options)
+    # A service manager stops us with SIGTERM: take the SuperNode (its own session) along.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     console.print(f"SuperNode started (pid {proc.pid}), connecting to {server}; log {proc.log}")
     try:
         code = proc.popen.wait()
-    except KeyboardInterrupt:
+    finally:
         proc.stop()
-        raise
     if code != 0:
         raise FedsegError(
             f"the SuperNode stopped (exit {code}): "

@@ -56,6 +56,8 @@ def flower_env(home: Path, extra_pythonpath: list[Path] | None = None) -> dict[s
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
         PYTHONUNBUFFERED="1",
+        # Flower starts `flower-superexec` by name: find the one of this environment first.
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     )
     # Flower's child processes (SuperExec, ServerApp, ClientApp) import this very fedseg.
     parts = [str(p.resolve()) for p in extra_pythonpath or []]
