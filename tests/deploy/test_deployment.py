@@ -20,7 +20,9 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from deploy_helpers import BARE_APP, SITES, free_port, listening_sockets, make_coordinator
 
@@ -182,6 +184,32 @@ def test_a_site_cannot_reach_the_control_or_runtime_api(deployment: Deployment) 
     assert started.returncode != 0
     assert "only the Fleet API" in started.stdout + started.stderr
     assert _flwr(opts.home, "ls", deploy.CONNECTION).returncode == 0  # the coordinator can
+
+
+def _fleet_client(dep: Deployment, site: str) -> Any:
+    """Flower's own Fleet HTTP client, signing with ``site``'s enrolled key."""
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+    from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+    key = pki.load_private_key(dep.options.creds / "sites" / site / "site.key")
+    return FleetHttpClient.from_server_address(
+        f"127.0.0.1:{dep.options.fleet_port}",
+        insecure=False,
+        root_certificates=(dep.options.creds / "ca.crt").read_bytes(),
+        interceptors=[NodeAuthHttpInterceptor(key, key.public_key())],
+    )
+
+
+def test_a_site_cannot_pull_another_sites_messages(deployment: Deployment) -> None:
+    from flwr.proto.fleet_pb2 import PullMessagesRequest
+    from flwr.proto.node_pb2 import Node
+
+    client = _fleet_client(deployment, "alpha")
+    own, other = deployment.node_ids["alpha"], deployment.node_ids["beta"]
+    client.PullMessages(PullMessagesRequest(node=Node(node_id=own)))  # its own: fine
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        client.PullMessages(PullMessagesRequest(node=Node(node_id=other)))
+    assert refused.value.response.status_code == 401
 
 
 def test_an_unenrolled_site_is_refused(deployment: Deployment, tmp_path: Path) -> None:
