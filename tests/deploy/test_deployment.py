@@ -279,3 +279,25 @@ def test_a_site_killed_mid_round_does_not_stop_the_run(deployment: Deployment) -
     # round 1: alpha + beta answer (mean 1.5), gamma fails; round 2: only they are sampled
     assert out["final"] == pytest.approx([3.0, 3.0, 3.0])
     assert "Received 2 results and 1 failures" in log.read_text()
+
+
+def test_a_revoked_site_is_refused(deployment: Deployment, tmp_path: Path) -> None:
+    creds = deployment.options.creds
+    (creds / "enrolled" / "beta.crt").unlink()  # the coordinator revokes beta
+    node_ids = deploy.enroll_sites(deployment.options, pki.enrolled_sites(creds))
+    assert node_ids == {k: v for k, v in deployment.node_ids.items() if k != "beta"}
+    again = deploy.start_site(
+        deploy.SiteOptions(
+            server=f"127.0.0.1:{deployment.options.fleet_port}",
+            data_dir=deployment.data["beta"],
+            creds=creds / "sites" / "beta",
+            work_dir=tmp_path / "beta-again",
+            runtime_port=free_port(),
+            max_retries=0,
+        )
+    )
+    try:
+        assert again.popen.wait(timeout=90) != 0
+    finally:
+        again.stop()
+    assert "Failed to activate SuperNode" in again.log.read_text()

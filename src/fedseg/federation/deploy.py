@@ -300,17 +300,43 @@ def _json_tail(stdout: str) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
-def enroll_sites(options: ServerOptions, sites: list[pki.EnrolledSite]) -> dict[str, int]:
-    """Register each enrolled site's public key with the running SuperLink; name -> node id.
+NODES_FILE = "enrolled-nodes.json"
 
-    A key the SuperLink already knows (a restart on the same database) is left as it is.
+
+def _registry(options: ServerOptions) -> dict[str, dict[str, object]]:
+    path = options.run_dir / NODES_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def enroll_sites(options: ServerOptions, sites: list[pki.EnrolledSite]) -> dict[str, int]:
+    """Make the SuperLink's enrolled keys exactly ``sites``; return name -> Flower node id.
+
+    New keys are registered (``flwr supernode register``); keys registered by an earlier
+    start of this run folder but no longer enrolled (certificate removed) are unregistered,
+    so a revoked site is refused from the next start on. The mapping is kept in
+    ``RUN/enrolled-nodes.json``: it is also the trustworthy name of each node, since a node
+    is identified by its key, not by what its node config claims.
     """
+    registry = _registry(options)
+    wanted = {s.name: s.openssh_public_key.decode() for s in sites}
+    for name, entry in list(registry.items()):
+        if wanted.get(name) != entry["public_key"]:
+            result = _flwr(
+                ["supernode", "unregister", str(entry["node_id"]), CONNECTION], options.home
+            )
+            if result.returncode != 0:
+                raise FedsegError(
+                    f"could not unregister revoked site {name!r}: "
+                    + (result.stdout + result.stderr).strip().replace("\n", " ")[-300:]
+                )
+            del registry[name]
     keys_dir = options.run_dir / "enrolled-keys"
     keys_dir.mkdir(parents=True, exist_ok=True)
-    node_ids: dict[str, int] = {}
     for site in sites:
+        if site.name in registry:
+            continue
         key_file = keys_dir / f"{site.name}.pub"
-        key_file.write_bytes(site.openssh_public_key + b"\n")
+        key_file.write_text(wanted[site.name] + "\n")
         result = _flwr(
             [
                 "supernode",
@@ -325,16 +351,22 @@ def enroll_sites(options: ServerOptions, sites: list[pki.EnrolledSite]) -> dict[
             options.home,
         )
         data = _json_tail(result.stdout)
-        if data.get("success") and "node-id" in data:
-            node_ids[site.name] = int(str(data["node-id"]))
-        elif "already" in (result.stdout + result.stderr).lower():
-            node_ids[site.name] = -1
-        else:
-            raise FedsegError(
-                f"could not enroll site {site.name!r} with the SuperLink: "
-                + (result.stdout + result.stderr).strip().replace("\n", " ")[-300:]
+        if not (data.get("success") and "node-id" in data):
+            output = (result.stdout + result.stderr).strip().replace("\n", " ")
+            hint = (
+                "; this run folder's SuperLink database knows the key but lost its record: "
+                "use a new run folder"
+                if "already in use" in output
+                else ""
             )
-    return node_ids
+            raise FedsegError(f"could not enroll site {site.name!r}: {output[-300:]}{hint}")
+        registry[site.name] = {
+            "node_id": int(str(data["node-id"])),
+            "public_key": wanted[site.name],
+        }
+        (options.run_dir / NODES_FILE).write_text(json.dumps(registry, indent=2))
+    (options.run_dir / NODES_FILE).write_text(json.dumps(registry, indent=2))
+    return {name: int(str(entry["node_id"])) for name, entry in registry.items()}
 
 
 def submit_run(
