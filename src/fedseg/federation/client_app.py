@@ -7,6 +7,7 @@ default ``<data-dir>/.fedseg/<run-id>``) and ``threads`` (torch CPU threads, 0: 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -36,8 +37,19 @@ def hello(msg: Message, context: Context) -> Message:
     return Message(encode_hello_reply(_site(context)), reply_to=msg)
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (Linux; 0 elsewhere): the app's startup cost."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    startup_s = process_age_s()
     cfg = context.node_config
     threads = int(cfg.get("threads", 0) or 0)
     if threads > 0:
@@ -54,4 +66,5 @@ def train(msg: Message, context: Context) -> Message:
         _site(context), Path(str(data)), decode_request(msg.content),
         Path(str(ws)) if ws else None,
     )  # fmt: skip
+    reply.startup_s = startup_s
     return Message(encode_reply(reply), reply_to=msg)

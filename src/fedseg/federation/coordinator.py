@@ -290,7 +290,11 @@ class Coordinator:
         if res.validation:
             self.store.record_validation(rnd - 1, site, res.validation)
         base = {"n_train": res.n_train, "n_val": res.n_val, "train_loss": res.train_loss}
-        extra = {"train_wall_s": res.train_wall_s, "val_wall_s": res.val_wall_s}
+        extra = {
+            "train_wall_s": res.train_wall_s,
+            "val_wall_s": res.val_wall_s,
+            "startup_s": res.startup_s,
+        }
         if not trains:
             return SiteRound(status="ok", extra=extra, **base, **common), None  # type: ignore[arg-type]
         try:

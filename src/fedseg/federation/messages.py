@@ -52,6 +52,8 @@ class TaskReply:
     train_loss: float | None = None
     train_wall_s: float = 0.0
     val_wall_s: float = 0.0
+    #: seconds from the start of the site's app process to the start of the work
+    startup_s: float = 0.0
     validation: dict[str, dict[str, Summary]] = field(default_factory=dict)
 
 
@@ -108,6 +110,7 @@ def encode_reply(rep: TaskReply) -> RecordDict:
         "n_val": rep.n_val,
         "train_wall_s": float(rep.train_wall_s),
         "val_wall_s": float(rep.val_wall_s),
+        "startup_s": float(rep.startup_s),
     }
     if rep.train_loss is not None:
         metrics["train_loss"] = float(rep.train_loss)
@@ -149,6 +152,7 @@ def decode_reply(content: RecordDict) -> TaskReply:
         train_loss=float(m["train_loss"]) if "train_loss" in m else None,
         train_wall_s=float(m["train_wall_s"]),
         val_wall_s=float(m["val_wall_s"]),
+        startup_s=float(m.get("startup_s", 0.0)),
         validation=validation,
     )
 
