@@ -9,7 +9,6 @@ from pathlib import Path
 
 from fedseg.federation import pki
 
-BARE_APP = Path(__file__).parent / "bare_app"
 SITES = ("alpha", "beta", "gamma")
 
 

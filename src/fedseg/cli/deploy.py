@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
 from pathlib import Path
 
 import typer
@@ -20,11 +19,9 @@ console = Console(highlight=False)
 
 @server_app.command("start")
 def server_start(
-    plan: Path = typer.Argument(..., help="Federation plan (YAML)."),
+    plan: Path = typer.Argument(..., help="Federation plan (YAML); its sites must be enrolled."),
     creds: Path = typer.Option(..., "--creds", help="Coordinator credentials folder."),
-    run_dir: Path | None = typer.Option(
-        None, "--run-dir", help="Run folder (default: the plan's run folder)."
-    ),
+    out: Path = typer.Option(..., "--out", help="New run folder."),
     fleet_host: str = typer.Option(
         "0.0.0.0", help="Site-facing address; only the Fleet API is served there."
     ),
@@ -32,36 +29,16 @@ def server_start(
     control_port: int = typer.Option(
         deploy.DEFAULT_CONTROL_PORT, help="Loopback port of the Control/Runtime APIs."
     ),
-    keep_running: bool = typer.Option(
-        False, help="Keep the SuperLink up after the run (for more runs with `flwr run`)."
-    ),
+    no_live: bool = typer.Option(False, "--no-live", help="No live table (logs only)."),
 ) -> None:
-    """Start the aggregator: SuperLink (TLS + enrolled sites only), then the plan's run."""
-    sites = deploy.check_server_creds(creds)
-    app_dir, run_config, plan_run_dir = deploy.plan_app(plan)
+    """Start the aggregator: SuperLink (TLS, enrolled sites only), then run the plan."""
     options = deploy.ServerOptions(
-        creds=creds,
-        run_dir=run_dir or plan_run_dir,
-        fleet_host=fleet_host,
-        fleet_port=fleet_port,
-        control_port=control_port,
+        creds=creds, fleet_host=fleet_host, fleet_port=fleet_port, control_port=control_port
     )
-    console.print(f"starting SuperLink: Fleet API on {fleet_host}:{fleet_port}, ", end="")
-    console.print(f"other APIs on {options.control_address} only")
-    superlink = deploy.start_superlink(options)
-    try:
-        enrolled = deploy.enroll_sites(options, sites)
-        console.print(f"enrolled sites: {', '.join(sorted(enrolled))}")
-        console.print(f"waiting for sites, then running the plan; logs in {options.run_dir}/logs")
-        code = deploy.submit_run(options, app_dir, run_config, stream_to=sys.stdout)
-        if code != 0:
-            raise FedsegError(f"the run failed (flwr run exit {code}); see {options.run_dir}/logs")
-        if keep_running:
-            console.print("run finished; SuperLink stays up (Ctrl-C to stop)")
-            while superlink.alive():
-                time.sleep(1)
-    finally:
-        superlink.stop()
+    res = deploy.serve_plan(plan, out, options, live=not no_live)
+    console.print(f"run folder: {res.run_dir}  ({res.rounds_done} rounds, {res.wall_s:.0f} s)")
+    if res.best_model is not None:
+        console.print(f"best model: {res.best_model} (mean validation Dice {res.best_score:.3f})")
 
 
 @site_app.command("start")

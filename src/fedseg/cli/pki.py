@@ -46,7 +46,7 @@ def issue_server(
 
 @app.command("issue-site")
 def issue_site(
-    name: str = typer.Argument(..., help="Site name (lower-case letters, digits, - or _)."),
+    name: str = typer.Argument(..., help="Site name, as in the plan (letters, digits, _ - .)."),
     creds: Path = CredsOption,
     days: int = typer.Option(pki.SITE_DAYS, min=1, help="Validity in days."),
 ) -> None:

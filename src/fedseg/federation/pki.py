@@ -36,13 +36,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedseg.errors import FedsegError
+from fedseg.federation.plan import _SITE_NAME
 
 CURVE = ec.SECP384R1()
 CA_DAYS = 3650
 SERVER_DAYS = 825
 SITE_DAYS = 825
 ORGANIZATION = "fedseg consortium"
-SITE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 LOOPBACK_NAMES = ("localhost",)
 LOOPBACK_IPS = ("127.0.0.1", "::1")
 
@@ -130,11 +130,11 @@ def _write_public(path: Path, data: bytes) -> None:
 
 
 def check_site_name(name: str) -> str:
-    """Return ``name`` if it is a valid site name (lower-case letters, digits, ``-``, ``_``)."""
-    if not SITE_NAME_RE.match(name):
+    """Return ``name`` if it is a valid site name (as in a plan: letters, digits, ``_-.``)."""
+    if not _SITE_NAME.match(name):  # the plan's rule: every plan site can be enrolled
         raise FedsegError(
-            f"invalid site name {name!r}: use 1-63 lower-case letters, digits, '-' or '_', "
-            "starting with a letter or digit"
+            f"invalid site name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit (the name the plan gives the site)"
         )
     return name
 

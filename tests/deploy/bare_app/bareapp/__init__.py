@@ -1,1 +1,0 @@
-"""Bare Flower app for the deployment tests: averages one small array, no torch."""
