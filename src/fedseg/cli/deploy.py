@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -53,10 +54,18 @@ def site_start(
         deploy.DEFAULT_SITE_RUNTIME_PORT, help="Loopback port of the SuperNode's own API."
     ),
     max_retries: int | None = typer.Option(
-        None, help="Give up after this many failed connection attempts (default: never)."
+        None,
+        help="Give up after this many failed connections or restarts (default: keep trying).",
+    ),
+    retry_wait: float = typer.Option(
+        30.0, help="Seconds between restarts of a SuperNode that stopped."
     ),
 ) -> None:
-    """Start this site's SuperNode; it trains when the aggregator runs a plan (Ctrl-C stops)."""
+    """Start this site's SuperNode; it trains whenever the aggregator runs a plan.
+
+    The SuperNode is restarted when it stops (the aggregator restarted for a new run, this
+    site was enrolled after it started, ...), each time with a one-line reason. Ctrl-C stops.
+    """
     options = deploy.SiteOptions(
         server=server,
         data_dir=data,
@@ -65,17 +74,25 @@ def site_start(
         runtime_port=runtime_port,
         max_retries=max_retries,
     )
-    proc = deploy.start_site(options)
-    # A service manager stops us with SIGTERM: take the SuperNode (its own session) along.
+    # A service manager stops us with SIGTERM: leave through `finally` to stop the SuperNode.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    console.print(f"SuperNode started (pid {proc.pid}), connecting to {server}; log {proc.log}")
-    try:
-        code = proc.popen.wait()
-    finally:
-        proc.stop()
-    if code != 0:
-        raise FedsegError(
+    restarts = 0
+    while True:
+        proc = deploy.start_site(options)
+        console.print(f"SuperNode started (pid {proc.pid}), connecting to {server}; log {proc.log}")
+        try:
+            code = proc.popen.wait()
+        finally:
+            proc.stop()
+        if code == 0:
+            return
+        reason = (
             f"the SuperNode stopped (exit {code}): "
             + deploy.explain_supernode_failure(proc.tail(40))
             + f"; see {proc.log}"
         )
+        if max_retries is not None and restarts >= max_retries:
+            raise FedsegError(reason)
+        restarts += 1
+        console.print(f"{reason}; restarting in {retry_wait:.0f} s")
+        time.sleep(retry_wait)
