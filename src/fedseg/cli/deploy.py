@@ -11,7 +11,11 @@ import typer
 from rich.console import Console
 
 from fedseg.errors import FedsegError
-from fedseg.federation import deploy
+from fedseg.federation.fleet_gateway import (
+    DEFAULT_CONTROL_PORT,
+    DEFAULT_FLEET_PORT,
+    DEFAULT_SITE_RUNTIME_PORT,
+)
 
 server_app = typer.Typer(no_args_is_help=True)
 site_app = typer.Typer(no_args_is_help=True)
@@ -26,13 +30,15 @@ def server_start(
     fleet_host: str = typer.Option(
         "0.0.0.0", help="Site-facing address; only the Fleet API is served there."
     ),
-    fleet_port: int = typer.Option(deploy.DEFAULT_FLEET_PORT, help="Site-facing port."),
+    fleet_port: int = typer.Option(DEFAULT_FLEET_PORT, help="Site-facing port."),
     control_port: int = typer.Option(
-        deploy.DEFAULT_CONTROL_PORT, help="Loopback port of the Control/Runtime APIs."
+        DEFAULT_CONTROL_PORT, help="Loopback port of the Control/Runtime APIs."
     ),
     no_live: bool = typer.Option(False, "--no-live", help="No live table (logs only)."),
 ) -> None:
     """Start the aggregator: SuperLink (TLS, enrolled sites only), then run the plan."""
+    from fedseg.federation import deploy  # torch and Flower: only when the verb runs
+
     options = deploy.ServerOptions(
         creds=creds, fleet_host=fleet_host, fleet_port=fleet_port, control_port=control_port
     )
@@ -51,7 +57,7 @@ def site_start(
         Path("fedseg-site"), "--work-dir", help="Folder for Flower's home and logs."
     ),
     runtime_port: int = typer.Option(
-        deploy.DEFAULT_SITE_RUNTIME_PORT, help="Loopback port of the SuperNode's own API."
+        DEFAULT_SITE_RUNTIME_PORT, help="Loopback port of the SuperNode's own API."
     ),
     max_retries: int | None = typer.Option(
         None,
@@ -66,6 +72,8 @@ def site_start(
     The SuperNode is restarted when it stops (the aggregator restarted for a new run, this
     site was enrolled after it started, ...), each time with a one-line reason. Ctrl-C stops.
     """
+    from fedseg.federation import deploy  # torch and Flower: only when the verb runs
+
     options = deploy.SiteOptions(
         server=server,
         data_dir=data,

@@ -39,14 +39,16 @@ from fedseg.federation import pki
 from fedseg.federation.app_bundle import ConfigValue, config_arg, run_config, write_app
 from fedseg.federation.client_app import DATA_KEY, SITE_KEY
 from fedseg.federation.coordinator import BEST
+from fedseg.federation.fleet_gateway import (
+    DEFAULT_CONTROL_PORT,
+    DEFAULT_FLEET_PORT,
+    DEFAULT_SITE_RUNTIME_PORT,
+)
 from fedseg.federation.launcher import CONNECTION, Launcher, Proc, Security, flower_env
 from fedseg.federation.plan import PLAN_FILE, PlanConfig, load_plan, save_plan
 from fedseg.federation.simulate import SimulationResult, _watch
 from fedseg.tracking.store import RunStore
 
-DEFAULT_FLEET_PORT = 9092
-DEFAULT_CONTROL_PORT = 9093
-DEFAULT_SITE_RUNTIME_PORT = 9094
 NODES_FILE = "enrolled-nodes.json"
 
 

@@ -31,6 +31,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 FLEET_PREFIX = "/v1/fleet/"
+#: Ports of a deployment: sites reach the Fleet port; the others stay on loopback.
+DEFAULT_FLEET_PORT = 9092
+DEFAULT_CONTROL_PORT = 9093
+DEFAULT_SITE_RUNTIME_PORT = 9094
 FLOWER_VERSION = "1.41.0"
 
 Scope = MutableMapping[str, Any]
