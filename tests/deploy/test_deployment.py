@@ -82,7 +82,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 sites[name] = _cli(
                     "site", "start", "--server", server, "--data", str(data[name]),
                     "--creds", str(site_creds), "--work-dir", str(root / f"work-{name}"),
-                    "--runtime-port", str(free_port()), home=root / f"work-{name}",
+                    "--runtime-port", str(free_port()), "--retry-wait", "2",
+                    home=root / f"work-{name}",
                 )  # fmt: skip
             else:
                 sites[name] = deploy.start_site(
@@ -285,3 +286,23 @@ def test_a_revoked_site_is_refused(deployment: Deployment, tmp_path: Path) -> No
     finally:
         again.stop()
     assert "Failed to activate SuperNode" in again.log.read_text()
+
+
+def test_a_cli_site_rejoins_when_the_aggregator_restarts(deployment: Deployment) -> None:
+    """`fedseg site start` outlives the SuperLink: a new run's SuperLink (new database, new
+    node ids) gets the site back without anyone touching the site."""
+    deployment.launcher.stop()
+    launcher = deploy.AggregatorLauncher(deployment.root / "run2", deployment.options)
+    deployment.launcher = launcher  # the fixture stops this one at the end
+    launcher.start_superlink()
+    node_ids = deploy.enroll_sites(launcher, pki.enrolled_sites(deployment.options.creds))
+    assert node_ids["alpha"] != deployment.node_ids["alpha"]  # a new SuperLink, new ids
+    deadline = time.monotonic() + 150
+    online: set[str] = set()
+    while str(node_ids["alpha"]) not in online:
+        assert time.monotonic() < deadline, "alpha did not rejoin the new SuperLink"
+        assert deployment.sites["alpha"].poll() is None, "the site process gave up"  # type: ignore[union-attr]
+        time.sleep(3)
+        out = launcher.flwr("supernode", "ls", deploy.CONNECTION, "--format", "json")
+        nodes = json.loads(out.stdout[out.stdout.find("{") :]).get("nodes", [])
+        online = {str(n["node-id"]) for n in nodes if n.get("status") == "online"}

@@ -92,8 +92,8 @@ def site_start(
             code = proc.popen.wait()
         finally:
             proc.stop()
-        if code == 0:
-            return
+        # A SuperNode never ends on its own by design; even a "graceful" exit 0 (Flower's
+        # answer to a SuperLink that no longer knows the node) means: start again.
         reason = (
             f"the SuperNode stopped (exit {code}): "
             + deploy.explain_supernode_failure(proc.tail(40))

@@ -407,6 +407,11 @@ _SUPERNODE_FAILURES = (
         "from `fedseg pki request` to the coordinator), was enrolled after the aggregator "
         "started (restart it), or was revoked",
     ),
+    (
+        "401 Unauthorized",
+        "the aggregator no longer knows this node: it restarted for a new run, or this site "
+        "was revoked",
+    ),
     ("Unable to parse the private key", "site.key is not a SuperNode key from `fedseg pki`"),
     (
         "CERTIFICATE_VERIFY_FAILED",
