@@ -138,6 +138,8 @@ def _print_check_report(report: DatasetReport, console: Console) -> None:
         f"[red]{report.with_errors} with errors[/]",
         soft_wrap=True,
     )
+
+
 @app.command("synth")
 def synth(
     out: Path = typer.Argument(
