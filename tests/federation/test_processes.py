@@ -21,6 +21,7 @@ from fed_helpers import SITES, tiny_plan
 
 from fedseg.federation.coordinator import BEST, initial_weights, model_path
 from fedseg.federation.plan import PLAN_FILE, load_plan, save_plan
+from fedseg.federation.run_folder import prepare_run
 from fedseg.federation.simulate import run_simulation, simulate
 from fedseg.model.model_file import load_model
 from fedseg.tracking.store import RunStore
@@ -130,7 +131,6 @@ def test_a_crashing_site_is_skipped_and_rejoins(
     sites["site3"] = copy
     plan = _plan_file(tmp_path, sites, min_sites=2)
     run = tmp_path / "run"
-    from fedseg.federation.simulate import prepare_run
 
     copy.mkdir()  # exists (prepare_run checks), but holds no cases
     prepare_run(plan, run)
