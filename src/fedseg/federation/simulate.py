@@ -90,6 +90,7 @@ def _watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console
            live: bool) -> None:  # fmt: skip
     """Follow the run store until the ServerApp says done or failed, or dies."""
     started = time.monotonic()
+    reported = 0
     view = Live(console=console, refresh_per_second=2, transient=False) if live else None
     if view is not None:
         view.start()
@@ -102,6 +103,14 @@ def _watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console
                     view.update(live_table(store, plan))
                 error = store.get_meta("error")
                 last = store.last_done_round()
+                if view is None and last > reported:
+                    for r in store.rounds():
+                        if reported < r["round"] <= last:
+                            console.print(
+                                f"round {r['round']}/{plan.rounds} done: "
+                                f"{r['n_sites']} site updates, {r['wall_s']:.0f} s"
+                            )
+                    reported = last
             if status == "done":
                 return
             if status == "failed":
