@@ -5,14 +5,19 @@ Only Flower's command-line programs are used here (``flower-superlink``,
 Flower's home (``FLWR_HOME``: config.toml, installed app bundles) and every log live in the
 run folder; telemetry, the update check and runtime dependency installation are off.
 
+The SuperLink keeps its state in memory unless ``persistent_state`` (a deployment that
+registers SuperNode keys wants them kept): on this machine, under heavy load, its SQLite
+file answered "database is locked" to heartbeats and the SuperLink then dropped the run.
+
 Security: ``Security()`` is plain HTTP and is refused on anything but loopback; otherwise the
 SuperLink serves TLS (``server_cert``/``server_key``) and SuperNodes and ``flwr`` verify it
 against ``ca_cert``; ``supernode_auth`` turns on SuperNode authentication (sites sign with
 ``site_keys[site]``; their public keys must be registered with the SuperLink first).
 
 Every process starts in its own session and is asked to die with the launcher (Linux
-PDEATHSIG), and its pid is written to ``<home>/pids.json`` so that a later start in the same
-run folder can clean up after a killed launcher.
+PDEATHSIG); a later start in the same run folder kills whatever a killed launcher left
+behind (processes whose environment names this run's Flower home). ``<home>/pids.json``
+lists the running processes for people.
 """
 
 from __future__ import annotations
@@ -130,7 +135,8 @@ class Launcher:
     """The engine processes of one run folder."""
 
     def __init__(self, run_dir: Path, security: Security | None = None,
-                 host: str = "127.0.0.1", port: int | None = None) -> None:  # fmt: skip
+                 host: str = "127.0.0.1", port: int | None = None,
+                 persistent_state: bool = False) -> None:  # fmt: skip
         self.run_dir = Path(run_dir).resolve()
         self.home = self.run_dir / HOME
         self.logs = self.run_dir / LOGS
@@ -138,6 +144,7 @@ class Launcher:
         self.host = host
         self.security.check(host)
         self.port = port or free_port(host if host != "0.0.0.0" else "127.0.0.1")
+        self.persistent_state = persistent_state
         self.procs: list[Proc] = []
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -169,8 +176,10 @@ class Launcher:
         """Start the SuperLink and wait until its health endpoint answers."""
         sec = self.security
         cmd = [_bin("flower-superlink"), "--host", self.host, "--port", str(self.port),
-               "--database", str(self.home / "superlink.db"),
                "--disable-runtime-dependency-installation"]  # fmt: skip
+        if self.persistent_state:
+            # Node registrations survive a restart; runs do not (resume is ours, see resume.py)
+            cmd += ["--database", str(self.home / "superlink.db")]
         if sec.insecure:
             cmd.append("--insecure")
         else:
@@ -245,26 +254,22 @@ class Launcher:
             (self.home / PIDS).unlink()
 
     def kill_leftovers(self) -> int:
-        """Kill the process groups a killed launcher of this run folder left behind (only
-        those whose command line still names this run folder); how many."""
-        path = self.home / PIDS
-        if not path.is_file():
-            return 0
+        """SIGKILL every process left over from an earlier launcher of this run folder (one
+        killed with -9): those whose environment names this Flower home. How many."""
+        marker = f"FLWR_HOME={self.home}".encode() + b"\0"
         n = 0
-        try:
-            entries = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            entries = []
-        for e in entries:
-            pid = int(e.get("pid", 0))
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
+                continue
             try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                env = (d / "environ").read_bytes()
             except OSError:
                 continue
-            if str(self.home) in cmdline or str(self.run_dir) in cmdline:
-                _signal_group(pid, signal.SIGKILL)
-                n += 1
-        path.unlink(missing_ok=True)
+            if marker in env:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(d.name), signal.SIGKILL)
+                    n += 1
+        (self.home / PIDS).unlink(missing_ok=True)
         return n
 
     # -- helpers ----------------------------------------------------------------------
