@@ -107,7 +107,6 @@ class AggregatorLauncher(Launcher):
             "--fleet-port", str(self.options.fleet_port),
             "--",
             "--host", "127.0.0.1", "--port", str(self.port),
-            "--database", str(self.home / "superlink.db"),
             "--disable-runtime-dependency-installation",
             "--ssl-certfile", str(sec.server_cert),
             "--ssl-keyfile", str(sec.server_key),
@@ -117,6 +116,9 @@ class AggregatorLauncher(Launcher):
 
     def start_superlink(self, timeout_s: float = 120.0) -> Proc:
         """Start the SuperLink (TLS, node auth, Fleet-only outside); wait until it answers."""
+        # State in memory (as the launcher's default: its SQLite file locked up under load),
+        # so a new SuperLink knows no key yet: forget the previous one's registrations.
+        (self.run_dir / NODES_FILE).unlink(missing_ok=True)
         self._write_connection()
         proc = self._spawn("superlink", self.superlink_command(), "superlink.log")
         self._wait_healthy(proc, timeout_s)
@@ -170,9 +172,9 @@ def _json_tail(stdout: str) -> dict[str, object]:
 def enroll_sites(launcher: AggregatorLauncher, sites: list[pki.EnrolledSite]) -> dict[str, int]:
     """Make the SuperLink's registered keys exactly ``sites``; return name -> Flower node id.
 
-    New keys are registered (``flwr supernode register``); keys registered by an earlier
-    start of this run folder but no longer enrolled (certificate removed or replaced) are
-    unregistered, so a revoked site is refused from then on. The mapping is kept in
+    New keys are registered (``flwr supernode register``); keys this SuperLink registered
+    earlier but no longer enrolled (certificate removed or replaced) are unregistered, so a
+    revoked site is refused from then on, without a restart. The mapping is kept in
     ``RUN/enrolled-nodes.json``: a node's trustworthy name, since the SuperLink identifies
     a node by its key, whatever name the node's config claims.
     """
@@ -198,13 +200,7 @@ def enroll_sites(launcher: AggregatorLauncher, sites: list[pki.EnrolledSite]) ->
         )
         data = _json_tail(result.stdout)
         if not (data.get("success") and "node-id" in data):
-            hint = (
-                "; this run folder's SuperLink database knows the key but not its record: "
-                "use a new run folder"
-                if "already in use" in result.stdout + result.stderr
-                else ""
-            )
-            raise FedsegError(f"could not enroll site {name!r}: {_one_line(result)}{hint}")
+            raise FedsegError(f"could not enroll site {name!r}: {_one_line(result)}")
         registry[name] = {"node_id": int(str(data["node-id"])), "public_key": public_key}
         path.write_text(json.dumps(registry, indent=2))
     path.write_text(json.dumps(registry, indent=2))
