@@ -29,6 +29,7 @@ def check_cmd(
     layout: str | None = typer.Option(
         None, "--layout", help="brats2021, brats2023 or msd (default: detected from file names)."
     ),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Cases checked in parallel."),
 ) -> None:
     """Check every case (files, grids, values, labels).
 
@@ -53,7 +54,7 @@ def check_cmd(
     )
     with progress:
         task = progress.add_task("check", total=len(cases), case="")
-        for report in iter_checks(cases):
+        for report in iter_checks(cases, jobs):
             reports.append(report)
             progress.update(task, advance=1, case=report.case_id)
     result = DatasetReport.from_cases(root, cases[0].layout, reports)
