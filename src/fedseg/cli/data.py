@@ -161,7 +161,11 @@ def synth(
     workers: int = typer.Option(1, "--workers", min=1, help="Processes generating cases."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing site folders."),
 ) -> None:
-    """Write a synthetic multi-site BraTS data set (real anatomy, per-site scanners)."""
+    """Write a synthetic multi-site BraTS data set (real anatomy, per-site scanners).
+
+    OUT receives site1/, site2/, ... (one BraTS 2021 case folder per case) and synth.yaml
+    (the config and every site's scanner profile, enough to repeat the data set).
+    """
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -214,7 +218,10 @@ def show(
     out: Path = typer.Option(Path("case.png"), "--out", "-o", help="PNG file to write."),
     case: str | None = typer.Option(None, "--case", help="Case id, when CASE_DIR holds several."),
 ) -> None:
-    """Draw a case's four modalities and labels in three planes through the tumor (PNG)."""
+    """Draw a case's four modalities and labels in three planes through the tumor (PNG).
+
+    CASE_DIR is one case folder, or a folder of cases with --case naming one.
+    """
     from fedseg.data.show import show_case
 
     typer.echo(f"wrote {show_case(case_dir, out, case)}")
