@@ -289,3 +289,12 @@ def test_streams_one_case_at_a_time_reading_each_file_once(
     assert [r.status for r in rest] == ["ok", "ok"]
     files_per_case = 2 if layout is Layout.MSD else 5
     assert len(opened) == 3 * files_per_case and set(opened.values()) == {1}
+
+
+def test_parallel_check_gives_the_same_report(tmp_path: Path, factory) -> None:
+    root = _site(tmp_path, factory, n=4)
+    _rewrite(root, factory, "t2", lambda d: d - 50)
+    (root / "case000" / "case000_seg.nii.gz").unlink()
+    serial, parallel = check_dataset(root), check_dataset(root, jobs=2)
+    assert parallel == serial
+    assert [r.status for r in parallel.cases] == ["error", "ok", "ok", "ok"]

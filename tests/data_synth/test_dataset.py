@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from fedseg.data.cases import MODALITIES, discover_cases, load_case
-from fedseg.data.synth import SiteProfile, SynthConfig, generate_dataset, make_tiny_dataset
+from fedseg.data.synth import (
+    SiteProfile,
+    SynthConfig,
+    generate_dataset,
+    make_tiny_dataset,
+    read_record,
+    synth_case,
+)
 from fedseg.errors import FedsegError
 
 
@@ -77,6 +84,17 @@ def _digest(root: Path) -> dict[str, str]:
     }
 
 
+def test_record_repeats_the_data_set(tmp_path: Path) -> None:
+    config = SynthConfig(sites=2, cases_per_site=1, seed=9, spacing=4.0, bad_sites=[1])
+    generate_dataset(tmp_path / "first", config)
+    again = read_record(tmp_path / "first")
+    assert again.profiles is not None and again.profiles[0].bad_kind == "eroded"
+    generate_dataset(tmp_path / "second", again)
+    assert _digest(tmp_path / "first") == _digest(tmp_path / "second")
+    with pytest.raises(FedsegError, match=r"synth\.yaml"):
+        read_record(tmp_path)
+
+
 def test_same_seed_identical_files_other_seed_differs(tmp_path: Path) -> None:
     a = make_tiny_dataset(tmp_path / "a", sites=2, cases_per_site=1, seed=5)
     make_tiny_dataset(tmp_path / "b", sites=2, cases_per_site=1, seed=5)
@@ -88,6 +106,28 @@ def test_same_seed_identical_files_other_seed_differs(tmp_path: Path) -> None:
         tmp_path / "b" / "synth.yaml"
     ).read_text()
     assert [p.name for p in a["site2"]] == ["site2_000"]
+
+
+def test_parallel_workers_write_the_same_files(tmp_path: Path) -> None:
+    config = SynthConfig(sites=2, cases_per_site=2, seed=2, spacing=4.0)
+    serial = generate_dataset(tmp_path / "serial", config)
+    parallel = generate_dataset(tmp_path / "parallel", config, workers=2)
+    assert {s: [p.name for p in v] for s, v in serial.items()} == {
+        s: [p.name for p in v] for s, v in parallel.items()
+    }
+    assert _digest(tmp_path / "serial") == _digest(tmp_path / "parallel")
+
+
+@pytest.mark.slow
+def test_full_brats_grid_at_1mm() -> None:
+    config = SynthConfig(sites=1, cases_per_site=1, seed=0, spacing=1.0)
+    case = synth_case(config, config.site_profiles(), 0, 0)
+    assert case.image.shape == (4, 240, 240, 155)
+    np.testing.assert_allclose(np.diag(case.affine)[:3], [-1.0, -1.0, 1.0])
+    assert set(np.unique(case.label).tolist()) == {0, 1, 2, 4}
+    brain = case.image[0] > 0
+    assert 1.1e6 < brain.sum() < 1.7e6  # an adult brain, in mm^3
+    assert not np.any(case.label[~brain])
 
 
 def test_refuses_to_overwrite_then_overwrites(tmp_path: Path) -> None:

@@ -68,6 +68,7 @@ def test_show_rejects_non_png_and_ambiguous_folders(
     assert picked.is_file()
 
 
+@pytest.mark.slow
 def test_cli_synth_then_show(tmp_path: Path) -> None:
     out = tmp_path / "data"
     proc = _fedseg(

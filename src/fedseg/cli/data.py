@@ -29,6 +29,7 @@ def check_cmd(
     layout: str | None = typer.Option(
         None, "--layout", help="brats2021, brats2023 or msd (default: detected from file names)."
     ),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Cases checked in parallel."),
 ) -> None:
     """Check every case (files, grids, values, labels).
 
@@ -53,7 +54,7 @@ def check_cmd(
     )
     with progress:
         task = progress.add_task("check", total=len(cases), case="")
-        for report in iter_checks(cases):
+        for report in iter_checks(cases, jobs):
             reports.append(report)
             progress.update(task, advance=1, case=report.case_id)
     result = DatasetReport.from_cases(root, cases[0].layout, reports)
@@ -160,7 +161,11 @@ def synth(
     workers: int = typer.Option(1, "--workers", min=1, help="Processes generating cases."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing site folders."),
 ) -> None:
-    """Write a synthetic multi-site BraTS data set (real anatomy, per-site scanners)."""
+    """Write a synthetic multi-site BraTS data set (real anatomy, per-site scanners).
+
+    OUT receives site1/, site2/, ... (one BraTS 2021 case folder per case) and synth.yaml
+    (the config and every site's scanner profile, enough to repeat the data set).
+    """
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -213,7 +218,10 @@ def show(
     out: Path = typer.Option(Path("case.png"), "--out", "-o", help="PNG file to write."),
     case: str | None = typer.Option(None, "--case", help="Case id, when CASE_DIR holds several."),
 ) -> None:
-    """Draw a case's four modalities and labels in three planes through the tumor (PNG)."""
+    """Draw a case's four modalities and labels in three planes through the tumor (PNG).
+
+    CASE_DIR is one case folder, or a folder of cases with --case naming one.
+    """
     from fedseg.data.show import show_case
 
     typer.echo(f"wrote {show_case(case_dir, out, case)}")

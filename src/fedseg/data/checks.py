@@ -19,6 +19,8 @@ and only one case's data is in memory at a time.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from enum import StrEnum
 from pathlib import Path
 
@@ -372,31 +374,47 @@ def check_case(case: Case, *, expect_label: bool | None = None) -> list[Problem]
     return out.problems
 
 
-def iter_checks(cases: list[Case]) -> Iterator[CaseReport]:
-    """Check ``cases`` one at a time (streaming), as ``check_dataset`` does."""
+def _check_one(job: tuple[Case, bool]) -> list[Problem]:
+    case, expect_label = job
+    return check_case(case, expect_label=expect_label)
+
+
+def iter_checks(cases: list[Case], jobs: int = 1) -> Iterator[CaseReport]:
+    """Check ``cases`` in order, yielding each report as it is done (streaming).
+
+    ``jobs`` > 1 checks that many cases at once in worker processes (gzip decompression
+    dominates the time); memory grows to ``jobs`` cases, never the whole site.
+    """
     labelled_site = any(c.label is not None for c in cases)
+    work = [
+        (c, _label_expected(c) or (c.layout is not Layout.MSD and labelled_site)) for c in cases
+    ]
     seen: set[str] = set()
-    for case in cases:
-        expect = _label_expected(case) or (case.layout is not Layout.MSD and labelled_site)
-        problems = check_case(case, expect_label=expect)
-        if case.case_id in seen:
-            problems.insert(
-                0,
-                Problem(
-                    case_id=case.case_id,
-                    severity=Severity.ERROR,
-                    code="duplicate-id",
-                    message=f"another case is also named {case.case_id}; rename one folder",
-                ),
-            )
-        seen.add(case.case_id)
-        yield CaseReport(case_id=case.case_id, problems=tuple(problems))
+    with ExitStack() as stack:
+        if jobs > 1 and len(cases) > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=jobs))
+            results: Iterator[list[Problem]] = pool.map(_check_one, work)
+        else:
+            results = map(_check_one, work)
+        for case, problems in zip(cases, results, strict=True):
+            if case.case_id in seen:
+                problems.insert(
+                    0,
+                    Problem(
+                        case_id=case.case_id,
+                        severity=Severity.ERROR,
+                        code="duplicate-id",
+                        message=f"another case is also named {case.case_id}; rename one folder",
+                    ),
+                )
+            seen.add(case.case_id)
+            yield CaseReport(case_id=case.case_id, problems=tuple(problems))
 
 
-def check_dataset(root: Path, layout: Layout | None = None) -> DatasetReport:
+def check_dataset(root: Path, layout: Layout | None = None, jobs: int = 1) -> DatasetReport:
     """Check every case under ``root`` (see ``discover_cases``); streams one case at a time.
 
     In a BraTS folder where any case has a label, a case without one is an error.
     """
     cases = discover_cases(Path(root), layout)
-    return DatasetReport.from_cases(Path(root), cases[0].layout, iter_checks(cases))
+    return DatasetReport.from_cases(Path(root), cases[0].layout, iter_checks(cases, jobs))

@@ -12,6 +12,7 @@ so they share the cached arrays instead of copying them.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,13 +68,16 @@ class CaseStore:
         self.patch_size = patch_size
         self._cache: dict[int, PreparedCase] = {}
         budget = cache_mb * 2**20
-        # Two threads: gzip decompression and numpy release the GIL for most of the work.
+        # Two cases at a time on two threads (gzip and numpy release the GIL for most of
+        # the work), stopping at the first case that does not fit in what is left.
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for i, prepared in enumerate(pool.map(self._prepare, range(len(self.cases)))):
-                if prepared.nbytes > budget:
-                    break
-                self._cache[i] = prepared
-                budget -= prepared.nbytes
+            for lo in range(0, len(self.cases) if budget else 0, 2):
+                pair = range(lo, min(lo + 2, len(self.cases)))
+                for i, prepared in zip(pair, pool.map(self._prepare, pair), strict=True):
+                    if prepared.nbytes > budget:
+                        return
+                    self._cache[i] = prepared
+                    budget -= prepared.nbytes
 
     def _prepare(self, i: int) -> PreparedCase:
         return prepare_case(self.cases[i], self.patch_size)
@@ -129,6 +133,8 @@ def _worker_init(_: int) -> None:
 def make_loader(dataset: PatchDataset) -> DataLoader[dict[str, torch.Tensor]]:
     """Batches in dataset order (the order is already seeded); workers prefetch two batches."""
     workers = dataset.train.num_workers
+    if multiprocessing.current_process().daemon:
+        workers = 0  # a daemonic process (e.g. a pool worker) may not start children
     return DataLoader(
         dataset,
         batch_size=dataset.train.batch_size,

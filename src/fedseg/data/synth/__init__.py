@@ -5,6 +5,7 @@ from fedseg.data.synth.generate import (
     SynthCase,
     generate_dataset,
     make_tiny_dataset,
+    read_record,
     synth_case,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "SynthConfig",
     "generate_dataset",
     "make_tiny_dataset",
+    "read_record",
     "synth_case",
 ]

@@ -117,7 +117,7 @@ def draw_profiles(n_sites: int, seed: int, spacing: float) -> list[SiteProfile]:
     blur = _spread(rng, n_sites, 0.0, 2.5)
     bias = _spread(rng, n_sites, 0.04, 0.3)
     radius = _spread(rng, n_sites, 9.0, 20.0)
-    edema = _spread(rng, n_sites, 6.0, 20.0)
+    edema = _spread(rng, n_sites, 8.0, 24.0)
     shift = max(2, round(6.0 / spacing))
     profiles = []
     for i in range(n_sites):

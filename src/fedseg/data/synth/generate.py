@@ -5,7 +5,7 @@ API for other code and tests:
 - ``generate_dataset(out, config, progress=None, workers=1) -> dict[site, list[case folder]]``
   writes ``out/<site>/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` (BraTS 2021 layout, case
   ids such as ``site1_000``, unique across sites) and ``out/synth.yaml`` (config, site
-  profiles, cases). Same config -> identical files.
+  profiles, cases). Same config -> identical files; ``read_record(out)`` gives the config back.
 - ``synth_case(config, profiles, site_index, case_index) -> SynthCase`` makes one case in
   memory (image, written label, the clean label before a bad site's errors, affine).
 - ``make_tiny_dataset(out, sites=2, cases_per_site=3, seed=0, spacing=4.0)`` is the quick
@@ -25,7 +25,13 @@ import yaml
 
 from fedseg.data.cases import write_case
 from fedseg.data.labels import ED, ET, NCR
-from fedseg.data.synth.anatomy import Anatomy, atlas_on_grid, deform_subject, push_tissue
+from fedseg.data.synth.anatomy import (
+    Anatomy,
+    atlas_on_grid,
+    brain_depth,
+    deform_subject,
+    push_tissue,
+)
 from fedseg.data.synth.annotation import corrupt_label
 from fedseg.data.synth.config import BadKind, SiteProfile, SynthConfig
 from fedseg.data.synth.contrast import synthesize
@@ -67,8 +73,9 @@ def synth_case(
     rng = np.random.default_rng([config.seed, site_index, case_index])
     atlas = atlas_on_grid(config.spacing, config.grid_shape())
     anat = deform_subject(atlas, rng, config.deformation_mm)
-    plan = plan_tumor(anat, profile, rng)
-    anat = push_tissue(anat, plan.centre_vox, plan.radius_mm, plan.mass_effect)
+    depth = brain_depth(anat)
+    plan = plan_tumor(anat, depth, profile, rng)
+    anat = push_tissue(anat, depth, plan.centre_vox, plan.radius_mm, plan.mass_effect)
     clean = draw_tumor(anat, plan, rng)
     images = acquire(synthesize(anat, clean, rng), anat.brain, profile, config.spacing, rng)
     label = corrupt_label(clean, anat.brain, profile, config.spacing)
@@ -113,6 +120,20 @@ def _record(
         "cases": cases,
     }
     (out / SYNTH_YAML).write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def read_record(out: Path) -> SynthConfig:
+    """The config, with its site profiles, that wrote the data set in ``out`` (synth.yaml):
+    ``generate_dataset(new_out, read_record(out))`` repeats it file for file."""
+    path = Path(out) / SYNTH_YAML
+    if not path.is_file():
+        raise FedsegError(f"{path}: not found; give a folder written by `fedseg data synth`")
+    try:
+        doc = yaml.safe_load(path.read_text())
+        profiles = [SiteProfile(**p) for p in doc["profiles"]]
+        return SynthConfig(**doc["config"], profiles=profiles)
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise FedsegError(f"{path}: not a valid synth record ({exc}); regenerate it") from None
 
 
 def generate_dataset(

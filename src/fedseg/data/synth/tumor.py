@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from fedseg.data.labels import ED, ET, NCR
-from fedseg.data.synth.anatomy import Anatomy
+from fedseg.data.synth.anatomy import Anatomy, DepthMap
 from fedseg.data.synth.config import SiteProfile
 from fedseg.data.synth.fields import smooth_noise
 
@@ -29,7 +29,9 @@ class TumorPlan:
     mass_effect: float
 
 
-def plan_tumor(anat: Anatomy, profile: SiteProfile, rng: np.random.Generator) -> TumorPlan:
+def plan_tumor(
+    anat: Anatomy, depth: DepthMap, profile: SiteProfile, rng: np.random.Generator
+) -> TumorPlan:
     """Draw a tumor's size from the site's distribution and seed it deep in white matter."""
     sp = anat.spacing
     radius = profile.tumor_radius_mm * float(np.exp(rng.normal(0.0, profile.tumor_radius_spread)))
@@ -40,12 +42,13 @@ def plan_tumor(anat: Anatomy, profile: SiteProfile, rng: np.random.Generator) ->
     if rng.random() >= profile.necrosis_prob:
         rim = 10.0 * radius  # a solid, non-necrotic core
     share = 1.0 if rng.random() > 0.15 else float(rng.uniform(0.3, 0.7))
-    depth = ndi.distance_transform_edt(anat.brain, sampling=sp)
+    k = depth.step
+    wm = anat.wm[::k, ::k, ::k]
     centre = None
     for need in (0.8 * radius + 6.0, 0.5 * radius + 4.0, 2.0 * sp, 0.0):
-        cand = np.flatnonzero((anat.wm > 0.7) & (depth > need))
+        cand = np.flatnonzero((wm > 0.7) & (depth.coarse > need))
         if cand.size:
-            centre = np.array(np.unravel_index(rng.choice(cand), anat.shape), dtype=float)
+            centre = np.array(np.unravel_index(rng.choice(cand), wm.shape), dtype=float) * k
             break
     if centre is None:  # no white matter at all (cannot happen with the atlas)
         centre = (np.array(anat.shape) - 1) / 2.0
