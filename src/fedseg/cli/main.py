@@ -32,32 +32,27 @@ def _root(
 def _register() -> None:
     # Imported here so that `fedseg --help` stays fast and each area owns its own verbs.
     from fedseg.cli import data as data_cli
-    from fedseg.cli import evaluate as evaluate_cli
-    from fedseg.cli import segment as segment_cli
-
-    app.add_typer(data_cli.app, name="data", help="Check, split, show and synthesize site data.")
-    app.command("segment")(segment_cli.segment)
-    app.command("evaluate")(evaluate_cli.evaluate)
-    from fedseg.cli import intake as intake_cli
-
-    app.add_typer(
-        intake_cli.app, name="intake", help="DICOM/PACS intake and harmonized preprocessing."
-    )
     from fedseg.cli import demo as demo_cli
+    from fedseg.cli import deploy as deploy_cli
+    from fedseg.cli import evaluate as evaluate_cli
     from fedseg.cli import federate as federate_cli
-
-    app.add_typer(data_cli.app, name="data", help="Check, split, show and synthesize site data.")
-    federate_cli.register(app)
-    demo_cli.register(app)
+    from fedseg.cli import intake as intake_cli
+    from fedseg.cli import pki as pki_cli
+    from fedseg.cli import segment as segment_cli
     from fedseg.cli import train as train_cli
 
+    demo_cli.register(app)
+    app.add_typer(data_cli.app, name="data", help="Check, split, show and synthesize site data.")
     app.command(name="train")(train_cli.train)
-    from fedseg.cli import deploy as deploy_cli
-    from fedseg.cli import pki as pki_cli
-
+    app.command("segment")(segment_cli.segment)
+    app.command("evaluate")(evaluate_cli.evaluate)
+    federate_cli.register(app)
     app.add_typer(pki_cli.app, name="pki", help="Consortium CA, server certificate, site keys.")
     app.add_typer(deploy_cli.server_app, name="server", help="Run the aggregator (SuperLink).")
     app.add_typer(deploy_cli.site_app, name="site", help="Run a site (SuperNode).")
+    app.add_typer(
+        intake_cli.app, name="intake", help="DICOM/PACS intake and harmonized preprocessing."
+    )
 
 
 def main() -> None:
