@@ -114,3 +114,32 @@ def make_run(tmp_path: Path) -> RunBuilder:
         return build_run(tmp_path / f"run{next(counter)}", mean_dice, **kw)  # type: ignore[arg-type]
 
     return _make
+
+
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+)  # fmt: skip
+
+
+def chromium_binary() -> str:
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium; CI installs it)")
+    return exe
+
+
+def chromium(page: Path, tmp: Path, *args: str) -> str:
+    """Run headless Chromium on a local file; returns stdout (the DOM for --dump-dom)."""
+    import subprocess
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", *args,
+         page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout

@@ -34,6 +34,9 @@ def _register() -> None:
     from fedseg.cli import data as data_cli
 
     app.add_typer(data_cli.app, name="data", help="Check, split, show and synthesize site data.")
+    from fedseg.cli import coordinator as coordinator_cli  # status, select, report, ... verbs
+
+    app.add_typer(coordinator_cli.app)
 
 
 def main() -> None:

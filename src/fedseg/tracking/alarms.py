@@ -29,11 +29,13 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import stats
 
+from fedseg.errors import FedsegError
 from fedseg.tracking.curves import Curves, site_curves
 from fedseg.tracking.store import Alarm, RunStore
 
@@ -70,6 +72,23 @@ class AlarmConfig(BaseModel):
         "KIND,MESSAGE} describe the alarm",
     )
     notify_timeout_s: float = Field(30.0, gt=0)
+
+
+def alarm_config_from_plan(plan: dict[str, Any]) -> AlarmConfig:
+    """The ``alarms`` section of a plan read as plain YAML data (defaults when absent)."""
+    raw = plan.get("alarms")
+    if raw is None:
+        return AlarmConfig()
+    if isinstance(raw, AlarmConfig):
+        return raw
+    try:
+        return AlarmConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise FedsegError(
+            f"plan alarms.{where}: {err['msg']}; fix the plan's alarms section"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -102,14 +102,19 @@ def best_round(scores: dict[int, float], allowed: set[int] | None = None) -> tup
     return m, cands[m]
 
 
-def choose(store: RunStore, kind: Kind, metric: str = "dice") -> dict[str, tuple[int, float]]:
-    """``region -> (model_round, score)`` for a singlet or triplet selection."""
+def choose(
+    store: RunStore, kind: Kind, metric: str = "dice", *, require_checkpoint: bool = True
+) -> dict[str, tuple[int, float]]:
+    """``region -> (model_round, score)`` for a singlet or triplet selection.
+
+    With ``require_checkpoint`` only model rounds with a stored checkpoint compete.
+    """
     rows = store.validation(metric=metric)
     if not rows:
         raise FedsegError(
             f"{store.path}: no validation results for metric {metric!r}; nothing to select from"
         )
-    allowed = set(store.checkpoints())
+    allowed = set(store.checkpoints()) if require_checkpoint else None
     if kind == "singlet":
         pick = best_round(weighted_scores(curves_from_rows(rows, "mean", metric)), allowed)
         return dict.fromkeys(REGIONS, pick)

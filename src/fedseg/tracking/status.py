@@ -30,12 +30,11 @@ class ReadOnlyRunStore(RunStore):
     """A ``RunStore`` opened with SQLite's read-only mode: never writes, never creates."""
 
     def __init__(self, path: Path) -> None:
-        path = Path(path)
-        if path.is_dir():
-            path = path / self.FILENAME
+        given = Path(path)
+        path = given / self.FILENAME if given.is_dir() else given
         if not path.is_file():
             raise FedsegError(
-                f"{path.parent}: no run store ({self.FILENAME}); give a run folder written by "
+                f"{given}: no run store ({self.FILENAME}); give a run folder written by "
                 "`fedseg simulate` or `fedseg federate`"
             )
         self.path = path
