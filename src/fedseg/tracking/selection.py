@@ -191,6 +191,15 @@ def load_selection(path: Path) -> LoadedSelection:
     return LoadedSelection(kind=sel.kind, region_files=files, selection=sel)
 
 
+def selection_model_files(path: Path) -> tuple[list[Path], Kind]:
+    """Model files for a segmenter from a selection: ``([file], "singlet")`` or
+    ``([ET file, TC file, WT file], "triplet")`` (use the latter with combine="triplet")."""
+    sel = load_selection(path)
+    if sel.kind == "singlet":
+        return [sel.region_files[REGIONS[0]]], "singlet"
+    return [sel.region_files[r] for r in REGIONS], "triplet"
+
+
 def _resolve(run: Path, p: Path) -> Path:
     """Checkpoint paths may be stored relative to the run folder."""
     p = Path(p)
