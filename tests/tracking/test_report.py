@@ -77,6 +77,7 @@ def test_report_has_every_section_and_figure(full_run) -> None:
         assert img.width > 500 and img.height > 200
         assert len(img.convert("RGB").getcolors(1 << 20) or []) > 50  # not a blank canvas
     assert "below_federation" in text and "update_outlier" in text  # stored alarms
+    assert "Wilcoxon p" in text and "median gap" in text  # the per-site test table
     assert "final vs initial" in text and "min_rounds: 5" in text and "run finished" in text
     assert text.count("<table>") >= 6
 

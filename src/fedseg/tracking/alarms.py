@@ -184,35 +184,54 @@ def paired_series(curves: Curves, site: str) -> tuple[np.ndarray, np.ndarray, li
     return np.array(mine), np.array(theirs), rounds
 
 
-def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
-    """The alarms that hold after round ``rnd``, from data of rounds ``<= rnd`` only.
+@dataclass(frozen=True)
+class SiteTests:
+    """The curve tests of one site after a round: models used and both results."""
+
+    site: str
+    models: list[int]
+    below: BelowResult
+    stall: StallResult
+    stall_held: bool  # ``stalled`` also held in the previous ``stall_persist - 1`` rounds
+
+
+def site_tests(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[SiteTests]:
+    """``below_federation`` and ``stalled`` for every site after round ``rnd``.
 
     Round r validates model r-1 (the store's convention), so models ``<= rnd - 1`` count.
     """
-    if not cfg.enabled:
-        return []
     curves = site_curves(store, cfg.region, cfg.metric, upto=rnd - 1)
     if cfg.skip_initial:
         curves = {s: {m: v for m, v in c.items() if m > 0} for s, c in curves.items()}
-    alarms: list[Alarm] = []
+    out = []
     for site in sorted(curves):
         mine, theirs, rounds = paired_series(curves, site)
         if cfg.window is not None:
             mine, theirs, rounds = mine[-cfg.window :], theirs[-cfg.window :], rounds[-cfg.window :]
-        b = below_federation(mine, theirs, cfg)
-        if b.flagged:
-            alarms.append(Alarm(rnd, site, BELOW, (
-                f"{cfg.region} {cfg.metric} below the other sites by {-b.median_gap:.3f} "
-                f"(median over {b.n} models, rounds {rounds[0]}-{rounds[-1]}; "
-                f"one-sided Wilcoxon p={b.p:.3g})"
-            )))  # fmt: skip
         st = stalled(mine, theirs, cfg)
         # A trend test repeated every round fires by chance now and then: ask persistence.
         held = all(
             stalled(mine[: mine.size - k], theirs[: theirs.size - k], cfg).flagged
             for k in range(1, cfg.stall_persist)
         )
-        if st.flagged and held:
+        out.append(SiteTests(site, rounds, below_federation(mine, theirs, cfg), st, held))
+    return out
+
+
+def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
+    """The alarms that hold after round ``rnd``, from data of rounds ``<= rnd`` only."""
+    if not cfg.enabled:
+        return []
+    alarms: list[Alarm] = []
+    for t in site_tests(store, rnd, cfg):
+        site, b, st, rounds = t.site, t.below, t.stall, t.models
+        if b.flagged:
+            alarms.append(Alarm(rnd, site, BELOW, (
+                f"{cfg.region} {cfg.metric} below the other sites by {-b.median_gap:.3f} "
+                f"(median over {b.n} models, {rounds[0]}-{rounds[-1]}; "
+                f"one-sided Wilcoxon p={b.p:.3g})"
+            )))  # fmt: skip
+        if st.flagged and t.stall_held:
             alarms.append(Alarm(rnd, site, STALLED, (
                 f"{cfg.region} {cfg.metric} changed by {st.site_gain:+.3f} over the last "
                 f"{cfg.stall_window} models while the other sites gained "

@@ -18,7 +18,12 @@ from pathlib import Path
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
 from fedseg.tracking import figures
-from fedseg.tracking.alarms import AlarmConfig, alarm_config_from_plan, evaluate_alarms
+from fedseg.tracking.alarms import (
+    AlarmConfig,
+    alarm_config_from_plan,
+    evaluate_alarms,
+    site_tests,
+)
 from fedseg.tracking.compare import CaseTable, compare_tables, fmt_p, read_case_tables
 from fedseg.tracking.contributions import contributions
 from fedseg.tracking.curves import ALL_REGIONS, federation_curve, site_curves
@@ -212,6 +217,32 @@ def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
         )
     else:
         parts.append("<p>No alarms: no site was flagged.</p>")
+    last = store.last_done_round()
+    tests = site_tests(store, last, cfg) if last else []
+    if tests:
+        parts.append(
+            f"<p>Each site against the other sites after round {last}: paired one-sided "
+            f"Wilcoxon signed-rank test of the per-model {cfg.region} {cfg.metric} (alarm "
+            f"when p &lt; {cfg.alpha} over at least {cfg.min_rounds} models and the median "
+            f"gap is at least {cfg.min_gap}), and the trend of the gap over the last "
+            f"{cfg.stall_window} models.</p>"
+        )
+        parts.append(
+            _table(
+                ["site", "models", "median gap", "Wilcoxon p", "gap trend /round", "trend p"],
+                [
+                    [
+                        t.site,
+                        t.below.n,
+                        t.below.median_gap,
+                        fmt_p(t.below.p),
+                        t.stall.slope,
+                        fmt_p(t.stall.p),
+                    ]
+                    for t in tests
+                ],
+            )
+        )
     parts.append("</section>")
     # -- curves
     parts.append("<section id='curves'><h2>Validation curves</h2>")
