@@ -2,6 +2,216 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import typer
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from fedseg.data.checks import DatasetReport
+    from fedseg.data.labels import Layout
+
 app = typer.Typer(no_args_is_help=True)
+
+
+# --- fedseg data check / fedseg data split ---------------------------------------------------
+# Imports are local to each command so that `fedseg --help` stays fast.
+
+
+@app.command("check")
+def check_cmd(
+    root: Path = typer.Argument(
+        ..., help="Site folder: BraTS case folders or an MSD Task01 folder."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print a machine-readable JSON report."),
+    layout: str | None = typer.Option(
+        None, "--layout", help="brats2021, brats2023 or msd (default: detected from file names)."
+    ),
+) -> None:
+    """Check every case (files, grids, values, labels).
+
+    Exit status: 0 when no case has an error (warnings allowed), 1 when some case has one,
+    2 when the folder cannot be read.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from fedseg.data.cases import discover_cases
+    from fedseg.data.checks import DatasetReport, iter_checks
+
+    cases = discover_cases(root, _parse_layout(layout))
+    reports = []
+    progress = Progress(
+        TextColumn("checking"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[case]}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("check", total=len(cases), case="")
+        for report in iter_checks(cases):
+            reports.append(report)
+            progress.update(task, advance=1, case=report.case_id)
+    result = DatasetReport.from_cases(root, cases[0].layout, reports)
+    if json_out:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        _print_check_report(result, Console(highlight=False))
+    raise typer.Exit(0 if result.passed else 1)
+
+
+@app.command("split")
+def split_cmd(
+    root: Path = typer.Argument(..., help="Site folder holding the cases."),
+    seed: int | None = typer.Option(None, "--seed", help="Hash seed of a new split (default 0)."),
+    val_fraction: float | None = typer.Option(
+        None, "--val-fraction", help="Fraction of cases in validation (default 0.2)."
+    ),
+    split_file: Path | None = typer.Option(
+        None, "--file", help="Where the split file lives (default ROOT/fedseg_split.json)."
+    ),
+) -> None:
+    """Write or update the site's persistent train/validation split; existing cases never move."""
+    from rich.console import Console
+
+    from fedseg.data.splits import make_split
+
+    split, changes = make_split(root, seed=seed, val_fraction=val_fraction, split_file=split_file)
+    console = Console(highlight=False)
+    verb = "created" if changes.created else ("updated" if changes.changed else "unchanged")
+    console.print(
+        f"{split.path}: {verb}; {len(split.train)} train, {len(split.val)} validation "
+        f"(seed {split.seed}, val-fraction {split.val_fraction})",
+        soft_wrap=True,
+    )
+    if not changes.created:
+        for label, ids in (
+            ("added to train", changes.added_train),
+            ("added to validation", changes.added_val),
+            ("back from gone (old side kept)", changes.returned),
+            ("not on disk anymore (kept as gone)", changes.removed),
+        ):
+            if ids:
+                console.print(f"  {label}: {', '.join(ids)}")
+    if changes.skipped:
+        console.print(
+            f"  [yellow]skipped[/] (incomplete or unlabelled): {', '.join(changes.skipped)}"
+        )
+
+
+def _parse_layout(value: str | None) -> Layout | None:
+    from fedseg.data.labels import Layout
+    from fedseg.errors import FedsegError
+
+    if value is None:
+        return None
+    try:
+        return Layout(value.lower())
+    except ValueError:
+        raise FedsegError(
+            f"unknown layout {value!r}; use one of {', '.join(x.value for x in Layout)}"
+        ) from None
+
+
+def _print_check_report(report: DatasetReport, console: Console) -> None:
+    """Problems per case (errors first), then one summary line."""
+    from rich.table import Table
+
+    bad = [r for r in report.cases if r.problems]
+    if bad:
+        table = Table(show_header=True, header_style="bold")
+        for col in ("case", "severity", "code", "message"):
+            table.add_column(col, overflow="fold")
+        for r in sorted(bad, key=lambda r: (r.status != "error", r.case_id)):
+            for p in r.problems:
+                style = "red" if p.severity == "error" else "yellow"
+                table.add_row(p.case_id, f"[{style}]{p.severity}[/]", p.code, p.message)
+        console.print(table)
+    total = len(report.cases)
+    console.print(
+        f"{report.root} ({report.layout.value}): {total} cases: "
+        f"[green]{report.ok} ok[/], [yellow]{report.with_warnings} with warnings[/], "
+        f"[red]{report.with_errors} with errors[/]",
+        soft_wrap=True,
+    )
+@app.command("synth")
+def synth(
+    out: Path = typer.Argument(
+        ..., help="Folder to write site1/, site2/, ... and synth.yaml into."
+    ),
+    sites: int = typer.Option(3, "--sites", min=1, help="Number of sites."),
+    cases_per_site: int = typer.Option(8, "--cases-per-site", min=1, help="Cases per site."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
+    spacing: float = typer.Option(
+        2.0, "--spacing", help="Voxel size in mm: 2 -> 120x120x78, 1 -> 240x240x155 (BraTS)."
+    ),
+    bad_site: list[int] = typer.Option(
+        [], "--bad-site", help="Site number (1-based) with systematically wrong labels; repeatable."
+    ),
+    bad_kind: str = typer.Option(
+        "eroded", "--bad-kind", help="How a bad site's labels are wrong: eroded, shifted, swapped."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes generating cases."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing site folders."),
+) -> None:
+    """Write a synthetic multi-site BraTS data set (real anatomy, per-site scanners)."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from fedseg.data.synth import BadKind, SynthConfig, generate_dataset
+    from fedseg.data.synth.generate import prepare_output
+    from fedseg.errors import FedsegError
+
+    kinds = [k.value for k in BadKind]
+    if bad_kind not in kinds:
+        raise FedsegError(f"--bad-kind {bad_kind}: choose one of {', '.join(kinds)}")
+    try:
+        config = SynthConfig(
+            sites=sites,
+            cases_per_site=cases_per_site,
+            seed=seed,
+            spacing=spacing,
+            bad_sites=bad_site,
+            bad_kind=BadKind(bad_kind),
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "options"
+        raise FedsegError(f"invalid {where}: {err['msg']}") from None
+    config.site_profiles()  # reject bad site numbers before any work
+    prepare_output(out, config, overwrite)
+    total = sum(config.case_counts())
+    shape = "x".join(str(n) for n in config.grid_shape())
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    ) as progress:
+        task = progress.add_task(f"synth {shape} @ {spacing:g} mm", total=total)
+        result = generate_dataset(
+            out,
+            config,
+            lambda case: progress.update(task, advance=1, description=f"synth {case}"),
+            workers=workers,
+            overwrite=overwrite,
+        )
+    for site, folders in result.items():
+        typer.echo(f"{site}: {len(folders)} cases in {Path(out) / site}")
+    typer.echo(f"config and site profiles: {Path(out) / 'synth.yaml'}")
+
+
+@app.command("show")
+def show(
+    case_dir: Path = typer.Argument(..., help="A case folder (or a site folder with --case)."),
+    out: Path = typer.Option(Path("case.png"), "--out", "-o", help="PNG file to write."),
+    case: str | None = typer.Option(None, "--case", help="Case id, when CASE_DIR holds several."),
+) -> None:
+    """Draw a case's four modalities and labels in three planes through the tumor (PNG)."""
+    from fedseg.data.show import show_case
+
+    typer.echo(f"wrote {show_case(case_dir, out, case)}")

@@ -81,7 +81,7 @@ def _folder_case(folder: Path, layout: Layout) -> Case | None:
     case_id = folder.name
     for f in sorted(folder.iterdir()):
         stem = _strip_suffix(f.name)
-        if stem is None:
+        if stem is None or f.name.startswith("."):  # macOS "._x_t1.nii.gz" resource forks
             continue
         for key, suffix in keys.items():
             if stem.endswith(suffix) and key not in found:
@@ -100,7 +100,7 @@ def detect_layout(folder: Path) -> Layout | None:
         return Layout.MSD
     candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())[:20]]
     for cand in candidates:
-        names = [n for n in (_strip_suffix(p.name) for p in cand.iterdir()) if n]
+        names = [n for n in (_strip_suffix(p.name) for p in cand.iterdir()) if n and n[0] != "."]
         for layout in (Layout.BRATS2023, Layout.BRATS2021):
             keys = FILE_KEYS[layout].values()
             if any(n.endswith(k) for n in names for k in keys):
@@ -163,6 +163,26 @@ def case_from_files(paths: list[Path], label: Path | None = None) -> Case:
     return Case(case_id, Layout.BRATS2021, images, label, (), Path(paths[0]).parent)
 
 
+def _load_modalities(case: Case) -> list[np.ndarray]:
+    """The four volumes in MODALITIES order, each file read once (an MSD 4D file holds all)."""
+    files: dict[Path, np.ndarray] = {}
+    vols = []
+    for m in MODALITIES:
+        src = case.images[m]
+        if src.channel is None:
+            vols.append(nifti.load_array(src.path))
+            continue
+        if src.path not in files:
+            files[src.path] = nifti.load_array(src.path, channel=None)
+        data = files[src.path]
+        if data.ndim != 4 or src.channel >= data.shape[3]:
+            raise FedsegError(
+                f"{src.path}: no channel {src.channel} in image of shape {data.shape}"
+            )
+        vols.append(np.ascontiguousarray(data[..., src.channel]))
+    return vols
+
+
 def load_case(case: Case, *, with_label: bool = True) -> CaseVolumes:
     """Load a complete case into memory; labels converted to BraTS 2021 values."""
     if case.missing:
@@ -172,7 +192,7 @@ def load_case(case: Case, *, with_label: bool = True) -> CaseVolumes:
         )
     first = case.images[MODALITIES[0]]
     affine = np.asarray(nifti.load_header(first.path).affine)
-    vols = [nifti.load_array(case.images[m].path, case.images[m].channel) for m in MODALITIES]
+    vols = _load_modalities(case)
     shapes = {v.shape for v in vols}
     if len(shapes) != 1:
         raise FedsegError(

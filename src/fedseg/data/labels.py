@@ -42,6 +42,13 @@ def label_values(layout: Layout) -> frozenset[int]:
 
 
 def _remap(label: np.ndarray, mapping: dict[int, int], source: str) -> np.ndarray:
+    label = np.asarray(label)
+    if np.issubdtype(label.dtype, np.floating) and not np.array_equal(label, np.round(label)):
+        # a cast would silently turn 1.5 into 1; a float label map is a resampled one
+        raise FedsegError(
+            f"label map has non-integer values, not valid {source} labels; "
+            "resample labels with nearest-neighbour interpolation"
+        )
     values = np.unique(label)
     unknown = sorted(int(v) for v in values if int(v) != 0 and int(v) not in mapping)
     if unknown:
