@@ -99,3 +99,25 @@ def test_status_cli(make_run, tmp_path: Path) -> None:
     assert list(empty.iterdir()) == []
     with pytest.raises(FedsegError):
         read_status(tmp_path / "missing")
+
+
+def test_status_before_the_first_result_shows_plan_sites_and_live_phase(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run).mkdir()
+    (run / "plan.yaml").write_text("sites:\n  h1: {data: /x}\n  h2: {data: /y}\nrounds: 5\n")
+    with RunStore(run) as store:
+        store.set_meta("status", "running")
+        store.set_meta(
+            "live", {"round": 1, "phase": "training", "sites": {"h1": "training", "h2": "waiting"}}
+        )
+        store.start_round(1)
+    st = read_status(run)
+    assert st.state == "running" and st.phase == "training"
+    assert [(s.site, s.live) for s in st.sites] == [("h1", "training"), ("h2", "waiting")]
+    out = _text(render_status(st))
+    assert "phase: training" in out and "0/5" in out and "waiting" in out
+    with RunStore(run) as store:
+        store.set_meta("status", "failed")
+        store.set_meta("error", "round 1: only 0 site(s) delivered a usable update")
+    st = read_status(run)
+    assert st.state == "failed" and "usable update" in _text(render_status(st))

@@ -87,6 +87,7 @@ class SiteStatus:
     model_round: int | None
     dice: dict[str, float]
     alarms: list[str]
+    live: str | None = None  # what the site does now (from the federation's live meta)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ class RunStatus:
     rounds_done: int
     rounds_planned: int | None
     running_round: int | None
+    phase: str | None
+    error: str | None
     sites: list[SiteStatus]
     federation_dice: dict[str, float]
     federation_model_round: int | None
@@ -150,11 +153,15 @@ def _collect(run: Path, store: RunStore) -> RunStatus:
     done = [r["round"] for r in rounds if r["status"] == "done"]
     running = [r["round"] for r in rounds if r["status"] == "running"]
     failed = [r["round"] for r in rounds if r["status"] == "failed"]
-    planned = planned_rounds(read_plan(run), store)
-    if running:
-        state = "running"
-    elif failed and (not done or max(failed) > max(done)):
+    plan = read_plan(run)
+    planned = planned_rounds(plan, store)
+    meta_status = store.get_meta("status")  # the federation's own word, when it writes one
+    live = store.get_meta("live") or {}
+    live_sites: dict[str, str] = live.get("sites", {}) if isinstance(live, dict) else {}
+    if meta_status == "failed" or (failed and (not done or max(failed) > max(done))):
         state = "failed"
+    elif running or meta_status == "running":
+        state = "running"
     elif not rounds:
         state = "not started"
     elif planned is not None and len(done) < planned:
@@ -167,8 +174,10 @@ def _collect(run: Path, store: RunStore) -> RunStatus:
     last_rows: dict[str, Any] = {}
     for r in store.site_rounds():
         last_rows[r.site] = r  # ordered by round: keeps the latest
+    plan_sites = list(plan.get("sites") or {}) if isinstance(plan.get("sites"), dict) else []
+    names = sorted(set(store.sites()) | set(plan_sites) | set(live_sites))
     sites = []
-    for site in store.sites():
+    for site in names:
         r = last_rows.get(site)
         mr = max(curves["mean"].get(site, {}) or [-1])
         dice = {g: curves[g][site][mr].mean for g in ALL_REGIONS if mr in curves[g].get(site, {})}
@@ -178,6 +187,7 @@ def _collect(run: Path, store: RunStore) -> RunStatus:
             r.update_distance if r else None, r.wall_s if r else None,
             mr if mr >= 0 else None, dice,
             [s.kind for s in spans if s.site == site],
+            live_sites.get(site) if state == "running" else None,
         ))  # fmt: skip
     fed_dice: dict[str, float] = {}
     fed_mr = None
@@ -194,6 +204,8 @@ def _collect(run: Path, store: RunStore) -> RunStatus:
         rounds_done=len(done),
         rounds_planned=planned,
         running_round=max(running) if running else None,
+        phase=live.get("phase") if state == "running" and isinstance(live, dict) else None,
+        error=store.get_meta("error") if state == "failed" else None,
         sites=sites,
         federation_dice=fed_dice,
         federation_model_round=fed_mr,
@@ -210,22 +222,31 @@ def render_status(s: RunStatus) -> Group:
     """Rich renderables for a terminal: header line, site table, alarms table."""
     planned = f"/{s.rounds_planned}" if s.rounds_planned is not None else ""
     head = Text.assemble(
-        ("run ", "bold"), s.run, "  ",
-        ("state ", "bold"), (s.state, "green" if s.state == "done" else "yellow"), "  ",
-        ("rounds done ", "bold"), f"{s.rounds_done}{planned}",
+        ("run ", "bold"),
+        s.run,
+        "  ",
+        ("state ", "bold"),
+        (s.state, "green" if s.state == "done" else "yellow"),
+        "  ",
+        ("rounds done ", "bold"),
+        f"{s.rounds_done}{planned}",
         (f"  (round {s.running_round} running)" if s.running_round else ""),
-    )  # fmt: skip
+        (f"  phase: {s.phase}" if s.phase else ""),
+    )
+    if s.error:
+        head.append(f"\nerror: {s.error}", style="red")  # fmt: skip
     if s.federation_dice:
         head.append(f"\nfederation Dice of model {s.federation_model_round}: ")
         head.append("  ".join(f"{g} {_f(s.federation_dice.get(g))}" for g in ALL_REGIONS))
     t = Table(title="sites", title_justify="left")
-    for col in ("site", "round", "state", "train", "val", "loss", "update dist", "s/round",
+    for col in ("site", "now", "round", "state", "train", "val", "loss", "update dist", "s/round",
                 "model", *(f"Dice {g}" for g in REGIONS), "Dice mean", "alarms"):  # fmt: skip
-        t.add_column(col, justify="left" if col in ("site", "state", "alarms") else "right")
+        t.add_column(col, justify="left" if col in ("site", "now", "state", "alarms") else "right")
     for x in s.sites:
         t.add_row(
-            x.site, _f(x.last_round, "d"), x.status, _f(x.n_train, "d"), _f(x.n_val, "d"),
-            _f(x.train_loss, ".4f"), _f(x.update_distance, ".4g"), _f(x.wall_s, ".1f"),
+            x.site, x.live or "-", _f(x.last_round, "d"), x.status, _f(x.n_train, "d"),
+            _f(x.n_val, "d"), _f(x.train_loss, ".4f"), _f(x.update_distance, ".4g"),
+            _f(x.wall_s, ".1f"),
             _f(x.model_round, "d"), *(_f(x.dice.get(g)) for g in ALL_REGIONS),
             Text(", ".join(x.alarms) or "-", style="bold red" if x.alarms else ""),
         )  # fmt: skip
