@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -110,9 +111,17 @@ def select(
 
 
 @app.command("contributions")
-def contributions_cmd(run: Path = RUN_ARG) -> None:
+def contributions_cmd(
+    run: Path = RUN_ARG,
+    loso: bool = typer.Option(
+        False, "--loso", help="Also re-run the federation once without each site (costly)."
+    ),
+    loso_dir: Path | None = typer.Option(
+        None, help="Folder for the leave-one-site-out runs [RUN/loso]; finished ones are reused."
+    ),
+) -> None:
     """Estimate how much each site's data improves the global model (from the store)."""
-    from fedseg.tracking.contributions import contributions
+    from fedseg.tracking.contributions import contributions, leave_one_site_out
     from fedseg.tracking.status import open_run
 
     store = open_run(run)
@@ -120,19 +129,55 @@ def contributions_cmd(run: Path = RUN_ARG) -> None:
         rows = contributions(store)
     finally:
         store.close()
+    loso_vals: dict[str, float] = {}
+    if loso:
+        loso_vals = leave_one_site_out(run, _simulate_without(run, loso_dir or run / "loso"))
     t = Table(title="site contributions (first-order estimate from update sizes)")
-    for col in ("site", "rounds", "weight", "share", "cos", "Dice gain", "gain on others"):
+    cols = ["site", "rounds", "weight", "share", "cos", "Dice gain", "gain on others"]
+    for col in cols + (["leave-one-out"] if loso else []):
         t.add_column(col, justify="left" if col == "site" else "right")
     for c in rows:
-        t.add_row(
-            c.site,
-            str(c.rounds),
-            *(
-                f"{v:.3f}"
-                for v in (c.mean_weight, c.mean_share, c.mean_cos, c.dice_gain, c.dice_gain_others)
-            ),
-        )
+        vals = [c.mean_weight, c.mean_share, c.mean_cos, c.dice_gain, c.dice_gain_others]
+        if loso:
+            vals.append(loso_vals.get(c.site, float("nan")))
+        t.add_row(c.site, str(c.rounds), *(f"{v:.3f}" for v in vals))
     console.print(t)
+    if loso:
+        console.print(
+            "leave-one-out: best pooled Dice of the other sites with the site minus without it"
+        )
+
+
+def _simulate_without(run: Path, base: Path) -> Callable[[str], Path]:
+    """``site -> run folder`` of the run's plan without that site (simulated when needed)."""
+    from fedseg.federation.plan import PLAN_FILE, load_plan, save_plan
+    from fedseg.federation.simulate import simulate
+    from fedseg.tracking.status import open_run
+
+    def run_without(site: str) -> Path:
+        out = base / f"without_{site}"
+        if (out / "run.sqlite").is_file():
+            with open_run(out) as st:
+                if st.get_meta("status") == "done":
+                    return out
+            raise FedsegError(f"{out} holds an unfinished run; remove it or `fedseg resume` it")
+        plan = load_plan(run / PLAN_FILE)
+        if site not in plan.sites or len(plan.sites) < 2:
+            raise FedsegError(f"plan of {run} has no site {site!r} to leave out, or only one")
+        sites = {k: v for k, v in plan.sites.items() if k != site}
+        reduced = plan.model_copy(
+            update={
+                "sites": sites,
+                "min_sites": min(plan.min_sites, len(sites)),
+                "name": f"{plan.name}-without-{site}",
+            }
+        )
+        plan_path = save_plan(base / f"plan_without_{site}.yaml", reduced)
+        console.print(f"leave-one-site-out: federation without {site} -> {out}")
+        simulate(plan_path, out, live=False)
+        return out
+
+    return run_without
 
 
 @app.command("report")

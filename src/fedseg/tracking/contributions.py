@@ -23,7 +23,9 @@ compare the best Dice on the remaining sites (``loso_contributions``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -138,6 +140,24 @@ def loso_contributions(full: Curves, without: dict[str, Curves]) -> dict[str, fl
                 v.mean for v in without_site.values()
             )
     return out
+
+
+def leave_one_site_out(
+    run: Path, run_without: Callable[[str], Path], sites: list[str] | None = None
+) -> dict[str, float]:
+    """Honest leave-one-site-out: ``run_without(site)`` runs (or finds) the federation of
+    the same plan without ``site`` and returns its run folder; the result per site is
+    ``loso_contributions`` of the two runs' ``mean`` Dice curves. Costs one federation per
+    site; the caller (the CLI) supplies the federation, keeping this layer below it."""
+    from fedseg.tracking.status import open_run
+
+    with open_run(run) as store:
+        full = site_curves(store, "mean")
+    without: dict[str, Curves] = {}
+    for site in sites if sites is not None else sorted(full):
+        with open_run(run_without(site)) as store:
+            without[site] = site_curves(store, "mean")
+    return loso_contributions(full, without)
 
 
 def _delta(curve: dict, rnd: int) -> float:
