@@ -17,8 +17,10 @@ from fedseg.tracking.alarms import (
     check_alarms,
     first_flagged,
     replay_alarms,
+    site_tests,
     stalled,
     update_outliers,
+    volatility,
 )
 from fedseg.tracking.store import RunStore
 
@@ -157,3 +159,17 @@ def test_disabled_config_raises_nothing(make_run) -> None:
     run = make_run({"a": base, "b": base, "bad": [v - 0.3 for v in base]})
     with RunStore(run) as store:
         assert replay_alarms(store, AlarmConfig(enabled=False)) == []
+
+
+def test_site_tests_report_gap_and_volatility(make_run) -> None:
+    base = rising(10)
+    jumpy = [v - 0.15 + (0.08 if i % 2 else -0.08) for i, v in enumerate(base)]
+    run = make_run({"a": noisy(base, 0.005, 1), "b": noisy(base, 0.005, 2), "j": jumpy})
+    with RunStore(run) as store:
+        tests = {t.site: t for t in site_tests(store, 9, CFG)}
+    assert tests["j"].models == list(range(1, 9))
+    assert tests["j"].below.flagged and tests["j"].below.median_gap == pytest.approx(
+        -0.15, abs=0.03
+    )
+    assert tests["j"].volatility > 5 * tests["a"].volatility
+    assert volatility(np.array([0.1, 0.2])) != volatility(np.array([0.1, 0.2]))  # NaN: too short

@@ -166,6 +166,12 @@ def update_outliers(distances: dict[str, float], cfg: AlarmConfig) -> dict[str, 
     return out
 
 
+def volatility(curve: np.ndarray) -> float:
+    """Standard deviation of the round-to-round changes of a curve (n,); NaN if n < 3."""
+    c = np.asarray(curve, dtype=np.float64)
+    return float(np.std(np.diff(c), ddof=1)) if c.size >= 3 else float("nan")
+
+
 def paired_series(curves: Curves, site: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """The site's curve and the mean of the other sites' curves on their common rounds.
 
@@ -193,6 +199,8 @@ class SiteTests:
     below: BelowResult
     stall: StallResult
     stall_held: bool  # ``stalled`` also held in the previous ``stall_persist - 1`` rounds
+    volatility: float  # std of the site's round-to-round change (the study's "unstable")
+    others_volatility: float  # the same for the mean of the other sites
 
 
 def site_tests(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[SiteTests]:
@@ -214,7 +222,10 @@ def site_tests(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[SiteTests]:
             stalled(mine[: mine.size - k], theirs[: theirs.size - k], cfg).flagged
             for k in range(1, cfg.stall_persist)
         )
-        out.append(SiteTests(site, rounds, below_federation(mine, theirs, cfg), st, held))
+        out.append(SiteTests(
+            site, rounds, below_federation(mine, theirs, cfg), st, held,
+            volatility(mine), volatility(theirs),
+        ))  # fmt: skip
     return out
 
 
@@ -228,7 +239,7 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
         if b.flagged:
             alarms.append(Alarm(rnd, site, BELOW, (
                 f"{cfg.region} {cfg.metric} below the other sites by {-b.median_gap:.3f} "
-                f"(median over {b.n} models, {rounds[0]}-{rounds[-1]}; "
+                f"(median over {b.n} models {rounds[0]}-{rounds[-1]}; "
                 f"one-sided Wilcoxon p={b.p:.3g})"
             )))  # fmt: skip
         if st.flagged and t.stall_held:

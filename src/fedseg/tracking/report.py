@@ -225,11 +225,21 @@ def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
             f"Wilcoxon signed-rank test of the per-model {cfg.region} {cfg.metric} (alarm "
             f"when p &lt; {cfg.alpha} over at least {cfg.min_rounds} models and the median "
             f"gap is at least {cfg.min_gap}), and the trend of the gap over the last "
-            f"{cfg.stall_window} models.</p>"
+            f"{cfg.stall_window} models. Volatility: standard deviation of the round-to-round "
+            "change of the curve (the study's bad site had unstable curves).</p>"
         )
         parts.append(
             _table(
-                ["site", "models", "median gap", "Wilcoxon p", "gap trend /round", "trend p"],
+                [
+                    "site",
+                    "models",
+                    "median gap",
+                    "Wilcoxon p",
+                    "gap trend /round",
+                    "trend p",
+                    "volatility",
+                    "others' volatility",
+                ],
                 [
                     [
                         t.site,
@@ -238,6 +248,8 @@ def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
                         fmt_p(t.below.p),
                         t.stall.slope,
                         fmt_p(t.stall.p),
+                        t.volatility,
+                        t.others_volatility,
                     ]
                     for t in tests
                 ],
