@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 from conftest import rising
 
-from fedseg.tracking.contributions import contributions, loso_contributions, round_shares
+from fedseg.tracking.contributions import (
+    contributions,
+    leave_one_site_out,
+    loso_contributions,
+    round_shares,
+)
 from fedseg.tracking.store import RunStore, SiteRound, Summary
 
 
@@ -64,3 +69,23 @@ def test_leave_one_site_out_from_curves() -> None:
     out = loso_contributions(full, {"c": without_c, "a": without_a})
     assert out["c"] == pytest.approx(0.1)  # the others lose 0.1 Dice without c
     assert out["a"] == pytest.approx(-0.05)  # they do better without a
+
+
+def test_leave_one_site_out_runs_one_federation_per_site(make_run) -> None:
+    base = rising(5)
+    full = make_run({"a": base, "b": base, "c": base})
+    # The runs "without" a site: the others reach 0.05 less without c, the same without a/b.
+    runs = {
+        "a": make_run({"b": base, "c": base}),
+        "b": make_run({"a": base, "c": base}),
+        "c": make_run({"a": [v - 0.05 for v in base], "b": [v - 0.05 for v in base]}),
+    }
+    asked: list[str] = []
+
+    def run_without(site: str):
+        asked.append(site)
+        return runs[site]
+
+    out = leave_one_site_out(full, run_without)
+    assert asked == ["a", "b", "c"]
+    assert out["c"] == pytest.approx(0.05) and out["a"] == pytest.approx(0.0)
