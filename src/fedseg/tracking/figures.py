@@ -11,6 +11,7 @@ import math
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from fedseg.tracking.compare import CaseTable, paired_test, values
 from fedseg.tracking.contributions import SiteContribution
@@ -45,12 +46,14 @@ def to_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _band(ax, curve: dict[int, Summary], colour: str, label: str, lw: float = 1.5) -> None:
+def _band(ax, curve: dict[int, Summary], colour: str, label: str, lw: float = 1.5) -> float:
+    """Mean line and 95% CI band; returns the highest value drawn."""
     x = np.array(sorted(curve))
     m = np.array([curve[k].mean for k in x])
     lo_hi = np.array([ci95(curve[k]) for k in x])
     ax.plot(x, m, color=colour, lw=lw, label=label, marker="o", ms=2.5)
     ax.fill_between(x, lo_hi[:, 0], lo_hi[:, 1], color=colour, alpha=0.18, lw=0)
+    return float(np.nanmax(np.concatenate([m, lo_hi[:, 1]])))
 
 
 def curves_figure(
@@ -68,19 +71,22 @@ def curves_figure(
     fig = Figure(figsize=(11, 7.5))
     axes = fig.subplots(2, 2, sharex=True).ravel()
     for ax, region in zip(axes, ALL_REGIONS, strict=True):
+        top = 0.0
         for s in sites:
             if by_region.get(region, {}).get(s):
-                _band(ax, by_region[region][s], colours[s], s)
+                top = max(top, _band(ax, by_region[region][s], colours[s], s))
         if federation.get(region):
-            _band(ax, federation[region], "black", "federation (pooled)", lw=2.2)
+            top = max(top, _band(ax, federation[region], "black", "federation (pooled)", lw=2.2))
         for s, rnd in (flagged or {}).items():
             ax.axvline(rnd, color=colours.get(s, "red"), ls="--", lw=1)
         ax.set_title(f"{region} {metric}")
         ax.set_xlabel("model round")
         ax.set_ylabel(f"validation {metric}")
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if metric in ("dice", "jaccard", "sensitivity", "specificity"):
-            ax.set_ylim(-0.02, 1.02)
+            # Full [0, 1] once the curves are up there; zoomed in on an early, low run.
+            ax.set_ylim(-0.02, min(1.02, max(0.25, top + 0.05)))
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(
@@ -198,6 +204,7 @@ def updates_figure(dist: dict[str, dict[int, float]], label: str) -> bytes:
         x = sorted(dist[s])
         ax.plot(x, [dist[s][k] for k in x], marker="o", ms=3, color=colours[s], label=s)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(label)
     ax.set_title(f"Site updates: {label}")
     ax.grid(alpha=0.3)

@@ -230,7 +230,11 @@ def render_status(s: RunStatus) -> Group:
         "  ",
         ("rounds done ", "bold"),
         f"{s.rounds_done}{planned}",
-        (f"  (round {s.running_round} running)" if s.running_round else ""),
+        (
+            f"  (round {s.running_round} {'running' if s.state == 'running' else 'unfinished'})"
+            if s.running_round
+            else ""
+        ),
         (f"  phase: {s.phase}" if s.phase else ""),
     )
     if s.error:
