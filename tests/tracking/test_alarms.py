@@ -102,6 +102,9 @@ def test_outlier_update_is_flagged() -> None:
     z3 = update_outliers({"a": 1.0, "b": 1.001, "c": 1.2}, CFG)
     assert z3["c"] < CFG.outlier_z
     assert update_outliers({"a": 1.0, "b": 9.0}, CFG) == {}  # too few sites
+    # Distances of three clean sites in one round of a real simulated FedAvg run.
+    real = update_outliers({"site1": 0.335, "site2": 0.384, "site3": 0.493}, CFG)
+    assert max(real.values()) < CFG.outlier_z
 
 
 def test_outlier_alarm_in_store_only_in_that_round(make_run) -> None:
