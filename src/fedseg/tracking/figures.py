@@ -6,7 +6,6 @@ Colours: sites take the tab10 cycle in name order; the federation is black.
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -129,21 +128,15 @@ def violin_figure(tables: dict[str, CaseTable], metric: str = "dice") -> bytes:
                     alpha=0.5,
                     zorder=3,
                 )
+        ticks = list(names)
         for j in range(1, len(names)):
             keys = sorted(set(data[0]) & set(data[j]))
-            if len(keys) >= 1:
+            if keys:
                 _, p = paired_test(
                     np.array([data[0][k] for k in keys]), np.array([data[j][k] for k in keys])
                 )
-                ax.annotate(
-                    f"p={p:.3g}" if math.isfinite(p) else "",
-                    (j + 1, 1.0),
-                    xycoords=("data", "axes fraction"),
-                    ha="center",
-                    va="bottom",
-                    fontsize=9,
-                )
-        ax.set_xticks(range(1, len(names) + 1), names, rotation=10)
+                ticks[j] = f"{names[j]}\np={p:.3g} (n={len(keys)})"
+        ax.set_xticks(range(1, len(names) + 1), ticks)
         ax.set_title(f"{region} {metric} per case")
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Per-case comparison (paired Wilcoxon signed-rank p vs the first model)", y=1.02)
