@@ -31,6 +31,7 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `fedseg --help` stays fast and each area owns its own verbs.
+    from fedseg.cli import coordinator as coordinator_cli
     from fedseg.cli import data as data_cli
     from fedseg.cli import demo as demo_cli
     from fedseg.cli import deploy as deploy_cli
@@ -50,6 +51,7 @@ def _register() -> None:
     app.add_typer(pki_cli.app, name="pki", help="Consortium CA, server certificate, site keys.")
     app.add_typer(deploy_cli.server_app, name="server", help="Run the aggregator (SuperLink).")
     app.add_typer(deploy_cli.site_app, name="site", help="Run a site (SuperNode).")
+    app.add_typer(coordinator_cli.app)  # status, alarms, select, contributions, report, ...
     app.add_typer(
         intake_cli.app, name="intake", help="DICOM/PACS intake and harmonized preprocessing."
     )

@@ -1,0 +1,206 @@
+"""Report figures as PNG bytes (matplotlib, Agg canvas, no pyplot state).
+
+Colours: sites take the tab10 cycle in name order; the federation is black.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from fedseg.tracking.compare import CaseTable, paired_test, values
+from fedseg.tracking.contributions import SiteContribution
+from fedseg.tracking.curves import ALL_REGIONS, Curves, ci95
+from fedseg.tracking.store import Summary
+
+TAB10 = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+DPI = 100
+
+
+def site_colours(sites: list[str]) -> dict[str, str]:
+    """Stable colour per site (tab10 by sorted name)."""
+    return {s: TAB10[i % len(TAB10)] for i, s in enumerate(sorted(sites))}
+
+
+def to_png(fig: Figure) -> bytes:
+    """Render a figure to PNG bytes."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _band(ax, curve: dict[int, Summary], colour: str, label: str, lw: float = 1.5) -> float:
+    """Mean line and 95% CI band; returns the highest value drawn."""
+    x = np.array(sorted(curve))
+    m = np.array([curve[k].mean for k in x])
+    lo_hi = np.array([ci95(curve[k]) for k in x])
+    ax.plot(x, m, color=colour, lw=lw, label=label, marker="o", ms=2.5)
+    ax.fill_between(x, lo_hi[:, 0], lo_hi[:, 1], color=colour, alpha=0.18, lw=0)
+    return float(np.nanmax(np.concatenate([m, lo_hi[:, 1]])))
+
+
+def curves_figure(
+    by_region: dict[str, Curves],
+    federation: dict[str, dict[int, Summary]],
+    flagged: dict[str, int] | None = None,
+    metric: str = "dice",
+) -> bytes:
+    """Per-site and pooled validation curves with 95% CI bands, one panel per region.
+
+    ``flagged`` maps a site to the first round an alarm held; drawn as a dashed line.
+    """
+    sites = sorted({s for c in by_region.values() for s in c})
+    colours = site_colours(sites)
+    fig = Figure(figsize=(11, 7.5))
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for ax, region in zip(axes, ALL_REGIONS, strict=True):
+        top = 0.0
+        for s in sites:
+            if by_region.get(region, {}).get(s):
+                top = max(top, _band(ax, by_region[region][s], colours[s], s))
+        if federation.get(region):
+            top = max(top, _band(ax, federation[region], "black", "federation (pooled)", lw=2.2))
+        for s, rnd in (flagged or {}).items():
+            ax.axvline(rnd, color=colours.get(s, "red"), ls="--", lw=1)
+        ax.set_title(f"{region} {metric}")
+        ax.set_xlabel("model round")
+        ax.set_ylabel(f"validation {metric}")
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if metric in ("dice", "jaccard", "sensitivity", "specificity"):
+            # Full [0, 1] once the curves are up there; zoomed in on an early, low run.
+            ax.set_ylim(-0.02, min(1.02, max(0.25, top + 0.05)))
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=min(len(labels), 6),
+            frameon=False,
+            bbox_to_anchor=(0.5, -0.02),
+        )
+    fig.suptitle("Validation of the global model at each site (mean and 95% CI)")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return to_png(fig)
+
+
+def violin_figure(tables: dict[str, CaseTable], metric: str = "dice") -> bytes:
+    """Violins of per-case ``metric`` per region for each model; p vs the first model."""
+    names = list(tables)
+    fig = Figure(figsize=(11, 7.5))
+    axes = fig.subplots(2, 2).ravel()
+    colours = [TAB10[i % len(TAB10)] for i in range(len(names))]
+    for ax, region in zip(axes, ALL_REGIONS, strict=True):
+        data = [values(tables[n], region, metric) for n in names]
+        arrays = [np.array(list(d.values())) for d in data]
+        pos = [i + 1 for i, a in enumerate(arrays) if a.size > 0]
+        if pos:
+            parts = ax.violinplot(
+                [arrays[p - 1] for p in pos], positions=pos, showmedians=True, showextrema=False
+            )
+            for body, p in zip(parts["bodies"], pos, strict=True):
+                body.set_facecolor(colours[p - 1])
+                body.set_edgecolor("black")
+                body.set_alpha(0.7)
+            for p in pos:
+                ax.scatter(
+                    np.full(arrays[p - 1].size, p),
+                    arrays[p - 1],
+                    s=6,
+                    color="black",
+                    alpha=0.5,
+                    zorder=3,
+                )
+        ticks = list(names)
+        for j in range(1, len(names)):
+            keys = sorted(set(data[0]) & set(data[j]))
+            if keys:
+                _, p = paired_test(
+                    np.array([data[0][k] for k in keys]), np.array([data[j][k] for k in keys])
+                )
+                ticks[j] = f"{names[j]}\np={p:.3g} (n={len(keys)})"
+        ax.set_xticks(range(1, len(names) + 1), ticks)
+        ax.set_title(f"{region} {metric} per case")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Per-case comparison (paired Wilcoxon signed-rank p vs the first model)", y=1.02)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def contributions_figure(contribs: list[SiteContribution]) -> bytes:
+    """Bars per site: attributed Dice gain (all sites, others only) and share vs weight."""
+    sites = [c.site for c in contribs]
+    colours = site_colours(sites)
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    x = np.arange(len(sites))
+    ax1.bar(
+        x - 0.2,
+        [c.dice_gain for c in contribs],
+        0.4,
+        color=[colours[s] for s in sites],
+        label="federation",
+    )
+    ax1.bar(
+        x + 0.2,
+        [c.dice_gain_others for c in contribs],
+        0.4,
+        color=[colours[s] for s in sites],
+        alpha=0.5,
+        hatch="//",
+        label="other sites",
+    )
+    ax1.axhline(0, color="black", lw=0.8)
+    ax1.set_xticks(x, sites)
+    ax1.set_ylabel("attributed Dice gain (sum over rounds)")
+    ax1.set_title("Dice gain attributed to each site")
+    ax1.legend(frameon=False)
+    ax2.bar(x - 0.2, [c.mean_weight for c in contribs], 0.4, color="#bbbbbb", label="weight")
+    ax2.bar(
+        x + 0.2,
+        [c.mean_share for c in contribs],
+        0.4,
+        color=[colours[s] for s in sites],
+        label="share of step",
+    )
+    ax2.axhline(0, color="black", lw=0.8)
+    ax2.set_xticks(x, sites)
+    ax2.set_title("Aggregation weight vs share of the aggregate step")
+    ax2.legend(frameon=False)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def updates_figure(dist: dict[str, dict[int, float]], label: str) -> bytes:
+    """Per-site update size (distance to the aggregate) over rounds."""
+    colours = site_colours(list(dist))
+    fig = Figure(figsize=(11, 3.5))
+    ax = fig.subplots()
+    for s in sorted(dist):
+        x = sorted(dist[s])
+        ax.plot(x, [dist[s][k] for k in x], marker="o", ms=3, color=colours[s], label=s)
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(label)
+    ax.set_title(f"Site updates: {label}")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, ncol=min(len(dist), 6))
+    fig.tight_layout()
+    return to_png(fig)

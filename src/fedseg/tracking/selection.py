@@ -1,0 +1,210 @@
+"""Final-model selection from the per-round checkpoints by the validation summaries.
+
+- singlet: the one model round with the best mean Dice (average of ET/TC/WT) over sites;
+- triplet: for each region the model round with the best Dice in that region.
+
+A site's value counts in proportion to its validation cases (sum n_s * mean_s / sum n_s).
+Only model rounds validated by every site that ever validated are candidates (a round
+missing a site would be scored on a different population), and only rounds with a
+checkpoint.
+
+The selection folder holds the exported model files and ``selection.json``::
+
+    {"format": "fedseg-selection", "version": 1, "kind": "triplet", "metric": "dice",
+     "run": "/abs/run", "sites": [...],
+     "regions": {"ET": {"file": "model_ET_round0007.pt", "model_round": 7, "score": 0.81},
+                 "TC": {...}, "WT": {...}},
+     "files": ["model_ET_round0007.pt", ...]}
+
+``regions`` always names one file per region (a singlet names the same file three
+times): a segmenter takes channel ``REGIONS.index(region)`` from that file's model.
+``load_selection`` reads it back with paths resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from fedseg.data.labels import REGIONS
+from fedseg.errors import FedsegError
+from fedseg.tracking.curves import Curves, curves_from_rows
+from fedseg.tracking.store import RunStore
+
+SELECTION_FILE = "selection.json"
+SELECTION_FORMAT = "fedseg-selection"
+Kind = Literal["singlet", "triplet"]
+
+
+class RegionChoice(BaseModel):
+    """The model file used for one region, the round it came from and its score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    model_round: int
+    score: float
+
+
+class Selection(BaseModel):
+    """Contents of ``selection.json`` (file names relative to the json's folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["fedseg-selection"] = SELECTION_FORMAT
+    version: int = 1
+    kind: Kind
+    metric: str = "dice"
+    run: str = ""
+    sites: list[str] = []
+    regions: dict[str, RegionChoice]
+    files: list[str]
+
+
+@dataclass(frozen=True)
+class LoadedSelection:
+    """A selection read from disk: region -> absolute model file path."""
+
+    kind: Kind
+    region_files: dict[str, Path]
+    selection: Selection
+
+
+def weighted_scores(curves: Curves) -> dict[int, float]:
+    """Case-weighted mean over sites per model round, for rounds all sites validated."""
+    sites = [s for s in curves if curves[s]]
+    if not sites:
+        return {}
+    common = set.intersection(*(set(curves[s]) for s in sites))
+    out: dict[int, float] = {}
+    for mr in sorted(common):
+        parts = [curves[s][mr] for s in sites if curves[s][mr].n > 0]
+        n = sum(p.n for p in parts)
+        if n > 0 and all(math.isfinite(p.mean) for p in parts):
+            out[mr] = sum(p.n * p.mean for p in parts) / n
+    return out
+
+
+def best_round(scores: dict[int, float], allowed: set[int] | None = None) -> tuple[int, float]:
+    """The round with the highest score (earliest on ties) among ``allowed`` rounds."""
+    cands = {m: v for m, v in scores.items() if allowed is None or m in allowed}
+    if not cands:
+        raise FedsegError(
+            "no model round has both validation results from every site and a checkpoint; "
+            "let the run finish at least one validated round"
+        )
+    m = max(sorted(cands), key=lambda k: cands[k])
+    return m, cands[m]
+
+
+def choose(
+    store: RunStore, kind: Kind, metric: str = "dice", *, require_checkpoint: bool = True
+) -> dict[str, tuple[int, float]]:
+    """``region -> (model_round, score)`` for a singlet or triplet selection.
+
+    With ``require_checkpoint`` only model rounds with a stored checkpoint compete.
+    """
+    rows = store.validation(metric=metric)
+    if not rows:
+        raise FedsegError(
+            f"{store.path}: no validation results for metric {metric!r}; nothing to select from"
+        )
+    allowed = set(store.checkpoints()) if require_checkpoint else None
+    if kind == "singlet":
+        pick = best_round(weighted_scores(curves_from_rows(rows, "mean", metric)), allowed)
+        return dict.fromkeys(REGIONS, pick)
+    return {
+        r: best_round(weighted_scores(curves_from_rows(rows, r, metric)), allowed) for r in REGIONS
+    }
+
+
+def export_selection(
+    run: Path, store: RunStore, kind: Kind, out: Path, metric: str = "dice"
+) -> Selection:
+    """Choose, copy the chosen model files into ``out`` (provenance in their meta), write json."""
+    from fedseg.model.model_file import load_model, save_model  # torch only when exporting
+
+    picks = choose(store, kind, metric)
+    ckpts = store.checkpoints()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[int, str] = {}
+    regions: dict[str, RegionChoice] = {}
+    for region in REGIONS:
+        mr, score = picks[region]
+        if mr not in files:
+            src = _resolve(run, ckpts[mr])
+            used_for = [g for g in REGIONS if picks[g][0] == mr]
+            tag = "" if kind == "singlet" else "-".join(used_for) + "_"
+            name = f"model_{tag}round{mr:04d}.pt"
+            model = load_model(src)
+            model.meta = {
+                **model.meta,
+                "selection": {
+                    "kind": kind,
+                    "metric": metric,
+                    "model_round": mr,
+                    "regions": used_for,
+                    "run": str(Path(run).resolve()),
+                    "source": str(src),
+                },
+            }
+            save_model(out / name, model)
+            files[mr] = name
+        regions[region] = RegionChoice(file=files[mr], model_round=mr, score=score)
+    sel = Selection(
+        kind=kind,
+        metric=metric,
+        run=str(Path(run).resolve()),
+        sites=store.sites(),
+        regions=regions,
+        files=sorted(set(files.values())),
+    )
+    (out / SELECTION_FILE).write_text(sel.model_dump_json(indent=2) + "\n")
+    return sel
+
+
+def load_selection(path: Path) -> LoadedSelection:
+    """Read ``selection.json`` (or the folder holding it); model paths made absolute."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SELECTION_FILE
+    if not path.is_file():
+        raise FedsegError(f"{path}: selection file not found (write one with `fedseg select`)")
+    try:
+        sel = Selection.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        first = str(exc).splitlines()[0]
+        raise FedsegError(f"{path}: not a fedseg selection file ({first})") from None
+    missing = [r for r in REGIONS if r not in sel.regions]
+    if missing:
+        raise FedsegError(f"{path}: selection names no model for regions {missing}")
+    files = {r: (path.parent / sel.regions[r].file).resolve() for r in REGIONS}
+    for r, f in files.items():
+        if not f.is_file():
+            raise FedsegError(f"{path}: model file for {r} missing: {f}")
+    return LoadedSelection(kind=sel.kind, region_files=files, selection=sel)
+
+
+def selection_model_files(path: Path) -> tuple[list[Path], Kind]:
+    """Model files for a segmenter from a selection: ``([file], "singlet")`` or
+    ``([ET file, TC file, WT file], "triplet")`` (use the latter with combine="triplet")."""
+    sel = load_selection(path)
+    if sel.kind == "singlet":
+        return [sel.region_files[REGIONS[0]]], "singlet"
+    return [sel.region_files[r] for r in REGIONS], "triplet"
+
+
+def _resolve(run: Path, p: Path) -> Path:
+    """Checkpoint paths may be stored relative to the run folder."""
+    p = Path(p)
+    if not p.is_absolute():
+        p = Path(run) / p
+    if not p.is_file():
+        raise FedsegError(f"checkpoint {p} listed in the run store is missing; was it moved?")
+    return p

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import rising
+
+from fedseg.tracking.contributions import (
+    contributions,
+    leave_one_site_out,
+    loso_contributions,
+    round_shares,
+)
+from fedseg.tracking.store import RunStore, SiteRound, Summary
+
+
+def test_shares_from_norms_match_the_vectors() -> None:
+    rng = np.random.default_rng(0)
+    n_train = {"a": 30.0, "b": 50.0, "c": 20.0}
+    u = {s: rng.normal(0, 1, 200) + 2.0 for s in n_train}
+    u["c"] = -u["c"]  # an update pointing against the others
+    p = {s: n / sum(n_train.values()) for s, n in n_train.items()}
+    step = sum(p[s] * u[s] for s in u)
+    norm = {s: float(np.linalg.norm(u[s])) for s in u}
+    dist = {s: float(np.linalg.norm(u[s] - step)) for s in u}
+    w, share, cos, dn = round_shares(n_train, norm, dist)
+    assert w == pytest.approx(p)
+    assert dn == pytest.approx(np.linalg.norm(step))
+    for s in u:
+        assert share[s] == pytest.approx(p[s] * u[s] @ step / (step @ step))
+        assert cos[s] == pytest.approx(u[s] @ step / (norm[s] * np.linalg.norm(step)))
+    assert sum(share.values()) == pytest.approx(1.0)
+    assert share["c"] < 0 < share["a"]
+
+
+def test_store_contributions_reward_aligned_sites(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    base = rising(6)
+    with RunStore(tmp_path / "run") as store:
+        for mr, v in enumerate(base):
+            for s in ("a", "b", "c"):
+                store.record_validation(mr, s, {"mean": {"dice": Summary(v, 0.1, 10)}})
+        for rnd in range(1, 6):
+            u = {s: rng.normal(0, 0.2, 100) + 1.0 for s in "ab"}
+            u["c"] = rng.normal(0, 1.0, 100)  # noise only: not aligned with the others
+            step = sum(u.values()) / 3
+            for s in "abc":
+                store.record_site_round(
+                    SiteRound(
+                        rnd,
+                        s,
+                        "ok",
+                        n_train=10,
+                        update_norm=float(np.linalg.norm(u[s])),
+                        update_distance=float(np.linalg.norm(u[s] - step)),
+                    )
+                )
+        rows = {c.site: c for c in contributions(store)}
+    assert rows["a"].rounds == 5
+    total_gain = base[5] - base[0]
+    assert sum(c.dice_gain for c in rows.values()) == pytest.approx(total_gain)
+    assert rows["c"].dice_gain < 0.5 * rows["a"].dice_gain
+    assert rows["c"].mean_cos < 0.5 < rows["a"].mean_cos
+
+
+def test_leave_one_site_out_from_curves() -> None:
+    full = {s: {0: Summary(0.2, 0.1, 10), 1: Summary(0.7, 0.1, 10)} for s in "abc"}
+    without_c = {s: {0: Summary(0.2, 0.1, 10), 1: Summary(0.6, 0.1, 10)} for s in "ab"}
+    without_a = {s: {0: Summary(0.2, 0.1, 10), 1: Summary(0.75, 0.1, 10)} for s in "bc"}
+    out = loso_contributions(full, {"c": without_c, "a": without_a})
+    assert out["c"] == pytest.approx(0.1)  # the others lose 0.1 Dice without c
+    assert out["a"] == pytest.approx(-0.05)  # they do better without a
+
+
+def test_leave_one_site_out_runs_one_federation_per_site(make_run) -> None:
+    base = rising(5)
+    full = make_run({"a": base, "b": base, "c": base})
+    # The runs "without" a site: the others reach 0.05 less without c, the same without a/b.
+    runs = {
+        "a": make_run({"b": base, "c": base}),
+        "b": make_run({"a": base, "c": base}),
+        "c": make_run({"a": [v - 0.05 for v in base], "b": [v - 0.05 for v in base]}),
+    }
+    asked: list[str] = []
+
+    def run_without(site: str):
+        asked.append(site)
+        return runs[site]
+
+    out = leave_one_site_out(full, run_without)
+    assert asked == ["a", "b", "c"]
+    assert out["c"] == pytest.approx(0.05) and out["a"] == pytest.approx(0.0)

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import noisy, rising
+from rich.console import Console
+from typer.testing import CliRunner
+
+from fedseg.errors import FedsegError
+from fedseg.tracking.alarms import AlarmConfig, replay_alarms
+from fedseg.tracking.status import alarm_labels, open_run, read_status, render_status
+from fedseg.tracking.store import RunStore, SiteRound, Summary
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _text(renderable) -> str:
+    console = Console(width=200, record=True, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_status_of_a_running_run_read_while_the_writer_is_open(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    writer = RunStore(run)
+    try:
+        writer.set_meta("rounds", 10)
+        for rnd in (1, 2):
+            writer.start_round(rnd)
+            for s, d in (("s1", 0.3), ("s2", 0.4)):
+                writer.record_validation(
+                    rnd - 1,
+                    s,
+                    {g: {"dice": Summary(d + rnd / 10, 0.1, 8)} for g in ("ET", "TC", "WT")},
+                )
+                writer.record_site_round(
+                    SiteRound(
+                        rnd, s, "ok", n_train=30, n_val=8, train_loss=0.4, update_distance=0.5
+                    )
+                )
+            if rnd == 1:
+                writer.finish_round(rnd, n_sites=2)
+        st = read_status(run)  # round 2 still running, the writer holds the database open
+    finally:
+        writer.close()
+    assert st.state == "running" and st.rounds_done == 1 and st.running_round == 2
+    assert st.rounds_planned == 10
+    assert [s.site for s in st.sites] == ["s1", "s2"]
+    assert st.sites[1].model_round == 1 and st.sites[1].dice["mean"] == pytest.approx(0.6)
+    assert st.federation_dice["mean"] == pytest.approx(0.55)
+    out = _text(render_status(st))
+    assert "rounds done 1/10" in out and "(round 2 running)" in out and "no alarms" in out
+
+
+def test_status_shows_alarms_and_never_writes(make_run) -> None:
+    base = rising(9)
+    run = make_run(
+        {"a": noisy(base, 0.01, 1), "b": noisy(base, 0.01, 2), "bad": [v - 0.2 for v in base]}
+    )
+    with RunStore(run) as store:
+        replay_alarms(store, AlarmConfig())
+        labels = alarm_labels(store.alarms())
+    assert labels == {"bad": "below_federation (since round 6)"}
+    st = read_status(run)
+    assert st.state == "done" and st.rounds_done == 8
+    assert [s.alarms for s in st.sites] == [[], [], ["below_federation"]]
+    out = _text(render_status(st))
+    assert "below_federation" in out and "6-8" in out
+    ro = open_run(run)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro.log("should not be written")
+    ro.close()
+
+
+def test_status_cli(make_run, tmp_path: Path) -> None:
+    from fedseg.cli.main import _register, app
+
+    _register()
+    run = make_run({"site1": rising(4), "site2": rising(4)})
+    res = CliRunner().invoke(app, ["status", str(run)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "site1" in res.output and "site2" in res.output and "rounds done 3/3" in res.output
+    # A folder without a run store: one line on stderr, exit 2, no traceback, nothing created.
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedseg", "status", str(empty)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "no run store" in proc.stderr
+    assert list(empty.iterdir()) == []
+    with pytest.raises(FedsegError):
+        read_status(tmp_path / "missing")
+
+
+def test_status_before_the_first_result_shows_plan_sites_and_live_phase(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run).mkdir()
+    (run / "plan.yaml").write_text("sites:\n  h1: {data: /x}\n  h2: {data: /y}\nrounds: 5\n")
+    with RunStore(run) as store:
+        store.set_meta("status", "running")
+        store.set_meta(
+            "live", {"round": 1, "phase": "training", "sites": {"h1": "training", "h2": "waiting"}}
+        )
+        store.start_round(1)
+    st = read_status(run)
+    assert st.state == "running" and st.phase == "training"
+    assert [(s.site, s.live) for s in st.sites] == [("h1", "training"), ("h2", "waiting")]
+    out = _text(render_status(st))
+    assert "phase: training" in out and "0/5" in out and "waiting" in out
+    with RunStore(run) as store:
+        store.set_meta("status", "failed")
+        store.set_meta("error", "round 1: only 0 site(s) delivered a usable update")
+    st = read_status(run)
+    assert st.state == "failed" and "usable update" in _text(render_status(st))
