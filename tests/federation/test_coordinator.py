@@ -143,3 +143,15 @@ def test_live_table_shows_sites_states_and_dice(tmp_path: Path) -> None:
     lines = {ln.split()[1]: ln for ln in text.splitlines() if ln.strip().startswith(("│ site",))}
     assert "0.600" in lines["site1"] and "done" in lines["site1"]  # Dice 0.5 + offset 0.1
     assert "failed" in lines["site3"]
+
+
+def test_round_loop_raises_alarm_for_a_site_below_the_federation(tmp_path: Path) -> None:
+    # site3 validates at Dice 0.5 - 0.3 = 0.2 every round, the others at 0.6 and 0.62:
+    # after 6 paired rounds (model 0 is skipped) the one-sided Wilcoxon p is 1/64 < 0.05.
+    offsets = {"site1": 0.1, "site2": 0.12, "site3": -0.3}
+    run = write_run(tmp_path / "run", tiny_plan(_sites(tmp_path), rounds=7))
+    Coordinator(run, ArrayTransport(offsets, N_TRAIN)).run()
+    with RunStore(run) as store:
+        below = {(a.site, a.round) for a in store.alarms() if a.kind == "below_federation"}
+    assert below and {site for site, _ in below} == {"site3"}
+    assert min(r for _, r in below) <= 7

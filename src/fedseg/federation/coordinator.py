@@ -38,6 +38,7 @@ from fedseg.federation.plan import PLAN_FILE, PlanConfig, load_plan
 from fedseg.federation.strategy import SiteUpdate, Strategy, make_strategy
 from fedseg.model.model_file import ModelFile, load_model, save_model
 from fedseg.model.weights import Weights, get_weights
+from fedseg.tracking.alarms import check_alarms
 from fedseg.tracking.store import RunStore, SiteRound
 from fedseg.train.local import new_network
 
@@ -243,6 +244,8 @@ class Coordinator:
         self._update_best(rnd - 1)
         store.finish_round(rnd, n_sites=len(updates))
         store.log(f"round {rnd} done: {len(updates)} of {len(requests)} site updates aggregated")
+        if plan.alarms.enabled:
+            check_alarms(store, rnd, plan.alarms)  # stores, logs and notifies; never raises
         return new
 
     def _final_validation(self, weights: Weights, plan_sites: list[str]) -> None:

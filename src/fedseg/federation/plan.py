@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedseg.errors import FedsegError
 from fedseg.model.config import NetworkConfig
+from fedseg.tracking.alarms import AlarmConfig
 from fedseg.train.config import TrainConfig, check_shapes
 
 PLAN_FILE = "plan.yaml"
@@ -69,6 +70,7 @@ class PlanConfig(BaseModel):
     connect_timeout_s: float = Field(300.0, gt=0, description="wait this long for all sites")
     seed: int = 0
     strategy: StrategyConfig = StrategyConfig()
+    alarms: AlarmConfig = AlarmConfig()
 
     @field_validator("sites")
     @classmethod

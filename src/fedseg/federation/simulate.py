@@ -24,6 +24,7 @@ from fedseg.federation.coordinator import BEST
 from fedseg.federation.launcher import Launcher, Security
 from fedseg.federation.plan import PLAN_FILE, PlanConfig, load_plan
 from fedseg.federation.run_folder import prepare_run
+from fedseg.tracking.status import alarm_labels
 from fedseg.tracking.store import RunStore
 
 #: How long the ServerApp may take to start and say its pid.
@@ -167,8 +168,10 @@ def live_table(store: RunStore, plan: PlanConfig) -> Table:
     if best:
         title += f" - best: model {best['model_round']}, Dice {best['score']:.3f}"
     table = Table(title=title, title_justify="left")
-    for col in ("site", "state", "model", "Dice ET", "Dice TC", "Dice WT", "train cases", "loss"):
-        table.add_column(col, justify="left" if col in ("site", "state") else "right")
+    cols = ("site", "state", "model", "Dice ET", "Dice TC", "Dice WT", "train cases", "loss")
+    for col in (*cols, "alarms"):
+        table.add_column(col, justify="right" if col in cols[2:] else "left")
+    alarms = alarm_labels(store.alarms())
     last_rows = {}
     for sr in store.site_rounds():
         last_rows[sr.site] = sr
@@ -187,6 +190,7 @@ def live_table(store: RunStore, plan: PlanConfig) -> Table:
             *[f"{v[r][1]:.3f}" if r in v else "-" for r in ("ET", "TC", "WT")],
             str(sr.n_train) if sr and sr.n_train is not None else "-",
             f"{sr.train_loss:.3f}" if sr and sr.train_loss is not None else "-",
+            f"[red]{alarms[site]}[/]" if site in alarms else "-",
         )
     return table
 
