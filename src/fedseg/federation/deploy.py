@@ -46,10 +46,11 @@ from fedseg.federation.fleet_gateway import (
 )
 from fedseg.federation.launcher import CONNECTION, Launcher, Proc, Security, flower_env
 from fedseg.federation.plan import PLAN_FILE, PlanConfig, load_plan, save_plan
+from fedseg.federation.server_app import ENROLLED_NODES_FILE
 from fedseg.federation.simulate import SimulationResult, _watch
 from fedseg.tracking.store import RunStore
 
-NODES_FILE = "enrolled-nodes.json"
+NODES_FILE = ENROLLED_NODES_FILE
 
 
 def flower_bin(name: str) -> str:

@@ -8,6 +8,7 @@ from the node's ``--node-config site-name=NAME``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -38,9 +39,18 @@ HELLO_TIMEOUT_S = 120.0
 class FlowerTransport:
     """``coordinator.Transport`` over a Flower ``Grid``."""
 
-    def __init__(self, grid: Grid, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        log: Callable[[str], None] = print,
+        enrolled: dict[int, str] | None = None,
+    ) -> None:
+        """``enrolled`` (deployment): node id -> site name, as registered with the node's
+        key. When given, a node's site is its enrolled name, never the name it claims, and
+        nodes not enrolled are ignored, so one site cannot take another's place."""
         self.grid = grid
         self.log = log
+        self.enrolled = enrolled
         self.node_site: dict[int, str] = {}
         self._asked: set[int] = set()
 
@@ -76,6 +86,18 @@ class FlowerTransport:
                     self.log(f"node {node} did not say its site name: {reply.error.reason}")
                     continue
                 site = decode_hello_reply(reply.content)
+                if self.enrolled is not None:
+                    trusted = self.enrolled.get(node)
+                    if trusted != site:
+                        self.log(
+                            f"node {node} claims site {site!r} but is enrolled as "
+                            f"{trusted!r}; using the enrolled name"
+                            if trusted
+                            else f"node {node} ({site!r}) is not enrolled; ignored"
+                        )
+                    if trusted is None:
+                        continue
+                    site = trusted
                 stale = [n for n, s in self.node_site.items() if s == site]
                 for n in stale:  # a restarted site comes back as a new node
                     del self.node_site[n]
@@ -148,6 +170,9 @@ def error_line(reason: str) -> str:
     return lines[-1] if lines else text
 
 
+#: Written by ``fedseg server start`` into the run folder: site name -> node id and key.
+ENROLLED_NODES_FILE = "enrolled-nodes.json"
+
 app = ServerApp()
 
 
@@ -158,4 +183,16 @@ def main(grid: Grid, context: Context) -> None:
     with RunStore(run_dir) as store:
         # The launcher watches this pid: a killed aggregator is noticed at once.
         store.set_meta("aggregator_pid", os.getpid())
-    Coordinator(run_dir, FlowerTransport(grid), run_id=run_id).run()
+    Coordinator(
+        run_dir, FlowerTransport(grid, enrolled=enrolled_nodes(run_dir)), run_id=run_id
+    ).run()
+
+
+def enrolled_nodes(run_dir: Path) -> dict[int, str] | None:
+    """Node id -> enrolled site name from ``RUN/enrolled-nodes.json`` (written by
+    ``fedseg server start``); None in a simulation, where there is no such file."""
+    path = run_dir / ENROLLED_NODES_FILE
+    if not path.is_file():
+        return None
+    registry = json.loads(path.read_text())
+    return {int(entry["node_id"]): name for name, entry in registry.items()}
