@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from deploy_helpers import make_coordinator
+
+from tests.deploy.deploy_helpers import make_coordinator
 
 
 @pytest.fixture

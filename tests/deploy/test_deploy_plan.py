@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from deploy_helpers import free_port, make_coordinator
 
 from fedseg.data.synth.generate import make_tiny_dataset
 from fedseg.federation import deploy
@@ -26,6 +25,7 @@ from fedseg.federation.plan import PlanConfig, save_plan
 from fedseg.model.config import NetworkConfig
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
+from tests.deploy.deploy_helpers import free_port, make_coordinator
 
 pytestmark = pytest.mark.slow
 SITES = ("site1", "site2", "site3")

@@ -25,11 +25,11 @@ from typing import Any
 
 import httpx
 import pytest
-from deploy_helpers import SITES, free_port, listening_sockets, make_coordinator
 
 from fedseg.federation import deploy, pki
 from fedseg.federation.app_bundle import write_app
 from fedseg.federation.launcher import flower_env
+from tests.deploy.deploy_helpers import SITES, free_port, listening_sockets, make_coordinator
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fed_helpers import SITES, ArrayTransport, tiny_plan, write_run
 
 from fedseg.errors import FedsegError
 from fedseg.federation.coordinator import (
@@ -19,6 +18,7 @@ from fedseg.federation.coordinator import (
 from fedseg.federation.plan import load_plan
 from fedseg.model.model_file import load_model, weights_hash
 from fedseg.tracking.store import RunStore
+from tests.federation.fed_helpers import SITES, ArrayTransport, tiny_plan, write_run
 
 OFFSETS = {"site1": 0.1, "site2": 0.2, "site3": 0.4}
 N_TRAIN = {"site1": 1, "site2": 2, "site3": 5}

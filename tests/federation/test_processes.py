@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fed_helpers import SITES, tiny_plan
 
 from fedseg.federation.coordinator import BEST, initial_weights, model_path
 from fedseg.federation.plan import PLAN_FILE, load_plan, save_plan
@@ -25,6 +24,7 @@ from fedseg.federation.run_folder import prepare_run
 from fedseg.federation.simulate import run_simulation, simulate
 from fedseg.model.model_file import load_model
 from fedseg.tracking.store import RunStore
+from tests.federation.fed_helpers import SITES, tiny_plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from fed_helpers import tiny_plan
 
 from fedseg.federation.coordinator import initial_weights
 from fedseg.federation.messages import TaskRequest, recipe_json
 from fedseg.federation.site import run_task
 from fedseg.tracking.store import RunStore
+from tests.federation.fed_helpers import tiny_plan
 
 
 def test_site_validates_trains_and_keeps_cases_private(

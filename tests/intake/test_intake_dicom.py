@@ -8,7 +8,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from intake_synth import SERIES, assert_phi_free, blob_volume, write_series, write_study
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
@@ -18,6 +17,13 @@ from fedseg.errors import FedsegError
 from fedseg.intake.config import MappingConfig
 from fedseg.intake.deidentify import TEXT_FIELDS, ensure_clean, pseudonym
 from fedseg.intake.dicom_to_nifti import convert_dicom
+from tests.intake.intake_synth import (
+    SERIES,
+    assert_phi_free,
+    blob_volume,
+    write_series,
+    write_study,
+)
 
 SALT = MappingConfig(salt="site-secret")
 _register()

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Orthanc, make_pki, start_orthanc, stop_orthanc
-from intake_synth import PATIENT, assert_phi_free, blob_volume, write_series, write_study
 from typer.testing import CliRunner
 
 from fedseg.cli.main import _register, app
@@ -16,6 +14,14 @@ from fedseg.data.cases import discover_cases, load_case
 from fedseg.errors import FedsegError
 from fedseg.intake.config import load_pacs_config
 from fedseg.intake.pacs import StudyQuery, echo, find, retrieve
+from tests.intake.conftest import Orthanc, make_pki, start_orthanc, stop_orthanc
+from tests.intake.intake_synth import (
+    PATIENT,
+    assert_phi_free,
+    blob_volume,
+    write_series,
+    write_study,
+)
 
 pytestmark = pytest.mark.slow
 _register()

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import atlas_truth, native_transform, write_moved_case
 from scipy import ndimage
 from typer.testing import CliRunner
 
@@ -21,6 +20,7 @@ from fedseg.errors import FedsegError
 from fedseg.intake import brain_extraction, itk_bridge
 from fedseg.intake.config import PreprocessConfig
 from fedseg.intake.preprocess import PARTIAL, SIDE_DIR, preprocess_cases
+from tests.intake.conftest import atlas_truth, native_transform, write_moved_case
 
 _register()
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from modelkit import AFFINE, TINY_ROI, oracle_predictor, synthetic_case, tiny_model
 
 from fedseg.data.cases import write_case
 from fedseg.model.segmenter import Member
+from tests.model.modelkit import AFFINE, TINY_ROI, oracle_predictor, synthetic_case, tiny_model
 
 
 @pytest.fixture

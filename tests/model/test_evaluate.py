@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from modelkit import TINY_ROI, run_fedseg
 
 from fedseg.data.cases import discover_cases
 from fedseg.data.labels import REGIONS
@@ -24,6 +23,7 @@ from fedseg.model.evaluate import (
 )
 from fedseg.model.metrics import HD95_ONE_EMPTY, METRICS
 from fedseg.model.segmenter import Member, ModelSet
+from tests.model.modelkit import TINY_ROI, run_fedseg
 
 
 def _nothing(batch: np.ndarray) -> np.ndarray:

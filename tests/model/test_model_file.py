@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from modelkit import TINY, TINY_ROI
 
 from fedseg.errors import FedsegError
 from fedseg.model.model_file import ModelFile, load_model, save_model, weights_hash
 from fedseg.model.registry import build_network
 from fedseg.model.weights import get_weights
+from tests.model.modelkit import TINY, TINY_ROI
 
 
 def _tiny_file(seed: int = 0) -> ModelFile:

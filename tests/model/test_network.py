@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from modelkit import TINY, run_fedseg, tiny_model
 
 from fedseg.errors import FedsegError
 from fedseg.model.config import NetworkConfig
@@ -15,6 +14,7 @@ from fedseg.model.registry import build_network
 from fedseg.model.resunet import count_parameters
 from fedseg.model.segmenter import ModelSet, check_roi
 from fedseg.model.weights import get_weights
+from tests.model.modelkit import TINY, run_fedseg, tiny_model
 
 
 def test_tiny_network_output_shape_non_cubic() -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from modelkit import AFFINE, TINY_ROI, run_fedseg, tiny_model
 
 from fedseg.data.cases import MODALITIES, discover_cases, load_case
 from fedseg.errors import FedsegError
@@ -20,6 +19,7 @@ from fedseg.model.segmenter import (
     segment_case,
     write_segmentation,
 )
+from tests.model.modelkit import AFFINE, TINY_ROI, run_fedseg, tiny_model
 
 
 def _const(value: float) -> Member:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import noisy, rising
 
 from fedseg.tracking.alarms import (
     BELOW,
@@ -23,6 +22,7 @@ from fedseg.tracking.alarms import (
     volatility,
 )
 from fedseg.tracking.store import RunStore
+from tests.tracking.conftest import noisy, rising
 
 CFG = AlarmConfig()
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import rising
 
 from fedseg.tracking.contributions import (
     contributions,
@@ -11,6 +10,7 @@ from fedseg.tracking.contributions import (
     round_shares,
 )
 from fedseg.tracking.store import RunStore, SiteRound, Summary
+from tests.tracking.conftest import rising
 
 
 def test_shares_from_norms_match_the_vectors() -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import chromium
 from PIL import Image
 
 from fedseg.tracking.alarms import AlarmConfig, replay_alarms
 from fedseg.tracking.selection import load_selection
 from fedseg.tracking.store import RunStore
+from tests.tracking.conftest import chromium
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 ROUNDS = 2

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import chromium, noisy, rising
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -16,6 +15,7 @@ from fedseg.errors import FedsegError
 from fedseg.tracking.alarms import AlarmConfig, replay_alarms
 from fedseg.tracking.report import ReportInputs, build_report, write_report
 from fedseg.tracking.store import RunStore
+from tests.tracking.conftest import chromium, noisy, rising
 
 SECTIONS = ("summary", "alarms", "curves", "selection", "contributions", "updates",
             "comparison", "plan", "events")  # fmt: skip

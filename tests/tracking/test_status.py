@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import noisy, rising
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -14,6 +13,7 @@ from fedseg.errors import FedsegError
 from fedseg.tracking.alarms import AlarmConfig, replay_alarms
 from fedseg.tracking.status import alarm_labels, open_run, read_status, render_status
 from fedseg.tracking.store import RunStore, SiteRound, Summary
+from tests.tracking.conftest import noisy, rising
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

@@ -4,12 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import noisy, rising
 from typer.testing import CliRunner
 
 from fedseg.cli.main import _register, app
 from fedseg.errors import FedsegError
 from fedseg.tracking.store import RunStore
+from tests.tracking.conftest import noisy, rising
 
 _register()
 runner = CliRunner()

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_site
 
 from fedseg.model.config import NetworkConfig
 from fedseg.train.config import TrainConfig
 from fedseg.train.local import train_local
 from fedseg.train.validate import summarize_cases, validate_cases
+from tests.train.conftest import make_site
 
 
 @pytest.mark.slow

@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,16 +37,16 @@ from fedseg.errors import FedsegError
 from fedseg.federation import pki
 from fedseg.federation.app_bundle import ConfigValue, config_arg, run_config, write_app
 from fedseg.federation.client_app import DATA_KEY, SITE_KEY
-from fedseg.federation.coordinator import BEST
 from fedseg.federation.fleet_gateway import (
     DEFAULT_CONTROL_PORT,
     DEFAULT_FLEET_PORT,
     DEFAULT_SITE_RUNTIME_PORT,
 )
 from fedseg.federation.launcher import CONNECTION, Launcher, Proc, Security, flower_env
-from fedseg.federation.plan import PLAN_FILE, PlanConfig, load_plan, save_plan
+from fedseg.federation.plan import PLAN_FILE, PlanConfig, load_plan
+from fedseg.federation.run_folder import prepare_run
 from fedseg.federation.server_app import ENROLLED_NODES_FILE
-from fedseg.federation.simulate import SimulationResult, _watch
+from fedseg.federation.simulate import SimulationResult, result_of, watch
 from fedseg.tracking.store import RunStore
 
 NODES_FILE = ENROLLED_NODES_FILE
@@ -220,15 +219,7 @@ def prepare_deployment(plan_path: Path, out: Path, enrolled: list[str]) -> PlanC
             f"plan site(s) {', '.join(missing)} not enrolled (enrolled: "
             f"{', '.join(enrolled)}); sign their requests with `fedseg pki sign` first"
         )
-    if out.exists() and any(out.iterdir()):
-        raise FedsegError(f"{out} exists and is not empty: pick a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    save_plan(out / PLAN_FILE, plan)
-    with RunStore(out) as store:
-        store.set_meta("run_id", f"{out.resolve().name}-{uuid.uuid4().hex[:8]}")
-        store.set_meta("created", time.time())
-        store.set_meta("status", "created")
-    return plan
+    return prepare_run(plan_path, out, simulation=False)
 
 
 def serve_plan(
@@ -264,19 +255,10 @@ def serve_plan(
         with RunStore(run_dir) as store:
             store.set_meta("flower_run_id", flower_run)
             store.log(f"Flower run {flower_run} submitted (deployment)")
-        _watch(run_dir, plan, launcher, console, live)
+        watch(run_dir, plan, launcher, console, live)
     finally:
         launcher.stop()
-    with RunStore(run_dir) as store:
-        best = store.get_meta("best")
-        done = store.last_done_round()
-    return SimulationResult(
-        run_dir=run_dir,
-        rounds_done=done,
-        best_model=run_dir / BEST if (run_dir / BEST).is_file() else None,
-        best_score=float(best["score"]) if best else None,
-        wall_s=time.monotonic() - t0,
-    )
+    return result_of(run_dir, t0)
 
 
 # --- site side ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fedseg.config_files import first_error, read_yaml_mapping
 from fedseg.errors import FedsegError
 from fedseg.model.config import NetworkConfig
 from fedseg.tracking.alarms import AlarmConfig
@@ -104,21 +105,11 @@ def load_plan(path: Path) -> PlanConfig:
     """Read and check a plan file; site data paths are made absolute against the file's
     folder. Every problem is one line naming the key."""
     path = Path(path)
-    if not path.is_file():
-        raise FedsegError(f"{path}: plan file not found (write one with `fedseg plan init`)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise FedsegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise FedsegError(f"{path}: a plan is a mapping of keys (sites, rounds, ...)")
+    raw = read_yaml_mapping(path, "plan", "write one with `fedseg plan init`")
     try:
         plan = PlanConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "plan"
-        msg = err["msg"].removeprefix("Value error, ")
-        raise FedsegError(f"{path}: {where}: {msg}") from None
+        raise FedsegError(f"{path}: {first_error(exc, 'plan')}") from None
     base = path.resolve().parent
     for site in plan.sites.values():
         if site.data is not None and not site.data.is_absolute():

@@ -71,9 +71,14 @@ def run_simulation(
         with RunStore(run_dir) as store:
             store.set_meta("flower_run_id", flower_run)
             store.log(f"Flower run {flower_run} submitted")
-        _watch(run_dir, plan, launcher, console, live)
+        watch(run_dir, plan, launcher, console, live)
     finally:
         launcher.stop()
+    return result_of(run_dir, t0)
+
+
+def result_of(run_dir: Path, t0: float) -> SimulationResult:
+    """What a finished (or stopped) run folder holds; ``t0`` is its ``time.monotonic()`` start."""
     with RunStore(run_dir) as store:
         best = store.get_meta("best")
         done = store.last_done_round()
@@ -87,7 +92,7 @@ def run_simulation(
     )
 
 
-def _watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console,
+def watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console,
            live: bool) -> None:  # fmt: skip
     """Follow the run store until the ServerApp says done or failed, or dies."""
     started = time.monotonic()

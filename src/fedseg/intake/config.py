@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -17,6 +16,7 @@ from pydantic import (
     field_validator,
 )
 
+from fedseg.config_files import first_error, read_yaml_mapping
 from fedseg.errors import FedsegError
 
 #: Environment variable that may hold the pseudonym salt instead of the mapping file.
@@ -137,25 +137,6 @@ class PacsConfig(_Strict):
     timeout_s: float = Field(default=30.0, gt=0)
 
 
-def _read_yaml(path: Path, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FedsegError(f"{path}: {what} file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise FedsegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise FedsegError(f"{path}: expected a mapping of keys to values at the top level")
-    return data
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    return f"{where}: {err['msg']}"
-
-
 def load_mapping(path: Path | None) -> MappingConfig:
     """The mapping config from YAML, or the defaults when ``path`` is None.
 
@@ -163,23 +144,23 @@ def load_mapping(path: Path | None) -> MappingConfig:
     """
     if path is None:
         return MappingConfig()
-    data = _read_yaml(path, "mapping")
+    data = read_yaml_mapping(path, "mapping")
     rules = data.get("rules")
     if isinstance(rules, dict):
         data["rules"] = {**_default_rules(), **rules}
     try:
         return MappingConfig.model_validate(data)
     except ValidationError as exc:
-        raise FedsegError(f"{path}: {_first_error(exc)}") from None
+        raise FedsegError(f"{path}: {first_error(exc)}") from None
 
 
 def load_pacs_config(path: Path) -> PacsConfig:
     """The PACS config from YAML (see ``PacsConfig``)."""
-    data = _read_yaml(path, "PACS config")
+    data = read_yaml_mapping(path, "PACS config")
     try:
         return PacsConfig.model_validate(data)
     except ValidationError as exc:
-        raise FedsegError(f"{path}: {_first_error(exc)}") from None
+        raise FedsegError(f"{path}: {first_error(exc)}") from None
 
 
 class PreprocessConfig(_Strict):

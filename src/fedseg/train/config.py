@@ -8,6 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedseg.config_files import first_error, read_yaml_mapping
 from fedseg.errors import FedsegError
 from fedseg.model.config import NetworkConfig
 
@@ -113,15 +114,8 @@ class RecipeConfig(BaseModel):
     def from_yaml(cls, path: Path) -> RecipeConfig:
         """Read a recipe file; unknown keys and bad values are one-line errors."""
         path = Path(path)
-        if not path.is_file():
-            raise FedsegError(f"{path}: recipe file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise FedsegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raw = read_yaml_mapping(path, "recipe")
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "recipe"
-            raise FedsegError(f"{path}: {where}: {err['msg']}") from None
+            raise FedsegError(f"{path}: {first_error(exc, 'recipe')}") from None
