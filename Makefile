@@ -20,8 +20,9 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# Each demo gets a new folder, so a second `make demo` never clobbers the first.
 demo: venv
-	$(BIN)/fedseg demo --out demo
+	$(BIN)/fedseg demo --out demo/$$(date +%Y%m%d-%H%M%S)
 
 test: venv
 	$(BIN)/python -m pytest -q
@@ -35,6 +36,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/federation.py
 
 clean:
 	rm -rf $(VENV) .cache demo
