@@ -1,0 +1,70 @@
+"""`fedseg plan init`, `fedseg simulate`, `fedseg resume`: write a plan, run a federation on
+one machine, continue one whose aggregator stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+plan_app = typer.Typer(no_args_is_help=True, help="Write and check federation plans.")
+
+
+@plan_app.command("init")
+def plan_init(
+    plan: Path = typer.Argument(..., help="Plan file to write (YAML)."),
+    sites: list[Path] = typer.Option(
+        None, "--sites", help="Site data folders (repeat the option); default: placeholders."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented example plan."""
+    from fedseg.errors import FedsegError
+    from fedseg.federation.plan import example_plan
+
+    if plan.exists() and not force:
+        raise FedsegError(f"{plan} exists; pass --force to overwrite it")
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    plan.write_text(example_plan([p.resolve() for p in sites] if sites else None))
+    typer.echo(f"wrote {plan}; edit it, then run `fedseg simulate {plan} --out RUN`")
+
+
+def simulate(
+    plan: Path = typer.Argument(..., help="Federation plan (YAML)."),
+    out: Path = typer.Option(..., "--out", help="New run folder."),
+    no_live: bool = typer.Option(False, "--no-live", help="No live table (logs only)."),
+    threads: int = typer.Option(1, "--threads", help="Torch threads per site process."),
+) -> None:
+    """Run the whole federation on this machine (one SuperLink, one SuperNode per site)."""
+    from fedseg.federation.simulate import simulate as run
+
+    res = run(plan, out, live=not no_live, threads_per_site=threads)
+    _print_result(res)
+
+
+def resume(
+    run: Path = typer.Argument(..., help="Run folder of a stopped federation."),
+    no_live: bool = typer.Option(False, "--no-live", help="No live table (logs only)."),
+    threads: int = typer.Option(1, "--threads", help="Torch threads per site process."),
+) -> None:
+    """Continue a federation from its last completed round."""
+    from fedseg.federation.resume import resume as run_resume
+
+    res = run_resume(run, live=not no_live, threads_per_site=threads)
+    _print_result(res)
+
+
+def _print_result(res: object) -> None:
+    from rich.console import Console
+
+    c = Console()
+    c.print(f"run folder: {res.run_dir}  ({res.rounds_done} rounds, {res.wall_s:.0f} s)")  # type: ignore[attr-defined]
+    if res.best_model is not None:  # type: ignore[attr-defined]
+        c.print(f"best model: {res.best_model} (mean validation Dice {res.best_score:.3f})")  # type: ignore[attr-defined]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the federation verbs to the `fedseg` app."""
+    app.add_typer(plan_app, name="plan", help="Write federation plans.")
+    app.command("simulate")(simulate)
+    app.command("resume")(resume)

@@ -1,0 +1,1 @@
+"""Federation: plans, aggregation math, strategies, and the Flower engine layer."""

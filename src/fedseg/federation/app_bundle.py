@@ -1,0 +1,80 @@
+"""The Flower app folder that ``flwr run`` bundles (FAB) for a fedseg federation.
+
+The bundle is a two-file shim (``pyproject.toml`` + ``fedseg_flower_app.py``) pointing at
+``fedseg.federation.server_app:app`` and ``client_app:app``; fedseg itself must be
+importable where the SuperLink and SuperNodes run (runtime dependency installation is off).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from fedseg import __version__
+
+APP_DIR = "flwr-app"
+MODULE = "fedseg_flower_app"
+ConfigValue = str | int | float | bool
+
+_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedseg-federation"
+version = "{version}"
+description = "fedseg federation (ServerApp and ClientApp of fedseg.federation)"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "fedseg"
+
+[tool.flwr.app.components]
+serverapp = "{module}:serverapp"
+clientapp = "{module}:clientapp"
+
+[tool.flwr.app.config]
+run-dir = ""
+run-id = ""
+"""
+
+_MODULE = '''\
+"""fedseg's Flower components (generated; see fedseg.federation.app_bundle)."""
+
+from fedseg.federation.client_app import app as clientapp
+from fedseg.federation.server_app import app as serverapp
+
+__all__ = ["clientapp", "serverapp"]
+'''
+
+
+def write_app(run_dir: Path) -> Path:
+    """Write the app folder into ``run_dir`` and return its path."""
+    app = Path(run_dir) / APP_DIR
+    app.mkdir(parents=True, exist_ok=True)
+    version = __version__.split("+")[0]
+    (app / "pyproject.toml").write_text(_PYPROJECT.format(version=version, module=MODULE))
+    (app / f"{MODULE}.py").write_text(_MODULE)
+    return app
+
+
+def run_config(run_dir: Path, run_id: str) -> dict[str, ConfigValue]:
+    """The run config the ServerApp reads: where the run folder is and the run's name."""
+    return {"run-dir": str(Path(run_dir).resolve()), "run-id": run_id}
+
+
+def toml_value(value: ConfigValue) -> str:
+    """A value in TOML syntax, as ``--run-config``/``--node-config`` read it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def config_arg(values: Mapping[str, ConfigValue]) -> str:
+    """``k1=v1 k2="v2"``: Flower's space-separated run/node config option."""
+    return " ".join(f"{k}={toml_value(v)}" for k, v in values.items())

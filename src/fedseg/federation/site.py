@@ -1,0 +1,77 @@
+"""A site's side of a round, engine-free: validate the global model, train, summarize.
+
+Per-case validation values stay on the site: they go to a site-local run store inside
+the site's workspace (default ``<data>/.fedseg/<run_id>/``), next to the site's Adam state,
+which is carried from round to round locally and never sent.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedseg.data.splits import load_split
+from fedseg.errors import FedsegError
+from fedseg.federation.messages import TaskReply, TaskRequest, recipe_from_json
+from fedseg.tracking.store import RunStore
+from fedseg.train.local import OptimizerState, train_local
+from fedseg.train.validate import summarize_cases, validate_cases
+
+WORKSPACE = ".fedseg"
+
+
+def site_workspace(data: Path, run_id: str, workspace: Path | None = None) -> Path:
+    """Where a site keeps its private state for one federation run."""
+    return Path(workspace) if workspace is not None else Path(data) / WORKSPACE / run_id
+
+
+def run_task(site: str, data: Path, req: TaskRequest, workspace: Path | None = None) -> TaskReply:
+    """Do ``req`` on the site's data folder: validate (per-case values kept locally, summaries
+    returned), then train on the training split and return the new weights."""
+    data = Path(data)
+    if not data.is_dir():
+        raise FedsegError(f"site {site}: data folder {data} not found or not a folder")
+    network, train = recipe_from_json(req.recipe)
+    split = load_split(data)
+    ws = site_workspace(data, req.run_id, workspace)
+    ws.mkdir(parents=True, exist_ok=True)
+    reply = TaskReply(site=site, n_train=len(split.train), n_val=len(split.val))
+    if req.validate and split.val:
+        t0 = time.perf_counter()
+        per_case = validate_cases(network, train, req.weights, split.val)
+        with RunStore(ws) as local:
+            for c in per_case:
+                local.record_case_metrics(req.model_round, site, c["case_id"], c["metrics"])
+        reply.validation = summarize_cases(per_case)
+        reply.val_wall_s = time.perf_counter() - t0
+    if req.epochs > 0:
+        if not split.train:
+            raise FedsegError(f"site {site}: no training cases in {data}")
+        opt_path = ws / "optimizer.npz"
+        result = train_local(
+            network, train, req.weights, _load_optimizer(opt_path), split.train, req.epochs,
+            seed=req.seed,
+        )  # fmt: skip
+        _save_optimizer(opt_path, result.optimizer_state)
+        reply.weights = result.weights
+        reply.n_train = result.n_train
+        reply.train_loss = result.train_loss
+        reply.train_wall_s = result.wall_s
+    return reply
+
+
+def _load_optimizer(path: Path) -> OptimizerState | None:
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        state: OptimizerState = {k: z[k] for k in z.files}
+    state["step"] = int(state["step"])
+    return state
+
+
+def _save_optimizer(path: Path, state: OptimizerState) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **{k: np.asarray(v) for k, v in state.items()})
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""One site's training: patches, augmentation, loader, the local round, validation, runs."""

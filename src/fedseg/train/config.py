@@ -1,0 +1,127 @@
+"""Typed training configuration. Defaults are the FeTS recipe; ``cpu()`` presets are small."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedseg.errors import FedsegError
+from fedseg.model.config import NetworkConfig
+
+Shape3 = tuple[int, int, int]
+
+
+class AugmentConfig(BaseModel):
+    """Patch augmentation of the FeTS recipe; probabilities are per patch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    noise_sigma: float = Field(0.1, ge=0.0, description="std of additive Gaussian noise (z units)")
+    noise_p: float = Field(0.2, ge=0.0, le=1.0)
+    rot90_p: float = Field(0.5, ge=0.0, le=1.0, description="rotate 90 deg about a random axis")
+    rot180_p: float = Field(0.5, ge=0.0, le=1.0, description="rotate 180 deg about a random axis")
+    flip_p: float = Field(1.0, ge=0.0, le=1.0, description="flip along one random axis")
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        """No augmentation at all."""
+        return cls(noise_p=0.0, rot90_p=0.0, rot180_p=0.0, flip_p=0.0)
+
+
+class TrainConfig(BaseModel):
+    """How a site trains and validates (FeTS defaults: Adam 5e-5, one 128^3 patch per case).
+
+    ``patch_size`` and ``val_roi`` are in voxels and must be multiples of the network's
+    ``divisor`` (2 ** depth). ``sampler="tumor"`` centres a patch on a tumor (WT) voxel with
+    probability ``tumor_p``, else anywhere in the cropped brain.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(5e-5, gt=0.0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0.0)
+    patch_size: Shape3 = (128, 128, 128)
+    patches_per_case: int = Field(1, ge=1, description="patches drawn per case per epoch")
+    batch_size: int = Field(1, ge=1)
+    sampler: Literal["random", "tumor"] = "random"
+    tumor_p: float = Field(0.5, ge=0.0, le=1.0)
+    augment: AugmentConfig = AugmentConfig()
+    num_workers: int = Field(2, ge=0, description="loader processes (0: in the training process)")
+    cache_mb: int = Field(
+        4096, ge=0, description="preprocessed cases kept in memory up to this size; rest re-read"
+    )
+    seed: int = Field(0, ge=0, description="default seed of runs (train_local takes its own)")
+    val_roi: Shape3 = (128, 128, 128)
+    val_overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    val_batch_size: int = Field(1, ge=1)
+
+    @classmethod
+    def cpu(cls, **overrides: object) -> TrainConfig:
+        """A small preset for CPU tests and demos: 32^3 patches, tumor-biased, 1e-3."""
+        base: dict[str, object] = {
+            "lr": 1e-3,
+            "patch_size": (32, 32, 32),
+            "sampler": "tumor",
+            "num_workers": 0,
+            "val_roi": (32, 32, 32),
+            "val_overlap": 0.25,
+            "val_batch_size": 2,
+        }
+        base.update(overrides)
+        return cls.model_validate(base)
+
+
+def check_shapes(network: NetworkConfig, train: TrainConfig) -> None:
+    """Patch and validation tile sides must be multiples of the network's divisor."""
+    d = network.divisor
+    for name, shape in (("patch_size", train.patch_size), ("val_roi", train.val_roi)):
+        if any(s % d for s in shape):
+            raise FedsegError(
+                f"{name} {list(shape)} must be multiples of {d} (2 ** network depth "
+                f"{network.depth}); change it in the recipe"
+            )
+
+
+class RecipeConfig(BaseModel):
+    """Network + training: what a run needs to be repeated (stored as ``recipe.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    network: NetworkConfig = NetworkConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _shapes(self) -> RecipeConfig:
+        try:
+            check_shapes(self.network, self.train)
+        except FedsegError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @classmethod
+    def cpu(cls) -> RecipeConfig:
+        """Tiny network (8 filters, depth 3) with ``TrainConfig.cpu()``: a demo on a laptop."""
+        return cls(network=NetworkConfig(base_filters=8, depth=3), train=TrainConfig.cpu())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> RecipeConfig:
+        """Read a recipe file; unknown keys and bad values are one-line errors."""
+        path = Path(path)
+        if not path.is_file():
+            raise FedsegError(f"{path}: recipe file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise FedsegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "recipe"
+            raise FedsegError(f"{path}: {where}: {err['msg']}") from None

@@ -1,0 +1,230 @@
+"""The federation unit: train one site's model for some epochs, as a plain function.
+
+Nothing global: the network, optimizer and data come in as arguments and go out in
+``LocalResult``; weights and Adam state travel as plain numpy so that federation plans
+can average, keep or reset them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from torch import nn
+
+from fedseg.data.cases import Case
+from fedseg.model.config import NetworkConfig
+from fedseg.model.losses import mirrored_dice_loss
+from fedseg.model.registry import build_network
+from fedseg.model.weights import Weights, get_weights, set_weights
+from fedseg.train.config import TrainConfig, check_shapes
+from fedseg.train.loader import CaseStore, PatchDataset, make_loader
+
+#: Adam's per-parameter moments, stored under ``"<moment>/<parameter name>"``.
+MOMENTS: tuple[str, ...] = ("exp_avg", "exp_avg_sq")
+
+OptimizerState = dict[str, Any]
+
+
+@dataclass
+class LocalResult:
+    """What a local round returns. ``train_loss`` is the mean loss over all its steps;
+    ``data_wait_s`` is the time the training loop waited for batches, ``compute_s`` the
+    time of forward + backward + step."""
+
+    weights: Weights
+    optimizer_state: OptimizerState
+    n_train: int
+    train_loss: float
+    wall_s: float
+    steps: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+    data_wait_s: float = 0.0
+    compute_s: float = 0.0
+
+
+@dataclass
+class EpochStats:
+    """One epoch: mean loss, number of optimizer steps, loader wait and compute seconds."""
+
+    loss: float
+    steps: int
+    data_wait_s: float
+    compute_s: float
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The torch seed of an epoch (dropout etc.), derived from the run seed and the epoch."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def new_network(network: NetworkConfig, weights: Weights | None, seed: int) -> nn.Module:
+    """The network with ``weights``, or freshly initialized from ``seed`` when None."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_network(network)
+    if weights is not None:
+        set_weights(net, weights)
+    return net
+
+
+def new_optimizer(net: nn.Module, train: TrainConfig) -> torch.optim.Adam:
+    return torch.optim.Adam(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+
+
+def optimizer_state_dict(opt: torch.optim.Adam, net: nn.Module) -> OptimizerState:
+    """Adam state as ``{"step": int, "exp_avg/<param>": array, "exp_avg_sq/<param>": array}``.
+
+    Parameters are named as in ``net.named_parameters()`` (the weights' keys). An optimizer
+    that has not stepped yet gives ``{"step": 0}``.
+    """
+    out: OptimizerState = {"step": 0}
+    for name, p in net.named_parameters():
+        st = opt.state.get(p)
+        if not st:
+            continue
+        out["step"] = int(float(st["step"]))
+        for m in MOMENTS:
+            out[f"{m}/{name}"] = st[m].detach().cpu().numpy().copy()
+    return out
+
+
+def load_optimizer_state(opt: torch.optim.Adam, net: nn.Module, state: OptimizerState) -> None:
+    """Put a state made by ``optimizer_state_dict`` (possibly averaged) back into ``opt``."""
+    step = int(state.get("step", 0))
+    if step <= 0:
+        return
+    for name, p in net.named_parameters():
+        if f"exp_avg/{name}" not in state:
+            continue
+        opt.state[p] = {
+            "step": torch.tensor(float(step)),
+            **{m: torch.from_numpy(np.array(state[f"{m}/{name}"], dtype=np.float32)).reshape(
+                p.shape) for m in MOMENTS},
+        }  # fmt: skip
+
+
+def fit_epoch(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    store: CaseStore,
+    train: TrainConfig,
+    *,
+    seed: int,
+    epoch: int,
+    progress: Progress | None = None,
+) -> EpochStats:
+    """One pass over the patches of ``epoch`` (0-based); order and augmentation from seed."""
+    net.train()
+    loader = make_loader(PatchDataset(store, train, seed, epoch))
+    task = progress.add_task(f"epoch {epoch + 1}", total=len(loader)) if progress else None
+    # Seed torch's generator for this epoch (dropout), restoring the caller's state after.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(epoch_seed(seed, epoch))
+        losses, wait, compute = _run_steps(net, opt, loader, progress, task, epoch)
+    if progress is not None and task is not None:
+        progress.remove_task(task)
+    return EpochStats(float(np.mean(losses)), len(losses), wait, compute)
+
+
+def _run_steps(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    loader: Iterable[dict[str, torch.Tensor]],
+    progress: Progress | None,
+    task: TaskID | None,
+    epoch: int,
+) -> tuple[list[float], float, float]:
+    """Optimizer steps over ``loader``: (losses, seconds waiting for data, seconds computing)."""
+    losses: list[float] = []
+    wait = compute = 0.0
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        t1 = time.perf_counter()
+        wait += t1 - t0
+        if batch is None:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss = mirrored_dice_loss(net(batch["image"]), batch["target"])
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        compute += time.perf_counter() - t1
+        if progress is not None and task is not None:
+            progress.update(task, advance=1, description=f"epoch {epoch + 1} loss {losses[-1]:.3f}")
+    return losses, wait, compute
+
+
+def train_progress() -> Progress:
+    """The rich progress bar used for training steps."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        transient=True,
+    )  # fmt: skip
+
+
+def train_local(
+    network: NetworkConfig,
+    train: TrainConfig,
+    weights: Weights | None,
+    optimizer_state: OptimizerState | None,
+    cases: Sequence[Case],
+    epochs: int,
+    *,
+    seed: int,
+    progress: bool = False,
+    first_epoch: int = 0,
+    on_epoch: Callable[[int, EpochStats], None] | None = None,
+) -> LocalResult:
+    """Train on ``cases`` for ``epochs`` epochs starting from ``weights`` (None: fresh init
+    from ``seed``) and ``optimizer_state`` (None: fresh Adam).
+
+    Epochs are numbered from ``first_epoch`` for the data order, so continuing a run with
+    ``first_epoch=k`` gives the same batches as the straight run's epoch k.
+    """
+    t0 = time.perf_counter()
+    check_shapes(network, train)
+    net = new_network(network, weights, seed)
+    opt = new_optimizer(net, train)
+    if optimizer_state:
+        load_optimizer_state(opt, net, optimizer_state)
+    store = CaseStore(cases, train.patch_size, train.cache_mb)
+    stats: list[EpochStats] = []
+    bar = train_progress() if progress else None
+    if bar is not None:
+        bar.start()
+    try:
+        for e in range(first_epoch, first_epoch + epochs):
+            s = fit_epoch(net, opt, store, train, seed=seed, epoch=e, progress=bar)
+            stats.append(s)
+            if on_epoch is not None:
+                on_epoch(e, s)
+    finally:
+        if bar is not None:
+            bar.stop()
+    steps = sum(s.steps for s in stats)
+    return LocalResult(
+        weights=get_weights(net),
+        optimizer_state=optimizer_state_dict(opt, net),
+        n_train=len(store),
+        train_loss=float(sum(s.loss * s.steps for s in stats) / max(steps, 1)),
+        wall_s=time.perf_counter() - t0,
+        steps=steps,
+        epoch_losses=[s.loss for s in stats],
+        data_wait_s=sum(s.data_wait_s for s in stats),
+        compute_s=sum(s.compute_s for s in stats),
+    )

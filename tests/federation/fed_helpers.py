@@ -1,0 +1,99 @@
+"""Helpers of the federation tests: tiny plans and an in-process array transport."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from fedseg.federation.coordinator import Exchanged, SiteFailure
+from fedseg.federation.messages import TaskReply, TaskRequest
+from fedseg.federation.plan import PLAN_FILE, PlanConfig, SiteConfig, save_plan
+from fedseg.model.config import NetworkConfig
+from fedseg.model.weights import Weights
+from fedseg.tracking.store import Summary
+from fedseg.train.config import TrainConfig
+
+SITES = ("site1", "site2", "site3")
+
+
+def tiny_plan(sites: dict[str, Path], **overrides: object) -> PlanConfig:
+    """A plan that trains a 4-filter, depth-2 network on 16^3 patches: seconds per round."""
+    base: dict[str, object] = {
+        "name": "test",
+        "sites": {s: SiteConfig(data=p) for s, p in sites.items()},
+        "rounds": 2,
+        "local_epochs": 1,
+        "min_sites": 2,
+        "round_timeout_s": 240,
+        "connect_timeout_s": 120,
+        "network": NetworkConfig(base_filters=4, depth=2),
+        "train": TrainConfig.cpu(
+            patch_size=(16, 16, 16),
+            val_roi=(32, 32, 32),
+            val_overlap=0.0,
+            val_batch_size=4,
+            cache_mb=64,
+        ),
+    }
+    base.update(overrides)
+    return PlanConfig.model_validate(base)
+
+
+def write_run(run_dir: Path, plan: PlanConfig) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_plan(run_dir / PLAN_FILE, plan)
+    return run_dir
+
+
+class ArrayTransport:
+    """An in-process transport whose sites answer with hand-made arrays: each site returns
+    the global weights plus a constant ``offsets[site]`` (and what ``tamper`` makes of it),
+    with fixed validation summaries. It tests the round loop and the math, not training."""
+
+    def __init__(
+        self,
+        offsets: dict[str, float],
+        n_train: dict[str, int],
+        tamper: Callable[[str, Weights], Weights] | None = None,
+        fail: dict[str, SiteFailure] | None = None,
+    ) -> None:
+        self.offsets, self.n_train = offsets, n_train
+        self.tamper = tamper
+        self.fail = fail or {}
+        self.requests: list[dict[str, TaskRequest]] = []
+
+    def connected_sites(self, wanted: list[str], wait_s: float) -> list[str]:
+        return [s for s in wanted if s in self.offsets]
+
+    def exchange(
+        self,
+        requests: dict[str, TaskRequest],
+        timeout_s: float,
+        on_result: Callable[[str, Exchanged], None],
+    ) -> dict[str, Exchanged]:
+        self.requests.append(requests)
+        out = {}
+        for site, req in requests.items():
+            if site in self.fail:
+                ex = Exchanged(self.fail[site], 10, 0, 0.1)
+            else:
+                w = None
+                if req.epochs > 0:
+                    w = {
+                        k: (v + np.asarray(self.offsets[site]).astype(v.dtype))
+                        if v.dtype.kind == "f" else v.copy()
+                        for k, v in req.weights.items()
+                    }  # fmt: skip
+                    if self.tamper is not None:
+                        w = self.tamper(site, w)
+                rep = TaskReply(
+                    site=site, weights=w, n_train=self.n_train[site], n_val=2, train_loss=0.5,
+                    validation={r: {"dice": Summary(0.5 + self.offsets[site], 0.1, 2)}
+                                for r in ("ET", "TC", "WT", "mean")},
+                )  # fmt: skip
+                ex = Exchanged(rep, 10, 20, 0.1)
+            out[site] = ex
+            on_result(site, ex)
+        return out
