@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fedseg.data.cases import Case, discover_cases, write_case
 from fedseg.model.config import NetworkConfig
@@ -56,6 +57,16 @@ def make_site(root: Path, n: int, seed: int, shape: tuple[int, int, int] = SHAPE
         image, label = synthetic_case(rng, shape)
         write_case(root, f"case{seed:02d}_{i:03d}", image, label, np.eye(4))
     return discover_cases(root)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: the test machine's two cores are shared, and oversubscribed
+    OpenMP threads make tiny convolutions many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,9 @@ def _register() -> None:
 
     app.add_typer(data_cli.app, name="data", help="Check, split, show and synthesize site data.")
     federate_cli.register(app)
+    from fedseg.cli import train as train_cli
+
+    app.command(name="train")(train_cli.train)
 
 
 def main() -> None:

@@ -67,13 +67,16 @@ class CaseStore:
         self.patch_size = patch_size
         self._cache: dict[int, PreparedCase] = {}
         budget = cache_mb * 2**20
-        # Two threads: gzip decompression and numpy release the GIL for most of the work.
+        # Two cases at a time on two threads (gzip and numpy release the GIL for most of
+        # the work), stopping at the first case that does not fit in what is left.
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for i, prepared in enumerate(pool.map(self._prepare, range(len(self.cases)))):
-                if prepared.nbytes > budget:
-                    break
-                self._cache[i] = prepared
-                budget -= prepared.nbytes
+            for lo in range(0, len(self.cases) if budget else 0, 2):
+                pair = range(lo, min(lo + 2, len(self.cases)))
+                for i, prepared in zip(pair, pool.map(self._prepare, pair), strict=True):
+                    if prepared.nbytes > budget:
+                        return
+                    self._cache[i] = prepared
+                    budget -= prepared.nbytes
 
     def _prepare(self, i: int) -> PreparedCase:
         return prepare_case(self.cases[i], self.patch_size)

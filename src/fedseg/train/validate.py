@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import Progress
 from torch import nn
 
 from fedseg.data.cases import Case, load_case
@@ -23,11 +24,12 @@ from fedseg.train.config import TrainConfig, check_shapes
 
 
 def validate_network(
-    net: nn.Module, train: TrainConfig, cases: Sequence[Case]
+    net: nn.Module, train: TrainConfig, cases: Sequence[Case], progress: Progress | None = None
 ) -> list[dict[str, Any]]:
     """Per case ``{"case_id", "metrics": case_metrics(...)}`` of ``net`` (left in eval mode)."""
     predictor = torch_predictor(net)
     out = []
+    task = progress.add_task("validation", total=len(cases)) if progress else None
     for case in cases:
         vol = load_case(case)
         if vol.label is None:
@@ -38,6 +40,10 @@ def validate_network(
         )  # fmt: skip
         pred = probabilities_to_labels(probs)
         out.append({"case_id": case.case_id, "metrics": case_metrics(pred, vol.label, vol.spacing)})
+        if progress is not None and task is not None:
+            progress.advance(task)
+    if progress is not None and task is not None:
+        progress.remove_task(task)
     return out
 
 

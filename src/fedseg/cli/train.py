@@ -1,0 +1,78 @@
+"""`fedseg train`: centralized training on one or more sites' splits, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fedseg.errors import FedsegError
+from fedseg.tracking.store import RunStore
+from fedseg.train.config import RecipeConfig
+from fedseg.train.runner import RECIPE_FILE, SiteData, run_training, site_names
+
+
+def _recipe(config: str | None) -> RecipeConfig:
+    if config is None:
+        return RecipeConfig()
+    if config == "cpu" and not Path(config).exists():
+        return RecipeConfig.cpu()
+    return RecipeConfig.from_yaml(Path(config))
+
+
+def _sites(roots: list[Path]) -> list[SiteData]:
+    try:
+        from fedseg.data.splits import load_split
+    except ImportError:  # until `fedseg data split` lands in this build
+        raise FedsegError("this build has no data splits (fedseg.data.splits)") from None
+
+    sites = []
+    for name, root in zip(site_names(roots), roots, strict=True):
+        if not root.is_dir():
+            raise FedsegError(f"{root}: data folder not found")
+        split = load_split(root)
+        sites.append(SiteData(name, list(split.train), list(split.val), root.resolve()))
+    return sites
+
+
+def train(
+    data: list[Path] = typer.Option(
+        None, "--data", help="Site data folder (repeat to pool several: the centralized baseline)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Run folder to create."),
+    config: str | None = typer.Option(
+        None, "--config", help="Recipe YAML (network + train); 'cpu' for the small CPU preset."
+    ),
+    epochs: int | None = typer.Option(
+        None, "--epochs", min=1, help="Total epochs (default 10; on --resume, the run's)."
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the run in this folder from its last checkpoint."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Train one model on the training splits of the --data folders, validating every epoch.
+
+    Writes recipe.yaml, run.sqlite, checkpoints/last.ckpt, last.pt and best.pt into the run
+    folder. Killed at any moment, `fedseg train --resume RUN` continues where it stopped.
+    """
+    if resume is not None:
+        if out is not None or config is not None:
+            raise FedsegError("--resume takes the run's own recipe and folder; drop --out/--config")
+        if not (resume / RECIPE_FILE).is_file() or not (resume / RunStore.FILENAME).is_file():
+            raise FedsegError(f"{resume}: no run to resume (no {RECIPE_FILE} / run.sqlite there)")
+        with RunStore(resume) as store:
+            dirs = store.get_meta("data_dirs") or []
+            total = epochs or int(store.get_meta("epochs", 10))
+        if data:
+            raise FedsegError("--resume uses the run's own data folders; drop --data")
+        if not dirs or any(d is None for d in dirs):
+            raise FedsegError(f"{resume}: the run does not record its data folders")
+        run_training(resume, _sites([Path(d) for d in dirs]), total, resume=True,
+                     progress=progress)  # fmt: skip
+        return
+    if not data:
+        raise FedsegError("give at least one --data DIR (a site folder with a split)")
+    if out is None:
+        raise FedsegError("give the run folder with --out RUN")
+    run_training(out, _sites(data), epochs or 10, recipe=_recipe(config), progress=progress)

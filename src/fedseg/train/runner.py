@@ -1,0 +1,290 @@
+"""Centralized training (``fedseg train``): one model on the pooled training cases of one
+or more sites, validated on their validation cases every epoch, resumable after a crash.
+
+Run folder::
+
+    recipe.yaml          the recipe used (network + train)
+    run.sqlite           RunStore: epochs as rounds; site_rounds row "central"; validation
+                         summaries and per-case metrics per data folder (plus "central"
+                         pooled when there are several); model_round = epoch trained
+    checkpoints/last.ckpt  training state after the last finished epoch (weights, Adam
+                         state, epoch, best score, seed): the data order of epoch e is a
+                         function of (seed, e), so this is all a resume needs
+    last.pt, best.pt     model files (model_file.save_model) of the last / best-Dice epoch
+
+An epoch's rows are written before its checkpoint and the round is marked done after it,
+so a run killed at any point resumes from the last checkpoint and discards later rows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from fedseg.data.cases import Case
+from fedseg.data.labels import REGIONS
+from fedseg.errors import FedsegError
+from fedseg.model.model_file import ModelFile, save_model
+from fedseg.model.weights import Weights, get_weights
+from fedseg.tracking.store import RunStore, SiteRound, Summary
+from fedseg.train.config import RecipeConfig
+from fedseg.train.loader import CaseStore
+from fedseg.train.local import (
+    OptimizerState,
+    fit_epoch,
+    load_optimizer_state,
+    new_network,
+    new_optimizer,
+    optimizer_state_dict,
+    train_progress,
+)
+from fedseg.train.validate import summarize_cases, validate_network
+
+RECIPE_FILE = "recipe.yaml"
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+CENTRAL = "central"
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """One data folder's split: ``name`` labels its validation rows in the store."""
+
+    name: str
+    train: list[Case]
+    val: list[Case]
+    root: Path | None = None
+
+
+@dataclass
+class TrainingState:
+    """What a resume needs: the state after ``epoch`` finished epochs (0: none yet)."""
+
+    epoch: int
+    weights: Weights | None
+    optimizer_state: OptimizerState | None
+    seed: int
+    best_score: float = -math.inf
+    best_epoch: int = 0
+
+
+@dataclass
+class RunResult:
+    """A finished (or resumed and finished) run: epochs done, best epoch and its mean Dice."""
+
+    out: Path
+    epochs: int
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def save_state(path: Path, state: TrainingState) -> None:
+    """Write the training state atomically: temp file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "epoch": state.epoch,
+        "seed": state.seed,
+        "best_score": state.best_score,
+        "best_epoch": state.best_epoch,
+        "weights": {k: torch.from_numpy(v.copy()) for k, v in (state.weights or {}).items()},
+        "optimizer": {
+            k: torch.from_numpy(v.copy()) if hasattr(v, "dtype") else v
+            for k, v in (state.optimizer_state or {}).items()
+        },
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> TrainingState:
+    """Read a state written by ``save_state``."""
+    try:
+        p = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FedsegError(
+            f"{path}: unreadable checkpoint ({exc.__class__.__name__}); "
+            "start a new run with another --out"
+        ) from None
+    return TrainingState(
+        epoch=int(p["epoch"]),
+        weights={k: v.numpy() for k, v in p["weights"].items()} or None,
+        optimizer_state={
+            k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in p["optimizer"].items()
+        }
+        or None,
+        seed=int(p["seed"]),
+        best_score=float(p["best_score"]),
+        best_epoch=int(p["best_epoch"]),
+    )
+
+
+def site_names(roots: Sequence[Path]) -> list[str]:
+    """Folder names as site names, made unique with a ``-2``, ``-3`` suffix."""
+    names: list[str] = []
+    for r in roots:
+        base = Path(r).resolve().name or "site"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _case_ids(sites: Sequence[SiteData]) -> dict[str, dict[str, list[str]]]:
+    return {
+        s.name: {"train": [c.case_id for c in s.train], "val": [c.case_id for c in s.val]}
+        for s in sites
+    }
+
+
+def _dice_line(summaries: dict[str, dict[str, Summary]]) -> str:
+    parts = [f"{r} {summaries[r]['dice'].mean:.3f}" for r in REGIONS if r in summaries]
+    return "Dice " + " ".join(parts) if parts else "no validation cases"
+
+
+def run_training(
+    out: Path,
+    sites: Sequence[SiteData],
+    epochs: int,
+    *,
+    recipe: RecipeConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+) -> RunResult:
+    """Train ``epochs`` epochs in total in run folder ``out`` (continuing it when ``resume``).
+
+    A new run needs ``recipe`` and an ``out`` without a run in it; a resumed run reads its
+    recipe from the folder and must see the same training and validation cases.
+    """
+    out = Path(out)
+    console = console or Console()
+    ckpt = out / CHECKPOINT
+    if resume:
+        if not (out / RunStore.FILENAME).is_file() or not (out / RECIPE_FILE).is_file():
+            raise FedsegError(f"{out}: no run to resume (no {RECIPE_FILE} / run.sqlite there)")
+        recipe = RecipeConfig.from_yaml(out / RECIPE_FILE)
+    else:
+        if recipe is None:
+            raise FedsegError("a new run needs a recipe (--config FILE or --config cpu)")
+        if (out / RunStore.FILENAME).exists() or ckpt.exists():
+            raise FedsegError(f"{out} already holds a run; continue it with --resume {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RECIPE_FILE).write_text(recipe.to_yaml())
+    train = recipe.train
+    train_cases = [c for s in sites for c in s.train]
+    if not train_cases:
+        raise FedsegError("no training cases in the given data folders; check their splits")
+    with RunStore(out) as store:
+        ids = _case_ids(sites)
+        if resume:
+            recorded = store.get_meta("cases")
+            if recorded is not None and recorded != ids:
+                raise FedsegError(
+                    f"{out}: the data folders' splits differ from the run's; resume with the "
+                    "same data, or start a new run"
+                )
+            state = load_state(ckpt) if ckpt.exists() else TrainingState(0, None, None, train.seed)
+            store.discard_after(state.epoch)
+            done = {r["round"]: r["status"] for r in store.rounds()}
+            if state.epoch and done.get(state.epoch) != "done":
+                store.finish_round(state.epoch, n_sites=len(sites), note="finished on resume")
+            store.log(f"resumed after epoch {state.epoch}")
+            console.print(f"resuming {out} after epoch {state.epoch}")
+        else:
+            state = TrainingState(0, None, None, train.seed)
+            store.set_meta("kind", "centralized")
+            store.set_meta("sites", [s.name for s in sites])
+            store.set_meta("data_dirs", [str(s.root) if s.root else None for s in sites])
+            store.set_meta("cases", ids)
+        store.set_meta("epochs", epochs)
+        return _loop(out, store, recipe, sites, train_cases, epochs, state, progress, console)
+
+
+def _loop(
+    out: Path,
+    store: RunStore,
+    recipe: RecipeConfig,
+    sites: Sequence[SiteData],
+    train_cases: list[Case],
+    epochs: int,
+    state: TrainingState,
+    progress: bool,
+    console: Console,
+) -> RunResult:
+    train = recipe.train
+    net = new_network(recipe.network, state.weights, state.seed)
+    opt = new_optimizer(net, train)
+    if state.optimizer_state:
+        load_optimizer_state(opt, net, state.optimizer_state)
+    data = CaseStore(train_cases, train.patch_size, train.cache_mb)
+    n_val = sum(len(s.val) for s in sites)
+    history: list[dict[str, Any]] = []
+    bar = train_progress() if progress else None
+    if bar is not None:
+        bar.start()
+    try:
+        for epoch in range(state.epoch + 1, epochs + 1):
+            t0 = time.perf_counter()
+            store.start_round(epoch)
+            stats = fit_epoch(net, opt, data, train, seed=state.seed, epoch=epoch - 1, progress=bar)
+            pooled: list[dict[str, Any]] = []
+            with torch.inference_mode():
+                for s in sites:
+                    if not s.val:
+                        continue
+                    results = validate_network(net, train, s.val, progress=bar)
+                    for r in results:
+                        store.record_case_metrics(epoch, s.name, r["case_id"], r["metrics"])
+                    store.record_validation(epoch, s.name, summarize_cases(results))
+                    pooled += results
+            summaries = summarize_cases(pooled)
+            if len(sites) > 1 and pooled:
+                store.record_validation(epoch, CENTRAL, summaries)
+            score = summaries["mean"]["dice"].mean if pooled else math.nan
+            weights = get_weights(net)
+            meta = {"run": str(out), "epoch": epoch, "mean_dice": score}
+            model = ModelFile(recipe.network, weights, train.val_roi, meta=meta)
+            save_model(out / "last.pt", model)
+            if score > state.best_score:
+                save_model(out / "best.pt", model)
+                state.best_score, state.best_epoch = score, epoch
+            wall = time.perf_counter() - t0
+            store.record_site_round(
+                SiteRound(
+                    epoch, CENTRAL, "ok", n_train=len(data), n_val=n_val, train_loss=stats.loss,
+                    wall_s=wall,
+                    extra={"steps": stats.steps, "data_wait_s": stats.data_wait_s,
+                           "compute_s": stats.compute_s},
+                )
+            )  # fmt: skip
+            store.record_checkpoint(epoch, out / "last.pt")
+            state.epoch, state.weights = epoch, weights
+            state.optimizer_state = optimizer_state_dict(opt, net)
+            save_state(out / CHECKPOINT, state)
+            store.finish_round(epoch, n_sites=len(sites))
+            history.append({"epoch": epoch, "loss": stats.loss, "mean_dice": score})
+            line = (
+                f"epoch {epoch}/{epochs}  loss {stats.loss:.4f}  {_dice_line(summaries)}  "
+                f"(mean {score:.3f})  {wall:.1f} s"
+            )
+            if bar is not None:
+                bar.console.print(line, highlight=False)
+            else:
+                console.print(line, highlight=False)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return RunResult(out, state.epoch, state.best_epoch, state.best_score, history)
