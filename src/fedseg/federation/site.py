@@ -15,6 +15,7 @@ import numpy as np
 from fedseg.data.splits import load_split
 from fedseg.errors import FedsegError
 from fedseg.federation.messages import TaskReply, TaskRequest, recipe_from_json
+from fedseg.federation.optimizer_state import arrays_to_state, state_to_arrays
 from fedseg.tracking.store import RunStore
 from fedseg.train.local import OptimizerState, train_local
 from fedseg.train.validate import summarize_cases, validate_cases
@@ -50,11 +51,20 @@ def run_task(site: str, data: Path, req: TaskRequest, workspace: Path | None = N
         if not split.train:
             raise FedsegError(f"site {site}: no training cases in {data}")
         opt_path = ws / "optimizer.npz"
+        # Optimizer treatment of the plan (federation.optimizer_state); default keep-local.
+        mode = str(req.options.get("optimizer", "keep-local"))
+        if mode == "average":
+            start = arrays_to_state(req.optimizer_state)
+        else:
+            start = _load_optimizer(opt_path) if mode == "keep-local" else None
         result = train_local(
-            network, train, req.weights, _load_optimizer(opt_path), split.train, req.epochs,
-            seed=req.seed,
+            network, train, req.weights, start, split.train, req.epochs,
+            seed=req.seed, proximal_mu=float(req.options.get("proximal_mu", 0.0)),
         )  # fmt: skip
-        _save_optimizer(opt_path, result.optimizer_state)
+        if mode == "keep-local":
+            _save_optimizer(opt_path, result.optimizer_state)
+        elif mode == "average":
+            reply.optimizer_state = state_to_arrays(result.optimizer_state)
         reply.weights = result.weights
         reply.n_train = result.n_train
         reply.train_loss = result.train_loss
