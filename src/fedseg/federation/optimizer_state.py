@@ -39,7 +39,8 @@ def arrays_to_state(arrays: Weights | None) -> OptimizerState | None:
     if not arrays:
         return None
     state: OptimizerState = {k: v for k, v in arrays.items() if k != STEP}
-    state[STEP] = int(arrays.get(STEP, np.zeros((), np.int64)))
+    # ravel: a 0-d array may come back from the wire as shape (1,)
+    state[STEP] = int(np.asarray(arrays.get(STEP, 0)).ravel()[0])
     return state if state[STEP] > 0 else None
 
 

@@ -36,6 +36,8 @@ def sample_sites(
     if k >= len(sites):
         return list(sites)
     pool = sorted(sites)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, rnd]))
-    chosen = {pool[i] for i in rng.choice(len(pool), size=k, replace=False)}
+    # The k smallest of one uniform key per site. (Generator.choice/integers drawn from
+    # consecutive round seeds repeat the same pick for runs of rounds; float keys do not.)
+    keys = np.random.default_rng(np.random.SeedSequence([seed, rnd])).random(len(pool))
+    chosen = {pool[i] for i in np.argsort(keys, kind="stable")[:k]}
     return [s for s in sites if s in chosen]
