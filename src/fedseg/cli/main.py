@@ -32,10 +32,12 @@ def _root(
 def _register() -> None:
     # Imported here so that `fedseg --help` stays fast and each area owns its own verbs.
     from fedseg.cli import data as data_cli
+    from fedseg.cli import demo as demo_cli
     from fedseg.cli import federate as federate_cli
 
     app.add_typer(data_cli.app, name="data", help="Check, split, show and synthesize site data.")
     federate_cli.register(app)
+    demo_cli.register(app)
     from fedseg.cli import train as train_cli
 
     app.command(name="train")(train_cli.train)

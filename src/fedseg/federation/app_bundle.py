@@ -1,6 +1,6 @@
 """The Flower app folder that ``flwr run`` bundles (FAB) for a fedseg federation.
 
-The bundle is a two-file shim (``pyproject.toml`` + ``fedseg_flower_app.py``) pointing at
+The bundle is a shim (``pyproject.toml`` and two one-line modules) pointing at
 ``fedseg.federation.server_app:app`` and ``client_app:app``; fedseg itself must be
 importable where the SuperLink and SuperNodes run (runtime dependency installation is off).
 """
@@ -14,7 +14,9 @@ from pathlib import Path
 from fedseg import __version__
 
 APP_DIR = "flwr-app"
-MODULE = "fedseg_flower_app"
+#: One shim module per component, so that a site's process does not import the aggregator.
+SERVER_MODULE = "fedseg_serverapp"
+CLIENT_MODULE = "fedseg_clientapp"
 ConfigValue = str | int | float | bool
 
 _PYPROJECT = """\
@@ -33,21 +35,20 @@ dependencies = []
 publisher = "fedseg"
 
 [tool.flwr.app.components]
-serverapp = "{module}:serverapp"
-clientapp = "{module}:clientapp"
+serverapp = "{server}:app"
+clientapp = "{client}:app"
 
 [tool.flwr.app.config]
 run-dir = ""
 run-id = ""
 """
 
-_MODULE = '''\
-"""fedseg's Flower components (generated; see fedseg.federation.app_bundle)."""
+_SHIM = '''\
+"""fedseg's Flower {what} (generated; see fedseg.federation.app_bundle)."""
 
-from fedseg.federation.client_app import app as clientapp
-from fedseg.federation.server_app import app as serverapp
+from fedseg.federation.{module} import app
 
-__all__ = ["clientapp", "serverapp"]
+__all__ = ["app"]
 '''
 
 
@@ -56,8 +57,11 @@ def write_app(run_dir: Path) -> Path:
     app = Path(run_dir) / APP_DIR
     app.mkdir(parents=True, exist_ok=True)
     version = __version__.split("+")[0]
-    (app / "pyproject.toml").write_text(_PYPROJECT.format(version=version, module=MODULE))
-    (app / f"{MODULE}.py").write_text(_MODULE)
+    (app / "pyproject.toml").write_text(
+        _PYPROJECT.format(version=version, server=SERVER_MODULE, client=CLIENT_MODULE)
+    )
+    (app / f"{SERVER_MODULE}.py").write_text(_SHIM.format(what="ServerApp", module="server_app"))
+    (app / f"{CLIENT_MODULE}.py").write_text(_SHIM.format(what="ClientApp", module="client_app"))
     return app
 
 

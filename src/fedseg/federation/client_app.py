@@ -14,7 +14,6 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedseg.federation.messages import decode_request, encode_hello_reply, encode_reply
-from fedseg.federation.site import run_task
 
 #: Node-config keys, shared with ``fedseg site start`` (federation.deploy).
 SITE_KEY = "site-name"
@@ -61,6 +60,8 @@ def train(msg: Message, context: Context) -> Message:
         raise ValueError(
             f"site {_site(context)} has no data folder: set --node-config {DATA_KEY}=DIR"
         )
+    from fedseg.federation.site import run_task  # torch: only where training happens
+
     ws = cfg.get("workspace")
     reply = run_task(
         _site(context), Path(str(data)), decode_request(msg.content),

@@ -322,10 +322,6 @@ class Coordinator:
     def _on_result(self, rnd: int, site: str, ex: Exchanged) -> None:
         res = ex.result
         state = res.status if isinstance(res, SiteFailure) else "done"
-        if isinstance(res, TaskReply) and res.validation:
-            dice = {r: res.validation[r]["dice"].mean for r in ("ET", "TC", "WT")
-                    if r in res.validation and "dice" in res.validation[r]}  # fmt: skip
-            self.store.set_meta(f"live_dice/{site}", dice)
         self.live[site] = state
         self.store.set_meta("live", {"round": self._live_round, "phase": self._live_phase,
                                      "sites": self.live})  # fmt: skip

@@ -11,8 +11,9 @@ against ``ca_cert``; ``supernode_auth`` turns on SuperNode authentication (sites
 ``site_keys[site]``; their public keys must be registered with the SuperLink first).
 
 Every process starts in its own session and is asked to die with the launcher (Linux
-PDEATHSIG), and its pid is written to ``<home>/pids.json`` so that a later start in the same
-run folder can clean up after a killed launcher.
+PDEATHSIG); a later start in the same run folder kills whatever a killed launcher left
+behind (processes whose environment names this run's Flower home). ``<home>/pids.json``
+lists the running processes for people.
 """
 
 from __future__ import annotations
@@ -245,26 +246,22 @@ class Launcher:
             (self.home / PIDS).unlink()
 
     def kill_leftovers(self) -> int:
-        """Kill the process groups a killed launcher of this run folder left behind (only
-        those whose command line still names this run folder); how many."""
-        path = self.home / PIDS
-        if not path.is_file():
-            return 0
+        """SIGKILL every process left over from an earlier launcher of this run folder (one
+        killed with -9): those whose environment names this Flower home. How many."""
+        marker = f"FLWR_HOME={self.home}".encode() + b"\0"
         n = 0
-        try:
-            entries = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            entries = []
-        for e in entries:
-            pid = int(e.get("pid", 0))
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
+                continue
             try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                env = (d / "environ").read_bytes()
             except OSError:
                 continue
-            if str(self.home) in cmdline or str(self.run_dir) in cmdline:
-                _signal_group(pid, signal.SIGKILL)
-                n += 1
-        path.unlink(missing_ok=True)
+            if marker in env:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(d.name), signal.SIGKILL)
+                    n += 1
+        (self.home / PIDS).unlink(missing_ok=True)
         return n
 
     # -- helpers ----------------------------------------------------------------------

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedseg.model.config import NetworkConfig
-from fedseg.model.weights import Weights
 from fedseg.tracking.store import Summary
 from fedseg.train.config import TrainConfig
+
+if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
+    from fedseg.model.weights import Weights
 
 #: Flower message types: the round's work and the hello that maps a node to a site name.
 TRAIN = "train"

@@ -9,6 +9,7 @@ from the node's ``--node-config site-name=NAME``).
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -92,6 +93,10 @@ class FlowerTransport:
         out: dict[str, Exchanged] = {}
         msgs, sites, sizes = [], [], {}
         for site, req in requests.items():
+            if site not in site_node:
+                out[site] = Exchanged(SiteFailure("failed", "not connected"), 0, 0, 0.0)
+                on_result(site, out[site])
+                continue
             content = encode_request(req)
             sizes[site] = content_bytes(content)
             msgs.append(self.grid.create_message(content, TRAIN, site_node[site], str(req.round)))
@@ -107,7 +112,7 @@ class FlowerTransport:
                 if reply.has_error():
                     reason = (reply.error.reason or f"error code {reply.error.code}").strip()
                     res: Exchanged = Exchanged(
-                        SiteFailure("failed", _last_line(reason)), sizes[site], 0, wall
+                        SiteFailure("failed", error_line(reason)), sizes[site], 0, wall
                     )
                 else:
                     try:
@@ -131,7 +136,14 @@ class FlowerTransport:
         return out
 
 
-def _last_line(text: str) -> str:
+_FLOWER_REASON = re.compile(r"^<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
+
+
+def error_line(reason: str) -> str:
+    """One line from a Flower error reason (``<class 'pkg.Error'>:<'message'>`` ->
+    ``Error: message``; otherwise its last non-empty line)."""
+    m = _FLOWER_REASON.match(reason.strip())
+    text = f"{m.group(1)}: {m.group(2)}" if m else reason
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else text
 

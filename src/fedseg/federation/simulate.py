@@ -10,7 +10,6 @@ stops everything at the end.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from fedseg.federation.app_bundle import run_config, write_app
 from fedseg.federation.client_app import DATA_KEY, SITE_KEY
 from fedseg.federation.coordinator import BEST
 from fedseg.federation.launcher import Launcher, Security
-from fedseg.federation.plan import PLAN_FILE, PlanConfig, load_plan, save_plan
+from fedseg.federation.plan import PLAN_FILE, PlanConfig, load_plan
+from fedseg.federation.run_folder import prepare_run
 from fedseg.tracking.store import RunStore
 
 #: How long the ServerApp may take to start and say its pid.
@@ -37,29 +37,6 @@ class SimulationResult:
     best_model: Path | None
     best_score: float | None
     wall_s: float
-
-
-def prepare_run(plan_path: Path, out: Path) -> PlanConfig:
-    """Create the run folder ``out`` with its plan (site paths made absolute) and store."""
-    plan = load_plan(plan_path)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FedsegError(
-            f"{out} exists and is not empty: pick a new --out, or continue that run with "
-            f"`fedseg resume {out}`"
-        )
-    for name, site in plan.sites.items():
-        if site.data is None:
-            raise FedsegError(f"plan site {name} has no data folder; simulation needs one")
-        if not site.data.is_dir():
-            raise FedsegError(f"plan site {name}: data folder {site.data} not found")
-    out.mkdir(parents=True, exist_ok=True)
-    save_plan(out / PLAN_FILE, plan)
-    with RunStore(out) as store:
-        store.set_meta("run_id", f"{out.resolve().name}-{uuid.uuid4().hex[:8]}")
-        store.set_meta("created", time.time())
-        store.set_meta("status", "created")
-    return plan
 
 
 def run_simulation(

@@ -1,0 +1,102 @@
+"""Plan files (typed, extra=forbid, one-line errors) and the Flower encoding of messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedseg.errors import FedsegError
+from fedseg.federation.messages import (
+    TaskReply,
+    TaskRequest,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+    recipe_from_json,
+    recipe_json,
+)
+from fedseg.federation.plan import example_plan, load_plan
+from fedseg.model.config import NetworkConfig
+from fedseg.tracking.store import Summary
+from fedseg.train.config import TrainConfig
+
+
+def test_example_plan_loads_and_resolves_paths(tmp_path: Path) -> None:
+    sites = [tmp_path / "data" / "hospA", tmp_path / "data" / "hospB"]
+    (tmp_path / "plan.yaml").write_text(example_plan(sites))
+    plan = load_plan(tmp_path / "plan.yaml")
+    assert list(plan.sites) == ["hospA", "hospB"]
+    assert plan.sites["hospA"].data == sites[0]
+    assert plan.strategy.name == "fedavg" and plan.min_sites == 2
+    # relative data paths are relative to the plan file
+    (tmp_path / "rel.yaml").write_text("sites:\n  a: {data: d/a}\n")
+    assert load_plan(tmp_path / "rel.yaml").sites["a"].data == (tmp_path / "d" / "a").resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sites: {a: {data: x}}\nroundz: 3\n", "roundz: Extra inputs are not permitted"),
+        ("sites: {a: {data: x}}\nrounds: 0\n", "rounds: Input should be greater than"),
+        ("sites: {}\n", "at least one site"),
+        ("sites: {a: {}}\nmin_sites: 2\n", "min_sites 2 exceeds the 1 sites"),
+        ("sites: {'a b': {}}\n", "site name 'a b'"),
+        ("sites: {a: {}}\nnetwork: {depth: 3}\ntrain: {patch_size: [20, 20, 20]}\n", "multiples"),
+        ("- just\n- a list\n", "a plan is a mapping"),
+    ],
+)
+def test_bad_plans_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
+    p = tmp_path / "plan.yaml"
+    p.write_text(text)
+    with pytest.raises(FedsegError, match=message) as info:
+        load_plan(p)
+    assert "\n" not in str(info.value) and str(p) in str(info.value)
+
+
+def test_request_and_reply_round_trip_keep_dtypes() -> None:
+    weights = {
+        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "b": np.array([1.5], np.float16),
+        "c": np.array(7, np.int64),
+        "d": np.ones((2, 2), np.float64),
+    }
+    recipe = recipe_json(NetworkConfig(base_filters=4, depth=2), TrainConfig.cpu())
+    req = TaskRequest(3, 2, True, 1, 123, "run-x", recipe, weights)
+    back = decode_request(encode_request(req))
+    assert (back.round, back.model_round, back.validate, back.epochs, back.seed) == (
+        3,
+        2,
+        True,
+        1,
+        123,
+    )
+    assert list(back.weights) == list(weights)
+    for k, v in weights.items():
+        assert back.weights[k].dtype == v.dtype
+        np.testing.assert_array_equal(back.weights[k], v)
+    net, train = recipe_from_json(back.recipe)
+    assert net.base_filters == 4 and train == TrainConfig.cpu()
+
+    val = {"ET": {"dice": Summary(0.5, 0.1, 3), "hd95": Summary(4.0, 1.0, 3)}}
+    rep = TaskReply("site1", weights, n_train=8, n_val=3, train_loss=0.4, validation=val)
+    content = encode_reply(rep)
+    # only weights and summaries travel: no case ids, no per-case values
+    assert set(content) == {"site", "metrics", "validation", "weights"}
+    assert set(content["validation"]) == {
+        f"ET/{m}/{p}" for m in ("dice", "hd95") for p in ("mean", "std", "n")
+    }
+    got = decode_reply(content)
+    assert got.validation == val and got.n_train == 8 and got.train_loss == pytest.approx(0.4)
+    assert got.weights is not None and got.weights["c"].dtype == np.int64
+    assert decode_reply(encode_reply(TaskReply("s", None))).weights is None
+
+
+def test_flower_error_reasons_become_one_line() -> None:
+    from fedseg.federation.server_app import error_line
+
+    reason = "<class 'fedseg.errors.FedsegError'>:<'no complete labelled cases in /d/site3'>"
+    assert error_line(reason) == "FedsegError: no complete labelled cases in /d/site3"
+    assert error_line("Traceback ...\n  File x\nValueError: boom\n") == "ValueError: boom"

@@ -1,0 +1,159 @@
+"""End to end through real Flower processes (one SuperLink, one SuperNode per site).
+
+Each test starts the engine on loopback; on this shared 2-core machine a round costs
+tens of seconds of process start-up (Flower starts a fresh app process per message).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fed_helpers import SITES, tiny_plan
+
+from fedseg.federation.coordinator import BEST, initial_weights, model_path
+from fedseg.federation.plan import PLAN_FILE, load_plan, save_plan
+from fedseg.federation.run_folder import prepare_run
+from fedseg.federation.simulate import run_simulation, simulate
+from fedseg.model.model_file import load_model
+from fedseg.tracking.store import RunStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _plan_file(tmp_path: Path, sites: dict[str, Path], **overrides: object) -> Path:
+    return save_plan(tmp_path / "plan.yaml", tiny_plan(sites, **overrides))
+
+
+def _wait_for(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, Path]) -> None:
+    run = tmp_path / "run"
+    res = simulate(_plan_file(tmp_path, tiny_sites), run, live=False)
+    assert res.rounds_done == 2 and res.best_model == run / BEST
+    with RunStore(run) as store:
+        assert [r["status"] for r in store.rounds()] == ["done", "done"]
+        assert store.get_meta("status") == "done"
+        srs = store.site_rounds()
+        assert {(s.round, s.site) for s in srs} == {(r, s) for r in (1, 2) for s in SITES}
+        model_bytes = sum(v.nbytes for v in load_model(model_path(run, 0)).weights.values())
+        for s in srs:
+            assert s.status == "ok", s
+            assert s.n_train == 3 and s.n_val == 1  # 4 cases per site, 4:1 split
+            # the model travels each way, plus a little framing and metrics
+            assert model_bytes <= s.bytes_sent < model_bytes * 1.1
+            assert model_bytes <= s.bytes_received < model_bytes * 1.1
+            assert s.train_loss is not None and np.isfinite(s.train_loss)
+        dice = store.validation(metric="dice", region="WT")
+        assert {(v.model_round, v.site) for v in dice} == {(m, s) for m in (0, 1, 2) for s in SITES}
+        assert all(v.n == 1 for v in dice)
+        assert store.case_metrics() == []  # per-case values never reach the aggregator
+        assert set(store.checkpoints()) == {0, 1, 2}
+        run_id = store.get_meta("run_id")
+    w0 = initial_weights(load_plan(run / PLAN_FILE))
+    w2 = load_model(model_path(run, 2)).weights
+    assert any(not np.array_equal(w0[k], w2[k]) for k in w0)
+    # each site kept its per-case values in its own folder
+    for site, folder in tiny_sites.items():
+        local = folder / ".fedseg" / run_id / "run.sqlite"
+        assert local.is_file(), site
+        with RunStore(local) as ls:
+            assert {r[0] for r in ls.case_metrics()} == {0, 1, 2}
+
+
+def test_resume_after_kill_9_of_the_aggregator(tmp_path: Path, tiny_sites: dict[str, Path]) -> None:
+    plan = _plan_file(tmp_path, tiny_sites)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    cmd = [sys.executable, "-m", "fedseg", "simulate", str(plan), "--out", str(run), "--no-live"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    try:
+
+        def in_round_2() -> bool:
+            if not (run / "run.sqlite").is_file():
+                return False
+            with RunStore(run) as s:
+                return any(r["round"] == 2 for r in s.rounds())
+
+        _wait_for(in_round_2, 600, "round 2 to start")
+        with RunStore(run) as store:
+            pid = int(store.get_meta("aggregator_pid"))
+        os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, out
+    assert "fedseg resume" in out
+    with RunStore(run) as store:
+        assert store.last_done_round() == 1
+        assert store.get_meta("status") == "running"  # it never got to say anything
+    res = subprocess.run(
+        [sys.executable, "-m", "fedseg", "resume", str(run), "--no-live"],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    with RunStore(run) as store:
+        assert [r["status"] for r in store.rounds()] == ["done", "done"]
+        assert store.get_meta("status") == "done" and store.get_meta("final_validated")
+        assert {(s.round, s.site) for s in store.site_rounds()} == {
+            (r, s) for r in (1, 2) for s in SITES
+        }
+        assert any("resuming after round 1" in m for _, _, m in store.events())
+    assert model_path(run, 2).is_file()
+
+
+def test_a_crashing_site_is_skipped_and_rejoins(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    # site3's data folder is gone in round 1 (its process raises), back for round 2
+    sites = dict(tiny_sites)
+    copy = tmp_path / "site3"
+    shutil.copytree(tiny_sites["site3"], copy, ignore=shutil.ignore_patterns(".fedseg"))
+    hidden = tmp_path / "site3.hidden"
+    copy.rename(hidden)
+    sites["site3"] = copy
+    plan = _plan_file(tmp_path, sites, min_sites=2)
+    run = tmp_path / "run"
+
+    copy.mkdir()  # exists (prepare_run checks), but holds no cases
+    prepare_run(plan, run)
+
+    def restore_after_round_1() -> None:
+        end = time.monotonic() + 600
+        while time.monotonic() < end:
+            with RunStore(run) as s:
+                if s.last_done_round() >= 1:
+                    break
+            time.sleep(0.5)
+        copy.rmdir()
+        hidden.rename(copy)
+
+    t = threading.Thread(target=restore_after_round_1, daemon=True)
+    t.start()
+    run_simulation(run, live=False)
+    t.join(timeout=5)
+    with RunStore(run) as store:
+        assert [r["status"] for r in store.rounds()] == ["done", "done"]
+        by = {(s.round, s.site): s for s in store.site_rounds()}
+        assert by[(1, "site3")].status == "failed"
+        assert "no complete labelled cases" in by[(1, "site3")].error
+        assert store.rounds()[0]["n_sites"] == 2
+        assert by[(2, "site3")].status == "ok" and by[(2, "site3")].n_train == 3
+        assert store.get_meta("status") == "done"
