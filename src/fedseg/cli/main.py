@@ -41,6 +41,9 @@ def _register() -> None:
     from fedseg.cli import train as train_cli
 
     app.command(name="train")(train_cli.train)
+    from fedseg.cli import compare as compare_cli
+
+    compare_cli.register(app)
 
 
 def main() -> None:
