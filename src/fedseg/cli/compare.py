@@ -34,6 +34,7 @@ def compare(
         help="A poisoned site: SITE:scale=50 (its update x50) or SITE:scramble "
         "(its labels NCR->ED->ET->NCR).",
     ),
+    threads: int = typer.Option(1, "--threads", min=1, help="Torch CPU threads."),
     no_baselines: bool = typer.Option(
         False, "--no-baselines", help="Skip the centralized and single-site models."
     ),
@@ -55,6 +56,7 @@ def compare(
         train=rec.train,
         poison=parse_poison(poison) if poison else None,
         baselines=not no_baselines,
+        threads=threads,
     )
     run_compare(cfg, out)
     typer.echo(f"wrote {out / 'results.md'}, {out / 'results.csv'} and {out / 'curves.png'}")

@@ -25,6 +25,7 @@ trained). Output folder::
 from __future__ import annotations
 
 import csv
+import filecmp
 import math
 import re
 import shutil
@@ -140,6 +141,7 @@ class CompareConfig(BaseModel):
     train: TrainConfig = TrainConfig.cpu()
     poison: Poison | None = None
     baselines: bool = True
+    threads: int = Field(1, ge=1, description="torch CPU threads")
 
 
 # -- budget -----------------------------------------------------------------------------
@@ -311,6 +313,9 @@ def run_compare(cfg: CompareConfig, out: Path, console: Console | None = None) -
     if out.exists() and any(out.iterdir()):
         raise FedsegError(f"{out} exists and is not empty; pick a new --out")
     _check_sites(cfg)
+    import torch
+
+    torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     train_sites = dict(cfg.sites)
@@ -419,6 +424,10 @@ def _evaluate_all(cfg: CompareConfig, outcomes: list[RunOutcome], bar: Progress)
     task = bar.add_task("evaluation", total=len(outcomes))
     for o in outcomes:
         for which, path in (("final", o.final), ("best", o.best or o.final)):
+            if which == "best" and (o.best is None or filecmp.cmp(o.best, o.final, False)):
+                o.scores["best"] = o.scores["final"]  # the final model was the best: same file
+                o.per_site += [{**r, "model": "best"} for r in o.per_site]
+                continue
             weights = load_model(path).weights
             pooled, by_site = evaluate(cfg.network, cfg.train, weights, val)
             o.scores[which] = {"val": pooled}
