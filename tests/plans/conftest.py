@@ -14,7 +14,7 @@ from fedseg.data.synth.generate import make_tiny_dataset
 
 @pytest.fixture(scope="session")
 def tiny_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Three synthetic sites (4 cases each, 4 mm voxels) written once per session."""
+    """Four synthetic sites (4 cases each, 4 mm voxels) written once per session."""
     root = tmp_path_factory.mktemp("plan_sites")
-    make_tiny_dataset(root, sites=3, cases_per_site=4, seed=0)
-    return {s: root / s for s in ("site1", "site2", "site3")}
+    make_tiny_dataset(root, sites=4, cases_per_site=4, seed=0)
+    return {s: root / s for s in ("site1", "site2", "site3", "site4")}

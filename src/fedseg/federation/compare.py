@@ -313,6 +313,7 @@ def run_compare(cfg: CompareConfig, out: Path, console: Console | None = None) -
     if out.exists() and any(out.iterdir()):
         raise FedsegError(f"{out} exists and is not empty; pick a new --out")
     _check_sites(cfg)
+    _check_labels([plan_for(cfg, a, cfg.sites).name for a in cfg.plans])  # bad params: now
     import torch
 
     torch.set_num_threads(cfg.threads)
@@ -325,7 +326,6 @@ def run_compare(cfg: CompareConfig, out: Path, console: Console | None = None) -
         )
     outcomes: list[RunOutcome] = []
     plans = [plan_for(cfg, a, train_sites) for a in cfg.plans]
-    _check_labels([p.name for p in plans])
     with _progress(console) as bar:
         for plan in plans:
             outcomes.append(_run_plan(cfg, plan, out / "runs" / plan.name, train_sites, bar))
