@@ -11,8 +11,8 @@ import typer
 def compare(
     plans: list[str] = typer.Argument(
         ...,
-        help="Plan files, or strategies as NAME[:k=v,...] (e.g. fedavg fedprox:mu=0.01 "
-        "krum:f=1 cyclic:order=shuffled single-pass).",
+        help="Plan files, or strategies by name with parameters NAME:k=v,k=v (e.g. fedavg "
+        "fedprox:mu=0.01 krum:f=1 cyclic:order=shuffled single-pass).",
     ),
     data: list[Path] = typer.Option(
         ...,
@@ -39,7 +39,12 @@ def compare(
         False, "--no-baselines", help="Skip the centralized and single-site models."
     ),
 ) -> None:
-    """Run several plans and the baselines; write results.csv/.md, per_site.csv, curves.png."""
+    """Run several federation plans and the baselines on the same sites, seed and budget.
+
+    PLANS are plan files or strategies by name with parameters, NAME:k=v,k=v, e.g.
+    fedavg fedprox:mu=0.01 fedadam median trimmed-mean:beta=0.25 krum:f=1
+    cyclic:order=shuffled single-pass. Writes results.csv/.md, per_site.csv and curves.png.
+    """
     from fedseg.federation.compare import CompareConfig, parse_plan_arg, parse_poison, run_compare
     from fedseg.train.config import RecipeConfig
     from fedseg.train.runner import site_names
