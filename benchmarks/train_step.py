@@ -1,13 +1,15 @@
 """Training-step benchmark: step time, voxels/s, peak memory and the loader's share.
 
     python benchmarks/train_step.py                 # CPU preset, then the full FeTS recipe
-    python benchmarks/train_step.py --recipe cpu --steps 20 --workers 2
+    python benchmarks/train_step.py --recipe cpu --steps 20 --workers 2 --threads 1
+    python benchmarks/train_step.py --recipe fets --patch 64   # FeTS network, smaller patch
 
 Each recipe runs in its own process (so peak memory is its own) on synthetic cases written
 as real NIfTI files: 48^3 volumes for the CPU preset, BraTS-sized 240x240x155 for FeTS.
 One epoch of ``fit_epoch`` is timed: loader wait (blocked on the next batch) and compute
 (forward + backward + Adam step) are measured side by side in the same run. The first
-step (worker start-up, allocator warm-up) is reported apart from the steady state.
+step (worker start-up, allocator warm-up) is reported apart from the steady state; each
+step's times are also printed to stderr as they come (a full FeTS step takes minutes on CPU).
 """
 
 from __future__ import annotations
@@ -62,11 +64,15 @@ def write_cases(root: Path, n: int, shape: tuple[int, int, int], seed: int = 0) 
     return discover_cases(root)
 
 
-def run_one(name: str, steps: int, workers: int | None, threads: int | None) -> dict:
+def run_one(
+    name: str, steps: int, workers: int | None, threads: int | None, patch: int | None
+) -> dict:
     if threads:
         torch.set_num_threads(threads)
     recipe = recipe_for(name)
     train = recipe.train.model_copy(update={"patches_per_case": 1, "batch_size": 1})
+    if patch:
+        train = train.model_copy(update={"patch_size": (patch,) * 3})
     if workers is not None:
         train = train.model_copy(update={"num_workers": workers})
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,6 +96,8 @@ def run_one(name: str, steps: int, workers: int | None, threads: int | None) -> 
             opt.step()
             waits.append(b - a)
             computes.append(time.perf_counter() - b)
+            print(f"step {len(computes)}: wait {waits[-1]:.3f} s compute {computes[-1]:.2f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
     steady = slice(1, None) if len(computes) > 1 else slice(0, None)
     step = float(np.mean(computes[steady]) + np.mean(waits[steady]))
     voxels = train.batch_size * int(np.prod(train.patch_size))
@@ -121,20 +129,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="default: 12 (cpu), 2 (fets)")
     ap.add_argument("--workers", type=int, default=None, help="loader workers (default: recipe)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch)")
+    ap.add_argument("--patch", type=int, default=None, help="cubic patch side (default: recipe)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         steps = args.steps or (12 if args.recipe == "cpu" else 2)
-        print(json.dumps(run_one(args.recipe, steps, args.workers, args.threads)))
+        row = run_one(args.recipe, steps, args.workers, args.threads, args.patch)
+        print(json.dumps(row))
         return
     for name in ("cpu", "fets") if args.recipe == "both" else (args.recipe,):
         cmd = [sys.executable, __file__, "--child", "--recipe", name]
-        for flag in ("steps", "workers", "threads"):
+        for flag in ("steps", "workers", "threads", "patch"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag}", str(getattr(args, flag))]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # steps go to stderr
         if res.returncode != 0:
-            print(f"{name}: failed\n{res.stderr[-2000:]}")
+            print(f"{name}: failed (exit {res.returncode})")
             continue
         row = json.loads(res.stdout.strip().splitlines()[-1])
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)

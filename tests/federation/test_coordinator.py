@@ -124,3 +124,22 @@ def test_sites_that_never_connect_give_a_clear_error(tmp_path: Path) -> None:
     only_one = ArrayTransport({"site1": 0.1}, N_TRAIN)
     with pytest.raises(FedsegError, match=r"only 1 of 3 sites connected .*missing: site2, site3"):
         Coordinator(run, only_one).run()
+
+
+def test_live_table_shows_sites_states_and_dice(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from fedseg.federation.simulate import live_table
+
+    plan = tiny_plan(_sites(tmp_path), rounds=1, min_sites=1)
+    run = write_run(tmp_path / "run", plan)
+    fail = {"site3": SiteFailure("failed", "boom")}
+    Coordinator(run, ArrayTransport(OFFSETS, N_TRAIN, fail=fail)).run()
+    console = Console(record=True, width=120)
+    with RunStore(run) as store:
+        console.print(live_table(store, plan))
+    text = console.export_text()
+    assert "round 1/1" in text and "best: model" in text
+    lines = {ln.split()[1]: ln for ln in text.splitlines() if ln.strip().startswith(("│ site",))}
+    assert "0.600" in lines["site1"] and "done" in lines["site1"]  # Dice 0.5 + offset 0.1
+    assert "failed" in lines["site3"]

@@ -52,7 +52,7 @@ def demo_plan(data: Path, rounds: int) -> PlanConfig:
         network=NetworkConfig(base_filters=8, depth=2),
         train=TrainConfig.cpu(
             patch_size=(16, 16, 16),
-            patches_per_case=2,
+            patches_per_case=4,
             val_roi=(32, 32, 32),
             val_overlap=0.0,
             val_batch_size=4,

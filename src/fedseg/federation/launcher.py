@@ -5,6 +5,10 @@ Only Flower's command-line programs are used here (``flower-superlink``,
 Flower's home (``FLWR_HOME``: config.toml, installed app bundles) and every log live in the
 run folder; telemetry, the update check and runtime dependency installation are off.
 
+The SuperLink keeps its state in memory unless ``persistent_state`` (a deployment that
+registers SuperNode keys wants them kept): on this machine, under heavy load, its SQLite
+file answered "database is locked" to heartbeats and the SuperLink then dropped the run.
+
 Security: ``Security()`` is plain HTTP and is refused on anything but loopback; otherwise the
 SuperLink serves TLS (``server_cert``/``server_key``) and SuperNodes and ``flwr`` verify it
 against ``ca_cert``; ``supernode_auth`` turns on SuperNode authentication (sites sign with
@@ -131,7 +135,8 @@ class Launcher:
     """The engine processes of one run folder."""
 
     def __init__(self, run_dir: Path, security: Security | None = None,
-                 host: str = "127.0.0.1", port: int | None = None) -> None:  # fmt: skip
+                 host: str = "127.0.0.1", port: int | None = None,
+                 persistent_state: bool = False) -> None:  # fmt: skip
         self.run_dir = Path(run_dir).resolve()
         self.home = self.run_dir / HOME
         self.logs = self.run_dir / LOGS
@@ -139,6 +144,7 @@ class Launcher:
         self.host = host
         self.security.check(host)
         self.port = port or free_port(host if host != "0.0.0.0" else "127.0.0.1")
+        self.persistent_state = persistent_state
         self.procs: list[Proc] = []
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -170,8 +176,10 @@ class Launcher:
         """Start the SuperLink and wait until its health endpoint answers."""
         sec = self.security
         cmd = [_bin("flower-superlink"), "--host", self.host, "--port", str(self.port),
-               "--database", str(self.home / "superlink.db"),
                "--disable-runtime-dependency-installation"]  # fmt: skip
+        if self.persistent_state:
+            # Node registrations survive a restart; runs do not (resume is ours, see resume.py)
+            cmd += ["--database", str(self.home / "superlink.db")]
         if sec.insecure:
             cmd.append("--insecure")
         else:

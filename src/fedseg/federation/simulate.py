@@ -90,6 +90,8 @@ def _watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console
            live: bool) -> None:  # fmt: skip
     """Follow the run store until the ServerApp says done or failed, or dies."""
     started = time.monotonic()
+    reported = 0
+    warned: set[str] = set()
     view = Live(console=console, refresh_per_second=2, transient=False) if live else None
     if view is not None:
         view.start()
@@ -102,6 +104,14 @@ def _watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console
                     view.update(live_table(store, plan))
                 error = store.get_meta("error")
                 last = store.last_done_round()
+                if view is None and last > reported:
+                    for r in store.rounds():
+                        if reported < r["round"] <= last:
+                            console.print(
+                                f"round {r['round']}/{plan.rounds} done: "
+                                f"{r['n_sites']} site updates, {r['wall_s']:.0f} s"
+                            )
+                    reported = last
             if status == "done":
                 return
             if status == "failed":
@@ -116,9 +126,12 @@ def _watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console
                     f"the aggregator (pid {pid}) stopped after round {last}; continue the run "
                     f"with `fedseg resume {run_dir}`"
                 )
-            dead = [p for p in launcher.dead() if p.role == "superlink"]
-            if dead:
-                raise FedsegError(f"the SuperLink stopped: {dead[0].tail(3)}")
+            for p in launcher.dead():
+                if p.role == "superlink":
+                    raise FedsegError(f"the SuperLink stopped: {p.tail(3)} (log: {p.log})")
+                if p.role not in warned:
+                    warned.add(p.role)
+                    console.print(f"[yellow]{p.role} process exited:[/] {p.tail(2)} (log: {p.log})")
             time.sleep(1.0)
     finally:
         if view is not None:

@@ -2,11 +2,12 @@
 
 Per-case validation values stay on the site: they go to a site-local run store inside
 the site's workspace (default ``<data>/.fedseg/<run_id>/``), next to the site's Adam state,
-which is carried from round to round locally and never sent.
+which is carried from round to round locally (``optimizer_<round>.npz``) and never sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -50,19 +51,18 @@ def run_task(site: str, data: Path, req: TaskRequest, workspace: Path | None = N
     if req.epochs > 0:
         if not split.train:
             raise FedsegError(f"site {site}: no training cases in {data}")
-        opt_path = ws / "optimizer.npz"
         # Optimizer treatment of the plan (federation.optimizer_state); default keep-local.
         mode = str(req.options.get("optimizer", "keep-local"))
         if mode == "average":
-            start = arrays_to_state(req.optimizer_state)
+            state = arrays_to_state(req.optimizer_state)
         else:
-            start = _load_optimizer(opt_path) if mode == "keep-local" else None
+            state = _load_optimizer(ws, req.round) if mode == "keep-local" else None
         result = train_local(
-            network, train, req.weights, start, split.train, req.epochs,
+            network, train, req.weights, state, split.train, req.epochs,
             seed=req.seed, proximal_mu=float(req.options.get("proximal_mu", 0.0)),
         )  # fmt: skip
         if mode == "keep-local":
-            _save_optimizer(opt_path, result.optimizer_state)
+            _save_optimizer(ws, req.round, result.optimizer_state)
         elif mode == "average":
             reply.optimizer_state = state_to_arrays(result.optimizer_state)
         reply.weights = result.weights
@@ -72,16 +72,31 @@ def run_task(site: str, data: Path, req: TaskRequest, workspace: Path | None = N
     return reply
 
 
-def _load_optimizer(path: Path) -> OptimizerState | None:
-    if not path.is_file():
+def _optimizer_files(ws: Path) -> dict[int, Path]:
+    out = {}
+    for p in ws.glob("optimizer_*.npz"):
+        with contextlib.suppress(ValueError):
+            out[int(p.stem.split("_")[1])] = p
+    return out
+
+
+def _load_optimizer(ws: Path, rnd: int) -> OptimizerState | None:
+    """Adam state after the latest round before ``rnd`` (a redone round, after the aggregator
+    was restarted, starts from the same state as the first attempt)."""
+    files = {r: p for r, p in _optimizer_files(ws).items() if r < rnd}
+    if not files:
         return None
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(files[max(files)], allow_pickle=False) as z:
         state: OptimizerState = {k: z[k] for k in z.files}
     state["step"] = int(state["step"])
     return state
 
 
-def _save_optimizer(path: Path, state: OptimizerState) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
+def _save_optimizer(ws: Path, rnd: int, state: OptimizerState) -> None:
+    """Keep the states after rounds ``rnd`` and ``rnd - 1`` (enough to redo round ``rnd``)."""
+    tmp = ws / f"optimizer_{rnd:04d}.tmp.npz"
     np.savez(tmp, **{k: np.asarray(v) for k, v in state.items()})
-    tmp.replace(path)
+    tmp.replace(ws / f"optimizer_{rnd:04d}.npz")
+    for r, p in _optimizer_files(ws).items():
+        if r < rnd - 1:
+            p.unlink(missing_ok=True)

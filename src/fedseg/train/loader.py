@@ -12,6 +12,7 @@ so they share the cached arrays instead of copying them.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ def _worker_init(_: int) -> None:
 def make_loader(dataset: PatchDataset) -> DataLoader[dict[str, torch.Tensor]]:
     """Batches in dataset order (the order is already seeded); workers prefetch two batches."""
     workers = dataset.train.num_workers
+    if multiprocessing.current_process().daemon:
+        workers = 0  # a daemonic process (e.g. a pool worker) may not start children
     return DataLoader(
         dataset,
         batch_size=dataset.train.batch_size,

@@ -1,0 +1,44 @@
+"""A site's round without processes: real data, real training, private per-case values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from fed_helpers import tiny_plan
+
+from fedseg.federation.coordinator import initial_weights
+from fedseg.federation.messages import TaskRequest, recipe_json
+from fedseg.federation.site import run_task
+from fedseg.tracking.store import RunStore
+
+
+def test_site_validates_trains_and_keeps_cases_private(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    plan = tiny_plan(tiny_sites)
+    w0 = initial_weights(plan)
+    recipe = recipe_json(plan.network, plan.train)
+    ws = tmp_path / "ws"
+    req = TaskRequest(1, 0, True, 1, 7, "run-t", recipe, w0)
+    rep = run_task("site1", tiny_sites["site1"], req, workspace=ws)
+    assert rep.n_train == 3 and rep.n_val == 1 and rep.weights is not None
+    assert set(rep.weights) == set(w0)
+    assert any(not np.array_equal(rep.weights[k], w0[k]) for k in w0)
+    assert rep.train_loss is not None and 0 < rep.train_loss < 2
+    assert set(rep.validation) == {"ET", "TC", "WT", "mean"}
+    assert rep.validation["WT"]["dice"].n == 1
+    with RunStore(ws) as local:  # per-case values stay in the site's own store
+        rows = local.case_metrics()
+        assert {r[0] for r in rows} == {0} and {r[1] for r in rows} == {"site1"}
+    assert [p.name for p in ws.glob("optimizer_*.npz")] == ["optimizer_0001.npz"]
+    # a redone round 1 starts from the same (empty) Adam state; round 2 from round 1's
+    again = run_task("site1", tiny_sites["site1"], req, workspace=ws)
+    for k in w0:
+        np.testing.assert_array_equal(again.weights[k], rep.weights[k])  # type: ignore[index]
+    req2 = TaskRequest(2, 1, False, 1, 8, "run-t", recipe, rep.weights)
+    rep2 = run_task("site1", tiny_sites["site1"], req2, workspace=ws)
+    assert rep2.validation == {} and rep2.weights is not None
+    assert sorted(p.name for p in ws.glob("optimizer_*.npz")) == [
+        "optimizer_0001.npz", "optimizer_0002.npz"
+    ]  # fmt: skip
