@@ -537,7 +537,7 @@ def plot_curves(path: Path, outcomes: Sequence[RunOutcome]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
     style = {"plan": "-", "central": "--", "single": ":"}
     for o in outcomes:
         if not o.curve:
@@ -550,7 +550,7 @@ def plot_curves(path: Path, outcomes: Sequence[RunOutcome]) -> Path:
     ax.set_ylabel("mean validation Dice (ET, TC, WT)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
