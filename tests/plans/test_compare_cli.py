@@ -56,7 +56,7 @@ def test_compare_end_to_end_with_a_poisoned_site(tmp_path: Path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {row["run"]: row for row in csv.DictReader((out / "results.csv").open())}
-    assert set(rows) == {"fedavg", "median", "single-pass_validate_all_false", "central",
+    assert set(rows) == {"fedavg", "median", "single-pass_validate_all=false", "central",
                          "single-site1", "single-site2", "single-site3"}  # fmt: skip
     for row in rows.values():
         assert 0.0 <= float(row["final_val_mean"]) <= 1.0
