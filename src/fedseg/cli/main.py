@@ -31,6 +31,7 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `fedseg --help` stays fast and each area owns its own verbs.
+    from fedseg.cli import compare as compare_cli
     from fedseg.cli import coordinator as coordinator_cli
     from fedseg.cli import data as data_cli
     from fedseg.cli import demo as demo_cli
@@ -48,6 +49,7 @@ def _register() -> None:
     app.command("segment")(segment_cli.segment)
     app.command("evaluate")(evaluate_cli.evaluate)
     federate_cli.register(app)
+    compare_cli.register(app)
     app.add_typer(pki_cli.app, name="pki", help="Consortium CA, server certificate, site keys.")
     app.add_typer(deploy_cli.server_app, name="server", help="Run the aggregator (SuperLink).")
     app.add_typer(deploy_cli.site_app, name="site", help="Run a site (SuperNode).")

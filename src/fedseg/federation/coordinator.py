@@ -130,6 +130,9 @@ class Coordinator:
         self.store = RunStore(self.run_dir)
         self.run_id = run_id or self.store.get_meta("run_id") or self.run_dir.name
         self.strategy: Strategy = make_strategy(self.plan.strategy, self.plan.local_epochs)
+        rounds = self.strategy.planned_rounds(self.plan.rounds, len(self.plan.sites))
+        if rounds != self.plan.rounds:  # e.g. cyclic: cycles x sites visits
+            self.plan = self.plan.model_copy(update={"rounds": rounds})
         self.recipe = recipe_json(self.plan.network, self.plan.train)
         self.live: dict[str, str] = {}
 
@@ -204,6 +207,8 @@ class Coordinator:
                 run_id=self.run_id,
                 recipe=self.recipe,
                 weights=weights,
+                options=dict(t.options),
+                optimizer_state=t.optimizer_state,
             )
             for s, t in tasks.items()
         }
@@ -221,7 +226,10 @@ class Coordinator:
             if upd is not None:
                 updates.append(upd)
         trained = [s for s in requests if requests[s].epochs > 0]
-        if trained and len(updates) < min(plan.min_sites, len(trained)):
+        if self.strategy.skip_failed_sites and trained and not updates:
+            store.log(f"round {rnd}: no update from {', '.join(trained)}; skipped, the model "
+                      "goes on unchanged", "warning")  # fmt: skip
+        elif trained and len(updates) < min(plan.min_sites, len(trained)):
             for sr in records.values():
                 store.record_site_round(sr)
             store.finish_round(rnd, status="failed", n_sites=len(updates))
@@ -242,6 +250,8 @@ class Coordinator:
             store.record_site_round(sr)
         self._save_model(rnd, new)
         self._update_best(rnd - 1)
+        if updates:
+            store.set_meta("last_trained", {"round": rnd, "sites": [u.site for u in updates]})
         store.finish_round(rnd, n_sites=len(updates))
         store.log(f"round {rnd} done: {len(updates)} of {len(requests)} site updates aggregated")
         if plan.alarms.enabled:
@@ -308,7 +318,8 @@ class Coordinator:
             self.store.log(f"round {rnd}: site {site} update rejected: {exc}", "warning")
             sr = SiteRound(status="rejected", error=str(exc), extra=extra, **base, **common)  # type: ignore[arg-type]
             return sr, None
-        upd = SiteUpdate(site, res.weights, res.n_train, res.train_loss or float("nan"))
+        upd = SiteUpdate(site, res.weights, res.n_train, res.train_loss or float("nan"),
+                         res.optimizer_state)  # fmt: skip
         return SiteRound(status="ok", extra=extra, **base, **common), upd  # type: ignore[arg-type]
 
     def _on_result(self, rnd: int, site: str, ex: Exchanged) -> None:

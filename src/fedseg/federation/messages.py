@@ -41,6 +41,10 @@ class TaskRequest:
     run_id: str
     recipe: str
     weights: Weights
+    #: plan options for the site (``proximal_mu``, ``optimizer``: reset/keep-local/average)
+    options: dict[str, float | int | str | bool] = field(default_factory=dict)
+    #: the aggregated optimizer state (``optimizer: average``), as arrays
+    optimizer_state: Weights | None = None
 
 
 @dataclass
@@ -58,6 +62,8 @@ class TaskReply:
     #: seconds from the start of the site's app process to the start of the work
     startup_s: float = 0.0
     validation: dict[str, dict[str, Summary]] = field(default_factory=dict)
+    #: the site's optimizer state after training, sent only when the plan averages it
+    optimizer_state: Weights | None = None
 
 
 def weights_to_record(weights: Weights) -> ArrayRecord:
@@ -75,6 +81,14 @@ def content_bytes(content: RecordDict) -> int:
 
 
 def encode_request(req: TaskRequest) -> RecordDict:
+    content = _encode_request(req)
+    content["task"]["options"] = json.dumps(req.options)
+    if req.optimizer_state is not None:
+        content["optimizer"] = weights_to_record(req.optimizer_state)
+    return content
+
+
+def _encode_request(req: TaskRequest) -> RecordDict:
     return RecordDict(
         {
             "global": weights_to_record(req.weights),
@@ -104,6 +118,8 @@ def decode_request(content: RecordDict) -> TaskRequest:
         run_id=str(task["run_id"]),
         recipe=str(task["recipe"]),
         weights=record_to_weights(content["global"]),
+        options=json.loads(str(task["options"])) if "options" in task else {},
+        optimizer_state=record_to_weights(content["optimizer"]) if "optimizer" in content else None,
     )
 
 
@@ -132,6 +148,8 @@ def encode_reply(rep: TaskReply) -> RecordDict:
     )
     if rep.weights is not None:
         content["weights"] = weights_to_record(rep.weights)
+    if rep.optimizer_state is not None:
+        content["optimizer"] = weights_to_record(rep.optimizer_state)
     return content
 
 
@@ -157,6 +175,7 @@ def decode_reply(content: RecordDict) -> TaskReply:
         val_wall_s=float(m["val_wall_s"]),
         startup_s=float(m.get("startup_s", 0.0)),
         validation=validation,
+        optimizer_state=record_to_weights(content["optimizer"]) if "optimizer" in content else None,
     )
 
 

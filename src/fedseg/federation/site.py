@@ -16,6 +16,7 @@ import numpy as np
 from fedseg.data.splits import load_split
 from fedseg.errors import FedsegError
 from fedseg.federation.messages import TaskReply, TaskRequest, recipe_from_json
+from fedseg.federation.optimizer_state import arrays_to_state, state_to_arrays
 from fedseg.tracking.store import RunStore
 from fedseg.train.local import OptimizerState, train_local
 from fedseg.train.validate import summarize_cases, validate_cases
@@ -50,11 +51,20 @@ def run_task(site: str, data: Path, req: TaskRequest, workspace: Path | None = N
     if req.epochs > 0:
         if not split.train:
             raise FedsegError(f"site {site}: no training cases in {data}")
-        state = _load_optimizer(ws, req.round)
+        # Optimizer treatment of the plan (federation.optimizer_state); default keep-local.
+        mode = str(req.options.get("optimizer", "keep-local"))
+        if mode == "average":
+            state = arrays_to_state(req.optimizer_state)
+        else:
+            state = _load_optimizer(ws, req.round) if mode == "keep-local" else None
         result = train_local(
-            network, train, req.weights, state, split.train, req.epochs, seed=req.seed
-        )
-        _save_optimizer(ws, req.round, result.optimizer_state)
+            network, train, req.weights, state, split.train, req.epochs,
+            seed=req.seed, proximal_mu=float(req.options.get("proximal_mu", 0.0)),
+        )  # fmt: skip
+        if mode == "keep-local":
+            _save_optimizer(ws, req.round, result.optimizer_state)
+        elif mode == "average":
+            reply.optimizer_state = state_to_arrays(result.optimizer_state)
         reply.weights = result.weights
         reply.n_train = result.n_train
         reply.train_loss = result.train_loss

@@ -10,8 +10,8 @@ State that must survive a restart (e.g. server-side optimizer moments) goes thro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -30,6 +30,10 @@ class SiteTask:
 
     validate: bool = True
     epochs: int = 1
+    #: options the site's training honours (``proximal_mu``, ``optimizer`` treatment)
+    options: Mapping[str, float | int | str | bool] = field(default_factory=dict)
+    #: optimizer state to start from (``optimizer: average``), as arrays
+    optimizer_state: Weights | None = None
 
     @property
     def train(self) -> bool:
@@ -44,12 +48,15 @@ class SiteUpdate:
     weights: Weights
     n_train: int
     train_loss: float
+    optimizer_state: Weights | None = None
 
 
 class Strategy:
     """Base class: every site validates and trains ``local_epochs`` each round."""
 
     name: ClassVar[str] = ""
+    #: sequential plans: a site that fails leaves the model as it was, the loop goes on
+    skip_failed_sites: ClassVar[bool] = False
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -57,6 +64,10 @@ class Strategy:
     def __init__(self, params: BaseModel, local_epochs: int) -> None:
         self.params = params
         self.local_epochs = local_epochs
+
+    def planned_rounds(self, plan_rounds: int, n_sites: int) -> int:
+        """How many rounds the federation runs (sequential plans: one round per visit)."""
+        return plan_rounds
 
     def configure_round(self, rnd: int, sites: Sequence[str]) -> dict[str, SiteTask]:
         """Tasks of round ``rnd`` (from 1) for the connected ``sites``."""
@@ -92,6 +103,8 @@ def register(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
 
 def make_strategy(cfg: StrategyConfig, local_epochs: int) -> Strategy:
     """The strategy named in the plan, with its parameters checked."""
+    import fedseg.federation.strategies  # noqa: F401  (registers the plans beyond FedAvg)
+
     cls = STRATEGIES.get(cfg.name)
     if cls is None:
         raise FedsegError(

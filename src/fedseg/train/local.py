@@ -125,6 +125,7 @@ def fit_epoch(
     seed: int,
     epoch: int,
     progress: Progress | None = None,
+    proximal: Callable[[], torch.Tensor] | None = None,
 ) -> EpochStats:
     """One pass over the patches of ``epoch`` (0-based); order and augmentation from seed."""
     net.train()
@@ -133,7 +134,7 @@ def fit_epoch(
     # Seed torch's generator for this epoch (dropout), restoring the caller's state after.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(epoch_seed(seed, epoch))
-        losses, wait, compute = _run_steps(net, opt, loader, progress, task, epoch)
+        losses, wait, compute = _run_steps(net, opt, loader, progress, task, epoch, proximal)
     if progress is not None and task is not None:
         progress.remove_task(task)
     return EpochStats(float(np.mean(losses)), len(losses), wait, compute)
@@ -146,8 +147,10 @@ def _run_steps(
     progress: Progress | None,
     task: TaskID | None,
     epoch: int,
+    proximal: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[list[float], float, float]:
-    """Optimizer steps over ``loader``: (losses, seconds waiting for data, seconds computing)."""
+    """Optimizer steps over ``loader``: (losses, seconds waiting for data, seconds computing).
+    ``proximal()`` (if given) is added to each step's loss; the losses reported exclude it."""
     losses: list[float] = []
     wait = compute = 0.0
     it = iter(loader)
@@ -160,13 +163,25 @@ def _run_steps(
             break
         opt.zero_grad(set_to_none=True)
         loss = mirrored_dice_loss(net(batch["image"]), batch["target"])
-        loss.backward()
+        (loss + proximal() if proximal is not None else loss).backward()
         opt.step()
         losses.append(float(loss.detach()))
         compute += time.perf_counter() - t1
         if progress is not None and task is not None:
             progress.update(task, advance=1, description=f"epoch {epoch + 1} loss {losses[-1]:.3f}")
     return losses, wait, compute
+
+
+def proximal_term(net: nn.Module, reference: Weights, mu: float) -> Callable[[], torch.Tensor]:
+    """FedProx (Li et al. 2020): ``mu / 2 * sum ||w - w_ref||^2`` over the trainable
+    parameters, ``w_ref`` the global model the round started from (names as in ``Weights``)."""
+    pairs = [(p, torch.from_numpy(np.asarray(reference[n], dtype=np.float32)).reshape(p.shape))
+             for n, p in net.named_parameters() if p.requires_grad]  # fmt: skip
+
+    def term() -> torch.Tensor:
+        return 0.5 * mu * sum(((p - r) ** 2).sum() for p, r in pairs)  # type: ignore[return-value]
+
+    return term
 
 
 def train_progress() -> Progress:
@@ -189,12 +204,15 @@ def train_local(
     progress: bool = False,
     first_epoch: int = 0,
     on_epoch: Callable[[int, EpochStats], None] | None = None,
+    proximal_mu: float = 0.0,
+    reference: Weights | None = None,
 ) -> LocalResult:
     """Train on ``cases`` for ``epochs`` epochs starting from ``weights`` (None: fresh init
     from ``seed``) and ``optimizer_state`` (None: fresh Adam).
 
     Epochs are numbered from ``first_epoch`` for the data order, so continuing a run with
     ``first_epoch=k`` gives the same batches as the straight run's epoch k.
+    ``proximal_mu > 0`` adds FedProx's term pulling towards ``reference`` (default: ``weights``).
     """
     t0 = time.perf_counter()
     check_shapes(network, train)
@@ -203,13 +221,19 @@ def train_local(
     if optimizer_state:
         load_optimizer_state(opt, net, optimizer_state)
     store = CaseStore(cases, train.patch_size, train.cache_mb)
+    prox = None
+    if proximal_mu > 0:
+        ref = reference if reference is not None else weights
+        if ref is None:
+            raise ValueError("proximal_mu needs reference weights (or starting weights)")
+        prox = proximal_term(net, ref, proximal_mu)
     stats: list[EpochStats] = []
     bar = train_progress() if progress else None
     if bar is not None:
         bar.start()
     try:
         for e in range(first_epoch, first_epoch + epochs):
-            s = fit_epoch(net, opt, store, train, seed=seed, epoch=e, progress=bar)
+            s = fit_epoch(net, opt, store, train, seed=seed, epoch=e, progress=bar, proximal=prox)
             stats.append(s)
             if on_epoch is not None:
                 on_epoch(e, s)
