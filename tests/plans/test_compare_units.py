@@ -45,7 +45,7 @@ def test_parse_plan_arg_names_and_files(tmp_path: Path) -> None:
     assert parse_plan_arg("cyclic:order=shuffled").strategy.params == {"order": "shuffled"}
     with pytest.raises(FedsegError, match="strategies: "):
         parse_plan_arg("fedsgd")
-    from plan_helpers import tiny_plan
+    from tests.plans.plan_helpers import tiny_plan
 
     prox = {"name": "fedprox", "params": {"mu": 0.1}}
     plan = tiny_plan({"x": tmp_path}, local_epochs=2, strategy=prox)

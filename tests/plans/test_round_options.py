@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plan_helpers import SITES, ArrayTransport, float_keys, tiny_plan, write_run
 
 from fedseg.federation.coordinator import Coordinator, initial_weights, model_path
 from fedseg.federation.messages import (
@@ -21,6 +20,7 @@ from fedseg.federation.messages import (
 from fedseg.federation.optimizer_state import arrays_to_state, average_states, state_to_arrays
 from fedseg.federation.plan import load_plan
 from fedseg.model.model_file import load_model
+from tests.plans.plan_helpers import SITES, ArrayTransport, float_keys, tiny_plan, write_run
 
 OFFSETS = {"site1": 0.1, "site2": 0.2, "site3": 0.4}
 N_TRAIN = {"site1": 1, "site2": 2, "site3": 5}

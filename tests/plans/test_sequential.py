@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from plan_helpers import SITES, ArrayTransport, float_keys, tiny_plan, write_run
 
 from fedseg.federation.coordinator import Coordinator, SiteFailure, initial_weights, model_path
 from fedseg.federation.plan import load_plan
 from fedseg.federation.strategies.sequential import visit_order, visited_site
 from fedseg.model.model_file import load_model
 from fedseg.tracking.store import RunStore
+from tests.plans.plan_helpers import SITES, ArrayTransport, float_keys, tiny_plan, write_run
 
 OFFSETS = {"site1": 0.1, "site2": 0.2, "site3": 0.4}
 N_TRAIN = {"site1": 1, "site2": 2, "site3": 5}

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from plan_helpers import tiny_plan
 
 from fedseg.federation.plan import save_plan
 from fedseg.federation.simulate import simulate
 from fedseg.tracking.store import RunStore
+from tests.plans.plan_helpers import tiny_plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

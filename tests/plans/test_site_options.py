@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from plan_helpers import tiny_plan
 
 from fedseg.data.splits import load_split
 from fedseg.federation.coordinator import initial_weights
 from fedseg.federation.messages import TaskRequest, recipe_json
 from fedseg.federation.site import run_task
 from fedseg.train.local import train_local
+from tests.plans.plan_helpers import tiny_plan
 
 
 @pytest.fixture(autouse=True)
