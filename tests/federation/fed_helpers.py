@@ -50,7 +50,9 @@ def write_run(run_dir: Path, plan: PlanConfig) -> Path:
 class ArrayTransport:
     """An in-process transport whose sites answer with hand-made arrays: each site returns
     the global weights plus a constant ``offsets[site]`` (and what ``tamper`` makes of it),
-    with fixed validation summaries. It tests the round loop and the math, not training."""
+    an optimizer state whose moments equal ``offsets[site]`` (step = 10 * cases), and
+    validation Dice 0.5 + offset. Every request is kept for the test to inspect. It tests
+    the round loop and the math, not training."""
 
     def __init__(
         self,
@@ -79,21 +81,29 @@ class ArrayTransport:
             if site in self.fail:
                 ex = Exchanged(self.fail[site], 10, 0, 0.1)
             else:
-                w = None
+                w = opt = None
+                off = self.offsets[site]
                 if req.epochs > 0:
                     w = {
-                        k: (v + np.asarray(self.offsets[site]).astype(v.dtype))
-                        if v.dtype.kind == "f" else v.copy()
-                        for k, v in req.weights.items()
+                        k: v + np.asarray(off).astype(v.dtype) if v.dtype.kind == "f"
+                        else v.copy() for k, v in req.weights.items()
                     }  # fmt: skip
+                    opt = {"step": np.array(10 * self.n_train[site], np.int64),
+                           "exp_avg/w": np.full(2, off, np.float32)}  # fmt: skip
                     if self.tamper is not None:
                         w = self.tamper(site, w)
                 rep = TaskReply(
                     site=site, weights=w, n_train=self.n_train[site], n_val=2, train_loss=0.5,
-                    validation={r: {"dice": Summary(0.5 + self.offsets[site], 0.1, 2)}
+                    validation={r: {"dice": Summary(0.5 + off, 0.1, 2)}
                                 for r in ("ET", "TC", "WT", "mean")},
+                    optimizer_state=opt,
                 )  # fmt: skip
                 ex = Exchanged(rep, 10, 20, 0.1)
             out[site] = ex
             on_result(site, ex)
         return out
+
+
+def float_keys(w: Weights) -> list[str]:
+    """Names of the floating-point arrays of ``w`` (those a transport offsets)."""
+    return [k for k, v in w.items() if v.dtype.kind == "f"]

@@ -1,94 +1,17 @@
-"""Helpers of the plan tests: tiny plans and a transport whose sites answer with arrays."""
+"""Helpers of the plan tests: the federation tests' tiny plans and array transport, with
+``min_sites`` 1 by default (sequential plans train one site per round)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
+from fedseg.federation.plan import PlanConfig
+from tests.federation.fed_helpers import SITES, ArrayTransport, float_keys, write_run
+from tests.federation.fed_helpers import tiny_plan as _tiny_plan
 
-from fedseg.federation.coordinator import Exchanged, SiteFailure
-from fedseg.federation.messages import TaskReply, TaskRequest
-from fedseg.federation.plan import PLAN_FILE, PlanConfig, SiteConfig, save_plan
-from fedseg.model.config import NetworkConfig
-from fedseg.model.weights import Weights
-from fedseg.tracking.store import Summary
-from fedseg.train.config import TrainConfig
-
-SITES = ("site1", "site2", "site3")
+__all__ = ["SITES", "ArrayTransport", "float_keys", "tiny_plan", "write_run"]
 
 
 def tiny_plan(sites: dict[str, Path], **overrides: object) -> PlanConfig:
-    """A plan with a 4-filter, depth-2 network on 16^3 patches: seconds per round."""
-    base: dict[str, object] = {
-        "name": "test",
-        "sites": {s: SiteConfig(data=p) for s, p in sites.items()},
-        "rounds": 2,
-        "local_epochs": 1,
-        "min_sites": 1,
-        "round_timeout_s": 240,
-        "connect_timeout_s": 120,
-        "network": NetworkConfig(base_filters=4, depth=2),
-        "train": TrainConfig.cpu(
-            patch_size=(16, 16, 16),
-            val_roi=(32, 32, 32),
-            val_overlap=0.0,
-            val_batch_size=4,
-            cache_mb=64,
-        ),
-    }
-    base.update(overrides)
-    return PlanConfig.model_validate(base)
-
-
-def write_run(run_dir: Path, plan: PlanConfig) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_plan(run_dir / PLAN_FILE, plan)
-    return run_dir
-
-
-class ArrayTransport:
-    """Sites answer training with the global weights plus ``offsets[site]`` and an optimizer
-    state whose moments equal ``offsets[site]`` (step = 10 * cases); validation Dice is
-    0.5 + offset. Every request is kept for the test to inspect."""
-
-    def __init__(self, offsets: dict[str, float], n_train: dict[str, int],
-                 fail: dict[str, SiteFailure] | None = None,
-                 tamper: Callable[[str, Weights], Weights] | None = None) -> None:  # fmt: skip
-        self.offsets, self.n_train, self.fail, self.tamper = offsets, n_train, fail or {}, tamper
-        self.requests: list[dict[str, TaskRequest]] = []
-
-    def connected_sites(self, wanted: list[str], wait_s: float) -> list[str]:
-        return [s for s in wanted if s in self.offsets]
-
-    def exchange(self, requests: dict[str, TaskRequest], timeout_s: float,
-                 on_result: Callable[[str, Exchanged], None]) -> dict[str, Exchanged]:  # fmt: skip
-        self.requests.append(requests)
-        out = {}
-        for site, req in requests.items():
-            if site in self.fail:
-                ex = Exchanged(self.fail[site], 10, 0, 0.1)
-            else:
-                w = opt = None
-                off = self.offsets[site]
-                if req.epochs > 0:
-                    w = {k: v + np.asarray(off).astype(v.dtype) if v.dtype.kind == "f"
-                         else v.copy() for k, v in req.weights.items()}  # fmt: skip
-                    if self.tamper is not None:
-                        w = self.tamper(site, w)
-                    opt = {"step": np.array(10 * self.n_train[site], np.int64),
-                           "exp_avg/w": np.full(2, off, np.float32)}  # fmt: skip
-                rep = TaskReply(
-                    site=site, weights=w, n_train=self.n_train[site], n_val=2, train_loss=0.5,
-                    validation={r: {"dice": Summary(0.5 + off, 0.1, 2)}
-                                for r in ("ET", "TC", "WT", "mean")},
-                    optimizer_state=opt,
-                )  # fmt: skip
-                ex = Exchanged(rep, 10, 20, 0.1)
-            out[site] = ex
-            on_result(site, ex)
-        return out
-
-
-def float_keys(w: Weights) -> list[str]:
-    return [k for k, v in w.items() if v.dtype.kind == "f"]
+    """``fed_helpers.tiny_plan`` with ``min_sites=1`` unless overridden."""
+    return _tiny_plan(sites, **{"min_sites": 1, **overrides})
