@@ -221,8 +221,8 @@ def _association(
             )
         if assoc.is_aborted:
             raise FedsegError(
-                f"{_where(cfg)} aborted the association: check the TLS settings and that the "
-                "port speaks DICOM"
+                f"{_where(cfg)} aborted the association: check the TLS settings, the AE titles "
+                "(peer.ae_title, calling_ae) and that the port speaks DICOM"
             )
         raise FedsegError(
             f"cannot reach {_where(cfg)}: no DICOM connection within {cfg.timeout_s:g} s; "
