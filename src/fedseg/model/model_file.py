@@ -73,18 +73,23 @@ def load_model(path: Path) -> ModelFile:
         raise FedsegError(f"{path}: not a fedseg model file ({exc.__class__.__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise FedsegError(f"{path}: not a fedseg model file (export one with `fedseg select`)")
-    if tuple(payload["regions"]) != REGIONS:
-        raise FedsegError(
-            f"{path}: model predicts regions {payload['regions']}, fedseg expects {REGIONS}"
+    regions = tuple(payload.get("regions") or ())
+    if regions != REGIONS:
+        raise FedsegError(f"{path}: model predicts regions {regions}, fedseg expects {REGIONS}")
+    try:
+        return ModelFile(
+            network=NetworkConfig(**payload["network"]),
+            weights={k: v.numpy() for k, v in payload["state_dict"].items()},
+            roi=tuple(int(r) for r in payload["roi"]),  # type: ignore[arg-type]
+            regions=regions,
+            meta=payload.get("meta", {}),
+            fedseg_version=payload.get("fedseg_version", "unknown"),
         )
-    return ModelFile(
-        network=NetworkConfig(**payload["network"]),
-        weights={k: v.numpy() for k, v in payload["state_dict"].items()},
-        roi=tuple(payload["roi"]),  # type: ignore[arg-type]
-        regions=tuple(payload["regions"]),
-        meta=payload.get("meta", {}),
-        fedseg_version=payload.get("fedseg_version", "unknown"),
-    )
+    except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise FedsegError(
+            f"{path}: damaged fedseg model file ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0]}); export it again"
+        ) from None
 
 
 def weights_hash(weights: Weights) -> str:

@@ -1,0 +1,68 @@
+"""`fedseg evaluate`: per-case BraTS metrics of a model on a site's labelled cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedseg.data.cases import Case, discover_cases
+from fedseg.data.labels import REGIONS
+from fedseg.errors import FedsegError
+from fedseg.model.evaluate import CaseResult, evaluate_cases, mean_metrics, write_metrics_csv
+from fedseg.model.metrics import METRICS
+from fedseg.model.segmenter import ModelSet
+
+console = Console()
+
+
+def select_cases(data: Path, split: str) -> list[Case]:
+    """The cases of ``data`` on side ``split`` (train/val) of its persistent split, or all."""
+    if split == "all":
+        return discover_cases(data)
+    if split not in ("train", "val"):
+        raise FedsegError(f"--split {split}: use train, val or all")
+    try:
+        from fedseg.data.splits import load_split
+    except ImportError:
+        raise FedsegError(
+            "this fedseg has no persistent splits yet (fedseg.data.splits); use --split all"
+        ) from None
+    return list(getattr(load_split(data), split))
+
+
+def evaluate(
+    model: list[Path] = typer.Option(
+        ..., "--model", "-m", help="Model file (.pt); repeat for an ensemble."
+    ),
+    data: Path = typer.Option(..., "--data", "-d", help="The site's data folder."),
+    split: str = typer.Option("val", help="val, train (the site's persistent split) or all."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV of per-case metrics to write."),
+    overlap: float = typer.Option(0.5, min=0.0, max=0.95, help="Sliding-window tile overlap."),
+) -> None:
+    """Segment each case, score Dice/Jaccard/HD95/sensitivity/specificity per region."""
+    models = ModelSet.from_files(model)
+    cases = select_cases(data, split)
+    with Progress(
+        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=console, transient=True,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("", total=len(cases))
+
+        def done(result: CaseResult) -> None:
+            progress.update(task, advance=1, description=result.case_id)
+
+        results = evaluate_cases(cases, models, overlap=overlap, on_case=done)
+    write_metrics_csv(results, out)
+    means = mean_metrics(results)
+    table = Table(title=f"mean over {len(results)} cases ({split}); HD95 in mm")
+    table.add_column("region")
+    for m in METRICS:
+        table.add_column(m, justify="right")
+    for r in REGIONS:
+        table.add_row(r, *(f"{means[f'{r}_{m}']:.4f}" for m in METRICS))
+    console.print(table)
+    console.print(f"wrote {out}")

@@ -1,0 +1,238 @@
+"""Whole-case segmentation with one model or several (ensemble mean, or a region triplet).
+
+A ``ModelSet`` holds one or more ``Member``s (a numpy ``Predictor`` plus its inference
+tile) and a way to combine them:
+- ``mean``: the ensemble, element-wise mean of the members' probabilities (3, X, Y, Z);
+- ``triplet``: three members, region ``i`` (ET, TC, WT) taken from member ``i``.
+Probabilities are computed on the case's full grid (the zero-plane crop undone), so the
+label map written back has the input's shape and affine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from fedseg.data import nifti
+from fedseg.data.cases import Case, CaseVolumes, case_from_files, discover_cases, load_case
+from fedseg.data.labels import REGIONS
+from fedseg.data.preprocess import nonzero_box
+from fedseg.errors import FedsegError
+from fedseg.model.inference import (
+    Predictor,
+    predict_probabilities,
+    probabilities_to_labels,
+    tile_starts,
+)
+
+Combine = Literal["mean", "triplet"]
+#: Called with the number of tiles just predicted (for progress bars).
+TileCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of a set: ``predictor`` maps (B, C_in, x, y, z) -> (B, 3, x, y, z) in [0, 1];
+    ``roi`` is its inference tile (voxels); ``name`` identifies it in messages."""
+
+    predictor: Predictor
+    roi: tuple[int, int, int]
+    name: str = "model"
+
+
+def check_roi(roi: Sequence[int], divisor: int, source: str = "model") -> tuple[int, int, int]:
+    """Validate an inference tile: three positive sides, each a multiple of ``divisor``."""
+    sides = tuple(int(r) for r in roi)
+    if len(sides) != 3 or any(r <= 0 for r in sides):
+        raise FedsegError(f"{source}: inference tile {sides} must be three positive sizes")
+    if any(r % divisor for r in sides):
+        fixed = tuple(-(-r // divisor) * divisor for r in sides)  # next multiple up
+        raise FedsegError(
+            f"{source}: inference tile {sides} is not a multiple of {divisor} (2**depth) on "
+            f"every side; use e.g. {fixed}"
+        )
+    return sides  # type: ignore[return-value]
+
+
+def load_member(path: Path, *, roi: Sequence[int] | None = None) -> Member:
+    """A model file as a PyTorch-backed ``Member``; ``roi`` overrides the file's tile."""
+    # torch is imported only here so that the numpy parts of this module need no torch.
+    from fedseg.model.model_file import load_model
+    from fedseg.model.torch_backend import torch_predictor
+
+    mf = load_model(Path(path))
+    tile = check_roi(roi if roi is not None else mf.roi, mf.network.divisor, str(path))
+    return Member(torch_predictor(mf.build()), tile, Path(path).name)
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """Models used together on every case; see the module docstring for ``combine``."""
+
+    members: tuple[Member, ...]
+    combine: Combine = "mean"
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise FedsegError("no model given; pass at least one --model FILE")
+        if self.combine == "triplet" and len(self.members) != len(REGIONS):
+            raise FedsegError(
+                f"a triplet needs exactly {len(REGIONS)} models (ET, TC, WT in that order), "
+                f"got {len(self.members)}"
+            )
+
+    @classmethod
+    def from_files(
+        cls, paths: Sequence[Path], combine: Combine = "mean", *, roi: Sequence[int] | None = None
+    ) -> ModelSet:
+        """Load model files (``roi`` overrides every member's tile)."""
+        return cls(tuple(load_member(p, roi=roi) for p in paths), combine)
+
+    def tile_count(self, image: np.ndarray, overlap: float) -> int:
+        """Tiles all members will predict for ``image`` (C, X, Y, Z): the progress total."""
+        box = nonzero_box(image)
+        shape = [s.stop - s.start for s in box]
+        total = 0
+        for m in self.members:
+            full = [max(s, r) for s, r in zip(shape, m.roi, strict=True)]
+            starts = [tile_starts(s, r, overlap) for s, r in zip(full, m.roi, strict=True)]
+            total += len(list(product(*starts)))
+        return total
+
+    def predict(
+        self,
+        image: np.ndarray,
+        *,
+        overlap: float = 0.5,
+        batch_size: int = 1,
+        on_tiles: TileCallback | None = None,
+    ) -> np.ndarray:
+        """Raw case image (4, X, Y, Z) -> combined probabilities (3, X, Y, Z) float32."""
+        combined = np.zeros((len(REGIONS), *image.shape[1:]), dtype=np.float32)
+        for i, m in enumerate(self.members):
+            probs = predict_probabilities(
+                image, _counting(m.predictor, on_tiles), m.roi, overlap=overlap,
+                batch_size=batch_size,
+            )  # fmt: skip
+            if self.combine == "triplet":
+                combined[i] = probs[i]
+            else:
+                combined += probs
+        if self.combine == "mean":
+            combined /= len(self.members)
+        return combined
+
+
+def _counting(predictor: Predictor, on_tiles: TileCallback | None) -> Predictor:
+    if on_tiles is None:
+        return predictor
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        out = predictor(batch)
+        on_tiles(batch.shape[0])
+        return out
+
+    return predict
+
+
+@dataclass
+class Segmentation:
+    """A segmented case: ``labels`` (X, Y, Z) uint8 BraTS 2021, ``probabilities``
+    (3, X, Y, Z) float32 in REGIONS order, on the input's grid with its ``affine``."""
+
+    case_id: str
+    labels: np.ndarray
+    probabilities: np.ndarray
+    affine: np.ndarray
+
+
+def resolve_case(inputs: Sequence[Path]) -> Case:
+    """The case named on a command line: one case folder (any layout) or four files
+    T1 T1Gd T2 FLAIR."""
+    paths = [Path(p) for p in inputs]
+    if len(paths) == 1 and paths[0].is_dir():
+        cases = discover_cases(paths[0])
+        if len(cases) != 1:
+            raise FedsegError(
+                f"{paths[0]} holds {len(cases)} cases; give one case folder (or four files "
+                "T1 T1Gd T2 FLAIR), or use `fedseg evaluate --data` for a whole data set"
+            )
+        case = cases[0]
+    elif len(paths) == 4:
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FedsegError(f"image file not found: {', '.join(missing)}")
+        case = case_from_files(paths)
+    else:
+        what = "not a folder" if len(paths) == 1 else f"{len(paths)} paths given"
+        raise FedsegError(
+            f"{' '.join(map(str, paths))}: {what}; give a case folder or four files in the "
+            "order T1 T1Gd T2 FLAIR"
+        )
+    if case.missing:
+        raise FedsegError(
+            f"case {case.case_id} in {case.folder}: missing modalities "
+            f"{', '.join(case.missing)}; all four of T1, T1Gd, T2, FLAIR are needed"
+        )
+    return case
+
+
+def segment_volumes(
+    volumes: CaseVolumes,
+    models: ModelSet,
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    threshold: float = 0.5,
+    on_tiles: TileCallback | None = None,
+) -> Segmentation:
+    """Segment a loaded case: probabilities from ``models``, thresholded into labels."""
+    if not 0.0 <= overlap < 1.0:
+        raise FedsegError(f"overlap {overlap} must be in [0, 1), e.g. 0.5")
+    probs = models.predict(volumes.image, overlap=overlap, batch_size=batch_size, on_tiles=on_tiles)
+    labels = probabilities_to_labels(probs, threshold)
+    return Segmentation(volumes.case_id, labels, probs, volumes.affine)
+
+
+def segment_case(
+    case: Case,
+    models: ModelSet,
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    threshold: float = 0.5,
+    on_tiles: TileCallback | None = None,
+) -> Segmentation:
+    """Load ``case`` (its label, if any, is not read) and segment it."""
+    volumes = load_case(case, with_label=False)
+    return segment_volumes(
+        volumes, models, overlap=overlap, batch_size=batch_size, threshold=threshold,
+        on_tiles=on_tiles,
+    )  # fmt: skip
+
+
+def probability_paths(folder: Path, case_id: str) -> dict[str, Path]:
+    """Where ``write_segmentation`` puts each region's probability map."""
+    return {r: Path(folder) / f"{case_id}_{r}_prob.nii.gz" for r in REGIONS}
+
+
+def write_segmentation(
+    seg: Segmentation, out: Path, probabilities_dir: Path | None = None
+) -> list[Path]:
+    """Write the label map to ``out`` (uint8) and, if asked, the three probability maps
+    (float32) into ``probabilities_dir``. Returns the files written."""
+    out = Path(out)
+    if not out.name.endswith((".nii.gz", ".nii")):
+        raise FedsegError(f"{out}: the output must be a NIfTI file name (.nii.gz or .nii)")
+    nifti.save(out, seg.labels, seg.affine, label=True)
+    written = [out]
+    if probabilities_dir is not None:
+        for i, path in enumerate(probability_paths(probabilities_dir, seg.case_id).values()):
+            nifti.save(path, seg.probabilities[i], seg.affine)
+            written.append(path)
+    return written
