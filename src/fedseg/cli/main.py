@@ -33,11 +33,13 @@ def _register() -> None:
     # Imported here so that `fedseg --help` stays fast and each area owns its own verbs.
     from fedseg.cli import data as data_cli
     from fedseg.cli import evaluate as evaluate_cli
+    from fedseg.cli import export as export_cli
     from fedseg.cli import segment as segment_cli
 
     app.add_typer(data_cli.app, name="data", help="Check, split, show and synthesize site data.")
     app.command("segment")(segment_cli.segment)
     app.command("evaluate")(evaluate_cli.evaluate)
+    app.command("export")(export_cli.export)
 
 
 def main() -> None:
