@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedseg.errors import FedsegError
 
@@ -36,7 +37,12 @@ def export(
     # Heavy imports (torch, OpenVINO, NNCF) only once the arguments are known to be valid.
     from fedseg.model.export import ExportConfig, export_openvino, require_openvino
 
-    require_openvino()
+    try:
+        require_openvino()
+    except FedsegError as exc:
+        # Printed here, escaped: the shared error printer would take "[openvino]" for markup.
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     config = ExportConfig(
         int8=int8,
         max_drop=max_drop,
