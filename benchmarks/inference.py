@@ -219,10 +219,11 @@ def main() -> None:
                 load = os.getloadavg()[0]
                 print(
                     f"  run {rep} {c.case_id} {w.backend.name}: {r['seconds']:.1f} s "
-                    f"(network {r['net']:.1f} s), load {load:.1f}",
+                    f"(network {r['net']:.1f} s), peak {r['peak_mib']:.0f} MiB, load {load:.1f}",
                     flush=True,
                 )
-    peaks = {w.backend.name: w.run(cases[0].folder, work / "last.npy")["peak_mib"] for w in workers}
+    # A worker's peak RSS only grows: its last answer holds the peak over all its runs.
+    peaks = {name: runs[-1]["peak_mib"] for name, runs in times.items()}
     for w in workers:
         w.close()
 
