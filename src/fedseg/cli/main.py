@@ -37,6 +37,7 @@ def _register() -> None:
     from fedseg.cli import demo as demo_cli
     from fedseg.cli import deploy as deploy_cli
     from fedseg.cli import evaluate as evaluate_cli
+    from fedseg.cli import export as export_cli
     from fedseg.cli import federate as federate_cli
     from fedseg.cli import intake as intake_cli
     from fedseg.cli import pki as pki_cli
@@ -48,6 +49,7 @@ def _register() -> None:
     app.command(name="train")(train_cli.train)
     app.command("segment")(segment_cli.segment)
     app.command("evaluate")(evaluate_cli.evaluate)
+    app.command("export")(export_cli.export)
     federate_cli.register(app)
     compare_cli.register(app)
     app.add_typer(pki_cli.app, name="pki", help="Consortium CA, server certificate, site keys.")

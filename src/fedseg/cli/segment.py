@@ -26,7 +26,10 @@ def segment(
         ..., help="One case folder (BraTS 2021/2023 or MSD layout) or four files T1 T1Gd T2 FLAIR."
     ),
     model: list[Path] = typer.Option(
-        ..., "--model", "-m", help="Model file (.pt); repeat for an ensemble."
+        ...,
+        "--model",
+        "-m",
+        help="Model file (.pt) or exported model (folder or .xml); repeat for an ensemble.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Label map to write (.nii.gz)."),
     probabilities: Path | None = typer.Option(

@@ -37,6 +37,31 @@ def gaussian_weights(roi: tuple[int, int, int], sigma_scale: float = 0.125) -> n
     return np.maximum(w / w.max(), 1e-3).astype(np.float32)
 
 
+Tile = tuple[int, int, int]
+
+
+def tile_plan(
+    shape: tuple[int, ...], roi: Tile, overlap: float, divisor: int | None = None
+) -> tuple[Tile, list[Tile]]:
+    """Tile size and tile start offsets covering a volume of ``shape`` (x, y, z).
+
+    ``divisor`` None: tiles are exactly ``roi`` (shorter axes are padded up to it).
+    ``divisor`` d: per axis, as many tiles as ``roi`` would need, each shrunk to the smallest
+    multiple of d (at most ``roi``) that still covers the axis with the requested overlap,
+    so the network sees fewer padded or doubly-covered voxels for the same tile count.
+    """
+    tile = []
+    for s, r in zip(shape, roi, strict=True):
+        t = r
+        if divisor is not None:
+            n = len(tile_starts(s, r, overlap))
+            need = s / (1 + (n - 1) * (1 - overlap))
+            t = min(r, max(divisor, int(np.ceil(need / divisor)) * divisor))
+        tile.append(t)
+    axes = [tile_starts(max(s, t), t, overlap) for s, t in zip(shape, tile, strict=True)]
+    return (tile[0], tile[1], tile[2]), list(product(*axes))
+
+
 def sliding_window(
     image: np.ndarray,
     predictor: Predictor,
@@ -45,30 +70,42 @@ def sliding_window(
     overlap: float = 0.5,
     batch_size: int = 1,
     out_channels: int = 3,
+    divisor: int | None = None,
 ) -> np.ndarray:
     """Blend ``predictor`` over tiles of ``image`` (C, X, Y, Z) -> (out_channels, X, Y, Z).
 
-    Axes shorter than the tile are zero-padded to it (and cropped back after).
-    Overlapping tiles are blended with Gaussian weights.
+    Tiles come from ``tile_plan`` (``divisor`` given: shrunk to fit the volume). Axes
+    shorter than the tile are zero-padded to it (and cropped back after). Overlapping tiles
+    are blended with Gaussian weights; a single tile is used as is.
     """
     shape = image.shape[1:]
-    pad = [(0, 0)] + [(0, max(0, r - s)) for s, r in zip(shape, roi, strict=True)]
+    tile, starts = tile_plan(shape, roi, overlap, divisor)
+    pad = [(0, 0)] + [(0, max(0, t - s)) for s, t in zip(shape, tile, strict=True)]
     padded = np.pad(image, pad) if any(p[1] for p in pad) else image
     full = padded.shape[1:]
-    weights = gaussian_weights(roi)
+    crop = (slice(None), *(slice(0, s) for s in shape))
+    # One reused input buffer; the predictor gets a contiguous float32 batch every time.
+    buf = np.empty((min(batch_size, len(starts)), image.shape[0], *tile), dtype=np.float32)
+    if len(starts) == 1:
+        buf[0] = padded[(slice(None), *(slice(0, t) for t in tile))]
+        return np.asarray(predictor(buf)[0][crop], dtype=np.float32)
+    weights = gaussian_weights(tile)
+    weighted = np.empty((out_channels, *tile), dtype=np.float32)  # reused p * weights
     acc = np.zeros((out_channels, *full), dtype=np.float32)
     norm = np.zeros(full, dtype=np.float32)
-    starts = list(product(*(tile_starts(s, r, overlap) for s, r in zip(full, roi, strict=True))))
     for b in range(0, len(starts), batch_size):
         chunk = starts[b : b + batch_size]
-        slices = [tuple(slice(s, s + r) for s, r in zip(st, roi, strict=True)) for st in chunk]
-        batch = np.stack([padded[(slice(None), *sl)] for sl in slices]).astype(np.float32)
-        probs = predictor(batch)
+        slices = [tuple(slice(s, s + t) for s, t in zip(st, tile, strict=True)) for st in chunk]
+        for i, sl in enumerate(slices):
+            buf[i] = padded[(slice(None), *sl)]
+        probs = predictor(buf[: len(slices)])
         for sl, p in zip(slices, probs, strict=True):
-            acc[(slice(None), *sl)] += p * weights
+            np.multiply(p, weights, out=weighted)
+            acc[(slice(None), *sl)] += weighted
             norm[sl] += weights
-    out = acc / np.maximum(norm, 1e-8)
-    return out[(slice(None), *(slice(0, s) for s in shape))]
+    np.maximum(norm, 1e-8, out=norm)
+    acc /= norm
+    return acc[crop]
 
 
 def predict_probabilities(
@@ -78,14 +115,18 @@ def predict_probabilities(
     *,
     overlap: float = 0.5,
     batch_size: int = 1,
+    divisor: int | None = None,
 ) -> np.ndarray:
     """Raw case image (4, X, Y, Z) -> region probabilities (3, X, Y, Z) on the input grid.
 
-    Crops the all-zero planes and z-scores (as in training), tiles the crop, and puts the
-    result back on the full grid (zero probability outside the crop).
+    Crops the all-zero planes and z-scores (as in training), tiles the crop (``divisor``:
+    see ``tile_plan``), and puts the result back on the full grid (zero probability outside
+    the crop).
     """
     cropped, box = crop_and_normalize(image)
-    probs = sliding_window(cropped, predictor, roi, overlap=overlap, batch_size=batch_size)
+    probs = sliding_window(
+        cropped, predictor, roi, overlap=overlap, batch_size=batch_size, divisor=divisor
+    )
     return uncrop(probs, box, image.shape[1:])
 
 

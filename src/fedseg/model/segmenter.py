@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import product
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +33,7 @@ from fedseg.model.inference import (
     Predictor,
     predict_probabilities,
     probabilities_to_labels,
-    tile_starts,
+    tile_plan,
 )
 
 Combine = Literal["mean", "triplet"]
@@ -50,6 +49,8 @@ class Member:
     predictor: Predictor
     roi: tuple[int, int, int]
     name: str = "model"
+    #: Tiles may shrink to fit the volume in multiples of this (2**depth); None: always roi.
+    divisor: int | None = None
 
 
 def check_roi(roi: Sequence[int], divisor: int, source: str = "model") -> tuple[int, int, int]:
@@ -67,7 +68,12 @@ def check_roi(roi: Sequence[int], divisor: int, source: str = "model") -> tuple[
 
 
 def load_member(path: Path, *, roi: Sequence[int] | None = None) -> Member:
-    """A model file as a PyTorch-backed ``Member``; ``roi`` overrides the file's tile."""
+    """A model as a ``Member``, backend by file type: an exported OpenVINO model (its folder
+    or ``.xml``) or a PyTorch model file (``.pt``); ``roi`` overrides the model's tile."""
+    from fedseg.model.openvino_backend import is_exported_model, load_exported_member
+
+    if is_exported_model(Path(path)):
+        return load_exported_member(Path(path), roi=roi)
     # torch is imported only here so that the numpy parts of this module need no torch.
     from fedseg.model.model_file import load_model
     from fedseg.model.torch_backend import torch_predictor
@@ -79,7 +85,7 @@ def load_member(path: Path, *, roi: Sequence[int] | None = None) -> Member:
             f"channels; segmentation needs {len(MODALITIES)} modalities -> {len(REGIONS)} regions"
         )
     tile = check_roi(roi if roi is not None else mf.roi, mf.network.divisor, str(path))
-    return Member(torch_predictor(mf.build()), tile, Path(path).name)
+    return Member(torch_predictor(mf.build()), tile, Path(path).name, mf.network.divisor)
 
 
 @dataclass(frozen=True)
@@ -111,9 +117,7 @@ class ModelSet:
         shape = [s.stop - s.start for s in box]
         total = 0
         for m in self.members:
-            full = [max(s, r) for s, r in zip(shape, m.roi, strict=True)]
-            starts = [tile_starts(s, r, overlap) for s, r in zip(full, m.roi, strict=True)]
-            total += len(list(product(*starts)))
+            total += len(tile_plan(tuple(shape), m.roi, overlap, m.divisor)[1])
         return total
 
     def predict(
@@ -129,7 +133,7 @@ class ModelSet:
         for i, m in enumerate(self.members):
             probs = predict_probabilities(
                 image, _counting(m.predictor, on_tiles), m.roi, overlap=overlap,
-                batch_size=batch_size,
+                batch_size=batch_size, divisor=m.divisor,
             )  # fmt: skip
             if self.combine == "triplet":
                 combined[i] = probs[i]
