@@ -130,3 +130,16 @@ def test_layout_option(tmp_path: Path, factory, runner: CliRunner) -> None:
     assert isinstance(result.exception, FedsegError) and "no msd cases" in str(result.exception)
     result = runner.invoke(cli_main.app, ["data", "check", str(root), "--layout", "brats2020"])
     assert isinstance(result.exception, FedsegError) and "unknown layout" in str(result.exception)
+
+
+def test_error_messages_keep_square_brackets() -> None:
+    # A FedsegError text is printed verbatim, not read as rich markup.
+    code = (
+        "import sys; sys.argv = ['fedseg', 'data', 'check', '/nonexistent[openvino]'];"
+        "from fedseg.cli.main import main; main()"
+    )
+    src = str(Path(__file__).parents[2] / "src")
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src}
+    )
+    assert res.returncode == 2 and "/nonexistent[openvino]" in res.stderr

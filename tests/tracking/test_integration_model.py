@@ -55,3 +55,37 @@ def test_compare_reads_the_evaluate_csv(tmp_path: Path) -> None:
     }
     assert all(r.n == 12 and r.better == "B" for r in rows)
     assert next(r for r in rows if r.region == "ET").p == pytest.approx(2 / 2**12)
+
+
+def test_segment_cli_takes_a_selection_folder_as_a_triplet(make_run, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedseg.cli.main import _register, app
+    from fedseg.data.cases import write_case
+    from fedseg.data.nifti import load_array
+    from fedseg.model.inference import probabilities_to_labels
+
+    peaks = {"ET": 1, "TC": 2, "WT": 3}
+    curves = {g: [0.8 - 0.1 * abs(i - p) for i in range(5)] for g, p in peaks.items()}
+    run = make_run(
+        {"a": [0.5] * 5, "b": [0.5] * 5}, region_dice={"a": curves, "b": curves}, checkpoints=True
+    )
+    with RunStore(run) as store:
+        export_selection(run, store, "triplet", tmp_path / "sel")
+    rng = np.random.default_rng(1)
+    image = np.zeros((4, 20, 20, 20), np.float32)
+    image[:, 2:18, 2:18, 2:18] = rng.normal(1, 0.3, size=(4, 16, 16, 16))
+    case = write_case(tmp_path / "cases", "c1", image, None, np.diag([2.0, 2.0, 2.0, 1.0]))
+    _register()
+    out = tmp_path / "seg.nii.gz"
+    res = CliRunner().invoke(
+        app, ["segment", "-m", str(tmp_path / "sel"), str(case), "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    # the same label map as the three selected models used as a triplet through the API
+    files, _ = selection_model_files(tmp_path / "sel")
+    expected = ModelSet.from_files(files, "triplet").predict(image)
+
+    np.testing.assert_array_equal(
+        load_array(out, dtype=np.uint8), probabilities_to_labels(expected)
+    )

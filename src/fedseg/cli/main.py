@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedseg import __version__
 from fedseg.errors import FedsegError
@@ -66,7 +67,10 @@ def main() -> None:
     try:
         app()
     except FedsegError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape: messages such as "pip install 'fedseg[openvino]'" are not rich markup
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]; the run folder keeps what was done so far")

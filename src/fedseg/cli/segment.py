@@ -17,6 +17,7 @@ from fedseg.model.segmenter import (
     segment_volumes,
     write_segmentation,
 )
+from fedseg.tracking.selection import expand_selection
 
 console = Console(stderr=True)
 
@@ -29,7 +30,8 @@ def segment(
         ...,
         "--model",
         "-m",
-        help="Model file (.pt) or exported model (folder or .xml); repeat for an ensemble.",
+        help="Model file (.pt), exported model (folder or .xml) or a `fedseg select` folder; "
+        "repeat for an ensemble.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Label map to write (.nii.gz)."),
     probabilities: Path | None = typer.Option(
@@ -47,7 +49,8 @@ def segment(
     mode: Combine = "triplet" if combine == "triplet" else "mean"
     check_output(out)
     case = resolve_case(inputs)
-    models = ModelSet.from_files(model, mode)
+    files, mode = expand_selection(model, mode)  # a `fedseg select` folder -> its models
+    models = ModelSet.from_files(files, mode)
     with Progress(
         TextColumn(f"segmenting {case.case_id}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console, transient=True,

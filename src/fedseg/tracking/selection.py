@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
+from fedseg.model.segmenter import Combine
 from fedseg.tracking.curves import Curves, curves_from_rows
 from fedseg.tracking.store import RunStore
 
@@ -198,6 +200,16 @@ def selection_model_files(path: Path) -> tuple[list[Path], Kind]:
     if sel.kind == "singlet":
         return [sel.region_files[REGIONS[0]]], "singlet"
     return [sel.region_files[r] for r in REGIONS], "triplet"
+
+
+def expand_selection(paths: Sequence[Path], combine: Combine) -> tuple[list[Path], Combine]:
+    """``fedseg segment -m DIR``: a ``fedseg select`` folder given as the only model becomes
+    its model files and combine mode (a triplet: each region from its model); other model
+    lists are returned as they are."""
+    if len(paths) == 1 and (Path(paths[0]) / SELECTION_FILE).is_file():
+        files, kind = selection_model_files(Path(paths[0]))
+        return files, "triplet" if kind == "triplet" else "mean"
+    return list(paths), combine
 
 
 def _resolve(run: Path, p: Path) -> Path:
