@@ -15,7 +15,12 @@ from rich.table import Table
 from fedseg.errors import FedsegError
 
 app = typer.Typer(no_args_is_help=True)
-console = Console()
+
+
+def console() -> Console:
+    """A console made at each call, so its width follows the terminal (or COLUMNS) now."""
+    return Console()
+
 
 RUN_ARG = typer.Argument(..., help="Run folder (holds run.sqlite and plan.yaml).")
 
@@ -31,9 +36,9 @@ def status(
 
     s = read_status(run)
     if not follow:
-        console.print(render_status(s))
+        console().print(render_status(s))
         return
-    with Live(render_status(s), console=console, refresh_per_second=4) as live:
+    with Live(render_status(s), console=console(), refresh_per_second=4) as live:
         while s.state in ("running", "not started"):
             time.sleep(interval)
             s = read_status(run)
@@ -65,7 +70,7 @@ def alarms(
             t.add_column(col)
         for (site, kind), rnd in sorted(first_flagged(found).items()):
             t.add_row(site, kind, str(rnd))
-        console.print(t if found else "no alarms")
+        console().print(t if found else "no alarms")
         return
     store = open_run(run)
     try:
@@ -73,14 +78,14 @@ def alarms(
     finally:
         store.close()
     if not spans:
-        console.print("no alarms")
+        console().print("no alarms")
         return
     t = Table()
     for col in ("site", "kind", "first", "last", "message"):
         t.add_column(col)
     for sp in spans:
         t.add_row(sp.site, sp.kind, str(sp.first), str(sp.last), sp.message)
-    console.print(t)
+    console().print(t)
 
 
 @app.command("select")
@@ -107,7 +112,7 @@ def select(
         t.add_column(col)
     for region, c in sel.regions.items():
         t.add_row(region, str(c.model_round), f"{c.score:.4f}", c.file)
-    console.print(t)
+    console().print(t)
 
 
 @app.command("contributions")
@@ -141,9 +146,9 @@ def contributions_cmd(
         if loso:
             vals.append(loso_vals.get(c.site, float("nan")))
         t.add_row(c.site, str(c.rounds), *(f"{v:.3f}" for v in vals))
-    console.print(t)
+    console().print(t)
     if loso:
-        console.print(
+        console().print(
             "leave-one-out: best pooled Dice of the other sites with the site minus without it"
         )
 
@@ -173,7 +178,7 @@ def _simulate_without(run: Path, base: Path) -> Callable[[str], Path]:
             }
         )
         plan_path = save_plan(base / f"plan_without_{site}.yaml", reduced)
-        console.print(f"leave-one-site-out: federation without {site} -> {out}")
+        console().print(f"leave-one-site-out: federation without {site} -> {out}")
         simulate(plan_path, out, live=False)
         return out
 
@@ -193,7 +198,7 @@ def report(
     from fedseg.tracking.report import ReportInputs, write_report
 
     path = write_report(run, out, ReportInputs(tuple(case_csv), tuple(label)))
-    console.print(f"report written to {path}")
+    console().print(f"report written to {path}")
 
 
 @app.command("compare-models")
@@ -225,7 +230,7 @@ def compare_models_cmd(
             fmt_p(r.p),
             r.better,
         )
-    console.print(t)
+    console().print(t)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -234,4 +239,4 @@ def compare_models_cmd(
             "rows": [r.as_dict() for r in rows],
         }  # fmt: skip
         out.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
-        console.print(f"comparison written to {out}")
+        console().print(f"comparison written to {out}")
