@@ -11,7 +11,7 @@ def demo(
     out: Path = typer.Option(
         Path("demo"), "--out", help="New folder for everything the demo makes."
     ),
-    rounds: int = typer.Option(3, "--rounds", min=1, help="Federated rounds."),
+    rounds: int = typer.Option(6, "--rounds", min=1, help="Federated rounds."),
     no_live: bool = typer.Option(False, "--no-live", help="No live table (logs only)."),
 ) -> None:
     """Make three synthetic sites (one non-IID), federate them, report, segment a case."""
