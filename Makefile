@@ -24,14 +24,11 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/fedseg demo --out demo/$$(date +%Y%m%d-%H%M%S)
 
-# Two workers (one per core), one torch thread each: the suite is many small processes.
-# --dist loadscope keeps a module's shared fixtures (a SuperLink, an Orthanc) on one worker.
-TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 test: venv
-	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadscope
+	$(BIN)/python -m pytest -q
 
 test-fast: venv
-	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadscope -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

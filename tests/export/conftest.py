@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from exportkit import make_site, train_tiny
 
 from fedseg.model.export import ExportConfig, export_openvino
 from fedseg.model.openvino_backend import ExportMeta
+from tests.export.exportkit import make_site, train_tiny
 
 
 @pytest.fixture(scope="session")

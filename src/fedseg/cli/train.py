@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from fedseg.errors import FedsegError
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import RecipeConfig
-from fedseg.train.runner import RECIPE_FILE, SiteData, run_training, site_names
+
+if TYPE_CHECKING:
+    from fedseg.train.runner import SiteData
 
 
 def _recipe(config: str | None) -> RecipeConfig:
@@ -21,6 +24,9 @@ def _recipe(config: str | None) -> RecipeConfig:
 
 
 def _sites(roots: list[Path]) -> list[SiteData]:
+    # torch is imported by the runner: only when training, so `fedseg` starts without it.
+    from fedseg.train.runner import SiteData, site_names
+
     try:
         from fedseg.data.splits import load_split
     except ImportError:  # until `fedseg data split` lands in this build
@@ -56,6 +62,8 @@ def train(
     Writes recipe.yaml, run.sqlite, checkpoints/last.ckpt, last.pt and best.pt into the run
     folder. Killed at any moment, `fedseg train --resume RUN` continues where it stopped.
     """
+    from fedseg.train.runner import RECIPE_FILE, run_training
+
     if resume is not None:
         if out is not None or config is not None:
             raise FedsegError("--resume takes the run's own recipe and folder; drop --out/--config")

@@ -9,11 +9,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from exportkit import SRC, run_fedseg
 
 from fedseg.data.cases import discover_cases
 from fedseg.model.export import mean_region_dice
 from fedseg.model.segmenter import ModelSet, segment_case
+from tests.export.exportkit import SRC, run_fedseg
 
 NO_TORCH = """
 import sys
