@@ -51,8 +51,7 @@ class Backend:
 def worker(args: argparse.Namespace) -> None:
     """Serve requests on stdin: a case folder per line -> one JSON line of timings."""
     from fedseg.data.cases import discover_cases, load_case
-    from fedseg.model.inference import predict_probabilities, probabilities_to_labels
-    from fedseg.model.segmenter import Member, load_member
+    from fedseg.model.segmenter import Member, ModelSet, load_member, segment_volumes
 
     if args.precision:
         from fedseg.model.openvino_backend import load_exported
@@ -71,6 +70,7 @@ def worker(args: argparse.Namespace) -> None:
         net_time += time.perf_counter() - t0
         return out
 
+    models = ModelSet((Member(timed, member.roi, member.name, divisor),))
     print(json.dumps({"ready": True, "torch": "torch" in sys.modules}), flush=True)
     for line in sys.stdin:
         folder, out = line.split()
@@ -78,11 +78,10 @@ def worker(args: argparse.Namespace) -> None:
         vol = load_case(case, with_label=False)
         net_time = 0.0
         t0 = time.perf_counter()
-        probs = predict_probabilities(vol.image, timed, member.roi, divisor=divisor)
-        labels = probabilities_to_labels(probs)
+        labels = segment_volumes(vol, models).labels  # what `fedseg segment` computes
         total = time.perf_counter() - t0
         np.save(out, labels)
-        del vol, probs, labels
+        del vol, labels
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
         print(json.dumps({"seconds": total, "net": net_time, "peak_mib": rss}), flush=True)
 

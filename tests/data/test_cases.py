@@ -134,3 +134,10 @@ def test_brats_folder_ignores_macos_resource_forks(tmp_path: Path, factory) -> N
     (case,) = discover_cases(tmp_path)
     assert case.images["t1"].path.name == "case000_t1.nii.gz"
     assert load_case(case).image.shape == (4, *factory.shape)
+
+
+def test_modality_shape_mismatch_names_the_modality(tmp_path: Path, factory) -> None:
+    _write_site(tmp_path, Layout.BRATS2021, factory, n=1)
+    factory.save_raw(tmp_path / "case000" / "case000_t2.nii.gz", np.ones((4, 4, 4), np.float32))
+    with pytest.raises(FedsegError, match=r"t2 has shape \(4, 4, 4\).*co-register"):
+        load_case(discover_cases(tmp_path)[0])

@@ -1,7 +1,7 @@
 """Helpers for the export tests: a synthetic site, a tiny network trained on it, the CLI.
 
 The site comes from ``fedseg data synth`` at 6 mm (40x40x26 voxels, real anatomy); the
-tiny residual U-Net (4 filters, depth 2) is trained for a few seconds on its whole cropped
+tiny residual U-Net (4 filters, depth 2) is trained for about ten seconds on its whole cropped
 cases, enough for confident, non-trivial predictions (random weights give probabilities
 near 0.5, where any rounding flips labels, which says nothing about quantization).
 """
@@ -32,7 +32,7 @@ def make_site(root: Path, cases: int = 3) -> Path:
     return root / "site1"
 
 
-def train_tiny(site: Path, path: Path, steps: int = 60, seed: int = 0) -> Path:
+def train_tiny(site: Path, path: Path, steps: int = 150, seed: int = 0) -> Path:
     """Train the tiny network on the site's whole (cropped, padded) cases; save a model file."""
     import torch
 

@@ -82,3 +82,9 @@ def test_bad_format_is_one_line(trained: Path, tmp_path: Path) -> None:
     proc = run_fedseg("export", trained, "--format", "onnx", "--out", tmp_path / "o")
     assert proc.returncode == 2 and "only 'openvino'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_activation_scheme_is_one_line(trained: Path, tmp_path: Path) -> None:
+    proc = run_fedseg("export", trained, "--activations", "mixed", "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "use symmetric or asymmetric" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedseg.model.inference import predict_probabilities, sliding_window, tile_starts
+from fedseg.model.inference import (
+    predict_cropped,
+    predict_probabilities,
+    probabilities_to_labels,
+    sliding_window,
+    tile_starts,
+)
 
 
 def identity(batch: np.ndarray) -> np.ndarray:
@@ -58,3 +64,19 @@ def test_predict_probabilities_undoes_the_crop() -> None:
     inside[5:21, 3:20, 2:18] = True
     assert (probs[:, inside] == 1).all() and (probs[:, ~inside] == 0).all()
     assert seen[0] == (1, 4, 16, 16, 16)  # the crop (16, 17, 16) tiled, not the full grid
+
+
+def test_cropped_probabilities_give_the_full_grid_labels() -> None:
+    rng = np.random.default_rng(3)
+    image = np.zeros((4, 30, 26, 20), np.float32)
+    image[:, 5:21, 3:20, 2:18] = rng.uniform(1, 2, (4, 16, 17, 16))
+
+    def noisy(batch: np.ndarray) -> np.ndarray:
+        return rng.uniform(0, 1, (batch.shape[0], 3, *batch.shape[2:])).astype(np.float32)
+
+    cropped = predict_cropped(image, noisy, (16, 16, 16))
+    assert cropped.values.shape == (3, 16, 17, 16)
+    full = cropped.full()
+    assert full.shape == (3, 30, 26, 20) and (full[:, :5] == 0).all()
+    assert np.array_equal(cropped.labels(), probabilities_to_labels(full))
+    assert np.array_equal(cropped.region(1), full[1])

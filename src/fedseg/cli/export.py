@@ -28,12 +28,20 @@ def export(
     precision: str = typer.Option(
         "f32", "--precision", help="OpenVINO CPU float precision for the non-INT8 parts: f32/bf16."
     ),
+    activations: str = typer.Option(
+        "symmetric",
+        "--activations",
+        help="INT8 activation quantization: symmetric (fastest on CPU) or asymmetric (try it "
+        "if a very small network misses --max-drop).",
+    ),
 ) -> None:
     """Export a model for CPU inference; `fedseg segment --model DIR` then uses it."""
     if fmt != "openvino":
         raise FedsegError(f"--format {fmt}: only 'openvino' is supported")
     if precision not in ("f32", "bf16"):
         raise FedsegError(f"--precision {precision}: use f32 or bf16")
+    if activations not in ("symmetric", "asymmetric"):
+        raise FedsegError(f"--activations {activations}: use symmetric or asymmetric")
     # Heavy imports (torch, OpenVINO, NNCF) only once the arguments are known to be valid.
     from fedseg.model.export import ExportConfig, export_openvino, require_openvino
 
@@ -48,6 +56,7 @@ def export(
         max_drop=max_drop,
         max_cases=max_cases,
         inference_precision="bf16" if precision == "bf16" else "f32",
+        activations="asymmetric" if activations == "asymmetric" else "symmetric",
     )
     with console.status("exporting") as status:
 

@@ -163,24 +163,35 @@ def case_from_files(paths: list[Path], label: Path | None = None) -> Case:
     return Case(case_id, Layout.BRATS2021, images, label, (), Path(paths[0]).parent)
 
 
-def _load_modalities(case: Case) -> list[np.ndarray]:
-    """The four volumes in MODALITIES order, each file read once (an MSD 4D file holds all)."""
+def _load_modalities(case: Case) -> np.ndarray:
+    """The four volumes stacked (4, X, Y, Z) float32 in MODALITIES order, each file read once
+    (an MSD 4D file holds all), filled into one array so a case never sits in memory twice."""
     files: dict[Path, np.ndarray] = {}
-    vols = []
-    for m in MODALITIES:
+    image: np.ndarray | None = None
+    for i, m in enumerate(MODALITIES):
         src = case.images[m]
         if src.channel is None:
-            vols.append(nifti.load_array(src.path))
-            continue
-        if src.path not in files:
-            files[src.path] = nifti.load_array(src.path, channel=None)
-        data = files[src.path]
-        if data.ndim != 4 or src.channel >= data.shape[3]:
+            vol = nifti.load_array(src.path)
+        else:
+            if src.path not in files:
+                files[src.path] = nifti.load_array(src.path, channel=None)
+            data = files[src.path]
+            if data.ndim != 4 or src.channel >= data.shape[3]:
+                raise FedsegError(
+                    f"{src.path}: no channel {src.channel} in image of shape {data.shape}"
+                )
+            vol = data[..., src.channel]
+        if image is None:
+            image = np.empty((len(MODALITIES), *vol.shape), dtype=np.float32)
+        elif vol.shape != image.shape[1:]:
             raise FedsegError(
-                f"{src.path}: no channel {src.channel} in image of shape {data.shape}"
+                f"case {case.case_id}: {m} has shape {vol.shape}, {MODALITIES[0]} has "
+                f"{image.shape[1:]}; co-register them first (fedseg intake preprocess)"
             )
-        vols.append(np.ascontiguousarray(data[..., src.channel]))
-    return vols
+        image[i] = vol
+        del vol
+    assert image is not None
+    return image
 
 
 def load_case(case: Case, *, with_label: bool = True) -> CaseVolumes:
@@ -192,22 +203,16 @@ def load_case(case: Case, *, with_label: bool = True) -> CaseVolumes:
         )
     first = case.images[MODALITIES[0]]
     affine = np.asarray(nifti.load_header(first.path).affine)
-    vols = _load_modalities(case)
-    shapes = {v.shape for v in vols}
-    if len(shapes) != 1:
-        raise FedsegError(
-            f"case {case.case_id}: modalities have different shapes {sorted(shapes)}; "
-            "co-register them first (fedseg intake preprocess)"
-        )
+    image = _load_modalities(case)
     label = None
     if with_label and case.label is not None:
         raw = nifti.load_array(case.label, dtype=np.int32)
-        if raw.shape != vols[0].shape:
+        if raw.shape != image.shape[1:]:
             raise FedsegError(
-                f"case {case.case_id}: label shape {raw.shape} differs from image {vols[0].shape}"
+                f"case {case.case_id}: label shape {raw.shape} differs from image {image.shape[1:]}"
             )
         label = to_brats2021(raw, case.layout)
-    return CaseVolumes(case.case_id, np.stack(vols), label, affine)
+    return CaseVolumes(case.case_id, image, label, affine)
 
 
 def write_case(

@@ -30,16 +30,22 @@ def nonzero_box(image: np.ndarray, margin: int = 0) -> Box:
 
 
 def zscore_nonzero(image: np.ndarray) -> np.ndarray:
-    """Per channel, z-score the non-zero voxels of (C, X, Y, Z); zeros stay zero. float32."""
+    """Per channel, z-score the non-zero voxels of (C, X, Y, Z); zeros stay zero. float32.
+
+    Mean and standard deviation are accumulated in float64 without float64 copies of the
+    volume (a full-size case would otherwise need several times its own size).
+    """
     out = np.zeros(image.shape, dtype=np.float32)
     for c in range(image.shape[0]):
-        ch = image[c]
-        mask = ch != 0
+        mask = image[c] != 0
         if not mask.any():
             continue
-        vals = ch[mask].astype(np.float64)
-        std = vals.std()
-        out[c][mask] = (vals - vals.mean()) / (std if std > 0 else 1.0)
+        vals = image[c][mask].astype(np.float32, copy=False)
+        mean = float(vals.mean(dtype=np.float64))
+        std = float(vals.std(dtype=np.float64))
+        vals -= np.float32(mean)
+        vals /= np.float32(std if std > 0 else 1.0)
+        out[c][mask] = vals
     return out
 
 

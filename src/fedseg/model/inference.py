@@ -8,12 +8,13 @@ exported (OpenVINO) models both provide one; nothing here imports torch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
 
 from fedseg.data.labels import regions_to_labels
-from fedseg.data.preprocess import crop_and_normalize, uncrop
+from fedseg.data.preprocess import Box, crop_and_normalize, uncrop
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -108,6 +109,54 @@ def sliding_window(
     return acc[crop]
 
 
+@dataclass(frozen=True)
+class CroppedProbabilities:
+    """Region probabilities ``values`` (3, x, y, z) inside ``box`` of a grid of ``shape``.
+
+    Outside the box (the all-zero planes cut before inference) every probability is 0.
+    Kept cropped because the full grid is 2-3x larger than a brain's box and only the label
+    map (uint8) and, if asked, one region at a time need it.
+    """
+
+    values: np.ndarray
+    box: Box
+    shape: tuple[int, int, int]
+
+    def full(self) -> np.ndarray:
+        """All regions on the full grid (3, X, Y, Z) float32."""
+        return uncrop(self.values, self.box, self.shape)
+
+    def region(self, index: int) -> np.ndarray:
+        """Region ``index`` (REGIONS order) on the full grid (X, Y, Z) float32."""
+        return uncrop(self.values[index], self.box, self.shape)
+
+    def labels(self, threshold: float = 0.5) -> np.ndarray:
+        """BraTS 2021 label map (X, Y, Z) uint8 on the full grid (background outside)."""
+        return uncrop(probabilities_to_labels(self.values, threshold), self.box, self.shape)
+
+
+def predict_cropped(
+    image: np.ndarray,
+    predictor: Predictor,
+    roi: tuple[int, int, int],
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    divisor: int | None = None,
+) -> CroppedProbabilities:
+    """Raw case image (4, X, Y, Z) -> region probabilities inside its non-zero box.
+
+    Crops the all-zero planes and z-scores (as in training) and tiles the crop (``divisor``:
+    see ``tile_plan``).
+    """
+    cropped, box = crop_and_normalize(image)
+    probs = sliding_window(
+        cropped, predictor, roi, overlap=overlap, batch_size=batch_size, divisor=divisor
+    )
+    del cropped
+    return CroppedProbabilities(probs, box, (image.shape[1], image.shape[2], image.shape[3]))
+
+
 def predict_probabilities(
     image: np.ndarray,
     predictor: Predictor,
@@ -117,17 +166,11 @@ def predict_probabilities(
     batch_size: int = 1,
     divisor: int | None = None,
 ) -> np.ndarray:
-    """Raw case image (4, X, Y, Z) -> region probabilities (3, X, Y, Z) on the input grid.
-
-    Crops the all-zero planes and z-scores (as in training), tiles the crop (``divisor``:
-    see ``tile_plan``), and puts the result back on the full grid (zero probability outside
-    the crop).
-    """
-    cropped, box = crop_and_normalize(image)
-    probs = sliding_window(
-        cropped, predictor, roi, overlap=overlap, batch_size=batch_size, divisor=divisor
-    )
-    return uncrop(probs, box, image.shape[1:])
+    """Raw case image (4, X, Y, Z) -> region probabilities (3, X, Y, Z) on the input grid
+    (``predict_cropped`` put back on the full grid)."""
+    return predict_cropped(
+        image, predictor, roi, overlap=overlap, batch_size=batch_size, divisor=divisor
+    ).full()
 
 
 def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:

@@ -43,6 +43,7 @@ class CalibrationReport(BaseModel):
     dice_int8: float
     max_drop: float
     reverted_layers: int = 0  # layers kept in floating point by the accuracy control
+    activations: Literal["symmetric", "asymmetric"] = "symmetric"  # int8 activation scheme
 
 
 class ExportMeta(BaseModel):

@@ -29,12 +29,7 @@ from fedseg.data.cases import (
 from fedseg.data.labels import REGIONS
 from fedseg.data.preprocess import nonzero_box
 from fedseg.errors import FedsegError
-from fedseg.model.inference import (
-    Predictor,
-    predict_probabilities,
-    probabilities_to_labels,
-    tile_plan,
-)
+from fedseg.model.inference import CroppedProbabilities, Predictor, predict_cropped, tile_plan
 
 Combine = Literal["mean", "triplet"]
 #: Called with the number of tiles just predicted (for progress bars).
@@ -127,20 +122,26 @@ class ModelSet:
         overlap: float = 0.5,
         batch_size: int = 1,
         on_tiles: TileCallback | None = None,
-    ) -> np.ndarray:
-        """Raw case image (4, X, Y, Z) -> combined probabilities (3, X, Y, Z) float32."""
-        combined = np.zeros((len(REGIONS), *image.shape[1:]), dtype=np.float32)
+    ) -> CroppedProbabilities:
+        """Raw case image (4, X, Y, Z) -> combined probabilities (3, x, y, z) float32 inside
+        the image's non-zero box (the same box for every member)."""
+        combined: CroppedProbabilities | None = None
         for i, m in enumerate(self.members):
-            probs = predict_probabilities(
+            probs = predict_cropped(
                 image, _counting(m.predictor, on_tiles), m.roi, overlap=overlap,
                 batch_size=batch_size, divisor=m.divisor,
             )  # fmt: skip
-            if self.combine == "triplet":
-                combined[i] = probs[i]
+            if combined is None:
+                combined = probs
+                if self.combine == "triplet":
+                    combined.values[1:] = 0
+            elif self.combine == "triplet":
+                combined.values[i] = probs.values[i]
             else:
-                combined += probs
-        if self.combine == "mean":
-            combined /= len(self.members)
+                np.add(combined.values, probs.values, out=combined.values)
+        assert combined is not None  # __post_init__: at least one member
+        if self.combine == "mean" and len(self.members) > 1:
+            np.divide(combined.values, len(self.members), out=combined.values)
         return combined
 
 
@@ -158,13 +159,18 @@ def _counting(predictor: Predictor, on_tiles: TileCallback | None) -> Predictor:
 
 @dataclass
 class Segmentation:
-    """A segmented case: ``labels`` (X, Y, Z) uint8 BraTS 2021, ``probabilities``
-    (3, X, Y, Z) float32 in REGIONS order, on the input's grid with its ``affine``."""
+    """A segmented case: ``labels`` (X, Y, Z) uint8 BraTS 2021 on the input's grid with its
+    ``affine``; ``cropped`` the region probabilities inside the brain's box."""
 
     case_id: str
     labels: np.ndarray
-    probabilities: np.ndarray
+    cropped: CroppedProbabilities
     affine: np.ndarray
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Region probabilities (3, X, Y, Z) float32 in REGIONS order on the input's grid."""
+        return self.cropped.full()
 
 
 def resolve_case(inputs: Sequence[Path]) -> Case:
@@ -211,8 +217,7 @@ def segment_volumes(
     if not 0.0 <= overlap < 1.0:
         raise FedsegError(f"overlap {overlap} must be in [0, 1), e.g. 0.5")
     probs = models.predict(volumes.image, overlap=overlap, batch_size=batch_size, on_tiles=on_tiles)
-    labels = probabilities_to_labels(probs, threshold)
-    return Segmentation(volumes.case_id, labels, probs, volumes.affine)
+    return Segmentation(volumes.case_id, probs.labels(threshold), probs, volumes.affine)
 
 
 def segment_case(
@@ -255,6 +260,6 @@ def write_segmentation(
     written = [out]
     if probabilities_dir is not None:
         for i, path in enumerate(probability_paths(probabilities_dir, seg.case_id).values()):
-            nifti.save(path, seg.probabilities[i], seg.affine)
+            nifti.save(path, seg.cropped.region(i), seg.affine)
             written.append(path)
     return written
