@@ -6,7 +6,7 @@ export FEDSEG_CACHE ?= $(CURDIR)/.cache/fedseg
 export FLWR_TELEMETRY_ENABLED := 0
 TORCH := torch==2.13.0
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench bench-inference clean
 
 # torch first (CPU wheel), then the rest; fail loudly if anything moved torch.
 $(BIN)/.installed: pyproject.toml
@@ -43,5 +43,11 @@ bench: venv
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/federation.py
 
+# PyTorch FP32 vs OpenVINO FP32 vs INT8 on full 240x240x155 synthetic cases, FeTS-size
+# network (about 20 min on 2 cores; the first run also synthesizes the cases and exports).
+bench-inference: venv
+	test -d .bench/full/site1 || $(BIN)/fedseg data synth .bench/full --sites 1 --cases-per-site 5 --spacing 1 --seed 7
+	$(BIN)/python benchmarks/inference.py --cases .bench/full/site1 --max-cases 1 --repeats 2 --work .bench/inference
+
 clean:
-	rm -rf $(VENV) .cache demo
+	rm -rf $(VENV) .cache demo .bench

@@ -249,6 +249,9 @@ def main() -> None:
             f"{d_lab:10.4f} {d_base - d_lab:7.4f}"
         )
     print(f"ratios against {base}; load average now {os.getloadavg()[0]:.1f}; work dir {work}")
+    if args.model is None:
+        print("random weights: the Dice columns say nothing about accuracy; pass --model (a "
+              "trained model) and --cases it has not seen for the Dice drop")  # fmt: skip
 
 
 if __name__ == "__main__":

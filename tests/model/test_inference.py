@@ -7,7 +7,6 @@ import pytest
 
 from fedseg.model.inference import (
     predict_cropped,
-    predict_probabilities,
     probabilities_to_labels,
     sliding_window,
     tile_starts,
@@ -49,7 +48,7 @@ def test_tiles_cover_the_volume() -> None:
         assert covered.all() and starts[-1] == max(0, size - 16)
 
 
-def test_predict_probabilities_undoes_the_crop() -> None:
+def test_predict_cropped_undoes_the_crop() -> None:
     image = np.zeros((4, 30, 26, 20), np.float32)
     image[:, 5:21, 3:20, 2:18] = np.random.default_rng(2).uniform(1, 2, (4, 16, 17, 16))
     seen: list[tuple[int, ...]] = []
@@ -58,7 +57,7 @@ def test_predict_probabilities_undoes_the_crop() -> None:
         seen.append(batch.shape)
         return np.ones((batch.shape[0], 3, *batch.shape[2:]), np.float32)
 
-    probs = predict_probabilities(image, ones, (16, 16, 16))
+    probs = predict_cropped(image, ones, (16, 16, 16)).full()
     assert probs.shape == (3, 30, 26, 20)
     inside = np.zeros((30, 26, 20), bool)
     inside[5:21, 3:20, 2:18] = True

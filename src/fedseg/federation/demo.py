@@ -145,12 +145,12 @@ def _segment_inline(model: Path, case: object, target: Path) -> None:
     """Segmentation with the model layer's functions, for builds without `fedseg segment`."""
     from fedseg.data import nifti
     from fedseg.data.cases import Case, load_case
-    from fedseg.model.inference import predict_probabilities, probabilities_to_labels
+    from fedseg.model.inference import predict_cropped
     from fedseg.model.model_file import load_model
     from fedseg.model.torch_backend import torch_predictor
 
     assert isinstance(case, Case)
     mf = load_model(model)
     vol = load_case(case, with_label=False)
-    probs = predict_probabilities(vol.image, torch_predictor(mf.build()), mf.roi, overlap=0.25)
-    nifti.save(target, probabilities_to_labels(probs), vol.affine, label=True)
+    probs = predict_cropped(vol.image, torch_predictor(mf.build()), mf.roi, overlap=0.25)
+    nifti.save(target, probs.labels(), vol.affine, label=True)

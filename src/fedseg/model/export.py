@@ -26,12 +26,7 @@ from fedseg.data.cases import load_case
 from fedseg.data.labels import REGIONS, labels_to_regions
 from fedseg.data.preprocess import crop_and_normalize
 from fedseg.errors import FedsegError
-from fedseg.model.inference import (
-    Predictor,
-    predict_probabilities,
-    probabilities_to_labels,
-    tile_plan,
-)
+from fedseg.model.inference import Predictor, predict_cropped, tile_plan
 from fedseg.model.metrics import dice
 from fedseg.model.openvino_backend import (
     INSTALL_HINT,
@@ -99,8 +94,8 @@ def case_dice(
     """Mean region Dice of ``predictor`` on each case (whole-case sliding window)."""
     out = []
     for c in cases:
-        probs = predict_probabilities(c.image, predictor, roi, overlap=overlap, divisor=divisor)
-        out.append(mean_region_dice(probabilities_to_labels(probs), c.label))
+        probs = predict_cropped(c.image, predictor, roi, overlap=overlap, divisor=divisor)
+        out.append(mean_region_dice(probs.labels(), c.label))
     return out
 
 

@@ -157,22 +157,6 @@ def predict_cropped(
     return CroppedProbabilities(probs, box, (image.shape[1], image.shape[2], image.shape[3]))
 
 
-def predict_probabilities(
-    image: np.ndarray,
-    predictor: Predictor,
-    roi: tuple[int, int, int],
-    *,
-    overlap: float = 0.5,
-    batch_size: int = 1,
-    divisor: int | None = None,
-) -> np.ndarray:
-    """Raw case image (4, X, Y, Z) -> region probabilities (3, X, Y, Z) on the input grid
-    (``predict_cropped`` put back on the full grid)."""
-    return predict_cropped(
-        image, predictor, roi, overlap=overlap, batch_size=batch_size, divisor=divisor
-    ).full()
-
-
 def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Region probabilities (3, X, Y, Z) -> BraTS 2021 label map (X, Y, Z) uint8."""
     return regions_to_labels(probs > threshold)

@@ -14,7 +14,7 @@ from fedseg.data.cases import Case, load_case
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
 from fedseg.model.config import NetworkConfig
-from fedseg.model.inference import predict_probabilities, probabilities_to_labels
+from fedseg.model.inference import predict_cropped
 from fedseg.model.metrics import case_metrics
 from fedseg.model.registry import build_network
 from fedseg.model.torch_backend import torch_predictor
@@ -34,11 +34,10 @@ def validate_network(
         vol = load_case(case)
         if vol.label is None:
             raise FedsegError(f"case {case.case_id} has no label map; validation needs labels")
-        probs = predict_probabilities(
+        pred = predict_cropped(
             vol.image, predictor, train.val_roi,
             overlap=train.val_overlap, batch_size=train.val_batch_size,
-        )  # fmt: skip
-        pred = probabilities_to_labels(probs)
+        ).labels()  # fmt: skip
         out.append({"case_id": case.case_id, "metrics": case_metrics(pred, vol.label, vol.spacing)})
         if progress is not None and task is not None:
             progress.advance(task)
