@@ -31,7 +31,7 @@ def test_triplet_selection_loads_as_a_segmenter_triplet(make_run, tmp_path: Path
     ]
     models = ModelSet.from_files(files, "triplet")
     image = np.random.default_rng(0).normal(size=(4, 16, 16, 16)).astype(np.float32)
-    probs = models.predict(image)
+    probs = models.predict(image).full()
     assert probs.shape == (len(REGIONS), 16, 16, 16) and np.all((probs >= 0) & (probs <= 1))
 
 
@@ -63,7 +63,6 @@ def test_segment_cli_takes_a_selection_folder_as_a_triplet(make_run, tmp_path: P
     from fedseg.cli.main import _register, app
     from fedseg.data.cases import write_case
     from fedseg.data.nifti import load_array
-    from fedseg.model.inference import probabilities_to_labels
 
     peaks = {"ET": 1, "TC": 2, "WT": 3}
     curves = {g: [0.8 - 0.1 * abs(i - p) for i in range(5)] for g, p in peaks.items()}
@@ -86,6 +85,4 @@ def test_segment_cli_takes_a_selection_folder_as_a_triplet(make_run, tmp_path: P
     files, _ = selection_model_files(tmp_path / "sel")
     expected = ModelSet.from_files(files, "triplet").predict(image)
 
-    np.testing.assert_array_equal(
-        load_array(out, dtype=np.uint8), probabilities_to_labels(expected)
-    )
+    np.testing.assert_array_equal(load_array(out, dtype=np.uint8), expected.labels())
