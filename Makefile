@@ -44,7 +44,7 @@ bench: venv
 	$(BIN)/python benchmarks/federation.py
 
 # PyTorch FP32 vs OpenVINO FP32 vs INT8 on full 240x240x155 synthetic cases, FeTS-size
-# network (about 20 min on 2 cores; the first run also synthesizes the cases and exports).
+# network (about 15 min on 2 cores, synthesis and exports included).
 bench-inference: venv
 	test -d .bench/full/site1 || $(BIN)/fedseg data synth .bench/full --sites 1 --cases-per-site 5 --spacing 1 --seed 7
 	$(BIN)/python benchmarks/inference.py --cases .bench/full/site1 --max-cases 1 --repeats 2 --work .bench/inference
