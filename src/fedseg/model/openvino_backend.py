@@ -137,16 +137,28 @@ def _openvino() -> Any:
     return openvino
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (the affinity mask on Linux, else all of them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def compile_config(precision: Precision = "f32", threads: int | None = None) -> dict[str, Any]:
     """CPU plugin settings for the latency of one case: one stream using all cores.
 
     The precision is forced: the CPU plugin's default on bf16-capable CPUs is bf16, which
-    changes results and is not always faster (see benchmarks/inference.py).
+    changes results and is not always faster (see benchmarks/inference.py). bf16 asked on a
+    CPU without native bf16 falls back to f32 (emulated bf16 is slower and no more exact).
     """
+    if precision == "bf16" and "BF16" not in _openvino().Core().get_property(
+        "CPU", "OPTIMIZATION_CAPABILITIES"
+    ):
+        precision = "f32"
     return {
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
-        "INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1,
+        "INFERENCE_NUM_THREADS": threads or _usable_cpus(),
         "INFERENCE_PRECISION_HINT": precision,
     }
 
