@@ -33,6 +33,8 @@ def test_ca_is_a_p384_ca_with_private_key_0600(tmp_path: Path) -> None:
     paths = pki.init_ca(tmp_path / "ca")
     cert = pki.load_cert(paths.cert)
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.key_cert_sign and usage.crl_sign and not usage.key_agreement
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
     assert cert.public_key().curve.name == "secp384r1"  # type: ignore[union-attr]
     cert.verify_directly_issued_by(cert)  # self-signed
@@ -58,6 +60,8 @@ def test_server_certificate_chains_and_names_host_ips_and_loopback(tmp_path: Pat
     }
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.SERVER_AUTH in eku
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and usage.key_agreement and not usage.key_cert_sign
     assert _mode(key_path) == 0o600
     with pytest.raises(FedsegError, match="not an IP address"):
         pki.issue_server(tmp_path / "ca", "x", ips=["not-an-ip"])
