@@ -25,12 +25,12 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fedseg.data.synth.generate import make_tiny_dataset
-from fedseg.federation.aggregation import n_bytes
-from fedseg.federation.coordinator import initial_weights
-from fedseg.federation.launcher import Launcher
-from fedseg.federation.plan import PlanConfig, SiteConfig, save_plan
-from fedseg.federation.simulate import simulate
+from fedseg.federation.commands.simulate import simulate
+from fedseg.federation.engine.launcher import Launcher
+from fedseg.federation.rounds.aggregation import n_bytes
+from fedseg.federation.rounds.coordinator import initial_weights
 from fedseg.model.config import NetworkConfig
+from fedseg.plan import PlanConfig, SiteConfig, save_plan
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
 

@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from fedseg.federation import pki
+from fedseg.federation.security import pki
 
 SITES = ("alpha", "beta", "gamma")
 

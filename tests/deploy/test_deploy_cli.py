@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedseg.federation import pki
+from fedseg.federation.security import pki
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

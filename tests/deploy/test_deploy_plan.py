@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from fedseg.data.synth.generate import make_tiny_dataset
-from fedseg.federation import deploy
-from fedseg.federation.launcher import flower_env
-from fedseg.federation.plan import PlanConfig, save_plan
+from fedseg.federation.commands import deploy
+from fedseg.federation.engine.launcher import flower_env
 from fedseg.model.config import NetworkConfig
+from fedseg.plan import PlanConfig, save_plan
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
 from tests.deploy.deploy_helpers import free_port, make_coordinator

@@ -26,9 +26,10 @@ from typing import Any
 import httpx
 import pytest
 
-from fedseg.federation import deploy, pki
-from fedseg.federation.app_bundle import write_app
-from fedseg.federation.launcher import flower_env
+from fedseg.federation.commands import deploy
+from fedseg.federation.engine.app_bundle import write_app
+from fedseg.federation.engine.launcher import flower_env
+from fedseg.federation.security import pki
 from tests.deploy.deploy_helpers import SITES, free_port, listening_sockets, make_coordinator
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedseg.federation.deploy import NODES_FILE
-from fedseg.federation.server_app import enrolled_nodes
+from fedseg.federation.commands.deploy import NODES_FILE
+from fedseg.federation.engine.server_app import enrolled_nodes
 
 
 def test_enrolled_nodes_map_node_ids_to_enrolled_names(tmp_path: Path) -> None:

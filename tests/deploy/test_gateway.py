@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fedseg.federation.fleet_gateway import fleet_only_on_port
+from fedseg.federation.engine.fleet_gateway import fleet_only_on_port
 
 FLEET, LOOPBACK = 9092, 9093
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fedseg.errors import FedsegError
-from fedseg.federation import pki
+from fedseg.federation.security import pki
 
 
 def _mode(path: Path) -> int:

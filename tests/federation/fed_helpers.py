@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedseg.federation.coordinator import Exchanged, SiteFailure
-from fedseg.federation.messages import TaskReply, TaskRequest
-from fedseg.federation.plan import PLAN_FILE, PlanConfig, SiteConfig, save_plan
+from fedseg.federation.rounds.coordinator import Exchanged, SiteFailure
+from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
 from fedseg.model.config import NetworkConfig
 from fedseg.model.weights import Weights
+from fedseg.plan import PLAN_FILE, PlanConfig, SiteConfig, save_plan
 from fedseg.tracking.store import Summary
 from fedseg.train.config import TrainConfig
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from fedseg.errors import FedsegError
-from fedseg.federation.aggregation import (
+from fedseg.federation.rounds.aggregation import (
     UpdateRejected,
     check_update,
     difference_norm,
     weighted_average,
 )
-from fedseg.federation.plan import StrategyConfig
-from fedseg.federation.strategy import STRATEGIES, SiteUpdate, make_strategy
+from fedseg.federation.rounds.strategy import STRATEGIES, SiteUpdate, make_strategy
+from fedseg.plan import StrategyConfig
 
 
 def _w(value: float, counter: int = 0) -> dict[str, np.ndarray]:

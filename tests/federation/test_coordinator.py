@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from fedseg.errors import FedsegError
-from fedseg.federation.coordinator import (
+from fedseg.federation.rounds.coordinator import (
     BEST,
     Coordinator,
     SiteFailure,
     initial_weights,
     model_path,
 )
-from fedseg.federation.plan import load_plan
 from fedseg.model.model_file import load_model, weights_hash
+from fedseg.plan import load_plan
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import SITES, ArrayTransport, tiny_plan, write_run
 
@@ -129,7 +129,7 @@ def test_sites_that_never_connect_give_a_clear_error(tmp_path: Path) -> None:
 def test_live_table_shows_sites_states_and_dice(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from fedseg.federation.simulate import live_table
+    from fedseg.federation.commands.simulate import live_table
 
     plan = tiny_plan(_sites(tmp_path), rounds=1, min_sites=1)
     run = write_run(tmp_path / "run", plan)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedseg.federation.plan import load_plan
+from fedseg.plan import load_plan
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

@@ -8,18 +8,15 @@ import numpy as np
 import pytest
 
 from fedseg.errors import FedsegError
-from fedseg.federation.messages import (
-    TaskReply,
-    TaskRequest,
+from fedseg.federation.engine.messages import (
     decode_reply,
     decode_request,
     encode_reply,
     encode_request,
-    recipe_from_json,
-    recipe_json,
 )
-from fedseg.federation.plan import example_plan, load_plan
+from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_from_json, recipe_json
 from fedseg.model.config import NetworkConfig
+from fedseg.plan import example_plan, load_plan
 from fedseg.tracking.store import Summary
 from fedseg.train.config import TrainConfig
 
@@ -95,7 +92,7 @@ def test_request_and_reply_round_trip_keep_dtypes() -> None:
 
 
 def test_flower_error_reasons_become_one_line() -> None:
-    from fedseg.federation.server_app import error_line
+    from fedseg.federation.engine.server_app import error_line
 
     reason = "<class 'fedseg.errors.FedsegError'>:<'no complete labelled cases in /d/site3'>"
     assert error_line(reason) == "FedsegError: no complete labelled cases in /d/site3"

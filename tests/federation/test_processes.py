@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedseg.federation.coordinator import BEST, initial_weights, model_path
-from fedseg.federation.plan import PLAN_FILE, load_plan, save_plan
-from fedseg.federation.run_folder import prepare_run
-from fedseg.federation.simulate import run_simulation, simulate
+from fedseg.federation.commands.run_folder import prepare_run
+from fedseg.federation.commands.simulate import run_simulation, simulate
+from fedseg.federation.rounds.coordinator import BEST, initial_weights, model_path
 from fedseg.model.model_file import load_model
+from fedseg.plan import PLAN_FILE, load_plan, save_plan
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import SITES, tiny_plan
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedseg.federation.coordinator import initial_weights
-from fedseg.federation.messages import TaskRequest, recipe_json
-from fedseg.federation.site import run_task
+from fedseg.federation.rounds.coordinator import initial_weights
+from fedseg.federation.rounds.site import run_task
+from fedseg.federation.rounds.tasks import TaskRequest, recipe_json
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import tiny_plan
 

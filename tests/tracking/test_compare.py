@@ -10,7 +10,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from fedseg.errors import FedsegError
-from fedseg.tracking.compare import compare_models, read_case_table, read_case_tables
+from fedseg.tracking.paired_test import compare_models, read_case_table, read_case_tables
 
 REGS = ("ET", "TC", "WT")
 

@@ -10,7 +10,7 @@ import pytest
 from fedseg.data.labels import REGIONS
 from fedseg.model.evaluate import COLUMNS, CaseResult, write_metrics_csv
 from fedseg.model.segmenter import ModelSet
-from fedseg.tracking.compare import compare_models
+from fedseg.tracking.paired_test import compare_models
 from fedseg.tracking.selection import export_selection, selection_model_files
 from fedseg.tracking.store import RunStore
 

@@ -17,7 +17,7 @@ def demo(
     """Make three synthetic sites (one non-IID), federate them, report, segment a case."""
     from rich.console import Console
 
-    from fedseg.federation.demo import run_demo
+    from fedseg.federation.commands.demo import run_demo
 
     res = run_demo(out, rounds=rounds, live=not no_live)
     c = Console()

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from fedseg.errors import FedsegError
-from fedseg.federation.fleet_gateway import (
+from fedseg.federation.engine.fleet_gateway import (
     DEFAULT_CONTROL_PORT,
     DEFAULT_FLEET_PORT,
     DEFAULT_SITE_RUNTIME_PORT,
@@ -37,7 +37,7 @@ def server_start(
     no_live: bool = typer.Option(False, "--no-live", help="No live table (logs only)."),
 ) -> None:
     """Start the aggregator: SuperLink (TLS, enrolled sites only), then run the plan."""
-    from fedseg.federation import deploy  # torch and Flower: only when the verb runs
+    from fedseg.federation.commands import deploy  # torch and Flower: only when the verb runs
 
     options = deploy.ServerOptions(
         creds=creds, fleet_host=fleet_host, fleet_port=fleet_port, control_port=control_port
@@ -72,7 +72,7 @@ def site_start(
     The SuperNode is restarted when it stops (the aggregator restarted for a new run, this
     site was enrolled after it started, ...), each time with a one-line reason. Ctrl-C stops.
     """
-    from fedseg.federation import deploy  # torch and Flower: only when the verb runs
+    from fedseg.federation.commands import deploy  # torch and Flower: only when the verb runs
 
     options = deploy.SiteOptions(
         server=server,

@@ -20,7 +20,7 @@ def plan_init(
 ) -> None:
     """Write a commented example plan."""
     from fedseg.errors import FedsegError
-    from fedseg.federation.plan import example_plan
+    from fedseg.plan import example_plan
 
     if plan.exists() and not force:
         raise FedsegError(f"{plan} exists; pass --force to overwrite it")
@@ -36,7 +36,7 @@ def simulate(
     threads: int = typer.Option(1, "--threads", help="Torch threads per site process."),
 ) -> None:
     """Run the whole federation on this machine (one SuperLink, one SuperNode per site)."""
-    from fedseg.federation.simulate import simulate as run
+    from fedseg.federation.commands.simulate import simulate as run
 
     res = run(plan, out, live=not no_live, threads_per_site=threads)
     _print_result(res)
@@ -48,7 +48,7 @@ def resume(
     threads: int = typer.Option(1, "--threads", help="Torch threads per site process."),
 ) -> None:
     """Continue a federation from its last completed round."""
-    from fedseg.federation.resume import resume as run_resume
+    from fedseg.federation.commands.resume import resume as run_resume
 
     res = run_resume(run, live=not no_live, threads_per_site=threads)
     _print_result(res)

@@ -32,8 +32,7 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `fedseg --help` stays fast and each area owns its own verbs.
-    from fedseg.cli import compare as compare_cli
-    from fedseg.cli import coordinator as coordinator_cli
+    from fedseg.cli import compare_plans as compare_plans_cli
     from fedseg.cli import data as data_cli
     from fedseg.cli import demo as demo_cli
     from fedseg.cli import deploy as deploy_cli
@@ -42,6 +41,7 @@ def _register() -> None:
     from fedseg.cli import federate as federate_cli
     from fedseg.cli import intake as intake_cli
     from fedseg.cli import pki as pki_cli
+    from fedseg.cli import runs as runs_cli
     from fedseg.cli import segment as segment_cli
     from fedseg.cli import train as train_cli
 
@@ -52,11 +52,11 @@ def _register() -> None:
     app.command("evaluate")(evaluate_cli.evaluate)
     app.command("export")(export_cli.export)
     federate_cli.register(app)
-    compare_cli.register(app)
+    compare_plans_cli.register(app)
     app.add_typer(pki_cli.app, name="pki", help="Consortium CA, server certificate, site keys.")
     app.add_typer(deploy_cli.server_app, name="server", help="Run the aggregator (SuperLink).")
     app.add_typer(deploy_cli.site_app, name="site", help="Run a site (SuperNode).")
-    app.add_typer(coordinator_cli.app)  # status, alarms, select, contributions, report, ...
+    app.add_typer(runs_cli.app)  # status, alarms, select, contributions, report, ...
     app.add_typer(
         intake_cli.app, name="intake", help="DICOM/PACS intake and harmonized preprocessing."
     )

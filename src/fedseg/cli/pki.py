@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fedseg.federation import pki
+from fedseg.federation.security import pki
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False)
@@ -63,7 +63,7 @@ def request(
 ) -> None:
     """At a site: make the SuperNode key (stays here) and a request to send to the coordinator."""
     csr = pki.make_request(name, out)
-    console.print(f"key {out / pki.SITE_KEY} (mode 600, never send it)")
+    console.print(f"key {out / pki.SITE_KEY_FILE} (mode 600, never send it)")
     console.print(f"send {csr} to the coordinator; copy back ca.crt and site.crt into {out}")
 
 

@@ -1,1 +1,2 @@
-"""Federation: plans, aggregation math, strategies, and the Flower engine layer."""
+"""Federation, one folder per concern: ``rounds`` (engine-free round loop and math) <
+``engine`` (Flower) and ``security`` (PKI) < ``commands`` (simulate, deploy, resume, ...)."""

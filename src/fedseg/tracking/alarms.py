@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from scipy import stats
 
 from fedseg.errors import FedsegError
+from fedseg.plan import AlarmConfig
 from fedseg.tracking.curves import Curves, site_curves
 from fedseg.tracking.store import Alarm, RunStore
 
@@ -45,37 +46,6 @@ BELOW = "below_federation"
 STALLED = "stalled"
 OUTLIER = "update_outlier"
 KINDS: tuple[str, ...] = (BELOW, STALLED, OUTLIER)
-
-
-class AlarmConfig(BaseModel):
-    """Thresholds of the automatic alarms (plan key ``alarms``) and the notification hook."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    metric: str = Field("dice", description="validation metric watched (higher is better)")
-    region: str = Field("mean", description="ET, TC, WT or mean (of the three)")
-    skip_initial: bool = Field(True, description="ignore model round 0 (the random init)")
-    min_rounds: int = Field(5, ge=3, description="paired rounds before below_federation fires")
-    alpha: float = Field(0.05, gt=0, lt=1, description="one-sided Wilcoxon level")
-    min_gap: float = Field(0.05, ge=0, description="median Dice gap floor (effect size)")
-    window: int | None = Field(None, ge=3, description="only the last N models (None: all)")
-    stall_window: int = Field(8, ge=4, description="models in the trend window of `stalled`")
-    stall_persist: int = Field(2, ge=1, description="consecutive rounds `stalled` must hold")
-    stall_alpha: float = Field(0.01, gt=0, lt=1)
-    stall_min_drop: float = Field(0.05, ge=0, description="gap fall over the window, Dice")
-    stall_max_gain: float = Field(0.01, description="site's own gain over the window, Dice")
-    outlier_z: float = Field(3.5, gt=0)
-    outlier_rel_floor: float = Field(
-        0.25, gt=0, description="scale floor, fraction of the median (clean sites differ ~1.5x)"
-    )
-    outlier_min_sites: int = Field(3, ge=3, description="sites needed in a round")
-    notify_command: list[str] | None = Field(
-        None,
-        description="argv run once per new (site, kind); env FEDSEG_ALARM_{RUN,ROUND,SITE,"
-        "KIND,MESSAGE} describe the alarm",
-    )
-    notify_timeout_s: float = Field(30.0, gt=0)
 
 
 def alarm_config_from_plan(plan: dict[str, Any]) -> AlarmConfig:

@@ -12,9 +12,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fedseg.tracking.compare import CaseTable, paired_test, values
 from fedseg.tracking.contributions import SiteContribution
 from fedseg.tracking.curves import ALL_REGIONS, Curves, ci95
+from fedseg.tracking.paired_test import CaseTable, paired_test, values
 from fedseg.tracking.store import Summary
 
 TAB10 = (

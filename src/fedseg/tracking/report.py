@@ -24,9 +24,9 @@ from fedseg.tracking.alarms import (
     evaluate_alarms,
     site_tests,
 )
-from fedseg.tracking.compare import CaseTable, compare_tables, fmt_p, read_case_tables
 from fedseg.tracking.contributions import contributions
 from fedseg.tracking.curves import ALL_REGIONS, federation_curve, site_curves
+from fedseg.tracking.paired_test import CaseTable, compare_tables, fmt_p, read_case_tables
 from fedseg.tracking.selection import choose
 from fedseg.tracking.status import PLAN_FILE, alarm_spans, open_run, read_plan, read_status
 from fedseg.tracking.store import Alarm, RunStore

@@ -1,0 +1,242 @@
+"""The coordinator's verbs: status, alarms, select, contributions, report, compare-models."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from fedseg.errors import FedsegError
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def console() -> Console:
+    """A console made at each call, so its width follows the terminal (or COLUMNS) now."""
+    return Console()
+
+
+RUN_ARG = typer.Argument(..., help="Run folder (holds run.sqlite and plan.yaml).")
+
+
+@app.command("status")
+def status(
+    run: Path = RUN_ARG,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Refresh until the run ends."),
+    interval: float = typer.Option(2.0, min=0.2, help="Seconds between refreshes (--follow)."),
+) -> None:
+    """Rounds done, each site's state and last metrics, alarms (safe while a run writes)."""
+    from fedseg.tracking.status import read_status, render_status
+
+    s = read_status(run)
+    if not follow:
+        console().print(render_status(s))
+        return
+    with Live(render_status(s), console=console(), refresh_per_second=4) as live:
+        while s.state in ("running", "not started"):
+            time.sleep(interval)
+            s = read_status(run)
+            live.update(render_status(s))
+
+
+@app.command("alarms")
+def alarms(
+    run: Path = RUN_ARG,
+    replay: bool = typer.Option(
+        False,
+        "--replay",
+        help="Recompute every round's alarms with the plan's settings, store "
+        "the ones not stored yet, and print when each site was first flagged.",
+    ),
+) -> None:
+    """List a run's alarms (or recompute them round by round with --replay)."""
+    from fedseg.tracking.alarms import alarm_config_from_plan, first_flagged, replay_alarms
+    from fedseg.tracking.status import alarm_spans, open_run, read_plan
+    from fedseg.tracking.store import RunStore
+
+    if replay:
+        open_run(run).close()  # clear error if this is not a run folder
+        cfg = alarm_config_from_plan(read_plan(run))
+        with RunStore(run) as store:
+            found = replay_alarms(store, cfg, notify=False)
+        t = Table(title="first round flagged")
+        for col in ("site", "kind", "round"):
+            t.add_column(col)
+        for (site, kind), rnd in sorted(first_flagged(found).items()):
+            t.add_row(site, kind, str(rnd))
+        console().print(t if found else "no alarms")
+        return
+    store = open_run(run)
+    try:
+        spans = alarm_spans(store.alarms())
+    finally:
+        store.close()
+    if not spans:
+        console().print("no alarms")
+        return
+    t = Table()
+    for col in ("site", "kind", "first", "last", "message"):
+        t.add_column(col)
+    for sp in spans:
+        t.add_row(sp.site, sp.kind, str(sp.first), str(sp.last), sp.message)
+    console().print(t)
+
+
+@app.command("select")
+def select(
+    run: Path = RUN_ARG,
+    singlet: bool = typer.Option(False, "--singlet", help="One model, best mean Dice."),
+    triplet: bool = typer.Option(False, "--triplet", help="Three models, best per region."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for model files + selection.json."),
+    metric: str = typer.Option("dice", help="Validation metric to maximize."),
+) -> None:
+    """Export the final model(s) chosen from the per-round checkpoints."""
+    from fedseg.tracking.selection import export_selection
+    from fedseg.tracking.status import open_run
+
+    if singlet == triplet:
+        raise FedsegError("choose exactly one of --singlet or --triplet")
+    store = open_run(run)
+    try:
+        sel = export_selection(run, store, "singlet" if singlet else "triplet", out, metric)
+    finally:
+        store.close()
+    t = Table(title=f"{sel.kind} selection -> {out}")
+    for col in ("region", "model round", metric, "file"):
+        t.add_column(col)
+    for region, c in sel.regions.items():
+        t.add_row(region, str(c.model_round), f"{c.score:.4f}", c.file)
+    console().print(t)
+
+
+@app.command("contributions")
+def contributions_cmd(
+    run: Path = RUN_ARG,
+    loso: bool = typer.Option(
+        False, "--loso", help="Also re-run the federation once without each site (costly)."
+    ),
+    loso_dir: Path | None = typer.Option(
+        None, help="Folder for the leave-one-site-out runs [RUN/loso]; finished ones are reused."
+    ),
+) -> None:
+    """Estimate how much each site's data improves the global model (from the store)."""
+    from fedseg.tracking.contributions import contributions, leave_one_site_out
+    from fedseg.tracking.status import open_run
+
+    store = open_run(run)
+    try:
+        rows = contributions(store)
+    finally:
+        store.close()
+    loso_vals: dict[str, float] = {}
+    if loso:
+        loso_vals = leave_one_site_out(run, _simulate_without(run, loso_dir or run / "loso"))
+    t = Table(title="site contributions (first-order estimate from update sizes)")
+    cols = ["site", "rounds", "weight", "share", "cos", "Dice gain", "gain on others"]
+    for col in cols + (["leave-one-out"] if loso else []):
+        t.add_column(col, justify="left" if col == "site" else "right")
+    for c in rows:
+        vals = [c.mean_weight, c.mean_share, c.mean_cos, c.dice_gain, c.dice_gain_others]
+        if loso:
+            vals.append(loso_vals.get(c.site, float("nan")))
+        t.add_row(c.site, str(c.rounds), *(f"{v:.3f}" for v in vals))
+    console().print(t)
+    if loso:
+        console().print(
+            "leave-one-out: best pooled Dice of the other sites with the site minus without it"
+        )
+
+
+def _simulate_without(run: Path, base: Path) -> Callable[[str], Path]:
+    """``site -> run folder`` of the run's plan without that site (simulated when needed)."""
+    from fedseg.federation.commands.simulate import simulate
+    from fedseg.plan import PLAN_FILE, load_plan, save_plan
+    from fedseg.tracking.status import open_run
+
+    def run_without(site: str) -> Path:
+        out = base / f"without_{site}"
+        if (out / "run.sqlite").is_file():
+            with open_run(out) as st:
+                if st.get_meta("status") == "done":
+                    return out
+            raise FedsegError(f"{out} holds an unfinished run; remove it or `fedseg resume` it")
+        plan = load_plan(run / PLAN_FILE)
+        if site not in plan.sites or len(plan.sites) < 2:
+            raise FedsegError(f"plan of {run} has no site {site!r} to leave out, or only one")
+        sites = {k: v for k, v in plan.sites.items() if k != site}
+        reduced = plan.model_copy(
+            update={
+                "sites": sites,
+                "min_sites": min(plan.min_sites, len(sites)),
+                "name": f"{plan.name}-without-{site}",
+            }
+        )
+        plan_path = save_plan(base / f"plan_without_{site}.yaml", reduced)
+        console().print(f"leave-one-site-out: federation without {site} -> {out}")
+        simulate(plan_path, out, live=False)
+        return out
+
+    return run_without
+
+
+@app.command("report")
+def report(
+    run: Path = RUN_ARG,
+    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file [RUN/report.html]."),
+    case_csv: list[Path] = typer.Option(
+        [], "--case-csv", help="Per-case CSV from `fedseg evaluate` (repeat: first = baseline)."
+    ),
+    label: list[str] = typer.Option([], "--label", help="Name per model in the CSVs (repeat)."),
+) -> None:
+    """Write the self-contained HTML run report (curves, alarms, selection, comparison)."""
+    from fedseg.tracking.report import ReportInputs, write_report
+
+    path = write_report(run, out, ReportInputs(tuple(case_csv), tuple(label)))
+    console().print(f"report written to {path}")
+
+
+@app.command("compare-models")
+def compare_models_cmd(
+    csv_a: Path = typer.Argument(..., help="Per-case CSV of model A (the baseline)."),
+    csv_b: Path | None = typer.Argument(None, help="Per-case CSV of model B (omit if A has both)."),
+    model_a: str | None = typer.Option(None, help="Model A's name in a multi-model CSV."),
+    model_b: str | None = typer.Option(None, help="Model B's name in a multi-model CSV."),
+    metric: list[str] = typer.Option(["dice", "hd95"], "--metric", help="Metrics (repeat)."),
+    alpha: float = typer.Option(0.05, help="Significance level for the 'better' column."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the table as JSON here."),
+) -> None:
+    """Paired Wilcoxon comparison of two models on the same cases (only the table is shared)."""
+    from fedseg.tracking.paired_test import compare_models, fmt_p
+
+    rows = compare_models(
+        csv_a, csv_b, model_a=model_a, model_b=model_b, metrics=tuple(metric), alpha=alpha
+    )
+    t = Table(title="model B vs model A (paired Wilcoxon signed-rank, two-sided)")
+    for col in ("region", "metric", "cases", "mean A", "mean B", "median A", "median B",
+                "mean B-A", "p", "better"):  # fmt: skip
+        t.add_column(col, justify="left" if col in ("region", "metric") else "right")
+    for r in rows:
+        t.add_row(
+            r.region,
+            r.metric,
+            str(r.n),
+            *(f"{v:.4f}" for v in (r.mean_a, r.mean_b, r.median_a, r.median_b, r.mean_diff)),
+            fmt_p(r.p),
+            r.better,
+        )
+    console().print(t)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "a": str(csv_a), "b": str(csv_b or csv_a), "model_a": model_a, "model_b": model_b,
+            "test": "wilcoxon signed-rank, two-sided, paired on (site, case_id)",
+            "rows": [r.as_dict() for r in rows],
+        }  # fmt: skip
+        out.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
+        console().print(f"comparison written to {out}")

@@ -1,0 +1,38 @@
+"""``fedseg resume RUN``: continue a federation whose aggregator stopped.
+
+The run store knows the last completed round (its model file was written before the round
+was marked done); the records of the round in progress are discarded and the federation
+restarts from there with the same plan, run id and sites. At most that round is lost.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedseg.errors import FedsegError
+from fedseg.federation.commands.simulate import SimulationResult, run_simulation
+from fedseg.plan import PLAN_FILE
+from fedseg.tracking.store import RunStore
+
+
+def check_resumable(run_dir: Path) -> int:
+    """The last completed round of ``run_dir``; an error if there is nothing to continue."""
+    run_dir = Path(run_dir)
+    if not (run_dir / PLAN_FILE).is_file() or not (run_dir / RunStore.FILENAME).is_file():
+        raise FedsegError(
+            f"{run_dir} is not a federation run folder (no {PLAN_FILE} and {RunStore.FILENAME})"
+        )
+    with RunStore(run_dir) as store:
+        if store.get_meta("status") == "done" and store.get_meta("final_validated", False):
+            raise FedsegError(
+                f"{run_dir} is complete ({store.last_done_round()} rounds): nothing to resume"
+            )
+        return store.last_done_round()
+
+
+def resume(run_dir: Path, **kwargs: object) -> SimulationResult:
+    """Continue the simulated federation of ``run_dir`` from its last completed round."""
+    last = check_resumable(run_dir)
+    with RunStore(run_dir) as store:
+        store.log(f"resuming after round {last}")
+    return run_simulation(run_dir, **kwargs)  # type: ignore[arg-type]

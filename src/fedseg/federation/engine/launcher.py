@@ -1,0 +1,313 @@
+"""Start and stop Flower's deployment engine: one SuperLink, one SuperNode per site.
+
+Only Flower's command-line programs are used here (``flower-superlink``,
+``flower-supernode``, ``flwr run``), so a Flower upgrade touches their flags, not our code.
+Flower's home (``FLWR_HOME``: config.toml, installed app bundles) and every log live in the
+run folder; telemetry, the update check and runtime dependency installation are off.
+
+The SuperLink keeps its state in memory unless ``persistent_state`` (a deployment that
+registers SuperNode keys wants them kept): on this machine, under heavy load, its SQLite
+file answered "database is locked" to heartbeats and the SuperLink then dropped the run.
+
+Security: ``Security()`` is plain HTTP and is refused on anything but loopback; otherwise the
+SuperLink serves TLS (``server_cert``/``server_key``) and SuperNodes and ``flwr`` verify it
+against ``ca_cert``; ``supernode_auth`` turns on SuperNode authentication (sites sign with
+``site_keys[site]``; their public keys must be registered with the SuperLink first).
+
+Every process starts in its own session and is asked to die with the launcher (Linux
+PDEATHSIG); a later start in the same run folder kills whatever a killed launcher left
+behind (processes whose environment names this run's Flower home). ``<home>/pids.json``
+lists the running processes for people.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import fedseg
+from fedseg.errors import FedsegError
+from fedseg.federation.engine.app_bundle import ConfigValue, config_arg
+
+CONNECTION = "fedseg"
+HOME = "flwr-home"
+LOGS = "logs"
+PIDS = "pids.json"
+#: SuperExec's task polling (Flower default 1 s); it is one of several polls in a round.
+TASK_POLL_S = "0.2"
+
+
+@dataclass(frozen=True)
+class Security:
+    """How the engine's connections are protected (see the module docstring)."""
+
+    insecure: bool = True
+    ca_cert: Path | None = None
+    server_cert: Path | None = None
+    server_key: Path | None = None
+    supernode_auth: bool = False
+    site_keys: Mapping[str, Path] = field(default_factory=dict)
+
+    def check(self, host: str) -> None:
+        if self.insecure:
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                raise FedsegError(
+                    f"refusing an insecure (no TLS) SuperLink on {host}: use TLS certificates "
+                    "(`fedseg pki`) for anything but loopback"
+                )
+            return
+        for name in ("ca_cert", "server_cert", "server_key"):
+            p = getattr(self, name)
+            if p is None or not Path(p).is_file():
+                raise FedsegError(f"TLS needs {name}: {p} not found (issue it with `fedseg pki`)")
+
+
+@dataclass
+class Proc:
+    """A started engine process, its log and its role."""
+
+    role: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    fh: IO[bytes] | None = None
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, n: int = 5) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return " | ".join(ln.strip() for ln in lines[-n:] if ln.strip())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """Environment of every Flower process: home in the run folder, nothing phoned home,
+    nothing installed, and this fedseg importable by the app processes Flower spawns."""
+    env = dict(os.environ)
+    src = str(Path(fedseg.__file__).resolve().parents[1])
+    env.update(
+        FLWR_HOME=str(Path(home).resolve()),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_SUPEREXEC_TASK_POLL_INTERVAL=TASK_POLL_S,
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])]),
+        # Flower starts `flower-superexec`/`flwr-*app` by name: find this environment's first.
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    )
+    return env
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _bin(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+class Launcher:
+    """The engine processes of one run folder."""
+
+    def __init__(self, run_dir: Path, security: Security | None = None,
+                 host: str = "127.0.0.1", port: int | None = None,
+                 persistent_state: bool = False) -> None:  # fmt: skip
+        self.run_dir = Path(run_dir).resolve()
+        self.home = self.run_dir / HOME
+        self.logs = self.run_dir / LOGS
+        self.security = security or Security()
+        self.host = host
+        self.security.check(host)
+        self.port = port or free_port(host if host != "0.0.0.0" else "127.0.0.1")
+        self.persistent_state = persistent_state
+        self.procs: list[Proc] = []
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.env = flower_env(self.home)
+
+    @property
+    def address(self) -> str:
+        host = "127.0.0.1" if self.host == "0.0.0.0" else self.host
+        return f"{host}:{self.port}"
+
+    # -- processes --------------------------------------------------------------------
+    def _spawn(self, role: str, cmd: list[str], log_name: str) -> Proc:
+        log = self.logs / log_name
+        fh = log.open("ab")
+        popen = subprocess.Popen(
+            cmd, env=self.env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        proc = Proc(role, popen, log, fh)
+        self.procs.append(proc)
+        self._write_pids()
+        return proc
+
+    def _write_pids(self) -> None:
+        pids = [{"role": p.role, "pid": p.popen.pid} for p in self.procs if p.alive()]
+        (self.home / PIDS).write_text(json.dumps(pids))
+
+    def start_superlink(self, timeout_s: float = 120.0) -> Proc:
+        """Start the SuperLink and wait until its health endpoint answers."""
+        sec = self.security
+        cmd = [_bin("flower-superlink"), "--host", self.host, "--port", str(self.port),
+               "--disable-runtime-dependency-installation"]  # fmt: skip
+        if self.persistent_state:
+            # Node registrations survive a restart; runs do not (resume is ours, see resume.py)
+            cmd += ["--database", str(self.home / "superlink.db")]
+        if sec.insecure:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--ssl-certfile", str(sec.server_cert), "--ssl-keyfile", str(sec.server_key),
+                    "--ssl-ca-certfile", str(sec.ca_cert)]  # fmt: skip
+        if sec.supernode_auth:
+            cmd.append("--enable-supernode-auth")
+        self._write_connection()
+        proc = self._spawn("superlink", cmd, "superlink.log")
+        self._wait_healthy(proc, timeout_s)
+        return proc
+
+    def start_site(self, site: str, node_config: Mapping[str, ConfigValue]) -> Proc:
+        """Start a SuperNode for ``site`` with ``node_config`` (site-name, data-dir, ...)."""
+        sec = self.security
+        cmd = [_bin("flower-supernode"), "--superlink", self.address,
+               "--host", "127.0.0.1", "--port", str(free_port()),
+               "--node-config", config_arg(node_config)]  # fmt: skip
+        if sec.insecure:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--root-certificates", str(sec.ca_cert)]
+        if sec.supernode_auth:
+            key = sec.site_keys.get(site)
+            if key is None:
+                raise FedsegError(f"SuperNode authentication is on but site {site} has no key")
+            cmd += ["--auth-supernode-private-key", str(key)]
+        return self._spawn(f"site:{site}", cmd, f"site-{site}.log")
+
+    def submit(self, app_dir: Path, run_config: Mapping[str, ConfigValue],
+               timeout_s: float = 180.0) -> int:  # fmt: skip
+        """``flwr run APP`` on this SuperLink; returns Flower's run id."""
+        cmd = [_bin("flwr"), "run", str(Path(app_dir).resolve()), CONNECTION,
+               "--run-config", config_arg(run_config), "--format", "json"]  # fmt: skip
+        try:
+            res = subprocess.run(cmd, env=self.env, capture_output=True, text=True,
+                                 timeout=timeout_s, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise FedsegError(f"`flwr run` did not answer within {timeout_s:.0f} s") from None
+        with (self.logs / "flwr-run.log").open("a") as fh:
+            fh.write(res.stdout + res.stderr)
+        out = res.stdout[res.stdout.find("{") :] if "{" in res.stdout else ""
+        try:
+            data = json.loads(out)
+        except json.JSONDecodeError:
+            data = {}
+        if not data.get("success") or not data.get("run-id"):
+            msg = str(data.get("error-message") or res.stderr or res.stdout).strip()
+            raise FedsegError(f"Flower refused the run: {' '.join(msg.split())[:300]}")
+        return int(str(data["run-id"]))
+
+    def dead(self) -> list[Proc]:
+        """Processes that have exited."""
+        return [p for p in self.procs if not p.alive()]
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM every process group, SIGKILL what is left after ``timeout_s``."""
+        for p in self.procs:
+            _signal_group(p.popen.pid, signal.SIGTERM)
+        end = time.monotonic() + timeout_s
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.popen.wait(timeout=max(0.1, end - time.monotonic()))
+        for p in self.procs:
+            _signal_group(p.popen.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.popen.wait(timeout=5)
+            if p.fh is not None:
+                p.fh.close()
+        self.procs.clear()
+        with contextlib.suppress(OSError):
+            (self.home / PIDS).unlink()
+
+    def kill_leftovers(self) -> int:
+        """SIGKILL every process left over from an earlier launcher of this run folder (one
+        killed with -9): those whose environment names this Flower home. How many."""
+        marker = f"FLWR_HOME={self.home}".encode() + b"\0"
+        n = 0
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
+                continue
+            try:
+                env = (d / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker in env:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(d.name), signal.SIGKILL)
+                    n += 1
+        (self.home / PIDS).unlink(missing_ok=True)
+        return n
+
+    # -- helpers ----------------------------------------------------------------------
+    def _write_connection(self) -> None:
+        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
+                 f'address = "{self.address}"']  # fmt: skip
+        if self.security.insecure:
+            lines.append("insecure = true")
+        else:
+            lines.append(f'root-certificates = "{Path(str(self.security.ca_cert)).resolve()}"')
+        (self.home / "config.toml").write_text("\n".join(lines) + "\n")
+
+    def _wait_healthy(self, proc: Proc, timeout_s: float) -> None:
+        scheme = "http" if self.security.insecure else "https"
+        ctx = None
+        if not self.security.insecure:
+            ctx = ssl.create_default_context(cafile=str(self.security.ca_cert))
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if not proc.alive():
+                raise FedsegError(
+                    f"the SuperLink exited (code {proc.popen.returncode}): {proc.tail(3)} "
+                    f"(log: {proc.log})"
+                )
+            try:
+                with urllib.request.urlopen(
+                    f"{scheme}://{self.address}/health", timeout=2, context=ctx
+                ) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.3)
+        raise FedsegError(
+            f"the SuperLink did not answer on {self.address} within {timeout_s:.0f} s"
+        )
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

@@ -1,0 +1,198 @@
+"""The Flower ServerApp: runs ``Coordinator`` with Flower's Grid as the transport.
+
+Run config keys (``flwr run ... --run-config``): ``run-dir`` (absolute path of the run
+folder, holding ``plan.yaml``) and ``run-id`` (our run's name, shared with the sites).
+Sites are found by asking every new node its name (a ``query.hello`` message answered
+from the node's ``--node-config site-name=NAME``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedseg.federation.engine.messages import (
+    HELLO,
+    TRAIN,
+    TaskRequest,
+    content_bytes,
+    decode_hello_reply,
+    decode_reply,
+    encode_request,
+)
+from fedseg.federation.rounds.coordinator import Coordinator, Exchanged, SiteFailure
+from fedseg.tracking.store import RunStore
+
+#: How often replies are polled. Flower's own send_and_receive sleeps 3 s between polls;
+#: polling ourselves keeps the aggregator's share of a round's latency small.
+POLL_S = 0.25
+HELLO_TIMEOUT_S = 120.0
+
+
+class FlowerTransport:
+    """``coordinator.Transport`` over a Flower ``Grid``."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        log: Callable[[str], None] = print,
+        enrolled: dict[int, str] | None = None,
+    ) -> None:
+        """``enrolled`` (deployment): node id -> site name, as registered with the node's
+        key. When given, a node's site is its enrolled name, never the name it claims, and
+        nodes not enrolled are ignored, so one site cannot take another's place."""
+        self.grid = grid
+        self.log = log
+        self.enrolled = enrolled
+        self.node_site: dict[int, str] = {}
+        self._asked: set[int] = set()
+
+    def connected_sites(self, wanted: Sequence[str], wait_s: float) -> list[str]:
+        deadline = time.monotonic() + wait_s
+        while True:
+            self._identify_new_nodes(deadline)
+            alive = set(self.grid.get_node_ids())
+            found = {site for node, site in self.node_site.items() if node in alive}
+            if set(wanted) <= found or time.monotonic() >= deadline:
+                return [s for s in wanted if s in found]
+            time.sleep(1.0)
+
+    def _identify_new_nodes(self, deadline: float) -> None:
+        new = [n for n in self.grid.get_node_ids() if n not in self._asked]
+        if not new:
+            return
+        msgs = [
+            self.grid.create_message(
+                RecordDict({"hello": ConfigRecord({"from": "fedseg"})}), HELLO, n, "hello"
+            )
+            for n in new
+        ]
+        ids = {mid: n for mid, n in zip(self.grid.push_messages(msgs), new, strict=True)}
+        self._asked.update(new)
+        end = max(deadline, time.monotonic() + HELLO_TIMEOUT_S)
+        while ids and time.monotonic() < end:
+            for reply in self.grid.pull_messages(list(ids)):
+                node = ids.pop(reply.metadata.reply_to_message_id, None)
+                if node is None:
+                    continue
+                if reply.has_error():
+                    self.log(f"node {node} did not say its site name: {reply.error.reason}")
+                    continue
+                site = decode_hello_reply(reply.content)
+                if self.enrolled is not None:
+                    trusted = self.enrolled.get(node)
+                    if trusted != site:
+                        self.log(
+                            f"node {node} claims site {site!r} but is enrolled as "
+                            f"{trusted!r}; using the enrolled name"
+                            if trusted
+                            else f"node {node} ({site!r}) is not enrolled; ignored"
+                        )
+                    if trusted is None:
+                        continue
+                    site = trusted
+                stale = [n for n, s in self.node_site.items() if s == site]
+                for n in stale:  # a restarted site comes back as a new node
+                    del self.node_site[n]
+                self.node_site[node] = site
+            if ids:
+                time.sleep(POLL_S)
+
+    def exchange(
+        self,
+        requests: dict[str, TaskRequest],
+        timeout_s: float,
+        on_result: Callable[[str, Exchanged], None],
+    ) -> dict[str, Exchanged]:
+        site_node = {s: n for n, s in self.node_site.items()}
+        out: dict[str, Exchanged] = {}
+        msgs, sites, sizes = [], [], {}
+        for site, req in requests.items():
+            if site not in site_node:
+                out[site] = Exchanged(SiteFailure("failed", "not connected"), 0, 0, 0.0)
+                on_result(site, out[site])
+                continue
+            content = encode_request(req)
+            sizes[site] = content_bytes(content)
+            msgs.append(self.grid.create_message(content, TRAIN, site_node[site], str(req.round)))
+            sites.append(site)
+        t0 = time.monotonic()
+        pending = dict(zip(self.grid.push_messages(msgs), sites, strict=True))
+        while pending and time.monotonic() - t0 < timeout_s:
+            for reply in self.grid.pull_messages(list(pending)):
+                site = pending.pop(reply.metadata.reply_to_message_id, None)
+                if site is None:
+                    continue
+                wall = time.monotonic() - t0
+                if reply.has_error():
+                    reason = (reply.error.reason or f"error code {reply.error.code}").strip()
+                    res: Exchanged = Exchanged(
+                        SiteFailure("failed", error_line(reason)), sizes[site], 0, wall
+                    )
+                else:
+                    try:
+                        rep = decode_reply(reply.content)
+                        res = Exchanged(rep, sizes[site], content_bytes(reply.content), wall)
+                    except (KeyError, ValueError, TypeError) as exc:
+                        res = Exchanged(
+                            SiteFailure("failed", f"malformed reply: {exc}"), sizes[site], 0, wall
+                        )
+                out[site] = res
+                on_result(site, res)
+            if pending:
+                time.sleep(POLL_S)
+        for site in pending.values():
+            res = Exchanged(
+                SiteFailure("timeout", f"no reply within {timeout_s:.0f} s"), sizes[site], 0,
+                time.monotonic() - t0,
+            )  # fmt: skip
+            out[site] = res
+            on_result(site, res)
+        return out
+
+
+_FLOWER_REASON = re.compile(r"^<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
+
+
+def error_line(reason: str) -> str:
+    """One line from a Flower error reason (``<class 'pkg.Error'>:<'message'>`` ->
+    ``Error: message``; otherwise its last non-empty line)."""
+    m = _FLOWER_REASON.match(reason.strip())
+    text = f"{m.group(1)}: {m.group(2)}" if m else reason
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else text
+
+
+#: Written by ``fedseg server start`` into the run folder: site name -> node id and key.
+ENROLLED_NODES_FILE = "enrolled-nodes.json"
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_dir = Path(str(context.run_config["run-dir"]))
+    run_id = str(context.run_config.get("run-id", run_dir.name))
+    with RunStore(run_dir) as store:
+        # The launcher watches this pid: a killed aggregator is noticed at once.
+        store.set_meta("aggregator_pid", os.getpid())
+    Coordinator(
+        run_dir, FlowerTransport(grid, enrolled=enrolled_nodes(run_dir)), run_id=run_id
+    ).run()
+
+
+def enrolled_nodes(run_dir: Path) -> dict[int, str] | None:
+    """Node id -> enrolled site name from ``RUN/enrolled-nodes.json`` (written by
+    ``fedseg server start``); None in a simulation, where there is no such file."""
+    path = run_dir / ENROLLED_NODES_FILE
+    if not path.is_file():
+        return None
+    registry = json.loads(path.read_text())
+    return {int(entry["node_id"]): name for name, entry in registry.items()}

@@ -1,0 +1,369 @@
+"""The aggregator's round loop, engine-free: plan + strategy + checks + run store.
+
+The engine is a ``Transport`` (Flower's in ``server_app``): it finds the connected sites and
+exchanges ``TaskRequest``/``TaskReply`` values. Everything that is decided or measured is
+here and lands in the run store:
+
+- round r: every site validates global model r-1 (``validation`` rows with
+  ``model_round = r - 1``) and trains; updates are checked, bad ones are stored as
+  ``rejected``, the rest aggregated into model r (``models/round_XXXX.pt``);
+- after the last round, model R is validated once more (``model_round = R``);
+- ``best.pt``: the model with the highest mean validation Dice over sites (mean over
+  ET/TC/WT per case, sites weighted by their validation cases).
+
+A restart continues after the last ``done`` round (``RunStore.last_done_round``): a round
+is ``done`` only after its model file is written, so a kill loses at most that round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from fedseg.errors import FedsegError
+from fedseg.federation.rounds.aggregation import (
+    UpdateRejected,
+    check_update,
+    difference_norm,
+)
+from fedseg.federation.rounds.strategy import SiteUpdate, Strategy, make_strategy
+from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_json
+from fedseg.model.model_file import ModelFile, load_model, save_model
+from fedseg.model.weights import Weights, get_weights
+from fedseg.plan import PLAN_FILE, PlanConfig, load_plan
+from fedseg.tracking.alarms import check_alarms
+from fedseg.tracking.store import RunStore, SiteRound
+from fedseg.train.local import new_network
+
+MODELS = "models"
+BEST = "best.pt"
+
+
+@dataclass(frozen=True)
+class SiteFailure:
+    """A site that did not deliver: ``status`` is ``failed`` (it raised or crashed) or
+    ``timeout``; ``error`` is one line."""
+
+    status: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    """One site's result of an exchange, with the payload bytes each way and the wall time
+    from sending the request to receiving the reply."""
+
+    result: TaskReply | SiteFailure
+    bytes_sent: int
+    bytes_received: int
+    wall_s: float
+
+
+class Transport(Protocol):
+    def connected_sites(self, wanted: Sequence[str], wait_s: float) -> list[str]:
+        """Names (from ``wanted``) of the sites connected now, waiting up to ``wait_s`` for
+        all of them to be there."""
+        ...
+
+    def exchange(
+        self,
+        requests: dict[str, TaskRequest],
+        timeout_s: float,
+        on_result: Callable[[str, Exchanged], None],
+    ) -> dict[str, Exchanged]:
+        """Send each site its request; collect replies until all came or ``timeout_s``."""
+        ...
+
+
+def model_path(run_dir: Path, model_round: int) -> Path:
+    return Path(run_dir) / MODELS / f"round_{model_round:04d}.pt"
+
+
+def site_seed(seed: int, rnd: int, site: str) -> int:
+    """A seed for one site's training in one round, stable across restarts."""
+    h = int.from_bytes(hashlib.sha256(site.encode()).digest()[:4], "big")
+    return int(np.random.SeedSequence([seed, rnd, h]).generate_state(1)[0])
+
+
+def initial_weights(plan: PlanConfig) -> Weights:
+    """Round-0 model: a model file's weights (same network required) or a seeded init."""
+    init = plan.initial_model
+    if init.path is not None:
+        mf = load_model(init.path)
+        if mf.network != plan.network:
+            raise FedsegError(
+                f"initial model {init.path} has network {mf.network.model_dump()}, the plan "
+                f"says {plan.network.model_dump()}; make them match"
+            )
+        return mf.weights
+    seed = plan.seed if init.seed is None else init.seed
+    return get_weights(new_network(plan.network, None, seed))
+
+
+def validation_score(store: RunStore, model_round: int) -> tuple[float, int] | None:
+    """Mean validation Dice of a model over sites, weighted by validation cases:
+    (score, cases), or None when no site validated it."""
+    rows = [
+        r for r in store.validation(metric="dice", region="mean") if r.model_round == model_round
+    ]
+    rows = [r for r in rows if r.n > 0 and r.mean == r.mean]
+    n = sum(r.n for r in rows)
+    if n == 0:
+        return None
+    return sum(r.mean * r.n for r in rows) / n, n
+
+
+class Coordinator:
+    """Runs (or continues) the federation of the run folder ``run_dir`` over ``transport``."""
+
+    def __init__(self, run_dir: Path, transport: Transport, run_id: str | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.plan = load_plan(self.run_dir / PLAN_FILE)
+        self.transport = transport
+        self.store = RunStore(self.run_dir)
+        self.run_id = run_id or self.store.get_meta("run_id") or self.run_dir.name
+        self.strategy: Strategy = make_strategy(self.plan.strategy, self.plan.local_epochs)
+        rounds = self.strategy.planned_rounds(self.plan.rounds, len(self.plan.sites))
+        if rounds != self.plan.rounds:  # e.g. cyclic: cycles x sites visits
+            self.plan = self.plan.model_copy(update={"rounds": rounds})
+        self.recipe = recipe_json(self.plan.network, self.plan.train)
+        self.live: dict[str, str] = {}
+
+    # -- public -----------------------------------------------------------------------
+    def run(self) -> None:
+        """All remaining rounds, the final validation and the best model."""
+        plan, store = self.plan, self.store
+        store.set_meta("status", "running")
+        try:
+            last = store.last_done_round()
+            store.discard_after(last)
+            weights = self._load_global(last)
+            sites = self._connect()
+            for rnd in range(last + 1, plan.rounds + 1):
+                weights = self._round(rnd, weights, sites)
+            if not store.get_meta("final_validated", False):
+                self._final_validation(weights, sites)
+            store.set_meta("status", "done")
+            store.log(f"federation done: {plan.rounds} rounds")
+        except Exception as exc:
+            store.set_meta("status", "failed")
+            store.set_meta("error", str(exc).splitlines()[0] if str(exc) else repr(exc))
+            store.log(f"federation failed: {exc}", "error")
+            raise
+        finally:
+            store.close()
+
+    # -- steps ------------------------------------------------------------------------
+    def _connect(self) -> list[str]:
+        plan = self.plan
+        self._set_live(0, "connecting", {s: "waiting" for s in plan.site_names})
+        sites = self.transport.connected_sites(plan.site_names, plan.connect_timeout_s)
+        missing = [s for s in plan.site_names if s not in sites]
+        if len(sites) < plan.min_sites:
+            raise FedsegError(
+                f"only {len(sites)} of {len(plan.sites)} sites connected within "
+                f"{plan.connect_timeout_s:.0f} s (missing: {', '.join(missing)}; min_sites "
+                f"{plan.min_sites}); check that each site process runs and reaches the "
+                "aggregator, or raise connect_timeout_s"
+            )
+        if missing:
+            self.store.log(f"sites not connected, continuing without them: {missing}", "warning")
+        return sites
+
+    def _load_global(self, last: int) -> Weights:
+        if last == 0:
+            weights = initial_weights(self.plan)
+            self._save_model(0, weights)
+            return weights
+        path = model_path(self.run_dir, last)
+        if not path.is_file():
+            raise FedsegError(f"{path} is missing: the run folder lost round {last}'s model")
+        state_path = path.with_suffix(".strategy.npz")
+        if state_path.is_file():
+            with np.load(state_path, allow_pickle=False) as z:
+                self.strategy.load_state_dict({k: z[k] for k in z.files})
+        return load_model(path).weights
+
+    def _round(self, rnd: int, weights: Weights, plan_sites: list[str]) -> Weights:
+        plan, store = self.plan, self.store
+        store.start_round(rnd)
+        store.log(f"round {rnd} started")
+        sites = self.transport.connected_sites(plan.site_names, 0.0) or plan_sites
+        tasks = self.strategy.configure_round(rnd, sites)
+        requests = {
+            s: TaskRequest(
+                round=rnd,
+                model_round=rnd - 1,
+                validate=t.validate,
+                epochs=t.epochs,
+                seed=site_seed(plan.seed, rnd, s),
+                run_id=self.run_id,
+                recipe=self.recipe,
+                weights=weights,
+                options=dict(t.options),
+                optimizer_state=t.optimizer_state,
+            )
+            for s, t in tasks.items()
+        }
+        states = {s: ("training" if s in requests else "idle") for s in plan.site_names}
+        self._set_live(rnd, "training", states)
+        results = self.transport.exchange(
+            requests, plan.round_timeout_s, lambda s, ex: self._on_result(rnd, s, ex)
+        )
+        updates: list[SiteUpdate] = []
+        records: dict[str, SiteRound] = {}
+        for site in requests:
+            ex = results.get(site) or Exchanged(SiteFailure("timeout", "no reply"), 0, 0, 0.0)
+            sr, upd = self._site_result(rnd, site, ex, weights, requests[site].epochs > 0)
+            records[site] = sr
+            if upd is not None:
+                updates.append(upd)
+        trained = [s for s in requests if requests[s].epochs > 0]
+        if self.strategy.skip_failed_sites and trained and not updates:
+            store.log(f"round {rnd}: no update from {', '.join(trained)}; skipped, the model "
+                      "goes on unchanged", "warning")  # fmt: skip
+        elif trained and len(updates) < min(plan.min_sites, len(trained)):
+            for sr in records.values():
+                store.record_site_round(sr)
+            store.finish_round(rnd, status="failed", n_sites=len(updates))
+            raise FedsegError(
+                f"round {rnd}: only {len(updates)} site(s) delivered a usable update, "
+                f"min_sites is {plan.min_sites}; see `fedseg status` for the sites' errors "
+                "and continue with `fedseg resume`"
+            )
+        new = self.strategy.aggregate(rnd, weights, updates) if updates else weights
+        for upd in updates:
+            sr = records[upd.site]
+            records[upd.site] = _with(
+                sr,
+                update_norm=difference_norm(upd.weights, weights),
+                update_distance=difference_norm(upd.weights, new),
+            )
+        for sr in records.values():
+            store.record_site_round(sr)
+        self._save_model(rnd, new)
+        self._update_best(rnd - 1)
+        if updates:
+            store.set_meta("last_trained", {"round": rnd, "sites": [u.site for u in updates]})
+        store.finish_round(rnd, n_sites=len(updates))
+        store.log(f"round {rnd} done: {len(updates)} of {len(requests)} site updates aggregated")
+        if plan.alarms.enabled:
+            check_alarms(store, rnd, plan.alarms)  # stores, logs and notifies; never raises
+        return new
+
+    def _final_validation(self, weights: Weights, plan_sites: list[str]) -> None:
+        plan, rnd = self.plan, self.plan.rounds
+        sites = self.transport.connected_sites(plan.site_names, 0.0) or plan_sites
+        requests = {
+            s: TaskRequest(
+                round=rnd + 1,
+                model_round=rnd,
+                validate=True,
+                epochs=0,
+                seed=plan.seed,
+                run_id=self.run_id,
+                recipe=self.recipe,
+                weights=weights,
+            )
+            for s in sites
+        }
+        self._set_live(rnd, "final validation", {s: "validating" for s in sites})
+        results = self.transport.exchange(
+            requests, plan.round_timeout_s, lambda s, ex: self._on_result(rnd + 1, s, ex)
+        )
+        for site in requests:
+            ex = results.get(site)
+            if ex is not None and isinstance(ex.result, TaskReply) and ex.result.validation:
+                self.store.record_validation(rnd, site, ex.result.validation)
+            else:
+                err = ex.result.error if ex and isinstance(ex.result, SiteFailure) else "no reply"
+                self.store.log(f"final validation: site {site} failed: {err}", "warning")
+        self._update_best(rnd)
+        self.store.set_meta("final_validated", True)
+
+    # -- helpers ----------------------------------------------------------------------
+    def _site_result(
+        self, rnd: int, site: str, ex: Exchanged, weights: Weights, trains: bool
+    ) -> tuple[SiteRound, SiteUpdate | None]:
+        common = {
+            "round": rnd, "site": site, "wall_s": ex.wall_s,
+            "bytes_sent": ex.bytes_sent, "bytes_received": ex.bytes_received,
+        }  # fmt: skip
+        res = ex.result
+        if isinstance(res, SiteFailure):
+            self.store.log(f"round {rnd}: site {site} {res.status}: {res.error}", "warning")
+            return SiteRound(status=res.status, error=res.error, **common), None  # type: ignore[arg-type]
+        if res.validation:
+            self.store.record_validation(rnd - 1, site, res.validation)
+        base = {"n_train": res.n_train, "n_val": res.n_val, "train_loss": res.train_loss}
+        extra = {
+            "train_wall_s": res.train_wall_s,
+            "val_wall_s": res.val_wall_s,
+            "startup_s": res.startup_s,
+        }
+        if not trains:
+            return SiteRound(status="ok", extra=extra, **base, **common), None  # type: ignore[arg-type]
+        try:
+            if res.weights is None:
+                raise UpdateRejected("no weights in the reply")
+            check_update(res.weights, weights)
+        except UpdateRejected as exc:
+            self.store.log(f"round {rnd}: site {site} update rejected: {exc}", "warning")
+            sr = SiteRound(status="rejected", error=str(exc), extra=extra, **base, **common)  # type: ignore[arg-type]
+            return sr, None
+        upd = SiteUpdate(site, res.weights, res.n_train, res.train_loss or float("nan"),
+                         res.optimizer_state)  # fmt: skip
+        return SiteRound(status="ok", extra=extra, **base, **common), upd  # type: ignore[arg-type]
+
+    def _on_result(self, rnd: int, site: str, ex: Exchanged) -> None:
+        res = ex.result
+        state = res.status if isinstance(res, SiteFailure) else "done"
+        self.live[site] = state
+        self.store.set_meta("live", {"round": self._live_round, "phase": self._live_phase,
+                                     "sites": self.live})  # fmt: skip
+
+    def _set_live(self, rnd: int, phase: str, states: dict[str, str]) -> None:
+        self._live_round, self._live_phase = rnd, phase
+        self.live = dict(states)
+        self.store.set_meta("live", {"round": rnd, "phase": phase, "sites": self.live})
+
+    def _save_model(self, model_round: int, weights: Weights) -> None:
+        path = model_path(self.run_dir, model_round)
+        mf = ModelFile(
+            network=self.plan.network, weights=weights, roi=tuple(self.plan.train.val_roi),  # type: ignore[arg-type]
+            meta={"run": self.run_id, "model_round": model_round, "plan": self.plan.name},
+        )  # fmt: skip
+        save_model(path, mf)
+        state = self.strategy.state_dict()
+        if state:
+            tmp = path.with_suffix(".strategy.tmp.npz")
+            np.savez(tmp, **state)
+            tmp.replace(path.with_suffix(".strategy.npz"))
+        self.store.record_checkpoint(model_round, path)
+
+    def _update_best(self, model_round: int) -> None:
+        scored = validation_score(self.store, model_round)
+        if scored is None:
+            return
+        score, n = scored
+        best = self.store.get_meta("best")
+        if best is None or score > best["score"]:
+            src = model_path(self.run_dir, model_round)
+            tmp = self.run_dir / (BEST + ".tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(self.run_dir / BEST)
+            self.store.set_meta("best", {"model_round": model_round, "score": score, "n_val": n,
+                                         "time": time.time()})  # fmt: skip
+
+
+def _with(sr: SiteRound, **changes: object) -> SiteRound:
+    from dataclasses import replace
+
+    return replace(sr, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,113 @@
+"""Sequential plans: the model travels from site to site (Chang et al. 2018).
+
+One round is one visit: the visited site trains ``epochs_per_visit`` epochs on the model it
+receives and its result is the next global model; every other site validates that model in
+the same round, so there is a validation row per visit. ``cyclic``: ``cycles`` passes over
+the sites, in a fixed order or shuffled each cycle (seeded); ``single-pass``: one pass.
+A site that fails or times out is skipped (a warning in the run log) and the model goes on
+to the next site unchanged. Which site trained each round is in ``site_rounds`` (the row
+with a training loss) and the last one in the run store's ``last_trained`` meta entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedseg.federation.rounds.aggregation import weighted_average
+from fedseg.federation.rounds.optimizer_state import OptimizerMode
+from fedseg.federation.rounds.strategies.parallel import case_weights
+from fedseg.federation.rounds.strategy import SiteTask, SiteUpdate, Strategy, register
+from fedseg.model.weights import Weights
+
+
+def visit_order(sites: Sequence[str], cycle: int, order: str, seed: int) -> list[str]:
+    """The sites in visiting order for ``cycle`` (0-based): as listed, or a permutation
+    drawn from (seed, cycle) that does not depend on the order ``sites`` are given in."""
+    if order == "fixed":
+        return list(sites)
+    pool = sorted(sites)
+    perm = np.random.default_rng(np.random.SeedSequence([seed, cycle])).permutation(len(pool))
+    return [pool[i] for i in perm]
+
+
+def visited_site(sites: Sequence[str], rnd: int, order: str, seed: int) -> tuple[str, int]:
+    """(site, cycle) of round ``rnd`` (from 1)."""
+    n = len(sites)
+    cycle, pos = divmod(rnd - 1, n)
+    return visit_order(sites, cycle, order, seed)[pos], cycle
+
+
+class SequentialParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    order: Literal["fixed", "shuffled"] = "fixed"
+    epochs_per_visit: int | None = Field(None, ge=1, description="None: the plan's local_epochs")
+    seed: int = 0
+    validate_all: bool = Field(True, description="every site validates every visit's model")
+    optimizer_state: OptimizerMode = Field(
+        "keep-local", description="average: the optimizer state travels with the model"
+    )
+
+
+@register("cyclic")
+class Cyclic(Strategy):
+    """Cyclic weight transfer: ``cycles`` passes over the sites."""
+
+    skip_failed_sites = True
+
+    class Params(SequentialParams):
+        cycles: int = Field(3, ge=1)
+
+    params: SequentialParams
+
+    def __init__(self, params: BaseModel, local_epochs: int) -> None:
+        super().__init__(params, local_epochs)
+        self.optimizer_arrays: Weights | None = None
+
+    @property
+    def cycles(self) -> int:
+        return int(getattr(self.params, "cycles", 1))
+
+    def planned_rounds(self, plan_rounds: int, n_sites: int) -> int:
+        return self.cycles * n_sites
+
+    def configure_round(self, rnd: int, sites: Sequence[str]) -> dict[str, SiteTask]:
+        p = self.params
+        site, _ = visited_site(sites, rnd, p.order, p.seed)
+        epochs = p.epochs_per_visit or self.local_epochs
+        opt = self.optimizer_arrays if p.optimizer_state == "average" else None
+        opts = {"optimizer": p.optimizer_state}
+        tasks = {site: SiteTask(validate=True, epochs=epochs, options=opts, optimizer_state=opt)}
+        if p.validate_all:
+            tasks.update({s: SiteTask(validate=True, epochs=0) for s in sites if s != site})
+        return tasks
+
+    def aggregate(
+        self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]
+    ) -> Weights:
+        # One trainer per round; the mean only matters if a plan ever sends two.
+        states = [u.optimizer_state for u in updates if u.optimizer_state]
+        if states:
+            self.optimizer_arrays = states[-1]
+        if len(updates) == 1:
+            return updates[0].weights
+        return weighted_average([u.weights for u in updates], case_weights(updates))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"optimizer/" + k: v for k, v in (self.optimizer_arrays or {}).items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        opt = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("optimizer/")}
+        self.optimizer_arrays = opt or None
+
+
+@register("single-pass")
+class SinglePass(Cyclic):
+    """Single weight transfer: one pass over the sites."""
+
+    class Params(SequentialParams):
+        pass

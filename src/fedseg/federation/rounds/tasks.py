@@ -1,0 +1,71 @@
+"""What a site is asked to do in a round and what it answers, as plain values.
+
+``TaskRequest``/``TaskReply`` are what the round loop (``coordinator``) and a site's side
+(``site``) exchange; the engine (``engine.messages``) encodes them for Flower. A reply
+holds weights and summaries only (means, standard deviations, counts): never images,
+labels or per-case values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fedseg.model.config import NetworkConfig
+from fedseg.tracking.store import Summary
+from fedseg.train.config import TrainConfig
+
+if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
+    from fedseg.model.weights import Weights
+
+
+@dataclass
+class TaskRequest:
+    """One site's work in one round: validate ``weights`` (global model ``model_round``)
+    and/or train it for ``epochs`` epochs. ``recipe`` is the plan's network and train
+    configs as JSON (the site has no plan file in a deployment)."""
+
+    round: int
+    model_round: int
+    validate: bool
+    epochs: int
+    seed: int
+    run_id: str
+    recipe: str
+    weights: Weights
+    #: plan options for the site (``proximal_mu``, ``optimizer``: reset/keep-local/average)
+    options: dict[str, float | int | str | bool] = field(default_factory=dict)
+    #: the aggregated optimizer state (``optimizer: average``), as arrays
+    optimizer_state: Weights | None = None
+
+
+@dataclass
+class TaskReply:
+    """What a site sends back. ``weights`` is None when it did not train. ``validation`` is
+    ``summaries[region][metric]`` of the received model on the site's validation cases."""
+
+    site: str
+    weights: Weights | None = None
+    n_train: int = 0
+    n_val: int = 0
+    train_loss: float | None = None
+    train_wall_s: float = 0.0
+    val_wall_s: float = 0.0
+    #: seconds from the start of the site's app process to the start of the work
+    startup_s: float = 0.0
+    validation: dict[str, dict[str, Summary]] = field(default_factory=dict)
+    #: the site's optimizer state after training, sent only when the plan averages it
+    optimizer_state: Weights | None = None
+
+
+def recipe_json(network: NetworkConfig, train: TrainConfig) -> str:
+    """The plan's network and train configs as one JSON string."""
+    return json.dumps(
+        {"network": network.model_dump(mode="json"), "train": train.model_dump(mode="json")}
+    )
+
+
+def recipe_from_json(text: str) -> tuple[NetworkConfig, TrainConfig]:
+    raw = json.loads(text)
+    return NetworkConfig.model_validate(raw["network"]), TrainConfig.model_validate(raw["train"])

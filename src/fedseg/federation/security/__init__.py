@@ -1,0 +1,1 @@
+"""The consortium's security: its PKI (CA, server certificate, enrolled site keys)."""

@@ -1,0 +1,201 @@
+"""The federation plan: one typed YAML file that says who trains what, how often and how.
+
+A run records its plan as ``<run>/plan.yaml``; the run can be explained and repeated from
+it. Sites are named in the plan; in a simulation each names its data folder, in a
+deployment each site process announces its name (``--node-config site=NAME``) and the
+aggregator matches it against the plan.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedseg.config_files import first_error, read_yaml_mapping
+from fedseg.errors import FedsegError
+from fedseg.model.config import NetworkConfig
+from fedseg.train.config import TrainConfig, check_shapes
+
+PLAN_FILE = "plan.yaml"
+_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class AlarmConfig(BaseModel):
+    """Thresholds of the automatic alarms (plan key ``alarms``) and the notification hook."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    metric: str = Field("dice", description="validation metric watched (higher is better)")
+    region: str = Field("mean", description="ET, TC, WT or mean (of the three)")
+    skip_initial: bool = Field(True, description="ignore model round 0 (the random init)")
+    min_rounds: int = Field(5, ge=3, description="paired rounds before below_federation fires")
+    alpha: float = Field(0.05, gt=0, lt=1, description="one-sided Wilcoxon level")
+    min_gap: float = Field(0.05, ge=0, description="median Dice gap floor (effect size)")
+    window: int | None = Field(None, ge=3, description="only the last N models (None: all)")
+    stall_window: int = Field(8, ge=4, description="models in the trend window of `stalled`")
+    stall_persist: int = Field(2, ge=1, description="consecutive rounds `stalled` must hold")
+    stall_alpha: float = Field(0.01, gt=0, lt=1)
+    stall_min_drop: float = Field(0.05, ge=0, description="gap fall over the window, Dice")
+    stall_max_gain: float = Field(0.01, description="site's own gain over the window, Dice")
+    outlier_z: float = Field(3.5, gt=0)
+    outlier_rel_floor: float = Field(
+        0.25, gt=0, description="scale floor, fraction of the median (clean sites differ ~1.5x)"
+    )
+    outlier_min_sites: int = Field(3, ge=3, description="sites needed in a round")
+    notify_command: list[str] | None = Field(
+        None,
+        description="argv run once per new (site, kind); env FEDSEG_ALARM_{RUN,ROUND,SITE,"
+        "KIND,MESSAGE} describe the alarm",
+    )
+    notify_timeout_s: float = Field(30.0, gt=0)
+
+
+class SiteConfig(BaseModel):
+    """One site. ``data``: its data folder (simulation; relative paths are relative to the
+    plan file). In a deployment the site keeps its data path to itself and ``data`` is None."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path | None = None
+
+
+class InitialModel(BaseModel):
+    """The model of round 0: random weights from ``seed`` (None: the plan's seed), or the
+    weights of a fedseg model file (``path``), e.g. a public initial model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path | None = None
+    seed: int | None = None
+
+
+class StrategyConfig(BaseModel):
+    """A strategy by registry name (``fedseg.federation.rounds.strategy.STRATEGIES``) and its
+    parameters (checked by the strategy's own parameter model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "fedavg"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PlanConfig(BaseModel):
+    """What a federation does. Times are seconds; ``rounds`` counts training rounds from 1."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "fedseg-federation"
+    sites: dict[str, SiteConfig]
+    rounds: int = Field(10, ge=1)
+    local_epochs: int = Field(1, ge=1, description="epochs each site trains per round")
+    network: NetworkConfig = NetworkConfig()
+    train: TrainConfig = TrainConfig()
+    initial_model: InitialModel = InitialModel()
+    min_sites: int = Field(1, ge=1, description="fewest answering sites for a round to count")
+    round_timeout_s: float = Field(3600.0, gt=0, description="a site slower than this is skipped")
+    connect_timeout_s: float = Field(300.0, gt=0, description="wait this long for all sites")
+    seed: int = 0
+    strategy: StrategyConfig = StrategyConfig()
+    alarms: AlarmConfig = AlarmConfig()
+
+    @field_validator("sites")
+    @classmethod
+    def _site_names(cls, v: dict[str, SiteConfig]) -> dict[str, SiteConfig]:
+        if not v:
+            raise ValueError("a plan needs at least one site")
+        for name in v:
+            if not _SITE_NAME.match(name):
+                raise ValueError(
+                    f"site name {name!r}: use letters, digits, '_', '-', '.' (64 at most)"
+                )
+        return v
+
+    def model_post_init(self, __context: Any) -> None:
+        try:
+            check_shapes(self.network, self.train)
+        except FedsegError as exc:
+            raise ValueError(str(exc)) from None
+        if self.min_sites > len(self.sites):
+            raise ValueError(f"min_sites {self.min_sites} exceeds the {len(self.sites)} sites")
+
+    @property
+    def site_names(self) -> list[str]:
+        return list(self.sites)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_plan(path: Path) -> PlanConfig:
+    """Read and check a plan file; site data paths are made absolute against the file's
+    folder. Every problem is one line naming the key."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "plan", "write one with `fedseg plan init`")
+    try:
+        plan = PlanConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise FedsegError(f"{path}: {first_error(exc, 'plan')}") from None
+    base = path.resolve().parent
+    for site in plan.sites.values():
+        if site.data is not None and not site.data.is_absolute():
+            site.data = (base / site.data).resolve()
+    if plan.initial_model.path is not None and not plan.initial_model.path.is_absolute():
+        plan.initial_model.path = (base / plan.initial_model.path).resolve()
+    return plan
+
+
+def save_plan(path: Path, plan: PlanConfig) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(plan.to_yaml())
+    return path
+
+
+def example_plan(sites: list[Path] | None = None) -> str:
+    """A commented example plan (YAML text) for ``sites`` (data folders) or three
+    placeholders. Small CPU settings; the FeTS recipe values are in the comments."""
+    folders = sites or [Path(f"data/site{i}") for i in (1, 2, 3)]
+    names: list[str] = []
+    for f in folders:
+        n = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(f).name) or "site"
+        while n in names:
+            n += "_"
+        names.append(n)
+    site_lines = "\n".join(f"  {n}:\n    data: {f}" for n, f in zip(names, folders, strict=True))
+    return f"""\
+# fedseg federation plan. Check it with `fedseg simulate PLAN --out RUN` on one machine.
+name: fedseg-federation
+# Sites: name -> data folder (simulation). In a deployment a site announces its name with
+# `fedseg site start` and keeps its data path to itself; leave `data` out there.
+sites:
+{site_lines}
+rounds: 3              # training rounds (FeTS study: dozens)
+local_epochs: 1        # epochs each site trains per round (FeTS: 1)
+min_sites: 2           # a round counts when at least this many sites answered
+round_timeout_s: 1800  # a site slower than this in a round is skipped for that round
+connect_timeout_s: 300 # give up when a site has not connected after this long
+seed: 0
+initial_model:         # path: a fedseg model file (e.g. a public initial model)
+  path: null           # null: random weights drawn from `seed` (or the plan's seed)
+  seed: null
+strategy:
+  name: fedavg         # FedAvg: average of the site updates weighted by training cases
+  params: {{}}
+# The one-site unit. FeTS recipe: base_filters 30, depth 4, patch 128^3, lr 5e-5.
+network:
+  base_filters: 8
+  depth: 3
+train:
+  lr: 0.001
+  patch_size: [32, 32, 32]
+  sampler: tumor
+  num_workers: 0
+  val_roi: [32, 32, 32]
+  val_overlap: 0.25
+  val_batch_size: 2
+"""
