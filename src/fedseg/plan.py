@@ -75,8 +75,8 @@ class InitialModel(BaseModel):
 
 
 class StrategyConfig(BaseModel):
-    """A strategy by registry name (``fedseg.federation.rounds.strategy.STRATEGIES``) and its
-    parameters (checked by the strategy's own parameter model)."""
+    """A strategy by registry name (``federation.rounds.strategies.registry.STRATEGIES``)
+    and its parameters (checked by the strategy's own parameter model)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -12,7 +12,8 @@ from fedseg.federation.rounds.aggregation import (
     difference_norm,
     weighted_average,
 )
-from fedseg.federation.rounds.strategy import STRATEGIES, SiteUpdate, make_strategy
+from fedseg.federation.rounds.strategies.base import SiteUpdate
+from fedseg.federation.rounds.strategies.registry import STRATEGIES, make_strategy
 from fedseg.plan import StrategyConfig
 
 

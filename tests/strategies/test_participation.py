@@ -6,7 +6,7 @@ import pytest
 
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.participation import n_participants, sample_sites
-from fedseg.federation.rounds.strategy import make_strategy
+from fedseg.federation.rounds.strategies.registry import make_strategy
 from fedseg.plan import StrategyConfig
 
 SITES = [f"site{i}" for i in range(1, 9)]

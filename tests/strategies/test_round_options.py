@@ -15,14 +15,11 @@ from fedseg.federation.engine.messages import (
     encode_request,
 )
 from fedseg.federation.rounds.coordinator import Coordinator, initial_weights, model_path
-from fedseg.federation.rounds.optimizer_state import (
-    arrays_to_state,
-    average_states,
-    state_to_arrays,
-)
+from fedseg.federation.rounds.optimizer_state import average_states
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
 from fedseg.model.model_file import load_model
 from fedseg.plan import load_plan
+from fedseg.train.local import optimizer_steps
 from tests.strategies.strategy_helpers import (
     SITES,
     ArrayTransport,
@@ -47,7 +44,7 @@ def _run(tmp_path: Path, name: str, rounds: int = 2, transport=None, **params): 
 def test_fedprox_sends_mu_and_averages_like_fedavg(tmp_path: Path) -> None:
     run, t = _run(tmp_path, "fedprox", rounds=1, mu=0.5)
     req = t.requests[0]["site1"]
-    assert req.options == {"optimizer": "keep-local", "proximal_mu": 0.5}
+    assert (req.optimizer_mode, req.proximal_mu) == ("keep-local", 0.5)
     w0 = initial_weights(load_plan(run / "plan.yaml"))
     w1 = load_model(model_path(run, 1)).weights
     step = sum(N_TRAIN[s] * OFFSETS[s] for s in SITES) / sum(N_TRAIN.values())
@@ -66,7 +63,7 @@ def test_average_optimizer_state_goes_back_out_weighted(tmp_path: Path) -> None:
     # reset and keep-local send no state
     _, t2 = _run(tmp_path, "fedadam", rounds=2, optimizer_state="reset")
     assert t2.requests[1]["site1"].optimizer_state is None
-    assert t2.requests[1]["site1"].options["optimizer"] == "reset"
+    assert t2.requests[1]["site1"].optimizer_mode == "reset"
 
 
 def test_fedadam_state_survives_a_restart(tmp_path: Path) -> None:
@@ -118,17 +115,18 @@ def test_median_resists_a_scaled_update_fedavg_does_not(tmp_path: Path) -> None:
 
 def test_messages_carry_options_and_optimizer_state() -> None:
     w = {"a": np.arange(3, dtype=np.float32)}
-    opt = state_to_arrays({"step": 4, "exp_avg/a": np.ones(3, np.float32)})
-    req = TaskRequest(1, 0, True, 1, 3, "r", "{}", w, {"proximal_mu": 0.1, "optimizer": "average"},
-                      opt)  # fmt: skip
+    opt = {"step": np.array(4, np.int64), "exp_avg/a": np.ones(3, np.float32)}
+    req = TaskRequest(1, 0, True, 1, 3, "r", "{}", w, optimizer_mode="average", proximal_mu=0.1,
+                      optimizer_state=opt)  # fmt: skip
     back = decode_request(encode_request(req))
-    assert back.options == req.options
-    assert arrays_to_state(back.optimizer_state)["step"] == 4  # type: ignore[index]
+    assert (back.optimizer_mode, back.proximal_mu) == ("average", 0.1)
+    assert optimizer_steps(back.optimizer_state) == 4
     np.testing.assert_array_equal(back.optimizer_state["exp_avg/a"], 1.0)  # type: ignore[index]
     rep = decode_reply(encode_reply(TaskReply("s", weights=w, optimizer_state=opt)))
-    assert arrays_to_state(rep.optimizer_state)["step"] == 4  # type: ignore[index]
+    assert optimizer_steps(rep.optimizer_state) == 4
     plain = decode_request(encode_request(TaskRequest(1, 0, True, 1, 3, "r", "{}", w)))
-    assert plain.options == {} and plain.optimizer_state is None
+    assert (plain.optimizer_mode, plain.proximal_mu) == ("keep-local", 0.0)
+    assert plain.optimizer_state is None
 
 
 def test_average_states_by_hand() -> None:
@@ -140,4 +138,4 @@ def test_average_states_by_hand() -> None:
     np.testing.assert_allclose(avg["exp_avg/w"], [2.5, 5.0])
     assert int(avg["step"]) == 5  # 0.25 * 2 + 0.75 * 6
     assert average_states([never], [1.0]) is None
-    assert arrays_to_state(never) is None
+    assert optimizer_steps(never) == 0

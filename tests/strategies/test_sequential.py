@@ -89,7 +89,7 @@ def test_optimizer_state_travels_with_the_model(tmp_path: Path) -> None:
     t = ArrayTransport(OFFSETS, N_TRAIN)
     Coordinator(run, t).run()
     sent = [r for reqs in t.requests for r in reqs.values() if r.epochs > 0]
-    assert sent[0].optimizer_state is None and sent[0].options["optimizer"] == "average"
+    assert sent[0].optimizer_state is None and sent[0].optimizer_mode == "average"
     # visit 2 starts from site1's state, visit 3 from site2's
     np.testing.assert_allclose(sent[1].optimizer_state["exp_avg/w"], OFFSETS["site1"])  # type: ignore[index]
     np.testing.assert_allclose(sent[2].optimizer_state["exp_avg/w"], OFFSETS["site2"])  # type: ignore[index]

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from fedseg.federation.rounds.strategy import SiteUpdate, make_strategy
+from fedseg.federation.rounds.strategies.base import SiteUpdate
+from fedseg.federation.rounds.strategies.registry import make_strategy
 from fedseg.plan import StrategyConfig
 
 

@@ -21,9 +21,9 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _req(plan, weights, rnd=1, **options):  # type: ignore[no-untyped-def]
+def _req(plan, weights, rnd=1, optimizer="keep-local"):  # type: ignore[no-untyped-def]
     recipe = recipe_json(plan.network, plan.train)
-    return TaskRequest(rnd, rnd - 1, False, 1, 7, "r", recipe, weights, options=options)
+    return TaskRequest(rnd, rnd - 1, False, 1, 7, "r", recipe, weights, optimizer_mode=optimizer)
 
 
 def test_optimizer_modes_on_the_site(tmp_path: Path, tiny_sites: dict[str, Path]) -> None:

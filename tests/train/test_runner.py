@@ -19,9 +19,17 @@ from fedseg.errors import FedsegError
 from fedseg.model.config import NetworkConfig
 from fedseg.model.metrics import METRICS
 from fedseg.model.model_file import load_model
+from fedseg.model.weights import load_arrays, unnest
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import RecipeConfig, TrainConfig
-from fedseg.train.runner import CHECKPOINT, SiteData, load_state, run_training
+from fedseg.train.runner import (
+    CHECKPOINT,
+    SiteData,
+    TrainingState,
+    load_state,
+    run_training,
+    save_state,
+)
 
 
 @pytest.fixture
@@ -102,6 +110,34 @@ def test_refuses_to_overwrite_a_run_or_resume_on_other_data(
         run_training(out, _sites(site), 2, resume=True, progress=False)
     with pytest.raises(FedsegError, match="no run to resume"):
         run_training(tmp_path / "nothing", _sites(site), 2, resume=True, progress=False)
+
+
+def test_checkpoint_is_one_npz_that_round_trips_exactly(tmp_path: Path) -> None:
+    weights = {"conv.weight": np.random.default_rng(0).random((2, 3), np.float32),
+               "bn.num_batches_tracked": np.array(7, np.int64)}  # fmt: skip
+    opt = {"step": np.array(12, np.int64), "exp_avg/conv.weight": weights["conv.weight"] / 3,
+           "exp_avg_sq/conv.weight": weights["conv.weight"] ** 2}  # fmt: skip
+    state = TrainingState(3, weights, opt, seed=9, best_score=0.123456789, best_epoch=2)
+    path = tmp_path / CHECKPOINT
+    save_state(path, state)
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left
+    raw = load_arrays(path)  # the one npz format: the optimizer part as the federation's
+    assert unnest("optimizer", raw).keys() == opt.keys() and raw["optimizer/step"].shape == ()
+    back = load_state(path)
+    assert (back.epoch, back.seed, back.best_score, back.best_epoch) == (3, 9, 0.123456789, 2)
+    for want, got in ((weights, back.weights), (opt, back.optimizer_state)):
+        assert got is not None and list(got) == list(want)
+        for k, v in want.items():
+            assert got[k].dtype == v.dtype and got[k].shape == v.shape
+            np.testing.assert_array_equal(got[k], v)
+    fresh = TrainingState(0, None, None, seed=1)
+    save_state(path, fresh)
+    again = load_state(path)
+    assert again.weights is None and again.optimizer_state is None
+    assert again.best_score == -np.inf and again.epoch == 0
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(FedsegError, match="unreadable checkpoint"):
+        load_state(path)
 
 
 KILL_SCRIPT = """

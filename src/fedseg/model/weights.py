@@ -1,16 +1,37 @@
-"""Model weights as plain numpy: the form in which weights travel between sites.
+"""Named numpy arrays: the form in which weights and optimizer state travel, are averaged
+and are saved.
 
-``Weights`` is an ordered ``dict`` name -> array, in the network's ``state_dict`` order,
-buffers included (e.g. integer ``num_batches_tracked`` counters of batch norm).
+``Weights`` is an ordered ``dict`` name -> array. For a network it is in the network's
+``state_dict`` order, buffers included (e.g. integer ``num_batches_tracked`` counters of
+batch norm); an optimizer state has the same form (``train.local.OptimizerState``).
+
+Conventions:
+- Several groups of arrays share one file or message by namespace: ``nest("m", arrays)``
+  names each array ``m/<name>``, ``unnest("m", state)`` takes them back out.
+- ``save_arrays``/``load_arrays`` are the one npz format on disk: written to a temp file,
+  fsynced and renamed over the target, so a reader (or a killed writer) never sees half a
+  file; read without pickle, shapes (0-d included) and dtypes exactly as saved.
+
+torch is imported only by ``get_weights``/``set_weights``, so the array helpers (and the
+aggregation math built on them) load without it.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
 
 Weights = dict[str, np.ndarray]
+
+#: separator between a namespace and an array name (``nest``)
+SEP = "/"
 
 
 def get_weights(net: nn.Module) -> Weights:
@@ -20,5 +41,38 @@ def get_weights(net: nn.Module) -> Weights:
 
 def set_weights(net: nn.Module, weights: Weights) -> None:
     """Load ``weights`` into ``net`` (strict: same keys and shapes)."""
+    import torch
+
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
     net.load_state_dict(state, strict=True)
+
+
+def nest(prefix: str, arrays: Mapping[str, np.ndarray] | None) -> Weights:
+    """``arrays`` under namespace ``prefix``: each ``name`` becomes ``prefix/name``
+    (None or empty: nothing)."""
+    return {f"{prefix}{SEP}{k}": v for k, v in (arrays or {}).items()}
+
+
+def unnest(prefix: str, state: Mapping[str, np.ndarray]) -> Weights:
+    """The arrays of ``state`` under namespace ``prefix``, without it (empty if none);
+    the inverse of ``nest``."""
+    head = prefix + SEP
+    return {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
+
+
+def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` as one npz, atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:  # a file object: numpy adds no ".npz" to the name
+        np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_arrays(path: Path) -> Weights:
+    """The arrays ``save_arrays`` wrote to ``path``, in their order."""
+    with np.load(Path(path), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

@@ -1,8 +1,9 @@
 """The federation unit: train one site's model for some epochs, as a plain function.
 
 Nothing global: the network, optimizer and data come in as arguments and go out in
-``LocalResult``; weights and Adam state travel as plain numpy so that federation plans
-can average, keep or reset them.
+``LocalResult``; weights and Adam state are plain named numpy arrays (``Weights``) so that
+federation plans can average, keep or reset them, and the same arrays are what is sent,
+averaged and saved (``model.weights.save_arrays``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +34,13 @@ from fedseg.train.loader import CaseStore, PatchDataset, make_loader
 
 #: Adam's per-parameter moments, stored under ``"<moment>/<parameter name>"``.
 MOMENTS: tuple[str, ...] = ("exp_avg", "exp_avg_sq")
+#: the optimizer steps taken, a 0-d int64 array
+STEP = "step"
 
-OptimizerState = dict[str, Any]
+#: Adam state as named arrays: ``step`` (0-d int64) and ``exp_avg/<param>``,
+#: ``exp_avg_sq/<param>`` (float32, the parameter's shape). The one form of an optimizer
+#: state: on the wire, on disk and in averages.
+OptimizerState = Weights
 
 
 @dataclass
@@ -84,26 +89,37 @@ def new_optimizer(net: nn.Module, train: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
 
 
+def optimizer_steps(state: OptimizerState | None) -> int:
+    """The steps an optimizer state has taken (0 for None or a state without ``step``).
+    ``ravel``: a 0-d step saved by an older writer may have come back with shape (1,)."""
+    if not state or STEP not in state:
+        return 0
+    return int(np.asarray(state[STEP]).ravel()[0])
+
+
 def optimizer_state_dict(opt: torch.optim.Adam, net: nn.Module) -> OptimizerState:
-    """Adam state as ``{"step": int, "exp_avg/<param>": array, "exp_avg_sq/<param>": array}``.
+    """Adam state as ``OptimizerState``: ``{"step": 0-d int64, "exp_avg/<param>": array,
+    "exp_avg_sq/<param>": array}``.
 
     Parameters are named as in ``net.named_parameters()`` (the weights' keys). An optimizer
     that has not stepped yet gives ``{"step": 0}``.
     """
-    out: OptimizerState = {"step": 0}
+    step = 0
+    moments: OptimizerState = {}
     for name, p in net.named_parameters():
         st = opt.state.get(p)
         if not st:
             continue
-        out["step"] = int(float(st["step"]))
+        step = int(float(st["step"]))
         for m in MOMENTS:
-            out[f"{m}/{name}"] = st[m].detach().cpu().numpy().copy()
-    return out
+            moments[f"{m}/{name}"] = st[m].detach().cpu().numpy().copy()
+    return {STEP: np.array(step, dtype=np.int64), **moments}
 
 
 def load_optimizer_state(opt: torch.optim.Adam, net: nn.Module, state: OptimizerState) -> None:
-    """Put a state made by ``optimizer_state_dict`` (possibly averaged) back into ``opt``."""
-    step = int(state.get("step", 0))
+    """Put a state made by ``optimizer_state_dict`` (possibly averaged, sent or saved) back
+    into ``opt``; a state that never stepped leaves ``opt`` fresh."""
+    step = optimizer_steps(state)
     if step <= 0:
         return
     for name, p in net.named_parameters():
@@ -218,7 +234,7 @@ def train_local(
     check_shapes(network, train)
     net = new_network(network, weights, seed)
     opt = new_optimizer(net, train)
-    if optimizer_state:
+    if optimizer_state is not None:
         load_optimizer_state(opt, net, optimizer_state)
     store = CaseStore(cases, train.patch_size, train.cache_mb)
     prox = None

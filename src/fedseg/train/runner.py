@@ -8,8 +8,10 @@ Run folder::
                          summaries and per-case metrics per data folder (plus "central"
                          pooled when there are several); model_round = epoch trained
     checkpoints/last.ckpt  training state after the last finished epoch (weights, Adam
-                         state, epoch, best score, seed): the data order of epoch e is a
-                         function of (seed, e), so this is all a resume needs
+                         state, epoch, best score, seed), one npz (``save_arrays``) with
+                         the weights under ``weights/``, the Adam state under
+                         ``optimizer/`` and the numbers as 0-d arrays: the data order of
+                         epoch e is a function of (seed, e), so this is all a resume needs
     last.pt, best.pt     model files (model_file.save_model) of the last / best-Dice epoch
 
 An epoch's rows are written before its checkpoint and the round is marked done after it,
@@ -19,13 +21,13 @@ so a run killed at any point resumes from the last checkpoint and discards later
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 
@@ -33,7 +35,7 @@ from fedseg.data.cases import Case
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
 from fedseg.model.model_file import ModelFile, save_model
-from fedseg.model.weights import Weights, get_weights
+from fedseg.model.weights import Weights, get_weights, load_arrays, nest, save_arrays, unnest
 from fedseg.tracking.store import RunStore, SiteRound, Summary
 from fedseg.train.config import RecipeConfig
 from fedseg.train.loader import CaseStore
@@ -86,47 +88,36 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+#: the numbers of a ``TrainingState`` in its checkpoint, as 0-d arrays of these dtypes
+_SCALARS: dict[str, type[np.generic]] = {
+    "epoch": np.int64, "seed": np.int64, "best_score": np.float64, "best_epoch": np.int64,
+}  # fmt: skip
+
+
 def save_state(path: Path, state: TrainingState) -> None:
-    """Write the training state atomically: temp file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "epoch": state.epoch,
-        "seed": state.seed,
-        "best_score": state.best_score,
-        "best_epoch": state.best_epoch,
-        "weights": {k: torch.from_numpy(v.copy()) for k, v in (state.weights or {}).items()},
-        "optimizer": {
-            k: torch.from_numpy(v.copy()) if hasattr(v, "dtype") else v
-            for k, v in (state.optimizer_state or {}).items()
-        },
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write the training state atomically (``save_arrays``: temp file, fsync, rename)."""
+    scalars = {k: np.array(getattr(state, k), dtype=t) for k, t in _SCALARS.items()}
+    weights, opt = nest("weights", state.weights), nest("optimizer", state.optimizer_state)
+    save_arrays(path, {**scalars, **weights, **opt})
 
 
 def load_state(path: Path) -> TrainingState:
     """Read a state written by ``save_state``."""
     try:
-        p = torch.load(path, map_location="cpu", weights_only=True)
+        arrays = load_arrays(path)
+        scalars = {k: arrays[k].item() for k in _SCALARS}
     except Exception as exc:
         raise FedsegError(
             f"{path}: unreadable checkpoint ({exc.__class__.__name__}); "
             "start a new run with another --out"
         ) from None
     return TrainingState(
-        epoch=int(p["epoch"]),
-        weights={k: v.numpy() for k, v in p["weights"].items()} or None,
-        optimizer_state={
-            k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in p["optimizer"].items()
-        }
-        or None,
-        seed=int(p["seed"]),
-        best_score=float(p["best_score"]),
-        best_epoch=int(p["best_epoch"]),
+        epoch=int(scalars["epoch"]),
+        weights=unnest("weights", arrays) or None,
+        optimizer_state=unnest("optimizer", arrays) or None,
+        seed=int(scalars["seed"]),
+        best_score=float(scalars["best_score"]),
+        best_epoch=int(scalars["best_epoch"]),
     )
 
 

@@ -56,8 +56,9 @@ from fedseg.federation.rounds.coordinator import (
 )
 from fedseg.federation.rounds.participation import n_participants
 from fedseg.federation.rounds.site import run_task
+from fedseg.federation.rounds.strategies.parallel import ParallelParams
+from fedseg.federation.rounds.strategies.registry import STRATEGIES, make_strategy
 from fedseg.federation.rounds.strategies.sequential import Cyclic, SinglePass
-from fedseg.federation.rounds.strategy import STRATEGIES, make_strategy
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
 from fedseg.model.config import NetworkConfig
 from fedseg.model.model_file import load_model
@@ -116,7 +117,6 @@ def parse_plan_arg(text: str) -> PlanArg:
 
         plan = load_plan(path)
         return PlanArg(label=path.stem, strategy=plan.strategy, local_epochs=plan.local_epochs)
-    make_strategy(StrategyConfig(), 1)  # loads the registry
     name, _, rest = text.partition(":")
     if name not in STRATEGIES:
         raise FedsegError(
@@ -170,7 +170,8 @@ def plan_for(cfg: CompareConfig, arg: PlanArg, sites: dict[str, Path]) -> PlanCo
         params["cycles"] = cfg.budget // per_visit
     else:
         p = strat.params
-        k = n_participants(n, getattr(p, "fraction", None), getattr(p, "sites_per_round", None))
+        k = (n_participants(n, p.fraction, p.sites_per_round)
+             if isinstance(p, ParallelParams) else n)  # fmt: skip
         rounds = math.ceil(cfg.budget * n / (arg.local_epochs * k))
     return PlanConfig(
         name=arg.label, sites={s: SiteConfig(data=p) for s, p in sites.items()}, rounds=rounds,

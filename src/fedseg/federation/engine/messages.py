@@ -8,12 +8,12 @@ modules that import the Flower Python API. A reply holds weights and summaries o
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, optimizer_mode
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
 from fedseg.tracking.store import Summary
 
@@ -26,8 +26,11 @@ HELLO = "query.hello"
 
 
 def weights_to_record(weights: Weights) -> ArrayRecord:
-    """Weights -> ArrayRecord (order and dtypes kept; numpy serialization, no pickle)."""
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+    """Weights (or an optimizer state) -> ArrayRecord: order, dtypes and shapes kept (0-d
+    arrays stay 0-d); numpy serialization, no pickle."""
+    return ArrayRecord(
+        array_dict={k: Array(np.require(v, requirements="C")) for k, v in weights.items()}
+    )
 
 
 def record_to_weights(record: ArrayRecord) -> Weights:
@@ -40,15 +43,9 @@ def content_bytes(content: RecordDict) -> int:
 
 
 def encode_request(req: TaskRequest) -> RecordDict:
-    content = _encode_request(req)
-    content["task"]["options"] = json.dumps(req.options)
-    if req.optimizer_state is not None:
-        content["optimizer"] = weights_to_record(req.optimizer_state)
-    return content
-
-
-def _encode_request(req: TaskRequest) -> RecordDict:
-    return RecordDict(
+    """A request as ``global`` (weights), ``task`` (typed config entries) and, when it
+    carries one, ``optimizer`` (the optimizer state's arrays)."""
+    content = RecordDict(
         {
             "global": weights_to_record(req.weights),
             "task": ConfigRecord(
@@ -60,10 +57,15 @@ def _encode_request(req: TaskRequest) -> RecordDict:
                     "seed": req.seed,
                     "run_id": req.run_id,
                     "recipe": req.recipe,
+                    "optimizer_mode": req.optimizer_mode,
+                    "proximal_mu": float(req.proximal_mu),
                 }
             ),
         }
     )
+    if req.optimizer_state is not None:
+        content["optimizer"] = weights_to_record(req.optimizer_state)
+    return content
 
 
 def decode_request(content: RecordDict) -> TaskRequest:
@@ -77,7 +79,8 @@ def decode_request(content: RecordDict) -> TaskRequest:
         run_id=str(task["run_id"]),
         recipe=str(task["recipe"]),
         weights=record_to_weights(content["global"]),
-        options=json.loads(str(task["options"])) if "options" in task else {},
+        optimizer_mode=optimizer_mode(str(task.get("optimizer_mode", DEFAULT_MODE))),
+        proximal_mu=float(task.get("proximal_mu", 0.0)),
         optimizer_state=record_to_weights(content["optimizer"]) if "optimizer" in content else None,
     )
 

@@ -6,7 +6,8 @@ here and lands in the run store:
 
 - round r: every site validates global model r-1 (``validation`` rows with
   ``model_round = r - 1``) and trains; updates are checked, bad ones are stored as
-  ``rejected``, the rest aggregated into model r (``models/round_XXXX.pt``);
+  ``rejected``, the rest aggregated into model r (``models/round_XXXX.pt``, with the
+  strategy's state, if it keeps any, in ``round_XXXX.strategy.npz``);
 - after the last round, model R is validated once more (``model_round = R``);
 - ``best.pt``: the model with the highest mean validation Dice over sites (mean over
   ET/TC/WT per case, sites weighted by their validation cases).
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,10 +34,11 @@ from fedseg.federation.rounds.aggregation import (
     check_update,
     difference_norm,
 )
-from fedseg.federation.rounds.strategy import SiteUpdate, Strategy, make_strategy
+from fedseg.federation.rounds.strategies.base import SiteUpdate, Strategy
+from fedseg.federation.rounds.strategies.registry import make_strategy
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_json
 from fedseg.model.model_file import ModelFile, load_model, save_model
-from fedseg.model.weights import Weights, get_weights
+from fedseg.model.weights import Weights, get_weights, load_arrays, save_arrays
 from fedseg.plan import PLAN_FILE, PlanConfig, load_plan
 from fedseg.tracking.alarms import check_alarms
 from fedseg.tracking.store import RunStore, SiteRound
@@ -86,6 +88,11 @@ def model_path(run_dir: Path, model_round: int) -> Path:
     return Path(run_dir) / MODELS / f"round_{model_round:04d}.pt"
 
 
+def strategy_state_path(model_file: Path) -> Path:
+    """The strategy's checkpointed state next to a round's model file (``.strategy.npz``)."""
+    return Path(model_file).with_suffix(".strategy.npz")
+
+
 def site_seed(seed: int, rnd: int, site: str) -> int:
     """A seed for one site's training in one round, stable across restarts."""
     h = int.from_bytes(hashlib.sha256(site.encode()).digest()[:4], "big")
@@ -129,7 +136,7 @@ class Coordinator:
         self.transport = transport
         self.store = RunStore(self.run_dir)
         self.run_id = run_id or self.store.get_meta("run_id") or self.run_dir.name
-        self.strategy: Strategy = make_strategy(self.plan.strategy, self.plan.local_epochs)
+        self.strategy: Strategy[Any] = make_strategy(self.plan.strategy, self.plan.local_epochs)
         rounds = self.strategy.planned_rounds(self.plan.rounds, len(self.plan.sites))
         if rounds != self.plan.rounds:  # e.g. cyclic: cycles x sites visits
             self.plan = self.plan.model_copy(update={"rounds": rounds})
@@ -185,10 +192,9 @@ class Coordinator:
         path = model_path(self.run_dir, last)
         if not path.is_file():
             raise FedsegError(f"{path} is missing: the run folder lost round {last}'s model")
-        state_path = path.with_suffix(".strategy.npz")
+        state_path = strategy_state_path(path)
         if state_path.is_file():
-            with np.load(state_path, allow_pickle=False) as z:
-                self.strategy.load_state_dict({k: z[k] for k in z.files})
+            self.strategy.load_state_dict(load_arrays(state_path))
         return load_model(path).weights
 
     def _round(self, rnd: int, weights: Weights, plan_sites: list[str]) -> Weights:
@@ -207,7 +213,8 @@ class Coordinator:
                 run_id=self.run_id,
                 recipe=self.recipe,
                 weights=weights,
-                options=dict(t.options),
+                optimizer_mode=t.optimizer_mode,
+                proximal_mu=t.proximal_mu,
                 optimizer_state=t.optimizer_state,
             )
             for s, t in tasks.items()
@@ -343,9 +350,7 @@ class Coordinator:
         save_model(path, mf)
         state = self.strategy.state_dict()
         if state:
-            tmp = path.with_suffix(".strategy.tmp.npz")
-            np.savez(tmp, **state)
-            tmp.replace(path.with_suffix(".strategy.npz"))
+            save_arrays(strategy_state_path(path), state)
         self.store.record_checkpoint(model_round, path)
 
     def _update_best(self, model_round: int) -> None:

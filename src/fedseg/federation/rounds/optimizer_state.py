@@ -4,44 +4,35 @@ Modes (plan: ``strategy.params.optimizer_state``):
 
 - ``reset``: every round starts a fresh Adam (nothing kept, nothing sent);
 - ``keep-local``: each site keeps its own Adam state in its workspace folder
-  (``<data>/.fedseg/<run>/optimizer.npz``), never sent (the FeTS default);
+  (``<data>/.fedseg/<run>/optimizer_<round>.npz``), never sent (the FeTS default);
 - ``average``: sites send their state with their weights, the aggregator averages it like
   the weights (weighted by training cases) and sends the average out with the next model.
 
-On the wire an optimizer state is plain arrays: ``step`` as a 0-d int64 array and the
-moments as ``exp_avg/<param>``, ``exp_avg_sq/<param>`` (``train.local.optimizer_state_dict``).
+An optimizer state has one form everywhere (``train.local.OptimizerState``): named numpy
+arrays, ``step`` a 0-d int64 array and the moments ``exp_avg/<param>``,
+``exp_avg_sq/<param>``. ``train_local`` returns and takes it, the engine sends it as it
+is, the site saves it with ``model.weights.save_arrays`` and this module averages it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
-
-import numpy as np
+from typing import Literal, get_args
 
 from fedseg.federation.rounds.aggregation import weighted_average
 from fedseg.model.weights import Weights
-from fedseg.train.local import OptimizerState
 
 OptimizerMode = Literal["reset", "keep-local", "average"]
-MODES: tuple[str, ...] = ("reset", "keep-local", "average")
-STEP = "step"
+MODES: tuple[OptimizerMode, ...] = get_args(OptimizerMode)
+DEFAULT_MODE: OptimizerMode = "keep-local"
 
 
-def state_to_arrays(state: OptimizerState) -> Weights:
-    """An optimizer state as arrays (``step`` becomes a 0-d int64 array)."""
-    return {k: np.asarray(v, dtype=np.int64) if k == STEP else np.asarray(v)
-            for k, v in state.items()}  # fmt: skip
-
-
-def arrays_to_state(arrays: Weights | None) -> OptimizerState | None:
-    """Arrays back to a state ``train_local`` takes; None or a state without steps: None."""
-    if not arrays:
-        return None
-    state: OptimizerState = {k: v for k, v in arrays.items() if k != STEP}
-    # ravel: a 0-d array may come back from the wire as shape (1,)
-    state[STEP] = int(np.asarray(arrays.get(STEP, 0)).ravel()[0])
-    return state if state[STEP] > 0 else None
+def optimizer_mode(text: str) -> OptimizerMode:
+    """``text`` as a mode; a ValueError naming the modes when it is none of them."""
+    for mode in MODES:
+        if text == mode:
+            return mode
+    raise ValueError(f"optimizer mode {text!r} is unknown; choose one of {', '.join(MODES)}")
 
 
 def average_states(states: Sequence[Weights], weights: Sequence[float]) -> Weights | None:
@@ -49,7 +40,7 @@ def average_states(states: Sequence[Weights], weights: Sequence[float]) -> Weigh
 
     States that never stepped (no moments) are left out; None when none is left. Adam's
     second moment averages to a valid (non-negative) second moment, so the result can be
-    loaded as it is.
+    loaded as it is. A single state comes back with the same values.
     """
     pairs = [(s, w) for s, w in zip(states, weights, strict=True) if len(s) > 1]
     if not pairs:

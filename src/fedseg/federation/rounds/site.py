@@ -11,12 +11,10 @@ import contextlib
 import time
 from pathlib import Path
 
-import numpy as np
-
 from fedseg.data.splits import load_split
 from fedseg.errors import FedsegError
-from fedseg.federation.rounds.optimizer_state import arrays_to_state, state_to_arrays
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_from_json
+from fedseg.model.weights import load_arrays, save_arrays
 from fedseg.tracking.store import RunStore
 from fedseg.train.local import OptimizerState, train_local
 from fedseg.train.validate import summarize_cases, validate_cases
@@ -51,20 +49,21 @@ def run_task(site: str, data: Path, req: TaskRequest, workspace: Path | None = N
     if req.epochs > 0:
         if not split.train:
             raise FedsegError(f"site {site}: no training cases in {data}")
-        # Optimizer treatment of the plan (federation.optimizer_state); default keep-local.
-        mode = str(req.options.get("optimizer", "keep-local"))
+        # Optimizer treatment of the plan (rounds.optimizer_state).
+        mode = req.optimizer_mode
+        state: OptimizerState | None = None
         if mode == "average":
-            state = arrays_to_state(req.optimizer_state)
-        else:
-            state = _load_optimizer(ws, req.round) if mode == "keep-local" else None
+            state = req.optimizer_state
+        elif mode == "keep-local":
+            state = _load_optimizer(ws, req.round)
         result = train_local(
             network, train, req.weights, state, split.train, req.epochs,
-            seed=req.seed, proximal_mu=float(req.options.get("proximal_mu", 0.0)),
+            seed=req.seed, proximal_mu=req.proximal_mu,
         )  # fmt: skip
         if mode == "keep-local":
             _save_optimizer(ws, req.round, result.optimizer_state)
         elif mode == "average":
-            reply.optimizer_state = state_to_arrays(result.optimizer_state)
+            reply.optimizer_state = result.optimizer_state
         reply.weights = result.weights
         reply.n_train = result.n_train
         reply.train_loss = result.train_loss
@@ -84,19 +83,12 @@ def _load_optimizer(ws: Path, rnd: int) -> OptimizerState | None:
     """Adam state after the latest round before ``rnd`` (a redone round, after the aggregator
     was restarted, starts from the same state as the first attempt)."""
     files = {r: p for r, p in _optimizer_files(ws).items() if r < rnd}
-    if not files:
-        return None
-    with np.load(files[max(files)], allow_pickle=False) as z:
-        state: OptimizerState = {k: z[k] for k in z.files}
-    state["step"] = int(state["step"])
-    return state
+    return load_arrays(files[max(files)]) if files else None
 
 
 def _save_optimizer(ws: Path, rnd: int, state: OptimizerState) -> None:
     """Keep the states after rounds ``rnd`` and ``rnd - 1`` (enough to redo round ``rnd``)."""
-    tmp = ws / f"optimizer_{rnd:04d}.tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v) for k, v in state.items()})
-    tmp.replace(ws / f"optimizer_{rnd:04d}.npz")
+    save_arrays(ws / f"optimizer_{rnd:04d}.npz", state)
     for r, p in _optimizer_files(ws).items():
         if r < rnd - 1:
             p.unlink(missing_ok=True)

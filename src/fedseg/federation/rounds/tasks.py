@@ -12,12 +12,14 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, OptimizerMode
 from fedseg.model.config import NetworkConfig
 from fedseg.tracking.store import Summary
 from fedseg.train.config import TrainConfig
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
     from fedseg.model.weights import Weights
+    from fedseg.train.local import OptimizerState
 
 
 @dataclass
@@ -34,10 +36,12 @@ class TaskRequest:
     run_id: str
     recipe: str
     weights: Weights
-    #: plan options for the site (``proximal_mu``, ``optimizer``: reset/keep-local/average)
-    options: dict[str, float | int | str | bool] = field(default_factory=dict)
-    #: the aggregated optimizer state (``optimizer: average``), as arrays
-    optimizer_state: Weights | None = None
+    #: what the site does with its optimizer state (``optimizer_state`` module)
+    optimizer_mode: OptimizerMode = DEFAULT_MODE
+    #: FedProx's proximal term strength (0: none)
+    proximal_mu: float = 0.0
+    #: the optimizer state to start from (``optimizer_mode`` average)
+    optimizer_state: OptimizerState | None = None
 
 
 @dataclass
@@ -56,7 +60,7 @@ class TaskReply:
     startup_s: float = 0.0
     validation: dict[str, dict[str, Summary]] = field(default_factory=dict)
     #: the site's optimizer state after training, sent only when the plan averages it
-    optimizer_state: Weights | None = None
+    optimizer_state: OptimizerState | None = None
 
 
 def recipe_json(network: NetworkConfig, train: TrainConfig) -> str:

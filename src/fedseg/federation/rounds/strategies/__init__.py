@@ -1,11 +1,9 @@
-"""Federation plans beyond the core's FedAvg, registered by name on import.
+"""Federation strategies: which sites do what each round, and how their results combine.
 
-``fedavg`` (with participation and optimizer-state treatment), ``fedprox``, ``fedavgm``,
-``fedadam``, ``fedyogi``, ``fedadagrad``, ``median``, ``trimmed-mean``, ``krum``, ``cyclic``,
-``single-pass``. Each module holds the math as plain functions on ``Weights`` and a small
-strategy class that calls it.
+``base`` (the ``Strategy`` class, task and update values, the optimizer-state treatment),
+``parallel`` (participation; the parallel plans' base), ``fedavg`` (``fedavg``,
+``fedprox``), ``server_opt`` (``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad``),
+``robust`` (``median``, ``trimmed-mean``, ``krum``), ``sequential`` (``cyclic``,
+``single-pass``), and ``registry`` (name -> class, ``make_strategy``). Each module holds
+its math as plain functions on ``Weights`` and small classes that call it.
 """
-
-from fedseg.federation.rounds.strategies import fedavg, robust, sequential, server_opt
-
-__all__ = ["fedavg", "robust", "sequential", "server_opt"]

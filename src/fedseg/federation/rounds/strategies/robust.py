@@ -11,12 +11,12 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import Field
 
+from fedseg.federation.rounds.strategies.base import SiteUpdate
 from fedseg.federation.rounds.strategies.parallel import (
     ParallelParams,
     ParallelStrategy,
     map_arrays,
 )
-from fedseg.federation.rounds.strategy import SiteUpdate, register
 from fedseg.model.weights import Weights
 
 
@@ -72,39 +72,39 @@ def krum(global_weights: Weights, updates: Sequence[Weights], f: int, m: int = 1
     return map_arrays(global_weights, chosen, lambda s: s.mean(axis=0))
 
 
-@register("median")
-class Median(ParallelStrategy):
+class TrimmedMeanParams(ParallelParams):
+    beta: float = Field(0.2, ge=0, lt=0.5, description="share trimmed at each end")
+
+
+class KrumParams(ParallelParams):
+    f: int = Field(1, ge=0, description="number of byzantine sites tolerated")
+    m: int = Field(1, ge=1, description="updates averaged (1: Krum, >1: multi-Krum)")
+
+
+class Median(ParallelStrategy[ParallelParams]):
     """Coordinate-wise median of the sites' weights."""
 
     def combine(self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]) -> Weights:
         return coordinate_median(global_weights, [u.weights for u in updates])
 
 
-@register("trimmed-mean")
-class TrimmedMean(ParallelStrategy):
+class TrimmedMean(ParallelStrategy[TrimmedMeanParams]):
     """Coordinate-wise mean after dropping the ``beta`` share of values at each end."""
 
-    class Params(ParallelParams):
-        beta: float = Field(0.2, ge=0, lt=0.5, description="share trimmed at each end")
-
     def combine(self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]) -> Weights:
-        return trimmed_mean(global_weights, [u.weights for u in updates], self.params.beta)  # type: ignore[attr-defined]
+        return trimmed_mean(global_weights, [u.weights for u in updates], self.params.beta)
 
 
-@register("krum")
-class Krum(ParallelStrategy):
+class Krum(ParallelStrategy[KrumParams]):
     """(Multi-)Krum: the update(s) closest to their ``n - f - 2`` nearest neighbours."""
 
-    class Params(ParallelParams):
-        f: int = Field(1, ge=0, description="number of byzantine sites tolerated")
-        m: int = Field(1, ge=1, description="updates averaged (1: Krum, >1: multi-Krum)")
-
-    def __init__(self, params: ParallelParams, local_epochs: int) -> None:
+    def __init__(self, params: KrumParams, local_epochs: int) -> None:
         super().__init__(params, local_epochs)
+        #: the sites whose updates the last round kept
         self.selected: list[str] = []
 
     def combine(self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]) -> Weights:
         p = self.params
-        idx = krum_select([u.weights for u in updates], p.f, p.m)  # type: ignore[attr-defined]
+        idx = krum_select([u.weights for u in updates], p.f, p.m)
         self.selected = [updates[i].site for i in idx]
-        return krum(global_weights, [u.weights for u in updates], p.f, p.m)  # type: ignore[attr-defined]
+        return krum(global_weights, [u.weights for u in updates], p.f, p.m)

@@ -7,20 +7,26 @@ the sites, in a fixed order or shuffled each cycle (seeded); ``single-pass``: on
 A site that fails or times out is skipped (a warning in the run log) and the model goes on
 to the next site unchanged. Which site trained each round is in ``site_rounds`` (the row
 with a training loss) and the last one in the run store's ``last_trained`` meta entry.
+With ``optimizer_state: average`` the visited site's optimizer state travels on with the
+model (the base class's average of the one state sent).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from fedseg.federation.rounds.aggregation import weighted_average
-from fedseg.federation.rounds.optimizer_state import OptimizerMode
-from fedseg.federation.rounds.strategies.parallel import case_weights
-from fedseg.federation.rounds.strategy import SiteTask, SiteUpdate, Strategy, register
+from fedseg.federation.rounds.strategies.base import (
+    SiteTask,
+    SiteUpdate,
+    Strategy,
+    StrategyParams,
+    case_weights,
+)
 from fedseg.model.weights import Weights
 
 
@@ -41,36 +47,28 @@ def visited_site(sites: Sequence[str], rnd: int, order: str, seed: int) -> tuple
     return visit_order(sites, cycle, order, seed)[pos], cycle
 
 
-class SequentialParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SinglePassParams(StrategyParams):
     order: Literal["fixed", "shuffled"] = "fixed"
     epochs_per_visit: int | None = Field(None, ge=1, description="None: the plan's local_epochs")
     seed: int = 0
     validate_all: bool = Field(True, description="every site validates every visit's model")
-    optimizer_state: OptimizerMode = Field(
-        "keep-local", description="average: the optimizer state travels with the model"
-    )
 
 
-@register("cyclic")
-class Cyclic(Strategy):
-    """Cyclic weight transfer: ``cycles`` passes over the sites."""
+class CyclicParams(SinglePassParams):
+    cycles: int = Field(3, ge=1)
+
+
+SP = TypeVar("SP", bound=SinglePassParams)
+
+
+class SequentialStrategy(Strategy[SP]):
+    """Base of the sequential plans: ``cycles`` passes over the sites, one visit a round."""
 
     skip_failed_sites = True
 
-    class Params(SequentialParams):
-        cycles: int = Field(3, ge=1)
-
-    params: SequentialParams
-
-    def __init__(self, params: BaseModel, local_epochs: int) -> None:
-        super().__init__(params, local_epochs)
-        self.optimizer_arrays: Weights | None = None
-
     @property
     def cycles(self) -> int:
-        return int(getattr(self.params, "cycles", 1))
+        return 1
 
     def planned_rounds(self, plan_rounds: int, n_sites: int) -> int:
         return self.cycles * n_sites
@@ -78,36 +76,25 @@ class Cyclic(Strategy):
     def configure_round(self, rnd: int, sites: Sequence[str]) -> dict[str, SiteTask]:
         p = self.params
         site, _ = visited_site(sites, rnd, p.order, p.seed)
-        epochs = p.epochs_per_visit or self.local_epochs
-        opt = self.optimizer_arrays if p.optimizer_state == "average" else None
-        opts = {"optimizer": p.optimizer_state}
-        tasks = {site: SiteTask(validate=True, epochs=epochs, options=opts, optimizer_state=opt)}
+        tasks = {site: self.training_task(p.epochs_per_visit or self.local_epochs)}
         if p.validate_all:
             tasks.update({s: SiteTask(validate=True, epochs=0) for s in sites if s != site})
         return tasks
 
-    def aggregate(
-        self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]
-    ) -> Weights:
+    def combine(self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]) -> Weights:
         # One trainer per round; the mean only matters if a plan ever sends two.
-        states = [u.optimizer_state for u in updates if u.optimizer_state]
-        if states:
-            self.optimizer_arrays = states[-1]
         if len(updates) == 1:
             return updates[0].weights
         return weighted_average([u.weights for u in updates], case_weights(updates))
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {"optimizer/" + k: v for k, v in (self.optimizer_arrays or {}).items()}
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        opt = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("optimizer/")}
-        self.optimizer_arrays = opt or None
+class Cyclic(SequentialStrategy[CyclicParams]):
+    """Cyclic weight transfer: ``cycles`` passes over the sites."""
+
+    @property
+    def cycles(self) -> int:
+        return self.params.cycles
 
 
-@register("single-pass")
-class SinglePass(Cyclic):
+class SinglePass(SequentialStrategy[SinglePassParams]):
     """Single weight transfer: one pass over the sites."""
-
-    class Params(SequentialParams):
-        pass

@@ -11,24 +11,25 @@ The round's pseudo-gradient is ``delta = fedavg(updates) - x`` (x: the global mo
   ``x += server_lr * m / (sqrt(v) + tau)``.
 
 Moments start at 0. Only floating arrays take the optimizer step; integer arrays (counters)
-take the FedAvg mean. The moments are checkpointed with every round (``state_dict``).
+take the FedAvg mean. The moments are checkpointed with every round (``state_dict``), under
+the namespaces ``m/`` and ``v/``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
+from fedseg.federation.rounds.strategies.base import SiteUpdate
 from fedseg.federation.rounds.strategies.parallel import (
     ParallelParams,
     ParallelStrategy,
     fedavg_weights,
 )
-from fedseg.federation.rounds.strategy import SiteUpdate, register
-from fedseg.model.weights import Weights
+from fedseg.model.weights import Weights, nest, unnest
 
 Adaptive = Literal["adam", "yogi", "adagrad"]
 
@@ -74,89 +75,80 @@ def adaptive_step(
     return x_new, m_new, v_new
 
 
-def _prefixed(prefix: str, arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    return {prefix + k: v for k, v in (arrays or {}).items()}
+class FedAvgMParams(ParallelParams):
+    server_lr: float = Field(1.0, gt=0)
+    beta: float = Field(0.9, ge=0, lt=1, description="server momentum")
+    weighted: bool = True
 
 
-def _unprefixed(prefix: str, state: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    out = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    return out or None
+class AdaptiveParams(ParallelParams):
+    server_lr: float = Field(0.01, gt=0, description="server learning rate (eta)")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0, description="adaptivity (epsilon) of the server step")
+    weighted: bool = True
 
 
-@register("fedavgm")
-class FedAvgM(ParallelStrategy):
+class FedAvgM(ParallelStrategy[FedAvgMParams]):
     """FedAvg with server momentum ``beta`` and server learning rate ``server_lr``."""
 
-    class Params(ParallelParams):
-        server_lr: float = Field(1.0, gt=0)
-        beta: float = Field(0.9, ge=0, lt=1, description="server momentum")
-        weighted: bool = True
-
-    def __init__(self, params: ParallelParams, local_epochs: int) -> None:
+    def __init__(self, params: FedAvgMParams, local_epochs: int) -> None:
         super().__init__(params, local_epochs)
         self.v: dict[str, np.ndarray] | None = None
 
     def combine(self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]) -> Weights:
         p = self.params
-        mean = fedavg_weights(updates, p.weighted)  # type: ignore[attr-defined]
+        mean = fedavg_weights(updates, p.weighted)
         delta = pseudo_gradient(global_weights, mean)
-        x_new, self.v = momentum_step(global_weights, delta, self.v, p.server_lr, p.beta)  # type: ignore[attr-defined]
+        x_new, self.v = momentum_step(global_weights, delta, self.v, p.server_lr, p.beta)
         return {**mean, **x_new}
 
-    def server_state(self) -> dict[str, np.ndarray]:
-        return _prefixed("v/", self.v)
+    def state_dict(self) -> Weights:
+        return {**super().state_dict(), **nest("v", self.v)}
 
-    def load_server_state(self, state: dict[str, np.ndarray]) -> None:
-        self.v = _unprefixed("v/", state)
+    def load_state_dict(self, state: Weights) -> None:
+        super().load_state_dict(state)
+        self.v = unnest("v", state) or None
 
 
-class _Adaptive(ParallelStrategy):
-    kind: Adaptive = "adam"
+class _Adaptive(ParallelStrategy[AdaptiveParams]):
+    kind: ClassVar[Adaptive] = "adam"
 
-    class Params(ParallelParams):
-        server_lr: float = Field(0.01, gt=0, description="server learning rate (eta)")
-        beta1: float = Field(0.9, ge=0, lt=1)
-        beta2: float = Field(0.99, ge=0, lt=1)
-        tau: float = Field(1e-3, gt=0, description="adaptivity (epsilon) of the server step")
-        weighted: bool = True
-
-    def __init__(self, params: ParallelParams, local_epochs: int) -> None:
+    def __init__(self, params: AdaptiveParams, local_epochs: int) -> None:
         super().__init__(params, local_epochs)
         self.m: dict[str, np.ndarray] | None = None
         self.v: dict[str, np.ndarray] | None = None
 
     def combine(self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]) -> Weights:
         p = self.params
-        mean = fedavg_weights(updates, p.weighted)  # type: ignore[attr-defined]
+        mean = fedavg_weights(updates, p.weighted)
         delta = pseudo_gradient(global_weights, mean)
         x_new, self.m, self.v = adaptive_step(
             self.kind, global_weights, delta, self.m, self.v,
-            p.server_lr, p.beta1, p.beta2, p.tau,  # type: ignore[attr-defined]
+            p.server_lr, p.beta1, p.beta2, p.tau,
         )  # fmt: skip
         return {**mean, **x_new}
 
-    def server_state(self) -> dict[str, np.ndarray]:
-        return {**_prefixed("m/", self.m), **_prefixed("v/", self.v)}
+    def state_dict(self) -> Weights:
+        return {**super().state_dict(), **nest("m", self.m), **nest("v", self.v)}
 
-    def load_server_state(self, state: dict[str, np.ndarray]) -> None:
-        self.m, self.v = _unprefixed("m/", state), _unprefixed("v/", state)
+    def load_state_dict(self, state: Weights) -> None:
+        super().load_state_dict(state)
+        self.m, self.v = unnest("m", state) or None, unnest("v", state) or None
 
 
-@register("fedadam")
 class FedAdam(_Adaptive):
     """FedAdam: Adam on the server over the rounds' pseudo-gradients."""
 
     kind = "adam"
 
 
-@register("fedyogi")
 class FedYogi(_Adaptive):
     """FedYogi: Yogi's additive second-moment update on the server."""
 
     kind = "yogi"
 
 
-@register("fedadagrad")
 class FedAdagrad(_Adaptive):
     """FedAdagrad: Adagrad's accumulated second moment on the server."""
 

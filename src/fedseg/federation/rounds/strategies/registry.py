@@ -1,0 +1,49 @@
+"""The strategies a plan can name (``strategy.name``), and ``make_strategy``.
+
+One plain dict, name -> class; adding a strategy is one import and one line here. The
+strategy modules import only ``strategies.base`` (and ``parallel``), never this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from fedseg.errors import FedsegError
+from fedseg.federation.rounds.strategies.base import Strategy
+from fedseg.federation.rounds.strategies.fedavg import FedAvg, FedProx
+from fedseg.federation.rounds.strategies.robust import Krum, Median, TrimmedMean
+from fedseg.federation.rounds.strategies.sequential import Cyclic, SinglePass
+from fedseg.federation.rounds.strategies.server_opt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from fedseg.plan import StrategyConfig
+
+STRATEGIES: dict[str, type[Strategy[Any]]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedavgm": FedAvgM,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedadagrad": FedAdagrad,
+    "median": Median,
+    "trimmed-mean": TrimmedMean,
+    "krum": Krum,
+    "cyclic": Cyclic,
+    "single-pass": SinglePass,
+}
+
+
+def make_strategy(cfg: StrategyConfig, local_epochs: int) -> Strategy[Any]:
+    """The strategy named in the plan, with its parameters checked."""
+    cls = STRATEGIES.get(cfg.name)
+    if cls is None:
+        raise FedsegError(
+            f"strategy {cfg.name!r} is unknown; choose one of {', '.join(sorted(STRATEGIES))}"
+        )
+    try:
+        params = cls.params_model.model_validate(cfg.params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = "".join(f".{p}" for p in err["loc"])
+        raise FedsegError(f"strategy.params{where}: {err['msg']}") from None
+    return cls(params, local_epochs)
