@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
-from fedseg.tracking.store import Summary
+from fedseg.model.summary import Summary
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
     from fedseg.model.weights import Weights

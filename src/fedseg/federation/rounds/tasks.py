@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fedseg.model.config import NetworkConfig
-from fedseg.tracking.store import Summary
+from fedseg.model.summary import Summary
 from fedseg.train.config import TrainConfig
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
