@@ -295,9 +295,6 @@ class RunMeta:
         self._t.set_meta(MetaKey.LAST_TRAINED, last.model_dump(mode="json"))
 
     # -- a centralized run --------------------------------------------------------------
-    def kind(self) -> RunKind | None:
-        return _enum(RunKind, MetaKey.KIND, self._t.get_meta(MetaKey.KIND))
-
     def set_centralized(
         self, sites: list[str], data_dirs: list[str | None], cases: dict[str, Any]
     ) -> None:
