@@ -29,10 +29,11 @@ import torch
 from fedseg.data.cases import Case, discover_cases, write_case
 from fedseg.model.config import NetworkConfig
 from fedseg.model.losses import mirrored_dice_loss
+from fedseg.model.registry import new_network
 from fedseg.model.resunet import count_parameters
 from fedseg.train.config import RecipeConfig
 from fedseg.train.loader import CaseStore, PatchDataset, make_loader
-from fedseg.train.local import new_network, new_optimizer
+from fedseg.train.local import new_optimizer
 
 SHAPES = {"cpu": (48, 48, 48), "fets": (240, 240, 155)}
 

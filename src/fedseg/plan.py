@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedseg.config_files import first_error, read_yaml_mapping
 from fedseg.errors import FedsegError
 from fedseg.model.config import NetworkConfig
+from fedseg.run_folder import PLAN_FILE
 from fedseg.train.config import TrainConfig, check_shapes
 
-PLAN_FILE = "plan.yaml"
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -147,6 +147,31 @@ def load_plan(path: Path) -> PlanConfig:
     if plan.initial_model.path is not None and not plan.initial_model.path.is_absolute():
         plan.initial_model.path = (base / plan.initial_model.path).resolve()
     return plan
+
+
+def read_run_plan(run_dir: Path) -> PlanConfig | None:
+    """The plan a run folder recorded (``<run>/plan.yaml``), checked; None when the folder
+    has none (a centralized run folder holds ``recipe.yaml`` instead)."""
+    path = Path(run_dir) / PLAN_FILE
+    return load_plan(path) if path.is_file() else None
+
+
+def plan_without(plan: PlanConfig, site: str) -> PlanConfig:
+    """The same federation without ``site`` (leave-one-site-out): ``min_sites`` capped at
+    the sites left, the name marked ``-without-SITE``."""
+    if site not in plan.sites or len(plan.sites) < 2:
+        raise FedsegError(
+            f"plan {plan.name} has no site {site!r} to leave out, or only one site; name "
+            f"one of {', '.join(plan.sites)}"
+        )
+    sites = {k: v for k, v in plan.sites.items() if k != site}
+    return plan.model_copy(
+        update={
+            "sites": sites,
+            "min_sites": min(plan.min_sites, len(sites)),
+            "name": f"{plan.name}-without-{site}",
+        }
+    )
 
 
 def save_plan(path: Path, plan: PlanConfig) -> Path:

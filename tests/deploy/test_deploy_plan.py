@@ -23,6 +23,7 @@ from fedseg.federation.commands import deploy
 from fedseg.federation.engine.launcher import flower_env
 from fedseg.model.config import NetworkConfig
 from fedseg.plan import PlanConfig, save_plan
+from fedseg.run_folder import ENROLLED_NODES_FILE, RunStatus
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
 from tests.deploy.deploy_helpers import free_port, make_coordinator
@@ -76,7 +77,7 @@ def test_plan_trains_two_rounds_and_survives_a_killed_site(tmp_path: Path) -> No
         )  # fmt: skip
     sites: dict[str, deploy.SiteProcess] = {}
     try:
-        nodes_file = run / deploy.NODES_FILE
+        nodes_file = run / ENROLLED_NODES_FILE
         _wait_for(
             "enrollment",
             lambda: nodes_file.exists() and len(json.loads(nodes_file.read_text())) == 3,
@@ -108,7 +109,7 @@ def test_plan_trains_two_rounds_and_survives_a_killed_site(tmp_path: Path) -> No
     took = time.monotonic() - start
     assert code == 0, log.read_text()[-3000:]
     with RunStore(run) as store:
-        assert store.get_meta("status") == "done"
+        assert store.meta.status() == RunStatus.DONE
         assert store.last_done_round() == 2
         status = {(r.site, r.round): r.status for r in store.site_rounds()}
     for site in ("site1", "site2"):

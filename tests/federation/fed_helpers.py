@@ -10,9 +10,9 @@ import numpy as np
 from fedseg.federation.rounds.coordinator import Exchanged, SiteFailure
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
 from fedseg.model.config import NetworkConfig
+from fedseg.model.summary import Summary
 from fedseg.model.weights import Weights
 from fedseg.plan import PLAN_FILE, PlanConfig, SiteConfig, save_plan
-from fedseg.tracking.store import Summary
 from fedseg.train.config import TrainConfig
 
 SITES = ("site1", "site2", "site3")

@@ -8,15 +8,10 @@ import numpy as np
 import pytest
 
 from fedseg.errors import FedsegError
-from fedseg.federation.rounds.coordinator import (
-    BEST,
-    Coordinator,
-    SiteFailure,
-    initial_weights,
-    model_path,
-)
+from fedseg.federation.rounds.coordinator import Coordinator, SiteFailure, initial_weights
 from fedseg.model.model_file import load_model, weights_hash
 from fedseg.plan import load_plan
+from fedseg.run_folder import BEST_MODEL, RunStatus, SiteRoundStatus, model_path
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import SITES, ArrayTransport, tiny_plan, write_run
 
@@ -39,7 +34,7 @@ def test_rounds_store_models_and_best(tmp_path: Path) -> None:
     w0 = initial_weights(load_plan(run / "plan.yaml"))
     with RunStore(run) as store:
         assert [r["status"] for r in store.rounds()] == ["done", "done"]
-        assert store.get_meta("status") == "done"
+        assert store.meta.status() == RunStatus.DONE
         srs = store.site_rounds()
         assert {(s.round, s.site) for s in srs} == {(r, s) for r in (1, 2) for s in SITES}
         assert all(s.status == "ok" and s.bytes_sent == 10 and s.bytes_received == 20 for s in srs)
@@ -47,7 +42,7 @@ def test_rounds_store_models_and_best(tmp_path: Path) -> None:
         rows = store.validation(metric="dice", region="ET")
         assert {(r.model_round, r.site) for r in rows} == {(m, s) for m in (0, 1, 2) for s in SITES}
         assert store.case_metrics() == []
-        best = store.get_meta("best")
+        best = store.meta.best()
     # FedAvg by training cases: each round moves the floats by sum(n * offset) / sum(n)
     step = sum(N_TRAIN[s] * OFFSETS[s] for s in SITES) / sum(N_TRAIN.values())
     w2 = load_model(model_path(run, 2)).weights
@@ -57,7 +52,7 @@ def test_rounds_store_models_and_best(tmp_path: Path) -> None:
     assert [sorted(r) for r in t.requests] == [sorted(SITES)] * 3
     assert t.requests[2]["site1"].epochs == 0 and t.requests[2]["site1"].model_round == 2
     # validation Dice is constant per site here, so the first model validated is the best
-    assert best["model_round"] == 0 and (run / BEST).is_file()
+    assert best is not None and best.model_round == 0 and (run / BEST_MODEL).is_file()
 
 
 def test_rejected_and_failed_sites_are_recorded_and_left_out(tmp_path: Path) -> None:
@@ -71,7 +66,7 @@ def test_rejected_and_failed_sites_are_recorded_and_left_out(tmp_path: Path) -> 
         bad.flat[0] = np.nan
         return {**w, k: bad}
 
-    fail = {"site3": SiteFailure("failed", "FileNotFoundError: /data/site3")}
+    fail = {"site3": SiteFailure(SiteRoundStatus.FAILED, "FileNotFoundError: /data/site3")}
     Coordinator(run, ArrayTransport(OFFSETS, N_TRAIN, nan_for_site2, fail)).run()
     w0 = initial_weights(load_plan(run / "plan.yaml"))
     with RunStore(run) as store:
@@ -89,12 +84,12 @@ def test_rejected_and_failed_sites_are_recorded_and_left_out(tmp_path: Path) -> 
 
 def test_too_few_sites_fails_the_round(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", tiny_plan(_sites(tmp_path), min_sites=3))
-    fail = {"site2": SiteFailure("timeout", "no reply within 240 s")}
+    fail = {"site2": SiteFailure(SiteRoundStatus.TIMEOUT, "no reply within 240 s")}
     with pytest.raises(FedsegError, match="only 2 site"):
         Coordinator(run, ArrayTransport(OFFSETS, N_TRAIN, fail=fail)).run()
     with RunStore(run) as store:
         assert store.rounds()[0]["status"] == "failed"
-        assert store.get_meta("status") == "failed"
+        assert store.meta.status() == RunStatus.FAILED
         assert store.last_done_round() == 0
 
 
@@ -115,7 +110,7 @@ def test_restart_continues_after_last_done_round(tmp_path: Path) -> None:
     assert [next(iter(r.values())).round for r in t.requests] == [2, 3, 4]
     with RunStore(run) as store:
         assert [r["status"] for r in store.rounds()] == ["done"] * 3
-        assert store.get_meta("status") == "done"
+        assert store.meta.status() == RunStatus.DONE
     assert weights_hash(load_model(model_path(run, 1)).weights) == weights_hash(w1)
 
 
@@ -133,7 +128,7 @@ def test_live_table_shows_sites_states_and_dice(tmp_path: Path) -> None:
 
     plan = tiny_plan(_sites(tmp_path), rounds=1, min_sites=1)
     run = write_run(tmp_path / "run", plan)
-    fail = {"site3": SiteFailure("failed", "boom")}
+    fail = {"site3": SiteFailure(SiteRoundStatus.FAILED, "boom")}
     Coordinator(run, ArrayTransport(OFFSETS, N_TRAIN, fail=fail)).run()
     console = Console(record=True, width=120)
     with RunStore(run) as store:

@@ -16,8 +16,8 @@ from fedseg.federation.engine.messages import (
 )
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_from_json, recipe_json
 from fedseg.model.config import NetworkConfig
+from fedseg.model.summary import Summary
 from fedseg.plan import example_plan, load_plan
-from fedseg.tracking.store import Summary
 from fedseg.train.config import TrainConfig
 
 

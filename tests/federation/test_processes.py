@@ -20,9 +20,10 @@ import pytest
 
 from fedseg.federation.commands.run_folder import prepare_run
 from fedseg.federation.commands.simulate import run_simulation, simulate
-from fedseg.federation.rounds.coordinator import BEST, initial_weights, model_path
+from fedseg.federation.rounds.coordinator import initial_weights
 from fedseg.model.model_file import load_model
-from fedseg.plan import PLAN_FILE, load_plan, save_plan
+from fedseg.plan import load_plan, save_plan
+from fedseg.run_folder import BEST_MODEL, PLAN_FILE, STORE_FILE, RunStatus, model_path
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import SITES, tiny_plan
 
@@ -45,10 +46,10 @@ def _wait_for(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyp
 def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, Path]) -> None:
     run = tmp_path / "run"
     res = simulate(_plan_file(tmp_path, tiny_sites), run, live=False)
-    assert res.rounds_done == 2 and res.best_model == run / BEST
+    assert res.rounds_done == 2 and res.best_model == run / BEST_MODEL
     with RunStore(run) as store:
         assert [r["status"] for r in store.rounds()] == ["done", "done"]
-        assert store.get_meta("status") == "done"
+        assert store.meta.status() == RunStatus.DONE
         srs = store.site_rounds()
         assert {(s.round, s.site) for s in srs} == {(r, s) for r in (1, 2) for s in SITES}
         model_bytes = sum(v.nbytes for v in load_model(model_path(run, 0)).weights.values())
@@ -64,7 +65,7 @@ def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, P
         assert all(v.n == 1 for v in dice)
         assert store.case_metrics() == []  # per-case values never reach the aggregator
         assert set(store.checkpoints()) == {0, 1, 2}
-        run_id = store.get_meta("run_id")
+        run_id = store.meta.run_id()
     w0 = initial_weights(load_plan(run / PLAN_FILE))
     w2 = load_model(model_path(run, 2)).weights
     assert any(not np.array_equal(w0[k], w2[k]) for k in w0)
@@ -86,14 +87,14 @@ def test_resume_after_kill_9_of_the_aggregator(tmp_path: Path, tiny_sites: dict[
     try:
 
         def in_round_2() -> bool:
-            if not (run / "run.sqlite").is_file():
+            if not (run / STORE_FILE).is_file():
                 return False
             with RunStore(run) as s:
                 return any(r["round"] == 2 for r in s.rounds())
 
         _wait_for(in_round_2, 600, "round 2 to start")
         with RunStore(run) as store:
-            pid = int(store.get_meta("aggregator_pid"))
+            pid = store.meta.aggregator_pid()
         os.kill(pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -103,7 +104,7 @@ def test_resume_after_kill_9_of_the_aggregator(tmp_path: Path, tiny_sites: dict[
     assert "fedseg resume" in out
     with RunStore(run) as store:
         assert store.last_done_round() == 1
-        assert store.get_meta("status") == "running"  # it never got to say anything
+        assert store.meta.status() == RunStatus.RUNNING  # it never got to say anything
     res = subprocess.run(
         [sys.executable, "-m", "fedseg", "resume", str(run), "--no-live"],
         env=env, capture_output=True, text=True, timeout=600, check=False,
@@ -111,7 +112,7 @@ def test_resume_after_kill_9_of_the_aggregator(tmp_path: Path, tiny_sites: dict[
     assert res.returncode == 0, res.stdout + res.stderr
     with RunStore(run) as store:
         assert [r["status"] for r in store.rounds()] == ["done", "done"]
-        assert store.get_meta("status") == "done" and store.get_meta("final_validated")
+        assert store.meta.status() == RunStatus.DONE and store.meta.final_validated()
         assert {(s.round, s.site) for s in store.site_rounds()} == {
             (r, s) for r in (1, 2) for s in SITES
         }
@@ -156,4 +157,4 @@ def test_a_crashing_site_is_skipped_and_rejoins(
         assert by[(1, "site3")].error.startswith("FedsegError: no cases found in")
         assert store.rounds()[0]["n_sites"] == 2
         assert by[(2, "site3")].status == "ok" and by[(2, "site3")].n_train == 3
-        assert store.get_meta("status") == "done"
+        assert store.meta.status() == RunStatus.DONE

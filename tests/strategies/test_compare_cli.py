@@ -70,8 +70,8 @@ def test_compare_end_to_end_with_a_poisoned_site(tmp_path: Path,
     # the x50 update of site2 went into FedAvg's model; the median of 3 left it out
     import numpy as np
 
-    from fedseg.federation.rounds.coordinator import model_path
     from fedseg.model.model_file import load_model
+    from fedseg.run_folder import model_path
 
     def drift(run: str) -> float:
         w0 = load_model(model_path(out / "runs" / run, 0)).weights

@@ -14,11 +14,12 @@ from fedseg.federation.engine.messages import (
     encode_reply,
     encode_request,
 )
-from fedseg.federation.rounds.coordinator import Coordinator, initial_weights, model_path
+from fedseg.federation.rounds.coordinator import Coordinator, initial_weights
 from fedseg.federation.rounds.optimizer_state import average_states
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
 from fedseg.model.model_file import load_model
 from fedseg.plan import load_plan
+from fedseg.run_folder import model_path
 from fedseg.train.local import optimizer_steps
 from tests.strategies.strategy_helpers import (
     SITES,

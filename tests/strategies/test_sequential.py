@@ -6,15 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedseg.federation.rounds.coordinator import (
-    Coordinator,
-    SiteFailure,
-    initial_weights,
-    model_path,
-)
+from fedseg.federation.rounds.coordinator import Coordinator, SiteFailure, initial_weights
 from fedseg.federation.rounds.strategies.sequential import visit_order, visited_site
 from fedseg.model.model_file import load_model
 from fedseg.plan import load_plan
+from fedseg.run_folder import LastTrained, RunStatus, SiteRoundStatus, model_path
 from fedseg.tracking.store import RunStore
 from tests.strategies.strategy_helpers import (
     SITES,
@@ -63,12 +59,12 @@ def test_cyclic_visits_each_site_in_turn_and_validates_every_visit(tmp_path: Pat
         trained = [(sr.round, sr.site) for sr in store.site_rounds() if sr.n_train and
                    sr.train_loss is not None and sr.update_norm is not None]  # fmt: skip
         assert [s for _, s in sorted(trained)] == list(SITES) * 2
-        assert store.get_meta("last_trained") == {"round": 6, "sites": ["site3"]}
+        assert store.meta.last_trained() == LastTrained(round=6, sites=["site3"])
 
 
 def test_single_pass_skips_a_failed_site_with_a_log_line(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", _plan(tmp_path, "single-pass"))
-    fail = {"site2": SiteFailure("failed", "RuntimeError: disk full")}
+    fail = {"site2": SiteFailure(SiteRoundStatus.FAILED, "RuntimeError: disk full")}
     t = ArrayTransport(OFFSETS, N_TRAIN, fail=fail)
     Coordinator(run, t).run()
     assert _trainers(t) == list(SITES)
@@ -77,10 +73,10 @@ def test_single_pass_skips_a_failed_site_with_a_log_line(tmp_path: Path) -> None
     for k in float_keys(w0):
         np.testing.assert_allclose(w3[k], w0[k] + OFFSETS["site1"] + OFFSETS["site3"], atol=1e-5)
     with RunStore(run) as store:
-        assert store.get_meta("status") == "done"
+        assert store.meta.status() == RunStatus.DONE
         logs = [m for _, _, m in store.events()]
         assert any("round 2: no update from site2; skipped" in m for m in logs)
-        assert store.get_meta("last_trained") == {"round": 3, "sites": ["site3"]}
+        assert store.meta.last_trained() == LastTrained(round=3, sites=["site3"])
 
 
 def test_optimizer_state_travels_with_the_model(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from fedseg.federation.commands.simulate import simulate
 from fedseg.plan import save_plan
+from fedseg.run_folder import LastTrained, RunStatus
 from fedseg.tracking.store import RunStore
 from tests.strategies.strategy_helpers import tiny_plan
 
@@ -25,7 +26,7 @@ def test_single_pass_over_flower_skips_a_broken_site(
     res = simulate(save_plan(tmp_path / "plan.yaml", plan), tmp_path / "run", live=False)
     assert res.rounds_done == 2
     with RunStore(tmp_path / "run") as store:
-        assert store.get_meta("status") == "done"
+        assert store.meta.status() == RunStatus.DONE
         by = {(sr.round, sr.site): sr for sr in store.site_rounds()}
         # one visit per round, in plan order, each a message to that site alone
         assert set(by) == {(1, "site1"), (2, "broken")}
@@ -33,7 +34,7 @@ def test_single_pass_over_flower_skips_a_broken_site(
         assert by[(2, "broken")].status == "failed" and "no cases" in by[(2, "broken")].error
         logs = [m for _, _, m in store.events()]
         assert any("round 2: no update from broken; skipped" in m for m in logs)
-        assert store.get_meta("last_trained") == {"round": 1, "sites": ["site1"]}
+        assert store.meta.last_trained() == LastTrained(round=1, sites=["site1"])
         # site1 validated the model it received (model 0) and the final model (2 = 1)
         rows = store.validation(metric="dice", region="mean", site="site1")
         assert [r.model_round for r in rows] == [0, 2]

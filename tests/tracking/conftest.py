@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from fedseg.data.labels import REGIONS
-from fedseg.tracking.store import RunStore, SiteRound, Summary
+from fedseg.model.summary import Summary
+from fedseg.run_folder import PLAN_FILE
+from fedseg.tracking.store import RunStore, SiteRound
 
 #: Per-region offsets from a site's mean Dice (they average to 0 so "mean" is the series).
 OFFSETS = {"ET": -0.06, "TC": 0.0, "WT": 0.06}
@@ -37,7 +39,7 @@ def build_run(
     sites = sorted(mean_dice)
     length = len(next(iter(mean_dice.values())))
     with RunStore(run) as store:
-        store.set_meta("rounds", length - 1)
+        store.meta.set_planned_rounds(length - 1)
         for mr in range(length):
             rnd = mr + 1
             if rnd <= length - 1:
@@ -93,6 +95,15 @@ def build_run(
                 # relative paths are allowed in the store; use both forms
                 store.record_checkpoint(mr, path if mr % 2 else path.relative_to(run))
     return run
+
+
+def write_plan(run: Path, sites: Sequence[str], more: str = "") -> Path:
+    """``<run>/plan.yaml`` naming ``sites`` (no data folders, as in a deployment) plus the
+    YAML text ``more`` (other plan keys)."""
+    lines = ["sites:", *(f"  {s}: {{}}" for s in sites), more]
+    path = run / PLAN_FILE
+    path.write_text("\n".join(lines))
+    return path
 
 
 def noisy(base: Sequence[float], sigma: float, seed: int) -> list[float]:

@@ -3,13 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedseg.model.summary import Summary
 from fedseg.tracking.contributions import (
     contributions,
     leave_one_site_out,
     loso_contributions,
     round_shares,
 )
-from fedseg.tracking.store import RunStore, SiteRound, Summary
+from fedseg.tracking.store import RunStore, SiteRound
 from tests.tracking.conftest import rising
 
 

@@ -15,7 +15,7 @@ from fedseg.errors import FedsegError
 from fedseg.tracking.alarms import AlarmConfig, replay_alarms
 from fedseg.tracking.report import ReportInputs, build_report, write_report
 from fedseg.tracking.store import RunStore
-from tests.tracking.conftest import chromium, noisy, rising
+from tests.tracking.conftest import chromium, noisy, rising, write_plan
 
 SECTIONS = ("summary", "alarms", "curves", "selection", "contributions", "updates",
             "comparison", "plan", "events")  # fmt: skip
@@ -45,7 +45,7 @@ def full_run(make_run, tmp_path: Path) -> tuple[Path, ReportInputs]:
          "s3": [v - 0.15 for v in noisy(base, 0.02, 3)]},
         update_distance=dist, checkpoints=True,
     )  # fmt: skip
-    (run / "plan.yaml").write_text("rounds: 9\nalarms:\n  min_rounds: 5\n")
+    write_plan(run, ["s1", "s2", "s3"], "rounds: 9\nalarms:\n  min_rounds: 5\n")
     with RunStore(run) as store:
         replay_alarms(store, AlarmConfig())
         store.log("run finished")
@@ -96,8 +96,8 @@ def test_report_bad_inputs(make_run, tmp_path: Path) -> None:
     run = make_run({"a": rising(4)})
     with pytest.raises(FedsegError, match="not found"):
         build_report(run, ReportInputs((tmp_path / "nope.csv",)))
-    (run / "plan.yaml").write_text("alarms:\n  alpha: 7\n")
-    with pytest.raises(FedsegError, match=r"plan alarms\.alpha"):
+    write_plan(run, ["a"], "alarms:\n  alpha: 7\n")
+    with pytest.raises(FedsegError, match=r"plan\.yaml: alarms\.alpha"):
         build_report(run)
 
 

@@ -6,8 +6,9 @@ import pytest
 
 from fedseg.errors import FedsegError
 from fedseg.model.model_file import load_model
+from fedseg.model.summary import Summary
 from fedseg.tracking.selection import choose, export_selection, load_selection, weighted_scores
-from fedseg.tracking.store import RunStore, Summary
+from fedseg.tracking.store import RunStore
 
 
 def _peaked(peak: int, length: int = 9, top: float = 0.8) -> list[float]:

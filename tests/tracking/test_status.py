@@ -10,9 +10,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from fedseg.errors import FedsegError
+from fedseg.model.summary import Summary
+from fedseg.run_folder import LivePhase, LiveState, RunStatus, SiteActivity
 from fedseg.tracking.alarms import AlarmConfig, replay_alarms
 from fedseg.tracking.status import alarm_labels, open_run, read_status, render_status
-from fedseg.tracking.store import RunStore, SiteRound, Summary
+from fedseg.tracking.store import RunStore, SiteRound
 from tests.tracking.conftest import noisy, rising
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -28,7 +30,7 @@ def test_status_of_a_running_run_read_while_the_writer_is_open(tmp_path: Path) -
     run = tmp_path / "run"
     writer = RunStore(run)
     try:
-        writer.set_meta("rounds", 10)
+        writer.meta.set_planned_rounds(10)
         for rnd in (1, 2):
             writer.start_round(rnd)
             for s, d in (("s1", 0.3), ("s2", 0.4)):
@@ -106,9 +108,13 @@ def test_status_before_the_first_result_shows_plan_sites_and_live_phase(tmp_path
     (run).mkdir()
     (run / "plan.yaml").write_text("sites:\n  h1: {data: /x}\n  h2: {data: /y}\nrounds: 5\n")
     with RunStore(run) as store:
-        store.set_meta("status", "running")
-        store.set_meta(
-            "live", {"round": 1, "phase": "training", "sites": {"h1": "training", "h2": "waiting"}}
+        store.meta.set_status(RunStatus.RUNNING)
+        store.meta.set_live(
+            LiveState(
+                round=1,
+                phase=LivePhase.TRAINING,
+                sites={"h1": SiteActivity.TRAINING, "h2": SiteActivity.WAITING},
+            )
         )
         store.start_round(1)
     st = read_status(run)
@@ -117,7 +123,6 @@ def test_status_before_the_first_result_shows_plan_sites_and_live_phase(tmp_path
     out = _text(render_status(st))
     assert "phase: training" in out and "0/5" in out and "waiting" in out
     with RunStore(run) as store:
-        store.set_meta("status", "failed")
-        store.set_meta("error", "round 1: only 0 site(s) delivered a usable update")
+        store.meta.set_status(RunStatus.FAILED, "round 1: only 0 site(s) delivered a usable update")
     st = read_status(run)
     assert st.state == "failed" and "usable update" in _text(render_status(st))

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from fedseg.cli.main import _register, app
 from fedseg.errors import FedsegError
 from fedseg.tracking.store import RunStore
-from tests.tracking.conftest import noisy, rising
+from tests.tracking.conftest import noisy, rising, write_plan
 
 _register()
 runner = CliRunner()
@@ -47,10 +47,10 @@ def test_alarms_replay_and_contributions_cli(make_run) -> None:
 def test_plan_alarm_settings_are_used_by_replay(make_run) -> None:
     base = rising(9)
     run = make_run({"a": base, "b": noisy(base, 0.01, 2), "bad": [v - 0.2 for v in base]})
-    (run / "plan.yaml").write_text("rounds: 8\nalarms:\n  min_gap: 0.3\n")
+    write_plan(run, ["a", "b", "bad"], "rounds: 8\nalarms:\n  min_gap: 0.3\n")
     res = runner.invoke(app, ["alarms", str(run), "--replay"])
     assert res.exit_code == 0 and "no alarms" in res.output
-    (run / "plan.yaml").write_text("alarms:\n  min_gapp: 0.3\n")
+    write_plan(run, ["a", "b", "bad"], "alarms:\n  min_gapp: 0.3\n")
     res = runner.invoke(app, ["alarms", str(run), "--replay"])
     assert isinstance(res.exception, FedsegError) and "min_gapp" in str(res.exception)
 

@@ -10,12 +10,11 @@ from fedseg.data.cases import Case
 from fedseg.data.labels import REGIONS
 from fedseg.model.config import NetworkConfig
 from fedseg.model.metrics import METRICS
-from fedseg.model.registry import build_network
+from fedseg.model.registry import build_network, new_network
 from fedseg.model.weights import get_weights
 from fedseg.train.config import TrainConfig
 from fedseg.train.local import (
     load_optimizer_state,
-    new_network,
     new_optimizer,
     optimizer_state_dict,
     optimizer_steps,

@@ -66,7 +66,7 @@ def test_run_folder_store_rows_and_model_files(
         assert {(v.model_round, v.site) for v in val} == {
             (m, s) for m in (1, 2) for s in ("a", "b", "central")
         }
-        assert store.get_meta("cases")["a"]["train"] == [c.case_id for c in site[:2]]
+        assert store.meta.cases()["a"]["train"] == [c.case_id for c in site[:2]]
         assert set(store.checkpoints()) == {1, 2}
     best, last = load_model(out / "best.pt"), load_model(out / "last.pt")
     assert last.meta["epoch"] == 2 and best.meta["epoch"] == res.best_epoch

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -13,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fedseg.errors import FedsegError
+from fedseg.run_folder import PLAN_FILE, REPORT_FILE, STORE_FILE
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -22,7 +22,7 @@ def console() -> Console:
     return Console()
 
 
-RUN_ARG = typer.Argument(..., help="Run folder (holds run.sqlite and plan.yaml).")
+RUN_ARG = typer.Argument(..., help=f"Run folder (holds {STORE_FILE} and {PLAN_FILE}).")
 
 
 @app.command("status")
@@ -32,14 +32,14 @@ def status(
     interval: float = typer.Option(2.0, min=0.2, help="Seconds between refreshes (--follow)."),
 ) -> None:
     """Rounds done, each site's state and last metrics, alarms (safe while a run writes)."""
-    from fedseg.tracking.status import read_status, render_status
+    from fedseg.tracking.status import RunState, read_status, render_status
 
     s = read_status(run)
     if not follow:
         console().print(render_status(s))
         return
     with Live(render_status(s), console=console(), refresh_per_second=4) as live:
-        while s.state in ("running", "not started"):
+        while s.state in (RunState.RUNNING, RunState.NOT_STARTED):
             time.sleep(interval)
             s = read_status(run)
             live.update(render_status(s))
@@ -56,13 +56,13 @@ def alarms(
     ),
 ) -> None:
     """List a run's alarms (or recompute them round by round with --replay)."""
-    from fedseg.tracking.alarms import alarm_config_from_plan, first_flagged, replay_alarms
-    from fedseg.tracking.status import alarm_spans, open_run, read_plan
+    from fedseg.tracking.alarms import first_flagged, replay_alarms, run_alarm_config
+    from fedseg.tracking.status import alarm_spans, open_run
     from fedseg.tracking.store import RunStore
 
     if replay:
         open_run(run).close()  # clear error if this is not a run folder
-        cfg = alarm_config_from_plan(read_plan(run))
+        cfg = run_alarm_config(run)
         with RunStore(run) as store:
             found = replay_alarms(store, cfg, notify=False)
         t = Table(title="first round flagged")
@@ -126,7 +126,8 @@ def contributions_cmd(
     ),
 ) -> None:
     """Estimate how much each site's data improves the global model (from the store)."""
-    from fedseg.tracking.contributions import contributions, leave_one_site_out
+    from fedseg.federation.commands.leave_one_out import loso_values
+    from fedseg.tracking.contributions import contributions
     from fedseg.tracking.status import open_run
 
     store = open_run(run)
@@ -136,7 +137,7 @@ def contributions_cmd(
         store.close()
     loso_vals: dict[str, float] = {}
     if loso:
-        loso_vals = leave_one_site_out(run, _simulate_without(run, loso_dir or run / "loso"))
+        loso_vals = loso_values(run, loso_dir, console())
     t = Table(title="site contributions (first-order estimate from update sizes)")
     cols = ["site", "rounds", "weight", "share", "cos", "Dice gain", "gain on others"]
     for col in cols + (["leave-one-out"] if loso else []):
@@ -153,42 +154,10 @@ def contributions_cmd(
         )
 
 
-def _simulate_without(run: Path, base: Path) -> Callable[[str], Path]:
-    """``site -> run folder`` of the run's plan without that site (simulated when needed)."""
-    from fedseg.federation.commands.simulate import simulate
-    from fedseg.plan import PLAN_FILE, load_plan, save_plan
-    from fedseg.tracking.status import open_run
-
-    def run_without(site: str) -> Path:
-        out = base / f"without_{site}"
-        if (out / "run.sqlite").is_file():
-            with open_run(out) as st:
-                if st.get_meta("status") == "done":
-                    return out
-            raise FedsegError(f"{out} holds an unfinished run; remove it or `fedseg resume` it")
-        plan = load_plan(run / PLAN_FILE)
-        if site not in plan.sites or len(plan.sites) < 2:
-            raise FedsegError(f"plan of {run} has no site {site!r} to leave out, or only one")
-        sites = {k: v for k, v in plan.sites.items() if k != site}
-        reduced = plan.model_copy(
-            update={
-                "sites": sites,
-                "min_sites": min(plan.min_sites, len(sites)),
-                "name": f"{plan.name}-without-{site}",
-            }
-        )
-        plan_path = save_plan(base / f"plan_without_{site}.yaml", reduced)
-        console().print(f"leave-one-site-out: federation without {site} -> {out}")
-        simulate(plan_path, out, live=False)
-        return out
-
-    return run_without
-
-
 @app.command("report")
 def report(
     run: Path = RUN_ARG,
-    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file [RUN/report.html]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help=f"HTML file [RUN/{REPORT_FILE}]."),
     case_csv: list[Path] = typer.Option(
         [], "--case-csv", help="Per-case CSV from `fedseg evaluate` (repeat: first = baseline)."
     ),

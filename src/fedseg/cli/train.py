@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from fedseg.errors import FedsegError
+from fedseg.run_folder import RECIPE_FILE, STORE_FILE
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import RecipeConfig
 
@@ -62,16 +63,16 @@ def train(
     Writes recipe.yaml, run.sqlite, checkpoints/last.ckpt, last.pt and best.pt into the run
     folder. Killed at any moment, `fedseg train --resume RUN` continues where it stopped.
     """
-    from fedseg.train.runner import RECIPE_FILE, run_training
+    from fedseg.train.runner import run_training
 
     if resume is not None:
         if out is not None or config is not None:
             raise FedsegError("--resume takes the run's own recipe and folder; drop --out/--config")
-        if not (resume / RECIPE_FILE).is_file() or not (resume / RunStore.FILENAME).is_file():
-            raise FedsegError(f"{resume}: no run to resume (no {RECIPE_FILE} / run.sqlite there)")
+        if not (resume / RECIPE_FILE).is_file() or not (resume / STORE_FILE).is_file():
+            raise FedsegError(f"{resume}: no run to resume (no {RECIPE_FILE} / {STORE_FILE} there)")
         with RunStore(resume) as store:
-            dirs = store.get_meta("data_dirs") or []
-            total = epochs or int(store.get_meta("epochs", 10))
+            dirs = store.meta.data_dirs()
+            total = epochs or store.meta.epochs() or 10
         if data:
             raise FedsegError("--resume uses the run's own data folders; drop --data")
         if not dirs or any(d is None for d in dirs):

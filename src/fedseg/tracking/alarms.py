@@ -31,14 +31,12 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 from scipy import stats
 
-from fedseg.errors import FedsegError
-from fedseg.plan import AlarmConfig
+from fedseg.plan import AlarmConfig, read_run_plan
+from fedseg.run_folder import RoundStatus, SiteRoundStatus
 from fedseg.tracking.curves import Curves, site_curves
 from fedseg.tracking.store import Alarm, RunStore
 
@@ -48,21 +46,11 @@ OUTLIER = "update_outlier"
 KINDS: tuple[str, ...] = (BELOW, STALLED, OUTLIER)
 
 
-def alarm_config_from_plan(plan: dict[str, Any]) -> AlarmConfig:
-    """The ``alarms`` section of a plan read as plain YAML data (defaults when absent)."""
-    raw = plan.get("alarms")
-    if raw is None:
-        return AlarmConfig()
-    if isinstance(raw, AlarmConfig):
-        return raw
-    try:
-        return AlarmConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise FedsegError(
-            f"plan alarms.{where}: {err['msg']}; fix the plan's alarms section"
-        ) from None
+def run_alarm_config(run: Path) -> AlarmConfig:
+    """The alarm settings of the plan the run folder recorded (defaults for a run without
+    a plan: a centralized run)."""
+    plan = read_run_plan(run)
+    return plan.alarms if plan is not None else AlarmConfig()
 
 
 @dataclass(frozen=True)
@@ -222,7 +210,7 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
                 f"{cfg.stall_window} models while the other sites gained "
                 f"{st.others_gain:+.3f} (gap trend p={st.p:.3g})"
             )))  # fmt: skip
-    rows = [r for r in store.site_rounds() if r.round == rnd and r.status == "ok"]
+    rows = [r for r in store.site_rounds() if r.round == rnd and r.status == SiteRoundStatus.OK]
     use_dist = any(r.update_distance is not None for r in rows)
     dist = {r.site: (r.update_distance if use_dist else r.update_norm) for r in rows}
     label = "update distance to the aggregate" if use_dist else "update norm"
@@ -259,7 +247,7 @@ def replay_alarms(store: RunStore, cfg: AlarmConfig, *, notify: bool = False) ->
     """Run ``check_alarms`` for every round of the store in order (post-hoc evaluation)."""
     out: list[Alarm] = []
     for r in store.rounds():
-        if r["status"] == "done":
+        if r["status"] == RoundStatus.DONE:
             out.extend(check_alarms(store, int(r["round"]), cfg, notify=notify))
     return out
 

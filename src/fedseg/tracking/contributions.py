@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedseg.run_folder import SiteRoundStatus
 from fedseg.tracking.curves import Curves, federation_curve, site_curves
 from fedseg.tracking.store import RunStore
 
@@ -83,7 +84,7 @@ def store_shares(store: RunStore) -> list[RoundShares]:
     """``RoundShares`` of every round whose ok sites all reported norms and distances."""
     by_round: dict[int, list] = {}
     for r in store.site_rounds():
-        if r.status == "ok":
+        if r.status == SiteRoundStatus.OK:
             by_round.setdefault(r.round, []).append(r)
     out: list[RoundShares] = []
     for rnd, rows in sorted(by_round.items()):

@@ -14,7 +14,8 @@ import math
 import numpy as np
 
 from fedseg.data.labels import REGIONS
-from fedseg.tracking.store import RunStore, Summary, ValidationRow
+from fedseg.model.summary import Summary
+from fedseg.tracking.store import RunStore, ValidationRow
 
 #: Site -> model_round -> Summary.
 Curves = dict[str, dict[int, Summary]]

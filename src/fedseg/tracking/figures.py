@@ -12,10 +12,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fedseg.model.summary import Summary
 from fedseg.tracking.contributions import SiteContribution
 from fedseg.tracking.curves import ALL_REGIONS, Curves, ci95
 from fedseg.tracking.paired_test import CaseTable, paired_test, values
-from fedseg.tracking.store import Summary
 
 TAB10 = (
     "#1f77b4",

@@ -17,21 +17,20 @@ from pathlib import Path
 
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
+from fedseg.run_folder import PLAN_FILE, REPORT_FILE, RoundStatus, SiteRoundStatus
 from fedseg.tracking import figures
 from fedseg.tracking.alarms import (
     AlarmConfig,
-    alarm_config_from_plan,
     evaluate_alarms,
+    run_alarm_config,
     site_tests,
 )
 from fedseg.tracking.contributions import contributions
 from fedseg.tracking.curves import ALL_REGIONS, federation_curve, site_curves
 from fedseg.tracking.paired_test import CaseTable, compare_tables, fmt_p, read_case_tables
 from fedseg.tracking.selection import choose
-from fedseg.tracking.status import PLAN_FILE, alarm_spans, open_run, read_plan, read_status
+from fedseg.tracking.status import alarm_spans, open_run, read_status
 from fedseg.tracking.store import Alarm, RunStore
-
-REPORT_FILE = "report.html"
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
@@ -106,7 +105,7 @@ def stored_or_replayed_alarms(store: RunStore, cfg: AlarmConfig) -> tuple[list[A
         return stored, False
     out: list[Alarm] = []
     for r in store.rounds():
-        if r["status"] == "done":
+        if r["status"] == RoundStatus.DONE:
             out.extend(evaluate_alarms(store, int(r["round"]), cfg))
     return out, True
 
@@ -132,8 +131,7 @@ def write_report(run: Path, out: Path | None = None, inputs: ReportInputs = Repo
 
 def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
     tables = load_case_inputs(inputs)  # fail early on bad CSVs, before any plotting
-    plan = read_plan(run)
-    cfg = alarm_config_from_plan(plan)
+    cfg = run_alarm_config(run)
     st = read_status(run, store)
     by_region = {g: site_curves(store, g) for g in ALL_REGIONS}
     fed = {g: federation_curve(by_region[g]) for g in ALL_REGIONS}
@@ -336,7 +334,7 @@ def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
     parts.append("</section>")
     # -- updates
     parts.append("<section id='updates'><h2>Site updates</h2>")
-    srows = [r for r in store.site_rounds() if r.status == "ok"]
+    srows = [r for r in store.site_rounds() if r.status == SiteRoundStatus.OK]
     use_dist = any(r.update_distance is not None for r in srows)
     dist: dict[str, dict[int, float]] = {}
     for r in srows:
@@ -407,7 +405,7 @@ def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
     if plan_path.is_file():
         parts.append(f"<pre>{html.escape(plan_path.read_text())}</pre>")
     else:
-        parts.append("<p>No plan.yaml in the run folder.</p>")
+        parts.append(f"<p>No {PLAN_FILE} in the run folder.</p>")
     parts.append("</section><section id='events'><h2>Events</h2>")
     ev = store.events()[-50:]
     if ev:

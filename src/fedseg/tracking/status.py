@@ -3,6 +3,10 @@
 ``read_status`` opens the run store read-only (safe while the federation writes: WAL),
 ``render_status`` turns the result into rich tables for ``fedseg status``, and
 ``alarm_labels`` gives the short per-site alarm text the federation's live table shows.
+
+The plan is read typed (``fedseg.plan.read_run_plan``; None for a centralized run). The
+planned number of rounds is what the coordinator recorded (meta ``planned_rounds``: the
+strategy's count, e.g. cycles x sites for a cyclic plan), else the plan's ``rounds``.
 """
 
 from __future__ import annotations
@@ -10,20 +14,20 @@ from __future__ import annotations
 import math
 import sqlite3
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
+from fedseg.plan import PlanConfig, read_run_plan
+from fedseg.run_folder import STORE_FILE, RoundStatus, RunStatus
 from fedseg.tracking.curves import ALL_REGIONS, federation_curve, site_curves
 from fedseg.tracking.store import Alarm, RunStore
-
-PLAN_FILE = "plan.yaml"
 
 
 class ReadOnlyRunStore(RunStore):
@@ -31,10 +35,10 @@ class ReadOnlyRunStore(RunStore):
 
     def __init__(self, path: Path) -> None:
         given = Path(path)
-        path = given / self.FILENAME if given.is_dir() else given
+        path = given / STORE_FILE if given.is_dir() else given
         if not path.is_file():
             raise FedsegError(
-                f"{given}: no run store ({self.FILENAME}); give a run folder written by "
+                f"{given}: no run store ({STORE_FILE}); give a run folder written by "
                 "`fedseg simulate` or `fedseg federate`"
             )
         self.path = path
@@ -51,25 +55,23 @@ def open_run(run: Path) -> ReadOnlyRunStore:
     return ReadOnlyRunStore(Path(run))
 
 
-def read_plan(run: Path) -> dict[str, Any]:
-    """The plan recorded in the run folder as plain YAML data ({} when absent)."""
-    path = Path(run) / PLAN_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise FedsegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return data if isinstance(data, dict) else {}
+def planned_rounds(plan: PlanConfig | None, store: RunStore) -> int | None:
+    """Rounds the run will have: the coordinator's record (the strategy's count), else the
+    plan's ``rounds`` (a run not started yet); None for a run without a plan."""
+    recorded = store.meta.planned_rounds()
+    if recorded is not None:
+        return recorded
+    return plan.rounds if plan is not None else None
 
 
-def planned_rounds(plan: dict[str, Any], store: RunStore) -> int | None:
-    """Number of rounds the plan asks for, from the store's meta or the plan, if stated."""
-    for v in (store.get_meta("rounds"), store.get_meta("num_rounds"), plan.get("rounds"),
-              plan.get("num_rounds")):  # fmt: skip
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-    return None
+class RunState(StrEnum):
+    """What ``fedseg status`` says of a run (from its rounds and its meta status)."""
+
+    NOT_STARTED = "not started"
+    RUNNING = "running"
+    STOPPED = "stopped"  # fewer rounds done than planned, nothing running
+    DONE = "done"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,11 @@ class AlarmSpan:
 
 
 @dataclass(frozen=True)
-class RunStatus:
+class StatusView:
     """Everything ``fedseg status`` shows."""
 
     run: str
-    state: str
+    state: RunState
     rounds_done: int
     rounds_planned: int | None
     running_round: int | None
@@ -137,7 +139,7 @@ def alarm_labels(alarms: list[Alarm]) -> dict[str, str]:
     return {k: ", ".join(v) for k, v in out.items()}
 
 
-def read_status(run: Path, store: RunStore | None = None) -> RunStatus:
+def read_status(run: Path, store: RunStore | None = None) -> StatusView:
     """Collect a run's status from its store (opened read-only unless one is given)."""
     own = store is None
     st = open_run(run) if store is None else store
@@ -148,33 +150,33 @@ def read_status(run: Path, store: RunStore | None = None) -> RunStatus:
             st.close()
 
 
-def _collect(run: Path, store: RunStore) -> RunStatus:
+def _collect(run: Path, store: RunStore) -> StatusView:
     rounds = store.rounds()
-    done = [r["round"] for r in rounds if r["status"] == "done"]
-    running = [r["round"] for r in rounds if r["status"] == "running"]
-    failed = [r["round"] for r in rounds if r["status"] == "failed"]
-    plan = read_plan(run)
+    done = [r["round"] for r in rounds if r["status"] == RoundStatus.DONE]
+    running = [r["round"] for r in rounds if r["status"] == RoundStatus.RUNNING]
+    failed = [r["round"] for r in rounds if r["status"] == RoundStatus.FAILED]
+    plan = read_run_plan(run)
     planned = planned_rounds(plan, store)
-    meta_status = store.get_meta("status")  # the federation's own word, when it writes one
-    live = store.get_meta("live") or {}
-    live_sites: dict[str, str] = live.get("sites", {}) if isinstance(live, dict) else {}
-    if meta_status == "failed" or (failed and (not done or max(failed) > max(done))):
-        state = "failed"
-    elif running or meta_status == "running":
-        state = "running"
+    meta_status = store.meta.status()  # the federation's own word, when it writes one
+    live = store.meta.live()
+    live_sites: dict[str, str] = dict(live.sites) if live is not None else {}
+    if meta_status == RunStatus.FAILED or (failed and (not done or max(failed) > max(done))):
+        state = RunState.FAILED
+    elif running or meta_status == RunStatus.RUNNING:
+        state = RunState.RUNNING
     elif not rounds:
-        state = "not started"
+        state = RunState.NOT_STARTED
     elif planned is not None and len(done) < planned:
-        state = "stopped"
+        state = RunState.STOPPED
     else:
-        state = "done"
+        state = RunState.DONE
     curves = {g: site_curves(store, g) for g in ALL_REGIONS}
     alarms = store.alarms()
     spans = alarm_spans(alarms)
     last_rows: dict[str, Any] = {}
     for r in store.site_rounds():
         last_rows[r.site] = r  # ordered by round: keeps the latest
-    plan_sites = list(plan.get("sites") or {}) if isinstance(plan.get("sites"), dict) else []
+    plan_sites = plan.site_names if plan is not None else []
     names = sorted(set(store.sites()) | set(plan_sites) | set(live_sites))
     sites = []
     for site in names:
@@ -187,7 +189,7 @@ def _collect(run: Path, store: RunStore) -> RunStatus:
             r.update_distance if r else None, r.wall_s if r else None,
             mr if mr >= 0 else None, dice,
             [s.kind for s in spans if s.site == site],
-            live_sites.get(site) if state == "running" else None,
+            live_sites.get(site) if state == RunState.RUNNING else None,
         ))  # fmt: skip
     fed_dice: dict[str, float] = {}
     fed_mr = None
@@ -198,14 +200,14 @@ def _collect(run: Path, store: RunStore) -> RunStatus:
             fc = federation_curve(curves[g])
             if fed_mr in fc:
                 fed_dice[g] = fc[fed_mr].mean
-    return RunStatus(
+    return StatusView(
         run=str(run),
         state=state,
         rounds_done=len(done),
         rounds_planned=planned,
         running_round=max(running) if running else None,
-        phase=live.get("phase") if state == "running" and isinstance(live, dict) else None,
-        error=store.get_meta("error") if state == "failed" else None,
+        phase=live.phase if state == RunState.RUNNING and live is not None else None,
+        error=store.meta.error() if state == RunState.FAILED else None,
         sites=sites,
         federation_dice=fed_dice,
         federation_model_round=fed_mr,
@@ -218,7 +220,7 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
-def render_status(s: RunStatus) -> Group:
+def render_status(s: StatusView) -> Group:
     """Rich renderables for a terminal: header line, site table, alarms table."""
     planned = f"/{s.rounds_planned}" if s.rounds_planned is not None else ""
     head = Text.assemble(
@@ -226,12 +228,13 @@ def render_status(s: RunStatus) -> Group:
         s.run,
         "  ",
         ("state ", "bold"),
-        (s.state, "green" if s.state == "done" else "yellow"),
+        (s.state, "green" if s.state == RunState.DONE else "yellow"),
         "  ",
         ("rounds done ", "bold"),
         f"{s.rounds_done}{planned}",
         (
-            f"  (round {s.running_round} {'running' if s.state == 'running' else 'unfinished'})"
+            f"  (round {s.running_round} "
+            f"{'running' if s.state == RunState.RUNNING else 'unfinished'})"
             if s.running_round
             else ""
         ),

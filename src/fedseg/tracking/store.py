@@ -8,6 +8,9 @@ Conventions:
 - ``validation`` rows are summaries (mean, std, n) of per-case metrics: what a site may
   share. ``case_metrics`` rows (one value per case) are written only by a site's own
   local store or by a centralized run; the federation's store never holds them.
+- Status values and meta keys are the run folder's contract (``fedseg.run_folder``): the
+  ``rounds`` and ``site_rounds`` tables accept only ``RoundStatus``/``SiteRoundStatus``
+  values, and ``store.meta`` reads and writes each meta key with its type.
 - Metrics are lower-case names (``dice``, ``jaccard``, ``hd95``, ``sensitivity``,
   ``specificity``, ``loss``); regions are ``ET``, ``TC``, ``WT`` or ``mean``.
 
@@ -19,16 +22,25 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
+from fedseg.model.summary import Summary
+from fedseg.run_folder import STORE_FILE, MetaKey, RoundStatus, RunMeta, SiteRoundStatus
+
+
+def _one_of(column: str, values: type[StrEnum]) -> str:
+    """A CHECK constraint keeping ``column`` to the enum's values."""
+    return f"CHECK ({column} IN ({', '.join(repr(v.value) for v in values)}))"
+
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY,
-    status TEXT NOT NULL,              -- running | done | failed
+    status TEXT NOT NULL {_one_of("status", RoundStatus)},
     started REAL NOT NULL,
     finished REAL,
     wall_s REAL,
@@ -38,7 +50,7 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS site_rounds (
     round INTEGER NOT NULL,
     site TEXT NOT NULL,
-    status TEXT NOT NULL,              -- ok | failed | timeout | rejected | skipped
+    status TEXT NOT NULL {_one_of("status", SiteRoundStatus)},
     n_train INTEGER,
     n_val INTEGER,
     train_loss REAL,
@@ -94,21 +106,12 @@ CREATE TABLE IF NOT EXISTS events (
 
 
 @dataclass(frozen=True)
-class Summary:
-    """A metric summarized over a site's cases: mean, standard deviation, count."""
-
-    mean: float
-    std: float
-    n: int
-
-
-@dataclass(frozen=True)
 class SiteRound:
     """What one site did in one round (no per-case values)."""
 
     round: int
     site: str
-    status: str
+    status: SiteRoundStatus
     n_train: int | None = None
     n_val: int | None = None
     train_loss: float | None = None
@@ -143,12 +146,10 @@ class Alarm:
 class RunStore:
     """Read/write access to ``<run>/run.sqlite``. Each write is its own transaction."""
 
-    FILENAME = "run.sqlite"
-
     def __init__(self, path: Path) -> None:
         path = Path(path)
         if path.is_dir():
-            path = path / self.FILENAME
+            path = path / STORE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
@@ -166,41 +167,60 @@ class RunStore:
         self.close()
 
     # -- meta -------------------------------------------------------------------------
-    def set_meta(self, key: str, value: Any) -> None:
+    @property
+    def meta(self) -> RunMeta:
+        """Typed access to the meta keys (``fedseg.run_folder.RunMeta``)."""
+        return RunMeta(self)
+
+    def set_meta(self, key: MetaKey, value: Any) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            (MetaKey(key).value, json.dumps(value)),
         )
 
-    def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    def get_meta(self, key: MetaKey, default: Any = None) -> Any:
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE key = ?", (MetaKey(key).value,)
+        ).fetchone()
         return json.loads(row[0]) if row else default
 
     # -- rounds -----------------------------------------------------------------------
     def start_round(self, rnd: int) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO rounds (round, status, started) VALUES (?, 'running', ?)",
-            (rnd, time.time()),
+            "INSERT OR REPLACE INTO rounds (round, status, started) VALUES (?, ?, ?)",
+            (rnd, RoundStatus.RUNNING.value, time.time()),
         )
 
     def finish_round(
-        self, rnd: int, *, status: str = "done", n_sites: int | None = None, note: str = ""
+        self,
+        rnd: int,
+        *,
+        status: RoundStatus = RoundStatus.DONE,
+        n_sites: int | None = None,
+        note: str = "",
     ) -> None:
         now = time.time()
         self._db.execute(
             "UPDATE rounds SET status = ?, finished = ?, wall_s = ? - started, n_sites = ?, "
             "note = ? WHERE round = ?",
-            (status, now, now, n_sites, note, rnd),
+            (RoundStatus(status).value, now, now, n_sites, note, rnd),
         )
 
     def last_done_round(self) -> int:
         """The highest round whose status is ``done``; 0 if none."""
-        row = self._db.execute("SELECT MAX(round) FROM rounds WHERE status = 'done'").fetchone()
+        row = self._db.execute(
+            "SELECT MAX(round) FROM rounds WHERE status = ?", (RoundStatus.DONE.value,)
+        ).fetchone()
         return int(row[0] or 0)
 
     def rounds(self) -> list[dict[str, Any]]:
+        """Rows of the ``rounds`` table as dicts (``status`` a ``RoundStatus``)."""
         cur = self._db.execute("SELECT * FROM rounds ORDER BY round")
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        for row in rows:
+            row["status"] = RoundStatus(row["status"])
+        return rows
 
     def discard_after(self, rnd: int) -> None:
         """Forget every record of rounds after ``rnd`` (used when resuming after a crash)."""
@@ -217,7 +237,8 @@ class RunStore:
         self._db.execute(
             "INSERT OR REPLACE INTO site_rounds VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                sr.round, sr.site, sr.status, sr.n_train, sr.n_val, sr.train_loss, sr.wall_s,
+                sr.round, sr.site, SiteRoundStatus(sr.status).value, sr.n_train, sr.n_val,
+                sr.train_loss, sr.wall_s,
                 sr.bytes_sent, sr.bytes_received, sr.update_norm, sr.update_distance, sr.error,
                 json.dumps(sr.extra) if sr.extra is not None else None,
             ),
@@ -229,7 +250,7 @@ class RunStore:
         out = []
         for r in rows:
             extra = json.loads(r[12]) if r[12] else None
-            out.append(SiteRound(*r[:12], extra=extra))
+            out.append(SiteRound(r[0], r[1], SiteRoundStatus(r[2]), *r[3:12], extra=extra))
         return out
 
     def sites(self) -> list[str]:
@@ -333,24 +354,3 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
-def summarize(values: Iterable[float]) -> Summary:
-    """Mean, population std and count of ``values`` (NaNs excluded)."""
-    import numpy as np
-
-    arr = np.asarray([v for v in values if v == v], dtype=np.float64)
-    if arr.size == 0:
-        return Summary(float("nan"), float("nan"), 0)
-    return Summary(float(arr.mean()), float(arr.std()), int(arr.size))
-
-
-def iter_summaries(
-    per_case: list[dict[str, dict[str, float]]],
-) -> Iterator[tuple[str, str, Summary]]:
-    """Summaries ``(region, metric, Summary)`` of per-case ``values[region][metric]`` dicts."""
-    if not per_case:
-        return
-    for region, by_metric in per_case[0].items():
-        for metric in by_metric:
-            yield region, metric, summarize(c[region][metric] for c in per_case)

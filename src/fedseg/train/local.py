@@ -27,8 +27,8 @@ from torch import nn
 from fedseg.data.cases import Case
 from fedseg.model.config import NetworkConfig
 from fedseg.model.losses import mirrored_dice_loss
-from fedseg.model.registry import build_network
-from fedseg.model.weights import Weights, get_weights, set_weights
+from fedseg.model.registry import new_network
+from fedseg.model.weights import Weights, get_weights
 from fedseg.train.config import TrainConfig, check_shapes
 from fedseg.train.loader import CaseStore, PatchDataset, make_loader
 
@@ -73,16 +73,6 @@ class EpochStats:
 def epoch_seed(seed: int, epoch: int) -> int:
     """The torch seed of an epoch (dropout etc.), derived from the run seed and the epoch."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def new_network(network: NetworkConfig, weights: Weights | None, seed: int) -> nn.Module:
-    """The network with ``weights``, or freshly initialized from ``seed`` when None."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = build_network(network)
-    if weights is not None:
-        set_weights(net, weights)
-    return net
 
 
 def new_optimizer(net: nn.Module, train: TrainConfig) -> torch.optim.Adam:

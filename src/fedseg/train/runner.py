@@ -35,23 +35,31 @@ from fedseg.data.cases import Case
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
 from fedseg.model.model_file import ModelFile, save_model
+from fedseg.model.registry import new_network
+from fedseg.model.summary import Summary
 from fedseg.model.weights import Weights, get_weights, load_arrays, nest, save_arrays, unnest
-from fedseg.tracking.store import RunStore, SiteRound, Summary
+from fedseg.run_folder import (
+    BEST_MODEL,
+    CHECKPOINT,
+    LAST_MODEL,
+    RECIPE_FILE,
+    STORE_FILE,
+    RoundStatus,
+    SiteRoundStatus,
+)
+from fedseg.tracking.store import RunStore, SiteRound
 from fedseg.train.config import RecipeConfig
 from fedseg.train.loader import CaseStore
 from fedseg.train.local import (
     OptimizerState,
     fit_epoch,
     load_optimizer_state,
-    new_network,
     new_optimizer,
     optimizer_state_dict,
     train_progress,
 )
 from fedseg.train.validate import summarize_cases, validate_network
 
-RECIPE_FILE = "recipe.yaml"
-CHECKPOINT = Path("checkpoints") / "last.ckpt"
 CENTRAL = "central"
 
 
@@ -164,13 +172,13 @@ def run_training(
     console = console or Console()
     ckpt = out / CHECKPOINT
     if resume:
-        if not (out / RunStore.FILENAME).is_file() or not (out / RECIPE_FILE).is_file():
-            raise FedsegError(f"{out}: no run to resume (no {RECIPE_FILE} / run.sqlite there)")
+        if not (out / STORE_FILE).is_file() or not (out / RECIPE_FILE).is_file():
+            raise FedsegError(f"{out}: no run to resume (no {RECIPE_FILE} / {STORE_FILE} there)")
         recipe = RecipeConfig.from_yaml(out / RECIPE_FILE)
     else:
         if recipe is None:
             raise FedsegError("a new run needs a recipe (--config FILE or --config cpu)")
-        if (out / RunStore.FILENAME).exists() or ckpt.exists():
+        if (out / STORE_FILE).exists() or ckpt.exists():
             raise FedsegError(f"{out} already holds a run; continue it with --resume {out}")
         out.mkdir(parents=True, exist_ok=True)
         (out / RECIPE_FILE).write_text(recipe.to_yaml())
@@ -181,7 +189,7 @@ def run_training(
     with RunStore(out) as store:
         ids = _case_ids(sites)
         if resume:
-            recorded = store.get_meta("cases")
+            recorded = store.meta.cases()
             if recorded is not None and recorded != ids:
                 raise FedsegError(
                     f"{out}: the data folders' splits differ from the run's; resume with the "
@@ -190,17 +198,16 @@ def run_training(
             state = load_state(ckpt) if ckpt.exists() else TrainingState(0, None, None, train.seed)
             store.discard_after(state.epoch)
             done = {r["round"]: r["status"] for r in store.rounds()}
-            if state.epoch and done.get(state.epoch) != "done":
+            if state.epoch and done.get(state.epoch) != RoundStatus.DONE:
                 store.finish_round(state.epoch, n_sites=len(sites), note="finished on resume")
             store.log(f"resumed after epoch {state.epoch}")
             console.print(f"resuming {out} after epoch {state.epoch}")
         else:
             state = TrainingState(0, None, None, train.seed)
-            store.set_meta("kind", "centralized")
-            store.set_meta("sites", [s.name for s in sites])
-            store.set_meta("data_dirs", [str(s.root) if s.root else None for s in sites])
-            store.set_meta("cases", ids)
-        store.set_meta("epochs", epochs)
+            store.meta.set_centralized(
+                [s.name for s in sites], [str(s.root) if s.root else None for s in sites], ids
+            )
+        store.meta.set_epochs(epochs)
         return _loop(out, store, recipe, sites, train_cases, epochs, state, progress, console)
 
 
@@ -248,20 +255,20 @@ def _loop(
             weights = get_weights(net)
             meta = {"run": str(out), "epoch": epoch, "mean_dice": score}
             model = ModelFile(recipe.network, weights, train.val_roi, meta=meta)
-            save_model(out / "last.pt", model)
+            save_model(out / LAST_MODEL, model)
             if score > state.best_score:
-                save_model(out / "best.pt", model)
+                save_model(out / BEST_MODEL, model)
                 state.best_score, state.best_epoch = score, epoch
             wall = time.perf_counter() - t0
             store.record_site_round(
                 SiteRound(
-                    epoch, CENTRAL, "ok", n_train=len(data), n_val=n_val, train_loss=stats.loss,
-                    wall_s=wall,
+                    epoch, CENTRAL, SiteRoundStatus.OK, n_train=len(data), n_val=n_val,
+                    train_loss=stats.loss, wall_s=wall,
                     extra={"steps": stats.steps, "data_wait_s": stats.data_wait_s,
                            "compute_s": stats.compute_s},
                 )
             )  # fmt: skip
-            store.record_checkpoint(epoch, out / "last.pt")
+            store.record_checkpoint(epoch, out / LAST_MODEL)
             state.epoch, state.weights = epoch, weights
             state.optimizer_state = optimizer_state_dict(opt, net)
             save_state(out / CHECKPOINT, state)

@@ -17,9 +17,9 @@ from fedseg.model.config import NetworkConfig
 from fedseg.model.inference import predict_cropped
 from fedseg.model.metrics import case_metrics
 from fedseg.model.registry import build_network
+from fedseg.model.summary import Summary, iter_summaries, summarize
 from fedseg.model.torch_backend import torch_predictor
 from fedseg.model.weights import Weights, set_weights
-from fedseg.tracking.store import Summary, iter_summaries, summarize
 from fedseg.train.config import TrainConfig, check_shapes
 
 

@@ -47,13 +47,7 @@ from fedseg.data.labels import REGIONS
 from fedseg.data.splits import SPLIT_FILE, load_split
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.aggregation import n_bytes
-from fedseg.federation.rounds.coordinator import (
-    BEST,
-    Coordinator,
-    Exchanged,
-    SiteFailure,
-    model_path,
-)
+from fedseg.federation.rounds.coordinator import Coordinator, Exchanged, SiteFailure
 from fedseg.federation.rounds.participation import n_participants
 from fedseg.federation.rounds.site import run_task
 from fedseg.federation.rounds.strategies.parallel import ParallelParams
@@ -63,7 +57,14 @@ from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
 from fedseg.model.config import NetworkConfig
 from fedseg.model.model_file import load_model
 from fedseg.model.weights import Weights
-from fedseg.plan import PLAN_FILE, PlanConfig, SiteConfig, StrategyConfig, save_plan
+from fedseg.plan import PlanConfig, SiteConfig, StrategyConfig, save_plan
+from fedseg.run_folder import (
+    BEST_MODEL,
+    LAST_MODEL,
+    PLAN_FILE,
+    SiteRoundStatus,
+    model_path,
+)
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import RecipeConfig, TrainConfig
 from fedseg.train.validate import summarize_cases, validate_cases
@@ -219,7 +220,9 @@ class LocalTransport:
                 ex = Exchanged(rep, sent, got, time.perf_counter() - t0)
             except Exception as exc:  # a site's failure is its round's result, not ours
                 line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-                ex = Exchanged(SiteFailure("failed", line), sent, 0, time.perf_counter() - t0)
+                ex = Exchanged(
+                    SiteFailure(SiteRoundStatus.FAILED, line), sent, 0, time.perf_counter() - t0
+                )
             out[site] = ex
             on_result(site, ex)
             if self.on_site is not None:
@@ -379,7 +382,7 @@ def _run_plan(cfg: CompareConfig, plan: PlanConfig, run_dir: Path, sites: dict[s
     run_dir.mkdir(parents=True)
     save_plan(run_dir / PLAN_FILE, plan)
     with RunStore(run_dir) as store:
-        store.set_meta("run_id", f"compare-{plan.name}")
+        store.meta.set_run_id(f"compare-{plan.name}")
     xs = epochs_axis(plan)
     rounds = len(xs) - 1
     steps = (rounds + 1) * len(sites)
@@ -393,7 +396,7 @@ def _run_plan(cfg: CompareConfig, plan: PlanConfig, run_dir: Path, sites: dict[s
     with RunStore(run_dir) as store:
         dice = mean_dice_by_model(store)
     curve = [(xs[m], d) for m, d in dice.items() if m < len(xs)]
-    best = run_dir / BEST
+    best = run_dir / BEST_MODEL
     return RunOutcome(plan.name, "plan", run_dir, xs[-1], curve, model_path(run_dir, rounds),
                       best if best.is_file() else None, wall)  # fmt: skip
 
@@ -419,9 +422,9 @@ def _run_central(cfg: CompareConfig, run_dir: Path, sites: dict[str, Path],
     with RunStore(run_dir) as store:
         dice = mean_dice_by_model(store, CENTRAL if len(sites) > 1 else None)
     curve = [(float(e), d) for e, d in dice.items()]
-    best = run_dir / "best.pt"
+    best = run_dir / BEST_MODEL
     kind = "central" if len(sites) > 1 else "single"
-    return RunOutcome(label, kind, run_dir, float(cfg.budget), curve, run_dir / "last.pt",
+    return RunOutcome(label, kind, run_dir, float(cfg.budget), curve, run_dir / LAST_MODEL,
                       best if best.is_file() else None, wall)  # fmt: skip
 
 

@@ -24,7 +24,8 @@ from fedseg.data.synth.generate import generate_dataset
 from fedseg.errors import FedsegError
 from fedseg.federation.commands.simulate import SimulationResult, simulate
 from fedseg.model.config import NetworkConfig
-from fedseg.plan import PLAN_FILE, PlanConfig, SiteConfig, save_plan
+from fedseg.plan import PlanConfig, SiteConfig, save_plan
+from fedseg.run_folder import PLAN_FILE, REPORT_FILE
 from fedseg.train.config import TrainConfig
 
 SPACING_MM = 4.0
@@ -116,7 +117,7 @@ def _report(run: Path, console: Console) -> Path | None:
     if res.returncode != 0:
         console.print(f"[yellow]report failed:[/] {(res.stderr or res.stdout).strip()[-300:]}")
         return None
-    html = run / "report.html"
+    html = run / REPORT_FILE
     return html if html.is_file() else None
 
 

@@ -44,12 +44,10 @@ from fedseg.federation.engine.fleet_gateway import (
     DEFAULT_SITE_RUNTIME_PORT,
 )
 from fedseg.federation.engine.launcher import CONNECTION, Launcher, Proc, Security, flower_env
-from fedseg.federation.engine.server_app import ENROLLED_NODES_FILE
 from fedseg.federation.security import pki
-from fedseg.plan import PLAN_FILE, PlanConfig, load_plan
+from fedseg.plan import PlanConfig, load_plan
+from fedseg.run_folder import ENROLLED_NODES_FILE, FLWR_HOME, LOGS_DIR, PLAN_FILE, RunStatus
 from fedseg.tracking.store import RunStore
-
-NODES_FILE = ENROLLED_NODES_FILE
 
 
 def flower_bin(name: str) -> str:
@@ -118,7 +116,7 @@ class AggregatorLauncher(Launcher):
         """Start the SuperLink (TLS, node auth, Fleet-only outside); wait until it answers."""
         # State in memory (as the launcher's default: its SQLite file locked up under load),
         # so a new SuperLink knows no key yet: forget the previous one's registrations.
-        (self.run_dir / NODES_FILE).unlink(missing_ok=True)
+        (self.run_dir / ENROLLED_NODES_FILE).unlink(missing_ok=True)
         self._write_connection()
         proc = self._spawn("superlink", self.superlink_command(), "superlink.log")
         self._wait_healthy(proc, timeout_s)
@@ -178,7 +176,7 @@ def enroll_sites(launcher: AggregatorLauncher, sites: list[pki.EnrolledSite]) ->
     ``RUN/enrolled-nodes.json``: a node's trustworthy name, since the SuperLink identifies
     a node by its key, whatever name the node's config claims.
     """
-    path = launcher.run_dir / NODES_FILE
+    path = launcher.run_dir / ENROLLED_NODES_FILE
     registry: dict[str, dict[str, object]] = json.loads(path.read_text()) if path.exists() else {}
     wanted = {s.name: s.openssh_public_key.decode() for s in sites}
     for name, entry in list(registry.items()):
@@ -238,8 +236,8 @@ def serve_plan(
     console = console or Console(stderr=True)
     t0 = time.monotonic()
     with RunStore(run_dir) as store:
-        run_id = str(store.get_meta("run_id"))
-        store.set_meta("status", "starting")
+        run_id = str(store.meta.run_id())
+        store.meta.set_status(RunStatus.STARTING)
     launcher = AggregatorLauncher(run_dir, options)
     launcher.kill_leftovers()
     app = write_app(run_dir)
@@ -253,7 +251,7 @@ def serve_plan(
         )
         flower_run = launcher.submit(app, run_config(run_dir, run_id))
         with RunStore(run_dir) as store:
-            store.set_meta("flower_run_id", flower_run)
+            store.meta.set_flower_run_id(flower_run)
             store.log(f"Flower run {flower_run} submitted (deployment)")
         watch(run_dir, plan, launcher, console, live)
     finally:
@@ -363,9 +361,9 @@ def start_site(options: SiteOptions, env: Mapping[str, str] | None = None) -> Si
     if not options.data_dir.is_dir():
         raise FedsegError(f"data folder {options.data_dir} not found")
     cmd = supernode_command(options)
-    home = options.work_dir / "flwr-home"
+    home = options.work_dir / FLWR_HOME
     home.mkdir(parents=True, exist_ok=True)
-    log = options.work_dir / "logs" / "supernode.log"
+    log = options.work_dir / LOGS_DIR / "supernode.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     fh = log.open("ab")
     popen = subprocess.Popen(

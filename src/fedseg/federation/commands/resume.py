@@ -11,19 +11,19 @@ from pathlib import Path
 
 from fedseg.errors import FedsegError
 from fedseg.federation.commands.simulate import SimulationResult, run_simulation
-from fedseg.plan import PLAN_FILE
+from fedseg.run_folder import PLAN_FILE, STORE_FILE
 from fedseg.tracking.store import RunStore
 
 
 def check_resumable(run_dir: Path) -> int:
     """The last completed round of ``run_dir``; an error if there is nothing to continue."""
     run_dir = Path(run_dir)
-    if not (run_dir / PLAN_FILE).is_file() or not (run_dir / RunStore.FILENAME).is_file():
+    if not (run_dir / PLAN_FILE).is_file() or not (run_dir / STORE_FILE).is_file():
         raise FedsegError(
-            f"{run_dir} is not a federation run folder (no {PLAN_FILE} and {RunStore.FILENAME})"
+            f"{run_dir} is not a federation run folder (no {PLAN_FILE} and {STORE_FILE})"
         )
     with RunStore(run_dir) as store:
-        if store.get_meta("status") == "done" and store.get_meta("final_validated", False):
+        if store.meta.is_complete():
             raise FedsegError(
                 f"{run_dir} is complete ({store.last_done_round()} rounds): nothing to resume"
             )

@@ -2,18 +2,19 @@
 
 ``<run>/plan.yaml`` (site paths absolute), ``<run>/run.sqlite`` (meta ``run_id``: the name
 the sites file their private state under), later ``models/``, ``best.pt``, ``logs/``,
-``flwr-home/`` and the Flower app bundle ``flwr-app/``.
+``flwr-home/`` and the Flower app bundle ``flwr-app/``: the names and meta keys are the
+contract in ``fedseg.run_folder``.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
 from fedseg.errors import FedsegError
 from fedseg.federation.engine.app_bundle import ConfigValue, run_config, write_app
-from fedseg.plan import PLAN_FILE, PlanConfig, load_plan, save_plan
+from fedseg.plan import PlanConfig, load_plan, save_plan
+from fedseg.run_folder import PLAN_FILE
 from fedseg.tracking.store import RunStore
 
 
@@ -35,9 +36,7 @@ def prepare_run(plan_path: Path, out: Path, *, simulation: bool = True) -> PlanC
     out.mkdir(parents=True, exist_ok=True)
     save_plan(out / PLAN_FILE, plan)
     with RunStore(out) as store:
-        store.set_meta("run_id", f"{out.resolve().name}-{uuid.uuid4().hex[:8]}")
-        store.set_meta("created", time.time())
-        store.set_meta("status", "created")
+        store.meta.set_created(f"{out.resolve().name}-{uuid.uuid4().hex[:8]}")
     return plan
 
 
@@ -53,6 +52,6 @@ def deployment_app(
         raise FedsegError(f"{run_dir} has no {PLAN_FILE}: start it with a plan first")
     load_plan(run_dir / PLAN_FILE)
     with RunStore(run_dir) as store:
-        run_id = str(store.get_meta("run_id") or run_dir.name)
-        store.set_meta("aggregator_pid", None)
+        run_id = store.meta.run_id() or run_dir.name
+        store.meta.set_aggregator_pid(None)
     return write_app(run_dir), run_config(run_dir, run_id), run_dir.resolve()

@@ -22,8 +22,8 @@ from fedseg.federation.commands.run_folder import prepare_run
 from fedseg.federation.engine.app_bundle import run_config, write_app
 from fedseg.federation.engine.client_app import NODE_DATA_DIR, NODE_SITE_NAME
 from fedseg.federation.engine.launcher import Launcher, Security
-from fedseg.federation.rounds.coordinator import BEST
-from fedseg.plan import PLAN_FILE, PlanConfig, load_plan
+from fedseg.plan import PlanConfig, load_plan
+from fedseg.run_folder import BEST_MODEL, PLAN_FILE, RunStatus, SiteActivity, SiteRoundStatus
 from fedseg.tracking.status import alarm_labels
 from fedseg.tracking.store import RunStore
 
@@ -54,10 +54,10 @@ def run_simulation(
     console = console or Console(stderr=True)
     t0 = time.monotonic()
     with RunStore(run_dir) as store:
-        run_id = str(store.get_meta("run_id") or run_dir.name)
-        store.set_meta("aggregator_pid", None)
-        store.set_meta("status", "starting")
-        store.set_meta("live", None)
+        run_id = store.meta.run_id() or run_dir.name
+        store.meta.set_aggregator_pid(None)
+        store.meta.set_status(RunStatus.STARTING)
+        store.meta.set_live(None)
     launcher = Launcher(run_dir, security)
     launcher.kill_leftovers()
     app = write_app(run_dir)
@@ -69,7 +69,7 @@ def run_simulation(
                                            "threads": threads_per_site})  # fmt: skip
             flower_run = launcher.submit(app, run_config(run_dir, run_id))
         with RunStore(run_dir) as store:
-            store.set_meta("flower_run_id", flower_run)
+            store.meta.set_flower_run_id(flower_run)
             store.log(f"Flower run {flower_run} submitted")
         watch(run_dir, plan, launcher, console, live)
     finally:
@@ -80,14 +80,14 @@ def run_simulation(
 def result_of(run_dir: Path, t0: float) -> SimulationResult:
     """What a finished (or stopped) run folder holds; ``t0`` is its ``time.monotonic()`` start."""
     with RunStore(run_dir) as store:
-        best = store.get_meta("best")
+        best = store.meta.best()
         done = store.last_done_round()
-    best_path = run_dir / BEST
+    best_path = run_dir / BEST_MODEL
     return SimulationResult(
         run_dir=run_dir,
         rounds_done=done,
         best_model=best_path if best_path.is_file() else None,
-        best_score=float(best["score"]) if best else None,
+        best_score=best.score if best is not None else None,
         wall_s=time.monotonic() - t0,
     )
 
@@ -104,30 +104,31 @@ def watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console,
     try:
         while True:
             with RunStore(run_dir) as store:
-                status = store.get_meta("status")
-                pid = store.get_meta("aggregator_pid")
+                status = store.meta.status()
+                pid = store.meta.aggregator_pid()
                 if view is not None:
                     view.update(live_table(store, plan))
-                error = store.get_meta("error")
+                error = store.meta.error()
                 last = store.last_done_round()
                 if view is None and last > reported:
+                    planned = store.meta.planned_rounds() or plan.rounds
                     for r in store.rounds():
                         if reported < r["round"] <= last:
                             console.print(
-                                f"round {r['round']}/{plan.rounds} done: "
+                                f"round {r['round']}/{planned} done: "
                                 f"{r['n_sites']} site updates, {r['wall_s']:.0f} s"
                             )
                     reported = last
-            if status == "done":
+            if status == RunStatus.DONE:
                 return
-            if status == "failed":
+            if status == RunStatus.FAILED:
                 raise FedsegError(f"the federation failed: {error}")
             if pid is None and time.monotonic() - started > AGGREGATOR_START_S:
                 raise FedsegError(
                     f"the aggregator (ServerApp) did not start within {AGGREGATOR_START_S:.0f} s;"
                     f" see {launcher.logs}"
                 )
-            if pid is not None and not _pid_alive(int(pid)):
+            if pid is not None and not _pid_alive(pid):
                 raise FedsegError(
                     f"the aggregator (pid {pid}) stopped after round {last}; continue the run "
                     f"with `fedseg resume {run_dir}`"
@@ -152,26 +153,26 @@ def _pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
-STATE_STYLE = {
-    "done": "green",
-    "ok": "green",
-    "failed": "red",
-    "timeout": "red",
-    "rejected": "red",
-    "training": "yellow",
-    "validating": "yellow",
-    "waiting": "dim",
+STATE_STYLE: dict[str, str] = {
+    SiteActivity.DONE: "green",
+    SiteRoundStatus.OK: "green",
+    SiteActivity.FAILED: "red",
+    SiteActivity.TIMEOUT: "red",
+    SiteRoundStatus.REJECTED: "red",
+    SiteActivity.TRAINING: "yellow",
+    SiteActivity.VALIDATING: "yellow",
+    SiteActivity.WAITING: "dim",
 }
 
 
 def live_table(store: RunStore, plan: PlanConfig) -> Table:
     """Round, each site's state, its last validation Dice ET/TC/WT and training cases."""
-    live = store.get_meta("live") or {}
-    rnd, phase = live.get("round", 0), live.get("phase", "starting")
-    best = store.get_meta("best")
-    title = f"round {rnd}/{plan.rounds} - {phase}"
-    if best:
-        title += f" - best: model {best['model_round']}, Dice {best['score']:.3f}"
+    live = store.meta.live()
+    rnd, phase = (live.round, str(live.phase)) if live is not None else (0, "starting")
+    best = store.meta.best()
+    title = f"round {rnd}/{store.meta.planned_rounds() or plan.rounds} - {phase}"
+    if best is not None:
+        title += f" - best: model {best.model_round}, Dice {best.score:.3f}"
     table = Table(title=title, title_justify="left")
     cols = ("site", "state", "model", "Dice ET", "Dice TC", "Dice WT", "train cases", "loss")
     for col in (*cols, "alarms"):
@@ -184,7 +185,7 @@ def live_table(store: RunStore, plan: PlanConfig) -> Table:
     for v in store.validation(metric="dice"):
         vals.setdefault(v.site, {})[v.region] = (v.model_round, v.mean)
     for site in plan.site_names:
-        state = (live.get("sites") or {}).get(site, "waiting")
+        state = live.sites.get(site, SiteActivity.WAITING) if live else SiteActivity.WAITING
         v = vals.get(site, {})
         model = max((m for m, _ in v.values()), default=None)
         sr = last_rows.get(site)

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fedseg import __version__
+from fedseg.run_folder import APP_DIR
 
-APP_DIR = "flwr-app"
 #: One shim module per component, so that a site's process does not import the aggregator.
 SERVER_MODULE = "fedseg_serverapp"
 CLIENT_MODULE = "fedseg_clientapp"

@@ -42,10 +42,9 @@ from typing import IO
 import fedseg
 from fedseg.errors import FedsegError
 from fedseg.federation.engine.app_bundle import ConfigValue, config_arg
+from fedseg.run_folder import FLWR_HOME, LOGS_DIR
 
 CONNECTION = "fedseg"
-HOME = "flwr-home"
-LOGS = "logs"
 PIDS = "pids.json"
 #: SuperExec's task polling (Flower default 1 s); it is one of several polls in a round.
 TASK_POLL_S = "0.2"
@@ -138,8 +137,8 @@ class Launcher:
                  host: str = "127.0.0.1", port: int | None = None,
                  persistent_state: bool = False) -> None:  # fmt: skip
         self.run_dir = Path(run_dir).resolve()
-        self.home = self.run_dir / HOME
-        self.logs = self.run_dir / LOGS
+        self.home = self.run_dir / FLWR_HOME
+        self.logs = self.run_dir / LOGS_DIR
         self.security = security or Security()
         self.host = host
         self.security.check(host)

@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, optimizer_mode
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
-from fedseg.tracking.store import Summary
+from fedseg.model.summary import Summary
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
     from fedseg.model.weights import Weights

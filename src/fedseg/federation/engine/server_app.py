@@ -28,6 +28,7 @@ from fedseg.federation.engine.messages import (
     encode_request,
 )
 from fedseg.federation.rounds.coordinator import Coordinator, Exchanged, SiteFailure
+from fedseg.run_folder import ENROLLED_NODES_FILE, SiteRoundStatus
 from fedseg.tracking.store import RunStore
 
 #: How often replies are polled. Flower's own send_and_receive sleeps 3 s between polls;
@@ -116,7 +117,9 @@ class FlowerTransport:
         msgs, sites, sizes = [], [], {}
         for site, req in requests.items():
             if site not in site_node:
-                out[site] = Exchanged(SiteFailure("failed", "not connected"), 0, 0, 0.0)
+                out[site] = Exchanged(
+                    SiteFailure(SiteRoundStatus.FAILED, "not connected"), 0, 0, 0.0
+                )
                 on_result(site, out[site])
                 continue
             content = encode_request(req)
@@ -134,7 +137,10 @@ class FlowerTransport:
                 if reply.has_error():
                     reason = (reply.error.reason or f"error code {reply.error.code}").strip()
                     res: Exchanged = Exchanged(
-                        SiteFailure("failed", error_line(reason)), sizes[site], 0, wall
+                        SiteFailure(SiteRoundStatus.FAILED, error_line(reason)),
+                        sizes[site],
+                        0,
+                        wall,
                     )
                 else:
                     try:
@@ -142,7 +148,10 @@ class FlowerTransport:
                         res = Exchanged(rep, sizes[site], content_bytes(reply.content), wall)
                     except (KeyError, ValueError, TypeError) as exc:
                         res = Exchanged(
-                            SiteFailure("failed", f"malformed reply: {exc}"), sizes[site], 0, wall
+                            SiteFailure(SiteRoundStatus.FAILED, f"malformed reply: {exc}"),
+                            sizes[site],
+                            0,
+                            wall,
                         )
                 out[site] = res
                 on_result(site, res)
@@ -150,8 +159,8 @@ class FlowerTransport:
                 time.sleep(POLL_S)
         for site in pending.values():
             res = Exchanged(
-                SiteFailure("timeout", f"no reply within {timeout_s:.0f} s"), sizes[site], 0,
-                time.monotonic() - t0,
+                SiteFailure(SiteRoundStatus.TIMEOUT, f"no reply within {timeout_s:.0f} s"),
+                sizes[site], 0, time.monotonic() - t0,
             )  # fmt: skip
             out[site] = res
             on_result(site, res)
@@ -170,9 +179,6 @@ def error_line(reason: str) -> str:
     return lines[-1] if lines else text
 
 
-#: Written by ``fedseg server start`` into the run folder: site name -> node id and key.
-ENROLLED_NODES_FILE = "enrolled-nodes.json"
-
 app = ServerApp()
 
 
@@ -182,7 +188,7 @@ def main(grid: Grid, context: Context) -> None:
     run_id = str(context.run_config.get("run-id", run_dir.name))
     with RunStore(run_dir) as store:
         # The launcher watches this pid: a killed aggregator is noticed at once.
-        store.set_meta("aggregator_pid", os.getpid())
+        store.meta.set_aggregator_pid(os.getpid())
     Coordinator(
         run_dir, FlowerTransport(grid, enrolled=enrolled_nodes(run_dir)), run_id=run_id
     ).run()

@@ -38,14 +38,25 @@ from fedseg.federation.rounds.strategies.base import SiteUpdate, Strategy
 from fedseg.federation.rounds.strategies.registry import make_strategy
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_json
 from fedseg.model.model_file import ModelFile, load_model, save_model
+from fedseg.model.registry import new_network
 from fedseg.model.weights import Weights, get_weights, load_arrays, save_arrays
-from fedseg.plan import PLAN_FILE, PlanConfig, load_plan
+from fedseg.plan import PlanConfig, load_plan
+from fedseg.run_folder import (
+    BEST_MODEL,
+    PLAN_FILE,
+    BestModel,
+    LastTrained,
+    LivePhase,
+    LiveState,
+    RoundStatus,
+    RunStatus,
+    SiteActivity,
+    SiteRoundStatus,
+    model_path,
+    strategy_state_path,
+)
 from fedseg.tracking.alarms import check_alarms
 from fedseg.tracking.store import RunStore, SiteRound
-from fedseg.train.local import new_network
-
-MODELS = "models"
-BEST = "best.pt"
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,7 @@ class SiteFailure:
     """A site that did not deliver: ``status`` is ``failed`` (it raised or crashed) or
     ``timeout``; ``error`` is one line."""
 
-    status: str
+    status: SiteRoundStatus
     error: str
 
 
@@ -82,15 +93,6 @@ class Transport(Protocol):
     ) -> dict[str, Exchanged]:
         """Send each site its request; collect replies until all came or ``timeout_s``."""
         ...
-
-
-def model_path(run_dir: Path, model_round: int) -> Path:
-    return Path(run_dir) / MODELS / f"round_{model_round:04d}.pt"
-
-
-def strategy_state_path(model_file: Path) -> Path:
-    """The strategy's checkpointed state next to a round's model file (``.strategy.npz``)."""
-    return Path(model_file).with_suffix(".strategy.npz")
 
 
 def site_seed(seed: int, rnd: int, site: str) -> int:
@@ -135,19 +137,20 @@ class Coordinator:
         self.plan = load_plan(self.run_dir / PLAN_FILE)
         self.transport = transport
         self.store = RunStore(self.run_dir)
-        self.run_id = run_id or self.store.get_meta("run_id") or self.run_dir.name
+        self.run_id = run_id or self.store.meta.run_id() or self.run_dir.name
         self.strategy: Strategy[Any] = make_strategy(self.plan.strategy, self.plan.local_epochs)
         rounds = self.strategy.planned_rounds(self.plan.rounds, len(self.plan.sites))
         if rounds != self.plan.rounds:  # e.g. cyclic: cycles x sites visits
             self.plan = self.plan.model_copy(update={"rounds": rounds})
         self.recipe = recipe_json(self.plan.network, self.plan.train)
-        self.live: dict[str, str] = {}
+        self.live = LiveState(round=0, phase=LivePhase.CONNECTING)
 
     # -- public -----------------------------------------------------------------------
     def run(self) -> None:
         """All remaining rounds, the final validation and the best model."""
         plan, store = self.plan, self.store
-        store.set_meta("status", "running")
+        store.meta.set_status(RunStatus.RUNNING)
+        store.meta.set_planned_rounds(plan.rounds)
         try:
             last = store.last_done_round()
             store.discard_after(last)
@@ -155,13 +158,13 @@ class Coordinator:
             sites = self._connect()
             for rnd in range(last + 1, plan.rounds + 1):
                 weights = self._round(rnd, weights, sites)
-            if not store.get_meta("final_validated", False):
+            if not store.meta.final_validated():
                 self._final_validation(weights, sites)
-            store.set_meta("status", "done")
+            store.meta.set_status(RunStatus.DONE)
             store.log(f"federation done: {plan.rounds} rounds")
         except Exception as exc:
-            store.set_meta("status", "failed")
-            store.set_meta("error", str(exc).splitlines()[0] if str(exc) else repr(exc))
+            error = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            store.meta.set_status(RunStatus.FAILED, error)
             store.log(f"federation failed: {exc}", "error")
             raise
         finally:
@@ -170,7 +173,9 @@ class Coordinator:
     # -- steps ------------------------------------------------------------------------
     def _connect(self) -> list[str]:
         plan = self.plan
-        self._set_live(0, "connecting", {s: "waiting" for s in plan.site_names})
+        self._set_live(
+            0, LivePhase.CONNECTING, dict.fromkeys(plan.site_names, SiteActivity.WAITING)
+        )
         sites = self.transport.connected_sites(plan.site_names, plan.connect_timeout_s)
         missing = [s for s in plan.site_names if s not in sites]
         if len(sites) < plan.min_sites:
@@ -219,15 +224,20 @@ class Coordinator:
             )
             for s, t in tasks.items()
         }
-        states = {s: ("training" if s in requests else "idle") for s in plan.site_names}
-        self._set_live(rnd, "training", states)
+        states = {
+            s: SiteActivity.TRAINING if s in requests else SiteActivity.IDLE
+            for s in plan.site_names
+        }
+        self._set_live(rnd, LivePhase.TRAINING, states)
         results = self.transport.exchange(
             requests, plan.round_timeout_s, lambda s, ex: self._on_result(rnd, s, ex)
         )
         updates: list[SiteUpdate] = []
         records: dict[str, SiteRound] = {}
         for site in requests:
-            ex = results.get(site) or Exchanged(SiteFailure("timeout", "no reply"), 0, 0, 0.0)
+            ex = results.get(site) or Exchanged(
+                SiteFailure(SiteRoundStatus.TIMEOUT, "no reply"), 0, 0, 0.0
+            )
             sr, upd = self._site_result(rnd, site, ex, weights, requests[site].epochs > 0)
             records[site] = sr
             if upd is not None:
@@ -239,7 +249,7 @@ class Coordinator:
         elif trained and len(updates) < min(plan.min_sites, len(trained)):
             for sr in records.values():
                 store.record_site_round(sr)
-            store.finish_round(rnd, status="failed", n_sites=len(updates))
+            store.finish_round(rnd, status=RoundStatus.FAILED, n_sites=len(updates))
             raise FedsegError(
                 f"round {rnd}: only {len(updates)} site(s) delivered a usable update, "
                 f"min_sites is {plan.min_sites}; see `fedseg status` for the sites' errors "
@@ -258,7 +268,7 @@ class Coordinator:
         self._save_model(rnd, new)
         self._update_best(rnd - 1)
         if updates:
-            store.set_meta("last_trained", {"round": rnd, "sites": [u.site for u in updates]})
+            store.meta.set_last_trained(LastTrained(round=rnd, sites=[u.site for u in updates]))
         store.finish_round(rnd, n_sites=len(updates))
         store.log(f"round {rnd} done: {len(updates)} of {len(requests)} site updates aggregated")
         if plan.alarms.enabled:
@@ -281,7 +291,8 @@ class Coordinator:
             )
             for s in sites
         }
-        self._set_live(rnd, "final validation", {s: "validating" for s in sites})
+        self._set_live(rnd, LivePhase.FINAL_VALIDATION,
+                       dict.fromkeys(sites, SiteActivity.VALIDATING))  # fmt: skip
         results = self.transport.exchange(
             requests, plan.round_timeout_s, lambda s, ex: self._on_result(rnd + 1, s, ex)
         )
@@ -293,7 +304,7 @@ class Coordinator:
                 err = ex.result.error if ex and isinstance(ex.result, SiteFailure) else "no reply"
                 self.store.log(f"final validation: site {site} failed: {err}", "warning")
         self._update_best(rnd)
-        self.store.set_meta("final_validated", True)
+        self.store.meta.set_final_validated()
 
     # -- helpers ----------------------------------------------------------------------
     def _site_result(
@@ -316,30 +327,28 @@ class Coordinator:
             "startup_s": res.startup_s,
         }
         if not trains:
-            return SiteRound(status="ok", extra=extra, **base, **common), None  # type: ignore[arg-type]
+            return SiteRound(status=SiteRoundStatus.OK, extra=extra, **base, **common), None  # type: ignore[arg-type]
         try:
             if res.weights is None:
                 raise UpdateRejected("no weights in the reply")
             check_update(res.weights, weights)
         except UpdateRejected as exc:
             self.store.log(f"round {rnd}: site {site} update rejected: {exc}", "warning")
-            sr = SiteRound(status="rejected", error=str(exc), extra=extra, **base, **common)  # type: ignore[arg-type]
+            rejected = SiteRoundStatus.REJECTED
+            sr = SiteRound(status=rejected, error=str(exc), extra=extra, **base, **common)  # type: ignore[arg-type]
             return sr, None
         upd = SiteUpdate(site, res.weights, res.n_train, res.train_loss or float("nan"),
                          res.optimizer_state)  # fmt: skip
-        return SiteRound(status="ok", extra=extra, **base, **common), upd  # type: ignore[arg-type]
+        return SiteRound(status=SiteRoundStatus.OK, extra=extra, **base, **common), upd  # type: ignore[arg-type]
 
     def _on_result(self, rnd: int, site: str, ex: Exchanged) -> None:
         res = ex.result
-        state = res.status if isinstance(res, SiteFailure) else "done"
-        self.live[site] = state
-        self.store.set_meta("live", {"round": self._live_round, "phase": self._live_phase,
-                                     "sites": self.live})  # fmt: skip
+        state = SiteActivity(res.status) if isinstance(res, SiteFailure) else SiteActivity.DONE
+        self._set_live(self.live.round, self.live.phase, {**self.live.sites, site: state})
 
-    def _set_live(self, rnd: int, phase: str, states: dict[str, str]) -> None:
-        self._live_round, self._live_phase = rnd, phase
-        self.live = dict(states)
-        self.store.set_meta("live", {"round": rnd, "phase": phase, "sites": self.live})
+    def _set_live(self, rnd: int, phase: LivePhase, states: dict[str, SiteActivity]) -> None:
+        self.live = LiveState(round=rnd, phase=phase, sites=states)
+        self.store.meta.set_live(self.live)
 
     def _save_model(self, model_round: int, weights: Weights) -> None:
         path = model_path(self.run_dir, model_round)
@@ -358,14 +367,15 @@ class Coordinator:
         if scored is None:
             return
         score, n = scored
-        best = self.store.get_meta("best")
-        if best is None or score > best["score"]:
+        best = self.store.meta.best()
+        if best is None or score > best.score:
             src = model_path(self.run_dir, model_round)
-            tmp = self.run_dir / (BEST + ".tmp")
+            tmp = self.run_dir / (BEST_MODEL + ".tmp")
             shutil.copyfile(src, tmp)
-            tmp.replace(self.run_dir / BEST)
-            self.store.set_meta("best", {"model_round": model_round, "score": score, "n_val": n,
-                                         "time": time.time()})  # fmt: skip
+            tmp.replace(self.run_dir / BEST_MODEL)
+            self.store.meta.set_best(
+                BestModel(model_round=model_round, score=score, n_val=n, time=time.time())
+            )
 
 
 def _with(sr: SiteRound, **changes: object) -> SiteRound:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, OptimizerMode
 from fedseg.model.config import NetworkConfig
-from fedseg.tracking.store import Summary
+from fedseg.model.summary import Summary
 from fedseg.train.config import TrainConfig
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
