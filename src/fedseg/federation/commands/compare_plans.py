@@ -60,12 +60,13 @@ from fedseg.federation.rounds.strategies.sequential import Cyclic, SinglePass
 from fedseg.federation.rounds.strategy import STRATEGIES, make_strategy
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
 from fedseg.model.config import NetworkConfig
+from fedseg.model.evaluate import CaseResult, Summaries, summarize_cases
 from fedseg.model.model_file import load_model
 from fedseg.model.weights import Weights
 from fedseg.plan import PLAN_FILE, PlanConfig, SiteConfig, StrategyConfig, save_plan
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import RecipeConfig, TrainConfig
-from fedseg.train.validate import summarize_cases, validate_cases
+from fedseg.train.validate import validate_cases
 
 #: BraTS label values a scrambled site writes instead of (1, 2, 4): NCR->ED->ET->NCR.
 SCRAMBLE = {1: 2, 2: 4, 4: 1}
@@ -296,7 +297,7 @@ def evaluate(
 ) -> tuple[RegionDice, dict[str, RegionDice]]:
     """Dice per region pooled over every case of ``cases`` and per site:
     (pooled ``{region: dice}``, ``{site: {region: dice}}``)."""
-    pooled: list[dict[str, Any]] = []
+    pooled: list[CaseResult] = []
     by_site: dict[str, RegionDice] = {}
     for site, cs in cases.items():
         if not cs:
@@ -307,7 +308,7 @@ def evaluate(
     return (_dice(summarize_cases(pooled)) if pooled else {}), by_site
 
 
-def _dice(summaries: dict[str, Any]) -> RegionDice:
+def _dice(summaries: Summaries) -> RegionDice:
     return {r: float(summaries[r]["dice"].mean) for r in COLUMNS if r in summaries}
 
 
