@@ -8,8 +8,12 @@ here and lands in the run store:
   ``model_round = r - 1``) and trains; updates are checked, bad ones are stored as
   ``rejected``, the rest aggregated into model r (``models/round_XXXX.pt``);
 - after the last round, model R is validated once more (``model_round = R``);
-- ``best.pt``: the model with the highest mean validation Dice over sites (mean over
-  ET/TC/WT per case, sites weighted by their validation cases).
+- ``best.pt``: after every round, the best model round over the whole store by the one
+  round-score rule (``tracking.curves``: mean Dice over ET/TC/WT per case, sites weighted
+  by their validation cases, only rounds every validating site validated, earliest on
+  ties) among rounds with a checkpoint: always the model ``fedseg select --singlet``
+  picks. It is recomputed, not only compared with the newest round, because a site that
+  validates late makes earlier rounds ineligible; with no candidate round there is none.
 
 A restart continues after the last ``done`` round (``RunStore.last_done_round``): a round
 is ``done`` only after its model file is written, so a kill loses at most that round.
@@ -39,6 +43,7 @@ from fedseg.model.model_file import ModelFile, load_model, save_model
 from fedseg.model.weights import Weights, get_weights
 from fedseg.plan import PLAN_FILE, PlanConfig, load_plan
 from fedseg.tracking.alarms import check_alarms
+from fedseg.tracking.selection import best_round
 from fedseg.tracking.store import RunStore, SiteRound
 from fedseg.train.local import new_network
 
@@ -105,19 +110,6 @@ def initial_weights(plan: PlanConfig) -> Weights:
         return mf.weights
     seed = plan.seed if init.seed is None else init.seed
     return get_weights(new_network(plan.network, None, seed))
-
-
-def validation_score(store: RunStore, model_round: int) -> tuple[float, int] | None:
-    """Mean validation Dice of a model over sites, weighted by validation cases:
-    (score, cases), or None when no site validated it."""
-    rows = [
-        r for r in store.validation(metric="dice", region="mean") if r.model_round == model_round
-    ]
-    rows = [r for r in rows if r.n > 0 and r.mean == r.mean]
-    n = sum(r.n for r in rows)
-    if n == 0:
-        return None
-    return sum(r.mean * r.n for r in rows) / n, n
 
 
 class Coordinator:
@@ -249,7 +241,7 @@ class Coordinator:
         for sr in records.values():
             store.record_site_round(sr)
         self._save_model(rnd, new)
-        self._update_best(rnd - 1)
+        self._update_best()
         if updates:
             store.set_meta("last_trained", {"round": rnd, "sites": [u.site for u in updates]})
         store.finish_round(rnd, n_sites=len(updates))
@@ -285,7 +277,7 @@ class Coordinator:
             else:
                 err = ex.result.error if ex and isinstance(ex.result, SiteFailure) else "no reply"
                 self.store.log(f"final validation: site {site} failed: {err}", "warning")
-        self._update_best(rnd)
+        self._update_best()
         self.store.set_meta("final_validated", True)
 
     # -- helpers ----------------------------------------------------------------------
@@ -348,19 +340,24 @@ class Coordinator:
             tmp.replace(path.with_suffix(".strategy.npz"))
         self.store.record_checkpoint(model_round, path)
 
-    def _update_best(self, model_round: int) -> None:
-        scored = validation_score(self.store, model_round)
-        if scored is None:
+    def _update_best(self) -> None:
+        """Make ``best.pt`` and meta ``best`` the store's best round (``selection.best_round``)."""
+        path, best = self.run_dir / BEST, self.store.get_meta("best")
+        pick = best_round(self.store)
+        if pick is None:
+            if best is not None or path.exists():
+                path.unlink(missing_ok=True)
+                self.store.set_meta("best", None)
             return
-        score, n = scored
-        best = self.store.get_meta("best")
-        if best is None or score > best["score"]:
-            src = model_path(self.run_dir, model_round)
+        model_round, score = pick
+        if best is None or best["model_round"] != model_round or not path.is_file():
             tmp = self.run_dir / (BEST + ".tmp")
-            shutil.copyfile(src, tmp)
-            tmp.replace(self.run_dir / BEST)
-            self.store.set_meta("best", {"model_round": model_round, "score": score, "n_val": n,
-                                         "time": time.time()})  # fmt: skip
+            shutil.copyfile(model_path(self.run_dir, model_round), tmp)
+            tmp.replace(path)
+        elif (best["score"], best["n_val"]) == (score.mean, score.n):
+            return
+        self.store.set_meta("best", {"model_round": model_round, "score": score.mean,
+                                     "n_val": score.n, "time": time.time()})  # fmt: skip
 
 
 def _with(sr: SiteRound, **changes: object) -> SiteRound:
