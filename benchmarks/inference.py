@@ -147,9 +147,9 @@ def export_in_subprocess(model: Path, out: Path, int8: bool, calibration: Path) 
 
 
 def region_dice(a: np.ndarray, b: np.ndarray) -> float:
-    from fedseg.model.export import mean_region_dice
+    from fedseg.model.metrics import case_metrics, mean_dice
 
-    return mean_region_dice(a, b)
+    return mean_dice(case_metrics(a, b, (1, 1, 1), ("dice",)))
 
 
 def main() -> None:

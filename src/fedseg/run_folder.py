@@ -285,8 +285,9 @@ class RunMeta:
     def best(self) -> BestModel | None:
         return _model(BestModel, MetaKey.BEST, self._t.get_meta(MetaKey.BEST))
 
-    def set_best(self, best: BestModel) -> None:
-        self._t.set_meta(MetaKey.BEST, best.model_dump(mode="json"))
+    def set_best(self, best: BestModel | None) -> None:
+        """None: no round is a candidate (``best.pt`` removed)."""
+        self._t.set_meta(MetaKey.BEST, None if best is None else best.model_dump(mode="json"))
 
     def last_trained(self) -> LastTrained | None:
         return _model(LastTrained, MetaKey.LAST_TRAINED, self._t.get_meta(MetaKey.LAST_TRAINED))

@@ -11,7 +11,8 @@ import pytest
 
 from fedseg.data.cases import discover_cases, load_case
 from fedseg.errors import FedsegError
-from fedseg.model.export import ExportConfig, export_openvino, mean_region_dice
+from fedseg.model.export import ExportConfig, export_openvino
+from fedseg.model.metrics import case_metrics, mean_dice
 from fedseg.model.model_file import load_model, weights_hash
 from fedseg.model.openvino_backend import META_FILE, ExportMeta, read_export_meta
 from fedseg.model.segmenter import ModelSet, segment_volumes
@@ -33,7 +34,7 @@ def test_fp32_export_segments_like_pytorch(trained: Path, fp32_export: Path, sit
     got_xml = _segment(fp32_export / "model.xml", site)  # the xml names the same model
     for (lr, pr), (lg, pg), (lx, _) in zip(ref, got, got_xml, strict=True):
         assert (lr > 0).sum() > 50  # the trained model finds tumor: a real comparison
-        assert mean_region_dice(lg, lr) > 0.99
+        assert mean_dice(case_metrics(lg, lr, (1, 1, 1), ("dice",))) > 0.99
         np.testing.assert_allclose(pg, pr, atol=1e-4)
         np.testing.assert_array_equal(lx, lg)
 
@@ -49,7 +50,7 @@ def test_int8_export_meets_accuracy_control_and_agrees(
     ref = _segment(trained, site)
     got = _segment(folder, site)
     for (lr, pr), (lg, pg) in zip(ref, got, strict=True):
-        assert mean_region_dice(lg, lr) > 0.95
+        assert mean_dice(case_metrics(lg, lr, (1, 1, 1), ("dice",))) > 0.95
         assert not np.array_equal(pg, pr)  # really quantized, not the FP32 graph
     xml = (folder / "model.xml").read_text()
     assert "FakeQuantize" in xml or "u8" in xml or "i8" in xml

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedseg.data.cases import discover_cases
-from fedseg.model.export import mean_region_dice
+from fedseg.model.metrics import case_metrics, mean_dice
 from fedseg.model.segmenter import ModelSet, segment_case
 from tests.export.exportkit import SRC, run_fedseg
 
@@ -45,7 +45,7 @@ def test_segment_with_export_imports_no_torch(
     ref = segment_case(discover_cases(site)[0], ModelSet.from_files([trained])).labels
     got = np.asarray(nib.load(out).dataobj)
     assert got.shape == ref.shape and (ref > 0).sum() > 50
-    assert mean_region_dice(got, ref) > 0.99
+    assert mean_dice(case_metrics(got, ref, (1, 1, 1), ("dice",))) > 0.99
 
 
 @pytest.mark.slow

@@ -65,3 +65,36 @@ def test_tile_count_matches_predictions() -> None:
     models = ModelSet((Member(const, (24, 24, 24), "c", divisor=8),))
     models.predict(image, on_tiles=seen.append)
     assert sum(seen) == models.tile_count(image, 0.5) > 1
+
+
+def test_calibration_tiles_are_the_tiles_inference_predicts() -> None:
+    from fedseg.data.cases import CaseVolumes
+    from fedseg.data.preprocess import crop_and_normalize
+    from fedseg.model.export import calibration_tiles
+    from fedseg.model.inference import predict_cropped
+
+    rng = np.random.default_rng(3)
+    image = np.zeros((4, 40, 30, 20), np.float32)
+    image[:, 2:38, 3:29, 1:15] = rng.normal(1, 0.3, size=(4, 36, 26, 14))
+    seen: list[np.ndarray] = []
+
+    def record(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.copy())
+        return np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32)
+
+    predict_cropped(image, record, (24, 24, 24), overlap=0.5, divisor=8)
+    case = CaseVolumes("c", image, np.zeros(image.shape[1:], np.uint8), np.eye(4))
+    tiles = calibration_tiles([case], (24, 24, 24), 8, 0.5, limit=1000)
+    assert len(tiles) == len(seen) > 1
+    for t, s in zip(tiles, seen, strict=True):
+        assert t.shape == s.shape and t.dtype == np.float32 and t.flags.c_contiguous
+        np.testing.assert_array_equal(t, s)
+    short = crop_and_normalize(image[:, :10, :10, :10])[0]  # shorter than the tile: padded
+    padded = calibration_tiles(
+        [CaseVolumes("s", image[:, :10, :10, :10], None, np.eye(4))], (24, 24, 24), 8, 0.5, 9
+    )
+    assert short.shape == (4, 8, 7, 9)  # the brain box of the corner
+    assert len(padded) == 1 and padded[0].shape == (1, 4, 8, 8, 16)  # multiples of 8
+    np.testing.assert_array_equal(padded[0][0, :, :, :7, :9], short)
+    assert not padded[0][0, :, :, 7:].any() and not padded[0][0, :, :, :, 9:].any()
+    assert len(calibration_tiles([case], (24, 24, 24), 8, 0.5, limit=2)) == 2

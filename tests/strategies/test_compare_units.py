@@ -10,17 +10,17 @@ import pytest
 from fedseg.data.cases import discover_cases, load_case
 from fedseg.data.splits import load_split
 from fedseg.errors import FedsegError
-from fedseg.federation.commands.compare_plans import (
+from fedseg.federation.commands.compare_plans.arguments import (
     CompareConfig,
-    RunOutcome,
-    epochs_axis,
-    markdown_table,
     parse_plan_arg,
     parse_poison,
-    plan_for,
+)
+from fedseg.federation.commands.compare_plans.attacks import scale_update, scramble_site
+from fedseg.federation.commands.compare_plans.budget import epochs_axis, plan_for
+from fedseg.federation.commands.compare_plans.outputs import (
+    RunOutcome,
+    markdown_table,
     result_rows,
-    scale_update,
-    scramble_site,
 )
 from fedseg.plan import save_plan
 

@@ -40,7 +40,7 @@ def test_compare_reads_the_evaluate_csv(tmp_path: Path) -> None:
 
     def results(shift: float) -> list[CaseResult]:
         return [
-            CaseResult(
+            CaseResult.from_columns(
                 f"case{i}",
                 {c: float(np.clip(0.5 + shift + rng.normal(0, 0.05), 0, 1)) for c in COLUMNS},
             )

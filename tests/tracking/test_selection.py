@@ -7,7 +7,8 @@ import pytest
 from fedseg.errors import FedsegError
 from fedseg.model.model_file import load_model
 from fedseg.model.summary import Summary
-from fedseg.tracking.selection import choose, export_selection, load_selection, weighted_scores
+from fedseg.tracking.curves import federation_curve
+from fedseg.tracking.selection import choose, export_selection, load_selection
 from fedseg.tracking.store import RunStore
 
 
@@ -46,7 +47,7 @@ def test_rounds_missing_a_site_or_a_checkpoint_are_not_candidates(make_run, tmp_
         store.record_validation(9, "a", {"mean": {"dice": Summary(0.99, 0.01, 10)}})
         for mr in range(9):
             store.record_checkpoint(mr, tmp_path / f"m{mr}.pt")
-        assert weighted_scores({"a": {9: Summary(0.99, 0, 1)}, "b": {8: Summary(0.5, 0, 1)}}) == {}
+        assert federation_curve({"a": {9: Summary(0.99, 0, 1)}, "b": {8: Summary(0.5, 0, 1)}}) == {}
         assert choose(store, "singlet")["ET"][0] == 4
         store._db.execute("DELETE FROM checkpoints WHERE model_round = 4")
         assert choose(store, "singlet")["ET"][0] in (3, 5)

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from fedseg.model.config import NetworkConfig
+from fedseg.model.evaluate import summarize_cases
 from fedseg.train.config import TrainConfig
 from fedseg.train.local import train_local
-from fedseg.train.validate import summarize_cases, validate_cases
+from fedseg.train.validate import validate_cases
 from tests.train.conftest import make_site
 
 

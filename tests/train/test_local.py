@@ -9,6 +9,7 @@ import numpy as np
 from fedseg.data.cases import Case
 from fedseg.data.labels import REGIONS
 from fedseg.model.config import NetworkConfig
+from fedseg.model.evaluate import summarize_cases
 from fedseg.model.metrics import METRICS
 from fedseg.model.registry import build_network, new_network
 from fedseg.model.weights import get_weights
@@ -20,7 +21,7 @@ from fedseg.train.local import (
     optimizer_steps,
     train_local,
 )
-from fedseg.train.validate import summarize_cases, validate_cases
+from fedseg.train.validate import validate_cases
 
 
 def _assert_weights_close(a: dict, b: dict, atol: float = 1e-6) -> None:
@@ -100,14 +101,14 @@ def test_validate_cases_returns_metrics_per_case(
 ) -> None:
     weights = get_weights(new_network(tiny_net, None, seed=0))
     results = validate_cases(tiny_net, tiny_train, weights, site[:2])
-    assert [r["case_id"] for r in results] == [c.case_id for c in site[:2]]
+    assert [r.case_id for r in results] == [c.case_id for c in site[:2]]
     for r in results:
-        assert set(r["metrics"]) == set(REGIONS)
+        assert set(r.metrics) == set(REGIONS)
         for region in REGIONS:
-            assert set(r["metrics"][region]) == set(METRICS)
-            assert 0 <= r["metrics"][region]["dice"] <= 1
+            assert set(r.metrics[region]) == set(METRICS)
+            assert 0 <= r.metrics[region]["dice"] <= 1
     summary = summarize_cases(results)
     assert summary["WT"]["dice"].n == 2
-    expected = np.mean([r["metrics"]["WT"]["dice"] for r in results])
+    expected = np.mean([r.metrics["WT"]["dice"] for r in results])
     assert abs(summary["WT"]["dice"].mean - expected) < 1e-12
     assert set(summary) == {*REGIONS, "mean"}

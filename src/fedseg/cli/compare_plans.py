@@ -45,12 +45,12 @@ def compare(
     fedavg fedprox:mu=0.01 fedadam median trimmed-mean:beta=0.25 krum:f=1
     cyclic:order=shuffled single-pass. Writes results.csv/.md, per_site.csv and curves.png.
     """
-    from fedseg.federation.commands.compare_plans import (
+    from fedseg.federation.commands.compare_plans.arguments import (
         CompareConfig,
         parse_plan_arg,
         parse_poison,
-        run_compare,
     )
+    from fedseg.federation.commands.compare_plans.run import run_compare
     from fedseg.train.config import RecipeConfig
     from fedseg.train.runner import site_names
 

@@ -13,8 +13,8 @@ from fedseg.data.labels import REGIONS
 from fedseg.model.evaluate import (
     CaseResult,
     evaluate_cases,
-    mean_metrics,
     select_cases,
+    summarize_cases,
     write_metrics_csv,
 )
 from fedseg.model.metrics import METRICS
@@ -46,12 +46,12 @@ def evaluate(
 
         results = evaluate_cases(cases, models, overlap=overlap, on_case=done)
     write_metrics_csv(results, out)
-    means = mean_metrics(results)
+    summaries = summarize_cases(results)
     table = Table(title=f"mean over {len(results)} cases ({split}); HD95 in mm")
     table.add_column("region")
     for m in METRICS:
         table.add_column(m, justify="right")
     for r in REGIONS:
-        table.add_row(r, *(f"{means[f'{r}_{m}']:.4f}" for m in METRICS))
+        table.add_row(r, *(f"{summaries[r][m].mean:.4f}" for m in METRICS))
     console.print(table)
     console.print(f"wrote {out}")

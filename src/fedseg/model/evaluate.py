@@ -1,41 +1,61 @@
-"""Evaluate a model set on labelled cases: per-case BraTS metrics, a CSV, and their means.
+"""Evaluate a model set on labelled cases: typed per-case BraTS metrics, their summaries, a CSV.
 
-Which cases to evaluate (a split, a whole site) is the caller's choice: pass a list of
-``Case``s. Metrics come from ``model.metrics.case_metrics`` (the BraTS empty-mask rules live
-there). CSV columns: ``case_id`` then ``<region>_<metric>`` for REGIONS x METRICS, e.g.
-``ET_dice, ET_jaccard, ET_hd95, ET_sensitivity, ET_specificity, TC_dice, ...``; HD95 in mm.
+This is the one evaluation path: a site validating the global model, the centralized
+runner's epochs, ``fedseg compare``, the INT8 export's accuracy control and ``fedseg
+evaluate`` all call ``evaluate_cases`` and get one ``CaseResult`` per case; what a site
+shares is ``summarize_cases`` of those results.
+
+Which cases to evaluate (a split, a whole site) is the caller's choice: pass ``Case``s (read
+from disk one at a time) or already loaded ``CaseVolumes``. Segmentation is
+``segmenter.segment_volumes`` (the same sliding window as ``fedseg segment``); metrics come
+from ``model.metrics.case_metrics`` (the BraTS empty-mask rules live there). CSV columns:
+``case_id`` then ``<region>_<metric>`` for REGIONS x METRICS, e.g. ``ET_dice, ET_jaccard,
+ET_hd95, ET_sensitivity, ET_specificity, TC_dice, ...``; HD95 in mm.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from fedseg.data.cases import Case, discover_cases, load_case
+from fedseg.data.cases import Case, CaseVolumes, discover_cases, load_case
 from fedseg.data.labels import REGIONS
+from fedseg.data.splits import load_split
 from fedseg.errors import FedsegError
-from fedseg.model.metrics import METRICS, case_metrics
+from fedseg.model.metrics import METRICS, case_metrics, mean_dice
 from fedseg.model.segmenter import ModelSet, segment_volumes
+from fedseg.model.summary import Summary, summarize
 
 #: Metric columns of the CSV, in order (after ``case_id``).
 COLUMNS: tuple[str, ...] = tuple(f"{r}_{m}" for r in REGIONS for m in METRICS)
 
+#: ``summaries[region][metric]``: what a site sends for one validated model.
+Summaries = dict[str, dict[str, Summary]]
+
 
 @dataclass(frozen=True)
 class CaseResult:
-    """Metrics of one case: ``values[column]`` for every name in ``COLUMNS``."""
+    """Metrics of one case: ``metrics[region][metric]`` (``case_metrics``' layout)."""
 
     case_id: str
-    values: dict[str, float]
+    metrics: dict[str, dict[str, float]]
 
+    @property
+    def values(self) -> dict[str, float]:
+        """The metrics as CSV columns: ``values["ET_dice"]``, ..."""
+        return {f"{r}_{m}": v for r, ms in self.metrics.items() for m, v in ms.items()}
 
-def flatten(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
-    """``case_metrics`` output (region -> metric -> value) -> ``COLUMNS`` -> value."""
-    return {f"{r}_{m}": float(metrics[r][m]) for r in REGIONS for m in METRICS}
+    @property
+    def mean_dice(self) -> float:
+        """Mean Dice over ET, TC, WT."""
+        return mean_dice(self.metrics)
+
+    @classmethod
+    def from_columns(cls, case_id: str, values: dict[str, float]) -> CaseResult:
+        """A result from CSV columns (``COLUMNS`` names)."""
+        return cls(case_id, {r: {m: float(values[f"{r}_{m}"]) for m in METRICS} for r in REGIONS})
 
 
 def select_cases(data: Path, split: str) -> list[Case]:
@@ -44,40 +64,42 @@ def select_cases(data: Path, split: str) -> list[Case]:
         return discover_cases(data)
     if split not in ("train", "val"):
         raise FedsegError(f"--split {split}: use train, val or all")
-    try:
-        from fedseg.data.splits import load_split
-    except ImportError:
-        raise FedsegError(
-            "this fedseg has no persistent splits yet (fedseg.data.splits); use --split all"
-        ) from None
     return list(getattr(load_split(data), split))
 
 
 def evaluate_case(
-    case: Case, models: ModelSet, *, overlap: float = 0.5, batch_size: int = 1
-) -> CaseResult:
-    """Segment one labelled case and score it against its reference label."""
-    if case.label is None:
-        raise FedsegError(
-            f"case {case.case_id}: no label file; evaluation needs the reference segmentation"
-        )
-    volumes = load_case(case, with_label=True)
-    assert volumes.label is not None  # load_case reads it when case.label is set
-    seg = segment_volumes(volumes, models, overlap=overlap, batch_size=batch_size)
-    return CaseResult(
-        case.case_id, flatten(case_metrics(seg.labels, volumes.label, volumes.spacing))
-    )
-
-
-def evaluate_cases(
-    cases: Sequence[Case],
+    case: Case | CaseVolumes,
     models: ModelSet,
     *,
     overlap: float = 0.5,
     batch_size: int = 1,
+    metrics: Sequence[str] = METRICS,
+) -> CaseResult:
+    """Segment one labelled case and score ``metrics`` against its reference label."""
+    if case.label is None:
+        raise FedsegError(
+            f"case {case.case_id}: no label file; evaluation needs the reference segmentation"
+        )
+    volumes = case if isinstance(case, CaseVolumes) else load_case(case, with_label=True)
+    if volumes.label is None:
+        raise FedsegError(f"case {case.case_id} has no label map; evaluation needs labels")
+    seg = segment_volumes(volumes, models, overlap=overlap, batch_size=batch_size)
+    return CaseResult(
+        volumes.case_id, case_metrics(seg.labels, volumes.label, volumes.spacing, metrics)
+    )
+
+
+def evaluate_cases(
+    cases: Iterable[Case | CaseVolumes],
+    models: ModelSet,
+    *,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    metrics: Sequence[str] = METRICS,
     on_case: Callable[[CaseResult], None] | None = None,
 ) -> list[CaseResult]:
     """Evaluate every case in order; ``on_case`` is called after each (progress)."""
+    cases = list(cases)
     if not cases:
         raise FedsegError("no cases to evaluate; check --data and --split")
     unlabelled = [c.case_id for c in cases if c.label is None]
@@ -88,16 +110,30 @@ def evaluate_cases(
         )
     results = []
     for case in cases:
-        result = evaluate_case(case, models, overlap=overlap, batch_size=batch_size)
+        result = evaluate_case(
+            case, models, overlap=overlap, batch_size=batch_size, metrics=metrics
+        )
         results.append(result)
         if on_case is not None:
             on_case(result)
     return results
 
 
-def mean_metrics(results: Sequence[CaseResult]) -> dict[str, float]:
-    """Mean over cases of every column."""
-    return {col: float(np.mean([r.values[col] for r in results])) for col in COLUMNS}
+def summarize_cases(results: Sequence[CaseResult]) -> Summaries:
+    """Per-case results -> ``summaries[region][metric]`` (mean, population std, n; NaNs left
+    out) for every region and metric they hold, plus region ``mean``/metric ``dice``: the
+    per-case mean Dice over ET, TC, WT, summarized. No results: no summaries."""
+    out: Summaries = {}
+    if not results:
+        return out
+    for region, by_metric in results[0].metrics.items():
+        for metric in by_metric:
+            out.setdefault(region, {})[metric] = summarize(
+                r.metrics[region][metric] for r in results
+            )
+    if all(g in out and "dice" in out[g] for g in REGIONS):
+        out["mean"] = {"dice": summarize(r.mean_dice for r in results)}
+    return out
 
 
 def write_metrics_csv(results: Sequence[CaseResult], path: Path) -> Path:
@@ -109,7 +145,8 @@ def write_metrics_csv(results: Sequence[CaseResult], path: Path) -> Path:
         writer = csv.writer(f)
         writer.writerow(["case_id", *COLUMNS])
         for r in results:
-            writer.writerow([r.case_id, *(repr(r.values[c]) for c in COLUMNS)])
+            values = r.values
+            writer.writerow([r.case_id, *(repr(values[c]) for c in COLUMNS)])
     tmp.replace(path)
     return path
 
@@ -118,4 +155,4 @@ def read_metrics_csv(path: Path) -> list[CaseResult]:
     """Read a CSV written by ``write_metrics_csv``."""
     with Path(path).open(newline="") as f:
         rows = list(csv.DictReader(f))
-    return [CaseResult(row["case_id"], {c: float(row[c]) for c in COLUMNS}) for row in rows]
+    return [CaseResult.from_columns(r["case_id"], {c: float(r[c]) for c in COLUMNS}) for r in rows]

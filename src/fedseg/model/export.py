@@ -14,7 +14,6 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,12 +21,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedseg import __version__
-from fedseg.data.cases import load_case
-from fedseg.data.labels import REGIONS, labels_to_regions
+from fedseg.data.cases import CaseVolumes, load_case
 from fedseg.data.preprocess import crop_and_normalize
 from fedseg.errors import FedsegError
-from fedseg.model.inference import Predictor, predict_cropped, tile_plan
-from fedseg.model.metrics import dice
+from fedseg.model.evaluate import evaluate_cases, summarize_cases
+from fedseg.model.inference import Predictor, tile_grid
 from fedseg.model.openvino_backend import (
     INSTALL_HINT,
     META_FILE,
@@ -38,6 +36,7 @@ from fedseg.model.openvino_backend import (
     compile_config,
     file_sha256,
 )
+from fedseg.model.segmenter import Member, ModelSet
 
 #: Called with a short description of the step now running (for the CLI's progress).
 StepCallback = Callable[[str], None]
@@ -60,15 +59,6 @@ class ExportConfig(BaseModel):
     activations: Literal["symmetric", "asymmetric"] = "symmetric"
 
 
-@dataclass(frozen=True)
-class LabelledCase:
-    """A validation case ready for inference: raw image (4, X, Y, Z) and label (X, Y, Z)."""
-
-    case_id: str
-    image: np.ndarray
-    label: np.ndarray
-
-
 def require_openvino() -> None:
     """Fail with one line naming the extra when OpenVINO or NNCF is missing."""
     try:
@@ -78,28 +68,21 @@ def require_openvino() -> None:
         raise FedsegError(INSTALL_HINT) from None
 
 
-def mean_region_dice(pred_label: np.ndarray, ref_label: np.ndarray) -> float:
-    """Mean Dice over ET/TC/WT of two BraTS 2021 label maps (X, Y, Z)."""
-    pr, rr = labels_to_regions(pred_label), labels_to_regions(ref_label)
-    return float(np.mean([dice(pr[i], rr[i]) for i in range(len(REGIONS))]))
-
-
-def case_dice(
+def mean_case_dice(
     predictor: Predictor,
-    cases: Iterable[LabelledCase],
+    cases: Iterable[CaseVolumes],
     roi: tuple[int, int, int],
     divisor: int,
     overlap: float,
-) -> list[float]:
-    """Mean region Dice of ``predictor`` on each case (whole-case sliding window)."""
-    out = []
-    for c in cases:
-        probs = predict_cropped(c.image, predictor, roi, overlap=overlap, divisor=divisor)
-        out.append(mean_region_dice(probs.labels(), c.label))
-    return out
+) -> float:
+    """Mean over ``cases`` of the per-case mean Dice (ET/TC/WT) of ``predictor``, evaluated
+    as ``fedseg segment`` runs it (tiles shrunk to fit, multiples of ``divisor``)."""
+    models = ModelSet((Member(predictor, roi, "export", divisor),))
+    results = evaluate_cases(cases, models, overlap=overlap, metrics=("dice",))
+    return summarize_cases(results)["mean"]["dice"].mean
 
 
-def calibration_cases(site: Path, max_cases: int) -> list[LabelledCase]:
+def calibration_cases(site: Path, max_cases: int) -> list[CaseVolumes]:
     """Up to ``max_cases`` validation cases of the site's persistent split, loaded."""
     from fedseg.data.splits import load_split
 
@@ -114,27 +97,23 @@ def calibration_cases(site: Path, max_cases: int) -> list[LabelledCase]:
         vol = load_case(case)
         if vol.label is None:
             raise FedsegError(f"case {case.case_id} in {site}: no label map; calibration needs one")
-        cases.append(LabelledCase(case.case_id, vol.image, vol.label))
+        cases.append(vol)
     return cases
 
 
 def calibration_tiles(
-    cases: Iterable[LabelledCase],
+    cases: Iterable[CaseVolumes],
     roi: tuple[int, int, int],
     divisor: int,
     overlap: float,
     limit: int,
 ) -> list[np.ndarray]:
-    """The sliding-window tiles (1, 4, x, y, z) of the cases, as inference will see them."""
+    """The sliding-window tiles (1, 4, x, y, z) of the cases, as inference will see them
+    (``inference.tile_grid`` of the cropped, z-scored image), at most ``limit`` of them."""
     tiles: list[np.ndarray] = []
     for c in cases:
         cropped, _ = crop_and_normalize(c.image)
-        tile, starts = tile_plan(cropped.shape[1:], roi, overlap, divisor)
-        pad = [(0, 0)] + [(0, max(0, t - s)) for s, t in zip(cropped.shape[1:], tile, strict=True)]
-        padded = np.pad(cropped, pad)
-        for st in starts:
-            sl = tuple(slice(s, s + t) for s, t in zip(st, tile, strict=True))
-            tiles.append(np.ascontiguousarray(padded[(slice(None), *sl)][None]))
+        tiles += [batch.copy() for _, batch in tile_grid(cropped, roi, overlap, divisor).batches()]
     rng = np.random.default_rng(0)
     if len(tiles) > limit:
         tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), limit, replace=False))]
@@ -172,7 +151,7 @@ def _ov_predictor(compiled: Any) -> Predictor:
 
 def quantize_int8(
     model: Any,
-    cases: list[LabelledCase],
+    cases: list[CaseVolumes],
     roi: tuple[int, int, int],
     divisor: int,
     config: ExportConfig,
@@ -185,9 +164,8 @@ def quantize_int8(
     calib = nncf.Dataset(tiles)
     val = nncf.Dataset(cases)
 
-    def validate(compiled: Any, items: Iterable[LabelledCase]) -> float:
-        return float(np.mean(case_dice(_ov_predictor(compiled), items, roi, divisor,
-                                       config.overlap)))  # fmt: skip
+    def validate(compiled: Any, items: Iterable[CaseVolumes]) -> float:
+        return mean_case_dice(_ov_predictor(compiled), items, roi, divisor, config.overlap)
 
     core = ov.Core()
     compile_cfg = compile_config(config.inference_precision)

@@ -2,12 +2,13 @@
 
 A backend is a ``Predictor``: a function from a batch of patches (B, C_in, x, y, z)
 float32 to per-region probabilities (B, C_out, x, y, z) float32 in [0, 1]. PyTorch and
-exported (OpenVINO) models both provide one; nothing here imports torch.
+exported (OpenVINO) models both provide one; nothing here imports torch. ``tile_grid``
+cuts a volume into the tiles a predictor sees (INT8 calibration uses the same tiles).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import product
 
@@ -63,6 +64,53 @@ def tile_plan(
     return (tile[0], tile[1], tile[2]), list(product(*axes))
 
 
+#: A tile's place on the padded grid: one slice per spatial axis.
+Window = tuple[slice, slice, slice]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles of one volume, as a predictor sees them.
+
+    ``padded`` is the volume (C, X, Y, Z) zero-padded at the far end of every axis shorter
+    than the tile (the volume itself when no axis is); ``windows`` are the tiles' places on
+    it, in ``tile_plan`` order, each of size ``tile``. ``shape`` is the unpadded (X, Y, Z).
+    """
+
+    padded: np.ndarray
+    tile: Tile
+    windows: list[Window]
+    shape: tuple[int, int, int]
+
+    def batches(self, batch_size: int = 1) -> Iterator[tuple[list[Window], np.ndarray]]:
+        """Consecutive tiles as contiguous float32 batches (b, C, x, y, z), ``b`` at most
+        ``batch_size``, with their windows. One buffer is reused between batches: copy a
+        batch to keep it."""
+        n = min(batch_size, len(self.windows))
+        buf = np.empty((n, self.padded.shape[0], *self.tile), dtype=np.float32)
+        for b in range(0, len(self.windows), batch_size):
+            chunk = self.windows[b : b + batch_size]
+            for i, w in enumerate(chunk):
+                buf[i] = self.padded[(slice(None), *w)]
+            yield chunk, buf[: len(chunk)]
+
+
+def tile_grid(
+    image: np.ndarray, roi: Tile, overlap: float = 0.5, divisor: int | None = None
+) -> TileGrid:
+    """The tiles of ``image`` (C, X, Y, Z) from ``tile_plan`` (``divisor``: see there)."""
+    shape = (image.shape[1], image.shape[2], image.shape[3])
+    tile, starts = tile_plan(shape, roi, overlap, divisor)
+    pad = [(0, 0)] + [(0, max(0, t - s)) for s, t in zip(shape, tile, strict=True)]
+    padded = np.pad(image, pad) if any(p[1] for p in pad) else image
+    windows: list[Window] = [
+        (slice(st[0], st[0] + tile[0]), slice(st[1], st[1] + tile[1]),
+         slice(st[2], st[2] + tile[2]))
+        for st in starts
+    ]  # fmt: skip
+    return TileGrid(padded, tile, windows, shape)
+
+
 def sliding_window(
     image: np.ndarray,
     predictor: Predictor,
@@ -75,35 +123,25 @@ def sliding_window(
 ) -> np.ndarray:
     """Blend ``predictor`` over tiles of ``image`` (C, X, Y, Z) -> (out_channels, X, Y, Z).
 
-    Tiles come from ``tile_plan`` (``divisor`` given: shrunk to fit the volume). Axes
+    Tiles come from ``tile_grid`` (``divisor`` given: shrunk to fit the volume). Axes
     shorter than the tile are zero-padded to it (and cropped back after). Overlapping tiles
     are blended with Gaussian weights; a single tile is used as is.
     """
-    shape = image.shape[1:]
-    tile, starts = tile_plan(shape, roi, overlap, divisor)
-    pad = [(0, 0)] + [(0, max(0, t - s)) for s, t in zip(shape, tile, strict=True)]
-    padded = np.pad(image, pad) if any(p[1] for p in pad) else image
-    full = padded.shape[1:]
-    crop = (slice(None), *(slice(0, s) for s in shape))
-    # One reused input buffer; the predictor gets a contiguous float32 batch every time.
-    buf = np.empty((min(batch_size, len(starts)), image.shape[0], *tile), dtype=np.float32)
-    if len(starts) == 1:
-        buf[0] = padded[(slice(None), *(slice(0, t) for t in tile))]
-        return np.asarray(predictor(buf)[0][crop], dtype=np.float32)
-    weights = gaussian_weights(tile)
-    weighted = np.empty((out_channels, *tile), dtype=np.float32)  # reused p * weights
-    acc = np.zeros((out_channels, *full), dtype=np.float32)
-    norm = np.zeros(full, dtype=np.float32)
-    for b in range(0, len(starts), batch_size):
-        chunk = starts[b : b + batch_size]
-        slices = [tuple(slice(s, s + t) for s, t in zip(st, tile, strict=True)) for st in chunk]
-        for i, sl in enumerate(slices):
-            buf[i] = padded[(slice(None), *sl)]
-        probs = predictor(buf[: len(slices)])
-        for sl, p in zip(slices, probs, strict=True):
+    grid = tile_grid(image, roi, overlap, divisor)
+    crop = (slice(None), *(slice(0, s) for s in grid.shape))
+    if len(grid.windows) == 1:
+        _, batch = next(grid.batches(1))
+        return np.asarray(predictor(batch)[0][crop], dtype=np.float32)
+    weights = gaussian_weights(grid.tile)
+    weighted = np.empty((out_channels, *grid.tile), dtype=np.float32)  # reused p * weights
+    acc = np.zeros((out_channels, *grid.padded.shape[1:]), dtype=np.float32)
+    norm = np.zeros(grid.padded.shape[1:], dtype=np.float32)
+    for windows, batch in grid.batches(batch_size):
+        probs = predictor(batch)
+        for w, p in zip(windows, probs, strict=True):
             np.multiply(p, weights, out=weighted)
-            acc[(slice(None), *sl)] += weighted
-            norm[sl] += weights
+            acc[(slice(None), *w)] += weighted
+            norm[w] += weights
     np.maximum(norm, 1e-8, out=norm)
     acc /= norm
     return acc[crop]

@@ -11,10 +11,13 @@ Specificity is over the whole volume given.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 from scipy import ndimage
 
 from fedseg.data.labels import REGIONS, labels_to_regions
+from fedseg.errors import FedsegError
 
 HD95_ONE_EMPTY = 373.13
 METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "sensitivity", "specificity")
@@ -78,24 +81,38 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] | np.ndar
 
 
 def region_metrics(
-    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...] | np.ndarray
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: tuple[float, ...] | np.ndarray,
+    metrics: Sequence[str] = METRICS,
 ) -> dict[str, float]:
-    """All ``METRICS`` for one pair of boolean masks (X, Y, Z)."""
-    return {
-        "dice": dice(pred, ref),
-        "jaccard": jaccard(pred, ref),
-        "hd95": hd95(pred, ref, spacing),
-        "sensitivity": sensitivity(pred, ref),
-        "specificity": specificity(pred, ref),
-    }
+    """``metrics`` (default all ``METRICS``, in that order) for one pair of boolean masks
+    (X, Y, Z)."""
+    unknown = [m for m in metrics if m not in _METRIC_FUNCTIONS]
+    if unknown:
+        raise FedsegError(f"unknown metric {unknown[0]!r}; use some of {', '.join(METRICS)}")
+    return {m: _METRIC_FUNCTIONS[m](pred, ref, spacing) for m in metrics}
 
 
 def case_metrics(
-    pred_label: np.ndarray, ref_label: np.ndarray, spacing: tuple[float, ...] | np.ndarray
+    pred_label: np.ndarray,
+    ref_label: np.ndarray,
+    spacing: tuple[float, ...] | np.ndarray,
+    metrics: Sequence[str] = METRICS,
 ) -> dict[str, dict[str, float]]:
-    """Metrics per region for BraTS 2021 label maps (X, Y, Z): ``out[region][metric]``."""
+    """``metrics`` per region for BraTS 2021 label maps (X, Y, Z): ``out[region][metric]``."""
     pr, rr = labels_to_regions(pred_label), labels_to_regions(ref_label)
-    return {reg: region_metrics(pr[i], rr[i], spacing) for i, reg in enumerate(REGIONS)}
+    return {reg: region_metrics(pr[i], rr[i], spacing, metrics) for i, reg in enumerate(REGIONS)}
+
+
+_Spacing = tuple[float, ...] | np.ndarray
+_METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray, _Spacing], float]] = {
+    "dice": lambda p, r, _s: dice(p, r),
+    "jaccard": lambda p, r, _s: jaccard(p, r),
+    "hd95": hd95,
+    "sensitivity": lambda p, r, _s: sensitivity(p, r),
+    "specificity": lambda p, r, _s: specificity(p, r),
+}
 
 
 def mean_dice(metrics: dict[str, dict[str, float]]) -> float:

@@ -7,7 +7,7 @@ the population std; NaN values (a metric undefined for a case) are left out of a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,14 +28,3 @@ def summarize(values: Iterable[float]) -> Summary:
     if arr.size == 0:
         return Summary(float("nan"), float("nan"), 0)
     return Summary(float(arr.mean()), float(arr.std()), int(arr.size))
-
-
-def iter_summaries(
-    per_case: list[dict[str, dict[str, float]]],
-) -> Iterator[tuple[str, str, Summary]]:
-    """Summaries ``(region, metric, Summary)`` of per-case ``values[region][metric]`` dicts."""
-    if not per_case:
-        return
-    for region, by_metric in per_case[0].items():
-        for metric in by_metric:
-            yield region, metric, summarize(c[region][metric] for c in per_case)

@@ -3,10 +3,11 @@
 - singlet: the one model round with the best mean Dice (average of ET/TC/WT) over sites;
 - triplet: for each region the model round with the best Dice in that region.
 
-A site's value counts in proportion to its validation cases (sum n_s * mean_s / sum n_s).
-Only model rounds validated by every site that ever validated are candidates (a round
-missing a site would be scored on a different population), and only rounds with a
-checkpoint.
+Rounds are scored by the one rule of ``tracking.curves`` (``round_scores``): sites weighted
+by their validation cases, only model rounds validated by every site that ever validated
+are candidates (a round missing a site would be scored on a different population), the
+earliest round wins ties; here also only rounds with a checkpoint. The coordinator's
+``best.pt`` is ``best_round(store)``, so it always equals ``fedseg select --singlet``.
 
 The selection folder holds the exported model files and ``selection.json``::
 
@@ -24,7 +25,6 @@ times): a segmenter takes channel ``REGIONS.index(region)`` from that file's mod
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
 from fedseg.model.segmenter import Combine
-from fedseg.tracking.curves import Curves, curves_from_rows
+from fedseg.model.summary import Summary
+from fedseg.tracking.curves import round_scores
 from fedseg.tracking.store import RunStore
 
 SELECTION_FILE = "selection.json"
@@ -77,52 +78,45 @@ class LoadedSelection:
     selection: Selection
 
 
-def weighted_scores(curves: Curves) -> dict[int, float]:
-    """Case-weighted mean over sites per model round, for rounds all sites validated."""
-    sites = [s for s in curves if curves[s]]
-    if not sites:
-        return {}
-    common = set.intersection(*(set(curves[s]) for s in sites))
-    out: dict[int, float] = {}
-    for mr in sorted(common):
-        parts = [curves[s][mr] for s in sites if curves[s][mr].n > 0]
-        n = sum(p.n for p in parts)
-        if n > 0 and all(math.isfinite(p.mean) for p in parts):
-            out[mr] = sum(p.n * p.mean for p in parts) / n
-    return out
-
-
-def best_round(scores: dict[int, float], allowed: set[int] | None = None) -> tuple[int, float]:
-    """The round with the highest score (earliest on ties) among ``allowed`` rounds."""
-    cands = {m: v for m, v in scores.items() if allowed is None or m in allowed}
-    if not cands:
-        raise FedsegError(
-            "no model round has both validation results from every site and a checkpoint; "
-            "let the run finish at least one validated round"
-        )
-    m = max(sorted(cands), key=lambda k: cands[k])
-    return m, cands[m]
+def best_round(
+    store: RunStore,
+    region: str = "mean",
+    metric: str = "dice",
+    *,
+    require_checkpoint: bool = True,
+) -> tuple[int, Summary] | None:
+    """The candidate model round with the highest score in ``region`` (the earliest on
+    ties) and its score; None when no round is a candidate. With ``require_checkpoint``
+    only model rounds with a stored checkpoint compete."""
+    scores = round_scores(store, region, metric)
+    if require_checkpoint:
+        ckpts = store.checkpoints()
+        scores = {m: v for m, v in scores.items() if m in ckpts}
+    if not scores:
+        return None
+    m = max(scores, key=lambda k: (scores[k].mean, -k))
+    return m, scores[m]
 
 
 def choose(
     store: RunStore, kind: Kind, metric: str = "dice", *, require_checkpoint: bool = True
 ) -> dict[str, tuple[int, float]]:
-    """``region -> (model_round, score)`` for a singlet or triplet selection.
-
-    With ``require_checkpoint`` only model rounds with a stored checkpoint compete.
-    """
-    rows = store.validation(metric=metric)
-    if not rows:
+    """``region -> (model_round, score)`` for a singlet (every region: the best round in
+    region ``mean``) or triplet (each region: its best round) selection."""
+    if not store.validation(metric=metric):
         raise FedsegError(
             f"{store.path}: no validation results for metric {metric!r}; nothing to select from"
         )
-    allowed = set(store.checkpoints()) if require_checkpoint else None
-    if kind == "singlet":
-        pick = best_round(weighted_scores(curves_from_rows(rows, "mean", metric)), allowed)
-        return dict.fromkeys(REGIONS, pick)
-    return {
-        r: best_round(weighted_scores(curves_from_rows(rows, r, metric)), allowed) for r in REGIONS
-    }
+    picks: dict[str, tuple[int, float]] = {}
+    for region in ["mean"] if kind == "singlet" else REGIONS:
+        best = best_round(store, region, metric, require_checkpoint=require_checkpoint)
+        if best is None:
+            raise FedsegError(
+                "no model round has both validation results from every site and a "
+                "checkpoint; let the run finish at least one validated round"
+            )
+        picks[region] = (best[0], best[1].mean)
+    return dict.fromkeys(REGIONS, picks["mean"]) if kind == "singlet" else picks
 
 
 def export_selection(

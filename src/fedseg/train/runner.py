@@ -34,6 +34,7 @@ from rich.console import Console
 from fedseg.data.cases import Case
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
+from fedseg.model.evaluate import CaseResult, summarize_cases
 from fedseg.model.model_file import ModelFile, save_model
 from fedseg.model.registry import new_network
 from fedseg.model.summary import Summary
@@ -58,7 +59,7 @@ from fedseg.train.local import (
     optimizer_state_dict,
     train_progress,
 )
-from fedseg.train.validate import summarize_cases, validate_network
+from fedseg.train.validate import validate_network
 
 CENTRAL = "central"
 
@@ -238,14 +239,14 @@ def _loop(
             t0 = time.perf_counter()
             store.start_round(epoch)
             stats = fit_epoch(net, opt, data, train, seed=state.seed, epoch=epoch - 1, progress=bar)
-            pooled: list[dict[str, Any]] = []
+            pooled: list[CaseResult] = []
             with torch.inference_mode():
                 for s in sites:
                     if not s.val:
                         continue
                     results = validate_network(net, train, s.val, progress=bar)
                     for r in results:
-                        store.record_case_metrics(epoch, s.name, r["case_id"], r["metrics"])
+                        store.record_case_metrics(epoch, s.name, r.case_id, r.metrics)
                     store.record_validation(epoch, s.name, summarize_cases(results))
                     pooled += results
             summaries = summarize_cases(pooled)

@@ -1,70 +1,60 @@
-"""Validation of a model on a site's cases: full-volume sliding window, BraTS metrics."""
+"""Validation of a training network on labelled cases, with the recipe's validation settings.
+
+What this adds to ``model.evaluate`` (the one evaluation path) is the recipe: the network
+is built from its config and weights (``validate_cases``) or taken as it is
+(``validate_network``), run in eval mode as a single-model ``ModelSet`` whose tile is
+``train.val_roi`` exactly (no shrinking), with ``val_overlap`` and ``val_batch_size``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-import numpy as np
 import torch
 from rich.progress import Progress
 from torch import nn
 
-from fedseg.data.cases import Case, load_case
-from fedseg.data.labels import REGIONS
-from fedseg.errors import FedsegError
+from fedseg.data.cases import Case
 from fedseg.model.config import NetworkConfig
-from fedseg.model.inference import predict_cropped
-from fedseg.model.metrics import case_metrics
+from fedseg.model.evaluate import CaseResult, evaluate_cases
 from fedseg.model.registry import build_network
-from fedseg.model.summary import Summary, iter_summaries, summarize
+from fedseg.model.segmenter import Member, ModelSet
 from fedseg.model.torch_backend import torch_predictor
 from fedseg.model.weights import Weights, set_weights
 from fedseg.train.config import TrainConfig, check_shapes
 
 
+def network_models(net: nn.Module, train: TrainConfig) -> ModelSet:
+    """``net`` (put in eval mode) as the model set validation runs: tiles of ``val_roi``."""
+    roi = (train.val_roi[0], train.val_roi[1], train.val_roi[2])
+    return ModelSet((Member(torch_predictor(net), roi, "network"),))
+
+
 def validate_network(
     net: nn.Module, train: TrainConfig, cases: Sequence[Case], progress: Progress | None = None
-) -> list[dict[str, Any]]:
-    """Per case ``{"case_id", "metrics": case_metrics(...)}`` of ``net`` (left in eval mode)."""
-    predictor = torch_predictor(net)
-    out = []
+) -> list[CaseResult]:
+    """Per-case metrics of ``net`` (left in eval mode) on ``cases``."""
     task = progress.add_task("validation", total=len(cases)) if progress else None
-    for case in cases:
-        vol = load_case(case)
-        if vol.label is None:
-            raise FedsegError(f"case {case.case_id} has no label map; validation needs labels")
-        pred = predict_cropped(
-            vol.image, predictor, train.val_roi,
-            overlap=train.val_overlap, batch_size=train.val_batch_size,
-        ).labels()  # fmt: skip
-        out.append({"case_id": case.case_id, "metrics": case_metrics(pred, vol.label, vol.spacing)})
+
+    def advance(_: CaseResult) -> None:
         if progress is not None and task is not None:
             progress.advance(task)
+
+    results = evaluate_cases(
+        cases, network_models(net, train), overlap=train.val_overlap,
+        batch_size=train.val_batch_size, on_case=advance,
+    )  # fmt: skip
     if progress is not None and task is not None:
         progress.remove_task(task)
-    return out
+    return results
 
 
 def validate_cases(
     network: NetworkConfig, train: TrainConfig, weights: Weights, cases: Sequence[Case]
-) -> list[dict[str, Any]]:
-    """Validate ``weights`` on ``cases``: per case ``{"case_id", "metrics"}`` where metrics
-    is ``metrics[region][metric]`` (model.metrics.case_metrics on the full volume)."""
+) -> list[CaseResult]:
+    """Per-case metrics of ``weights`` (a ``network``) on ``cases``."""
     check_shapes(network, train)
     net = build_network(network)
     set_weights(net, weights)
     with torch.inference_mode():
         return validate_network(net, train, cases)
-
-
-def summarize_cases(per_case: Sequence[dict[str, Any]]) -> dict[str, dict[str, Summary]]:
-    """Per-case results -> ``summaries[region][metric]`` (mean, std, n), plus region
-    ``mean``/metric ``dice``: the per-case mean Dice over ET, TC, WT summarized."""
-    out: dict[str, dict[str, Summary]] = {}
-    for region, metric, s in iter_summaries([c["metrics"] for c in per_case]):
-        out.setdefault(region, {})[metric] = s
-    if per_case:
-        means = [float(np.mean([c["metrics"][r]["dice"] for r in REGIONS])) for c in per_case]
-        out["mean"] = {"dice": summarize(means)}
-    return out

@@ -9,8 +9,12 @@ here and lands in the run store:
   ``rejected``, the rest aggregated into model r (``models/round_XXXX.pt``, with the
   strategy's state, if it keeps any, in ``round_XXXX.strategy.npz``);
 - after the last round, model R is validated once more (``model_round = R``);
-- ``best.pt``: the model with the highest mean validation Dice over sites (mean over
-  ET/TC/WT per case, sites weighted by their validation cases).
+- ``best.pt``: after every round, the best model round over the whole store by the one
+  round-score rule (``tracking.curves``: mean Dice over ET/TC/WT per case, sites weighted
+  by their validation cases, only rounds every validating site validated, earliest on
+  ties) among rounds with a checkpoint: always the model ``fedseg select --singlet``
+  picks. It is recomputed, not only compared with the newest round, because a site that
+  validates late makes earlier rounds ineligible; with no candidate round there is none.
 
 A restart continues after the last ``done`` round (``RunStore.last_done_round``): a round
 is ``done`` only after its model file is written, so a kill loses at most that round.
@@ -56,6 +60,7 @@ from fedseg.run_folder import (
     strategy_state_path,
 )
 from fedseg.tracking.alarms import check_alarms
+from fedseg.tracking.selection import best_round
 from fedseg.tracking.store import RunStore, SiteRound
 
 
@@ -114,19 +119,6 @@ def initial_weights(plan: PlanConfig) -> Weights:
         return mf.weights
     seed = plan.seed if init.seed is None else init.seed
     return get_weights(new_network(plan.network, None, seed))
-
-
-def validation_score(store: RunStore, model_round: int) -> tuple[float, int] | None:
-    """Mean validation Dice of a model over sites, weighted by validation cases:
-    (score, cases), or None when no site validated it."""
-    rows = [
-        r for r in store.validation(metric="dice", region="mean") if r.model_round == model_round
-    ]
-    rows = [r for r in rows if r.n > 0 and r.mean == r.mean]
-    n = sum(r.n for r in rows)
-    if n == 0:
-        return None
-    return sum(r.mean * r.n for r in rows) / n, n
 
 
 class Coordinator:
@@ -266,7 +258,7 @@ class Coordinator:
         for sr in records.values():
             store.record_site_round(sr)
         self._save_model(rnd, new)
-        self._update_best(rnd - 1)
+        self._update_best()
         if updates:
             store.meta.set_last_trained(LastTrained(round=rnd, sites=[u.site for u in updates]))
         store.finish_round(rnd, n_sites=len(updates))
@@ -303,7 +295,7 @@ class Coordinator:
             else:
                 err = ex.result.error if ex and isinstance(ex.result, SiteFailure) else "no reply"
                 self.store.log(f"final validation: site {site} failed: {err}", "warning")
-        self._update_best(rnd)
+        self._update_best()
         self.store.meta.set_final_validated()
 
     # -- helpers ----------------------------------------------------------------------
@@ -362,20 +354,26 @@ class Coordinator:
             save_arrays(strategy_state_path(path), state)
         self.store.record_checkpoint(model_round, path)
 
-    def _update_best(self, model_round: int) -> None:
-        scored = validation_score(self.store, model_round)
-        if scored is None:
+    def _update_best(self) -> None:
+        """Make ``best.pt`` and meta ``best`` the store's best round (``selection.best_round``),
+        recomputed over the whole store so ``best.pt`` is always ``select --singlet``'s model."""
+        path, best = self.run_dir / BEST_MODEL, self.store.meta.best()
+        pick = best_round(self.store)
+        if pick is None:
+            if best is not None or path.exists():
+                path.unlink(missing_ok=True)
+                self.store.meta.set_best(None)
             return
-        score, n = scored
-        best = self.store.meta.best()
-        if best is None or score > best.score:
-            src = model_path(self.run_dir, model_round)
+        model_round, score = pick
+        if best is None or best.model_round != model_round or not path.is_file():
             tmp = self.run_dir / (BEST_MODEL + ".tmp")
-            shutil.copyfile(src, tmp)
-            tmp.replace(self.run_dir / BEST_MODEL)
-            self.store.meta.set_best(
-                BestModel(model_round=model_round, score=score, n_val=n, time=time.time())
-            )
+            shutil.copyfile(model_path(self.run_dir, model_round), tmp)
+            tmp.replace(path)
+        elif (best.score, best.n_val) == (score.mean, score.n):
+            return
+        self.store.meta.set_best(
+            BestModel(model_round=model_round, score=score.mean, n_val=score.n, time=time.time())
+        )
 
 
 def _with(sr: SiteRound, **changes: object) -> SiteRound:

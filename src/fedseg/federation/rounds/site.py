@@ -14,10 +14,11 @@ from pathlib import Path
 from fedseg.data.splits import load_split
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_from_json
+from fedseg.model.evaluate import summarize_cases
 from fedseg.model.weights import load_arrays, save_arrays
 from fedseg.tracking.store import RunStore
 from fedseg.train.local import OptimizerState, train_local
-from fedseg.train.validate import summarize_cases, validate_cases
+from fedseg.train.validate import validate_cases
 
 WORKSPACE = ".fedseg"
 
@@ -43,7 +44,7 @@ def run_task(site: str, data: Path, req: TaskRequest, workspace: Path | None = N
         per_case = validate_cases(network, train, req.weights, split.val)
         with RunStore(ws) as local:
             for c in per_case:
-                local.record_case_metrics(req.model_round, site, c["case_id"], c["metrics"])
+                local.record_case_metrics(req.model_round, site, c.case_id, c.metrics)
         reply.validation = summarize_cases(per_case)
         reply.val_wall_s = time.perf_counter() - t0
     if req.epochs > 0:

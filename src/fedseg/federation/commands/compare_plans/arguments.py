@@ -1,0 +1,83 @@
+"""What ``fedseg compare`` is asked to run: plan arguments, ``--poison``, ``CompareConfig``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedseg.errors import FedsegError
+from fedseg.federation.commands.compare_plans.attacks import Poison
+from fedseg.federation.rounds.strategies.registry import STRATEGIES
+from fedseg.model.config import NetworkConfig
+from fedseg.plan import StrategyConfig
+from fedseg.train.config import TrainConfig
+
+
+def parse_poison(text: str) -> Poison:
+    """``SITE:scale=50``, ``SITE:scale`` (50) or ``SITE:scramble``."""
+    site, _, rest = text.partition(":")
+    kind, _, value = rest.partition("=")
+    if not site or kind not in ("scale", "scramble") or (kind == "scramble" and value):
+        raise FedsegError(f"--poison {text!r}: write SITE:scale=FACTOR or SITE:scramble")
+    if kind == "scramble":
+        return Poison(site=site, kind="scramble")
+    try:
+        return Poison(site=site, kind="scale", scale=float(value) if value else 50.0)
+    except ValueError:
+        raise FedsegError(f"--poison {text!r}: the scale must be a number") from None
+
+
+class PlanArg(BaseModel):
+    """One plan to compare: a label and its strategy (local epochs from the plan file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    strategy: StrategyConfig
+    local_epochs: int = Field(1, ge=1)
+
+
+def parse_plan_arg(text: str) -> PlanArg:
+    """A plan file (its strategy and local_epochs are used) or ``NAME[:k=v,k=v]``, e.g.
+    ``fedprox:mu=0.01`` or ``cyclic:order=shuffled,epochs_per_visit=2``."""
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        from fedseg.plan import load_plan
+
+        plan = load_plan(path)
+        return PlanArg(label=path.stem, strategy=plan.strategy, local_epochs=plan.local_epochs)
+    name, _, rest = text.partition(":")
+    if name not in STRATEGIES:
+        raise FedsegError(
+            f"plan {text!r}: not a plan file nor a strategy; strategies: "
+            f"{', '.join(sorted(STRATEGIES))}"
+        )
+    params: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise FedsegError(f"plan {text!r}: parameters are k=v pairs separated by commas")
+        params[key.strip()] = yaml.safe_load(value)
+    label = re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
+    return PlanArg(label=label, strategy=StrategyConfig(name=name, params=params))
+
+
+class CompareConfig(BaseModel):
+    """What ``compare`` runs (recorded as ``compare.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    plans: list[PlanArg]
+    sites: dict[str, Path]
+    holdout: dict[str, Path] = Field(default_factory=dict)
+    budget: int = Field(4, ge=1, description="local epochs per site")
+    seed: int = 0
+    network: NetworkConfig = NetworkConfig(base_filters=8, depth=3)
+    train: TrainConfig = TrainConfig.cpu()
+    poison: Poison | None = None
+    baselines: bool = True
+    threads: int = Field(1, ge=1, description="torch CPU threads")

@@ -1,0 +1,56 @@
+"""Attacks ``fedseg compare`` can mount on one site: its update scaled, or its labels
+scrambled (a mislabeled site)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from fedseg.data.cases import discover_cases, load_case, write_case
+from fedseg.data.splits import SPLIT_FILE, load_split
+from fedseg.errors import FedsegError
+from fedseg.model.weights import Weights
+
+#: BraTS label values a scrambled site writes instead of (1, 2, 4): NCR->ED->ET->NCR.
+SCRAMBLE = {1: 2, 2: 4, 4: 1}
+
+
+class Poison(BaseModel):
+    """A poisoned site: its update scaled (``w_global + scale * (w - w_global)``) or its
+    training labels scrambled (NCR->ED->ET->NCR, a mislabeled site)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    site: str
+    kind: Literal["scale", "scramble"]
+    scale: float = 50.0
+
+
+def scale_update(global_weights: Weights, update: Weights, factor: float) -> Weights:
+    """``g + factor * (w - g)`` on the floating arrays (dtypes kept)."""
+    return {k: (g + factor * (update[k].astype(np.float64) - g)).astype(update[k].dtype)
+            if update[k].dtype.kind == "f" else update[k]
+            for k, g in ((k, global_weights[k].astype(np.float64)) for k in update)}  # fmt: skip
+
+
+def scramble_site(src: Path, dst: Path) -> Path:
+    """A copy of site folder ``src`` in ``dst`` with its labels scrambled (``SCRAMBLE``)
+    and the same train/validation split."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    load_split(src)  # make sure the split file exists, then keep it
+    for case in discover_cases(src):
+        vol = load_case(case)
+        if vol.label is None:
+            raise FedsegError(f"case {case.case_id} in {src} has no label map to scramble")
+        lab = vol.label.copy()
+        for a, b in SCRAMBLE.items():
+            lab[vol.label == a] = b
+        write_case(dst, case.case_id, vol.image, lab, vol.affine)
+    shutil.copyfile(src / SPLIT_FILE, dst / SPLIT_FILE)
+    return dst

@@ -1,0 +1,56 @@
+"""The in-process transport of ``fedseg compare``: each site's task runs here, one after
+the other (the real ``run_task``), so a comparison needs no engine processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fedseg.federation.commands.compare_plans.attacks import Poison, scale_update
+from fedseg.federation.rounds.aggregation import n_bytes
+from fedseg.federation.rounds.coordinator import Exchanged, SiteFailure
+from fedseg.federation.rounds.site import run_task
+from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
+from fedseg.run_folder import SiteRoundStatus
+
+
+class LocalTransport:
+    """``coordinator.Transport`` that runs each site's task here, one after the other, with
+    the site's private state in ``workspaces[site]``. A poisoned site's update is scaled."""
+
+    def __init__(self, data: dict[str, Path], workspaces: dict[str, Path],
+                 poison: Poison | None = None,
+                 on_site: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        self.data, self.workspaces, self.poison, self.on_site = data, workspaces, poison, on_site
+
+    def connected_sites(self, wanted: Sequence[str], wait_s: float) -> list[str]:
+        return [s for s in wanted if s in self.data]
+
+    def exchange(self, requests: dict[str, TaskRequest], timeout_s: float,
+                 on_result: Callable[[str, Exchanged], None]) -> dict[str, Exchanged]:  # fmt: skip
+        out: dict[str, Exchanged] = {}
+        for site, req in requests.items():
+            t0 = time.perf_counter()
+            sent = n_bytes(req.weights)
+            try:
+                rep = run_task(site, self.data[site], req, self.workspaces[site])
+                self._poison(site, req, rep)
+                got = n_bytes(rep.weights) if rep.weights is not None else 0
+                ex = Exchanged(rep, sent, got, time.perf_counter() - t0)
+            except Exception as exc:  # a site's failure is its round's result, not ours
+                line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                ex = Exchanged(
+                    SiteFailure(SiteRoundStatus.FAILED, line), sent, 0, time.perf_counter() - t0
+                )
+            out[site] = ex
+            on_result(site, ex)
+            if self.on_site is not None:
+                self.on_site(site)
+        return out
+
+    def _poison(self, site: str, req: TaskRequest, rep: TaskReply) -> None:
+        p = self.poison
+        if p is None or p.kind != "scale" or p.site != site or rep.weights is None:
+            return
+        rep.weights = scale_update(req.weights, rep.weights, p.scale)

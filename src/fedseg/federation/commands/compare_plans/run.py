@@ -1,0 +1,142 @@
+"""``run_compare``: every plan and baseline of a ``CompareConfig`` into one output folder
+(the layout is in the package docstring)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedseg.data.splits import load_split
+from fedseg.errors import FedsegError
+from fedseg.federation.commands.compare_plans.arguments import CompareConfig
+from fedseg.federation.commands.compare_plans.attacks import scramble_site
+from fedseg.federation.commands.compare_plans.budget import epochs_axis, plan_for
+from fedseg.federation.commands.compare_plans.evaluation import evaluate_outcomes
+from fedseg.federation.commands.compare_plans.local_transport import LocalTransport
+from fedseg.federation.commands.compare_plans.outputs import (
+    RunOutcome,
+    results_table,
+    write_results,
+)
+from fedseg.federation.rounds.coordinator import Coordinator
+from fedseg.plan import PlanConfig, save_plan
+from fedseg.run_folder import BEST_MODEL, LAST_MODEL, PLAN_FILE, model_path
+from fedseg.tracking.curves import round_scores
+from fedseg.tracking.store import RunStore
+from fedseg.train.config import RecipeConfig
+
+
+def run_compare(cfg: CompareConfig, out: Path, console: Console | None = None) -> list[RunOutcome]:
+    """Run every plan and baseline of ``cfg`` into ``out`` and write the table and plot."""
+    console = console or Console(stderr=True)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FedsegError(f"{out} exists and is not empty; pick a new --out")
+    _check_sites(cfg)
+    _check_labels([plan_for(cfg, a, cfg.sites).name for a in cfg.plans])  # bad params: now
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    train_sites = dict(cfg.sites)
+    if cfg.poison is not None and cfg.poison.kind == "scramble":
+        train_sites[cfg.poison.site] = scramble_site(
+            cfg.sites[cfg.poison.site], out / "poisoned" / cfg.poison.site
+        )
+    outcomes: list[RunOutcome] = []
+    plans = [plan_for(cfg, a, train_sites) for a in cfg.plans]
+    with _progress(console) as bar:
+        for plan in plans:
+            outcomes.append(_run_plan(cfg, plan, out / "runs" / plan.name, train_sites, bar))
+        if cfg.baselines:
+            outcomes.append(_run_central(cfg, out / "runs" / "central", train_sites, bar))
+            for site, path in train_sites.items():
+                outcomes.append(
+                    _run_central(cfg, out / "runs" / f"single-{site}", {site: path}, bar)
+                )
+        evaluate_outcomes(cfg, outcomes, bar)
+    write_results(out, outcomes, cfg)
+    console.print(results_table(outcomes, cfg))
+    return outcomes
+
+
+def _check_sites(cfg: CompareConfig) -> None:
+    if not cfg.plans:
+        raise FedsegError("name at least one plan to compare (a plan file or e.g. fedavg)")
+    for name, p in {**cfg.sites, **cfg.holdout}.items():
+        if not Path(p).is_dir():
+            raise FedsegError(f"site {name}: data folder {p} not found")
+    both = set(cfg.sites) & set(cfg.holdout)
+    if both:
+        raise FedsegError(f"site {sorted(both)[0]} is both a training and a held-out site")
+    if cfg.poison is not None and cfg.poison.site not in cfg.sites:
+        raise FedsegError(
+            f"--poison names site {cfg.poison.site!r}; the sites are {', '.join(cfg.sites)}"
+        )
+
+
+def _check_labels(labels: list[str]) -> None:
+    seen = {lb for lb in labels if labels.count(lb) > 1}
+    if seen:
+        raise FedsegError(f"plan {sorted(seen)[0]!r} is named twice; give distinct plans")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)  # fmt: skip
+
+
+def _run_plan(cfg: CompareConfig, plan: PlanConfig, run_dir: Path, sites: dict[str, Path],
+              bar: Progress) -> RunOutcome:  # fmt: skip
+    run_dir.mkdir(parents=True)
+    save_plan(run_dir / PLAN_FILE, plan)
+    with RunStore(run_dir) as store:
+        store.meta.set_run_id(f"compare-{plan.name}")
+    xs = epochs_axis(plan)
+    rounds = len(xs) - 1
+    steps = (rounds + 1) * len(sites)
+    task = bar.add_task(f"{plan.name}", total=steps)
+    ws = {s: run_dir / "sites" / s for s in sites}
+    transport = LocalTransport(sites, ws, cfg.poison, lambda _s: bar.advance(task))
+    t0 = time.perf_counter()
+    Coordinator(run_dir, transport).run()
+    wall = time.perf_counter() - t0
+    bar.update(task, completed=steps)
+    with RunStore(run_dir) as store:
+        scores = round_scores(store)
+    curve = [(xs[m], s.mean) for m, s in scores.items() if m < len(xs)]
+    best = run_dir / BEST_MODEL
+    return RunOutcome(plan.name, "plan", run_dir, xs[-1], curve, model_path(run_dir, rounds),
+                      best if best.is_file() else None, wall)  # fmt: skip
+
+
+def _run_central(cfg: CompareConfig, run_dir: Path, sites: dict[str, Path],
+                 bar: Progress) -> RunOutcome:  # fmt: skip
+    from fedseg.train.runner import CENTRAL, SiteData, run_training
+
+    data = []
+    for name, path in sites.items():
+        split = load_split(path)
+        data.append(SiteData(name, list(split.train), list(split.val), path))
+    label = "central" if len(sites) > 1 else f"single-{next(iter(sites))}"
+    task = bar.add_task(label, total=cfg.budget)
+    recipe = RecipeConfig(
+        network=cfg.network, train=cfg.train.model_copy(update={"seed": cfg.seed})
+    )
+    t0 = time.perf_counter()
+    run_training(run_dir, data, cfg.budget, recipe=recipe, progress=False,
+                 console=Console(quiet=True))  # fmt: skip
+    wall = time.perf_counter() - t0
+    bar.update(task, completed=cfg.budget)
+    with RunStore(run_dir) as store:  # several sites: their pooled rows, stored as CENTRAL
+        scores = round_scores(store, sites=[CENTRAL] if len(sites) > 1 else None)
+    curve = [(float(e), s.mean) for e, s in scores.items()]
+    best = run_dir / BEST_MODEL
+    kind = "central" if len(sites) > 1 else "single"
+    return RunOutcome(label, kind, run_dir, float(cfg.budget), curve, run_dir / LAST_MODEL,
+                      best if best.is_file() else None, wall)  # fmt: skip

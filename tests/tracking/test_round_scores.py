@@ -1,0 +1,93 @@
+"""The one rule that scores a model round (``curves.federation_curve``), as a table, and
+the best round drawn from it (``selection.best_round``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from fedseg.model.summary import Summary
+from fedseg.tracking.curves import Curves, federation_curve, round_scores
+from fedseg.tracking.selection import best_round
+from fedseg.tracking.store import RunStore
+
+NAN = float("nan")
+
+
+def _s(mean: float, n: int = 1, std: float = 0.0) -> Summary:
+    return Summary(mean, std, n)
+
+
+# (what the sites reported, sites asked, expected model_round -> score)
+RULE_CASES: list[tuple[str, Curves, list[str] | None, dict[int, float]]] = [
+    ("every site validated both rounds",
+     {"a": {0: _s(0.5), 1: _s(0.7)}, "b": {0: _s(0.3), 1: _s(0.5)}}, None, {0: 0.4, 1: 0.6}),
+    ("weighted by validation cases",
+     {"a": {0: _s(0.8, 9)}, "b": {0: _s(0.2, 1)}}, None, {0: 0.74}),
+    ("a round missing a site is no candidate",
+     {"a": {0: _s(0.5), 1: _s(0.99)}, "b": {0: _s(0.5)}}, None, {0: 0.5}),
+    ("a site validating late makes the earlier rounds ineligible",
+     {"a": {0: _s(0.9), 1: _s(0.4), 2: _s(0.6)}, "b": {2: _s(0.6)}}, None, {2: 0.6}),
+    ("a value without cases is no validation: that round is no candidate",
+     {"a": {0: _s(0.5), 1: _s(0.9)}, "b": {0: _s(0.5), 1: _s(0.9, 0)}}, None, {0: 0.5}),
+    ("a non-finite value is no validation",
+     {"a": {0: _s(0.5), 1: _s(0.9)}, "b": {0: _s(0.5), 1: _s(NAN)}}, None, {0: 0.5}),
+    ("a site that never validated is not in the population",
+     {"a": {0: _s(0.5)}, "b": {}, "c": {0: _s(NAN, 0)}}, None, {0: 0.5}),
+    ("sites asked: the population is drawn from them",
+     {"a": {0: _s(0.5), 1: _s(0.9)}, "b": {0: _s(0.1)}}, ["a"], {0: 0.5, 1: 0.9}),
+    ("nobody validated", {"a": {}}, None, {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("curves", "sites", "expected"),
+    [c[1:] for c in RULE_CASES],
+    ids=[c[0] for c in RULE_CASES],
+)
+def test_round_score_rule(
+    curves: Curves, sites: list[str] | None, expected: dict[int, float]
+) -> None:
+    got = federation_curve(curves, sites)
+    assert list(got) == sorted(expected)
+    assert {m: s.mean for m, s in got.items()} == pytest.approx(expected)
+
+
+def test_score_carries_cases_and_pooled_std() -> None:
+    got = federation_curve({"a": {0: _s(0.2, 1, 0.0)}, "b": {0: _s(0.6, 3, 0.0)}})[0]
+    assert got.n == 4 and got.mean == pytest.approx(0.5)
+    assert got.std == pytest.approx(math.sqrt((0.3**2 + 3 * 0.1**2) / 4))
+
+
+def _store(run: Path, rows: dict[tuple[int, str], float], ckpts: list[int]) -> RunStore:
+    store = RunStore(run)
+    for (mr, site), v in rows.items():
+        store.record_validation(mr, site, {"mean": {"dice": _s(v, 2)}, "ET": {"dice": _s(v, 2)}})
+    for mr in ckpts:
+        store.record_checkpoint(mr, run / f"m{mr}.pt")
+    return store
+
+
+@pytest.mark.parametrize(
+    ("rows", "ckpts", "expected"),
+    [
+        ({(0, "a"): 0.5, (1, "a"): 0.7, (2, "a"): 0.7}, [0, 1, 2], (1, 0.7)),  # earliest tie
+        ({(0, "a"): 0.5, (1, "a"): 0.7}, [0], (0, 0.5)),  # only rounds with a checkpoint
+        ({(0, "a"): 0.5, (1, "b"): 0.7}, [0, 1], None),  # no round has every site
+    ],
+)  # fmt: skip
+def test_best_round(
+    tmp_path: Path,
+    rows: dict[tuple[int, str], float],
+    ckpts: list[int],
+    expected: tuple[int, float] | None,
+) -> None:
+    with _store(tmp_path, rows, ckpts) as store:
+        got = best_round(store)
+        assert (got[0], got[1].mean) == expected if got else expected is None
+        assert best_round(store, "ET") == got  # region ET has the same rows here
+        assert round_scores(store) == federation_curve(
+            {s: {mr: _s(v, 2) for (mr, site), v in rows.items() if site == s} for s in "ab"}
+        )
