@@ -26,3 +26,12 @@ def test_tiny_sites_are_the_tiny_dataset_sites(tiny_dataset, tiny_sites) -> None
     root, cases = tiny_dataset
     assert sorted(tiny_sites) == ["site1", "site2", "site3"] == sorted(cases)
     assert all(tiny_sites[s] == root / s for s in tiny_sites)
+
+
+def test_xdist_groups_keep_engine_and_export_tests_together() -> None:
+    from tests.conftest import xdist_group
+
+    assert xdist_group("tests/federation/test_processes.py::test_x") == "engine"
+    assert xdist_group("tests/deploy/test_deployment.py::test_y[a]") == "engine"
+    assert xdist_group("tests/export/test_tiling.py::test_z") == "openvino"
+    assert xdist_group("tests/data/test_labels.py::test_w") == "tests/data/test_labels.py::test_w"
