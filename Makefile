@@ -24,16 +24,18 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/fedseg demo --out demo/$$(date +%Y%m%d-%H%M%S)
 
-# The export tests run in their own pytest process: OpenVINO's native thread pool and
-# PyTorch's DataLoader workers in one process crashed it (SIGSEGV); fedseg itself never
-# trains and exports in one process.
+# One pytest process, two workers (one per core). --dist loadgroup keeps together what
+# tests/conftest.py's XDIST_GROUPS names: the tests that run the Flower engine in real
+# processes (one at a time), the export tests (one trained model and its exports), modules
+# with module-scoped fixtures; every other test goes to whichever worker is free.
+# The export tests used to need their own process (a SIGSEGV blamed on OpenVINO's thread
+# pool + DataLoader forks); it does not reproduce with the pinned versions (see git log).
+PYTEST_N := $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 test: venv
-	$(BIN)/python -m pytest -q --ignore=tests/export
-	$(BIN)/python -m pytest -q tests/export
+	$(PYTEST_N)
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not slow" --ignore=tests/export
-	$(BIN)/python -m pytest -q -m "not slow" tests/export
+	$(PYTEST_N) -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from typer.testing import CliRunner
 from fedseg.cli import main as cli_main
 from fedseg.data.labels import Layout
 from fedseg.data.splits import SPLIT_FILE
+from tests.helpers import run_fedseg
 
 
 @pytest.fixture(scope="module")
@@ -95,28 +95,16 @@ def test_split_cli_reports_changes(tmp_path: Path, factory, runner: CliRunner) -
     assert all(now["cases"].get(c, now["gone"].get(c)) == s for c, s in first.items())
 
 
-def _fedseg(*args: str) -> subprocess.CompletedProcess[str]:
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run(
-        [sys.executable, "-m", "fedseg", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-
-
 def test_bad_input_is_one_line_exit_2(tmp_path: Path, factory) -> None:
-    proc = _fedseg("data", "check", str(tmp_path / "nowhere"))
+    proc = run_fedseg("data", "check", str(tmp_path / "nowhere"))
     assert proc.returncode == 2
     assert "not a folder" in proc.stderr and "Traceback" not in proc.stderr
 
     root = _site(tmp_path / "site", factory, n=2)
-    assert _fedseg("data", "split", str(root), "--seed", "3").returncode == 0
-    proc = _fedseg("data", "split", str(root), "--seed", "4")
+    assert run_fedseg("data", "split", str(root), "--seed", "3").returncode == 0
+    proc = run_fedseg("data", "split", str(root), "--seed", "4")
     assert proc.returncode == 2 and "seed 3, not 4" in proc.stderr
-    proc = _fedseg("data", "check", str(root), "--json")
+    proc = run_fedseg("data", "check", str(root), "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["ok"] == 2
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +11,7 @@ from matplotlib.image import imread
 from fedseg.data.cases import discover_cases, load_case
 from fedseg.data.show import LABEL_COLOURS, focus_point, render_case, show_case
 from fedseg.errors import FedsegError
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def _fedseg(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": SRC, "COLUMNS": "120"}
-    cmd = [sys.executable, "-m", "fedseg", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+from tests.helpers import run_fedseg
 
 
 def test_show_writes_a_png_with_the_overlay(
@@ -71,7 +61,7 @@ def test_show_rejects_non_png_and_ambiguous_folders(
 @pytest.mark.slow
 def test_cli_synth_then_show(tmp_path: Path) -> None:
     out = tmp_path / "data"
-    proc = _fedseg(
+    proc = run_fedseg(
         "data", "synth", str(out), "--sites", "2", "--cases-per-site", "2", "--spacing", "4",
         "--bad-site", "2", "--bad-kind", "shifted", "--seed", "1",
     )  # fmt: skip
@@ -81,15 +71,15 @@ def test_cli_synth_then_show(tmp_path: Path) -> None:
         assert sorted(p.name for p in (out / site).iterdir()) == [f"{site}_000", f"{site}_001"]
     assert "bad_kind: shifted" in (out / "synth.yaml").read_text()
     png = tmp_path / "c.png"
-    proc = _fedseg("data", "show", str(out / "site2" / "site2_001"), "--out", str(png))
+    proc = run_fedseg("data", "show", str(out / "site2" / "site2_001"), "--out", str(png))
     assert proc.returncode == 0, proc.stderr
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
-    proc = _fedseg("data", "synth", str(tmp_path / "d"), "--sites", "2", "--bad-site", "3")
+    proc = run_fedseg("data", "synth", str(tmp_path / "d"), "--sites", "2", "--bad-site", "3")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "numbered 1..2" in proc.stderr
-    proc = _fedseg("data", "synth", str(tmp_path / "d"), "--bad-kind", "flipped")
+    proc = run_fedseg("data", "synth", str(tmp_path / "d"), "--bad-kind", "flipped")
     assert proc.returncode == 2 and "eroded, shifted, swapped" in proc.stderr
     assert not (tmp_path / "d" / "site1").exists()

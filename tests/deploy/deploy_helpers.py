@@ -1,22 +1,14 @@
-"""Helpers for the deployment tests: a coordinator PKI, free ports, listening-socket scans."""
+"""Helpers for the deployment tests: a coordinator PKI and listening-socket scans."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 from pathlib import Path
 
 from fedseg.federation.security import pki
 
 SITES = ("alpha", "beta", "gamma")
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (the machine is shared: never hard-code one)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_coordinator(root: Path, sites: tuple[str, ...] = SITES) -> Path:

@@ -26,7 +26,8 @@ from fedseg.plan import PlanConfig, save_plan
 from fedseg.run_folder import ENROLLED_NODES_FILE, RunStatus
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
-from tests.deploy.deploy_helpers import free_port, make_coordinator
+from tests.deploy.deploy_helpers import make_coordinator
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 SITES = ("site1", "site2", "site3")

@@ -30,7 +30,8 @@ from fedseg.federation.commands import deploy
 from fedseg.federation.engine.app_bundle import write_app
 from fedseg.federation.engine.launcher import flower_env
 from fedseg.federation.security import pki
-from tests.deploy.deploy_helpers import SITES, free_port, listening_sockets, make_coordinator
+from tests.deploy.deploy_helpers import SITES, listening_sockets, make_coordinator
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,12 @@ import pytest
 
 from fedseg.model.export import ExportConfig, export_openvino
 from fedseg.model.openvino_backend import ExportMeta
-from tests.export.exportkit import make_site, train_tiny
+from tests.export.exportkit import synth_site, train_tiny
 
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_site(tmp_path_factory.mktemp("synth"))
+    return synth_site(tmp_path_factory.mktemp("synth"))
 
 
 @pytest.fixture(scope="session")

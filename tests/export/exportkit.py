@@ -1,4 +1,4 @@
-"""Helpers for the export tests: a synthetic site, a tiny network trained on it, the CLI.
+"""Helpers for the export tests: a synthetic site and a tiny network trained on it.
 
 The site comes from ``fedseg data synth`` at 6 mm (40x40x26 voxels, real anatomy); the
 tiny residual U-Net (4 filters, depth 2) is trained for about ten seconds on its whole cropped
@@ -8,9 +8,6 @@ near 0.5, where any rounding flips labels, which says nothing about quantization
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +18,11 @@ from fedseg.data.preprocess import crop_and_normalize
 from fedseg.data.synth import SynthConfig, generate_dataset
 from fedseg.model.config import NetworkConfig
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 TINY = NetworkConfig(base_filters=4, depth=2)
 TINY_ROI = (24, 24, 24)
 
 
-def make_site(root: Path, cases: int = 3) -> Path:
+def synth_site(root: Path, cases: int = 3) -> Path:
     """One synthetic site of ``cases`` labelled cases at 6 mm; returns its folder."""
     generate_dataset(root, SynthConfig(sites=1, cases_per_site=cases, seed=3, spacing=6.0))
     return root / "site1"
@@ -61,14 +57,3 @@ def train_tiny(site: Path, path: Path, steps: int = 150, seed: int = 0) -> Path:
         opt.step()
     model = ModelFile(TINY, get_weights(net), TINY_ROI, meta={"trained_steps": steps})
     return save_model(path, model)
-
-
-def run_fedseg(
-    *args: str | Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess."""
-    full = {**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "fedseg", *map(str, args)],
-        capture_output=True, text=True, env=full, timeout=300,
-    )  # fmt: skip

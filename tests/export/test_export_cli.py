@@ -13,7 +13,7 @@ import pytest
 from fedseg.data.cases import discover_cases
 from fedseg.model.metrics import case_metrics, mean_dice
 from fedseg.model.segmenter import ModelSet, segment_case
-from tests.export.exportkit import SRC, run_fedseg
+from tests.helpers import SRC, run_fedseg
 
 NO_TORCH = """
 import sys

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fedseg.data.nifti import load_array
 from fedseg.tracking.store import RunStore
-
-SRC = Path(__file__).parents[2] / "src"
+from tests.helpers import run_fedseg
 
 
 @pytest.mark.slow
 def test_demo_makes_sites_federates_reports_and_segments(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    env = {**os.environ, "PYTHONPATH": str(SRC), "FLWR_TELEMETRY_ENABLED": "0", "COLUMNS": "200"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedseg", "demo", "--out", str(out), "--rounds", "1", "--no-live"],
-        capture_output=True, text=True, env=env, timeout=900, check=False,
-    )  # fmt: skip
+    proc = run_fedseg("demo", "--out", out, "--rounds", "1", "--no-live", timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (out / "data").iterdir() if p.is_dir()) == [
         "site1", "site2", "site3",

@@ -2,46 +2,34 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from fedseg.plan import load_plan
-
-SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def _fedseg(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.run(
-        [sys.executable, "-m", "fedseg", *args], capture_output=True, text=True, env=env,
-        timeout=120, check=False,
-    )  # fmt: skip
+from tests.helpers import run_fedseg
 
 
 def test_plan_init_writes_a_loadable_commented_plan(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     plan = tmp_path / "plan.yaml"
-    r = _fedseg("plan", "init", str(plan), "--sites", str(a), "--sites", str(b))
+    r = run_fedseg("plan", "init", str(plan), "--sites", str(a), "--sites", str(b))
     assert r.returncode == 0, r.stderr
     assert "# " in plan.read_text()
     assert {k: v.data for k, v in load_plan(plan).sites.items()} == {"a": a, "b": b}
-    again = _fedseg("plan", "init", str(plan))
+    again = run_fedseg("plan", "init", str(plan))
     assert again.returncode == 2 and "--force" in again.stderr
 
 
 def test_simulate_and_resume_errors_are_one_line(tmp_path: Path) -> None:
     plan = tmp_path / "plan.yaml"
     plan.write_text(f"sites:\n  a: {{data: {tmp_path / 'missing'}}}\n")
-    r = _fedseg("simulate", str(plan), "--out", str(tmp_path / "run"))
+    r = run_fedseg("simulate", str(plan), "--out", str(tmp_path / "run"))
     assert r.returncode == 2
     assert "data folder" in r.stderr and "not found" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     (tmp_path / "missing").mkdir()
-    r = _fedseg("simulate", str(plan), "--out", str(tmp_path / "full"))
+    r = run_fedseg("simulate", str(plan), "--out", str(tmp_path / "full"))
     assert r.returncode == 2 and "fedseg resume" in r.stderr
-    r = _fedseg("resume", str(tmp_path / "full"))
+    r = run_fedseg("resume", str(tmp_path / "full"))
     assert r.returncode == 2 and "not a federation run folder" in r.stderr

@@ -26,6 +26,7 @@ from fedseg.plan import load_plan, save_plan
 from fedseg.run_folder import BEST_MODEL, PLAN_FILE, STORE_FILE, RunStatus, model_path
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import SITES, tiny_plan
+from tests.helpers import fedseg_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -80,7 +81,7 @@ def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, P
 def test_resume_after_kill_9_of_the_aggregator(tmp_path: Path, tiny_sites: dict[str, Path]) -> None:
     plan = _plan_file(tmp_path, tiny_sites)
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    env = fedseg_env()
     cmd = [sys.executable, "-m", "fedseg", "simulate", str(plan), "--out", str(run), "--no-live"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)  # fmt: skip

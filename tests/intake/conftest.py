@@ -23,6 +23,7 @@ from fedseg.data.atlas import Atlas, load_atlas
 from fedseg.data.cases import MODALITIES
 from fedseg.intake import itk_bridge
 from fedseg.intake.registration import block_average, euler_from
+from tests.helpers import free_port
 
 #: Known per-sequence rigid motions: (rotation axis, degrees, translation mm). They map the
 #: native (scanner) space of each sequence to the atlas space.
@@ -146,12 +147,6 @@ def atlas() -> Atlas:
 
 
 # --------------------------------------------------------------------------- Orthanc PACS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

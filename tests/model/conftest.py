@@ -8,7 +8,7 @@ import pytest
 
 from fedseg.data.cases import write_case
 from fedseg.model.segmenter import Member
-from tests.model.modelkit import AFFINE, TINY_ROI, oracle_predictor, synthetic_case, tiny_model
+from tests.model.modelkit import AFFINE, TINY_ROI, oracle_case, oracle_predictor, tiny_model
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def oracle() -> Member:
 @pytest.fixture
 def case_dir(tmp_path: Path) -> Path:
     """One BraTS 2021 case folder, 26x30x22 voxels (not a multiple of the tile)."""
-    image, label = synthetic_case((26, 30, 22), seed=1)
+    image, label = oracle_case((26, 30, 22), seed=1)
     return write_case(tmp_path / "site", "case001", image, label, AFFINE)
 
 
@@ -28,7 +28,7 @@ def site_dir(tmp_path: Path) -> Path:
     """A data folder with three labelled cases of different grid sizes."""
     root = tmp_path / "site"
     for i, shape in enumerate([(26, 30, 22), (20, 20, 20), (34, 18, 24)]):
-        image, label = synthetic_case(shape, seed=10 + i)
+        image, label = oracle_case(shape, seed=10 + i)
         write_case(root, f"case{i:03d}", image, label, AFFINE)
     return root
 

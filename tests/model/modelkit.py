@@ -1,4 +1,4 @@
-"""Helpers for the model tests: tiny networks, model files, synthetic cases, the CLI.
+"""Helpers for the model tests: tiny networks, model files, label-encoding synthetic cases.
 
 The synthetic images encode their own label so that an "oracle" numpy predictor can
 recover it exactly after the crop and z-score of inference: channel T1 is 1 inside ET,
@@ -8,9 +8,6 @@ everywhere in the brain (so z-scored values are positive in the region, negative
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +19,15 @@ from fedseg.model.model_file import ModelFile, save_model
 from fedseg.model.registry import build_network
 from fedseg.model.weights import get_weights
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 #: Non-trivial voxel-to-mm map: 2 mm voxels, x flipped, 3 mm slices, offset origin.
 AFFINE = np.array([[-2.0, 0, 0, 90.0], [0, 2.0, 0, -110.0], [0, 0, 3.0, -40.0], [0, 0, 0, 1]])
 TINY = NetworkConfig(base_filters=4, depth=2)
 TINY_ROI = (16, 16, 16)
 
 
-def synthetic_case(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image (4, X, Y, Z) float32, BraTS 2021 label (X, Y, Z) uint8) with zero margins."""
+def oracle_case(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image (4, X, Y, Z) float32, BraTS 2021 label (X, Y, Z) uint8) with zero margins; the
+    image encodes the label for ``oracle_predictor`` (see the module docstring)."""
     rng = np.random.default_rng(seed)
     label = np.zeros(shape, np.uint8)
     c = np.array(shape) // 2 + rng.integers(-2, 3, 3)
@@ -61,12 +58,3 @@ def tiny_model(path: Path, *, roi: tuple[int, int, int] = TINY_ROI, seed: int = 
     torch.manual_seed(seed)
     net = build_network(TINY)
     return save_model(path, ModelFile(TINY, get_weights(net), roi, meta={"seed": seed}))
-
-
-def run_fedseg(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess (wide terminal so rich tables are not wrapped)."""
-    env = {**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "200", "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "fedseg", *map(str, args)],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip

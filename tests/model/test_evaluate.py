@@ -22,7 +22,8 @@ from fedseg.model.evaluate import (
 )
 from fedseg.model.metrics import HD95_ONE_EMPTY, METRICS
 from fedseg.model.segmenter import Member, ModelSet
-from tests.model.modelkit import TINY_ROI, run_fedseg
+from tests.helpers import run_fedseg
+from tests.model.modelkit import TINY_ROI
 
 
 def _nothing(batch: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ from fedseg.model.registry import build_network
 from fedseg.model.resunet import count_parameters
 from fedseg.model.segmenter import ModelSet, check_roi
 from fedseg.model.weights import get_weights
-from tests.model.modelkit import TINY, run_fedseg, tiny_model
+from tests.helpers import run_fedseg
+from tests.model.modelkit import TINY, tiny_model
 
 
 def test_tiny_network_output_shape_non_cubic() -> None:

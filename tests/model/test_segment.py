@@ -19,7 +19,8 @@ from fedseg.model.segmenter import (
     segment_case,
     write_segmentation,
 )
-from tests.model.modelkit import AFFINE, TINY_ROI, run_fedseg, tiny_model
+from tests.helpers import run_fedseg
+from tests.model.modelkit import AFFINE, TINY_ROI, tiny_model
 
 
 def _const(value: float) -> Member:

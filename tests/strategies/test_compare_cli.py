@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def _fedseg(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.run([sys.executable, "-m", "fedseg", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout, check=False)  # fmt: skip
+from tests.helpers import run_fedseg
 
 
 @pytest.mark.parametrize(
@@ -27,9 +18,11 @@ def _fedseg(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
      (["fedavg", "--poison", "site1:flip"], "SITE:scale=FACTOR or SITE:scramble"),
      (["cyclic:epochs_per_visit=2", "--budget", "3"], "whole number of cycles")],
 )  # fmt: skip
-def test_errors_are_one_line(tmp_path: Path, tiny_sites: dict[str, Path], args: list[str],
+def test_errors_are_one_line(tmp_path: Path, four_sites: dict[str, Path], args: list[str],
                              msg: str) -> None:  # fmt: skip
-    r = _fedseg("compare", *args, "--data", str(tiny_sites["site1"]), "--out", str(tmp_path / "o"))
+    r = run_fedseg(
+        "compare", *args, "--data", str(four_sites["site1"]), "--out", str(tmp_path / "o")
+    )
     assert r.returncode == 2, r.stderr
     assert msg in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -39,7 +32,7 @@ def test_errors_are_one_line(tmp_path: Path, tiny_sites: dict[str, Path], args: 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_compare_end_to_end_with_a_poisoned_site(tmp_path: Path,
-                                                 tiny_sites: dict[str, Path]) -> None:  # fmt: skip
+                                                 four_sites: dict[str, Path]) -> None:  # fmt: skip
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         "network: {base_filters: 4, depth: 2}\n"
@@ -47,10 +40,10 @@ def test_compare_end_to_end_with_a_poisoned_site(tmp_path: Path,
         "        sampler: tumor, num_workers: 0, lr: 0.001, cache_mb: 64}\n"
     )
     out = tmp_path / "cmp"
-    r = _fedseg(
+    r = run_fedseg(
         "compare", "fedavg", "median", "single-pass:validate_all=false",
-        "--data", str(tiny_sites["site1"]), "--data", str(tiny_sites["site2"]),
-        "--data", str(tiny_sites["site3"]), "--holdout", str(tiny_sites["site4"]),
+        "--data", str(four_sites["site1"]), "--data", str(four_sites["site2"]),
+        "--data", str(four_sites["site3"]), "--holdout", str(four_sites["site4"]),
         "--budget", "1", "--recipe", str(recipe),
         "--poison", "site2:scale=50", "--out", str(out), timeout=850,
     )  # fmt: skip

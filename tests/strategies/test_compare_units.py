@@ -79,9 +79,9 @@ def test_scale_update() -> None:
 
 
 def test_scramble_site_permutes_labels_and_keeps_the_split(
-    tmp_path: Path, tiny_sites: dict[str, Path]
+    tmp_path: Path, four_sites: dict[str, Path]
 ) -> None:
-    src = tiny_sites["site1"]
+    src = four_sites["site1"]
     dst = scramble_site(src, tmp_path / "poisoned")
     before = {c.case_id: load_case(c).label for c in discover_cases(src)}
     after = {c.case_id: load_case(c).label for c in discover_cases(dst)}

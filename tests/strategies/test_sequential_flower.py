@@ -16,11 +16,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_single_pass_over_flower_skips_a_broken_site(
-    tmp_path: Path, tiny_sites: dict[str, Path]
+    tmp_path: Path, four_sites: dict[str, Path]
 ) -> None:
     broken = tmp_path / "broken"  # a site whose data folder holds no cases: its task fails
     broken.mkdir()
-    sites = {"site1": tiny_sites["site1"], "broken": broken}
+    sites = {"site1": four_sites["site1"], "broken": broken}
     params = {"epochs_per_visit": 1, "validate_all": False}  # one message per visit: short
     plan = tiny_plan(sites, strategy={"name": "single-pass", "params": params})
     res = simulate(save_plan(tmp_path / "plan.yaml", plan), tmp_path / "run", live=False)

@@ -26,10 +26,10 @@ def _req(plan, weights, rnd=1, optimizer="keep-local"):  # type: ignore[no-untyp
     return TaskRequest(rnd, rnd - 1, False, 1, 7, "r", recipe, weights, optimizer_mode=optimizer)
 
 
-def test_optimizer_modes_on_the_site(tmp_path: Path, tiny_sites: dict[str, Path]) -> None:
-    plan = tiny_plan({"site1": tiny_sites["site1"]})
+def test_optimizer_modes_on_the_site(tmp_path: Path, four_sites: dict[str, Path]) -> None:
+    plan = tiny_plan({"site1": four_sites["site1"]})
     w0 = initial_weights(plan)
-    data = tiny_sites["site1"]
+    data = four_sites["site1"]
     keep = run_task("site1", data, _req(plan, w0, optimizer="keep-local"), tmp_path / "keep")
     assert list((tmp_path / "keep").glob("optimizer_*.npz")) and keep.optimizer_state is None
     reset = run_task("site1", data, _req(plan, w0, optimizer="reset"), tmp_path / "reset")
@@ -47,10 +47,10 @@ def test_optimizer_modes_on_the_site(tmp_path: Path, tiny_sites: dict[str, Path]
     assert not np.array_equal(again.weights[k], fresh.weights[k])  # type: ignore[index]
 
 
-def test_proximal_term_keeps_weights_near_the_global_model(tiny_sites: dict[str, Path]) -> None:
-    plan = tiny_plan({"site1": tiny_sites["site1"]})
+def test_proximal_term_keeps_weights_near_the_global_model(four_sites: dict[str, Path]) -> None:
+    plan = tiny_plan({"site1": four_sites["site1"]})
     w0 = initial_weights(plan)
-    cases = load_split(tiny_sites["site1"]).train
+    cases = load_split(four_sites["site1"]).train
 
     def drift(mu: float) -> float:
         res = train_local(plan.network, plan.train, w0, None, cases, 2, seed=1, proximal_mu=mu)

@@ -15,7 +15,7 @@ from fedseg.train.config import AugmentConfig, TrainConfig
 SHAPE = (40, 40, 32)
 
 
-def synthetic_case(rng: np.random.Generator, shape: tuple[int, int, int] = SHAPE):
+def toy_brain_case(rng: np.random.Generator, shape: tuple[int, int, int] = SHAPE):
     """(image (4, X, Y, Z) float32, BraTS-2021 label (X, Y, Z) uint8) of a toy brain.
 
     An ellipsoid brain on a zero background (so cropping has planes to remove) holding a
@@ -50,11 +50,13 @@ def synthetic_case(rng: np.random.Generator, shape: tuple[int, int, int] = SHAPE
     return image, label
 
 
-def make_site(root: Path, n: int, seed: int, shape: tuple[int, int, int] = SHAPE) -> list[Case]:
+def write_toy_site(
+    root: Path, n: int, seed: int, shape: tuple[int, int, int] = SHAPE
+) -> list[Case]:
     """Write ``n`` synthetic cases under ``root`` (BraTS 2021 layout) and discover them."""
     rng = np.random.default_rng(seed)
     for i in range(n):
-        image, label = synthetic_case(rng, shape)
+        image, label = toy_brain_case(rng, shape)
         write_case(root, f"case{seed:02d}_{i:03d}", image, label, np.eye(4))
     return discover_cases(root)
 
@@ -72,7 +74,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
     """Five tiny labelled cases on disk."""
-    return make_site(tmp_path_factory.mktemp("site"), 5, seed=1)
+    return write_toy_site(tmp_path_factory.mktemp("site"), 5, seed=1)
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ from fedseg.model.evaluate import summarize_cases
 from fedseg.train.config import TrainConfig
 from fedseg.train.local import train_local
 from fedseg.train.validate import validate_cases
-from tests.train.conftest import make_site
+from tests.train.conftest import write_toy_site
 
 
 @pytest.mark.slow
 def test_small_model_learns_the_synthetic_tumour(tmp_path: Path) -> None:
-    train_cases = make_site(tmp_path / "train", 8, seed=11)
-    val_cases = make_site(tmp_path / "val", 3, seed=12)
+    train_cases = write_toy_site(tmp_path / "train", 8, seed=11)
+    val_cases = write_toy_site(tmp_path / "val", 3, seed=12)
     net = NetworkConfig(base_filters=8, depth=2)
     train = TrainConfig.cpu(patch_size=(32, 32, 32), val_roi=(32, 32, 32), batch_size=2, lr=3e-3)
     res = train_local(net, train, None, None, train_cases, 8, seed=0)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,17 +11,12 @@ from fedseg.data.cases import Case
 from fedseg.model.config import NetworkConfig
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import RecipeConfig, TrainConfig
+from tests.helpers import run_fedseg
 
-pytest.importorskip("fedseg.data.splits", reason="needs `fedseg data split` (fedseg.data.splits)")
 
-
-def _fedseg(*args: str) -> subprocess.CompletedProcess[str]:
-    src = str(Path(__file__).parents[2] / "src")
-    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "fedseg", *args], env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
+def _train_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``fedseg ARGS`` with one OpenMP thread (the training subprocess shares 2 cores)."""
+    return run_fedseg(*args, env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow
@@ -34,15 +27,15 @@ def test_fedseg_train_writes_the_run_and_resumes(
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RecipeConfig(network=tiny_net, train=tiny_train).to_yaml())
     out = tmp_path / "run"
-    first = _fedseg("train", "--data", str(root), "--out", str(out), "--config", str(recipe),
+    first = _train_cli("train", "--data", str(root), "--out", str(out), "--config", str(recipe),
                     "--epochs", "1", "--no-progress")  # fmt: skip
     assert first.returncode == 0, first.stderr
     assert "epoch 1/1" in first.stdout and "Dice ET" in first.stdout and "WT" in first.stdout
     for name in ("recipe.yaml", "run.sqlite", "last.pt", "best.pt", "checkpoints/last.ckpt"):
         assert (out / name).is_file(), name
-    again = _fedseg("train", "--data", str(root), "--out", str(out), "--config", str(recipe))
+    again = _train_cli("train", "--data", str(root), "--out", str(out), "--config", str(recipe))
     assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
-    resumed = _fedseg("train", "--resume", str(out), "--epochs", "2", "--no-progress")
+    resumed = _train_cli("train", "--resume", str(out), "--epochs", "2", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert "epoch 2/2" in resumed.stdout and "epoch 1/" not in resumed.stdout
     with RunStore(out) as store:
@@ -57,6 +50,8 @@ def test_bad_recipe_is_one_line(tmp_path: Path, site: list[Case]) -> None:
     root = site[0].folder.parent  # type: ignore[union-attr]
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  patch_size: [30, 30, 30]\nnetwork:\n  depth: 2\n")
-    res = _fedseg("train", "--data", str(root), "--out", str(tmp_path / "r"), "--config", str(bad))
+    res = _train_cli(
+        "train", "--data", str(root), "--out", str(tmp_path / "r"), "--config", str(bad)
+    )
     assert res.returncode == 2 and "multiples of 4" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1

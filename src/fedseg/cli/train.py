@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from fedseg.data.splits import load_split
 from fedseg.errors import FedsegError
 from fedseg.run_folder import RECIPE_FILE, STORE_FILE
 from fedseg.tracking.store import RunStore
@@ -27,11 +28,6 @@ def _recipe(config: str | None) -> RecipeConfig:
 def _sites(roots: list[Path]) -> list[SiteData]:
     # torch is imported by the runner: only when training, so `fedseg` starts without it.
     from fedseg.train.runner import SiteData, site_names
-
-    try:
-        from fedseg.data.splits import load_split
-    except ImportError:  # until `fedseg data split` lands in this build
-        raise FedsegError("this build has no data splits (fedseg.data.splits)") from None
 
     sites = []
     for name, root in zip(site_names(roots), roots, strict=True):

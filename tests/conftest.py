@@ -1,0 +1,74 @@
+"""Fixtures shared by every test folder (plain helpers are in ``tests/helpers.py``).
+
+Session-scoped data is written once per test process (once per xdist worker): tests that
+use it only read it or write run-specific files beside it (``fedseg_split.json``, which
+every reader computes identically, and ``.fedseg/<run id>/``).
+
+``make test`` runs two xdist workers with ``--dist loadgroup``; ``XDIST_GROUPS`` is the one
+place that says which test modules stay together on one worker, in order:
+
+- ``engine``: the tests that run the Flower engine in real processes (SuperLink,
+  SuperNodes, app processes). Each already keeps the two cores busy and waits on rounds and
+  connections; one at a time they never compete with each other for the cores.
+- ``openvino``: the export tests share one trained model and its exports (session fixtures).
+- a module with a module-scoped fixture is its own group, so the fixture is built once.
+
+Every other test is a work unit of its own (as ``--dist load``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedseg.data.synth import generate_dataset
+from tests.helpers import TINY_SYNTH
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[Path]]]:
+    """(root, site -> case folders) of ``TINY_SYNTH``: 3 sites x 4 labelled cases at 4 mm."""
+    root = tmp_path_factory.mktemp("tiny_synth")
+    return root, generate_dataset(root, TINY_SYNTH)
+
+
+@pytest.fixture(scope="session")
+def tiny_sites(tiny_dataset: tuple[Path, dict[str, list[Path]]]) -> dict[str, Path]:
+    """site name -> data folder of the three ``tiny_dataset`` sites."""
+    root, sites = tiny_dataset
+    return {s: root / s for s in sites}
+
+
+#: test file (or folder) -> its group under ``--dist loadgroup`` (see the module docstring).
+XDIST_GROUPS = {
+    "tests/federation/test_processes.py": "engine",
+    "tests/federation/test_demo.py": "engine",
+    "tests/deploy/test_deploy_plan.py": "engine",
+    "tests/deploy/test_deployment.py": "engine",
+    "tests/strategies/test_sequential_flower.py": "engine",
+    "tests/tracking/test_end_to_end.py": "engine",
+    "tests/export/": "openvino",
+    "tests/data/test_data_cli.py": "data_cli",
+}
+
+
+def xdist_group(nodeid: str) -> str:
+    """The work unit of a test: its ``XDIST_GROUPS`` group, else the test alone."""
+    path = nodeid.split("::", 1)[0]
+    return next((g for prefix, g in XDIST_GROUPS.items() if path.startswith(prefix)), nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadgroup`` grouped by ``XDIST_GROUPS``: xdist 3.8 marks a group by renaming
+    ``item._nodeid``, which pytest 9 no longer reads (node ids live in ``_id``), so its own
+    ``xdist_group`` marks are silently ignored here."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class PathGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return PathGroupScheduling(config, log)  # type: ignore[arg-type]
