@@ -21,6 +21,8 @@ import pytest
 from fedseg.data.synth.generate import make_tiny_dataset
 from fedseg.federation.commands import deploy
 from fedseg.federation.engine.launcher import flower_env
+from fedseg.federation.engine.processes import Proc
+from fedseg.federation.security.enrollment import ENROLLED_NODES_FILE
 from fedseg.model.config import NetworkConfig
 from fedseg.plan import PlanConfig, save_plan
 from fedseg.tracking.store import RunStore
@@ -74,9 +76,9 @@ def test_plan_trains_two_rounds_and_survives_a_killed_site(tmp_path: Path) -> No
             env=flower_env(tmp_path / "cli-home"), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    sites: dict[str, deploy.SiteProcess] = {}
+    sites: dict[str, Proc] = {}
     try:
-        nodes_file = run / deploy.NODES_FILE
+        nodes_file = run / ENROLLED_NODES_FILE
         _wait_for(
             "enrollment",
             lambda: nodes_file.exists() and len(json.loads(nodes_file.read_text())) == 3,

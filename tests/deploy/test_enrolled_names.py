@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedseg.federation.commands.deploy import NODES_FILE
-from fedseg.federation.engine.server_app import enrolled_nodes
+from fedseg.federation.security.enrollment import ENROLLED_NODES_FILE, enrolled_nodes
 
 
 def test_enrolled_nodes_map_node_ids_to_enrolled_names(tmp_path: Path) -> None:
@@ -15,5 +14,5 @@ def test_enrolled_nodes_map_node_ids_to_enrolled_names(tmp_path: Path) -> None:
         "hospital-a": {"node_id": 11, "public_key": "ecdsa-sha2-nistp384 AAAA"},
         "hospital-b": {"node_id": 42, "public_key": "ecdsa-sha2-nistp384 BBBB"},
     }
-    (tmp_path / NODES_FILE).write_text(json.dumps(registry))
+    (tmp_path / ENROLLED_NODES_FILE).write_text(json.dumps(registry))
     assert enrolled_nodes(tmp_path) == {11: "hospital-a", 42: "hospital-b"}

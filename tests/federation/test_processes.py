@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedseg.federation.commands.engine_run import LocalSites, run_federation
 from fedseg.federation.commands.run_folder import prepare_run
-from fedseg.federation.commands.simulate import run_simulation, simulate
+from fedseg.federation.commands.simulate import simulate
 from fedseg.federation.rounds.coordinator import BEST, initial_weights, model_path
 from fedseg.model.model_file import load_model
 from fedseg.plan import PLAN_FILE, load_plan, save_plan
@@ -147,7 +148,7 @@ def test_a_crashing_site_is_skipped_and_rejoins(
 
     t = threading.Thread(target=restore_after_round_1, daemon=True)
     t.start()
-    run_simulation(run, live=False)
+    run_federation(run, LocalSites(), live=False)
     t.join(timeout=5)
     with RunStore(run) as store:
         assert [r["status"] for r in store.rounds()] == ["done", "done"]

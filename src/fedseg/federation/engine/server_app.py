@@ -8,7 +8,6 @@ from the node's ``--node-config site-name=NAME``).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -28,6 +27,7 @@ from fedseg.federation.engine.messages import (
     encode_request,
 )
 from fedseg.federation.rounds.coordinator import Coordinator, Exchanged, SiteFailure
+from fedseg.federation.security.enrollment import enrolled_nodes
 from fedseg.tracking.store import RunStore
 
 #: How often replies are polled. Flower's own send_and_receive sleeps 3 s between polls;
@@ -170,9 +170,6 @@ def error_line(reason: str) -> str:
     return lines[-1] if lines else text
 
 
-#: Written by ``fedseg server start`` into the run folder: site name -> node id and key.
-ENROLLED_NODES_FILE = "enrolled-nodes.json"
-
 app = ServerApp()
 
 
@@ -186,13 +183,3 @@ def main(grid: Grid, context: Context) -> None:
     Coordinator(
         run_dir, FlowerTransport(grid, enrolled=enrolled_nodes(run_dir)), run_id=run_id
     ).run()
-
-
-def enrolled_nodes(run_dir: Path) -> dict[int, str] | None:
-    """Node id -> enrolled site name from ``RUN/enrolled-nodes.json`` (written by
-    ``fedseg server start``); None in a simulation, where there is no such file."""
-    path = run_dir / ENROLLED_NODES_FILE
-    if not path.is_file():
-        return None
-    registry = json.loads(path.read_text())
-    return {int(entry["node_id"]): name for name, entry in registry.items()}
