@@ -113,6 +113,11 @@ def test_plan_trains_two_rounds_and_survives_a_killed_site(tmp_path: Path) -> No
         assert store.get_meta("status") == "done"
         assert store.last_done_round() == 2
         status = {(r.site, r.round): r.status for r in store.site_rounds()}
+        # the engine run's records, as `fedseg simulate` writes them (test_processes.py)
+        flower_run = store.get_meta("flower_run_id")
+        submitted = [m for _, _, m in store.events() if "submitted" in m]
+    assert isinstance(flower_run, int)
+    assert submitted == [f"Flower run {flower_run} submitted (deployment)"]
     for site in ("site1", "site2"):
         assert status[(site, 1)] == "ok" and status[(site, 2)] == "ok", status
     assert status[("site3", 1)] in ("failed", "timeout"), status

@@ -50,6 +50,12 @@ def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, P
     with RunStore(run) as store:
         assert [r["status"] for r in store.rounds()] == ["done", "done"]
         assert store.get_meta("status") == "done"
+        # the engine run's records, as `fedseg server start` writes them (tests/deploy)
+        flower_run = store.get_meta("flower_run_id")
+        assert isinstance(flower_run, int)
+        assert [m for _, _, m in store.events() if "submitted" in m] == [
+            f"Flower run {flower_run} submitted"
+        ]
         srs = store.site_rounds()
         assert {(s.round, s.site) for s in srs} == {(r, s) for r in (1, 2) for s in SITES}
         model_bytes = sum(v.nbytes for v in load_model(model_path(run, 0)).weights.values())
