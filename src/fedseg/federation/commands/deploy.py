@@ -12,11 +12,11 @@ Security model, Flower 1.41 deployment engine:
   SuperLink runs through :mod:`fedseg.federation.engine.fleet_gateway`, which keeps the full
   API on 127.0.0.1 and answers only ``/v1/fleet/...`` on the site-facing address.
 
-The aggregator side is the one engine run (:func:`~fedseg.federation.commands.engine_run.
-run_federation` with :class:`ServerOptions`); the site side starts a SuperNode with the
-site's credentials and says in one line why it stopped. Processes, Flower's home and logs
-are the engine's (:mod:`fedseg.federation.engine.processes`), with telemetry, the update
-check and runtime installs off.
+The aggregator side is the one engine run (``engine_run.run_federation`` with its
+``ServerOptions``); the site side starts a SuperNode with the site's credentials and says
+in one line why it stopped. Processes, Flower's home and logs are the engine's
+(:mod:`fedseg.federation.engine.processes`), with telemetry, the update check and runtime
+installs off.
 """
 
 from __future__ import annotations
