@@ -21,6 +21,7 @@ import pytest
 from fedseg.data.synth.generate import make_tiny_dataset
 from fedseg.federation.commands import deploy
 from fedseg.federation.engine.launcher import flower_env
+from fedseg.federation.engine.processes import Proc
 from fedseg.model.config import NetworkConfig
 from fedseg.plan import PlanConfig, save_plan
 from fedseg.run_folder import ENROLLED_NODES_FILE, RunStatus
@@ -76,7 +77,7 @@ def test_plan_trains_two_rounds_and_survives_a_killed_site(tmp_path: Path) -> No
             env=flower_env(tmp_path / "cli-home"), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    sites: dict[str, deploy.SiteProcess] = {}
+    sites: dict[str, Proc] = {}
     try:
         nodes_file = run / ENROLLED_NODES_FILE
         _wait_for(
@@ -113,6 +114,11 @@ def test_plan_trains_two_rounds_and_survives_a_killed_site(tmp_path: Path) -> No
         assert store.meta.status() == RunStatus.DONE
         assert store.last_done_round() == 2
         status = {(r.site, r.round): r.status for r in store.site_rounds()}
+        # the engine run's records, as `fedseg simulate` writes them (test_processes.py)
+        flower_run = store.get_meta("flower_run_id")
+        submitted = [m for _, _, m in store.events() if "submitted" in m]
+    assert isinstance(flower_run, int)
+    assert submitted == [f"Flower run {flower_run} submitted (deployment)"]
     for site in ("site1", "site2"):
         assert status[(site, 1)] == "ok" and status[(site, 2)] == "ok", status
     assert status[("site3", 1)] in ("failed", "timeout"), status

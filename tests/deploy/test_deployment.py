@@ -27,9 +27,12 @@ import httpx
 import pytest
 
 from fedseg.federation.commands import deploy
+from fedseg.federation.commands.engine_run import ServerOptions, aggregator_launcher
 from fedseg.federation.engine.app_bundle import write_app
-from fedseg.federation.engine.launcher import flower_env
+from fedseg.federation.engine.launcher import CONNECTION, Launcher, flower_env
+from fedseg.federation.engine.processes import Proc, flower_program
 from fedseg.federation.security import pki
+from fedseg.federation.security.enrollment import enroll_sites, start_enrolled_superlink
 from tests.deploy.deploy_helpers import SITES, listening_sockets, make_coordinator
 from tests.helpers import free_port
 
@@ -38,9 +41,9 @@ pytestmark = pytest.mark.slow
 
 @dataclass
 class Deployment:
-    options: deploy.ServerOptions
-    launcher: deploy.AggregatorLauncher
-    sites: dict[str, deploy.SiteProcess | subprocess.Popen[bytes]]
+    options: ServerOptions
+    launcher: Launcher
+    sites: dict[str, Proc | subprocess.Popen[bytes]]
     data: dict[str, Path]
     root: Path
     node_ids: dict[str, int]
@@ -66,15 +69,14 @@ def _cli(*args: str, home: Path) -> subprocess.Popen[bytes]:
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("deploy")
     creds = make_coordinator(root / "coord")
-    options = deploy.ServerOptions(
+    options = ServerOptions(
         creds=creds, fleet_host="0.0.0.0", fleet_port=free_port(), control_port=free_port()
     )
-    launcher = deploy.AggregatorLauncher(root / "run", options)
-    sites: dict[str, deploy.SiteProcess | subprocess.Popen[bytes]] = {}
+    launcher = aggregator_launcher(root / "run", options)
+    sites: dict[str, Proc | subprocess.Popen[bytes]] = {}
     data: dict[str, Path] = {}
     try:
-        launcher.start_superlink()
-        node_ids = deploy.enroll_sites(launcher, pki.enrolled_sites(creds))
+        node_ids = start_enrolled_superlink(launcher, pki.enrolled_sites(creds))
         server = f"127.0.0.1:{options.fleet_port}"
         for name in SITES:
             data[name] = root / f"data-{name}"
@@ -102,7 +104,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         yield dep
     finally:
         for proc in sites.values():
-            if isinstance(proc, deploy.SiteProcess):
+            if isinstance(proc, Proc):
                 proc.stop()
             else:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -112,7 +114,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 def _flwr(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [deploy.flower_bin("flwr"), *args],
+        [flower_program("flwr"), *args],
         env=flower_env(home),
         capture_output=True,
         text=True,
@@ -148,7 +150,7 @@ def _wait_online(dep: Deployment, count: int, timeout: float = 90) -> list[dict[
     deadline = time.monotonic() + timeout
     nodes: list[dict[str, object]] = []
     while time.monotonic() < deadline:
-        out = dep.launcher.flwr("supernode", "ls", deploy.CONNECTION, "--format", "json")
+        out = dep.launcher.flwr("supernode", "ls", CONNECTION, "--format", "json")
         nodes = json.loads(out.stdout[out.stdout.find("{") :]).get("nodes", [])
         if sum(1 for n in nodes if n.get("status") == "online") >= count:
             return nodes
@@ -194,7 +196,7 @@ def test_a_site_cannot_reach_the_control_or_runtime_api(deployment: Deployment) 
     started = _flwr(site_home, "run", str(app), "agg")
     assert started.returncode != 0
     assert "only the Fleet API" in started.stdout + started.stderr
-    assert deployment.launcher.flwr("ls", deploy.CONNECTION).returncode == 0  # the coordinator can
+    assert deployment.launcher.flwr("ls", CONNECTION).returncode == 0  # the coordinator can
 
 
 def _fleet_client(dep: Deployment, site: str) -> Any:
@@ -231,7 +233,7 @@ def test_an_unenrolled_key_is_refused(deployment: Deployment, tmp_path: Path) ->
     log = tmp_path / "intruder.log"
     with log.open("wb") as fh:
         code = subprocess.run(
-            [deploy.flower_bin("flower-supernode"),
+            [flower_program("flower-supernode"),
              "--superlink", f"127.0.0.1:{deployment.options.fleet_port}",
              "--root-certificates", str(deployment.options.creds / "ca.crt"),
              "--auth-supernode-private-key", str(tmp_path / "intruder" / "site.key"),
@@ -271,7 +273,7 @@ def test_a_site_signed_after_the_server_started_is_told_why(
 def test_a_revoked_site_is_refused(deployment: Deployment, tmp_path: Path) -> None:
     creds = deployment.options.creds
     (creds / "enrolled" / "beta.crt").unlink()  # the coordinator revokes beta
-    node_ids = deploy.enroll_sites(deployment.launcher, pki.enrolled_sites(creds))
+    node_ids = enroll_sites(deployment.launcher, pki.enrolled_sites(creds))
     assert node_ids == {k: v for k, v in deployment.node_ids.items() if k != "beta"}
     again = deploy.start_site(
         deploy.SiteOptions(
@@ -294,10 +296,9 @@ def test_a_cli_site_rejoins_when_the_aggregator_restarts(deployment: Deployment)
     """`fedseg site start` outlives the SuperLink: a new run's SuperLink (new database, new
     node ids) gets the site back without anyone touching the site."""
     deployment.launcher.stop()
-    launcher = deploy.AggregatorLauncher(deployment.root / "run2", deployment.options)
+    launcher = aggregator_launcher(deployment.root / "run2", deployment.options)
     deployment.launcher = launcher  # the fixture stops this one at the end
-    launcher.start_superlink()
-    node_ids = deploy.enroll_sites(launcher, pki.enrolled_sites(deployment.options.creds))
+    node_ids = start_enrolled_superlink(launcher, pki.enrolled_sites(deployment.options.creds))
     assert node_ids["alpha"] != deployment.node_ids["alpha"]  # a new SuperLink, new ids
     deadline = time.monotonic() + 150
     online: set[str] = set()
@@ -305,6 +306,6 @@ def test_a_cli_site_rejoins_when_the_aggregator_restarts(deployment: Deployment)
         assert time.monotonic() < deadline, "alpha did not rejoin the new SuperLink"
         assert deployment.sites["alpha"].poll() is None, "the site process gave up"  # type: ignore[union-attr]
         time.sleep(3)
-        out = launcher.flwr("supernode", "ls", deploy.CONNECTION, "--format", "json")
+        out = launcher.flwr("supernode", "ls", CONNECTION, "--format", "json")
         nodes = json.loads(out.stdout[out.stdout.find("{") :]).get("nodes", [])
         online = {str(n["node-id"]) for n in nodes if n.get("status") == "online"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedseg.federation.engine.server_app import enrolled_nodes
+from fedseg.federation.security.enrollment import enrolled_nodes
 from fedseg.run_folder import ENROLLED_NODES_FILE
 
 

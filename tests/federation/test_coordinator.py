@@ -124,7 +124,7 @@ def test_sites_that_never_connect_give_a_clear_error(tmp_path: Path) -> None:
 def test_live_table_shows_sites_states_and_dice(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from fedseg.federation.commands.simulate import live_table
+    from fedseg.federation.commands.watch import live_table
 
     plan = tiny_plan(_sites(tmp_path), rounds=1, min_sites=1)
     run = write_run(tmp_path / "run", plan)

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedseg.federation.commands.engine_run import LocalSites, run_federation
 from fedseg.federation.commands.run_folder import prepare_run
-from fedseg.federation.commands.simulate import run_simulation, simulate
+from fedseg.federation.commands.simulate import simulate
 from fedseg.federation.rounds.coordinator import initial_weights
 from fedseg.model.model_file import load_model
 from fedseg.plan import load_plan, save_plan
-from fedseg.run_folder import BEST_MODEL, PLAN_FILE, STORE_FILE, RunStatus, model_path
+from fedseg.run_folder import BEST_MODEL, PLAN_FILE, STORE_FILE, MetaKey, RunStatus, model_path
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import SITES, tiny_plan
 from tests.helpers import fedseg_env
@@ -51,6 +52,12 @@ def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, P
     with RunStore(run) as store:
         assert [r["status"] for r in store.rounds()] == ["done", "done"]
         assert store.meta.status() == RunStatus.DONE
+        # the engine run's records, as `fedseg server start` writes them (tests/deploy)
+        flower_run = store.get_meta(MetaKey.FLOWER_RUN_ID)
+        assert isinstance(flower_run, int)
+        assert [m for _, _, m in store.events() if "submitted" in m] == [
+            f"Flower run {flower_run} submitted"
+        ]
         srs = store.site_rounds()
         assert {(s.round, s.site) for s in srs} == {(r, s) for r in (1, 2) for s in SITES}
         model_bytes = sum(v.nbytes for v in load_model(model_path(run, 0)).weights.values())
@@ -149,7 +156,7 @@ def test_a_crashing_site_is_skipped_and_rejoins(
 
     t = threading.Thread(target=restore_after_round_1, daemon=True)
     t.start()
-    run_simulation(run, live=False)
+    run_federation(run, LocalSites(), live=False)
     t.join(timeout=5)
     with RunStore(run) as store:
         assert [r["status"] for r in store.rounds()] == ["done", "done"]

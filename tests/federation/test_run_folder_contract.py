@@ -108,7 +108,7 @@ def test_typed_meta_values_round_trip(tmp_path: Path) -> None:
 def test_the_coordinator_writes_exactly_the_documented_run_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     prepare_run(save_plan(tmp_path / "plan.yaml", tiny_plan(_sites(tmp_path))), run,
-                simulation=False)  # fmt: skip
+                enrolled=list(SITES))  # fmt: skip
     assert _files(run) == {PLAN_FILE, STORE_FILE}
     with RunStore(run) as store:
         assert store.meta.status() == RunStatus.CREATED and store.meta.run_id()

@@ -135,3 +135,17 @@ def test_write_report_to_a_chosen_path(make_run, tmp_path: Path) -> None:
     run = make_run({"a": rising(3), "b": rising(3)})
     out = write_report(run, tmp_path / "out" / "r.html")
     assert out.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_text_from_the_run_is_escaped_in_every_table(make_run) -> None:
+    """Site names and event messages come from the sites: the shared table helper escapes
+    them, so a message cannot inject markup into the report."""
+    run = make_run({"a": rising(3), "<b>&co": rising(3)})
+    with RunStore(run) as store:
+        store.log("site said <script>alert(1)</script>")
+    text = build_report(run)
+    assert "<script>" not in text and "<b>&co" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    for sec in ("summary", "alarms", "contributions"):  # the tables naming sites
+        body = text.split(f"<section id='{sec}'>")[1].split("</section>")[0]
+        assert "&lt;b&gt;&amp;co" in body, sec

@@ -38,14 +38,14 @@ def server_start(
 ) -> None:
     """Start the aggregator: SuperLink (TLS, enrolled sites only), then run the plan."""
     from fedseg.federation.commands import deploy  # torch and Flower: only when the verb runs
+    from fedseg.federation.commands.engine_run import ServerOptions
 
-    options = deploy.ServerOptions(
+    options = ServerOptions(
         creds=creds, fleet_host=fleet_host, fleet_port=fleet_port, control_port=control_port
     )
     res = deploy.serve_plan(plan, out, options, live=not no_live)
-    console.print(f"run folder: {res.run_dir}  ({res.rounds_done} rounds, {res.wall_s:.0f} s)")
-    if res.best_model is not None:
-        console.print(f"best model: {res.best_model} (mean validation Dice {res.best_score:.3f})")
+    for line in res.summary():
+        console.print(line)
 
 
 @site_app.command("start")

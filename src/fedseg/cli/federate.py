@@ -4,8 +4,12 @@ one machine, continue one whose aggregator stopped."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from fedseg.federation.commands.engine_run import RunResult
 
 plan_app = typer.Typer(no_args_is_help=True, help="Write and check federation plans.")
 
@@ -54,13 +58,12 @@ def resume(
     _print_result(res)
 
 
-def _print_result(res: object) -> None:
+def _print_result(res: RunResult) -> None:
     from rich.console import Console
 
     c = Console()
-    c.print(f"run folder: {res.run_dir}  ({res.rounds_done} rounds, {res.wall_s:.0f} s)")  # type: ignore[attr-defined]
-    if res.best_model is not None:  # type: ignore[attr-defined]
-        c.print(f"best model: {res.best_model} (mean validation Dice {res.best_score:.3f})")  # type: ignore[attr-defined]
+    for line in res.summary():
+        c.print(line)
 
 
 def register(app: typer.Typer) -> None:

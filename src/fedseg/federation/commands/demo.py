@@ -22,7 +22,8 @@ from fedseg.data.splits import load_split
 from fedseg.data.synth.config import SynthConfig, draw_profiles
 from fedseg.data.synth.generate import generate_dataset
 from fedseg.errors import FedsegError
-from fedseg.federation.commands.simulate import SimulationResult, simulate
+from fedseg.federation.commands.engine_run import RunResult
+from fedseg.federation.commands.simulate import simulate
 from fedseg.model.config import NetworkConfig
 from fedseg.plan import PlanConfig, SiteConfig, save_plan
 from fedseg.run_folder import PLAN_FILE, REPORT_FILE
@@ -34,7 +35,7 @@ CASES_PER_SITE = 6
 
 @dataclass(frozen=True)
 class DemoResult:
-    run: SimulationResult
+    run: RunResult
     report: Path | None
     segmented: Path | None
     case: str | None
@@ -121,7 +122,7 @@ def _report(run: Path, console: Console) -> Path | None:
     return html if html.is_file() else None
 
 
-def _segment(res: SimulationResult, site: Path, out: Path,
+def _segment(res: RunResult, site: Path, out: Path,
              console: Console) -> tuple[Path | None, str | None]:  # fmt: skip
     """Segment the first validation case of ``site`` with the best model."""
     if res.best_model is None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import Console
+
 from fedseg.errors import FedsegError
-from fedseg.federation.commands.simulate import SimulationResult, run_simulation
+from fedseg.federation.commands.engine_run import LocalSites, RunResult, run_federation
 from fedseg.run_folder import PLAN_FILE, STORE_FILE
 from fedseg.tracking.store import RunStore
 
@@ -30,9 +32,15 @@ def check_resumable(run_dir: Path) -> int:
         return store.last_done_round()
 
 
-def resume(run_dir: Path, **kwargs: object) -> SimulationResult:
+def resume(
+    run_dir: Path,
+    *,
+    console: Console | None = None,
+    live: bool = True,
+    threads_per_site: int = 1,
+) -> RunResult:
     """Continue the simulated federation of ``run_dir`` from its last completed round."""
     last = check_resumable(run_dir)
     with RunStore(run_dir) as store:
         store.log(f"resuming after round {last}")
-    return run_simulation(run_dir, **kwargs)  # type: ignore[arg-type]
+    return run_federation(run_dir, LocalSites(threads_per_site), console=console, live=live)

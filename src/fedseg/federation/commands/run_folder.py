@@ -9,26 +9,38 @@ contract in ``fedseg.run_folder``.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 
 from fedseg.errors import FedsegError
-from fedseg.federation.engine.app_bundle import ConfigValue, run_config, write_app
 from fedseg.plan import PlanConfig, load_plan, save_plan
 from fedseg.run_folder import PLAN_FILE
 from fedseg.tracking.store import RunStore
 
 
-def prepare_run(plan_path: Path, out: Path, *, simulation: bool = True) -> PlanConfig:
+def prepare_run(
+    plan_path: Path, out: Path, *, enrolled: Collection[str] | None = None
+) -> PlanConfig:
     """Create the run folder ``out`` with its plan (site paths made absolute) and store.
-    A simulation needs every site's data folder; a deployment's sites keep theirs."""
+
+    ``enrolled`` None is a simulation: every site needs its data folder. A deployment gives
+    the enrolled site names: every plan site must be one, and the sites keep their data
+    folders (a plan's ``data`` is ignored)."""
     plan = load_plan(plan_path)
+    if enrolled is not None:
+        missing = [name for name in plan.sites if name not in enrolled]
+        if missing:
+            raise FedsegError(
+                f"plan site(s) {', '.join(missing)} not enrolled (enrolled: "
+                f"{', '.join(enrolled)}); sign their requests with `fedseg pki sign` first"
+            )
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FedsegError(
             f"{out} exists and is not empty: pick a new --out, or continue that run with "
             f"`fedseg resume {out}`"
         )
-    for name, site in plan.sites.items() if simulation else ():
+    for name, site in plan.sites.items() if enrolled is None else ():
         if site.data is None:
             raise FedsegError(f"plan site {name} has no data folder; simulation needs one")
         if not site.data.is_dir():
@@ -38,20 +50,3 @@ def prepare_run(plan_path: Path, out: Path, *, simulation: bool = True) -> PlanC
     with RunStore(out) as store:
         store.meta.set_created(f"{out.resolve().name}-{uuid.uuid4().hex[:8]}")
     return plan
-
-
-def deployment_app(
-    plan_path: Path | None, run_dir: Path
-) -> tuple[Path, dict[str, ConfigValue], Path]:
-    """For ``fedseg server start``: the Flower app folder, run config and run folder of a
-    deployed federation. ``plan_path`` None continues the run folder (resume)."""
-    run_dir = Path(run_dir)
-    if plan_path is not None:
-        prepare_run(plan_path, run_dir, simulation=False)
-    elif not (run_dir / PLAN_FILE).is_file():
-        raise FedsegError(f"{run_dir} has no {PLAN_FILE}: start it with a plan first")
-    load_plan(run_dir / PLAN_FILE)
-    with RunStore(run_dir) as store:
-        run_id = store.meta.run_id() or run_dir.name
-        store.meta.set_aggregator_pid(None)
-    return write_app(run_dir), run_config(run_dir, run_id), run_dir.resolve()

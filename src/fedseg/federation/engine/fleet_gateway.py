@@ -28,6 +28,7 @@ import json
 import socket
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 FLEET_PREFIX = "/v1/fleet/"
@@ -41,6 +42,21 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FleetGateway:
+    """The site-facing address where only the Fleet API is served."""
+
+    host: str
+    port: int
+
+    def command(self, superlink_args: list[str]) -> list[str]:
+        """The command that runs ``flower-superlink SUPERLINK_ARGS`` behind this gateway."""
+        return [
+            sys.executable, "-m", "fedseg.federation.engine.fleet_gateway",
+            "--fleet-host", self.host, "--fleet-port", str(self.port), "--", *superlink_args,
+        ]  # fmt: skip
 
 
 def fleet_only_on_port(app: Asgi, fleet_port: int) -> Asgi:

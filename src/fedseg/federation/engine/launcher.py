@@ -12,10 +12,12 @@ file answered "database is locked" to heartbeats and the SuperLink then dropped 
 Security: ``Security()`` is plain HTTP and is refused on anything but loopback; otherwise the
 SuperLink serves TLS (``server_cert``/``server_key``) and SuperNodes and ``flwr`` verify it
 against ``ca_cert``; ``supernode_auth`` turns on SuperNode authentication (sites sign with
-``site_keys[site]``; their public keys must be registered with the SuperLink first).
+``site_keys[site]``; their public keys must be registered with the SuperLink first). With a
+``gateway`` (a deployment) the SuperLink runs behind :mod:`fleet_gateway`: every API on the
+launcher's loopback address, only the Fleet API on the gateway's site-facing address.
 
-Every process starts in its own session and is asked to die with the launcher (Linux
-PDEATHSIG); a later start in the same run folder kills whatever a killed launcher left
+The processes are :class:`~fedseg.federation.engine.processes.Proc` (own session, dies with
+the launcher); a later start in the same run folder kills whatever a killed launcher left
 behind (processes whose environment names this run's Flower home). ``<home>/pids.json``
 lists the running processes for people.
 """
@@ -23,7 +25,6 @@ lists the running processes for people.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -37,11 +38,12 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import fedseg
 from fedseg.errors import FedsegError
 from fedseg.federation.engine.app_bundle import ConfigValue, config_arg
+from fedseg.federation.engine.fleet_gateway import FleetGateway
+from fedseg.federation.engine.processes import Proc, flower_program, spawn, stop_all
 from fedseg.run_folder import FLWR_HOME, LOGS_DIR
 
 CONNECTION = "fedseg"
@@ -75,30 +77,21 @@ class Security:
                 raise FedsegError(f"TLS needs {name}: {p} not found (issue it with `fedseg pki`)")
 
 
-@dataclass
-class Proc:
-    """A started engine process, its log and its role."""
-
-    role: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    fh: IO[bytes] | None = None
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, n: int = 5) -> str:
-        try:
-            lines = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return " | ".join(ln.strip() for ln in lines[-n:] if ln.strip())
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def json_output(stdout: str) -> dict[str, object]:
+    """The JSON object that ``flwr ... --format json`` prints (after any banner lines);
+    empty if there is none."""
+    start = stdout.find("{")
+    try:
+        data = json.loads(stdout[start:]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def flower_env(home: Path) -> dict[str, str]:
@@ -120,28 +113,22 @@ def flower_env(home: Path) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _bin(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else name
-
-
 class Launcher:
     """The engine processes of one run folder."""
 
     def __init__(self, run_dir: Path, security: Security | None = None,
                  host: str = "127.0.0.1", port: int | None = None,
-                 persistent_state: bool = False) -> None:  # fmt: skip
+                 persistent_state: bool = False,
+                 gateway: FleetGateway | None = None) -> None:  # fmt: skip
         self.run_dir = Path(run_dir).resolve()
         self.home = self.run_dir / FLWR_HOME
         self.logs = self.run_dir / LOGS_DIR
         self.security = security or Security()
         self.host = host
+        self.gateway = gateway
         self.security.check(host)
+        if gateway is not None:
+            self.security.check(gateway.host)
         self.port = port or free_port(host if host != "0.0.0.0" else "127.0.0.1")
         self.persistent_state = persistent_state
         self.procs: list[Proc] = []
@@ -156,13 +143,7 @@ class Launcher:
 
     # -- processes --------------------------------------------------------------------
     def _spawn(self, role: str, cmd: list[str], log_name: str) -> Proc:
-        log = self.logs / log_name
-        fh = log.open("ab")
-        popen = subprocess.Popen(
-            cmd, env=self.env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )  # fmt: skip
-        proc = Proc(role, popen, log, fh)
+        proc = spawn(role, cmd, self.env, self.logs / log_name)
         self.procs.append(proc)
         self._write_pids()
         return proc
@@ -171,21 +152,30 @@ class Launcher:
         pids = [{"role": p.role, "pid": p.popen.pid} for p in self.procs if p.alive()]
         (self.home / PIDS).write_text(json.dumps(pids))
 
-    def start_superlink(self, timeout_s: float = 120.0) -> Proc:
-        """Start the SuperLink and wait until its health endpoint answers."""
+    def superlink_args(self) -> list[str]:
+        """``flower-superlink``'s arguments: address, state, TLS, SuperNode authentication."""
         sec = self.security
-        cmd = [_bin("flower-superlink"), "--host", self.host, "--port", str(self.port),
-               "--disable-runtime-dependency-installation"]  # fmt: skip
+        args = ["--host", self.host, "--port", str(self.port),
+                "--disable-runtime-dependency-installation"]  # fmt: skip
         if self.persistent_state:
             # Node registrations survive a restart; runs do not (resume is ours, see resume.py)
-            cmd += ["--database", str(self.home / "superlink.db")]
+            args += ["--database", str(self.home / "superlink.db")]
         if sec.insecure:
-            cmd.append("--insecure")
+            args.append("--insecure")
         else:
-            cmd += ["--ssl-certfile", str(sec.server_cert), "--ssl-keyfile", str(sec.server_key),
-                    "--ssl-ca-certfile", str(sec.ca_cert)]  # fmt: skip
+            args += ["--ssl-certfile", str(sec.server_cert), "--ssl-keyfile", str(sec.server_key),
+                     "--ssl-ca-certfile", str(sec.ca_cert)]  # fmt: skip
         if sec.supernode_auth:
-            cmd.append("--enable-supernode-auth")
+            args.append("--enable-supernode-auth")
+        return args
+
+    def start_superlink(self, timeout_s: float = 120.0) -> Proc:
+        """Start the SuperLink (behind the gateway, if any); wait until it answers."""
+        args = self.superlink_args()
+        if self.gateway is None:
+            cmd = [flower_program("flower-superlink"), *args]
+        else:
+            cmd = self.gateway.command(args)
         self._write_connection()
         proc = self._spawn("superlink", cmd, "superlink.log")
         self._wait_healthy(proc, timeout_s)
@@ -194,7 +184,7 @@ class Launcher:
     def start_site(self, site: str, node_config: Mapping[str, ConfigValue]) -> Proc:
         """Start a SuperNode for ``site`` with ``node_config`` (site-name, data-dir, ...)."""
         sec = self.security
-        cmd = [_bin("flower-supernode"), "--superlink", self.address,
+        cmd = [flower_program("flower-supernode"), "--superlink", self.address,
                "--host", "127.0.0.1", "--port", str(free_port()),
                "--node-config", config_arg(node_config)]  # fmt: skip
         if sec.insecure:
@@ -211,24 +201,26 @@ class Launcher:
     def submit(self, app_dir: Path, run_config: Mapping[str, ConfigValue],
                timeout_s: float = 180.0) -> int:  # fmt: skip
         """``flwr run APP`` on this SuperLink; returns Flower's run id."""
-        cmd = [_bin("flwr"), "run", str(Path(app_dir).resolve()), CONNECTION,
-               "--run-config", config_arg(run_config), "--format", "json"]  # fmt: skip
         try:
-            res = subprocess.run(cmd, env=self.env, capture_output=True, text=True,
-                                 timeout=timeout_s, check=False)  # fmt: skip
+            res = self.flwr("run", str(Path(app_dir).resolve()), CONNECTION,
+                            "--run-config", config_arg(run_config), "--format", "json",
+                            timeout_s=timeout_s)  # fmt: skip
         except subprocess.TimeoutExpired:
             raise FedsegError(f"`flwr run` did not answer within {timeout_s:.0f} s") from None
         with (self.logs / "flwr-run.log").open("a") as fh:
             fh.write(res.stdout + res.stderr)
-        out = res.stdout[res.stdout.find("{") :] if "{" in res.stdout else ""
-        try:
-            data = json.loads(out)
-        except json.JSONDecodeError:
-            data = {}
+        data = json_output(res.stdout)
         if not data.get("success") or not data.get("run-id"):
             msg = str(data.get("error-message") or res.stderr or res.stdout).strip()
             raise FedsegError(f"Flower refused the run: {' '.join(msg.split())[:300]}")
         return int(str(data["run-id"]))
+
+    def flwr(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """A ``flwr`` command against this SuperLink (its loopback Control API)."""
+        return subprocess.run(
+            [flower_program("flwr"), *args], env=self.env, capture_output=True, text=True,
+            timeout=timeout_s, check=False,
+        )  # fmt: skip
 
     def dead(self) -> list[Proc]:
         """Processes that have exited."""
@@ -236,18 +228,7 @@ class Launcher:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM every process group, SIGKILL what is left after ``timeout_s``."""
-        for p in self.procs:
-            _signal_group(p.popen.pid, signal.SIGTERM)
-        end = time.monotonic() + timeout_s
-        for p in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.popen.wait(timeout=max(0.1, end - time.monotonic()))
-        for p in self.procs:
-            _signal_group(p.popen.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.popen.wait(timeout=5)
-            if p.fh is not None:
-                p.fh.close()
+        stop_all(self.procs, timeout_s)
         self.procs.clear()
         with contextlib.suppress(OSError):
             (self.home / PIDS).unlink()
@@ -305,8 +286,3 @@ class Launcher:
         raise FedsegError(
             f"the SuperLink did not answer on {self.address} within {timeout_s:.0f} s"
         )
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)

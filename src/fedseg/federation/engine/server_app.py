@@ -8,7 +8,6 @@ from the node's ``--node-config site-name=NAME``).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -28,7 +27,8 @@ from fedseg.federation.engine.messages import (
     encode_request,
 )
 from fedseg.federation.rounds.coordinator import Coordinator, Exchanged, SiteFailure
-from fedseg.run_folder import ENROLLED_NODES_FILE, SiteRoundStatus
+from fedseg.federation.security.enrollment import enrolled_nodes
+from fedseg.run_folder import SiteRoundStatus
 from fedseg.tracking.store import RunStore
 
 #: How often replies are polled. Flower's own send_and_receive sleeps 3 s between polls;
@@ -158,10 +158,8 @@ class FlowerTransport:
             if pending:
                 time.sleep(POLL_S)
         for site in pending.values():
-            res = Exchanged(
-                SiteFailure(SiteRoundStatus.TIMEOUT, f"no reply within {timeout_s:.0f} s"),
-                sizes[site], 0, time.monotonic() - t0,
-            )  # fmt: skip
+            late = SiteFailure(SiteRoundStatus.TIMEOUT, f"no reply within {timeout_s:.0f} s")
+            res = Exchanged(late, sizes[site], 0, time.monotonic() - t0)
             out[site] = res
             on_result(site, res)
         return out
@@ -192,13 +190,3 @@ def main(grid: Grid, context: Context) -> None:
     Coordinator(
         run_dir, FlowerTransport(grid, enrolled=enrolled_nodes(run_dir)), run_id=run_id
     ).run()
-
-
-def enrolled_nodes(run_dir: Path) -> dict[int, str] | None:
-    """Node id -> enrolled site name from ``RUN/enrolled-nodes.json`` (written by
-    ``fedseg server start``); None in a simulation, where there is no such file."""
-    path = run_dir / ENROLLED_NODES_FILE
-    if not path.is_file():
-        return None
-    registry = json.loads(path.read_text())
-    return {int(entry["node_id"]): name for name, entry in registry.items()}

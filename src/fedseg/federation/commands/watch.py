@@ -1,0 +1,137 @@
+"""Follow a running federation from its run store until it ends.
+
+:func:`watch` reads the store once a second: the live table (:func:`live_table`: each site's
+state, last validation Dice and training cases, alarms) or, without it, one line per
+finished round; it returns when the ServerApp says ``done`` and raises a one-line
+FedsegError when it says ``failed``, never started, or died (then ``fedseg resume``
+continues the run). A SuperLink that stops is fatal; a site process that exits is reported
+once (the round loop decides what a missing site means).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from fedseg.errors import FedsegError
+from fedseg.federation.engine.launcher import Launcher
+from fedseg.plan import PlanConfig
+from fedseg.run_folder import RunStatus, SiteActivity, SiteRoundStatus
+from fedseg.tracking.status import alarm_labels
+from fedseg.tracking.store import RunStore
+
+#: How long the ServerApp may take to start and say its pid.
+AGGREGATOR_START_S = 240.0
+
+
+def watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console,
+           live: bool) -> None:  # fmt: skip
+    """Follow the run store until the ServerApp says done or failed, or dies."""
+    started = time.monotonic()
+    reported = 0
+    warned: set[str] = set()
+    view = Live(console=console, refresh_per_second=2, transient=False) if live else None
+    if view is not None:
+        view.start()
+    try:
+        while True:
+            with RunStore(run_dir) as store:
+                status = store.meta.status()
+                pid = store.meta.aggregator_pid()
+                if view is not None:
+                    view.update(live_table(store, plan))
+                error = store.meta.error()
+                last = store.last_done_round()
+                if view is None and last > reported:
+                    planned = store.meta.planned_rounds() or plan.rounds
+                    for r in store.rounds():
+                        if reported < r["round"] <= last:
+                            console.print(
+                                f"round {r['round']}/{planned} done: "
+                                f"{r['n_sites']} site updates, {r['wall_s']:.0f} s"
+                            )
+                    reported = last
+            if status == RunStatus.DONE:
+                return
+            if status == RunStatus.FAILED:
+                raise FedsegError(f"the federation failed: {error}")
+            if pid is None and time.monotonic() - started > AGGREGATOR_START_S:
+                raise FedsegError(
+                    f"the aggregator (ServerApp) did not start within {AGGREGATOR_START_S:.0f} s;"
+                    f" see {launcher.logs}"
+                )
+            if pid is not None and not _pid_alive(pid):
+                raise FedsegError(
+                    f"the aggregator (pid {pid}) stopped after round {last}; continue the run "
+                    f"with `fedseg resume {run_dir}`"
+                )
+            for p in launcher.dead():
+                if p.role == "superlink":
+                    raise FedsegError(f"the SuperLink stopped: {p.tail(3)} (log: {p.log})")
+                if p.role not in warned:
+                    warned.add(p.role)
+                    console.print(f"[yellow]{p.role} process exited:[/] {p.tail(2)} (log: {p.log})")
+            time.sleep(1.0)
+    finally:
+        if view is not None:
+            view.stop()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+STATE_STYLE: dict[str, str] = {
+    SiteActivity.DONE: "green",
+    SiteRoundStatus.OK: "green",
+    SiteActivity.FAILED: "red",
+    SiteActivity.TIMEOUT: "red",
+    SiteRoundStatus.REJECTED: "red",
+    SiteActivity.TRAINING: "yellow",
+    SiteActivity.VALIDATING: "yellow",
+    SiteActivity.WAITING: "dim",
+}
+
+
+def live_table(store: RunStore, plan: PlanConfig) -> Table:
+    """Round, each site's state, its last validation Dice ET/TC/WT and training cases."""
+    live = store.meta.live()
+    rnd, phase = (live.round, str(live.phase)) if live is not None else (0, "starting")
+    best = store.meta.best()
+    title = f"round {rnd}/{store.meta.planned_rounds() or plan.rounds} - {phase}"
+    if best is not None:
+        title += f" - best: model {best.model_round}, Dice {best.score:.3f}"
+    table = Table(title=title, title_justify="left")
+    cols = ("site", "state", "model", "Dice ET", "Dice TC", "Dice WT", "train cases", "loss")
+    for col in (*cols, "alarms"):
+        table.add_column(col, justify="right" if col in cols[2:] else "left")
+    alarms = alarm_labels(store.alarms())
+    last_rows = {}
+    for sr in store.site_rounds():
+        last_rows[sr.site] = sr
+    vals: dict[str, dict[str, tuple[int, float]]] = {}
+    for v in store.validation(metric="dice"):
+        vals.setdefault(v.site, {})[v.region] = (v.model_round, v.mean)
+    for site in plan.site_names:
+        state = live.sites.get(site, SiteActivity.WAITING) if live else SiteActivity.WAITING
+        v = vals.get(site, {})
+        model = max((m for m, _ in v.values()), default=None)
+        sr = last_rows.get(site)
+        table.add_row(
+            site,
+            f"[{STATE_STYLE.get(state, 'white')}]{state}[/]",
+            "-" if model is None else str(model),
+            *[f"{v[r][1]:.3f}" if r in v else "-" for r in ("ET", "TC", "WT")],
+            str(sr.n_train) if sr and sr.n_train is not None else "-",
+            f"{sr.train_loss:.3f}" if sr and sr.train_loss is not None else "-",
+            f"[red]{alarms[site]}[/]" if site in alarms else "-",
+        )
+    return table

@@ -1,0 +1,111 @@
+"""The engine's processes: find a Flower program, start it, read its log, stop it.
+
+Every engine process (SuperLink, SuperNode, the fleet gateway) starts in its own session
+with its output appended to one log file, and is asked to die with the process that started
+it (Linux PDEATHSIG), so a launcher or a ``fedseg site start`` killed with -9 leaves nothing
+behind. Stopping signals the whole process group (a SuperNode's SuperExec and app processes
+stop with it): SIGTERM, then SIGKILL for what is left after a grace period.
+
+Flower's programs (``flower-superlink``, ``flower-supernode``, ``flwr``) are this
+environment's: next to the interpreter first, then on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from fedseg.errors import FedsegError
+
+
+def flower_program(name: str) -> str:
+    """Path of a Flower console script (``flwr``, ``flower-superlink``, ...) of this
+    environment: next to the interpreter, else on ``PATH``; a FedsegError if neither."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise FedsegError(
+            f"`{name}` not found next to {sys.executable} nor on PATH: install flwr==1.41.0"
+        )
+    return found
+
+
+@dataclass
+class Proc:
+    """A started engine process: its role (``superlink``, ``site:NAME``, ...) and its log."""
+
+    role: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    fh: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, n: int = 5) -> str:
+        """The last ``n`` non-empty lines of the log, on one line (`` | ``-separated)."""
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return " | ".join(ln.strip() for ln in [ln for ln in lines if ln.strip()][-n:])
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """Stop the process group (see :func:`stop_all`); the exit code."""
+        stop_all([self], timeout_s)
+        return self.popen.returncode
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def spawn(role: str, cmd: list[str], env: Mapping[str, str], log: Path) -> Proc:
+    """Start ``cmd`` in its own session, output appended to ``log``; it dies with us."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fh = log.open("ab")
+    popen = subprocess.Popen(
+        cmd, env=dict(env), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, preexec_fn=_die_with_parent,
+    )  # fmt: skip
+    return Proc(role, popen, log, fh)
+
+
+def stop_all(procs: Iterable[Proc], timeout_s: float = 10.0) -> None:
+    """SIGTERM every process group, SIGKILL what is left after ``timeout_s``; close the logs."""
+    procs = list(procs)
+    for p in procs:  # also when the leader is gone: what it started may still run
+        _signal_group(p.pid, signal.SIGTERM)
+    end = time.monotonic() + timeout_s
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.popen.wait(timeout=max(0.1, end - time.monotonic()))
+    for p in procs:
+        _signal_group(p.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.popen.wait(timeout=5)
+        if p.fh is not None:
+            p.fh.close()
+            p.fh = None
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

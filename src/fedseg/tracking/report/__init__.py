@@ -1,0 +1,121 @@
+"""The run report: one self-contained HTML file (figures embedded as base64 PNG).
+
+Sections: summary, alarms, validation curves (per site and pooled, 95% CI, per region),
+final-model selection (singlet and triplet), site contributions, site updates, model
+comparison (violins and paired Wilcoxon table from site-side per-case CSVs, optional),
+the plan, and the last events. Reads the run store read-only.
+
+Here: the inputs and the assembly; :mod:`.sections` holds one function per section,
+:mod:`.markup` the page, section, table and image helpers they share.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedseg.errors import FedsegError
+from fedseg.run_folder import REPORT_FILE, RoundStatus
+from fedseg.tracking.alarms import AlarmConfig, evaluate_alarms, run_alarm_config
+from fedseg.tracking.curves import ALL_REGIONS, federation_curve, site_curves
+from fedseg.tracking.paired_test import CaseTable, read_case_tables
+from fedseg.tracking.report import markup
+from fedseg.tracking.report.sections import (
+    alarms_section,
+    comparison_section,
+    contributions_section,
+    curves_section,
+    events_section,
+    plan_section,
+    selection_section,
+    summary_section,
+    updates_section,
+)
+from fedseg.tracking.status import alarm_spans, open_run, read_status
+from fedseg.tracking.store import Alarm, RunStore
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the report shows besides the run store: per-case CSVs and their labels."""
+
+    case_csvs: tuple[Path, ...] = ()
+    labels: tuple[str, ...] = ()
+
+
+def load_case_inputs(inputs: ReportInputs) -> dict[str, CaseTable]:
+    """Per-case tables by label (file stem or the ``model`` column; labels override)."""
+    tables: dict[str, CaseTable] = {}
+    for path in inputs.case_csvs:
+        for name, t in read_case_tables(path).items():
+            label = name if name != path.stem or name not in tables else f"{path.stem}*"
+            tables[label] = t
+    if inputs.labels:
+        if len(inputs.labels) != len(tables):
+            raise FedsegError(
+                f"{len(inputs.labels)} labels for {len(tables)} models in the case CSVs; "
+                "give one --label per model"
+            )
+        tables = dict(zip(inputs.labels, tables.values(), strict=True))
+    return tables
+
+
+def stored_or_replayed_alarms(store: RunStore, cfg: AlarmConfig) -> tuple[list[Alarm], bool]:
+    """The stored alarms, or (when none were stored) the alarms recomputed round by round."""
+    stored = store.alarms()
+    if stored:
+        return stored, False
+    out: list[Alarm] = []
+    for r in store.rounds():
+        if r["status"] == RoundStatus.DONE:
+            out.extend(evaluate_alarms(store, int(r["round"]), cfg))
+    return out, True
+
+
+def build_report(run: Path, inputs: ReportInputs = ReportInputs()) -> str:
+    """The report's HTML text for the run folder ``run``."""
+    run = Path(run)
+    store = open_run(run)
+    try:
+        return _build(run, store, inputs)
+    finally:
+        store.close()
+
+
+def write_report(run: Path, out: Path | None = None, inputs: ReportInputs = ReportInputs()) -> Path:
+    """Write the report (default ``RUN/report.html``) and return its path."""
+    text = build_report(run, inputs)
+    out = Path(out) if out is not None else Path(run) / REPORT_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return out
+
+
+def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
+    """The page: what several sections share is computed once, then each section."""
+    tables = load_case_inputs(inputs)  # fail early on bad CSVs, before any plotting
+    cfg = run_alarm_config(run)
+    by_region = {g: site_curves(store, g) for g in ALL_REGIONS}
+    fed = {g: federation_curve(by_region[g]) for g in ALL_REGIONS}
+    alarms, replayed = stored_or_replayed_alarms(store, cfg)
+    spans = alarm_spans(alarms)
+    flagged: dict[str, int] = {}
+    for sp in spans:
+        flagged[sp.site] = min(flagged.get(sp.site, sp.first), sp.first)
+    written = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return markup.page(
+        run.name,
+        f"{run.resolve()}; written {written}",
+        [
+            summary_section(read_status(run, store)),
+            alarms_section(store, cfg, spans, replayed),
+            curves_section(by_region, fed, flagged),
+            selection_section(store),
+            contributions_section(store),
+            updates_section(store),
+            comparison_section(tables),
+            plan_section(run),
+            events_section(store),
+        ],
+    )

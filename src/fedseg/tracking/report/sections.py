@@ -1,0 +1,229 @@
+"""The report's sections, one function each, in the order of the page.
+
+Each returns the HTML of one ``<section id=...>`` (ids: summary, alarms, curves, selection,
+contributions, updates, comparison, plan, events), built from :mod:`.markup`'s table and
+image helpers; it reads what it needs from the (read-only) run store, or from what the
+report computed once for several sections (status, curves, alarms).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+
+from fedseg.data.labels import REGIONS
+from fedseg.errors import FedsegError
+from fedseg.model.summary import Summary
+from fedseg.run_folder import PLAN_FILE, SiteRoundStatus
+from fedseg.tracking import figures
+from fedseg.tracking.alarms import AlarmConfig, site_tests
+from fedseg.tracking.contributions import contributions
+from fedseg.tracking.curves import ALL_REGIONS, Curves
+from fedseg.tracking.paired_test import CaseTable, compare_tables, fmt_p
+from fedseg.tracking.report.markup import img, section, table
+from fedseg.tracking.selection import choose
+from fedseg.tracking.status import AlarmSpan, StatusView
+from fedseg.tracking.store import RunStore
+
+
+def summary_section(st: StatusView) -> str:
+    """State, rounds, and per site its last round, cases, model and Dice; the federation's."""
+    planned = f" of {st.rounds_planned}" if st.rounds_planned is not None else ""
+    head = ["site", "last round", "state", "train cases", "val cases", "model",
+            *(f"Dice {g}" for g in ALL_REGIONS), "alarms"]  # fmt: skip
+    rows: list[list[object]] = [
+        [s.site, s.last_round, s.status, s.n_train, s.n_val, s.model_round,
+         *(s.dice.get(g) for g in ALL_REGIONS), ", ".join(s.alarms) or "-"]
+        for s in st.sites
+    ]  # fmt: skip
+    if st.federation_dice:
+        rows.append(["federation", "", "", "", "", st.federation_model_round,
+                     *(st.federation_dice.get(g) for g in ALL_REGIONS), ""])  # fmt: skip
+    return section(
+        "summary",
+        "Summary",
+        f"<p>State <b>{st.state}</b>, {st.rounds_done}{planned} rounds done, "
+        f"{len(st.sites)} sites.</p>",
+        table(head, rows),
+    )
+
+
+def alarms_section(
+    store: RunStore, cfg: AlarmConfig, spans: list[AlarmSpan], replayed: bool
+) -> str:
+    """The alarm spans, and each site's tests against the others after the last round."""
+    body: list[str] = []
+    if replayed:
+        body.append(
+            "<p class='note'>No alarm was stored during the run; these were computed now, "
+            "round by round, with the plan's alarm settings.</p>"
+        )
+    if spans:
+        body.append(
+            table(
+                ["site", "kind", "first round", "last round", "message"],
+                [[s.site, s.kind, s.first, s.last, s.message] for s in spans],
+            )
+        )
+    else:
+        body.append("<p>No alarms: no site was flagged.</p>")
+    last = store.last_done_round()
+    tests = site_tests(store, last, cfg) if last else []
+    if tests:
+        body.append(
+            f"<p>Each site against the other sites after round {last}: paired one-sided "
+            f"Wilcoxon signed-rank test of the per-model {cfg.region} {cfg.metric} (alarm "
+            f"when p &lt; {cfg.alpha} over at least {cfg.min_rounds} models and the median "
+            f"gap is at least {cfg.min_gap}), and the trend of the gap over the last "
+            f"{cfg.stall_window} models. Volatility: standard deviation of the round-to-round "
+            "change of the curve (the study's bad site had unstable curves).</p>"
+        )
+        head = ["site", "models", "median gap", "Wilcoxon p", "gap trend /round", "trend p",
+                "volatility", "others' volatility"]  # fmt: skip
+        rows = [[t.site, t.below.n, t.below.median_gap, fmt_p(t.below.p), t.stall.slope,
+                 fmt_p(t.stall.p), t.volatility, t.others_volatility] for t in tests]  # fmt: skip
+        body.append(table(head, rows))
+    return section("alarms", "Alarms", *body)
+
+
+def curves_section(
+    by_region: dict[str, Curves],
+    fed: dict[str, dict[int, Summary]],
+    flagged: dict[str, int],
+) -> str:
+    """The validation curves figure (per site and pooled, 95% CI, per region)."""
+    if not any(by_region[g] for g in ALL_REGIONS):
+        return section("curves", "Validation curves", "<p>No validation results yet.</p>")
+    return section(
+        "curves",
+        "Validation curves",
+        "<p>Dice of the global model on each site's validation cases, per model round "
+        "(0 = initial model), with 95% confidence bands mean &plusmn; 1.96 std/&radic;n; "
+        "black: all sites' cases pooled. Dashed lines: first alarm of a site.</p>",
+        img(figures.curves_figure(by_region, fed, flagged), "validation curves"),
+    )
+
+
+def selection_section(store: RunStore) -> str:
+    """The best model round, singlet (mean of the regions) and triplet (each region)."""
+    body: list[str] = []
+    rows: list[list[object]] = []
+    have_ckpt = bool(store.checkpoints())
+    if not have_ckpt:
+        body.append(
+            "<p class='note'>The run stored no checkpoints: rounds shown by score "
+            "only, nothing can be exported.</p>"
+        )
+    for kind in ("singlet", "triplet"):
+        try:
+            picks = choose(store, kind, require_checkpoint=have_ckpt)  # type: ignore[arg-type]
+        except FedsegError as exc:
+            rows.append([kind, str(exc), "", ""])
+            continue
+        if kind == "singlet":
+            rows.append([kind, "mean", *picks[REGIONS[0]]])  # one pick for all regions
+        else:
+            rows += [[kind, g, *picks[g]] for g in REGIONS]
+    body.append(
+        "<p>Best model round by case-weighted validation Dice over sites (singlet: mean of "
+        "ET/TC/WT; triplet: each region). Export with <code>fedseg select RUN --singlet|"
+        "--triplet --out DIR</code>.</p>"
+    )
+    body.append(table(["kind", "region", "model round", "Dice"], rows))
+    return section("selection", "Model selection", *body)
+
+
+def contributions_section(store: RunStore) -> str:
+    """Each site's share of the pooled Dice gain, from the stored update sizes."""
+    contribs = contributions(store)
+    if not any(c.rounds for c in contribs):
+        return section(
+            "contributions",
+            "Site contributions",
+            "<p>No round has update norms and distances for every site.</p>",
+        )
+    head = ["site", "rounds", "mean weight", "mean share", "mean alignment (cos)",
+            "Dice gain attributed", "Dice gain on other sites"]  # fmt: skip
+    rows = [[c.site, c.rounds, c.mean_weight, c.mean_share, c.mean_cos, c.dice_gain,
+             c.dice_gain_others] for c in contribs]  # fmt: skip
+    return section(
+        "contributions",
+        "Site contributions",
+        "<p>Estimate from the stored update sizes: each round's change of the pooled "
+        "validation Dice is attributed to sites by their share of the aggregate step "
+        "(projection of their update on it; shares sum to 1). A site whose update points "
+        "away from the others gets a small or negative share. First-order estimate; the "
+        "honest measure re-runs the federation without the site.</p>",
+        table(head, rows),
+        img(figures.contributions_figure(contribs), "site contributions"),
+    )
+
+
+def updates_section(store: RunStore) -> str:
+    """Per site and round, the update's distance to the aggregate (else its norm)."""
+    srows = [r for r in store.site_rounds() if r.status == SiteRoundStatus.OK]
+    use_dist = any(r.update_distance is not None for r in srows)
+    dist: dict[str, dict[int, float]] = {}
+    for r in srows:
+        v = r.update_distance if use_dist else r.update_norm
+        if v is not None:
+            dist.setdefault(r.site, {})[r.round] = float(v)
+    if not dist:
+        return section("updates", "Site updates", "<p>No update sizes recorded.</p>")
+    label = "L2 distance to the aggregate" if use_dist else "L2 norm of the update"
+    return section(
+        "updates", "Site updates", img(figures.updates_figure(dist, label), "site updates")
+    )
+
+
+def comparison_section(tables: dict[str, CaseTable]) -> str:
+    """Per-case violins and paired Wilcoxon tests of each model against the first."""
+    if len(tables) < 2:
+        return section(
+            "comparison",
+            "Model comparison",
+            "<p>No per-case results given: run <code>fedseg evaluate</code> at a site for "
+            "the initial and final models and pass the CSVs with <code>--case-csv</code>.</p>",
+        )
+    names = list(tables)
+    head = ["comparison", "region", "metric", "cases", "mean A", "mean B", "median A",
+            "median B", "mean B-A", "p", "better"]  # fmt: skip
+    rows: list[list[object]] = [
+        [f"{other} vs {names[0]}", c.region, c.metric, c.n, c.mean_a, c.mean_b, c.median_a,
+         c.median_b, c.mean_diff, fmt_p(c.p), c.better.replace("A", names[0]).replace("B", other)]
+        for other in names[1:]
+        for c in compare_tables(tables[names[0]], tables[other])
+    ]  # fmt: skip
+    return section(
+        "comparison",
+        "Model comparison",
+        "<p>Per-case metrics computed at the sites (per-case CSVs from "
+        "<code>fedseg evaluate</code>), each model against the first with a paired "
+        "two-sided Wilcoxon signed-rank test.</p>",
+        img(figures.violin_figure(tables), "per-case Dice violins"),
+        table(head, rows),
+    )
+
+
+def plan_section(run: Path) -> str:
+    """The run folder's plan.yaml as written."""
+    plan_path = run / PLAN_FILE
+    if not plan_path.is_file():
+        return section("plan", "Plan", f"<p>No {PLAN_FILE} in the run folder.</p>")
+    return section("plan", "Plan", f"<pre>{html.escape(plan_path.read_text())}</pre>")
+
+
+def events_section(store: RunStore, last: int = 50) -> str:
+    """The ``last`` events of the run store."""
+    ev = store.events()[-last:]
+    if not ev:
+        return section("events", "Events", "<p>No events.</p>")
+    return section(
+        "events",
+        "Events",
+        table(
+            ["time (UTC)", "level", "message"],
+            [[time.strftime("%H:%M:%S", time.gmtime(t)), lvl, msg] for t, lvl, msg in ev],
+        ),
+    )
