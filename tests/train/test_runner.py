@@ -16,13 +16,7 @@ import pytest
 from fedseg.data.cases import Case
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
-from fedseg.model.config import NetworkConfig
-from fedseg.model.metrics import METRICS
-from fedseg.model.model_file import load_model
-from fedseg.model.weights import load_arrays, unnest
-from fedseg.tracking.store import RunStore
-from fedseg.train.config import RecipeConfig, TrainConfig
-from fedseg.train.runner import (
+from fedseg.federation.commands.central_training import (
     CHECKPOINT,
     SiteData,
     TrainingState,
@@ -30,6 +24,12 @@ from fedseg.train.runner import (
     run_training,
     save_state,
 )
+from fedseg.model.config import NetworkConfig
+from fedseg.model.metrics import METRICS
+from fedseg.model.model_file import load_model
+from fedseg.model.weights import load_arrays, unnest
+from fedseg.tracking.store import RunStore
+from fedseg.train.config import RecipeConfig, TrainConfig
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ import sys
 from pathlib import Path
 from fedseg.data.cases import discover_cases
 from fedseg.train.config import RecipeConfig
-from fedseg.train.runner import SiteData, run_training
+from fedseg.federation.commands.central_training import SiteData, run_training
 cases = discover_cases(Path(sys.argv[1]))
 resume = sys.argv[4] == "resume"
 recipe = None if resume else RecipeConfig.from_yaml(Path(sys.argv[3]))

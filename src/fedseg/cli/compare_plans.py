@@ -45,6 +45,7 @@ def compare(
     fedavg fedprox:mu=0.01 fedadam median trimmed-mean:beta=0.25 krum:f=1
     cyclic:order=shuffled single-pass. Writes results.csv/.md, per_site.csv and curves.png.
     """
+    from fedseg.federation.commands.central_training import site_names
     from fedseg.federation.commands.compare_plans.arguments import (
         CompareConfig,
         parse_plan_arg,
@@ -52,7 +53,6 @@ def compare(
     )
     from fedseg.federation.commands.compare_plans.run import run_compare
     from fedseg.train.config import RecipeConfig
-    from fedseg.train.runner import site_names
 
     rec = RecipeConfig.from_yaml(recipe) if recipe else RecipeConfig.cpu()
     held = list(holdout or [])

@@ -14,7 +14,7 @@ from fedseg.tracking.store import RunStore
 from fedseg.train.config import RecipeConfig
 
 if TYPE_CHECKING:
-    from fedseg.train.runner import SiteData
+    from fedseg.federation.commands.central_training import SiteData
 
 
 def _recipe(config: str | None) -> RecipeConfig:
@@ -27,7 +27,7 @@ def _recipe(config: str | None) -> RecipeConfig:
 
 def _sites(roots: list[Path]) -> list[SiteData]:
     # torch is imported by the runner: only when training, so `fedseg` starts without it.
-    from fedseg.train.runner import SiteData, site_names
+    from fedseg.federation.commands.central_training import SiteData, site_names
 
     sites = []
     for name, root in zip(site_names(roots), roots, strict=True):
@@ -59,7 +59,7 @@ def train(
     Writes recipe.yaml, run.sqlite, checkpoints/last.ckpt, last.pt and best.pt into the run
     folder. Killed at any moment, `fedseg train --resume RUN` continues where it stopped.
     """
-    from fedseg.train.runner import run_training
+    from fedseg.federation.commands.central_training import run_training
 
     if resume is not None:
         if out is not None or config is not None:

@@ -1,1 +1,1 @@
-"""One site's training: patches, augmentation, loader, the local round, validation, runs."""
+"""One site's training: patches, augmentation, loader, the local round, validation."""

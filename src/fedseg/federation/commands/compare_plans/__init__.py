@@ -4,7 +4,8 @@ next to the centralized model (all training cases pooled) and one model per site
 Every plan runs the real round loop (``Coordinator``) and the real site code (``run_task``)
 in this process, one site after the other (``local_transport.LocalTransport``): the same
 math and files as a simulation, without the engine's process start-up, so a comparison fits
-on a laptop. The baselines use the centralized runner (``train.runner.run_training``).
+on a laptop. The baselines use the centralized runner
+(``commands.central_training.run_training``).
 
 The package, by concern:
 

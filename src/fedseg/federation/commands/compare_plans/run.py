@@ -117,7 +117,7 @@ def _run_plan(cfg: CompareConfig, plan: PlanConfig, run_dir: Path, sites: dict[s
 
 def _run_central(cfg: CompareConfig, run_dir: Path, sites: dict[str, Path],
                  bar: Progress) -> RunOutcome:  # fmt: skip
-    from fedseg.train.runner import CENTRAL, SiteData, run_training
+    from fedseg.federation.commands.central_training import CENTRAL, SiteData, run_training
 
     data = []
     for name, path in sites.items():
