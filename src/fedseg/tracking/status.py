@@ -39,7 +39,7 @@ class ReadOnlyRunStore(RunStore):
         if not path.is_file():
             raise FedsegError(
                 f"{given}: no run store ({STORE_FILE}); give a run folder written by "
-                "`fedseg simulate` or `fedseg federate`"
+                "`fedseg simulate`, `fedseg server start` or `fedseg train`"
             )
         self.path = path
         uri = path.resolve().as_uri() + "?mode=ro"
