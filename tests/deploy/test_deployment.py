@@ -7,12 +7,14 @@ Training itself is exercised by ``test_deploy_plan.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -29,11 +31,26 @@ import pytest
 from fedseg.federation.commands import deploy
 from fedseg.federation.commands.engine_run import ServerOptions, aggregator_launcher
 from fedseg.federation.engine.app_bundle import write_app
-from fedseg.federation.engine.launcher import CONNECTION, Launcher, flower_env
+from fedseg.federation.engine.app_guard import REFUSED, expected_app
+from fedseg.federation.engine.launcher import (
+    CONNECTION,
+    CONTROL_TOKEN,
+    Launcher,
+    flower_env,
+    json_output,
+)
 from fedseg.federation.engine.processes import Proc, flower_program
 from fedseg.federation.security import pki
 from fedseg.federation.security.enrollment import enroll_sites, start_enrolled_superlink
-from tests.deploy.deploy_helpers import SITES, listening_sockets, make_coordinator
+from fedseg.run_folder import LOGS_DIR
+from tests.deploy.deploy_helpers import (
+    SECRET_CASE,
+    SECRET_LABEL,
+    SITES,
+    listening_sockets,
+    make_coordinator,
+    write_foreign_app,
+)
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
@@ -123,9 +140,12 @@ def _flwr(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedPr
     )
 
 
-def _post(address: str, path: str, ca: Path) -> int:
+def _post(address: str, path: str, ca: Path, authorization: str | None = None) -> int:
     """HTTP status of an empty POST over TLS verified against ``ca``."""
-    req = urllib.request.Request(f"https://{address}{path}", data=b"", method="POST")
+    headers = {"Authorization": authorization} if authorization else {}
+    req = urllib.request.Request(
+        f"https://{address}{path}", data=b"", method="POST", headers=headers
+    )
     try:
         with urllib.request.urlopen(
             req, context=ssl.create_default_context(cafile=str(ca)), timeout=10
@@ -181,7 +201,7 @@ def test_a_site_cannot_reach_the_control_or_runtime_api(deployment: Deployment) 
     fleet, control = f"127.0.0.1:{opts.fleet_port}", deployment.launcher.address
     for path in ("/v1/control/list-runs", "/v1/control/start-run", "/v1/runtime/get-run"):
         assert _post(fleet, path, ca) == 404, path
-    assert _post(control, "/v1/control/list-runs", ca) != 404  # it exists, on loopback only
+    assert _post(control, "/v1/control/list-runs", ca) == 401  # on loopback, with its token
     # `flwr` pointed at the site-facing address, as a site would do it
     site_home = deployment.root / "site-flwr-home"
     site_home.mkdir()
@@ -211,6 +231,78 @@ def _fleet_client(dep: Deployment, site: str) -> Any:
         root_certificates=(dep.options.creds / "ca.crt").read_bytes(),
         interceptors=[NodeAuthHttpInterceptor(key, key.public_key())],
     )
+
+
+def _site_log(dep: Deployment, site: str) -> Path:
+    return dep.root / f"work-{site}" / LOGS_DIR / "supernode.log"
+
+
+def _run_ids(launcher: Launcher) -> set[str]:
+    out = launcher.flwr("ls", CONNECTION, "--format", "json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = json_output(out.stdout).get("runs", [])
+    return {str(r["run-id"]) for r in runs}  # type: ignore[attr-defined,index]
+
+
+def test_a_foreign_app_is_refused_at_every_site(deployment: Deployment, tmp_path: Path) -> None:
+    """A malicious coordinator (it holds the Control API token) submits its own app, whose
+    ClientApp reads the site's data folder: every site refuses it in one log line naming the
+    app and its FAB hash, before any of its code runs; nothing of the data comes back."""
+    from flwr.cli.build import build_fab_from_disk
+
+    for name, folder in deployment.data.items():
+        (folder / f"{SECRET_CASE}-{name}_seg.nii.gz").write_text(f"{SECRET_LABEL}-{name}")
+    app = write_foreign_app(tmp_path / "steal")
+    fab_sha = hashlib.sha256(build_fab_from_disk(app)).hexdigest()
+    out = tmp_path / "stolen.txt"
+    started = deployment.launcher.flwr(
+        "run", str(app), CONNECTION, "--run-config", f'out="{out}"', "--format", "json"
+    )
+    assert json_output(started.stdout).get("success"), started.stdout + started.stderr
+    deadline = time.monotonic() + 150
+    while not out.exists():
+        assert time.monotonic() < deadline, "the foreign ServerApp never wrote its replies"
+        time.sleep(1)
+    replies = out.read_text().splitlines()
+    assert len(replies) == len(SITES) and all(r.startswith("ERROR ") for r in replies), replies
+    assert all(REFUSED in r and fab_sha in r for r in replies), replies
+    for name in SITES:
+        lines = _site_log(deployment, name).read_text().splitlines()
+        refused = [ln for ln in lines if REFUSED in ln]
+        assert len(refused) == 1, refused
+        assert f"fedseg site {name}: " in refused[0] and "evil/steal 1.0.0" in refused[0]
+        assert fab_sha in refused[0] and expected_app().digest in refused[0]
+    # nothing of any site's data reached the coordinator: its run folder, logs, the app's output
+    coordinator_files = [p for p in (deployment.root / "run").rglob("*") if p.is_file()]
+    for path in [out, *coordinator_files]:
+        data = path.read_bytes()
+        assert SECRET_CASE.encode() not in data and SECRET_LABEL.encode() not in data, path
+
+
+def test_only_the_coordinators_fedseg_can_use_the_control_api(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """Another process or user on the coordinator's machine reaches the loopback port but not
+    the token (0600 in a 0700 Flower home): Flower's own CLI and raw requests are refused."""
+    launcher, ca = deployment.launcher, deployment.options.creds / "ca.crt"
+    assert stat.S_IMODE(launcher.home.stat().st_mode) == 0o700
+    for name in (CONTROL_TOKEN, "credentials.yaml"):
+        assert stat.S_IMODE((launcher.home / name).stat().st_mode) == 0o600, name
+    runs = _run_ids(launcher)
+    other = tmp_path / "other-home"
+    other.mkdir()
+    (other / "config.toml").write_text(
+        f'[superlink]\ndefault = "agg"\n[superlink.agg]\naddress = "{launcher.address}"\n'
+        f'root-certificates = "{ca}"\n'
+    )
+    app = write_app(tmp_path / "app")  # even fedseg's own app
+    for args in (("run", str(app), "agg"), ("ls", "agg"), ("supernode", "ls", "agg")):
+        res = _flwr(other, *args)
+        assert res.returncode != 0, (args, res.stdout, res.stderr)
+    for header in (None, "Bearer " + "A" * 43, f"Basic {'A' * 43}"):
+        assert _post(launcher.address, "/v1/control/list-runs", ca, header) == 401, header
+    assert _run_ids(launcher) == runs  # no run was added
+    assert launcher.flwr("supernode", "ls", CONNECTION).returncode == 0  # the coordinator can
 
 
 def test_a_site_cannot_pull_another_sites_messages(deployment: Deployment) -> None:

@@ -21,10 +21,19 @@ import pytest
 from fedseg.federation.commands.engine_run import LocalSites, run_federation
 from fedseg.federation.commands.run_folder import prepare_run
 from fedseg.federation.commands.simulate import simulate
+from fedseg.federation.engine.app_guard import REFUSED
 from fedseg.federation.rounds.coordinator import initial_weights
 from fedseg.model.model_file import load_model
 from fedseg.plan import load_plan, save_plan
-from fedseg.run_folder import BEST_MODEL, PLAN_FILE, STORE_FILE, MetaKey, RunStatus, model_path
+from fedseg.run_folder import (
+    BEST_MODEL,
+    LOGS_DIR,
+    PLAN_FILE,
+    STORE_FILE,
+    MetaKey,
+    RunStatus,
+    model_path,
+)
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import SITES, tiny_plan
 from tests.helpers import fedseg_env
@@ -77,6 +86,10 @@ def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, P
     w0 = initial_weights(load_plan(run / PLAN_FILE))
     w2 = load_model(model_path(run, 2)).weights
     assert any(not np.array_equal(w0[k], w2[k]) for k in w0)
+    # the sites ran it under their app guard, which took it for their own fedseg app
+    site_logs = sorted((run / LOGS_DIR).glob("site-*.log"))
+    assert len(site_logs) == len(SITES)
+    assert all(REFUSED not in log.read_text() for log in site_logs)
     # each site kept its per-case values in its own folder
     for site, folder in tiny_sites.items():
         local = folder / ".fedseg" / run_id / "run.sqlite"

@@ -10,7 +10,12 @@ Security model, Flower 1.41 deployment engine:
   (:mod:`fedseg.federation.security.enrollment`), so a revoked site is refused.
 * Only the Fleet API faces the sites: Flower 1.41 serves every API on one port, so the
   SuperLink runs through :mod:`fedseg.federation.engine.fleet_gateway`, which keeps the full
-  API on 127.0.0.1 and answers only ``/v1/fleet/...`` on the site-facing address.
+  API on 127.0.0.1 and answers only ``/v1/fleet/...`` on the site-facing address; on
+  127.0.0.1 the Control API answers only the launcher's token (other local users and
+  processes cannot submit a run).
+* A site runs only the fedseg app it installed: its SuperNode runs under
+  :mod:`fedseg.federation.engine.app_guard` (``--isolation process``), which refuses any
+  other app in one line of the site's log before any of its code runs.
 
 The aggregator side is the one engine run (``engine_run.run_federation`` with its
 ``ServerOptions``); the site side starts a SuperNode with the site's credentials and says
@@ -30,6 +35,7 @@ from rich.console import Console
 from fedseg.errors import FedsegError
 from fedseg.federation.commands.engine_run import RunResult, ServerOptions, run_federation
 from fedseg.federation.engine.app_bundle import ConfigValue, config_arg
+from fedseg.federation.engine.app_guard import site_command
 from fedseg.federation.engine.client_app import NODE_DATA_DIR, NODE_SITE_NAME
 from fedseg.federation.engine.fleet_gateway import DEFAULT_SITE_RUNTIME_PORT
 from fedseg.federation.engine.launcher import flower_env
@@ -98,6 +104,7 @@ def supernode_command(options: SiteOptions) -> list[str]:
     }
     cmd = [
         flower_program("flower-supernode"),
+        "--isolation", "process",  # the app guard takes the tasks (see start_site)
         "--superlink", check_server_address(options.server),
         "--root-certificates", str(creds.ca_cert.resolve()),
         "--auth-supernode-private-key", str(creds.auth_key.resolve()),
@@ -111,11 +118,11 @@ def supernode_command(options: SiteOptions) -> list[str]:
 
 
 def start_site(options: SiteOptions, env: Mapping[str, str] | None = None) -> Proc:
-    """Start a site's SuperNode in the background, in its own session (its SuperExec and
-    ClientApps stop with it); log: ``work_dir/logs/supernode.log``."""
+    """Start a site's SuperNode under its app guard in the background, in its own session
+    (the guard's ClientApp processes stop with it); log: ``work_dir/logs/supernode.log``."""
     if not options.data_dir.is_dir():
         raise FedsegError(f"data folder {options.data_dir} not found")
-    cmd = supernode_command(options)
+    cmd = site_command(supernode_command(options), options.runtime_port)
     home = options.work_dir / FLWR_HOME
     home.mkdir(parents=True, exist_ok=True)
     return spawn(

@@ -14,24 +14,36 @@ own argument parsing and lifespan) and serves it from one uvicorn server on two 
 * ``--fleet-host``/``--fleet-port`` (site-facing): only ``/v1/fleet/...`` paths; anything
   else gets 404 before it reaches Flower.
 
-Both sockets use the SuperLink's TLS certificate. Usage (the other flags are
+Both sockets use the SuperLink's TLS certificate. The Control API (``/v1/control/...``:
+``flwr run``, ``flwr ls``, node registration) has no account login in the open-source
+SuperLink, and loopback is open to every process and user of the coordinator's machine:
+with ``--control-token-file`` every path but Fleet, Runtime (the ServerApp's, guarded by
+Flower's task tokens) and ``/health`` answers only requests that carry that file's token
+as ``Authorization: Bearer TOKEN`` (401 otherwise, before Flower sees them). The launcher
+writes a new token per start into the run's Flower home (mode 0600) and hands it to
+Flower's own ``flwr`` CLI through Flower's credential store in that home, so the
+coordinator's fedseg (and its user) can, and nobody else can. Usage (the other flags are
 ``flower-superlink``'s)::
 
-    python -m fedseg.federation.engine.fleet_gateway --fleet-host 0.0.0.0 --fleet-port 9092 -- \
+    python -m fedseg.federation.engine.fleet_gateway --fleet-host 0.0.0.0 --fleet-port 9092 \
+        --control-token-file RUN/flwr-home/control.token -- \
         --host 127.0.0.1 --port 9093 --ssl-certfile ... --enable-supernode-auth ...
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import socket
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 FLEET_PREFIX = "/v1/fleet/"
+RUNTIME_PREFIX = "/v1/runtime/"
 #: Ports of a deployment: sites reach the Fleet port; the others stay on loopback.
 DEFAULT_FLEET_PORT = 9092
 DEFAULT_CONTROL_PORT = 9093
@@ -51,16 +63,38 @@ class FleetGateway:
     host: str
     port: int
 
-    def command(self, superlink_args: list[str]) -> list[str]:
+    def command(self, superlink_args: list[str], control_token_file: Path | None = None
+                ) -> list[str]:  # fmt: skip
         """The command that runs ``flower-superlink SUPERLINK_ARGS`` behind this gateway."""
+        token = ["--control-token-file", str(control_token_file)] if control_token_file else []
         return [
             sys.executable, "-m", "fedseg.federation.engine.fleet_gateway",
-            "--fleet-host", self.host, "--fleet-port", str(self.port), "--", *superlink_args,
+            "--fleet-host", self.host, "--fleet-port", str(self.port), *token,
+            "--", *superlink_args,
         ]  # fmt: skip
 
+    @property
+    def site_address(self) -> str:
+        """Where a SuperNode on this machine reaches the Fleet API."""
+        return f"{'127.0.0.1' if self.host in ('0.0.0.0', '') else self.host}:{self.port}"
 
-def fleet_only_on_port(app: Asgi, fleet_port: int) -> Asgi:
-    """Wrap an ASGI app: requests arriving on local port ``fleet_port`` may only hit Fleet.
+
+def _open_without_token(path: str) -> bool:
+    """Fleet (sites), Runtime (the ServerApp process Flower starts, with its own task
+    token) and the health check; everything else (the Control API first) needs the token."""
+    return path == "/health" or path.startswith((FLEET_PREFIX, RUNTIME_PREFIX))
+
+
+def _has_token(scope: Scope, token: bytes) -> bool:
+    """Whether the request carries exactly one ``Authorization: Bearer TOKEN``."""
+    values = [v for k, v in scope.get("headers") or [] if k.lower() == b"authorization"]
+    return len(values) == 1 and hmac.compare_digest(values[0], b"Bearer " + token)
+
+
+def fleet_only_on_port(app: Asgi, fleet_port: int, control_token: bytes | None = None) -> Asgi:
+    """Wrap an ASGI app: requests arriving on local port ``fleet_port`` may only hit Fleet;
+    with ``control_token``, every other request but Fleet, Runtime and health (the Control
+    API first) must carry it.
 
     The local port comes from the accepted socket (``scope["server"]``), not from any header
     the client controls.
@@ -70,25 +104,36 @@ def fleet_only_on_port(app: Asgi, fleet_port: int) -> Asgi:
         if scope["type"] in ("http", "websocket"):
             server = scope.get("server") or (None, None)
             on_fleet_socket = server[1] == fleet_port
-            if on_fleet_socket and (
-                scope["type"] != "http" or not str(scope.get("path", "")).startswith(FLEET_PREFIX)
+            path = str(scope.get("path", ""))
+            if on_fleet_socket and (scope["type"] != "http" or not path.startswith(FLEET_PREFIX)):
+                await _refuse(scope, send, 404, "only the Fleet API is served on this address")
+                return
+            if (
+                control_token is not None
+                and not _open_without_token(path)
+                and not (scope["type"] == "http" and _has_token(scope, control_token))
             ):
-                await _refuse(scope, send)
+                await _refuse(scope, send, 401, CONTROL_REFUSED)
                 return
         await app(scope, receive, send)
 
     return guarded
 
 
-async def _refuse(scope: Scope, send: Send) -> None:
+CONTROL_REFUSED = (
+    "the Control API answers only the coordinator's fedseg (token in the run's Flower home)"
+)
+
+
+async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = json.dumps({"detail": "only the Fleet API is served on this address"}).encode()
+    body = json.dumps({"detail": detail}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 404,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
@@ -115,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fleet_gateway", description=__doc__)
     parser.add_argument("--fleet-host", required=True)
     parser.add_argument("--fleet-port", type=int, required=True)
+    parser.add_argument("--control-token-file", type=Path, default=None)
     ours, flower_args = parser.parse_known_args(argv)
     if flower_args[:1] == ["--"]:
         flower_args = flower_args[1:]
@@ -142,7 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     if ours.fleet_port == config.port:
         sys.exit("--fleet-port must differ from --port (the loopback port of every API)")
 
-    app = fleet_only_on_port(create_app(config, SuperLinkLifespan), ours.fleet_port)
+    token = None
+    if ours.control_token_file is not None:
+        token = ours.control_token_file.read_bytes().strip()
+        if len(token) < 32:
+            sys.exit(f"{ours.control_token_file}: the Control API token is too short")
+    app = fleet_only_on_port(create_app(config, SuperLinkLifespan), ours.fleet_port, token)
     sockets = [_bind(config.host, config.port), _bind(ours.fleet_host, ours.fleet_port)]
     uv_config = uvicorn.Config(
         app=app,
@@ -155,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         workers=1,
     )
     print(
-        f"fleet_gateway: all APIs on {config.host}:{config.port}, "
+        f"fleet_gateway: all APIs on {config.host}:{config.port}"
+        f"{' (Control API with its token only)' if token else ''}, "
         f"Fleet API only on {ours.fleet_host}:{ours.fleet_port}",
         flush=True,
     )

@@ -12,9 +12,13 @@ file answered "database is locked" to heartbeats and the SuperLink then dropped 
 Security: ``Security()`` is plain HTTP and is refused on anything but loopback; otherwise the
 SuperLink serves TLS (``server_cert``/``server_key``) and SuperNodes and ``flwr`` verify it
 against ``ca_cert``; ``supernode_auth`` turns on SuperNode authentication (sites sign with
-``site_keys[site]``; their public keys must be registered with the SuperLink first). With a
-``gateway`` (a deployment) the SuperLink runs behind :mod:`fleet_gateway`: every API on the
-launcher's loopback address, only the Fleet API on the gateway's site-facing address.
+``site_keys[site]``; their public keys must be registered with the SuperLink first). The
+SuperLink always runs behind :mod:`fleet_gateway`: every API on the launcher's loopback
+address, only the Fleet API on the gateway's address (site-facing in a deployment, another
+loopback port in a simulation). The Control API answers only this launcher's ``flwr``
+calls: a new token per start in ``<home>/control.token`` (0600, the home 0700), which
+Flower's CLI sends from its credential store in the same home (``credentials.yaml``, as
+``flwr login`` would leave it). Sites run under :mod:`app_guard` (only the fedseg app).
 
 The processes are :class:`~fedseg.federation.engine.processes.Proc` (own session, dies with
 the launcher); a later start in the same run folder kills whatever a killed launcher left
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -42,12 +47,14 @@ from pathlib import Path
 import fedseg
 from fedseg.errors import FedsegError
 from fedseg.federation.engine.app_bundle import ConfigValue, config_arg
+from fedseg.federation.engine.app_guard import site_command
 from fedseg.federation.engine.fleet_gateway import FleetGateway
 from fedseg.federation.engine.processes import Proc, flower_program, spawn, stop_all
 from fedseg.run_folder import FLWR_HOME, LOGS_DIR
 
 CONNECTION = "fedseg"
 PIDS = "pids.json"
+CONTROL_TOKEN = "control.token"
 #: SuperExec's task polling (Flower default 1 s); it is one of several polls in a round.
 TASK_POLL_S = "0.2"
 
@@ -125,14 +132,16 @@ class Launcher:
         self.logs = self.run_dir / LOGS_DIR
         self.security = security or Security()
         self.host = host
-        self.gateway = gateway
         self.security.check(host)
-        if gateway is not None:
-            self.security.check(gateway.host)
         self.port = port or free_port(host if host != "0.0.0.0" else "127.0.0.1")
+        if gateway is None:  # a simulation: the sites' Fleet API on another loopback port
+            gateway = FleetGateway("127.0.0.1", free_port())
+        self.gateway = gateway
+        self.security.check(gateway.host)
         self.persistent_state = persistent_state
         self.procs: list[Proc] = []
         self.home.mkdir(parents=True, exist_ok=True)
+        self.home.chmod(0o700)  # the Control API token and Flower's credentials live here
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = flower_env(self.home)
 
@@ -140,6 +149,11 @@ class Launcher:
     def address(self) -> str:
         host = "127.0.0.1" if self.host == "0.0.0.0" else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def site_address(self) -> str:
+        """Where a SuperNode on this machine reaches the Fleet API (the gateway)."""
+        return self.gateway.site_address
 
     # -- processes --------------------------------------------------------------------
     def _spawn(self, role: str, cmd: list[str], log_name: str) -> Proc:
@@ -170,22 +184,21 @@ class Launcher:
         return args
 
     def start_superlink(self, timeout_s: float = 120.0) -> Proc:
-        """Start the SuperLink (behind the gateway, if any); wait until it answers."""
-        args = self.superlink_args()
-        if self.gateway is None:
-            cmd = [flower_program("flower-superlink"), *args]
-        else:
-            cmd = self.gateway.command(args)
+        """Start the SuperLink behind the gateway, with a new Control API token; wait until
+        it answers."""
+        cmd = self.gateway.command(self.superlink_args(), self._new_control_token())
         self._write_connection()
         proc = self._spawn("superlink", cmd, "superlink.log")
         self._wait_healthy(proc, timeout_s)
         return proc
 
     def start_site(self, site: str, node_config: Mapping[str, ConfigValue]) -> Proc:
-        """Start a SuperNode for ``site`` with ``node_config`` (site-name, data-dir, ...)."""
+        """Start a SuperNode for ``site`` with ``node_config`` (site-name, data-dir, ...),
+        under the site's app guard (:mod:`app_guard`: it runs only the fedseg app)."""
         sec = self.security
-        cmd = [flower_program("flower-supernode"), "--superlink", self.address,
-               "--host", "127.0.0.1", "--port", str(free_port()),
+        runtime_port = free_port()
+        cmd = [flower_program("flower-supernode"), "--superlink", self.site_address,
+               "--host", "127.0.0.1", "--port", str(runtime_port), "--isolation", "process",
                "--node-config", config_arg(node_config)]  # fmt: skip
         if sec.insecure:
             cmd.append("--insecure")
@@ -196,7 +209,7 @@ class Launcher:
             if key is None:
                 raise FedsegError(f"SuperNode authentication is on but site {site} has no key")
             cmd += ["--auth-supernode-private-key", str(key)]
-        return self._spawn(f"site:{site}", cmd, f"site-{site}.log")
+        return self._spawn(f"site:{site}", site_command(cmd, runtime_port), f"site-{site}.log")
 
     def submit(self, app_dir: Path, run_config: Mapping[str, ConfigValue],
                timeout_s: float = 180.0) -> int:  # fmt: skip
@@ -253,6 +266,31 @@ class Launcher:
         return n
 
     # -- helpers ----------------------------------------------------------------------
+    def _new_control_token(self) -> Path:
+        """A new Control API token: the gateway's file and Flower's CLI credential store."""
+        from flwr.cli.constant import (
+            ACCESS_TOKEN_STORE_KEY,
+            AUTHN_TYPE_STORE_KEY,
+            REFRESH_TOKEN_STORE_KEY,
+        )
+        from flwr.common.constant import AuthnType
+        from flwr.supercore.credential_store.file_credential_store import FileCredentialStore
+
+        token = secrets.token_urlsafe(32)
+        path = self.home / CONTROL_TOKEN
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)
+        # Flower's CLI sends the stored access token as `Authorization: Bearer` (its OIDC
+        # plugin); it refreshes only on a 401 that asks for Bearer, which the gateway never
+        # sends, so the refresh token is a placeholder.
+        store = FileCredentialStore(self.home / "credentials.yaml")  # written 0600 by Flower
+        store.set(AUTHN_TYPE_STORE_KEY % self.address, AuthnType.OIDC.encode())
+        store.set(ACCESS_TOKEN_STORE_KEY % self.address, token.encode())
+        store.set(REFRESH_TOKEN_STORE_KEY % self.address, b"none")
+        return path
+
     def _write_connection(self) -> None:
         lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
                  f'address = "{self.address}"']  # fmt: skip

@@ -72,7 +72,7 @@ class Proc:
         return self.popen.returncode
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -83,7 +83,7 @@ def spawn(role: str, cmd: list[str], env: Mapping[str, str], log: Path) -> Proc:
     fh = log.open("ab")
     popen = subprocess.Popen(
         cmd, env=dict(env), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, preexec_fn=_die_with_parent,
+        start_new_session=True, preexec_fn=die_with_parent,
     )  # fmt: skip
     return Proc(role, popen, log, fh)
 
