@@ -4,6 +4,7 @@ their encoding (no processes, no training)."""
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 import yaml
@@ -121,3 +122,22 @@ def test_request_floor_and_validated_flag_travel() -> None:
     assert rep.validated and rep.validation == {} and rep.train_loss is None
     plain = decode_reply(encode_reply(TaskReply(site="a")))
     assert not plain.validated
+
+
+def test_site_start_passes_the_sites_own_floor_to_its_app(tmp_path: Path) -> None:
+    from fedseg.federation.commands.deploy import SiteOptions, supernode_command
+    from fedseg.federation.security import pki
+
+    pki.init_ca(tmp_path / "ca")
+    bundle = pki.issue_site(tmp_path / "ca", "alpha")
+    base = {"server": "localhost:9092", "data_dir": tmp_path, "creds": bundle,
+            "work_dir": tmp_path / "w"}  # fmt: skip
+
+    def node_config(**extra: object) -> str:
+        cmd = supernode_command(SiteOptions.model_validate({**base, **extra}))
+        return cmd[cmd.index("--node-config") + 1]
+
+    assert "min-summary-cases=3" in node_config().split()
+    assert "min-summary-cases=5" in node_config(min_summary_cases=5).split()
+    with pytest.raises(ValueError):
+        SiteOptions.model_validate({**base, "min_summary_cases": 0})

@@ -53,6 +53,14 @@ def test_no_case_id_or_site_path_reaches_the_coordinator(
     ws = {s: tmp_path / "site-workspaces" / s for s in names}
     Coordinator(run, LocalTransport(sites, ws, min_summary_cases=3)).run()
 
+    secrets = {c.case_id for s in names for c in (*split[s].train, *split[s].val)}
+    secrets |= {str(p) for p in sites.values()} | {str(p) for p in ws.values()}
+    secrets.add(str(sites["site4"].parent))
+    files = run_folder_text(run)
+    assert run / STORE_FILE in files and "too few" in files[run / STORE_FILE]
+    leaks = [(p.name, s) for p, text in files.items() for s in secrets if s in text]
+    assert leaks == []
+
     with RunStore(run) as store:
         rows = {r.site: r for r in store.site_rounds()}
         assert {s: rows[s].status for s in names} == {
@@ -76,14 +84,6 @@ def test_no_case_id_or_site_path_reaches_the_coordinator(
     assert by_site["site1"].dice == {} and by_site["site3"].dice
     render_status(view)
 
-    secrets = {c.case_id for s in names for c in (*split[s].train, *split[s].val)}
-    secrets |= {str(p) for p in sites.values()} | {str(p) for p in ws.values()}
-    secrets.add(str(sites["site4"].parent))
-    files = run_folder_text(run)
-    assert run / STORE_FILE in files and "too few" in files[run / STORE_FILE]
-    leaks = [(p.name, s) for p, text in files.items() for s in secrets if s in text]
-    assert leaks == []
-
     # the site's own log has the whole story: the file, the case id, the traceback
     log = (ws["site4"] / SITE_LOG).read_text()
     broken = split["site4"].train[0]
@@ -95,7 +95,7 @@ def test_no_case_id_or_site_path_reaches_the_coordinator(
 def test_training_loss_over_too_few_cases_stays_home(
     tmp_path: Path, sites: dict[str, Path]
 ) -> None:
-    plan = tiny_plan({"site3": sites["site3"]})
+    plan = tiny_plan({"site3": sites["site3"]}, min_sites=1)
     req = TaskRequest(1, 0, False, 1, 7, "r", recipe_json(plan.network, plan.train),
                       initial_weights(plan), min_summary_cases=4)  # fmt: skip
     rep = run_task("site3", sites["site3"], req, tmp_path / "ws")  # 3 training cases
@@ -106,7 +106,7 @@ def test_training_loss_over_too_few_cases_stays_home(
 
 
 def test_a_missing_data_folder_is_a_scrubbed_task_failure(tmp_path: Path) -> None:
-    plan = tiny_plan({"x": tmp_path})
+    plan = tiny_plan({"x": tmp_path}, min_sites=1)
     gone = tmp_path / "hospital-a" / "brats"
     req = TaskRequest(1, 0, True, 1, 7, "r", recipe_json(plan.network, plan.train),
                       initial_weights(plan))  # fmt: skip

@@ -69,7 +69,7 @@ def train(msg: Message, context: Context) -> Message:
             f"site {_site(context)} has no data folder: set --node-config {NODE_DATA_DIR}=DIR"
         )
     # torch: only where training happens
-    from fedseg.federation.rounds.disclosure import MIN_SUMMARY_CASES
+    from fedseg.federation.rounds.disclosure import MIN_SUMMARY_CASES, ErrorCategory, public_error
     from fedseg.federation.rounds.site import TaskFailed, run_task, site_log
 
     ws = cfg.get("workspace")
@@ -77,7 +77,7 @@ def train(msg: Message, context: Context) -> Message:
         req = decode_request(msg.content)
     except Exception as exc:  # a malformed task: nothing of the site's in it
         site_log(None, f"malformed task: {exc!r}")
-        reason = f"internal: malformed task ({type(exc).__name__})"
+        reason = public_error(exc, ErrorCategory.INTERNAL)
         return Message(Error(CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
     try:
         reply = run_task(
