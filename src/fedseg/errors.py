@@ -7,3 +7,8 @@ class FedsegError(Exception):
     The message must name what is wrong and what to do about it, e.g.
     ``"no cases found in /data/site1: expected BraTS folders (<case>/<case>_t1.nii.gz ...)"``.
     """
+
+
+class DataError(FedsegError):
+    """A data file cannot be read or does not hold what it should (a truncated NIfTI, a
+    missing channel or label map). A site reports it in the ``data`` category."""

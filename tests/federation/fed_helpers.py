@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,9 @@ SITES = ("site1", "site2", "site3")
 
 
 def tiny_plan(sites: dict[str, Path], **overrides: object) -> PlanConfig:
-    """A plan that trains a 4-filter, depth-2 network on 16^3 patches: seconds per round."""
+    """A plan that trains a 4-filter, depth-2 network on 16^3 patches: seconds per round.
+    The tiny sites validate on one case, so the plan lets summaries cover one case
+    (``privacy.min_summary_cases: 1``; the floor's own tests set it)."""
     base: dict[str, object] = {
         "name": "test",
         "sites": {s: SiteConfig(data=p) for s, p in sites.items()},
@@ -37,6 +40,7 @@ def tiny_plan(sites: dict[str, Path], **overrides: object) -> PlanConfig:
             cache_mb=64,
         ),
     }
+    base["privacy"] = {"min_summary_cases": 1}
     base.update(overrides)
     return PlanConfig.model_validate(base)
 
@@ -107,3 +111,21 @@ class ArrayTransport:
 def float_keys(w: Weights) -> list[str]:
     """Names of the floating-point arrays of ``w`` (those a transport offsets)."""
     return [k for k, v in w.items() if v.dtype.kind == "f"]
+
+
+def run_folder_text(run: Path) -> dict[Path, str]:
+    """Every file under ``run`` as text (bytes as latin-1); SQLite databases as their dump."""
+    out = {}
+    for p in sorted(run.rglob("*")):
+        if not p.is_file():
+            continue
+        raw = p.read_bytes()
+        if raw[:16] == b"SQLite format 3\x00":
+            con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+            try:
+                out[p] = "\n".join(con.iterdump())
+            finally:
+                con.close()
+        else:
+            out[p] = raw.decode("latin-1")
+    return out

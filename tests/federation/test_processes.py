@@ -18,11 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedseg.data.splits import load_split
+from fedseg.data.synth.generate import make_tiny_dataset
 from fedseg.federation.commands.engine_run import LocalSites, run_federation
 from fedseg.federation.commands.run_folder import prepare_run
 from fedseg.federation.commands.simulate import simulate
 from fedseg.federation.engine.app_guard import REFUSED
 from fedseg.federation.rounds.coordinator import initial_weights
+from fedseg.federation.rounds.site import SITE_LOG, WORKSPACE
 from fedseg.model.model_file import load_model
 from fedseg.plan import load_plan, save_plan
 from fedseg.run_folder import (
@@ -35,7 +38,7 @@ from fedseg.run_folder import (
     model_path,
 )
 from fedseg.tracking.store import RunStore
-from tests.federation.fed_helpers import SITES, tiny_plan
+from tests.federation.fed_helpers import SITES, run_folder_text, tiny_plan
 from tests.helpers import fedseg_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -179,3 +182,40 @@ def test_a_crashing_site_is_skipped_and_rejoins(
         assert store.rounds()[0]["n_sites"] == 2
         assert by[(2, "site3")].status == "ok" and by[(2, "site3")].n_train == 3
         assert store.meta.status() == RunStatus.DONE
+
+
+def test_a_broken_case_and_a_one_case_site_reveal_nothing_through_the_engine(
+    tmp_path: Path,
+) -> None:
+    """Real processes: site2's truncated label file fails its round; the aggregator gets a
+    category and a fixed line through Flower, and nothing of any case: every file of the
+    run folder (store dumped) is free of case ids, except the simulated sites' own consoles
+    (``logs/site-*.log``, which a deployed site keeps on its machine)."""
+    make_tiny_dataset(tmp_path / "data", sites=2, cases_per_site=4, seed=2)
+    sites = {s: (tmp_path / "data" / s).resolve() for s in ("site1", "site2")}
+    split = {s: load_split(p) for s, p in sites.items()}
+    broken = split["site2"].train[0]
+    assert broken.label is not None
+    broken.label.write_bytes(broken.label.read_bytes()[: broken.label.stat().st_size // 2])
+    run = tmp_path / "run"
+    plan = _plan_file(tmp_path, sites, rounds=1, min_sites=1, privacy={})  # floor 3
+    res = simulate(plan, run, live=False)
+    assert res.rounds_done == 1
+    with RunStore(run) as store:
+        rows = {r.site: r for r in store.site_rounds()}
+        assert rows["site1"].status == "ok" and rows["site2"].status == "failed"
+        assert rows["site2"].error == (
+            "data: the site's data could not be read (DataError); the site's log has the details"
+        )
+        assert store.validation() == [] and store.case_metrics() == []  # 1 case each
+        run_id = store.meta.run_id()
+    consoles = {run / LOGS_DIR / f"site-{s}.log" for s in sites}
+    case_ids = {c.case_id for sp in split.values() for c in (*sp.train, *sp.val)}
+    files = {p: text for p, text in run_folder_text(run).items() if p not in consoles}
+    assert run / STORE_FILE in files
+    assert [(p.name, c) for p, text in files.items() for c in case_ids if c in text] == []
+    assert not any("Traceback" in text or "end-of-stream" in text for text in files.values())
+    # the site itself has the full error: its workspace log and its console
+    site_log = (sites["site2"] / WORKSPACE / str(run_id) / SITE_LOG).read_text()
+    assert str(broken.label) in site_log and "Traceback" in site_log
+    assert broken.case_id in (run / LOGS_DIR / "site-site2.log").read_text()

@@ -20,8 +20,8 @@ def test_site_validates_trains_and_keeps_cases_private(
     w0 = initial_weights(plan)
     recipe = recipe_json(plan.network, plan.train)
     ws = tmp_path / "ws"
-    req = TaskRequest(1, 0, True, 1, 7, "run-t", recipe, w0)
-    rep = run_task("site1", tiny_sites["site1"], req, workspace=ws)
+    req = TaskRequest(1, 0, True, 1, 7, "run-t", recipe, w0, min_summary_cases=1)
+    rep = run_task("site1", tiny_sites["site1"], req, workspace=ws, min_summary_cases=1)
     assert rep.n_train == 3 and rep.n_val == 1 and rep.weights is not None
     assert set(rep.weights) == set(w0)
     assert any(not np.array_equal(rep.weights[k], w0[k]) for k in w0)

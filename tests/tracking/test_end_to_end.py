@@ -34,6 +34,7 @@ min_sites: 3
 round_timeout_s: 600
 connect_timeout_s: 240
 seed: 0
+privacy: {{min_summary_cases: 1}}  # one validation case per site
 network: {{base_filters: 4, depth: 2}}
 train: {{lr: 0.003, patch_size: [32, 32, 32], num_workers: 0, val_roi: [32, 32, 32],
          val_overlap: 0.0, val_batch_size: 2}}

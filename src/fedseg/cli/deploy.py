@@ -16,6 +16,7 @@ from fedseg.federation.engine.fleet_gateway import (
     DEFAULT_FLEET_PORT,
     DEFAULT_SITE_RUNTIME_PORT,
 )
+from fedseg.model.summary import MIN_SUMMARY_CASES
 
 server_app = typer.Typer(no_args_is_help=True)
 site_app = typer.Typer(no_args_is_help=True)
@@ -66,6 +67,12 @@ def site_start(
     retry_wait: float = typer.Option(
         30.0, help="Seconds between restarts of a SuperNode that stopped."
     ),
+    min_summary_cases: int = typer.Option(
+        MIN_SUMMARY_CASES,
+        min=1,
+        help="Send no validation summary or training loss computed from fewer cases than "
+        "this (a plan can raise it, never lower it).",
+    ),
 ) -> None:
     """Start this site's SuperNode; it trains whenever the aggregator runs a plan.
 
@@ -81,6 +88,7 @@ def site_start(
         work_dir=work_dir,
         runtime_port=runtime_port,
         max_retries=max_retries,
+        min_summary_cases=min_summary_cases,
     )
     # A service manager stops us with SIGTERM: leave through `finally` to stop the SuperNode.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))

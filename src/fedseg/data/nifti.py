@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from fedseg.errors import FedsegError
+from fedseg.errors import DataError
 
 
 def load_header(path: Path) -> nib.Nifti1Image:
@@ -15,9 +15,9 @@ def load_header(path: Path) -> nib.Nifti1Image:
     try:
         return nib.load(str(path))  # type: ignore[return-value]
     except FileNotFoundError:
-        raise FedsegError(f"{path}: file not found") from None
+        raise DataError(f"{path}: file not found") from None
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise FedsegError(f"{path}: not a readable NIfTI file ({exc})") from None
+        raise DataError(f"{path}: not a readable NIfTI file ({exc})") from None
 
 
 def load_array(path: Path, channel: int | None = None, dtype: type = np.float32) -> np.ndarray:
@@ -29,10 +29,10 @@ def load_array(path: Path, channel: int | None = None, dtype: type = np.float32)
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
-        raise FedsegError(f"{path}: image data cannot be read ({exc}); re-export it") from None
+        raise DataError(f"{path}: image data cannot be read ({exc}); re-export it") from None
     if channel is not None:
         if data.ndim != 4 or channel >= data.shape[3]:
-            raise FedsegError(f"{path}: no channel {channel} in image of shape {data.shape}")
+            raise DataError(f"{path}: no channel {channel} in image of shape {data.shape}")
         data = data[..., channel]
     elif data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]

@@ -3,6 +3,8 @@
 It is what a site shares of its validation (the wire message), what a training run
 reports and what the run store keeps: never the per-case values themselves. The std is
 the population std; NaN values (a metric undefined for a case) are left out of all three.
+A summary over fewer than ``MIN_SUMMARY_CASES`` cases (by default) never leaves a site
+(``federation.rounds.disclosure``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+#: The default smallest number of cases a summary that leaves a site may cover: a mean of
+#: one case is that patient's value; mean and std of two give both values.
+MIN_SUMMARY_CASES = 3
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from fedseg.data.cases import Case, load_case
 from fedseg.data.labels import labels_to_regions
 from fedseg.data.preprocess import crop_and_normalize
-from fedseg.errors import FedsegError
+from fedseg.errors import DataError, FedsegError
 from fedseg.train.augment import augment
 from fedseg.train.config import Shape3, TrainConfig
 from fedseg.train.patches import extract, pad_to, patch_corner
@@ -50,7 +50,7 @@ def prepare_case(case: Case, patch_size: Shape3) -> PreparedCase:
     """Load, crop all-zero planes, z-score, pad to ``patch_size``, labels -> regions."""
     vol = load_case(case)
     if vol.label is None:
-        raise FedsegError(f"case {case.case_id} has no label map; training needs labelled cases")
+        raise DataError(f"case {case.case_id} has no label map; training needs labelled cases")
     image, box = crop_and_normalize(vol.image)
     regions = labels_to_regions(vol.label[box]).astype(np.uint8)
     image, regions = pad_to(image, patch_size), pad_to(regions, patch_size)

@@ -36,11 +36,16 @@ from fedseg.errors import FedsegError
 from fedseg.federation.commands.engine_run import RunResult, ServerOptions, run_federation
 from fedseg.federation.engine.app_bundle import ConfigValue, config_arg
 from fedseg.federation.engine.app_guard import site_command
-from fedseg.federation.engine.client_app import NODE_DATA_DIR, NODE_SITE_NAME
+from fedseg.federation.engine.client_app import (
+    NODE_DATA_DIR,
+    NODE_MIN_SUMMARY_CASES,
+    NODE_SITE_NAME,
+)
 from fedseg.federation.engine.fleet_gateway import DEFAULT_SITE_RUNTIME_PORT
 from fedseg.federation.engine.launcher import flower_env
 from fedseg.federation.engine.processes import Proc, flower_program, spawn
 from fedseg.federation.security import pki
+from fedseg.model.summary import MIN_SUMMARY_CASES
 from fedseg.run_folder import FLWR_HOME, LOGS_DIR
 
 # --- aggregator side ---------------------------------------------------------------------
@@ -72,6 +77,9 @@ class SiteOptions(BaseModel):
     work_dir: Path = Field(description="Flower home of this site (logs, installed app)")
     runtime_port: int = Field(DEFAULT_SITE_RUNTIME_PORT, ge=1, le=65535)
     max_retries: int | None = Field(None, ge=0, description="connection retries; None: forever")
+    min_summary_cases: int = Field(
+        MIN_SUMMARY_CASES, ge=1, description="this site's floor: no summary over fewer cases"
+    )
     node_config: dict[str, ConfigValue] = Field(default_factory=dict)
 
 
@@ -89,8 +97,8 @@ def check_server_address(server: str) -> str:
 def supernode_command(options: SiteOptions) -> list[str]:
     """The ``flower-supernode`` command line of a site (TLS + its enrolled auth key).
 
-    The node config names the site (from its CA-signed certificate) and its data folder,
-    the keys the ClientApp reads.
+    The node config names the site (from its CA-signed certificate), its data folder and its
+    summary floor, the keys the ClientApp reads.
     """
     creds = pki.site_credentials(options.creds)
     if not creds.name:
@@ -100,6 +108,7 @@ def supernode_command(options: SiteOptions) -> list[str]:
     node_config: dict[str, ConfigValue] = {
         NODE_SITE_NAME: creds.name,
         NODE_DATA_DIR: str(options.data_dir.resolve()),
+        NODE_MIN_SUMMARY_CASES: options.min_summary_cases,
         **options.node_config,
     }
     cmd = [

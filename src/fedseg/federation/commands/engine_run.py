@@ -32,7 +32,11 @@ from fedseg.errors import FedsegError
 from fedseg.federation.commands.run_folder import prepare_run
 from fedseg.federation.commands.watch import watch
 from fedseg.federation.engine.app_bundle import run_config, write_app
-from fedseg.federation.engine.client_app import NODE_DATA_DIR, NODE_SITE_NAME
+from fedseg.federation.engine.client_app import (
+    NODE_DATA_DIR,
+    NODE_MIN_SUMMARY_CASES,
+    NODE_SITE_NAME,
+)
 from fedseg.federation.engine.fleet_gateway import (
     DEFAULT_CONTROL_PORT,
     DEFAULT_FLEET_PORT,
@@ -162,9 +166,12 @@ def _run_folder(run_dir: Path, plan_path: Path | None, enrolled: list[str] | Non
 
 
 def _start_local_sites(launcher: Launcher, plan: PlanConfig, sites: LocalSites) -> None:
+    """Simulated sites: one operator holds all the data, so the plan's summary floor rules
+    (a deployed site keeps its own, ``fedseg site start --min-summary-cases``)."""
     for name, site in plan.sites.items():
         launcher.start_site(name, {NODE_SITE_NAME: name, NODE_DATA_DIR: str(site.data),
-                                   "threads": sites.threads_per_site})  # fmt: skip
+                                   "threads": sites.threads_per_site,
+                                   NODE_MIN_SUMMARY_CASES: 1})  # fmt: skip
 
 
 def run_result(run_dir: Path, t0: float) -> RunResult:

@@ -2,7 +2,12 @@
 
 Node config (``flower-supernode --node-config``): ``site-name`` (the name the plan knows
 it by), ``data-dir`` (the site's data folder), optional ``workspace`` (private state;
-default ``<data-dir>/.fedseg/<run-id>``) and ``threads`` (torch CPU threads, 0: default).
+default ``<data-dir>/.fedseg/<run-id>``), ``threads`` (torch CPU threads, 0: default) and
+``min-summary-cases`` (the site's own floor for what its summaries may cover, default 3;
+``rounds.disclosure``).
+
+A failed task is answered with an error whose reason is ``TaskFailed``'s line (category and
+scrubbed text), never the exception's own text; the full traceback is in the site's log.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fedseg.federation.engine.messages import decode_request, encode_hello_reply, encode_reply
@@ -18,6 +23,9 @@ from fedseg.federation.engine.messages import decode_request, encode_hello_reply
 #: Node-config keys, shared with ``fedseg site start`` (federation.deploy).
 NODE_SITE_NAME = "site-name"
 NODE_DATA_DIR = "data-dir"
+NODE_MIN_SUMMARY_CASES = "min-summary-cases"
+#: Flower's error code of a ClientApp that raised (``flwr.common.constant.ErrorCode``)
+CLIENT_APP_RAISED_EXCEPTION = 2
 
 app = ClientApp()
 
@@ -60,12 +68,23 @@ def train(msg: Message, context: Context) -> Message:
         raise ValueError(
             f"site {_site(context)} has no data folder: set --node-config {NODE_DATA_DIR}=DIR"
         )
-    from fedseg.federation.rounds.site import run_task  # torch: only where training happens
+    # torch: only where training happens
+    from fedseg.federation.rounds.disclosure import MIN_SUMMARY_CASES, ErrorCategory, public_error
+    from fedseg.federation.rounds.site import TaskFailed, run_task, site_log
 
     ws = cfg.get("workspace")
-    reply = run_task(
-        _site(context), Path(str(data)), decode_request(msg.content),
-        Path(str(ws)) if ws else None,
-    )  # fmt: skip
+    try:
+        req = decode_request(msg.content)
+    except Exception as exc:  # a malformed task: nothing of the site's in it
+        site_log(None, f"malformed task: {exc!r}")
+        reason = public_error(exc, ErrorCategory.INTERNAL)
+        return Message(Error(CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
+    try:
+        reply = run_task(
+            _site(context), Path(str(data)), req, Path(str(ws)) if ws else None,
+            int(cfg.get(NODE_MIN_SUMMARY_CASES, MIN_SUMMARY_CASES)),
+        )  # fmt: skip
+    except TaskFailed as exc:  # logged in full at the site; only the line travels
+        return Message(Error(CLIENT_APP_RAISED_EXCEPTION, exc.line), reply_to=msg)
     reply.startup_s = startup_s
     return Message(encode_reply(reply), reply_to=msg)

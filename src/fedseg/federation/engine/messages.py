@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, optimizer_mode
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
-from fedseg.model.summary import Summary
+from fedseg.model.summary import MIN_SUMMARY_CASES, Summary
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
     from fedseg.model.weights import Weights
@@ -59,6 +59,7 @@ def encode_request(req: TaskRequest) -> RecordDict:
                     "recipe": req.recipe,
                     "optimizer_mode": req.optimizer_mode,
                     "proximal_mu": float(req.proximal_mu),
+                    "min_summary_cases": int(req.min_summary_cases),
                 }
             ),
         }
@@ -82,6 +83,7 @@ def decode_request(content: RecordDict) -> TaskRequest:
         optimizer_mode=optimizer_mode(str(task.get("optimizer_mode", DEFAULT_MODE))),
         proximal_mu=float(task.get("proximal_mu", 0.0)),
         optimizer_state=record_to_weights(content["optimizer"]) if "optimizer" in content else None,
+        min_summary_cases=int(task.get("min_summary_cases", MIN_SUMMARY_CASES)),
     )
 
 
@@ -92,6 +94,7 @@ def encode_reply(rep: TaskReply) -> RecordDict:
         "train_wall_s": float(rep.train_wall_s),
         "val_wall_s": float(rep.val_wall_s),
         "startup_s": float(rep.startup_s),
+        "validated": int(rep.validated),
     }
     if rep.train_loss is not None:
         metrics["train_loss"] = float(rep.train_loss)
@@ -137,6 +140,7 @@ def decode_reply(content: RecordDict) -> TaskReply:
         val_wall_s=float(m["val_wall_s"]),
         startup_s=float(m.get("startup_s", 0.0)),
         validation=validation,
+        validated=bool(m.get("validated", bool(validation))),
         optimizer_state=record_to_weights(content["optimizer"]) if "optimizer" in content else None,
     )
 

@@ -8,6 +8,10 @@ here and lands in the run store:
   ``model_round = r - 1``) and trains; updates are checked, bad ones are stored as
   ``rejected``, the rest aggregated into model r (``models/round_XXXX.pt``, with the
   strategy's state, if it keeps any, in ``round_XXXX.strategy.npz``);
+- a site with fewer validation cases than the plan's ``privacy.min_summary_cases`` (or its
+  own floor) replies ``validated`` without numbers: an event, no ``validation`` rows, so
+  the round-score rule counts it as a site that did not validate; a failed site's error is
+  the category and scrubbed line it sent (``rounds.disclosure``);
 - after the last round, model R is validated once more (``model_round = R``);
 - ``best.pt``: after every round, the best model round over the whole store by the one
   round-score rule (``tracking.curves``: mean Dice over ET/TC/WT per case, sites weighted
@@ -213,6 +217,7 @@ class Coordinator:
                 optimizer_mode=t.optimizer_mode,
                 proximal_mu=t.proximal_mu,
                 optimizer_state=t.optimizer_state,
+                min_summary_cases=plan.privacy.min_summary_cases,
             )
             for s, t in tasks.items()
         }
@@ -280,6 +285,7 @@ class Coordinator:
                 run_id=self.run_id,
                 recipe=self.recipe,
                 weights=weights,
+                min_summary_cases=plan.privacy.min_summary_cases,
             )
             for s in sites
         }
@@ -292,6 +298,8 @@ class Coordinator:
             ex = results.get(site)
             if ex is not None and isinstance(ex.result, TaskReply) and ex.result.validation:
                 self.store.record_validation(rnd, site, ex.result.validation)
+            elif ex is not None and isinstance(ex.result, TaskReply) and ex.result.validated:
+                self.store.log(_withheld(site, rnd, ex.result.n_val))
             else:
                 err = ex.result.error if ex and isinstance(ex.result, SiteFailure) else "no reply"
                 self.store.log(f"final validation: site {site} failed: {err}", "warning")
@@ -312,6 +320,8 @@ class Coordinator:
             return SiteRound(status=res.status, error=res.error, **common), None  # type: ignore[arg-type]
         if res.validation:
             self.store.record_validation(rnd - 1, site, res.validation)
+        elif res.validated:
+            self.store.log(f"round {rnd}: {_withheld(site, rnd - 1, res.n_val)}")
         base = {"n_train": res.n_train, "n_val": res.n_val, "train_loss": res.train_loss}
         extra = {
             "train_wall_s": res.train_wall_s,
@@ -374,6 +384,13 @@ class Coordinator:
         self.store.meta.set_best(
             BestModel(model_round=model_round, score=score.mean, n_val=score.n, time=time.time())
         )
+
+
+def _withheld(site: str, model_round: int, n_val: int) -> str:
+    return (
+        f"site {site} validated model {model_round} on {n_val} case(s), too few to send a "
+        "summary (privacy.min_summary_cases): no validation numbers for it"
+    )
 
 
 def _with(sr: SiteRound, **changes: object) -> SiteRound:

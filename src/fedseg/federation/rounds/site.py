@@ -3,16 +3,30 @@
 Per-case validation values stay on the site: they go to a site-local run store inside
 the site's workspace (default ``<data>/.fedseg/<run_id>/``), next to the site's Adam state,
 which is carried from round to round locally (``optimizer_<round>.npz``) and never sent.
+What leaves is ``disclosure``'s: summaries and a training loss over at least the floor's
+number of cases, and, when the task fails, ``TaskFailed``'s category and scrubbed line;
+the full traceback goes to the site's console and its log, ``<workspace>/site.log``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
+import traceback
 from pathlib import Path
 
 from fedseg.data.splits import load_split
 from fedseg.errors import FedsegError
+from fedseg.federation.rounds.disclosure import (
+    MIN_SUMMARY_CASES,
+    ErrorCategory,
+    SiteError,
+    categorize,
+    public_error,
+    releasable,
+    summary_floor,
+)
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_from_json
 from fedseg.model.evaluate import summarize_cases
 from fedseg.model.weights import load_arrays, save_arrays
@@ -21,6 +35,18 @@ from fedseg.train.local import OptimizerState, train_local
 from fedseg.train.validate import validate_cases
 
 WORKSPACE = ".fedseg"
+SITE_LOG = "site.log"
+
+
+class TaskFailed(FedsegError):
+    """A site's task failed; ``str()`` is the one line that may leave the site
+    (``disclosure.public_error``: category, fixed text, exception type; no path, case id or
+    exception message). The full traceback is in the site's log."""
+
+    def __init__(self, category: ErrorCategory, line: str) -> None:
+        super().__init__(line)
+        self.category = category
+        self.line = line
 
 
 def site_workspace(data: Path, run_id: str, workspace: Path | None = None) -> Path:
@@ -28,28 +54,93 @@ def site_workspace(data: Path, run_id: str, workspace: Path | None = None) -> Pa
     return Path(workspace) if workspace is not None else Path(data) / WORKSPACE / run_id
 
 
-def run_task(site: str, data: Path, req: TaskRequest, workspace: Path | None = None) -> TaskReply:
+def site_log(ws: Path | None, text: str) -> None:
+    """One entry of the site's own log: its console (stderr) and ``<ws>/site.log``."""
+    print(f"[fedseg site] {text}", file=sys.stderr, flush=True)
+    if ws is None:
+        return
+    with contextlib.suppress(OSError), (ws / SITE_LOG).open("a") as fh:
+        fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+
+class _Step:
+    """Where ``run_task`` is (the category of a failure there) and what it has learnt that
+    must not leave the site (paths, case ids)."""
+
+    def __init__(self, data: Path) -> None:
+        self.phase = ErrorCategory.DATA
+        self.secrets: list[str] = [str(data)]
+        self.ws: Path | None = None
+
+
+def run_task(
+    site: str,
+    data: Path,
+    req: TaskRequest,
+    workspace: Path | None = None,
+    min_summary_cases: int = MIN_SUMMARY_CASES,
+) -> TaskReply:
     """Do ``req`` on the site's data folder: validate (per-case values kept locally, summaries
-    returned), then train on the training split and return the new weights."""
-    data = Path(data)
-    if not data.is_dir():
-        raise FedsegError(f"site {site}: data folder {data} not found or not a folder")
-    network, train = recipe_from_json(req.recipe)
-    split = load_split(data)
+    over at least ``summary_floor(req.min_summary_cases, min_summary_cases)`` cases
+    returned), then train on the training split and return the new weights.
+
+    ``min_summary_cases`` is the site's own floor. Any failure is logged in full at the site
+    and raised as ``TaskFailed``, whose line is all that may travel."""
+    step = _Step(Path(data))
+    try:
+        return _run(site, Path(data), req, workspace, min_summary_cases, step)
+    except Exception as exc:
+        line = public_error(exc, step.phase, step.secrets)
+        site_log(
+            step.ws,
+            f"round {req.round}: task failed; the coordinator is told only: {line}\n"
+            + "".join(traceback.format_exception(exc)).rstrip(),
+        )
+        raise TaskFailed(categorize(exc, step.phase), line) from None
+
+
+def _run(
+    site: str, data: Path, req: TaskRequest, workspace: Path | None, site_min: int, step: _Step
+) -> TaskReply:
     ws = site_workspace(data, req.run_id, workspace)
-    ws.mkdir(parents=True, exist_ok=True)
+    step.secrets += [str(data.resolve()), str(ws)]
+    if workspace is not None or data.is_dir():  # never create a missing data folder
+        ws.mkdir(parents=True, exist_ok=True)
+        step.ws = ws
+    if not data.is_dir():
+        raise SiteError(
+            ErrorCategory.DATA,
+            "the site's data folder is missing",
+            f"site {site}: data folder {data} not found or not a folder",
+        )
+    split = load_split(data)
+    step.secrets += [c.case_id for c in (*split.train, *split.val)]
+    step.phase = ErrorCategory.INTERNAL
+    network, train = recipe_from_json(req.recipe)
+    floor = summary_floor(req.min_summary_cases, site_min)
     reply = TaskReply(site=site, n_train=len(split.train), n_val=len(split.val))
     if req.validate and split.val:
+        step.phase = ErrorCategory.VALIDATION
         t0 = time.perf_counter()
         per_case = validate_cases(network, train, req.weights, split.val)
         with RunStore(ws) as local:
             for c in per_case:
                 local.record_case_metrics(req.model_round, site, c.case_id, c.metrics)
-        reply.validation = summarize_cases(per_case)
+        reply.validation = releasable(summarize_cases(per_case), floor)
+        reply.validated = True
         reply.val_wall_s = time.perf_counter() - t0
+        if not reply.validation:
+            n = len(per_case)
+            site_log(ws, f"round {req.round}: validated model {req.model_round} on {n} "
+                         f"case(s), fewer than {floor}: no numbers sent")  # fmt: skip
     if req.epochs > 0:
+        step.phase = ErrorCategory.TRAINING
         if not split.train:
-            raise FedsegError(f"site {site}: no training cases in {data}")
+            raise SiteError(
+                ErrorCategory.DATA,
+                "the site has no training cases",
+                f"site {site}: no training cases in {data}",
+            )
         # Optimizer treatment of the plan (rounds.optimizer_state).
         mode = req.optimizer_mode
         state: OptimizerState | None = None
@@ -67,7 +158,8 @@ def run_task(site: str, data: Path, req: TaskRequest, workspace: Path | None = N
             reply.optimizer_state = result.optimizer_state
         reply.weights = result.weights
         reply.n_train = result.n_train
-        reply.train_loss = result.train_loss
+        # a loss over fewer cases than the floor is as telling as a summary of them
+        reply.train_loss = result.train_loss if result.n_train >= floor else None
         reply.train_wall_s = result.wall_s
     return reply
 

@@ -3,7 +3,8 @@
 ``TaskRequest``/``TaskReply`` are what the round loop (``coordinator``) and a site's side
 (``site``) exchange; the engine (``engine.messages``) encodes them for Flower. A reply
 holds weights and summaries only (means, standard deviations, counts): never images,
-labels or per-case values.
+labels or per-case values, and no summary over fewer than ``min_summary_cases`` cases
+(``disclosure``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, OptimizerMode
 from fedseg.model.config import NetworkConfig
-from fedseg.model.summary import Summary
+from fedseg.model.summary import MIN_SUMMARY_CASES, Summary
 from fedseg.train.config import TrainConfig
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
@@ -42,12 +43,16 @@ class TaskRequest:
     proximal_mu: float = 0.0
     #: the optimizer state to start from (``optimizer_mode`` average)
     optimizer_state: OptimizerState | None = None
+    #: the plan's ``privacy.min_summary_cases`` (the site applies at least its own floor)
+    min_summary_cases: int = MIN_SUMMARY_CASES
 
 
 @dataclass
 class TaskReply:
     """What a site sends back. ``weights`` is None when it did not train. ``validation`` is
-    ``summaries[region][metric]`` of the received model on the site's validation cases."""
+    ``summaries[region][metric]`` of the received model on the site's validation cases,
+    only those over enough cases: ``validated`` with no ``validation`` means the site
+    validated but had too few cases to say how it went. ``train_loss`` is None likewise."""
 
     site: str
     weights: Weights | None = None
@@ -59,6 +64,7 @@ class TaskReply:
     #: seconds from the start of the site's app process to the start of the work
     startup_s: float = 0.0
     validation: dict[str, dict[str, Summary]] = field(default_factory=dict)
+    validated: bool = False
     #: the site's optimizer state after training, sent only when the plan averages it
     optimizer_state: OptimizerState | None = None
 

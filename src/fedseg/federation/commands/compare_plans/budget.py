@@ -11,12 +11,14 @@ from fedseg.federation.rounds.participation import n_participants
 from fedseg.federation.rounds.strategies.parallel import ParallelParams
 from fedseg.federation.rounds.strategies.registry import make_strategy
 from fedseg.federation.rounds.strategies.sequential import Cyclic, SinglePass
-from fedseg.plan import PlanConfig, SiteConfig, StrategyConfig
+from fedseg.plan import PlanConfig, PrivacyConfig, SiteConfig, StrategyConfig
 
 
 def plan_for(cfg: CompareConfig, arg: PlanArg, sites: dict[str, Path]) -> PlanConfig:
     """The plan of one compared run: its strategy on the compared sites with the shared
-    recipe and seed, its rounds (or cycles / epochs per visit) set by the budget."""
+    recipe and seed, its rounds (or cycles / epochs per visit) set by the budget. Summaries
+    over any number of cases: a comparison runs on data its operator holds (and evaluates
+    every model on every case anyway), however few validation cases a site has."""
     n = len(sites)
     strat = make_strategy(arg.strategy, arg.local_epochs)
     params = dict(arg.strategy.params)
@@ -40,6 +42,7 @@ def plan_for(cfg: CompareConfig, arg: PlanArg, sites: dict[str, Path]) -> PlanCo
         name=arg.label, sites={s: SiteConfig(data=p) for s, p in sites.items()}, rounds=rounds,
         local_epochs=arg.local_epochs, network=cfg.network, train=cfg.train, min_sites=1,
         seed=cfg.seed, strategy=StrategyConfig(name=arg.strategy.name, params=params),
+        privacy=PrivacyConfig(min_summary_cases=1),
     )  # fmt: skip
 
 

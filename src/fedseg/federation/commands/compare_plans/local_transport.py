@@ -17,12 +17,17 @@ from fedseg.run_folder import SiteRoundStatus
 
 class LocalTransport:
     """``coordinator.Transport`` that runs each site's task here, one after the other, with
-    the site's private state in ``workspaces[site]``. A poisoned site's update is scaled."""
+    the site's private state in ``workspaces[site]``. A poisoned site's update is scaled.
+    ``min_summary_cases`` is every site's own floor (``disclosure``); 1, the default, lets the
+    plan's ``privacy.min_summary_cases`` rule, as in a simulation: one operator holds all
+    the data. A failed task is its ``TaskFailed`` line, as a real site sends it."""
 
     def __init__(self, data: dict[str, Path], workspaces: dict[str, Path],
                  poison: Poison | None = None,
-                 on_site: Callable[[str], None] | None = None) -> None:  # fmt: skip
+                 on_site: Callable[[str], None] | None = None,
+                 min_summary_cases: int = 1) -> None:  # fmt: skip
         self.data, self.workspaces, self.poison, self.on_site = data, workspaces, poison, on_site
+        self.min_summary_cases = min_summary_cases
 
     def connected_sites(self, wanted: Sequence[str], wait_s: float) -> list[str]:
         return [s for s in wanted if s in self.data]
@@ -34,7 +39,8 @@ class LocalTransport:
             t0 = time.perf_counter()
             sent = n_bytes(req.weights)
             try:
-                rep = run_task(site, self.data[site], req, self.workspaces[site])
+                rep = run_task(site, self.data[site], req, self.workspaces[site],
+                               self.min_summary_cases)  # fmt: skip
                 self._poison(site, req, rep)
                 got = n_bytes(rep.weights) if rep.weights is not None else 0
                 ex = Exchanged(rep, sent, got, time.perf_counter() - t0)
