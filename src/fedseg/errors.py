@@ -7,3 +7,8 @@ class FedsegError(Exception):
     The message must name what is wrong and what to do about it, e.g.
     ``"no cases found in /data/site1: expected BraTS folders (<case>/<case>_t1.nii.gz ...)"``.
     """
+
+
+class PlanError(FedsegError):
+    """The plan cannot run as written (e.g. an unknown strategy): running it again fails the
+    same way until the plan is changed."""

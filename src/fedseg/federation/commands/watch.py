@@ -3,14 +3,16 @@
 :func:`watch` reads the store once a second: the live table (:func:`live_table`: each site's
 state, last validation Dice and training cases, alarms) or, without it, one line per
 finished round; it returns when the ServerApp says ``done`` and raises a one-line
-FedsegError when it says ``failed``, never started, or died (then ``fedseg resume``
-continues the run). A SuperLink that stops is fatal; a site process that exits is reported
-once (the round loop decides what a missing site means).
+FedsegError when it says ``failed``, never started, or died (:class:`AggregatorDied`; then
+``fedseg resume`` continues the run). Each pass beats the run lock's heartbeat. A
+SuperLink that stops is fatal; a site process that exits is reported once (the round loop
+decides what a missing site means).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -28,9 +30,14 @@ from fedseg.tracking.store import RunStore
 AGGREGATOR_START_S = 240.0
 
 
+class AggregatorDied(FedsegError):
+    """The ServerApp process vanished without recording how the run ended."""
+
+
 def watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console,
-           live: bool) -> None:  # fmt: skip
-    """Follow the run store until the ServerApp says done or failed, or dies."""
+           live: bool, beat: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+    """Follow the run store until the ServerApp says done or failed, or dies; ``beat`` (the
+    run lock's heartbeat) is called on every pass."""
     started = time.monotonic()
     reported = 0
     warned: set[str] = set()
@@ -39,6 +46,7 @@ def watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console,
         view.start()
     try:
         while True:
+            beat()
             with RunStore(run_dir) as store:
                 status = store.meta.status()
                 pid = store.meta.aggregator_pid()
@@ -65,9 +73,16 @@ def watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console,
                     f" see {launcher.logs}"
                 )
             if pid is not None and not _pid_alive(pid):
-                raise FedsegError(
-                    f"the aggregator (pid {pid}) stopped after round {last}; continue the run "
-                    f"with `fedseg resume {run_dir}`"
+                with RunStore(run_dir) as store:  # it may have said its last word just now
+                    status, error = store.meta.status(), store.meta.error()
+                if status == RunStatus.DONE:
+                    return
+                if status == RunStatus.FAILED:
+                    raise FedsegError(f"the federation failed: {error}")
+                raise AggregatorDied(
+                    f"the aggregator (pid {pid}) died without a word after round {last} "
+                    f"(killed, or out of memory?); continue the run with `fedseg resume "
+                    f"{run_dir}`"
                 )
             for p in launcher.dead():
                 if p.role == "superlink":

@@ -17,9 +17,10 @@ against ``ca_cert``; ``supernode_auth`` turns on SuperNode authentication (sites
 launcher's loopback address, only the Fleet API on the gateway's site-facing address.
 
 The processes are :class:`~fedseg.federation.engine.processes.Proc` (own session, dies with
-the launcher); a later start in the same run folder kills whatever a killed launcher left
-behind (processes whose environment names this run's Flower home). ``<home>/pids.json``
-lists the running processes for people.
+the launcher), and the launcher's reaper kills the processes Flower starts in turn when
+the launcher dies (all of them carry this run's Flower home in their environment, the
+marker); a later start in the same run folder kills whatever is still left with the same
+scan. ``<home>/pids.json`` lists the running processes for people.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -43,7 +43,15 @@ import fedseg
 from fedseg.errors import FedsegError
 from fedseg.federation.engine.app_bundle import ConfigValue, config_arg
 from fedseg.federation.engine.fleet_gateway import FleetGateway
-from fedseg.federation.engine.processes import Proc, flower_program, spawn, stop_all
+from fedseg.federation.engine.processes import (
+    Proc,
+    flower_program,
+    kill_marked,
+    spawn,
+    start_reaper,
+    stop_all,
+    stop_reaper,
+)
 from fedseg.run_folder import FLWR_HOME, LOGS_DIR
 
 CONNECTION = "fedseg"
@@ -132,6 +140,7 @@ class Launcher:
         self.port = port or free_port(host if host != "0.0.0.0" else "127.0.0.1")
         self.persistent_state = persistent_state
         self.procs: list[Proc] = []
+        self.reaper: subprocess.Popen[bytes] | None = None
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = flower_env(self.home)
@@ -142,7 +151,15 @@ class Launcher:
         return f"{host}:{self.port}"
 
     # -- processes --------------------------------------------------------------------
+    @property
+    def marker(self) -> bytes:
+        """``FLWR_HOME=<home>``: in the environment of every process of this run's engine."""
+        return f"FLWR_HOME={self.env['FLWR_HOME']}".encode()
+
     def _spawn(self, role: str, cmd: list[str], log_name: str) -> Proc:
+        if self.reaper is None:
+            env = {k: v for k, v in self.env.items() if k != "FLWR_HOME"}
+            self.reaper = start_reaper(self.marker, env)
         proc = spawn(role, cmd, self.env, self.logs / log_name)
         self.procs.append(proc)
         self._write_pids()
@@ -230,25 +247,17 @@ class Launcher:
         """SIGTERM every process group, SIGKILL what is left after ``timeout_s``."""
         stop_all(self.procs, timeout_s)
         self.procs.clear()
+        if self.reaper is not None:  # sweeps what Flower started and outlived its parent
+            stop_reaper(self.reaper)
+            self.reaper = None
         with contextlib.suppress(OSError):
             (self.home / PIDS).unlink()
 
     def kill_leftovers(self) -> int:
         """SIGKILL every process left over from an earlier launcher of this run folder (one
-        killed with -9): those whose environment names this Flower home. How many."""
-        marker = f"FLWR_HOME={self.home}".encode() + b"\0"
-        n = 0
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit() or int(d.name) == os.getpid():
-                continue
-            try:
-                env = (d / "environ").read_bytes()
-            except OSError:
-                continue
-            if marker in env:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(d.name), signal.SIGKILL)
-                    n += 1
+        killed with -9 whose reaper could not run): those whose environment carries this
+        run's marker. How many."""
+        n = kill_marked(self.marker)
         (self.home / PIDS).unlink(missing_ok=True)
         return n
 
