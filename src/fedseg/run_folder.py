@@ -25,8 +25,9 @@ start``) holds an exclusive ``flock`` on ``run.lock`` for the whole run (:class:
 the kernel drops it when that process dies, however it dies, so a run whose meta status
 says running while nobody holds the lock has crashed (:func:`probe_lock`). The file holds
 the holder's pid, host and command (:class:`LockHolder`); its mtime is the heartbeat, touched
-every ``HEARTBEAT_S`` while the run lives, so a holder that stopped beating for ``STALE_S``
-is hung (and a file system without working flock still shows a stale run).
+every ``HEARTBEAT_S`` by a thread of the holder, so a holder that stopped beating for
+``STALE_S`` is hung (stopped, frozen; and a file system without working flock still shows
+a stale run).
 
 A run that ends badly records why (meta ``cause``, a :class:`FailureCause`: a
 :class:`CauseKind` and one line); ``resume`` checks a cause that would only repeat (a plan
@@ -46,6 +47,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -490,7 +492,9 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_FILE
         self.holder = holder
         self._fd: int | None = fd
-        self._beat = time.monotonic()
+        self._stop = threading.Event()
+        self._beater = threading.Thread(target=self._beat_loop, name="run-lock", daemon=True)
+        self._beater.start()
 
     @classmethod
     def acquire(cls, run_dir: Path, command: str | None = None, wait_s: float = 2.0) -> RunLock:
@@ -524,15 +528,21 @@ class RunLock:
         os.pwrite(fd, holder.model_dump_json().encode(), 0)
         return cls(run_dir, fd, holder)
 
-    def beat(self, force: bool = False) -> None:
-        """The heartbeat: touch the lock file (at most once a second unless ``force``)."""
-        if self._fd is None or (not force and time.monotonic() - self._beat < 1.0):
-            return
-        self._beat = time.monotonic()
-        with contextlib.suppress(OSError):
-            os.utime(self._fd)
+    def beat(self) -> None:
+        """The heartbeat: touch the lock file (its mtime)."""
+        fd = self._fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.utime(fd)
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self.beat()
 
     def release(self) -> None:
+        self._stop.set()
+        if self._beater.is_alive() and self._beater is not threading.current_thread():
+            self._beater.join(timeout=5)
         if self._fd is not None:
             os.close(self._fd)  # drops the flock
             self._fd = None
@@ -545,16 +555,24 @@ class RunLock:
 
 
 # -- the folder can take a round --------------------------------------------------------
-def folder_problem(run_dir: Path, needed_bytes: int = 0) -> FailureCause | None:
+def folder_problem(
+    run_dir: Path, needed_bytes: int = 0, *, probe: bool = True
+) -> FailureCause | None:
     """Why ``run_dir`` (or, before it exists, the folder it will be made in) cannot take a
-    round's files: not writable (``output_paths.unwritable``: a probe file), a run store
+    round's files: not writable (``output_paths.unwritable``: a probe file; without
+    ``probe``, for a reader that must not write, the permission bits only), a run store
     that cannot be opened for writing, or less free space than ``needed_bytes``."""
     run_dir = Path(run_dir)
-    problem = unwritable(run_dir / MODELS_DIR)
+    if probe:
+        problem = unwritable(run_dir / MODELS_DIR)
+    else:
+        where = nearest_existing(run_dir / MODELS_DIR)
+        denied = PermissionError(errno.EACCES, "permission denied", str(where))
+        problem = None if os.access(where, os.W_OK | os.X_OK) else (where, denied)
     if problem is not None:
         return _unwritable(run_dir, *problem)
     store = run_dir / STORE_FILE
-    if store.is_file():
+    if probe and store.is_file():
         try:
             os.close(os.open(store, os.O_RDWR))
         except OSError as exc:

@@ -29,9 +29,11 @@ from fedseg.federation.commands.run_folder import (
     prepare_run,
     round_bytes,
 )
+from fedseg.federation.rounds.coordinator import Coordinator
 from fedseg.model.registry import new_network
 from fedseg.plan import StrategyConfig, save_plan
 from fedseg.run_folder import (
+    HEARTBEAT_S,
     LOCK_FILE,
     STALE_S,
     CauseKind,
@@ -45,10 +47,12 @@ from fedseg.run_folder import (
 )
 from fedseg.tracking.status import RunState, read_status, render_status
 from fedseg.tracking.store import RunStore
-from tests.federation.fed_helpers import SITES, tiny_plan, write_run
+from tests.federation.fed_helpers import SITES, ArrayTransport, tiny_plan, write_run
 from tests.helpers import SRC, run_fedseg
 
 FORBIDDEN = Path("/proc/forbidden")  # nothing can be made there, not even by root
+OFFSETS = {"site1": 0.1, "site2": 0.2, "site3": 0.4}
+N_TRAIN = {"site1": 1, "site2": 2, "site3": 5}
 
 
 def _sites(tmp_path: Path) -> dict[str, Path]:
@@ -109,7 +113,10 @@ def test_the_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path: Pat
         assert probe_lock(run).held and lock.holder.pid == os.getpid()
         before = (run / LOCK_FILE).stat().st_mtime
         os.utime(run / LOCK_FILE, (before - 50, before - 50))
-        lock.beat(force=True)  # the heartbeat is the lock file's mtime
+        lock.beat()  # the heartbeat is the lock file's mtime
+        assert (run / LOCK_FILE).stat().st_mtime > before - 1
+        os.utime(run / LOCK_FILE, (before - 50, before - 50))
+        time.sleep(HEARTBEAT_S + 0.5)  # a thread of the holder beats it
         assert (run / LOCK_FILE).stat().st_mtime > before - 1
     assert not probe_lock(run).held
 
@@ -270,6 +277,26 @@ def test_a_failure_records_its_cause(tmp_path: Path) -> None:
     assert cause_of(PlanError("bad"), run_dir).kind == CauseKind.PLAN
     assert cause_of(FedsegError("only 1 site"), run_dir).kind == CauseKind.FEDERATION
     assert cause_of(OSError(28, "No space left on device"), run_dir).kind == CauseKind.DISK_FULL
+
+
+def test_a_full_disk_during_a_round_is_recorded_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = write_run(tmp_path / "run", tiny_plan(_sites(tmp_path), rounds=1))
+    with RunStore(run) as store:
+        store.meta.set_round_bytes(1 << 60)  # the disk has less free than a round needs
+
+    def save_fails(self: Coordinator, model_round: int, weights: object) -> None:
+        if model_round > 0:  # what torch says when the disk is full: no errno in sight
+            raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos")
+
+    monkeypatch.setattr(Coordinator, "_save_model", save_fails)
+    with pytest.raises(RuntimeError):
+        Coordinator(run, ArrayTransport(OFFSETS, N_TRAIN)).run()
+    st = read_status(run)
+    assert st.state == RunState.FAILED and st.cause is not None
+    assert st.cause.kind == CauseKind.DISK_FULL and "is full" in (st.error or "")
+    assert "a round writes about" in _render(st)
 
 
 # -- output paths of the CLI ------------------------------------------------------------

@@ -145,7 +145,7 @@ def crash_cause(run: Path, store: RunStore, lock: LockState) -> FailureCause:
     recorded = store.meta.cause()
     if recorded is not None:
         return recorded
-    found = folder_problem(run, store.meta.round_bytes() or 0)
+    found = folder_problem(run, store.meta.round_bytes() or 0, probe=False)
     if found is not None:
         return found
     who = lock.holder.describe() if lock.holder is not None else "its writer"

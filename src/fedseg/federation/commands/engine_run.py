@@ -6,7 +6,7 @@
    (:func:`~fedseg.federation.commands.run_folder.check_plan_runs`: strategy, initial model,
    a writable folder with room for a round); then the run lock is taken
    (:class:`~fedseg.run_folder.RunLock`: a second process on a live run is refused in one
-   line) and held, its heartbeat beaten by the watch, until this function returns;
+   line) and held, with its heartbeat, until this function returns;
 2. the SuperLink, with the security of where the sites are:
 
    * :class:`LocalSites` (a simulation): plain HTTP on loopback, and one SuperNode per plan
@@ -141,7 +141,7 @@ def run_federation(
     else:
         enrolled = None
         plan = _run_folder(run_dir, plan_path, enrolled=None)
-    with RunLock.acquire(run_dir) as lock:
+    with RunLock.acquire(run_dir):
         if isinstance(sites, ServerOptions):
             launcher = aggregator_launcher(run_dir, sites)
         else:
@@ -174,10 +174,10 @@ def run_federation(
                 store.meta.set_flower_run_id(flower_run)
                 how = "" if isinstance(sites, LocalSites) else " (deployment)"
                 store.log(f"Flower run {flower_run} submitted{how}")
-            watch(run_dir, plan, launcher, console, live, beat=lock.beat)
+            watch(run_dir, plan, launcher, console, live)
         except BaseException as exc:
             cause = _record_end(run_dir, exc)
-            if cause is not None and not isinstance(exc, AggregatorDied | KeyboardInterrupt):
+            if cause is not None and not isinstance(exc, KeyboardInterrupt):
                 raise FedsegError(cause.message) from None  # the specific line (a full disk)
             raise
         finally:

@@ -4,7 +4,7 @@
 state, last validation Dice and training cases, alarms) or, without it, one line per
 finished round; it returns when the ServerApp says ``done`` and raises a one-line
 FedsegError when it says ``failed``, never started, or died (:class:`AggregatorDied`; then
-``fedseg resume`` continues the run). Each pass beats the run lock's heartbeat. A
+``fedseg resume`` continues the run). A
 SuperLink that stops is fatal; a site process that exits is reported once (the round loop
 decides what a missing site means).
 """
@@ -12,7 +12,6 @@ decides what a missing site means).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -35,9 +34,8 @@ class AggregatorDied(FedsegError):
 
 
 def watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console,
-           live: bool, beat: Callable[[], None] = lambda: None) -> None:  # fmt: skip
-    """Follow the run store until the ServerApp says done or failed, or dies; ``beat`` (the
-    run lock's heartbeat) is called on every pass."""
+           live: bool) -> None:  # fmt: skip
+    """Follow the run store until the ServerApp says done or failed, or dies."""
     started = time.monotonic()
     reported = 0
     warned: set[str] = set()
@@ -46,7 +44,6 @@ def watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console,
         view.start()
     try:
         while True:
-            beat()
             with RunStore(run_dir) as store:
                 status = store.meta.status()
                 pid = store.meta.aggregator_pid()
