@@ -12,3 +12,8 @@ class FedsegError(Exception):
 class DataError(FedsegError):
     """A data file cannot be read or does not hold what it should (a truncated NIfTI, a
     missing channel or label map). A site reports it in the ``data`` category."""
+
+
+class PlanError(FedsegError):
+    """The plan cannot run as written (e.g. an unknown strategy): running it again fails the
+    same way until the plan is changed."""

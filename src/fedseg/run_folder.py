@@ -3,7 +3,7 @@
 A run folder is read by the aggregator, ``status``, ``report``, ``select``, ``alarms``,
 ``resume`` and the dashboard, possibly while another process writes it, so every name
 they share is defined here and nowhere else (this module imports nothing of fedseg but
-its errors). A federation's run folder holds::
+its errors and ``output_paths``). A federation's run folder holds::
 
     plan.yaml                 PLAN_FILE: the plan (site data paths absolute)
     run.sqlite                STORE_FILE: the run store (tracking.store.RunStore)
@@ -15,9 +15,23 @@ its errors). A federation's run folder holds::
     enrolled-nodes.json       ENROLLED_NODES_FILE: deployment only, site -> node id and key
     report.html               REPORT_FILE: ``fedseg report``'s default output
     loso/                     LOSO_DIR: ``fedseg contributions --loso``'s runs
+    run.lock                  LOCK_FILE: held (flock) by the run's live writer; see below
 
 A centralized run folder (``fedseg train``) holds ``recipe.yaml`` (RECIPE_FILE) instead of
 a plan, ``run.sqlite``, ``checkpoints/last.ckpt`` (CHECKPOINT), ``last.pt`` and ``best.pt``.
+
+The run lock: the process that runs a federation (``simulate``, ``resume``, ``server
+start``) holds an exclusive ``flock`` on ``run.lock`` for the whole run (:class:`RunLock`);
+the kernel drops it when that process dies, however it dies, so a run whose meta status
+says running while nobody holds the lock has crashed (:func:`probe_lock`). The file holds
+the holder's pid, host and command (:class:`LockHolder`); its mtime is the heartbeat, touched
+every ``HEARTBEAT_S`` by a thread of the holder, so a holder that stopped beating for
+``STALE_S`` is hung (stopped, frozen; and a file system without working flock still shows
+a stale run).
+
+A run that ends badly records why (meta ``cause``, a :class:`FailureCause`: a
+:class:`CauseKind` and one line); ``resume`` checks a cause that would only repeat (a plan
+error, a full disk, an unwritable folder) before it starts anything.
 
 The store's ``meta`` table maps a ``MetaKey`` to a JSON value; ``RunMeta`` reads and
 writes each key with its type (enums and the small models below), so no module spells a
@@ -26,14 +40,24 @@ key or a status as a string literal.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import socket
+import sys
+import threading
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fedseg.errors import FedsegError
+from fedseg.errors import FedsegError, PlanError
+from fedseg.output_paths import nearest_existing, reason, unwritable
 
 # -- paths ------------------------------------------------------------------------------
 PLAN_FILE = "plan.yaml"
@@ -46,6 +70,7 @@ APP_DIR = "flwr-app"
 ENROLLED_NODES_FILE = "enrolled-nodes.json"
 REPORT_FILE = "report.html"
 LOSO_DIR = "loso"
+LOCK_FILE = "run.lock"
 #: A centralized run (``fedseg train``): its recipe, training state and last model.
 RECIPE_FILE = "recipe.yaml"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -81,7 +106,8 @@ class RunStatus(StrEnum):
     STARTING = "starting"  # the engine is being started
     RUNNING = "running"  # the coordinator runs rounds
     DONE = "done"
-    FAILED = "failed"  # meta ``error`` says why
+    FAILED = "failed"  # meta ``error`` and ``cause`` say why
+    CRASHED = "crashed"  # its aggregator died without a word (the launcher's record)
 
 
 class RoundStatus(StrEnum):
@@ -142,6 +168,8 @@ class MetaKey(StrEnum):
     LIVE = "live"  # LiveState
     BEST = "best"  # BestModel
     LAST_TRAINED = "last_trained"  # LastTrained
+    CAUSE = "cause"  # FailureCause: why the run failed or crashed
+    ROUND_BYTES = "round_bytes"  # bytes a round's model files take (the plan check's estimate)
     # a centralized run (``fedseg train``)
     KIND = "kind"  # RunKind
     SITES = "sites"  # names of its data folders
@@ -176,6 +204,42 @@ class LastTrained(_MetaValue):
 
     round: int
     sites: list[str]
+
+
+class CauseKind(StrEnum):
+    """What ended a run badly (meta ``cause.kind``)."""
+
+    PLAN = "plan"  # the plan cannot run as written (unknown strategy, bad parameters, ...)
+    DISK_FULL = "disk full"
+    UNWRITABLE = "unwritable"  # the run folder cannot be written
+    AGGREGATOR_DIED = "aggregator died"  # the ServerApp process vanished without a word
+    WRITER_GONE = "writer gone"  # the lock holder died (seen by ``status``, never stored)
+    HUNG = "hung"  # the lock holder lives but stopped beating (seen by ``status``)
+    ENGINE = "engine"  # the SuperLink or the ServerApp did not start or stopped
+    FEDERATION = "federation"  # the rounds: too few sites connected or delivered
+    ERROR = "error"  # anything else
+
+
+#: Causes a restart repeats unless someone changes something first.
+REPEATING_CAUSES = frozenset({CauseKind.PLAN, CauseKind.DISK_FULL, CauseKind.UNWRITABLE})
+
+
+class FailureCause(_MetaValue):
+    """Meta ``cause``: why a run failed or crashed, one line, and when it was recorded."""
+
+    kind: CauseKind
+    message: str
+    time: float
+
+    @classmethod
+    def now(cls, kind: CauseKind, message: str) -> FailureCause:
+        line = " ".join(message.split()) or kind.value
+        return cls(kind=kind, message=line, time=time.time())
+
+    @property
+    def repeats(self) -> bool:
+        """A restart would fail the same way until the plan or the folder is fixed."""
+        return self.kind in REPEATING_CAUSES
 
 
 M = TypeVar("M", bound=_MetaValue)
@@ -242,6 +306,26 @@ class RunMeta:
         self._t.set_meta(MetaKey.STATUS, status.value)
         if error is not None:
             self._t.set_meta(MetaKey.ERROR, error)
+
+    def set_failed(self, cause: FailureCause, status: RunStatus = RunStatus.FAILED) -> None:
+        """The run ended badly (``failed``, or ``crashed``): status, ``error`` and ``cause``."""
+        self._t.set_meta(MetaKey.CAUSE, cause.model_dump(mode="json"))
+        self.set_status(status, cause.message)
+
+    def cause(self) -> FailureCause | None:
+        return _model(FailureCause, MetaKey.CAUSE, self._t.get_meta(MetaKey.CAUSE))
+
+    def clear_cause(self) -> None:
+        """A restart: the last cause no longer describes the run."""
+        self._t.set_meta(MetaKey.CAUSE, None)
+        self._t.set_meta(MetaKey.ERROR, None)
+
+    def round_bytes(self) -> int | None:
+        v = self._t.get_meta(MetaKey.ROUND_BYTES)
+        return None if v is None else int(v)
+
+    def set_round_bytes(self, n: int) -> None:
+        self._t.set_meta(MetaKey.ROUND_BYTES, int(n))
 
     def error(self) -> str | None:
         v = self._t.get_meta(MetaKey.ERROR)
@@ -318,3 +402,221 @@ class RunMeta:
 
     def set_epochs(self, epochs: int) -> None:
         self._t.set_meta(MetaKey.EPOCHS, int(epochs))
+
+
+# -- the run lock -----------------------------------------------------------------------
+#: The lock holder touches ``run.lock`` at least this often (its mtime is the heartbeat).
+HEARTBEAT_S = 2.0
+#: A holder whose heartbeat is older than this is hung.
+STALE_S = 120.0
+
+
+class LockHolder(_MetaValue):
+    """Who holds a run's lock (the lock file's content)."""
+
+    pid: int
+    host: str
+    command: str
+    started: float
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host} (`{self.command}`)"
+
+
+@dataclass(frozen=True)
+class LockState:
+    """What :func:`probe_lock` saw: whether a live process holds the lock, who wrote it last,
+    and how old its heartbeat is (None: no lock file, a run from before locks)."""
+
+    held: bool
+    holder: LockHolder | None
+    heartbeat_age_s: float | None
+
+    @property
+    def exists(self) -> bool:
+        return self.heartbeat_age_s is not None
+
+    @property
+    def hung(self) -> bool:
+        return self.held and (self.heartbeat_age_s or 0.0) > STALE_S
+
+
+class RunLocked(FedsegError):
+    """Another live process runs this run folder."""
+
+    @classmethod
+    def of(cls, run_dir: Path, holder: LockHolder | None) -> RunLocked:
+        who = holder.describe() if holder is not None else "another process"
+        return cls(
+            f"{run_dir} is live: {who} runs it; follow it with `fedseg status {run_dir} -f`, "
+            "or stop that process first"
+        )
+
+
+def _read_holder(path: Path) -> LockHolder | None:
+    try:
+        return LockHolder.model_validate_json(path.read_text())
+    except (OSError, ValidationError, ValueError):
+        return None
+
+
+def probe_lock(run_dir: Path) -> LockState:
+    """Whether a live process holds ``<run>/run.lock`` (a shared, non-blocking flock that is
+    released at once), its holder and heartbeat age. Never creates the file."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return LockState(False, None, None)
+    try:
+        age = max(0.0, time.time() - os.fstat(fd).st_mtime)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = True
+        except OSError:  # no flock here (some network file systems): trust the heartbeat
+            held = age <= STALE_S
+        else:
+            held = False
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    return LockState(held, _read_holder(path), age)
+
+
+class RunLock:
+    """The live writer's exclusive ``flock`` on ``<run>/run.lock`` (see the module
+    docstring); released by :meth:`release` or by the kernel when the process dies."""
+
+    def __init__(self, run_dir: Path, fd: int, holder: LockHolder) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.holder = holder
+        self._fd: int | None = fd
+        self._stop = threading.Event()
+        self._beater = threading.Thread(target=self._beat_loop, name="run-lock", daemon=True)
+        self._beater.start()
+
+    @classmethod
+    def acquire(cls, run_dir: Path, command: str | None = None, wait_s: float = 2.0) -> RunLock:
+        """Take the run's lock or raise :class:`RunLocked` naming its live holder. A short
+        wait rides over a ``status`` probing the lock at the same instant."""
+        run_dir = Path(run_dir)
+        path = run_dir / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FedsegError(
+                f"cannot create the run lock {path} ({exc.strerror}): make {run_dir} writable"
+            ) from None
+        end = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < end:
+                    time.sleep(0.1)
+                    continue
+                os.close(fd)
+                raise RunLocked.of(run_dir, _read_holder(path)) from None
+            except OSError:
+                break  # no flock on this file system: the heartbeat alone tells
+        cmd = command or " ".join(["fedseg", *sys.argv[1:]])[:200]
+        holder = LockHolder(pid=os.getpid(), host=socket.gethostname(), command=cmd,
+                            started=time.time())  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.model_dump_json().encode(), 0)
+        return cls(run_dir, fd, holder)
+
+    def beat(self) -> None:
+        """The heartbeat: touch the lock file (its mtime)."""
+        fd = self._fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.utime(fd)
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self.beat()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._beater.is_alive() and self._beater is not threading.current_thread():
+            self._beater.join(timeout=5)
+        if self._fd is not None:
+            os.close(self._fd)  # drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# -- the folder can take a round --------------------------------------------------------
+def folder_problem(
+    run_dir: Path, needed_bytes: int = 0, *, probe: bool = True
+) -> FailureCause | None:
+    """Why ``run_dir`` (or, before it exists, the folder it will be made in) cannot take a
+    round's files: not writable (``output_paths.unwritable``: a probe file; without
+    ``probe``, for a reader that must not write, the permission bits only), a run store
+    that cannot be opened for writing, or less free space than ``needed_bytes``."""
+    run_dir = Path(run_dir)
+    if probe:
+        problem = unwritable(run_dir / MODELS_DIR)
+    else:
+        where = nearest_existing(run_dir / MODELS_DIR)
+        denied = PermissionError(errno.EACCES, "permission denied", str(where))
+        problem = None if os.access(where, os.W_OK | os.X_OK) else (where, denied)
+    if problem is not None:
+        return _unwritable(run_dir, *problem)
+    store = run_dir / STORE_FILE
+    if probe and store.is_file():
+        try:
+            os.close(os.open(store, os.O_RDWR))
+        except OSError as exc:
+            return _unwritable(run_dir, store, exc)
+    if needed_bytes > 0:
+        target = nearest_existing(run_dir / MODELS_DIR)
+        free = shutil.disk_usage(target).free
+        if free < needed_bytes:
+            return FailureCause.now(
+                CauseKind.DISK_FULL,
+                f"the disk of {target} is full: {_mb(free)} free, a round writes about "
+                f"{_mb(needed_bytes)}; free some space (or pick another folder) and try again",
+            )
+    return None
+
+
+def _unwritable(run_dir: Path, where: Path, exc: OSError) -> FailureCause:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FailureCause.now(
+            CauseKind.DISK_FULL, f"the disk of {where} is full: free some space and try again"
+        )
+    return FailureCause.now(
+        CauseKind.UNWRITABLE,
+        f"the run folder {run_dir} cannot be written: {where} refuses uid {os.getuid()} "
+        f"({reason(exc)}); fix its permissions or pick another folder",
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def cause_of(exc: BaseException, run_dir: Path, needed_bytes: int = 0) -> FailureCause:
+    """The cause of a run's failure ``exc``: a full disk or an unwritable folder when the
+    error or the folder says so (torch hides errno in its own messages), else by the error's
+    type: ``PlanError`` the plan, another FedsegError the federation, anything else error."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FailureCause.now(CauseKind.DISK_FULL, f"the disk of {run_dir} is full: {exc}")
+    found = folder_problem(run_dir, needed_bytes)
+    if found is not None:
+        return found
+    text = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    if isinstance(exc, PlanError):
+        return FailureCause.now(CauseKind.PLAN, text)
+    if isinstance(exc, FedsegError):
+        return FailureCause.now(CauseKind.FEDERATION, text)
+    return FailureCause.now(CauseKind.ERROR, f"{type(exc).__name__}: {text}")

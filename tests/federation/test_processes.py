@@ -30,16 +30,20 @@ from fedseg.model.model_file import load_model
 from fedseg.plan import load_plan, save_plan
 from fedseg.run_folder import (
     BEST_MODEL,
+    FLWR_HOME,
     LOGS_DIR,
     PLAN_FILE,
     STORE_FILE,
+    CauseKind,
     MetaKey,
     RunStatus,
     model_path,
+    probe_lock,
 )
+from fedseg.tracking.status import RunState, read_status
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import SITES, run_folder_text, tiny_plan
-from tests.helpers import fedseg_env
+from tests.helpers import fedseg_env, run_fedseg
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -128,7 +132,15 @@ def test_resume_after_kill_9_of_the_aggregator(tmp_path: Path, tiny_sites: dict[
     assert "fedseg resume" in out
     with RunStore(run) as store:
         assert store.last_done_round() == 1
-        assert store.meta.status() == RunStatus.RUNNING  # it never got to say anything
+        # it never got to say anything: the launcher recorded the crash and its cause
+        assert store.meta.status() == RunStatus.CRASHED
+        cause = store.meta.cause()
+        assert cause is not None and cause.kind == CauseKind.AGGREGATOR_DIED
+        assert f"pid {pid}" in cause.message
+    st = read_status(run)
+    assert st.state == RunState.CRASHED and st.cause == cause and st.running_round == 2
+    shown = run_fedseg("status", run)
+    assert shown.returncode == 0 and "crashed" in shown.stdout and "aggregator died" in shown.stdout
     res = subprocess.run(
         [sys.executable, "-m", "fedseg", "resume", str(run), "--no-live"],
         env=env, capture_output=True, text=True, timeout=600, check=False,
@@ -219,3 +231,76 @@ def test_a_broken_case_and_a_one_case_site_reveal_nothing_through_the_engine(
     site_log = (sites["site2"] / WORKSPACE / str(run_id) / SITE_LOG).read_text()
     assert str(broken.label) in site_log and "Traceback" in site_log
     assert broken.case_id in (run / LOGS_DIR / "site-site2.log").read_text()
+
+
+def _simulate(plan: Path, run: Path) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "fedseg", "simulate", str(plan), "--out", str(run), "--no-live"]
+    return subprocess.Popen(cmd, env=fedseg_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def _aggregator_up(run: Path) -> bool:
+    if not (run / STORE_FILE).is_file():
+        return False
+    with RunStore(run) as s:
+        return s.meta.aggregator_pid() is not None and any(r["round"] == 1 for r in s.rounds())
+
+
+def _engine_pids(run: Path) -> list[int]:
+    """Processes of the run's engine: their environment names its Flower home (as the
+    launcher's reaper and ``kill_leftovers`` find them)."""
+    marker = f"FLWR_HOME={(run / FLWR_HOME).resolve()}".encode() + b"\0"
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if marker in (d / "environ").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_second_resume_on_a_live_run_is_refused(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    plan = _plan_file(tmp_path, tiny_sites, rounds=1)
+    run = tmp_path / "run"
+    proc = _simulate(plan, run)
+    try:
+        _wait_for(lambda: _aggregator_up(run), 600, "round 1 to start")
+        assert probe_lock(run).held
+        res = run_fedseg("resume", run, "--no-live", timeout=120)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.returncode == 2 and len(lines) == 1 and "is live" in lines[0], res.stderr
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out  # the live run was not disturbed
+    st = read_status(run)
+    assert st.state == RunState.DONE and st.rounds_done == 1
+    assert not probe_lock(run).held
+
+
+def test_killing_the_launcher_takes_its_engine_along(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    plan = _plan_file(tmp_path, tiny_sites)
+    run = tmp_path / "run"
+    proc = _simulate(plan, run)
+    try:
+        _wait_for(lambda: _aggregator_up(run), 600, "the aggregator to run round 1")
+        with RunStore(run) as store:
+            aggregator = store.meta.aggregator_pid()
+        engine = _engine_pids(run)
+        assert aggregator in engine and len(engine) >= 5  # SuperLink, 3 SuperNodes, ServerApp
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        _wait_for(lambda: not _engine_pids(run), 10, "the engine processes to die")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    st = read_status(run)
+    assert st.state == RunState.CRASHED and st.cause is not None
+    assert st.cause.kind == CauseKind.WRITER_GONE and f"pid {proc.pid}" in st.cause.message

@@ -19,6 +19,7 @@ from fedseg.model.evaluate import (
 )
 from fedseg.model.metrics import METRICS
 from fedseg.model.segmenter import ModelSet
+from fedseg.output_paths import check_output_file
 
 console = Console()
 
@@ -33,6 +34,7 @@ def evaluate(
     overlap: float = typer.Option(0.5, min=0.0, max=0.95, help="Sliding-window tile overlap."),
 ) -> None:
     """Segment each case, score Dice/Jaccard/HD95/sensitivity/specificity per region."""
+    check_output_file(out, "metrics CSV")
     models = ModelSet.from_files(model)
     cases = select_cases(data, split)
     with Progress(

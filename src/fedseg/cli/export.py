@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fedseg.errors import FedsegError
+from fedseg.output_paths import check_output_folder
 
 console = Console(stderr=True)
 
@@ -42,6 +43,7 @@ def export(
         raise FedsegError(f"--precision {precision}: use f32 or bf16")
     if activations not in ("symmetric", "asymmetric"):
         raise FedsegError(f"--activations {activations}: use symmetric or asymmetric")
+    check_output_folder(out, "export folder")
     # Heavy imports (torch, OpenVINO, NNCF) only once the arguments are known to be valid.
     from fedseg.model.export import ExportConfig, export_openvino, require_openvino
 

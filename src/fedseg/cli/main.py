@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from fedseg import __version__
 from fedseg.errors import FedsegError
+from fedseg.output_paths import reason
 
 app = typer.Typer(
     name="fedseg",
@@ -70,6 +71,12 @@ def main() -> None:
         # escape: messages such as "pip install 'fedseg[openvino]'" are not rich markup
         err_console.print(
             f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
+        sys.exit(2)
+    except OSError as exc:  # the file system said no where no check foresaw it: one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(
+            f"[bold red]error:[/] {escape(where + reason(exc))}", highlight=False, soft_wrap=True
         )
         sys.exit(2)
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fedseg.errors import FedsegError
+from fedseg.output_paths import check_output_file, check_output_folder
 from fedseg.run_folder import PLAN_FILE, REPORT_FILE, STORE_FILE
 
 app = typer.Typer(no_args_is_help=True)
@@ -102,6 +103,7 @@ def select(
 
     if singlet == triplet:
         raise FedsegError("choose exactly one of --singlet or --triplet")
+    check_output_folder(out, "selection folder")
     store = open_run(run)
     try:
         sel = export_selection(run, store, "singlet" if singlet else "triplet", out, metric)
@@ -166,6 +168,7 @@ def report(
     """Write the self-contained HTML run report (curves, alarms, selection, comparison)."""
     from fedseg.tracking.report import ReportInputs, write_report
 
+    check_output_file(out if out is not None else run / REPORT_FILE, "report")
     path = write_report(run, out, ReportInputs(tuple(case_csv), tuple(label)))
     console().print(f"report written to {path}")
 
@@ -183,6 +186,8 @@ def compare_models_cmd(
     """Paired Wilcoxon comparison of two models on the same cases (only the table is shared)."""
     from fedseg.tracking.paired_test import compare_models, fmt_p
 
+    if out is not None:
+        check_output_file(out, "comparison JSON")
     rows = compare_models(
         csv_a, csv_b, model_a=model_a, model_b=model_b, metrics=tuple(metric), alpha=alpha
     )

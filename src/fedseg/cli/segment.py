@@ -17,6 +17,7 @@ from fedseg.model.segmenter import (
     segment_volumes,
     write_segmentation,
 )
+from fedseg.output_paths import check_output_folder
 from fedseg.tracking.selection import expand_selection
 
 console = Console(stderr=True)
@@ -48,6 +49,8 @@ def segment(
         raise typer.BadParameter("use 'mean' or 'triplet'", param_hint="--combine")
     mode: Combine = "triplet" if combine == "triplet" else "mean"
     check_output(out)
+    if probabilities is not None:
+        check_output_folder(probabilities, "--probabilities folder")
     case = resolve_case(inputs)
     files, mode = expand_selection(model, mode)  # a `fedseg select` folder -> its models
     models = ModelSet.from_files(files, mode)

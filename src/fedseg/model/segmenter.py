@@ -30,6 +30,7 @@ from fedseg.data.labels import REGIONS
 from fedseg.data.preprocess import nonzero_box
 from fedseg.errors import FedsegError
 from fedseg.model.inference import CroppedProbabilities, Predictor, predict_cropped, tile_plan
+from fedseg.output_paths import check_output_file
 
 Combine = Literal["mean", "triplet"]
 #: Called with the number of tiles just predicted (for progress bars).
@@ -243,11 +244,12 @@ def probability_paths(folder: Path, case_id: str) -> dict[str, Path]:
 
 
 def check_output(out: Path) -> Path:
-    """Refuse an output name that is not NIfTI (checked before any work is done)."""
+    """Refuse an output name that is not NIfTI, or a place it cannot be written (checked
+    before any work is done)."""
     out = Path(out)
     if not out.name.endswith((".nii.gz", ".nii")):
         raise FedsegError(f"{out}: the output must be a NIfTI file name (.nii.gz or .nii)")
-    return out
+    return check_output_file(out, "label map")
 
 
 def write_segmentation(

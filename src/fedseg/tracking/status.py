@@ -4,6 +4,13 @@
 ``render_status`` turns the result into rich tables for ``fedseg status``, and
 ``alarm_labels`` gives the short per-site alarm text the federation's live table shows.
 
+A run whose own word is ``running`` or ``starting`` while no live process holds its lock
+(``fedseg.run_folder.probe_lock``) has ``crashed``: its writer is gone (``kill -9``, a full
+disk, ...), and so has one whose launcher recorded ``crashed``. The cause shown is the
+recorded one, else what the folder says now (full, unwritable), else that the writer is
+gone. A folder without a lock file (a run from before locks, an in-process run) is taken
+at its word.
+
 The plan is read typed (``fedseg.plan.read_run_plan``; None for a centralized run). The
 planned number of rounds is what the coordinator recorded (meta ``planned_rounds``: the
 strategy's count, e.g. cycles x sites for a cyclic plan), else the plan's ``rounds``.
@@ -25,7 +32,16 @@ from rich.text import Text
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
 from fedseg.plan import PlanConfig, read_run_plan
-from fedseg.run_folder import STORE_FILE, RoundStatus, RunStatus
+from fedseg.run_folder import (
+    STORE_FILE,
+    CauseKind,
+    FailureCause,
+    LockState,
+    RoundStatus,
+    RunStatus,
+    folder_problem,
+    probe_lock,
+)
 from fedseg.tracking.curves import ALL_REGIONS, federation_curve, site_curves
 from fedseg.tracking.store import Alarm, RunStore
 
@@ -72,6 +88,7 @@ class RunState(StrEnum):
     STOPPED = "stopped"  # fewer rounds done than planned, nothing running
     DONE = "done"
     FAILED = "failed"
+    CRASHED = "crashed"  # it says running, but its writer is gone (or hung)
 
 
 @dataclass(frozen=True)
@@ -119,6 +136,31 @@ class StatusView:
     federation_model_round: int | None
     alarms: list[AlarmSpan]
     last_events: list[tuple[float, str, str]] = field(default_factory=list)
+    cause: FailureCause | None = None  # why it failed or crashed, when known
+
+
+def crash_cause(run: Path, store: RunStore, lock: LockState) -> FailureCause:
+    """Why a run whose writer is gone stopped: the recorded cause, else what the folder
+    says now (full or unwritable), else the writer's disappearance (or hang)."""
+    recorded = store.meta.cause()
+    if recorded is not None:
+        return recorded
+    found = folder_problem(run, store.meta.round_bytes() or 0, probe=False)
+    if found is not None:
+        return found
+    who = lock.holder.describe() if lock.holder is not None else "its writer"
+    age = f"{lock.heartbeat_age_s:.0f} s ago" if lock.heartbeat_age_s is not None else "unknown"
+    if lock.hung:
+        return FailureCause.now(
+            CauseKind.HUNG,
+            f"{who} holds the run but its last heartbeat was {age}: it hangs; stop it, then "
+            f"`fedseg resume {run}`",
+        )
+    return FailureCause.now(
+        CauseKind.WRITER_GONE,
+        f"{who} is gone without a word (killed?), last heartbeat {age}; continue with "
+        f"`fedseg resume {run}`",
+    )
 
 
 def alarm_spans(alarms: list[Alarm]) -> list[AlarmSpan]:
@@ -160,7 +202,13 @@ def _collect(run: Path, store: RunStore) -> StatusView:
     meta_status = store.meta.status()  # the federation's own word, when it writes one
     live = store.meta.live()
     live_sites: dict[str, str] = dict(live.sites) if live is not None else {}
-    if meta_status == RunStatus.FAILED or (failed and (not done or max(failed) > max(done))):
+    lock = probe_lock(run)
+    says_running = meta_status in (RunStatus.RUNNING, RunStatus.STARTING)
+    if meta_status == RunStatus.CRASHED or (
+        says_running and lock.exists and (not lock.held or lock.hung)
+    ):
+        state = RunState.CRASHED
+    elif meta_status == RunStatus.FAILED or (failed and (not done or max(failed) > max(done))):
         state = RunState.FAILED
     elif running or meta_status == RunStatus.RUNNING:
         state = RunState.RUNNING
@@ -208,6 +256,13 @@ def _collect(run: Path, store: RunStore) -> StatusView:
         running_round=max(running) if running else None,
         phase=live.phase if state == RunState.RUNNING and live is not None else None,
         error=store.meta.error() if state == RunState.FAILED else None,
+        cause=(
+            crash_cause(run, store, lock)
+            if state == RunState.CRASHED
+            else store.meta.cause()
+            if state == RunState.FAILED
+            else None
+        ),
         sites=sites,
         federation_dice=fed_dice,
         federation_model_round=fed_mr,
@@ -220,6 +275,9 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
+_STATE_STYLE = {RunState.DONE: "green", RunState.FAILED: "red", RunState.CRASHED: "bold red"}
+
+
 def render_status(s: StatusView) -> Group:
     """Rich renderables for a terminal: header line, site table, alarms table."""
     planned = f"/{s.rounds_planned}" if s.rounds_planned is not None else ""
@@ -228,7 +286,7 @@ def render_status(s: StatusView) -> Group:
         s.run,
         "  ",
         ("state ", "bold"),
-        (s.state, "green" if s.state == RunState.DONE else "yellow"),
+        (s.state, _STATE_STYLE.get(s.state, "yellow")),
         "  ",
         ("rounds done ", "bold"),
         f"{s.rounds_done}{planned}",
@@ -240,7 +298,9 @@ def render_status(s: StatusView) -> Group:
         ),
         (f"  phase: {s.phase}" if s.phase else ""),
     )
-    if s.error:
+    if s.cause is not None:
+        head.append(f"\n{s.cause.kind}: {s.cause.message}", style="red")
+    elif s.error:
         head.append(f"\nerror: {s.error}", style="red")  # fmt: skip
     if s.federation_dice:
         head.append(f"\nfederation Dice of model {s.federation_model_round}: ")

@@ -2,7 +2,11 @@
 ``server start`` all go through :func:`run_federation`.
 
 1. the run folder: created from a plan file (a new run) or continued (``resume``); the plan
-   is read once;
+   is read once and checked whole before any process starts
+   (:func:`~fedseg.federation.commands.run_folder.check_plan_runs`: strategy, initial model,
+   a writable folder with room for a round); then the run lock is taken
+   (:class:`~fedseg.run_folder.RunLock`: a second process on a live run is refused in one
+   line) and held, with its heartbeat, until this function returns;
 2. the SuperLink, with the security of where the sites are:
 
    * :class:`LocalSites` (a simulation): plain HTTP on loopback, and one SuperNode per plan
@@ -16,11 +20,16 @@
 3. ``flwr run`` of the app bundle, recorded in the run store (meta ``flower_run_id`` and an
    event);
 4. :func:`~fedseg.federation.commands.watch.watch` until the ServerApp says done or failed;
-5. every process stopped, whatever happened; the :class:`RunResult` read from the store.
+5. every process stopped, whatever happened; a run that ended badly without the
+   ServerApp saying so gets its cause recorded (meta ``cause``: ``crashed`` when the
+   aggregator died without a word, else ``failed``); the :class:`RunResult` read from the
+   store.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +38,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from fedseg.errors import FedsegError
-from fedseg.federation.commands.run_folder import prepare_run
-from fedseg.federation.commands.watch import watch
+from fedseg.federation.commands.run_folder import (
+    check_plan_runs,
+    prepare_run,
+    round_bytes,
+)
+from fedseg.federation.commands.watch import AggregatorDied, watch
 from fedseg.federation.engine.app_bundle import run_config, write_app
 from fedseg.federation.engine.client_app import (
     NODE_DATA_DIR,
@@ -49,7 +62,17 @@ from fedseg.federation.security.enrollment import (
     start_enrolled_superlink,
 )
 from fedseg.plan import PlanConfig, load_plan
-from fedseg.run_folder import BEST_MODEL, PLAN_FILE, RunStatus
+from fedseg.run_folder import (
+    BEST_MODEL,
+    PLAN_FILE,
+    STORE_FILE,
+    CauseKind,
+    FailureCause,
+    RunLock,
+    RunStatus,
+    cause_of,
+)
+from fedseg.tracking.status import open_run
 from fedseg.tracking.store import RunStore
 
 
@@ -119,50 +142,108 @@ def run_federation(
     if isinstance(sites, ServerOptions):
         enrolled = check_server_creds(sites.creds)
         plan = _run_folder(run_dir, plan_path, enrolled=[s.name for s in enrolled])
-        launcher = aggregator_launcher(run_dir, sites)
     else:
         enrolled = None
         plan = _run_folder(run_dir, plan_path, enrolled=None)
-        launcher = Launcher(run_dir)
-    run_dir = launcher.run_dir
-    t0 = time.monotonic()
-    with RunStore(run_dir) as store:
-        run_id = store.meta.run_id() or run_dir.name
-        store.meta.set_aggregator_pid(None)
-        store.meta.set_status(RunStatus.STARTING)
-        store.meta.set_live(None)
-    launcher.kill_leftovers()
-    app = write_app(run_dir)
-    try:
-        if isinstance(sites, LocalSites):
-            with console.status("starting the SuperLink and the sites"):
-                launcher.start_superlink()
-                _start_local_sites(launcher, plan, sites)
-        elif enrolled is not None:
-            with console.status("starting the SuperLink"):
-                start_enrolled_superlink(launcher, enrolled)
-            console.print(
-                f"SuperLink up: sites connect to {sites.fleet_host}:{sites.fleet_port} "
-                f"(Fleet API only); enrolled: {', '.join(s.name for s in enrolled)}"
-            )
-        flower_run = launcher.submit(app, run_config(run_dir, run_id))
+    with RunLock.acquire(run_dir):
+        if isinstance(sites, ServerOptions):
+            launcher = aggregator_launcher(run_dir, sites)
+        else:
+            launcher = Launcher(run_dir)
+        run_dir = launcher.run_dir
+        t0 = time.monotonic()
         with RunStore(run_dir) as store:
-            store.meta.set_flower_run_id(flower_run)
-            how = "" if isinstance(sites, LocalSites) else " (deployment)"
-            store.log(f"Flower run {flower_run} submitted{how}")
-        watch(run_dir, plan, launcher, console, live)
-    finally:
-        launcher.stop()
-    return run_result(run_dir, t0)
+            run_id = store.meta.run_id() or run_dir.name
+            store.meta.set_aggregator_pid(None)
+            store.meta.clear_cause()
+            store.meta.set_status(RunStatus.STARTING)
+            store.meta.set_live(None)
+            store.meta.set_round_bytes(round_bytes(plan))
+        launcher.kill_leftovers()
+        try:
+            app = write_app(run_dir)
+            if isinstance(sites, LocalSites):
+                with console.status("starting the SuperLink and the sites"):
+                    launcher.start_superlink()
+                    _start_local_sites(launcher, plan, sites)
+            elif enrolled is not None:
+                with console.status("starting the SuperLink"):
+                    start_enrolled_superlink(launcher, enrolled)
+                console.print(
+                    f"SuperLink up: sites connect to {sites.fleet_host}:{sites.fleet_port} "
+                    f"(Fleet API only); enrolled: {', '.join(s.name for s in enrolled)}"
+                )
+            flower_run = launcher.submit(app, run_config(run_dir, run_id))
+            with RunStore(run_dir) as store:
+                store.meta.set_flower_run_id(flower_run)
+                how = "" if isinstance(sites, LocalSites) else " (deployment)"
+                store.log(f"Flower run {flower_run} submitted{how}")
+            watch(run_dir, plan, launcher, console, live)
+        except BaseException as exc:
+            cause = _record_end(run_dir, exc)
+            if cause is not None and not isinstance(exc, KeyboardInterrupt):
+                raise FedsegError(cause.message) from None  # the specific line (a full disk)
+            raise
+        finally:
+            launcher.stop()
+        return run_result(run_dir, t0)
+
+
+def _record_end(run_dir: Path, exc: BaseException) -> FailureCause | None:
+    """Record why the run ended with ``exc`` unless the ServerApp already said (``done`` or
+    ``failed``): ``crashed`` for an aggregator that died without a word or an interrupt,
+    else ``failed`` with the cause (:func:`~fedseg.run_folder.cause_of`). Returns the
+    recorded cause when it is a full disk or an unwritable folder (it says more than
+    ``exc``); never raises (the store may be on the full disk)."""
+    try:
+        with RunStore(run_dir) as store:
+            if store.meta.status() in (RunStatus.DONE, RunStatus.FAILED):
+                return None
+            cause = cause_of(exc, run_dir, store.meta.round_bytes() or 0)
+            if isinstance(exc, KeyboardInterrupt):
+                cause = FailureCause.now(CauseKind.ERROR, "interrupted (Ctrl-C)")
+            elif isinstance(exc, AggregatorDied) and cause.kind == CauseKind.FEDERATION:
+                cause = FailureCause.now(CauseKind.AGGREGATOR_DIED, str(exc))
+            elif cause.kind == CauseKind.FEDERATION:  # raised here: the engine's
+                cause = FailureCause.now(CauseKind.ENGINE, cause.message)
+            crashed = isinstance(exc, AggregatorDied | KeyboardInterrupt)
+            store.meta.set_failed(cause, RunStatus.CRASHED if crashed else RunStatus.FAILED)
+            store.log(f"run {store.meta.status()}: {cause.message}", "error")
+    except (sqlite3.Error, OSError, FedsegError):
+        with contextlib.suppress(Exception):
+            return cause_of(exc, run_dir)
+        return None
+    return cause if cause.kind in (CauseKind.DISK_FULL, CauseKind.UNWRITABLE) else None
 
 
 def _run_folder(run_dir: Path, plan_path: Path | None, enrolled: list[str] | None) -> PlanConfig:
-    """The run's plan: a new run folder from ``plan_path``, else the continued one's."""
+    """The run's plan, checked whole: a new run folder from ``plan_path``, else the
+    continued one's (a check that fails says whether the run already failed on it)."""
     if plan_path is not None:
         return prepare_run(plan_path, run_dir, enrolled=enrolled)
     if not (Path(run_dir) / PLAN_FILE).is_file():
         raise FedsegError(f"{run_dir} has no {PLAN_FILE}: start it with a plan first")
-    return load_plan(Path(run_dir) / PLAN_FILE)
+    try:
+        plan = load_plan(Path(run_dir) / PLAN_FILE)
+        check_plan_runs(plan, run_dir)
+    except FedsegError as exc:
+        raise FedsegError(f"{exc}{_repeats(run_dir)}") from None
+    return plan
+
+
+def _repeats(run_dir: Path) -> str:
+    """``; the run already stopped on this ...`` when its recorded cause would repeat."""
+    if not (Path(run_dir) / STORE_FILE).is_file():
+        return ""
+    with contextlib.suppress(sqlite3.Error, OSError, FedsegError):
+        store = open_run(run_dir)
+        try:
+            cause = store.meta.cause()
+        finally:
+            store.close()
+        if cause is not None and cause.repeats:
+            return f"; the run already stopped on this ({cause.kind}): resuming only repeats it"
+    return ""
 
 
 def _start_local_sites(launcher: Launcher, plan: PlanConfig, sites: LocalSites) -> None:

@@ -3,6 +3,11 @@
 The run store knows the last completed round (its model file was written before the round
 was marked done); the records of the round in progress are discarded and the federation
 restarts from there with the same plan, run id and sites. At most that round is lost.
+
+A run whose lock a live process holds is refused in one line (resuming it would fight
+that process); a run whose recorded cause would repeat (a plan error still in the plan, a
+folder still full or unwritable) is refused by the plan check, which says so
+(``engine_run.run_federation``).
 """
 
 from __future__ import annotations
@@ -13,17 +18,21 @@ from rich.console import Console
 
 from fedseg.errors import FedsegError
 from fedseg.federation.commands.engine_run import LocalSites, RunResult, run_federation
-from fedseg.run_folder import PLAN_FILE, STORE_FILE
+from fedseg.run_folder import PLAN_FILE, STORE_FILE, RunLocked, probe_lock
 from fedseg.tracking.store import RunStore
 
 
 def check_resumable(run_dir: Path) -> int:
-    """The last completed round of ``run_dir``; an error if there is nothing to continue."""
+    """The last completed round of ``run_dir``; an error if there is nothing to continue or
+    a live process runs it (:class:`~fedseg.run_folder.RunLocked`)."""
     run_dir = Path(run_dir)
     if not (run_dir / PLAN_FILE).is_file() or not (run_dir / STORE_FILE).is_file():
         raise FedsegError(
             f"{run_dir} is not a federation run folder (no {PLAN_FILE} and {STORE_FILE})"
         )
+    lock = probe_lock(run_dir)
+    if lock.held:
+        raise RunLocked.of(run_dir, lock.holder)
     with RunStore(run_dir) as store:
         if store.meta.is_complete():
             raise FedsegError(

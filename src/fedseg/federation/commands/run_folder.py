@@ -4,6 +4,11 @@
 the sites file their private state under), later ``models/``, ``best.pt``, ``logs/``,
 ``flwr-home/`` and the Flower app bundle ``flwr-app/``: the names and meta keys are the
 contract in ``fedseg.run_folder``.
+
+:func:`check_plan_runs` is the whole plan check that runs before any engine process starts
+(a new run and every restart): the strategy and its parameters, the initial model, and a
+run folder that can be written and has the free space a round's model files take
+(:func:`round_bytes`: parameters x 4 bytes x ``ROUND_FILES``).
 """
 
 from __future__ import annotations
@@ -12,10 +17,48 @@ import uuid
 from collections.abc import Collection
 from pathlib import Path
 
-from fedseg.errors import FedsegError
+import torch
+
+from fedseg.errors import FedsegError, PlanError
+from fedseg.federation.rounds.strategies.registry import make_strategy
+from fedseg.model.config import NetworkConfig
+from fedseg.model.registry import build_network
 from fedseg.plan import PlanConfig, load_plan, save_plan
-from fedseg.run_folder import PLAN_FILE
+from fedseg.run_folder import PLAN_FILE, folder_problem
 from fedseg.tracking.store import RunStore
+
+#: Model-sized files a round writes: the round model, its strategy state (at most two
+#: moment arrays), and ``best.pt`` with its temporary copy.
+ROUND_FILES = 5
+
+
+def network_parameters(network: NetworkConfig) -> int:
+    """Values in the network's weights (parameters and buffers), counted without allocating
+    them (the network is built on torch's meta device)."""
+    with torch.device("meta"):
+        net = build_network(network)
+    return sum(t.numel() for t in net.state_dict().values())
+
+
+def round_bytes(plan: PlanConfig) -> int:
+    """Bytes of the model files one round writes: parameters x 4 bytes x ``ROUND_FILES``."""
+    return network_parameters(plan.network) * 4 * ROUND_FILES
+
+
+def check_plan_runs(plan: PlanConfig, run_dir: Path) -> int:
+    """Everything that would stop the plan once its processes run, checked now: the
+    strategy and its parameters, the initial model file, a writable run folder (or the
+    folder it will be made in) with room for a round. Returns :func:`round_bytes`; raises a
+    one-line ``PlanError`` (the plan) or ``FedsegError`` (the folder)."""
+    make_strategy(plan.strategy, plan.local_epochs)
+    init = plan.initial_model.path
+    if init is not None and not init.is_file():
+        raise PlanError(f"initial_model.path {init} not found: fix the plan's initial_model")
+    needed = round_bytes(plan)
+    problem = folder_problem(run_dir, needed)
+    if problem is not None:
+        raise FedsegError(problem.message)
+    return needed
 
 
 def prepare_run(
@@ -45,8 +88,10 @@ def prepare_run(
             raise FedsegError(f"plan site {name} has no data folder; simulation needs one")
         if not site.data.is_dir():
             raise FedsegError(f"plan site {name}: data folder {site.data} not found")
+    needed = check_plan_runs(plan, out)
     out.mkdir(parents=True, exist_ok=True)
     save_plan(out / PLAN_FILE, plan)
     with RunStore(out) as store:
         store.meta.set_created(f"{out.resolve().name}-{uuid.uuid4().hex[:8]}")
+        store.meta.set_round_bytes(needed)
     return plan

@@ -3,9 +3,10 @@
 :func:`watch` reads the store once a second: the live table (:func:`live_table`: each site's
 state, last validation Dice and training cases, alarms) or, without it, one line per
 finished round; it returns when the ServerApp says ``done`` and raises a one-line
-FedsegError when it says ``failed``, never started, or died (then ``fedseg resume``
-continues the run). A SuperLink that stops is fatal; a site process that exits is reported
-once (the round loop decides what a missing site means).
+FedsegError when it says ``failed``, never started, or died (:class:`AggregatorDied`; then
+``fedseg resume`` continues the run). A
+SuperLink that stops is fatal; a site process that exits is reported once (the round loop
+decides what a missing site means).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from fedseg.tracking.store import RunStore
 
 #: How long the ServerApp may take to start and say its pid.
 AGGREGATOR_START_S = 240.0
+
+
+class AggregatorDied(FedsegError):
+    """The ServerApp process vanished without recording how the run ended."""
 
 
 def watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console,
@@ -65,9 +70,16 @@ def watch(run_dir: Path, plan: PlanConfig, launcher: Launcher, console: Console,
                     f" see {launcher.logs}"
                 )
             if pid is not None and not _pid_alive(pid):
-                raise FedsegError(
-                    f"the aggregator (pid {pid}) stopped after round {last}; continue the run "
-                    f"with `fedseg resume {run_dir}`"
+                with RunStore(run_dir) as store:  # it may have said its last word just now
+                    status, error = store.meta.status(), store.meta.error()
+                if status == RunStatus.DONE:
+                    return
+                if status == RunStatus.FAILED:
+                    raise FedsegError(f"the federation failed: {error}")
+                raise AggregatorDied(
+                    f"the aggregator (pid {pid}) died without a word after round {last} "
+                    f"(killed, or out of memory?); continue the run with `fedseg resume "
+                    f"{run_dir}`"
                 )
             for p in launcher.dead():
                 if p.role == "superlink":

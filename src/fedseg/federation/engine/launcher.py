@@ -21,9 +21,10 @@ Flower's CLI sends from its credential store in the same home (``credentials.yam
 ``flwr login`` would leave it). Sites run under :mod:`app_guard` (only the fedseg app).
 
 The processes are :class:`~fedseg.federation.engine.processes.Proc` (own session, dies with
-the launcher); a later start in the same run folder kills whatever a killed launcher left
-behind (processes whose environment names this run's Flower home). ``<home>/pids.json``
-lists the running processes for people.
+the launcher), and the launcher's reaper kills the processes Flower starts in turn when
+the launcher dies (all of them carry this run's Flower home in their environment, the
+marker); a later start in the same run folder kills whatever is still left with the same
+scan. ``<home>/pids.json`` lists the running processes for people.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import ssl
 import subprocess
@@ -49,7 +49,15 @@ from fedseg.errors import FedsegError
 from fedseg.federation.engine.app_bundle import ConfigValue, config_arg
 from fedseg.federation.engine.app_guard import site_command
 from fedseg.federation.engine.fleet_gateway import FleetGateway
-from fedseg.federation.engine.processes import Proc, flower_program, spawn, stop_all
+from fedseg.federation.engine.processes import (
+    Proc,
+    flower_program,
+    kill_marked,
+    spawn,
+    start_reaper,
+    stop_all,
+    stop_reaper,
+)
 from fedseg.run_folder import FLWR_HOME, LOGS_DIR
 
 CONNECTION = "fedseg"
@@ -140,6 +148,7 @@ class Launcher:
         self.security.check(gateway.host)
         self.persistent_state = persistent_state
         self.procs: list[Proc] = []
+        self.reaper: subprocess.Popen[bytes] | None = None
         self.home.mkdir(parents=True, exist_ok=True)
         self.home.chmod(0o700)  # the Control API token and Flower's credentials live here
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -156,7 +165,15 @@ class Launcher:
         return self.gateway.site_address
 
     # -- processes --------------------------------------------------------------------
+    @property
+    def marker(self) -> bytes:
+        """``FLWR_HOME=<home>``: in the environment of every process of this run's engine."""
+        return f"FLWR_HOME={self.env['FLWR_HOME']}".encode()
+
     def _spawn(self, role: str, cmd: list[str], log_name: str) -> Proc:
+        if self.reaper is None:
+            env = {k: v for k, v in self.env.items() if k != "FLWR_HOME"}
+            self.reaper = start_reaper(self.marker, env)
         proc = spawn(role, cmd, self.env, self.logs / log_name)
         self.procs.append(proc)
         self._write_pids()
@@ -243,25 +260,17 @@ class Launcher:
         """SIGTERM every process group, SIGKILL what is left after ``timeout_s``."""
         stop_all(self.procs, timeout_s)
         self.procs.clear()
+        if self.reaper is not None:  # sweeps what Flower started and outlived its parent
+            stop_reaper(self.reaper)
+            self.reaper = None
         with contextlib.suppress(OSError):
             (self.home / PIDS).unlink()
 
     def kill_leftovers(self) -> int:
         """SIGKILL every process left over from an earlier launcher of this run folder (one
-        killed with -9): those whose environment names this Flower home. How many."""
-        marker = f"FLWR_HOME={self.home}".encode() + b"\0"
-        n = 0
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit() or int(d.name) == os.getpid():
-                continue
-            try:
-                env = (d / "environ").read_bytes()
-            except OSError:
-                continue
-            if marker in env:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(d.name), signal.SIGKILL)
-                    n += 1
+        killed with -9 whose reaper could not run): those whose environment carries this
+        run's marker. How many."""
+        n = kill_marked(self.marker)
         (self.home / PIDS).unlink(missing_ok=True)
         return n
 

@@ -2,9 +2,15 @@
 
 Every engine process (SuperLink, SuperNode, the fleet gateway) starts in its own session
 with its output appended to one log file, and is asked to die with the process that started
-it (Linux PDEATHSIG), so a launcher or a ``fedseg site start`` killed with -9 leaves nothing
-behind. Stopping signals the whole process group (a SuperNode's SuperExec and app processes
-stop with it): SIGTERM, then SIGKILL for what is left after a grace period.
+it (Linux PDEATHSIG). PDEATHSIG reaches only our direct children: the processes Flower
+starts in turn (the SuperLink's SuperExec and its ServerApp, a SuperNode's SuperExec and
+ClientApps) outlive a SuperLink killed that way. So a launcher also starts a reaper
+(:func:`start_reaper`): a small process of its own session that waits on a pipe only the
+launcher holds; when the launcher exits, however it exits (``kill -9`` included), the pipe
+closes and the reaper kills every process whose environment carries the run's marker
+(:func:`kill_marked`, the same scan a later launcher uses for leftovers). Stopping signals
+the whole process group (a SuperNode's SuperExec and app processes stop with it): SIGTERM,
+then SIGKILL for what is left after a grace period.
 
 Flower's programs (``flower-superlink``, ``flower-supernode``, ``flwr``) are this
 environment's: next to the interpreter first, then on ``PATH``.
@@ -20,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -109,3 +115,58 @@ def stop_all(procs: Iterable[Proc], timeout_s: float = 10.0) -> None:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def kill_marked(marker: bytes, skip: Collection[int] = ()) -> int:
+    """SIGKILL every process whose environment holds ``marker`` (``NAME=value``), scanning
+    again until none is left (a parent killed mid-fork may just have started a child);
+    ``skip`` and this process are spared. How many were killed."""
+    entry = marker + b"\0"
+    spared = {os.getpid(), *skip}
+    killed = 0
+    for _ in range(10):
+        found = 0
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) in spared:
+                continue
+            try:
+                env = (d / "environ").read_bytes()
+            except OSError:
+                continue
+            if env.startswith(entry) or b"\0" + entry in env:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(d.name), signal.SIGKILL)
+                    found += 1
+        killed += found
+        if not found:
+            break
+        time.sleep(0.1)
+    return killed
+
+
+def start_reaper(marker: bytes, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Start the reaper of ``marker`` (see the module docstring): it kills the marked
+    processes once our end of its stdin closes (:func:`stop_reaper`, or our death). ``env``
+    must not carry the marker itself."""
+    code = "from fedseg.federation.engine.processes import _reap; _reap()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, marker.decode()], env=dict(env), stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+
+
+def stop_reaper(reaper: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """Close the reaper's pipe (it sweeps once, then exits) and wait for it."""
+    if reaper.stdin is not None:
+        with contextlib.suppress(OSError):
+            reaper.stdin.close()
+    try:
+        reaper.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+        reaper.wait()
+
+
+def _reap() -> None:  # pragma: no cover - the reaper process's body
+    sys.stdin.buffer.read()  # returns at EOF: the launcher closed it or died
+    kill_marked(sys.argv[1].encode())

@@ -26,7 +26,12 @@ from fedseg.federation.engine.messages import (
     decode_reply,
     encode_request,
 )
-from fedseg.federation.rounds.coordinator import Coordinator, Exchanged, SiteFailure
+from fedseg.federation.rounds.coordinator import (
+    Coordinator,
+    Exchanged,
+    SiteFailure,
+    record_failure,
+)
 from fedseg.federation.security.enrollment import enrolled_nodes
 from fedseg.run_folder import SiteRoundStatus
 from fedseg.tracking.store import RunStore
@@ -187,6 +192,11 @@ def main(grid: Grid, context: Context) -> None:
     with RunStore(run_dir) as store:
         # The launcher watches this pid: a killed aggregator is noticed at once.
         store.meta.set_aggregator_pid(os.getpid())
-    Coordinator(
-        run_dir, FlowerTransport(grid, enrolled=enrolled_nodes(run_dir)), run_id=run_id
-    ).run()
+        try:  # the launcher checked the plan; a run folder edited since is still told
+            coordinator = Coordinator(
+                run_dir, FlowerTransport(grid, enrolled=enrolled_nodes(run_dir)), run_id=run_id
+            )
+        except Exception as exc:
+            record_failure(store, run_dir, exc)
+            raise
+    coordinator.run()

@@ -26,8 +26,10 @@ is ``done`` only after its model file is written, so a kill loses at most that r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +62,7 @@ from fedseg.run_folder import (
     RunStatus,
     SiteActivity,
     SiteRoundStatus,
+    cause_of,
     model_path,
     strategy_state_path,
 )
@@ -159,9 +162,7 @@ class Coordinator:
             store.meta.set_status(RunStatus.DONE)
             store.log(f"federation done: {plan.rounds} rounds")
         except Exception as exc:
-            error = str(exc).splitlines()[0] if str(exc) else repr(exc)
-            store.meta.set_status(RunStatus.FAILED, error)
-            store.log(f"federation failed: {exc}", "error")
+            record_failure(store, self.run_dir, exc)
             raise
         finally:
             store.close()
@@ -391,6 +392,15 @@ def _withheld(site: str, model_round: int, n_val: int) -> str:
         f"site {site} validated model {model_round} on {n_val} case(s), too few to send a "
         "summary (privacy.min_summary_cases): no validation numbers for it"
     )
+
+
+def record_failure(store: RunStore, run_dir: Path, exc: BaseException) -> None:
+    """Status ``failed`` with the cause of ``exc`` (``run_folder.cause_of``: a full disk or
+    an unwritable folder named as such, a plan error, the federation's). A store that cannot
+    be written (the disk is full) is left as it is: the launcher or ``status`` says more."""
+    with contextlib.suppress(sqlite3.Error, OSError):
+        store.meta.set_failed(cause_of(exc, run_dir, store.meta.round_bytes() or 0))
+        store.log(f"federation failed: {exc}", "error")
 
 
 def _with(sr: SiteRound, **changes: object) -> SiteRound:

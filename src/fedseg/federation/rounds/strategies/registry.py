@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedseg.errors import FedsegError
+from fedseg.errors import PlanError
 from fedseg.federation.rounds.strategies.base import Strategy
 from fedseg.federation.rounds.strategies.fedavg import FedAvg, FedProx
 from fedseg.federation.rounds.strategies.robust import Krum, Median, TrimmedMean
@@ -34,10 +34,11 @@ STRATEGIES: dict[str, type[Strategy[Any]]] = {
 
 
 def make_strategy(cfg: StrategyConfig, local_epochs: int) -> Strategy[Any]:
-    """The strategy named in the plan, with its parameters checked."""
+    """The strategy named in the plan, with its parameters checked (a ``PlanError`` names
+    the unknown strategy or the bad parameter)."""
     cls = STRATEGIES.get(cfg.name)
     if cls is None:
-        raise FedsegError(
+        raise PlanError(
             f"strategy {cfg.name!r} is unknown; choose one of {', '.join(sorted(STRATEGIES))}"
         )
     try:
@@ -45,5 +46,5 @@ def make_strategy(cfg: StrategyConfig, local_epochs: int) -> Strategy[Any]:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = "".join(f".{p}" for p in err["loc"])
-        raise FedsegError(f"strategy.params{where}: {err['msg']}") from None
+        raise PlanError(f"strategy.params{where}: {err['msg']}") from None
     return cls(params, local_epochs)
