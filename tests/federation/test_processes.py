@@ -24,7 +24,15 @@ from fedseg.federation.commands.simulate import simulate
 from fedseg.federation.rounds.coordinator import initial_weights
 from fedseg.model.model_file import load_model
 from fedseg.plan import load_plan, save_plan
-from fedseg.run_folder import BEST_MODEL, PLAN_FILE, STORE_FILE, MetaKey, RunStatus, model_path
+from fedseg.run_folder import (
+    BEST_MODEL,
+    PLAN_FILE,
+    STORE_FILE,
+    DeclaredCases,
+    MetaKey,
+    RunStatus,
+    model_path,
+)
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import SITES, tiny_plan
 from tests.helpers import fedseg_env
@@ -73,6 +81,8 @@ def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, P
         assert all(v.n == 1 for v in dice)
         assert store.case_metrics() == []  # per-case values never reach the aggregator
         assert set(store.checkpoints()) == {0, 1, 2}
+        # each site's hello declared its split through Flower; it bounds its reports
+        assert store.meta.declared() == dict.fromkeys(SITES, DeclaredCases(n_train=3, n_val=1))
         run_id = store.meta.run_id()
     w0 = initial_weights(load_plan(run / PLAN_FILE))
     w2 = load_model(model_path(run, 2)).weights
