@@ -31,10 +31,10 @@ DECL = DeclaredCases(n_train=8, n_val=2)
         (0, 0, None),
         (8, 2, None),
         (100_000, 100_000, None),
-        (-1, 2, "declared -1 training cases, outside [0, 100000]"),
-        (8, -5, "declared -5 validation cases"),
-        (10**9, 2, "declared 1000000000 training cases, outside [0, 100000]"),
-        (8, 100_001, "declared 100001 validation cases"),
+        (-1, 2, r"claims -1 training cases, outside \[0, 100000\]"),
+        (8, -5, "claims -5 validation cases"),
+        (10**9, 2, r"claims 1000000000 training cases, outside \[0, 100000\]"),
+        (8, 100_001, "claims 100001 validation cases"),
     ],
 )
 def test_declaration_is_believed_only_within_max_cases(

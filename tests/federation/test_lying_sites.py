@@ -190,9 +190,23 @@ def test_an_absurd_declaration_is_not_believed(tmp_path: Path) -> None:
         assert "site3" not in store.meta.declared()
         srs = store.site_rounds("site3")
         assert {s.status for s in srs} == {SiteRoundStatus.REJECTED}
-        assert all("declared no case counts" in (s.error or "") for s in srs)
+        assert all("claims 1000000000 training cases, outside [0, 100000]" in (s.error or "")
+                   for s in srs)  # fmt: skip
         assert store.meta.status() == RunStatus.DONE
-        assert any("declaration not believed: declared 1000000000 training cases" in m
+        assert any("declaration not believed: claims 1000000000 training cases" in m
+                   for _, _, m in store.events())  # fmt: skip
+
+
+def test_a_site_that_declared_nothing_declares_with_its_first_reply(tmp_path: Path) -> None:
+    """Its data folder did not read at the hello (e.g. it was being restored)."""
+    run = _run(tmp_path)
+    t = ArrayTransport(OFFSETS, N_TRAIN)
+    del t.declare["site3"]
+    Coordinator(run, t).run()
+    with RunStore(run) as store:
+        assert store.meta.declared()["site3"] == DeclaredCases(n_train=5, n_val=2)
+        assert {s.status for s in store.site_rounds("site3")} == {SiteRoundStatus.OK}
+        assert any("site3 declared 5 training and 2 validation cases (its first reply)" in m
                    for _, _, m in store.events())  # fmt: skip
 
 

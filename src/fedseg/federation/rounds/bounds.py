@@ -4,9 +4,12 @@ A site declares its split's case counts in its hello (``run_folder.DeclaredCases
 coordinator records the first declaration of each site in the run store and keeps it for
 the run. Every later reply is checked against it here (plan key ``bounds``):
 
-- a declaration is believed only with counts in ``[0, max_cases]``;
+- a declaration is believed only with counts in ``[0, max_cases]``; a site whose hello
+  declared nothing (its data folder did not read then) declares with its first reply;
 - a reply's ``n_train``/``n_val`` must be in ``[0, declared]``: a site whose split grew
-  during the run is rejected until a new run (its cases are fixed for this one);
+  during the run is rejected until a new run (its cases are fixed for this one). A site's
+  aggregation weight (its training cases) is thereby capped at its declaration, itself at
+  most ``max_cases``;
 - a validation summary must name a known metric, count ``n`` in ``[0, declared n_val]``,
   a finite mean inside the metric's range (``model.metrics.METRIC_RANGES``: Dice-like
   metrics in [0, 1], HD95 in [0, 373.13] mm) and a std in ``[0, (hi - lo) / 2]`` (the
@@ -32,7 +35,7 @@ def check_declaration(declared: DeclaredCases, max_cases: int) -> None:
     for what, n in (("training", declared.n_train), ("validation", declared.n_val)):
         if not 0 <= n <= max_cases:
             raise UpdateRejected(
-                f"declared {n} {what} cases, outside [0, {max_cases}] (plan bounds.max_cases)"
+                f"claims {n} {what} cases, outside [0, {max_cases}] (plan bounds.max_cases)"
             )
 
 

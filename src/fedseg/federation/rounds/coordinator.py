@@ -205,7 +205,6 @@ class Coordinator:
         """Record the first believable declaration of each of ``sites``; a later, different
         one is logged and changes nothing (the counts are fixed for the run)."""
         claims = self.transport.declared_cases()
-        changed = False
         for site in sites:
             claim, known = claims.get(site), self.declared.get(site)
             if claim is None or claim == known:
@@ -218,16 +217,18 @@ class Coordinator:
                 )  # fmt: skip
                 continue
             try:
-                check_declaration(claim, self.plan.bounds.max_cases)
+                self._declare(site, claim, "its hello")
             except UpdateRejected as exc:
                 self.store.log(f"site {site}: declaration not believed: {exc}", "warning")
-                continue
-            self.declared[site] = claim
-            changed = True
-            self.store.log(f"site {site} declared {claim.n_train} training and {claim.n_val} "
-                           "validation cases")  # fmt: skip
-        if changed:
-            self.store.meta.set_declared(self.declared)
+
+    def _declare(self, site: str, claim: DeclaredCases, source: str) -> None:
+        """Make ``claim`` the site's declaration for the run (meta ``declared``), or raise
+        ``UpdateRejected`` when it is not believable (``bounds.check_declaration``)."""
+        check_declaration(claim, self.plan.bounds.max_cases)
+        self.declared[site] = claim
+        self.store.meta.set_declared(self.declared)
+        self.store.log(f"site {site} declared {claim.n_train} training and {claim.n_val} "
+                       f"validation cases ({source})")  # fmt: skip
 
     def _load_global(self, last: int) -> Weights:
         if last == 0:
@@ -395,9 +396,15 @@ class Coordinator:
         return SiteRound(status=SiteRoundStatus.OK, extra=extra, **base, **common), upd  # type: ignore[arg-type]
 
     def _check_report(self, site: str, res: TaskReply) -> None:
-        """``bounds.check_report`` against the site's declaration (plan ``bounds``)."""
-        if self.plan.bounds.enabled:
-            check_report(res.n_train, res.n_val, res.validation, self.declared.get(site))
+        """``bounds.check_report`` against the site's declaration (plan ``bounds``). A site
+        whose hello declared nothing (its data folder did not read then) declares with its
+        first reply: those counts are then fixed like a hello's."""
+        if not self.plan.bounds.enabled:
+            return
+        if site not in self.declared:
+            self._declare(site, DeclaredCases(n_train=res.n_train, n_val=res.n_val),
+                          "its first reply")  # fmt: skip
+        check_report(res.n_train, res.n_val, res.validation, self.declared.get(site))
 
     def _bound_norms(
         self, rnd: int, weights: Weights, updates: list[SiteUpdate], norms: dict[str, float],
