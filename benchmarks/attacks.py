@@ -12,7 +12,8 @@ Per run: the clean sites' mean validation Dice (the one round-score rule over th
 sites only) of the final model and of the model ``best.pt`` holds, whether a round
 failed, what became of the liar's replies and its share of the aggregation weight.
 
-    python benchmarks/attacks.py [--rounds 4] [--sites 3] [--cases 8] [--keep DIR]
+    python benchmarks/attacks.py [--rounds 4] [--sites 3] [--cases 8] [--local-epochs 2]
+        [--base-filters 8] [--patch 32] [--lr 3e-3] [--attacks 0 1 ...] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -50,15 +51,16 @@ ATTACKS: dict[str, Poison | None] = {
 }
 
 
-def run_one(work: Path, sites: dict[str, Path], rounds: int, poison: Poison | None,
-            bounds: bool, threads: int) -> dict[str, str]:  # fmt: skip
+def run_one(work: Path, sites: dict[str, Path], args: argparse.Namespace,
+            poison: Poison | None, bounds: bool) -> dict[str, str]:  # fmt: skip
     """One federation; its row of the table."""
+    patch = (args.patch,) * 3
     plan = PlanConfig(
-        name="attack", sites={s: SiteConfig(data=p) for s, p in sites.items()}, rounds=rounds,
-        min_sites=2, round_timeout_s=3600, seed=0,
-        network=NetworkConfig(base_filters=4, depth=2),
-        train=TrainConfig.cpu(patch_size=(16, 16, 16), val_roi=(32, 32, 32), val_overlap=0.0,
-                              val_batch_size=4, cache_mb=64),
+        name="attack", sites={s: SiteConfig(data=p) for s, p in sites.items()},
+        rounds=args.rounds, local_epochs=args.local_epochs, min_sites=2, round_timeout_s=3600,
+        seed=0, network=NetworkConfig(base_filters=args.base_filters, depth=2),
+        train=TrainConfig.cpu(lr=args.lr, patch_size=patch, val_roi=(32, 32, 32),
+                              val_overlap=0.0, val_batch_size=4, cache_mb=64),
         bounds=BoundsConfig(enabled=bounds),
     )  # fmt: skip
     work.mkdir(parents=True)
@@ -102,6 +104,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--sites", type=int, default=3)
     ap.add_argument("--cases", type=int, default=8, help="cases per site (4:1 split)")
+    ap.add_argument("--local-epochs", type=int, default=2)
+    ap.add_argument("--base-filters", type=int, default=8)
+    ap.add_argument("--patch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--attacks", nargs="*", type=int, default=None,
                     help="indices into the attack list (default: all)")  # fmt: skip
@@ -116,7 +122,8 @@ def main() -> None:
     console.print(f"work folder {work}: {args.sites} synthetic sites x {args.cases} cases")
     names = make_tiny_dataset(work / "data", sites=args.sites, cases_per_site=args.cases, seed=0)
     sites = {s: work / "data" / s for s in names}
-    table = Table(title=f"FedAvg, {args.sites} sites, {args.rounds} rounds; {LIAR} lies "
+    table = Table(title=f"FedAvg, {args.sites} sites, {args.rounds} rounds of "
+                  f"{args.local_epochs} epochs; {LIAR} lies "
                   "in every reply; Dice = mean validation Dice at the clean sites")  # fmt: skip
     for col in ("attack", "bounds", "final model Dice", "best.pt Dice", "round failed",
                 "liar's replies", "liar's weight (round 1)", "wall s"):  # fmt: skip
@@ -126,7 +133,7 @@ def main() -> None:
     for i, (label, poison) in enumerate(chosen):
         for bounds in (False, True):
             tag = f"{i}-{'on' if bounds else 'off'}"
-            row = run_one(work / "runs" / tag, sites, args.rounds, poison, bounds, args.threads)
+            row = run_one(work / "runs" / tag, sites, args, poison, bounds)
             console.print(f"{label}, bounds {'on' if bounds else 'off'}: {row}")
             table.add_row(label, "on" if bounds else "off (before)", row["final"], row["best"],
                           row["failed"], row["liar"], row["share"], row["wall"])  # fmt: skip
