@@ -8,9 +8,10 @@ engine of ``fedseg compare``) on tiny synthetic sites (4 mm, as ``fedseg data sy
 once with the plan's ``bounds: {enabled: false}`` and once with the default bounds. A
 clean run (nobody lies) with and without the bounds measures what the norm bound costs.
 
-Per run: the clean sites' mean validation Dice (the one round-score rule over the clean
-sites only) of the final model and of the model ``best.pt`` holds, whether a round
-failed, what became of the liar's replies and its share of the aggregation weight.
+Per run: the clean sites' mean validation Dice (the one round-score rule over the sites
+other than the liar, in the clean run too) of the final model and of the model ``best.pt``
+holds, whether a round failed, what became of the liar's replies and its share of the
+aggregation weight.
 
     python benchmarks/attacks.py [--rounds 4] [--sites 3] [--cases 8] [--local-epochs 2]
         [--base-filters 8] [--patch 32] [--lr 3e-3] [--attacks 0 1 ...] [--keep DIR]
@@ -73,7 +74,7 @@ def run_one(work: Path, sites: dict[str, Path], args: argparse.Namespace,
     except Exception as exc:  # the attack halted the federation: that is the measurement
         failed = (str(exc).splitlines() or [type(exc).__name__])[0]
     wall = time.perf_counter() - t0
-    clean = [s for s in sites if poison is None or s != poison.site]
+    clean = [s for s in sites if s != LIAR]  # the same sites in every row, the clean run's too
     with RunStore(work) as store:
         scores = round_scores(store, sites=clean)
         best = store.meta.best()
