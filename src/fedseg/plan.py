@@ -72,6 +72,33 @@ class PrivacyConfig(BaseModel):
     )
 
 
+class BoundsConfig(BaseModel):
+    """What a site's reports may claim (plan key ``bounds``; ``federation.rounds.bounds``).
+
+    A site declares its split's case counts when it joins; they are fixed for the run. A
+    reply that claims more cases than declared, a negative count, or a validation summary
+    outside its metric's range is ``rejected`` (the round goes on with the others); an
+    update whose change of the global model is over ``reject_norm_ratio`` times the
+    round's median change is rejected, one over ``update_norm_ratio`` times is clipped to
+    that. ``enabled: false`` exists only to measure what the bounds prevent
+    (``benchmarks/attacks.py``); a real federation keeps them on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_cases: int = Field(
+        100_000, ge=1, description="a site declaring more cases than this is not believed"
+    )
+    update_norm_ratio: float | None = Field(
+        3.0, gt=0, description="clip updates to this x the round's median update norm "
+        "(null: no clipping)",
+    )  # fmt: skip
+    reject_norm_ratio: float | None = Field(
+        1000.0, gt=0, description="reject updates over this x the round's median update norm "
+        "(null: never)",
+    )  # fmt: skip
+
+
 class SiteConfig(BaseModel):
     """One site. ``data``: its data folder (simulation; relative paths are relative to the
     plan file). In a deployment the site keeps its data path to itself and ``data`` is None."""
@@ -120,6 +147,7 @@ class PlanConfig(BaseModel):
     strategy: StrategyConfig = StrategyConfig()
     alarms: AlarmConfig = AlarmConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    bounds: BoundsConfig = BoundsConfig()
 
     @field_validator("sites")
     @classmethod
@@ -234,6 +262,13 @@ privacy:
   # many cases (else it says only that it validated). A deployed site never goes below its
   # own floor (`fedseg site start --min-summary-cases`, default 3); a plan can only raise it.
   min_summary_cases: 3
+# What a site may report. Each site declares its split's case counts when it joins; a
+# reply claiming more cases, a negative count or a metric out of range is rejected.
+bounds:
+  enabled: true        # false only to measure what the bounds prevent
+  max_cases: 100000    # a site declaring more cases than this is not believed
+  update_norm_ratio: 3.0  # clip each update to 3x the round's median change (null: off)
+  reject_norm_ratio: 1000.0  # reject an update over 1000x the median change (null: off)
 # The one-site unit. FeTS recipe: base_filters 30, depth 4, patch 128^3, lr 5e-5.
 network:
   base_filters: 8

@@ -170,6 +170,7 @@ class MetaKey(StrEnum):
     LAST_TRAINED = "last_trained"  # LastTrained
     CAUSE = "cause"  # FailureCause: why the run failed or crashed
     ROUND_BYTES = "round_bytes"  # bytes a round's model files take (the plan check's estimate)
+    DECLARED = "declared"  # site -> DeclaredCases, fixed at the site's first connect
     # a centralized run (``fedseg train``)
     KIND = "kind"  # RunKind
     SITES = "sites"  # names of its data folders
@@ -197,6 +198,15 @@ class LiveState(_MetaValue):
     round: int
     phase: LivePhase
     sites: dict[str, SiteActivity] = {}
+
+
+class DeclaredCases(_MetaValue):
+    """What a site declared when it joined the run (its hello): the training and
+    validation cases of its split. Recorded at its first connect (meta ``declared``) and
+    fixed for the run: its later reports are bounded by it (``rounds.bounds``)."""
+
+    n_train: int
+    n_val: int
 
 
 class LastTrained(_MetaValue):
@@ -378,6 +388,18 @@ class RunMeta:
 
     def set_last_trained(self, last: LastTrained) -> None:
         self._t.set_meta(MetaKey.LAST_TRAINED, last.model_dump(mode="json"))
+
+    def declared(self) -> dict[str, DeclaredCases]:
+        raw = self._t.get_meta(MetaKey.DECLARED) or {}
+        return {
+            site: v for site, d in raw.items()
+            if (v := _model(DeclaredCases, MetaKey.DECLARED, d)) is not None
+        }  # fmt: skip
+
+    def set_declared(self, declared: dict[str, DeclaredCases]) -> None:
+        self._t.set_meta(
+            MetaKey.DECLARED, {s: d.model_dump(mode="json") for s, d in declared.items()}
+        )
 
     # -- a centralized run --------------------------------------------------------------
     def set_centralized(

@@ -14,6 +14,7 @@ from fedseg.model.config import NetworkConfig
 from fedseg.model.summary import Summary
 from fedseg.model.weights import Weights
 from fedseg.plan import PLAN_FILE, PlanConfig, SiteConfig, save_plan
+from fedseg.run_folder import DeclaredCases
 from fedseg.train.config import TrainConfig
 
 SITES = ("site1", "site2", "site3")
@@ -55,8 +56,10 @@ class ArrayTransport:
     """An in-process transport whose sites answer with hand-made arrays: each site returns
     the global weights plus a constant ``offsets[site]`` (and what ``tamper`` makes of it),
     an optimizer state whose moments equal ``offsets[site]`` (step = 10 * cases), and
-    validation Dice 0.5 + offset. Every request is kept for the test to inspect. It tests
-    the round loop and the math, not training."""
+    validation Dice 0.5 + offset over ``n_val[site]`` cases (default 2). Each site declares
+    ``n_train[site]`` and its ``n_val`` in its hello (``declare`` overrides that). Every
+    request is kept for the test to inspect. It tests the round loop and the math, not
+    training."""
 
     def __init__(
         self,
@@ -64,14 +67,23 @@ class ArrayTransport:
         n_train: dict[str, int],
         tamper: Callable[[str, Weights], Weights] | None = None,
         fail: dict[str, SiteFailure] | None = None,
+        n_val: dict[str, int] | None = None,
     ) -> None:
         self.offsets, self.n_train = offsets, n_train
+        self.n_val = {s: (n_val or {}).get(s, 2) for s in offsets}
         self.tamper = tamper
         self.fail = fail or {}
         self.requests: list[dict[str, TaskRequest]] = []
+        #: what each site declares in its hello (default: its counts)
+        self.declare: dict[str, DeclaredCases] = {
+            s: DeclaredCases(n_train=n_train.get(s, 0), n_val=self.n_val[s]) for s in offsets
+        }
 
     def connected_sites(self, wanted: list[str], wait_s: float) -> list[str]:
         return [s for s in wanted if s in self.offsets]
+
+    def declared_cases(self) -> dict[str, DeclaredCases]:
+        return dict(self.declare)
 
     def exchange(
         self,
@@ -96,9 +108,11 @@ class ArrayTransport:
                            "exp_avg/w": np.full(2, off, np.float32)}  # fmt: skip
                     if self.tamper is not None:
                         w = self.tamper(site, w)
+                n_val = self.n_val[site]
                 rep = TaskReply(
-                    site=site, weights=w, n_train=self.n_train[site], n_val=2, train_loss=0.5,
-                    validation={r: {"dice": Summary(0.5 + off, 0.1, 2)}
+                    site=site, weights=w, n_train=self.n_train[site], n_val=n_val,
+                    train_loss=0.5,
+                    validation={r: {"dice": Summary(0.5 + off, 0.1, n_val)}
                                 for r in ("ET", "TC", "WT", "mean")},
                     optimizer_state=opt,
                 )  # fmt: skip

@@ -35,7 +35,7 @@ class ScriptedTransport(ArrayTransport):
     where that is None; before each exchange it notes the run's ``best`` meta."""
 
     def __init__(self, run: Path) -> None:
-        super().__init__(dict.fromkeys(SITES, 0.01), dict.fromkeys(SITES, 3))
+        super().__init__(dict.fromkeys(SITES, 0.01), dict.fromkeys(SITES, 3), n_val=N_VAL)
         self.run = run
         self.best_seen: list[int | None] = []
 

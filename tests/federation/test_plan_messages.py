@@ -9,15 +9,24 @@ import pytest
 
 from fedseg.errors import FedsegError
 from fedseg.federation.engine.messages import (
+    decode_hello_reply,
     decode_reply,
     decode_request,
+    encode_hello_reply,
     encode_reply,
     encode_request,
 )
-from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_from_json, recipe_json
+from fedseg.federation.rounds.tasks import (
+    TaskReply,
+    TaskRequest,
+    declared_cases,
+    recipe_from_json,
+    recipe_json,
+)
 from fedseg.model.config import NetworkConfig
 from fedseg.model.summary import Summary
 from fedseg.plan import example_plan, load_plan
+from fedseg.run_folder import DeclaredCases
 from fedseg.train.config import TrainConfig
 
 
@@ -28,6 +37,9 @@ def test_example_plan_loads_and_resolves_paths(tmp_path: Path) -> None:
     assert list(plan.sites) == ["hospA", "hospB"]
     assert plan.sites["hospA"].data == sites[0]
     assert plan.strategy.name == "fedavg" and plan.min_sites == 2
+    # the report and norm bounds are on, written out where a user sees them
+    assert plan.bounds.enabled and plan.bounds.update_norm_ratio == 3.0
+    assert "bounds:" in example_plan(sites) and "enabled: true" in example_plan(sites)
     # relative data paths are relative to the plan file
     (tmp_path / "rel.yaml").write_text("sites:\n  a: {data: d/a}\n")
     assert load_plan(tmp_path / "rel.yaml").sites["a"].data == (tmp_path / "d" / "a").resolve()
@@ -43,6 +55,8 @@ def test_example_plan_loads_and_resolves_paths(tmp_path: Path) -> None:
         ("sites: {'a b': {}}\n", "site name 'a b'"),
         ("sites: {a: {}}\nnetwork: {depth: 3}\ntrain: {patch_size: [20, 20, 20]}\n", "multiples"),
         ("- just\n- a list\n", "a plan is a mapping"),
+        ("sites: {a: {}}\nbounds: {max_case: 3}\n", "bounds.max_case: Extra inputs"),
+        ("sites: {a: {}}\nbounds: {update_norm_ratio: 0}\n", "bounds.update_norm_ratio"),
     ],
 )
 def test_bad_plans_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -97,3 +111,12 @@ def test_flower_error_reasons_become_one_line() -> None:
     reason = "<class 'fedseg.errors.FedsegError'>:<'no complete labelled cases in /d/site3'>"
     assert error_line(reason) == "FedsegError: no complete labelled cases in /d/site3"
     assert error_line("Traceback ...\n  File x\nValueError: boom\n") == "ValueError: boom"
+
+
+def test_hello_declares_the_sites_split_counts(tmp_path: Path, tiny_sites: dict[str, Path]) -> None:
+    declared = declared_cases(tiny_sites["site1"])
+    assert declared == DeclaredCases(n_train=3, n_val=1)  # 4 cases, 4:1 split
+    assert decode_hello_reply(encode_hello_reply("site1", declared)) == ("site1", declared)
+    # a site whose data folder does not read declares nothing (its task says why)
+    assert declared_cases(tmp_path / "missing") is None
+    assert decode_hello_reply(encode_hello_reply("site1")) == ("site1", None)

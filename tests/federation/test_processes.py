@@ -35,6 +35,7 @@ from fedseg.run_folder import (
     PLAN_FILE,
     STORE_FILE,
     CauseKind,
+    DeclaredCases,
     MetaKey,
     RunStatus,
     model_path,
@@ -89,6 +90,8 @@ def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, P
         assert all(v.n == 1 for v in dice)
         assert store.case_metrics() == []  # per-case values never reach the aggregator
         assert set(store.checkpoints()) == {0, 1, 2}
+        # each site's hello declared its split through Flower; it bounds its reports
+        assert store.meta.declared() == dict.fromkeys(SITES, DeclaredCases(n_train=3, n_val=1))
         run_id = store.meta.run_id()
     w0 = initial_weights(load_plan(run / PLAN_FILE))
     w2 = load_model(model_path(run, 2)).weights
@@ -304,3 +307,49 @@ def test_killing_the_launcher_takes_its_engine_along(
     st = read_status(run)
     assert st.state == RunState.CRASHED and st.cause is not None
     assert st.cause.kind == CauseKind.WRITER_GONE and f"pid {proc.pid}" in st.cause.message
+
+
+def test_a_site_whose_split_grew_is_bounded_by_its_hello(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    # Real Flower processes: each site's hello declares its split (3 training, 1
+    # validation case); after round 1, site3's folder gains three cases, so in round 2 it
+    # reports more than it declared: its reply is rejected, the round goes on without it.
+    from fedseg.data.cases import discover_cases, load_case, write_case
+
+    sites = dict(tiny_sites)
+    copy = tmp_path / "site3"
+    shutil.copytree(tiny_sites["site3"], copy, ignore=shutil.ignore_patterns(".fedseg"))
+    sites["site3"] = copy
+    plan = _plan_file(tmp_path, sites, min_sites=2)
+    run = tmp_path / "run"
+    prepare_run(plan, run)
+    staged = [  # written beside the folder, moved in at once
+        write_case(tmp_path / "staging", f"added{i}", v.image, v.label, v.affine)
+        for i, v in enumerate(load_case(c) for c in discover_cases(tiny_sites["site1"])[:3])
+    ]
+
+    def grow_after_round_1() -> None:
+        end = time.monotonic() + 600
+        while time.monotonic() < end:
+            with RunStore(run) as s:
+                if s.last_done_round() >= 1:
+                    break
+            time.sleep(0.2)
+        for folder in staged:
+            folder.rename(copy / folder.name)
+
+    t = threading.Thread(target=grow_after_round_1, daemon=True)
+    t.start()
+    run_federation(run, LocalSites(), live=False)
+    t.join(timeout=5)
+    with RunStore(run) as store:
+        assert store.meta.declared()["site3"] == DeclaredCases(n_train=3, n_val=1)
+        by = {(s.round, s.site): s for s in store.site_rounds()}
+        assert by[(1, "site3")].status == "ok"
+        assert by[(2, "site3")].status == "rejected"
+        assert "more than the" in (by[(2, "site3")].error or "")
+        assert "it declared when it joined" in (by[(2, "site3")].error or "")
+        assert [r["status"] for r in store.rounds()] == ["done", "done"]
+        assert store.rounds()[1]["n_sites"] == 2
+        assert store.meta.status() == RunStatus.DONE

@@ -15,7 +15,7 @@ from tests.helpers import run_fedseg
     [(["fedsgd"], "not a plan file nor a strategy"),
      (["krum:f=-1"], "strategy.params.f"),
      (["fedavg", "--poison", "site9:scale=3"], "--poison names site 'site9'"),
-     (["fedavg", "--poison", "site1:flip"], "SITE:scale=FACTOR or SITE:scramble"),
+     (["fedavg", "--poison", "site1:flip"], "SITE:scale=FACTOR, SITE:scramble"),
      (["cyclic:epochs_per_visit=2", "--budget", "3"], "whole number of cycles")],
 )  # fmt: skip
 def test_errors_are_one_line(tmp_path: Path, four_sites: dict[str, Path], args: list[str],
@@ -45,7 +45,7 @@ def test_compare_end_to_end_with_a_poisoned_site(tmp_path: Path,
         "--data", str(four_sites["site1"]), "--data", str(four_sites["site2"]),
         "--data", str(four_sites["site3"]), "--holdout", str(four_sites["site4"]),
         "--budget", "1", "--recipe", str(recipe),
-        "--poison", "site2:scale=50", "--out", str(out), timeout=850,
+        "--poison", "site2:scale=50", "--no-bounds", "--out", str(out), timeout=850,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {row["run"]: row for row in csv.DictReader((out / "results.csv").open())}
@@ -60,7 +60,8 @@ def test_compare_end_to_end_with_a_poisoned_site(tmp_path: Path,
     assert "| fedavg | plan | 1 |" in (out / "results.md").read_text()
     per_site = list(csv.DictReader((out / "per_site.csv").open()))
     assert {p["site"] for p in per_site} == {"site1", "site2", "site3", "site4 (held out)"}
-    # the x50 update of site2 went into FedAvg's model; the median of 3 left it out
+    # without the bounds, the x50 update of site2 went into FedAvg's model; the median of 3
+    # left it out
     import numpy as np
 
     from fedseg.model.model_file import load_model

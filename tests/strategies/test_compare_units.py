@@ -34,7 +34,19 @@ def _cfg(*plans: str, budget: int = 4) -> CompareConfig:
 def test_parse_poison() -> None:
     assert parse_poison("site2:scale=50").scale == 50 and parse_poison("a:scale").scale == 50
     assert parse_poison("site3:scramble").kind == "scramble"
-    for bad in ("site2", "site2:flip", "site2:scale=x", ":scale=3", "s:scramble=2"):
+    assert parse_poison("s:n_train=-5").n_train == -5
+    assert parse_poison("s:n_train=1000000000").n_train == 10**9
+    assert parse_poison("s:dice=1").dice == 1.0 and parse_poison("s:scale=1e30").scale == 1e30
+    for bad in (
+        "site2",
+        "site2:flip",
+        "site2:scale=x",
+        ":scale=3",
+        "s:scramble=2",
+        "s:n_train",
+        "s:n_train=1.5",
+        "s:dice",
+    ):
         with pytest.raises(FedsegError, match="poison"):
             parse_poison(bad)
 

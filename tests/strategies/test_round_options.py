@@ -33,9 +33,10 @@ OFFSETS = {"site1": 0.1, "site2": 0.2, "site3": 0.4}
 N_TRAIN = {"site1": 1, "site2": 2, "site3": 5}
 
 
-def _run(tmp_path: Path, name: str, rounds: int = 2, transport=None, **params):  # type: ignore[no-untyped-def]
+def _run(tmp_path: Path, name: str, rounds: int = 2, transport=None, bounds=None, **params):  # type: ignore[no-untyped-def]
     sites = {s: tmp_path / s for s in SITES}
-    plan = tiny_plan(sites, rounds=rounds, strategy={"name": name, "params": params})
+    extra = {"bounds": bounds} if bounds is not None else {}
+    plan = tiny_plan(sites, rounds=rounds, strategy={"name": name, "params": params}, **extra)
     run = write_run(tmp_path / name, plan)
     t = transport or ArrayTransport(OFFSETS, N_TRAIN)
     Coordinator(run, t).run()
@@ -104,14 +105,19 @@ def test_median_resists_a_scaled_update_fedavg_does_not(tmp_path: Path) -> None:
         )
 
     res = {}
-    for name in ("fedavg", "median", "krum"):
-        run, _ = _run(tmp_path, name, rounds=1,
-                      transport=ArrayTransport(OFFSETS, N_TRAIN, tamper=scale_site3))  # fmt: skip
+    no_clip = {"update_norm_ratio": None}  # the strategies alone, without the norm bound
+    for name in ("fedavg", "median", "krum", "fedavg-bounded"):
+        strategy = name.removesuffix("-bounded")
+        run, _ = _run(tmp_path / name, strategy, rounds=1,
+                      transport=ArrayTransport(OFFSETS, N_TRAIN, tamper=scale_site3),
+                      bounds=None if name.endswith("-bounded") else no_clip)  # fmt: skip
         w0 = initial_weights(load_plan(run / "plan.yaml"))
         w1 = load_model(model_path(run, 1)).weights
         res[name] = max(float(np.abs(w1[k] - w0[k]).max()) for k in float_keys(w0))
     assert res["median"] < 1.0 and res["krum"] < 1.0
     assert res["fedavg"] > 5 * res["median"]
+    # the default norm bound clips site3's x50 update to 3x the round's median change
+    assert res["fedavg-bounded"] < 0.1 * res["fedavg"]
 
 
 def test_messages_carry_options_and_optimizer_state() -> None:

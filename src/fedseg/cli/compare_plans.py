@@ -31,8 +31,15 @@ def compare(
     poison: str = typer.Option(
         None,
         "--poison",
-        help="A poisoned site: SITE:scale=50 (its update x50) or SITE:scramble "
-        "(its labels NCR->ED->ET->NCR).",
+        help="A poisoned site: SITE:scale=50 (its update x50), SITE:scramble "
+        "(its labels NCR->ED->ET->NCR), SITE:n_train=N (it claims N training cases) or "
+        "SITE:dice=D (it claims Dice D over 10,000 cases for the initial model).",
+    ),
+    no_bounds: bool = typer.Option(
+        False,
+        "--no-bounds",
+        help="Switch off the plans' report and norm bounds (plan `bounds`), to measure "
+        "what they prevent.",
     ),
     threads: int = typer.Option(1, "--threads", min=1, help="Torch CPU threads."),
     no_baselines: bool = typer.Option(
@@ -65,6 +72,7 @@ def compare(
         network=rec.network,
         train=rec.train,
         poison=parse_poison(poison) if poison else None,
+        bounds=not no_bounds,
         baselines=not no_baselines,
         threads=threads,
     )

@@ -21,6 +21,16 @@ from fedseg.errors import FedsegError
 
 HD95_ONE_EMPTY = 373.13
 METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "sensitivity", "specificity")
+#: The range of each metric's per-case values, hence of any mean over cases: what a site's
+#: validation summary may claim (``federation.rounds.bounds``). HD95's top is the BraTS
+#: grid's diagonal (``HD95_ONE_EMPTY``).
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "dice": (0.0, 1.0),
+    "jaccard": (0.0, 1.0),
+    "hd95": (0.0, HD95_ONE_EMPTY),
+    "sensitivity": (0.0, 1.0),
+    "specificity": (0.0, 1.0),
+}
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:

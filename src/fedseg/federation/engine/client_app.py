@@ -19,6 +19,7 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fedseg.federation.engine.messages import decode_request, encode_hello_reply, encode_reply
+from fedseg.federation.rounds.tasks import declared_cases
 
 #: Node-config keys, shared with ``fedseg site start`` (federation.deploy).
 NODE_SITE_NAME = "site-name"
@@ -41,7 +42,9 @@ def _site(context: Context) -> str:
 
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
-    return Message(encode_hello_reply(_site(context)), reply_to=msg)
+    data = context.node_config.get(NODE_DATA_DIR)
+    declared = declared_cases(Path(str(data))) if data else None
+    return Message(encode_hello_reply(_site(context), declared), reply_to=msg)
 
 
 def process_age_s() -> float:

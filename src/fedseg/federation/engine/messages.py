@@ -16,6 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, optimizer_mode
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
 from fedseg.model.summary import MIN_SUMMARY_CASES, Summary
+from fedseg.run_folder import DeclaredCases
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
     from fedseg.model.weights import Weights
@@ -145,9 +146,18 @@ def decode_reply(content: RecordDict) -> TaskReply:
     )
 
 
-def encode_hello_reply(site: str) -> RecordDict:
-    return RecordDict({"site": ConfigRecord({"name": site})})
+def encode_hello_reply(site: str, declared: DeclaredCases | None = None) -> RecordDict:
+    """A site's hello: its name and, when its data folder reads, its split's case counts."""
+    rec = ConfigRecord({"name": site})
+    if declared is not None:
+        rec["n_train"], rec["n_val"] = int(declared.n_train), int(declared.n_val)
+    return RecordDict({"site": rec})
 
 
-def decode_hello_reply(content: RecordDict) -> str:
-    return str(content["site"]["name"])
+def decode_hello_reply(content: RecordDict) -> tuple[str, DeclaredCases | None]:
+    """The site's name and declared case counts (None when it declared none)."""
+    rec = content["site"]
+    declared = None
+    if "n_train" in rec and "n_val" in rec:
+        declared = DeclaredCases(n_train=int(rec["n_train"]), n_val=int(rec["n_val"]))
+    return str(rec["name"]), declared

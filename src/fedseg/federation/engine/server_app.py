@@ -3,7 +3,8 @@
 Run config keys (``flwr run ... --run-config``): ``run-dir`` (absolute path of the run
 folder, holding ``plan.yaml``) and ``run-id`` (our run's name, shared with the sites).
 Sites are found by asking every new node its name (a ``query.hello`` message answered
-from the node's ``--node-config site-name=NAME``).
+from the node's ``--node-config site-name=NAME``); the answer also declares the site's
+split case counts, which bound its reports (``rounds.bounds``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from fedseg.federation.rounds.coordinator import (
     record_failure,
 )
 from fedseg.federation.security.enrollment import enrolled_nodes
-from fedseg.run_folder import SiteRoundStatus
+from fedseg.run_folder import DeclaredCases, SiteRoundStatus
 from fedseg.tracking.store import RunStore
 
 #: How often replies are polled. Flower's own send_and_receive sleeps 3 s between polls;
@@ -58,6 +59,8 @@ class FlowerTransport:
         self.log = log
         self.enrolled = enrolled
         self.node_site: dict[int, str] = {}
+        #: site -> the case counts its latest hello declared
+        self.declared: dict[str, DeclaredCases] = {}
         self._asked: set[int] = set()
 
     def connected_sites(self, wanted: Sequence[str], wait_s: float) -> list[str]:
@@ -91,7 +94,7 @@ class FlowerTransport:
                 if reply.has_error():
                     self.log(f"node {node} did not say its site name: {reply.error.reason}")
                     continue
-                site = decode_hello_reply(reply.content)
+                site, declared = decode_hello_reply(reply.content)
                 if self.enrolled is not None:
                     trusted = self.enrolled.get(node)
                     if trusted != site:
@@ -108,8 +111,15 @@ class FlowerTransport:
                 for n in stale:  # a restarted site comes back as a new node
                     del self.node_site[n]
                 self.node_site[node] = site
+                if declared is not None:
+                    self.declared[site] = declared
+                else:
+                    self.declared.pop(site, None)
             if ids:
                 time.sleep(POLL_S)
+
+    def declared_cases(self) -> dict[str, DeclaredCases]:
+        return dict(self.declared)
 
     def exchange(
         self,

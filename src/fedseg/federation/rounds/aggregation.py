@@ -8,6 +8,14 @@ Conventions:
 - Integer arrays (e.g. batch-norm ``num_batches_tracked`` counters) are averaged in float64
   and rounded to the nearest integer, so a counter stays a count of the same order; boolean
   arrays take the weighted majority. Both keep their dtype.
+- The norm bound: an update's change of the global model (its ``difference_norm`` over the
+  floating arrays) is clipped to a multiple of the round's lower median change
+  (``norm_bound``, ``clip_update``), keeping its direction. Clipping, not rejecting: an
+  honest site whose update is merely larger (more cases, more steps, a harder round) still
+  counts, with a bounded pull. Only an absurd change (a far larger multiple, which no
+  honest site reaches: an update scaled by 1e30) is rejected, so that it shows as such.
+  The lower median (the smaller middle value for an even count) stays an honest update's
+  norm as long as fewer than half of the updates are inflated, two sites included.
 """
 
 from __future__ import annotations
@@ -89,6 +97,29 @@ def difference_norm(a: Weights, b: Weights) -> float:
         d = x.astype(np.float64) - b[k].astype(np.float64)
         total += float(np.vdot(d, d).real)
     return float(np.sqrt(total))
+
+
+def norm_bound(norms: Sequence[float], ratio: float) -> float:
+    """``ratio`` times the lower median of ``norms`` (at least one)."""
+    ordered = sorted(norms)
+    return ratio * ordered[(len(ordered) - 1) // 2]
+
+
+def clip_update(update: Weights, reference: Weights, max_norm: float) -> Weights:
+    """``update`` with its change from ``reference`` scaled down to ``max_norm`` (floating
+    arrays; integer and boolean arrays kept); unchanged when it is within the bound."""
+    norm = difference_norm(update, reference)
+    if norm <= max_norm:
+        return update
+    f = max_norm / norm
+    out: Weights = {}
+    for k, x in update.items():
+        if x.dtype.kind not in "fc":
+            out[k] = x
+            continue
+        ref = reference[k].astype(np.float64)
+        out[k] = (ref + f * (x.astype(np.float64) - ref)).astype(x.dtype)
+    return out
 
 
 def n_bytes(weights: Weights) -> int:

@@ -4,10 +4,16 @@ The engine is a ``Transport`` (Flower's in ``server_app``): it finds the connect
 exchanges ``TaskRequest``/``TaskReply`` values. Everything that is decided or measured is
 here and lands in the run store:
 
+- sites: each site's hello declares its split's case counts; the first declaration of a
+  site is recorded (meta ``declared``) and bounds its reports for the rest of the run,
+  across restarts (``bounds``);
 - round r: every site validates global model r-1 (``validation`` rows with
-  ``model_round = r - 1``) and trains; updates are checked, bad ones are stored as
-  ``rejected``, the rest aggregated into model r (``models/round_XXXX.pt``, with the
-  strategy's state, if it keeps any, in ``round_XXXX.strategy.npz``);
+  ``model_round = r - 1``) and trains; replies are checked (plan ``bounds``: counts and
+  validation summaries against the declaration; then the weights), bad ones are stored as
+  ``rejected`` with a one-line reason and nothing of them is used, the other updates are
+  clipped to the norm bound (``aggregation.norm_bound``) and aggregated into model r
+  (``models/round_XXXX.pt``, with the strategy's state, if it keeps any, in
+  ``round_XXXX.strategy.npz``);
 - a site with fewer validation cases than the plan's ``privacy.min_summary_cases`` (or its
   own floor) replies ``validated`` without numbers: an event, no ``validation`` rows, so
   the round-score rule counts it as a site that did not validate; a failed site's error is
@@ -32,9 +38,9 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -42,8 +48,11 @@ from fedseg.errors import FedsegError
 from fedseg.federation.rounds.aggregation import (
     UpdateRejected,
     check_update,
+    clip_update,
     difference_norm,
+    norm_bound,
 )
+from fedseg.federation.rounds.bounds import check_declaration, check_report
 from fedseg.federation.rounds.strategies.base import SiteUpdate, Strategy
 from fedseg.federation.rounds.strategies.registry import make_strategy
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_json
@@ -55,6 +64,7 @@ from fedseg.run_folder import (
     BEST_MODEL,
     PLAN_FILE,
     BestModel,
+    DeclaredCases,
     LastTrained,
     LivePhase,
     LiveState,
@@ -69,6 +79,8 @@ from fedseg.run_folder import (
 from fedseg.tracking.alarms import check_alarms
 from fedseg.tracking.selection import best_round
 from fedseg.tracking.store import RunStore, SiteRound
+
+_D = TypeVar("_D")
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,11 @@ class Transport(Protocol):
         on_result: Callable[[str, Exchanged], None],
     ) -> dict[str, Exchanged]:
         """Send each site its request; collect replies until all came or ``timeout_s``."""
+        ...
+
+    def declared_cases(self) -> dict[str, DeclaredCases]:
+        """What each connected site declared in its hello (sites that declared nothing
+        are absent)."""
         ...
 
 
@@ -143,6 +160,8 @@ class Coordinator:
             self.plan = self.plan.model_copy(update={"rounds": rounds})
         self.recipe = recipe_json(self.plan.network, self.plan.train)
         self.live = LiveState(round=0, phase=LivePhase.CONNECTING)
+        #: each site's first declaration in this run (meta ``declared``)
+        self.declared = self.store.meta.declared()
 
     # -- public -----------------------------------------------------------------------
     def run(self) -> None:
@@ -184,7 +203,37 @@ class Coordinator:
             )
         if missing:
             self.store.log(f"sites not connected, continuing without them: {missing}", "warning")
+        self._record_declarations(sites)
         return sites
+
+    def _record_declarations(self, sites: Sequence[str]) -> None:
+        """Record the first believable declaration of each of ``sites``; a later, different
+        one is logged and changes nothing (the counts are fixed for the run)."""
+        claims = self.transport.declared_cases()
+        for site in sites:
+            claim, known = claims.get(site), self.declared.get(site)
+            if claim is None or claim == known:
+                continue
+            if known is not None:
+                self.store.log(
+                    f"site {site} now declares {claim.n_train} training and {claim.n_val} "
+                    f"validation cases; its reports stay bounded by the {known.n_train} and "
+                    f"{known.n_val} it declared when it joined this run", "warning",
+                )  # fmt: skip
+                continue
+            try:
+                self._declare(site, claim, "its hello")
+            except UpdateRejected as exc:
+                self.store.log(f"site {site}: declaration not believed: {exc}", "warning")
+
+    def _declare(self, site: str, claim: DeclaredCases, source: str) -> None:
+        """Make ``claim`` the site's declaration for the run (meta ``declared``), or raise
+        ``UpdateRejected`` when it is not believable (``bounds.check_declaration``)."""
+        check_declaration(claim, self.plan.bounds.max_cases)
+        self.declared[site] = claim
+        self.store.meta.set_declared(self.declared)
+        self.store.log(f"site {site} declared {claim.n_train} training and {claim.n_val} "
+                       f"validation cases ({source})")  # fmt: skip
 
     def _load_global(self, last: int) -> Weights:
         if last == 0:
@@ -204,6 +253,7 @@ class Coordinator:
         store.start_round(rnd)
         store.log(f"round {rnd} started")
         sites = self.transport.connected_sites(plan.site_names, 0.0) or plan_sites
+        self._record_declarations(sites)
         tasks = self.strategy.configure_round(rnd, sites)
         requests = {
             s: TaskRequest(
@@ -240,6 +290,8 @@ class Coordinator:
             records[site] = sr
             if upd is not None:
                 updates.append(upd)
+        norms = {u.site: difference_norm(u.weights, weights) for u in updates}
+        updates = self._bound_norms(rnd, weights, updates, norms, records)
         trained = [s for s in requests if requests[s].epochs > 0]
         if self.strategy.skip_failed_sites and trained and not updates:
             store.log(f"round {rnd}: no update from {', '.join(trained)}; skipped, the model "
@@ -258,7 +310,7 @@ class Coordinator:
             sr = records[upd.site]
             records[upd.site] = _with(
                 sr,
-                update_norm=difference_norm(upd.weights, weights),
+                update_norm=norms[upd.site],
                 update_distance=difference_norm(upd.weights, new),
             )
         for sr in records.values():
@@ -298,6 +350,11 @@ class Coordinator:
         for site in requests:
             ex = results.get(site)
             if ex is not None and isinstance(ex.result, TaskReply) and ex.result.validation:
+                try:
+                    self._check_report(site, ex.result)
+                except UpdateRejected as exc:
+                    self.store.log(f"final validation: site {site} rejected: {exc}", "warning")
+                    continue
                 self.store.record_validation(rnd, site, ex.result.validation)
             elif ex is not None and isinstance(ex.result, TaskReply) and ex.result.validated:
                 self.store.log(_withheld(site, rnd, ex.result.n_val))
@@ -319,6 +376,11 @@ class Coordinator:
         if isinstance(res, SiteFailure):
             self.store.log(f"round {rnd}: site {site} {res.status}: {res.error}", "warning")
             return SiteRound(status=res.status, error=res.error, **common), None  # type: ignore[arg-type]
+        try:
+            self._check_report(site, res)
+        except UpdateRejected as exc:  # nothing of a lying reply is used, its counts neither
+            self.store.log(f"round {rnd}: site {site} reply rejected: {exc}", "warning")
+            return SiteRound(status=SiteRoundStatus.REJECTED, error=str(exc), **common), None  # type: ignore[arg-type]
         if res.validation:
             self.store.record_validation(rnd - 1, site, res.validation)
         elif res.validated:
@@ -343,6 +405,51 @@ class Coordinator:
         upd = SiteUpdate(site, res.weights, res.n_train, res.train_loss or float("nan"),
                          res.optimizer_state)  # fmt: skip
         return SiteRound(status=SiteRoundStatus.OK, extra=extra, **base, **common), upd  # type: ignore[arg-type]
+
+    def _check_report(self, site: str, res: TaskReply) -> None:
+        """``bounds.check_report`` against the site's declaration (plan ``bounds``). A site
+        whose hello declared nothing (its data folder did not read then) declares with its
+        first reply: those counts are then fixed like a hello's."""
+        if not self.plan.bounds.enabled:
+            return
+        if site not in self.declared:
+            self._declare(site, DeclaredCases(n_train=res.n_train, n_val=res.n_val),
+                          "its first reply")  # fmt: skip
+        check_report(res.n_train, res.n_val, res.validation, self.declared.get(site))
+
+    def _bound_norms(
+        self, rnd: int, weights: Weights, updates: list[SiteUpdate], norms: dict[str, float],
+        records: dict[str, SiteRound],
+    ) -> list[SiteUpdate]:  # fmt: skip
+        """The updates within the round's norm bounds (plan ``bounds``), in units of the
+        round's lower median change: one over ``reject_norm_ratio`` is ``rejected`` (its
+        record says so), one over ``update_norm_ratio`` is clipped to that (its record says
+        to what). A round whose median change is 0 has no scale and is left as it is."""
+        b = self.plan.bounds
+        median = norm_bound(list(norms.values()), 1.0) if updates else 0.0
+        if not (b.enabled and median > 0):
+            return updates
+        out = []
+        for u in updates:
+            ratio = norms[u.site] / median
+            if b.reject_norm_ratio is not None and ratio > b.reject_norm_ratio:
+                why = (
+                    f"update norm {norms[u.site]:.3g} is {ratio:.3g} x the round's median "
+                    f"change, over bounds.reject_norm_ratio {b.reject_norm_ratio:g}"
+                )
+                self.store.log(f"round {rnd}: site {u.site} update rejected: {why}", "warning")
+                records[u.site] = _with(records[u.site], status=SiteRoundStatus.REJECTED,
+                                        error=why, update_norm=norms[u.site])  # fmt: skip
+                continue
+            if b.update_norm_ratio is not None and ratio > b.update_norm_ratio:
+                bound = b.update_norm_ratio * median
+                self.store.log(f"round {rnd}: site {u.site} update clipped from norm "
+                               f"{norms[u.site]:.3g} to {bound:.3g}", "warning")  # fmt: skip
+                u = _with(u, weights=clip_update(u.weights, weights, bound))
+                sr = records[u.site]
+                records[u.site] = _with(sr, extra={**(sr.extra or {}), "clipped_to": bound})
+            out.append(u)
+        return out
 
     def _on_result(self, rnd: int, site: str, ex: Exchanged) -> None:
         res = ex.result
@@ -403,7 +510,6 @@ def record_failure(store: RunStore, run_dir: Path, exc: BaseException) -> None:
         store.log(f"federation failed: {exc}", "error")
 
 
-def _with(sr: SiteRound, **changes: object) -> SiteRound:
-    from dataclasses import replace
-
-    return replace(sr, **changes)  # type: ignore[arg-type]
+def _with(value: _D, **changes: Any) -> _D:
+    """A copy of the frozen dataclass ``value`` with ``changes``."""
+    return replace(value, **changes)  # type: ignore[type-var]

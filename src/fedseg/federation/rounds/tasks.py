@@ -4,18 +4,22 @@
 (``site``) exchange; the engine (``engine.messages``) encodes them for Flower. A reply
 holds weights and summaries only (means, standard deviations, counts): never images,
 labels or per-case values, and no summary over fewer than ``min_summary_cases`` cases
-(``disclosure``).
+(``disclosure``). When a site joins, its hello declares its split's case counts
+(``declared_cases``), which bound what its replies may claim (``bounds``).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedseg.errors import FedsegError
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, OptimizerMode
 from fedseg.model.config import NetworkConfig
 from fedseg.model.summary import MIN_SUMMARY_CASES, Summary
+from fedseg.run_folder import DeclaredCases
 from fedseg.train.config import TrainConfig
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
@@ -79,3 +83,16 @@ def recipe_json(network: NetworkConfig, train: TrainConfig) -> str:
 def recipe_from_json(text: str) -> tuple[NetworkConfig, TrainConfig]:
     raw = json.loads(text)
     return NetworkConfig.model_validate(raw["network"]), TrainConfig.model_validate(raw["train"])
+
+
+def declared_cases(data: Path) -> DeclaredCases | None:
+    """The case counts of a site's split (``data.splits``, created on first use), which the
+    site declares when it joins a run; None when its data folder does not read (its first
+    task then fails with the reason)."""
+    from fedseg.data.splits import load_split  # torch-free: the hello must start fast
+
+    try:
+        split = load_split(Path(data))
+    except (FedsegError, OSError, ValueError):
+        return None
+    return DeclaredCases(n_train=len(split.train), n_val=len(split.val))

@@ -11,7 +11,7 @@ The package, by concern:
 
     arguments.py        what the user asks for: plan arguments, ``--poison``, CompareConfig
     budget.py           the epoch budget: each plan's rounds, the epochs axis of its curve
-    attacks.py          a poisoned site: scaled updates, scrambled labels
+    attacks.py          a poisoned site: scaled updates, scrambled labels, lying reports
     local_transport.py  the in-process transport (sites one after the other)
     evaluation.py       every final and best model on every site's validation cases
     outputs.py          the results: csv, markdown, the console table, the plot
@@ -22,6 +22,10 @@ Budget: ``budget`` local epochs per site. A parallel plan runs
 ``budget / epochs_per_visit`` cycles; ``single-pass`` trains ``budget`` epochs per visit;
 the centralized model trains ``budget`` epochs over the pooled cases (the same case-epochs);
 a single-site model trains ``budget`` epochs on its site.
+
+``--poison`` makes one site lie or poison its data (``attacks``); the plans keep their
+report and norm bounds (plan ``bounds``) unless ``--no-bounds`` switches them off to
+measure what they prevent.
 
 Every final and best model is then validated on every site's validation cases (the clean
 ones, even when a site was poisoned) and on the held-out sites' cases (sites that never

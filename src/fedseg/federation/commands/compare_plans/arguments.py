@@ -18,17 +18,27 @@ from fedseg.train.config import TrainConfig
 
 
 def parse_poison(text: str) -> Poison:
-    """``SITE:scale=50``, ``SITE:scale`` (50) or ``SITE:scramble``."""
+    """``SITE:scale=50``, ``SITE:scale`` (50), ``SITE:scramble``, ``SITE:n_train=N`` (it
+    reports N training cases) or ``SITE:dice=D`` (Dice D over 10,000 cases for model 0)."""
     site, _, rest = text.partition(":")
     kind, _, value = rest.partition("=")
-    if not site or kind not in ("scale", "scramble") or (kind == "scramble" and value):
-        raise FedsegError(f"--poison {text!r}: write SITE:scale=FACTOR or SITE:scramble")
-    if kind == "scramble":
-        return Poison(site=site, kind="scramble")
+    usage = (
+        f"--poison {text!r}: write SITE:scale=FACTOR, SITE:scramble, SITE:n_train=N or SITE:dice=D"
+    )
+    if not site or kind not in ("scale", "scramble", "n_train", "dice"):
+        raise FedsegError(usage)
+    if (kind == "scramble") == bool(value) and kind != "scale":
+        raise FedsegError(usage)
     try:
+        if kind == "scramble":
+            return Poison(site=site, kind="scramble")
+        if kind == "n_train":
+            return Poison(site=site, kind="n_train", n_train=int(value))
+        if kind == "dice":
+            return Poison(site=site, kind="dice", dice=float(value))
         return Poison(site=site, kind="scale", scale=float(value) if value else 50.0)
     except ValueError:
-        raise FedsegError(f"--poison {text!r}: the scale must be a number") from None
+        raise FedsegError(f"--poison {text!r}: the value must be a number") from None
 
 
 class PlanArg(BaseModel):
@@ -79,5 +89,7 @@ class CompareConfig(BaseModel):
     network: NetworkConfig = NetworkConfig(base_filters=8, depth=3)
     train: TrainConfig = TrainConfig.cpu()
     poison: Poison | None = None
+    #: the plans' report bounds and norm bound (plan ``bounds``); off only to measure them
+    bounds: bool = True
     baselines: bool = True
     threads: int = Field(1, ge=1, description="torch CPU threads")

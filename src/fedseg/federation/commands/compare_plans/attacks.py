@@ -1,5 +1,7 @@
-"""Attacks ``fedseg compare`` can mount on one site: its update scaled, or its labels
-scrambled (a mislabeled site)."""
+"""Attacks ``fedseg compare`` (and ``benchmarks/attacks.py``) can mount on one site: its
+update scaled, its labels scrambled (a mislabeled site), or a lie in its report: a training
+case count (``n_train``), or a validation Dice over many cases for the initial model
+(``dice``: the untrained model 0 made to look best)."""
 
 from __future__ import annotations
 
@@ -13,21 +15,42 @@ from pydantic import BaseModel, ConfigDict
 from fedseg.data.cases import discover_cases, load_case, write_case
 from fedseg.data.splits import SPLIT_FILE, load_split
 from fedseg.errors import FedsegError
+from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
+from fedseg.model.summary import Summary
 from fedseg.model.weights import Weights
 
 #: BraTS label values a scrambled site writes instead of (1, 2, 4): NCR->ED->ET->NCR.
 SCRAMBLE = {1: 2, 2: 4, 4: 1}
 
 
+#: How many validation cases a ``dice`` liar claims.
+LIE_N_VAL = 10_000
+
+
 class Poison(BaseModel):
-    """A poisoned site: its update scaled (``w_global + scale * (w - w_global)``) or its
-    training labels scrambled (NCR->ED->ET->NCR, a mislabeled site)."""
+    """A poisoned site: its update scaled (``w_global + scale * (w - w_global)``), its
+    training labels scrambled (NCR->ED->ET->NCR, a mislabeled site), its reported training
+    cases replaced by ``n_train``, or its validation of model 0 replaced by Dice ``dice``
+    over ``LIE_N_VAL`` cases in every region."""
 
     model_config = ConfigDict(extra="forbid")
 
     site: str
-    kind: Literal["scale", "scramble"]
+    kind: Literal["scale", "scramble", "n_train", "dice"]
     scale: float = 50.0
+    n_train: int = 10**9
+    dice: float = 1.0
+
+
+def poison_reply(p: Poison, req: TaskRequest, rep: TaskReply) -> None:
+    """Apply the lie of ``p`` (not ``scramble``, which poisons the data) to ``rep``."""
+    if p.kind == "scale" and rep.weights is not None:
+        rep.weights = scale_update(req.weights, rep.weights, p.scale)
+    elif p.kind == "n_train" and rep.weights is not None:
+        rep.n_train = p.n_train
+    elif p.kind == "dice" and req.model_round == 0 and rep.validation:
+        lie = Summary(p.dice, 0.0, LIE_N_VAL)
+        rep.validation = {g: {"dice": lie} for g in rep.validation}
 
 
 def scale_update(global_weights: Weights, update: Weights, factor: float) -> Weights:

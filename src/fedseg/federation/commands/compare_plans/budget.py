@@ -11,7 +11,7 @@ from fedseg.federation.rounds.participation import n_participants
 from fedseg.federation.rounds.strategies.parallel import ParallelParams
 from fedseg.federation.rounds.strategies.registry import make_strategy
 from fedseg.federation.rounds.strategies.sequential import Cyclic, SinglePass
-from fedseg.plan import PlanConfig, PrivacyConfig, SiteConfig, StrategyConfig
+from fedseg.plan import BoundsConfig, PlanConfig, PrivacyConfig, SiteConfig, StrategyConfig
 
 
 def plan_for(cfg: CompareConfig, arg: PlanArg, sites: dict[str, Path]) -> PlanConfig:
@@ -43,6 +43,7 @@ def plan_for(cfg: CompareConfig, arg: PlanArg, sites: dict[str, Path]) -> PlanCo
         local_epochs=arg.local_epochs, network=cfg.network, train=cfg.train, min_sites=1,
         seed=cfg.seed, strategy=StrategyConfig(name=arg.strategy.name, params=params),
         privacy=PrivacyConfig(min_summary_cases=1),
+        bounds=BoundsConfig(enabled=cfg.bounds),
     )  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """The in-process transport of ``fedseg compare``: each site's task runs here, one after
-the other (the real ``run_task``), so a comparison needs no engine processes."""
+the other (the real ``run_task``), so a comparison needs no engine processes. Each site
+declares its split's case counts as a real site's hello does (``client_app``)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,21 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from fedseg.federation.commands.compare_plans.attacks import Poison, scale_update
+from fedseg.federation.commands.compare_plans.attacks import Poison, poison_reply
 from fedseg.federation.rounds.aggregation import n_bytes
 from fedseg.federation.rounds.coordinator import Exchanged, SiteFailure
 from fedseg.federation.rounds.site import run_task
-from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
-from fedseg.run_folder import SiteRoundStatus
+from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, declared_cases
+from fedseg.run_folder import DeclaredCases, SiteRoundStatus
 
 
 class LocalTransport:
     """``coordinator.Transport`` that runs each site's task here, one after the other, with
-    the site's private state in ``workspaces[site]``. A poisoned site's update is scaled.
-    ``min_summary_cases`` is every site's own floor (``disclosure``); 1, the default, lets the
-    plan's ``privacy.min_summary_cases`` rule, as in a simulation: one operator holds all
-    the data. A failed task is its ``TaskFailed`` line, as a real site sends it."""
+    the site's private state in ``workspaces[site]``. A poisoned site's reply carries its
+    lie (``attacks.poison_reply``). ``min_summary_cases`` is every site's own floor
+    (``disclosure``); 1, the default, lets the plan's ``privacy.min_summary_cases`` rule, as in
+    a simulation: one operator holds all the data. A failed task is its ``TaskFailed`` line,
+    as a real site sends it."""
 
     def __init__(self, data: dict[str, Path], workspaces: dict[str, Path],
                  poison: Poison | None = None,
@@ -31,6 +33,14 @@ class LocalTransport:
 
     def connected_sites(self, wanted: Sequence[str], wait_s: float) -> list[str]:
         return [s for s in wanted if s in self.data]
+
+    def declared_cases(self) -> dict[str, DeclaredCases]:
+        out = {}
+        for site, data in self.data.items():
+            declared = declared_cases(data)
+            if declared is not None:
+                out[site] = declared
+        return out
 
     def exchange(self, requests: dict[str, TaskRequest], timeout_s: float,
                  on_result: Callable[[str, Exchanged], None]) -> dict[str, Exchanged]:  # fmt: skip
@@ -56,7 +66,5 @@ class LocalTransport:
         return out
 
     def _poison(self, site: str, req: TaskRequest, rep: TaskReply) -> None:
-        p = self.poison
-        if p is None or p.kind != "scale" or p.site != site or rep.weights is None:
-            return
-        rep.weights = scale_update(req.weights, rep.weights, p.scale)
+        if self.poison is not None and self.poison.site == site:
+            poison_reply(self.poison, req, rep)

@@ -1,0 +1,95 @@
+"""What a site's reply may claim: plain checks against what the site declared when it joined.
+
+A site declares its split's case counts in its hello (``run_folder.DeclaredCases``); the
+coordinator records the first declaration of each site in the run store and keeps it for
+the run. Every later reply is checked against it here (plan key ``bounds``):
+
+- a declaration is believed only with counts in ``[0, max_cases]``; a site whose hello
+  declared nothing (its data folder did not read then) declares with its first reply;
+- a reply's ``n_train``/``n_val`` must be in ``[0, declared]``: a site whose split grew
+  during the run is rejected until a new run (its cases are fixed for this one). A site's
+  aggregation weight (its training cases) is thereby capped at its declaration, itself at
+  most ``max_cases``;
+- a validation summary must name a known metric, count ``n`` in ``[0, declared n_val]``,
+  a finite mean inside the metric's range (``model.metrics.METRIC_RANGES``: Dice-like
+  metrics in [0, 1], HD95 in [0, 373.13] mm) and a std in ``[0, (hi - lo) / 2]`` (the
+  largest population std of values in a range); ``n = 0`` rows carry no value and pass.
+
+A failed check raises ``UpdateRejected`` (``aggregation``) with a one-line reason: the
+whole reply is ``rejected`` for that round, its validation and weights are not used, and
+the round goes on with the other sites.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fedseg.federation.rounds.aggregation import UpdateRejected
+from fedseg.model.metrics import METRIC_RANGES
+from fedseg.model.summary import Summary
+from fedseg.run_folder import DeclaredCases
+
+
+def check_declaration(declared: DeclaredCases, max_cases: int) -> None:
+    """Raise ``UpdateRejected`` unless both counts are in ``[0, max_cases]``."""
+    for what, n in (("training", declared.n_train), ("validation", declared.n_val)):
+        if not 0 <= n <= max_cases:
+            raise UpdateRejected(
+                f"claims {n} {what} cases, outside [0, {max_cases}] (plan bounds.max_cases)"
+            )
+
+
+def check_counts(n_train: int, n_val: int, declared: DeclaredCases | None) -> None:
+    """Raise ``UpdateRejected`` unless the reply's counts are within the declaration."""
+    if declared is None:
+        raise UpdateRejected(
+            "the site declared no case counts when it joined; restart it with this fedseg"
+        )
+    for what, n, top in (
+        ("training", n_train, declared.n_train),
+        ("validation", n_val, declared.n_val),
+    ):
+        if n < 0:
+            raise UpdateRejected(f"reports {n} {what} cases (negative)")
+        if n > top:
+            raise UpdateRejected(
+                f"reports {n} {what} cases, more than the {top} it declared when it joined"
+            )
+
+
+def check_summary(region: str, metric: str, s: Summary, n_val: int) -> None:
+    """Raise ``UpdateRejected`` unless ``s`` is a possible summary of ``metric`` over at
+    most ``n_val`` cases."""
+    where = f"validation {region}/{metric}"
+    rng = METRIC_RANGES.get(metric)
+    if rng is None:
+        raise UpdateRejected(f"{where}: unknown metric (known: {', '.join(METRIC_RANGES)})")
+    if not 0 <= s.n <= n_val:
+        raise UpdateRejected(f"{where} over {s.n} cases, declared {n_val} validation cases")
+    if s.n == 0:
+        return
+    lo, hi = rng
+    if not (math.isfinite(s.mean) and lo <= s.mean <= hi):
+        raise UpdateRejected(f"{where}: mean {s.mean} outside [{lo}, {hi}]")
+    top_std = (hi - lo) / 2
+    if not (math.isfinite(s.std) and 0 <= s.std <= top_std):
+        raise UpdateRejected(f"{where}: std {s.std} outside [0, {top_std}]")
+
+
+def check_validation(summaries: dict[str, dict[str, Summary]], n_val: int) -> None:
+    """``check_summary`` on every ``summaries[region][metric]``."""
+    for region, by_metric in summaries.items():
+        for metric, s in by_metric.items():
+            check_summary(region, metric, s, n_val)
+
+
+def check_report(
+    n_train: int,
+    n_val: int,
+    validation: dict[str, dict[str, Summary]],
+    declared: DeclaredCases | None,
+) -> None:
+    """A reply's counts and validation summaries against the site's declaration."""
+    check_counts(n_train, n_val, declared)
+    assert declared is not None  # check_counts rejects a missing declaration
+    check_validation(validation, declared.n_val)
