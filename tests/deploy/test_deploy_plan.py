@@ -44,6 +44,7 @@ def _tiny_plan(path: Path) -> Path:
             "min_sites": 2,
             "round_timeout_s": 240,
             "connect_timeout_s": 120,
+            "privacy": {"min_summary_cases": 1},  # 1 validation case a site (and its floor)
             "network": NetworkConfig(base_filters=4, depth=2),
             "train": TrainConfig.cpu(
                 patch_size=(16, 16, 16), val_roi=(32, 32, 32), val_overlap=0.0, val_batch_size=4
@@ -94,6 +95,9 @@ def test_plan_trains_two_rounds_and_survives_a_killed_site(tmp_path: Path) -> No
                     creds=creds / "sites" / name,
                     work_dir=tmp_path / f"work-{name}",
                     runtime_port=free_port(),
+                    # the tiny sites validate on 1 case each: let them send their summaries
+                    # so a best model is chosen (the floor itself: test_disclosure.py)
+                    min_summary_cases=1,
                 )
             )
         # The ClientApp makes the site's private workspace when its first task starts.
