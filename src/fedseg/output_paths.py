@@ -60,14 +60,18 @@ def check_output_file(path: Path, what: str = "output") -> Path:
         except OSError as exc:
             raise FedsegError(f"{what} {path} cannot be written ({reason(exc)})") from None
         return path
-    problem = unwritable(path.parent)
+    _refuse_unwritable(what, path, unwritable(path.parent))
+    return path
+
+
+def _refuse_unwritable(what: str, path: Path, problem: tuple[Path, OSError] | None) -> None:
+    """One line naming ``path`` and the folder where nothing can be made, if ``problem``."""
     if problem is not None:
         where, exc = problem
         raise FedsegError(
             f"{what} {path} cannot be written: nothing can be made in {where} "
             f"({reason(exc)}); pick a writable place"
         )
-    return path
 
 
 def check_output_folder(path: Path, what: str = "output folder") -> Path:
@@ -75,11 +79,5 @@ def check_output_folder(path: Path, what: str = "output folder") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FedsegError(f"{what} {path} is a file: give a folder")
-    problem = unwritable(path)
-    if problem is not None:
-        where, exc = problem
-        raise FedsegError(
-            f"{what} {path} cannot be written: nothing can be made in {where} "
-            f"({reason(exc)}); pick a writable place"
-        )
+    _refuse_unwritable(what, path, unwritable(path))
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -143,3 +144,22 @@ def run_folder_text(run: Path) -> dict[Path, str]:
         else:
             out[p] = raw.decode("latin-1")
     return out
+
+
+class DyingTransport(ArrayTransport):
+    """``ArrayTransport`` whose aggregator "is killed" (``RuntimeError``) when round
+    ``dies_in`` starts its exchange: what a restart test needs before it resumes."""
+
+    def __init__(self, dies_in: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dies_in = dies_in
+
+    def exchange(
+        self,
+        requests: dict[str, TaskRequest],
+        timeout_s: float,
+        on_result: Callable[[str, Exchanged], None],
+    ) -> dict[str, Exchanged]:
+        if next(iter(requests.values())).round == self.dies_in:
+            raise RuntimeError("aggregator killed")
+        return super().exchange(requests, timeout_s, on_result)

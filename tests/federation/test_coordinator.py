@@ -13,7 +13,7 @@ from fedseg.model.model_file import load_model, weights_hash
 from fedseg.plan import load_plan
 from fedseg.run_folder import BEST_MODEL, RunStatus, SiteRoundStatus, model_path
 from fedseg.tracking.store import RunStore
-from tests.federation.fed_helpers import SITES, ArrayTransport, tiny_plan, write_run
+from tests.federation.fed_helpers import SITES, ArrayTransport, DyingTransport, tiny_plan, write_run
 
 OFFSETS = {"site1": 0.1, "site2": 0.2, "site3": 0.4}
 N_TRAIN = {"site1": 1, "site2": 2, "site3": 5}
@@ -96,14 +96,8 @@ def test_too_few_sites_fails_the_round(tmp_path: Path) -> None:
 def test_restart_continues_after_last_done_round(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", tiny_plan(_sites(tmp_path), rounds=3))
 
-    class DiesInRound2(ArrayTransport):
-        def exchange(self, requests, timeout_s, on_result):  # type: ignore[no-untyped-def]
-            if next(iter(requests.values())).round == 2:
-                raise RuntimeError("aggregator killed")
-            return super().exchange(requests, timeout_s, on_result)
-
     with pytest.raises(RuntimeError):
-        Coordinator(run, DiesInRound2(OFFSETS, N_TRAIN)).run()
+        Coordinator(run, DyingTransport(2, OFFSETS, N_TRAIN)).run()
     w1 = load_model(model_path(run, 1)).weights
     t = ArrayTransport(OFFSETS, N_TRAIN)
     Coordinator(run, t).run()

@@ -24,7 +24,14 @@ from fedseg.model.model_file import load_model, weights_hash
 from fedseg.plan import load_plan
 from fedseg.run_folder import BEST_MODEL, DeclaredCases, RunStatus, SiteRoundStatus, model_path
 from fedseg.tracking.store import RunStore
-from tests.federation.fed_helpers import SITES, ArrayTransport, float_keys, tiny_plan, write_run
+from tests.federation.fed_helpers import (
+    SITES,
+    ArrayTransport,
+    DyingTransport,
+    float_keys,
+    tiny_plan,
+    write_run,
+)
 
 OFFSETS = {"site1": 0.1, "site2": 0.2, "site3": 0.4}
 N_TRAIN = {"site1": 3, "site2": 6, "site3": 5}  # with -5 the sum stays positive
@@ -158,14 +165,8 @@ def test_without_the_bounds_each_lie_harms_the_federation(
 def test_declared_counts_are_fixed_for_the_run(tmp_path: Path) -> None:
     run = _run(tmp_path)
 
-    class DiesInRound2(ArrayTransport):
-        def exchange(self, requests, timeout_s, on_result):  # type: ignore[no-untyped-def]
-            if next(iter(requests.values())).round == 2:
-                raise RuntimeError("aggregator killed")
-            return super().exchange(requests, timeout_s, on_result)
-
     with pytest.raises(RuntimeError):
-        Coordinator(run, DiesInRound2(OFFSETS, N_TRAIN)).run()
+        Coordinator(run, DyingTransport(2, OFFSETS, N_TRAIN)).run()
     # site3 rejoins claiming ten times the cases, and reports them: rejected, every round
     bigger = {**N_TRAIN, "site3": 50}
     Coordinator(run, ArrayTransport(OFFSETS, bigger)).run()

@@ -21,6 +21,7 @@ from fedseg.model.model_file import load_model
 from fedseg.plan import load_plan
 from fedseg.run_folder import model_path
 from fedseg.train.local import optimizer_steps
+from tests.federation.fed_helpers import DyingTransport
 from tests.strategies.strategy_helpers import (
     SITES,
     ArrayTransport,
@@ -69,18 +70,12 @@ def test_average_optimizer_state_goes_back_out_weighted(tmp_path: Path) -> None:
 
 
 def test_fedadam_state_survives_a_restart(tmp_path: Path) -> None:
-    class DiesInRound3(ArrayTransport):
-        def exchange(self, requests, timeout_s, on_result):  # type: ignore[no-untyped-def]
-            if next(iter(requests.values())).round == 3:
-                raise RuntimeError("aggregator killed")
-            return super().exchange(requests, timeout_s, on_result)
-
     straight, _ = _run(tmp_path / "a", "fedadam", rounds=3, server_lr=0.05)
     sites = {s: tmp_path / s for s in SITES}
     plan = tiny_plan(sites, rounds=3, strategy={"name": "fedadam", "params": {"server_lr": 0.05}})
     run = write_run(tmp_path / "b" / "fedadam", plan)
     with pytest.raises(RuntimeError, match="killed"):
-        Coordinator(run, DiesInRound3(OFFSETS, N_TRAIN)).run()
+        Coordinator(run, DyingTransport(3, OFFSETS, N_TRAIN)).run()
     assert model_path(run, 2).with_suffix(".strategy.npz").is_file()
     Coordinator(run, ArrayTransport(OFFSETS, N_TRAIN)).run()
     a, b = load_model(model_path(straight, 3)).weights, load_model(model_path(run, 3)).weights
