@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedseg.config_files import first_error, read_yaml_mapping
 from fedseg.errors import FedsegError
+from fedseg.model.compute import ComputeConfig
 from fedseg.model.config import NetworkConfig
 
 Shape3 = tuple[int, int, int]
@@ -58,6 +59,10 @@ class TrainConfig(BaseModel):
     val_roi: Shape3 = (128, 128, 128)
     val_overlap: float = Field(0.5, ge=0.0, lt=1.0)
     val_batch_size: int = Field(1, ge=1)
+    compute: ComputeConfig = Field(
+        default_factory=ComputeConfig,
+        description="device and precision defaults; a machine overrides them for itself",
+    )
 
     @classmethod
     def cpu(cls, **overrides: object) -> TrainConfig:
