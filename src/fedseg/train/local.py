@@ -208,6 +208,30 @@ def fit_epoch(
     return EpochStats(float(np.mean(losses)), len(losses), wait, compute)
 
 
+def train_step(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    setup: StepSetup,
+    proximal: Callable[[], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """One optimizer step on ``batch`` (``image``, ``target`` on the host): copied to the
+    device, forward under autocast, mirrored Dice in float32 (plus ``proximal()``, if
+    given), backward and Adam step through the scaler. Returns the loss (without the
+    proximal term), detached, still on the device."""
+    device, channels_last = setup.device, setup.compute.channels_last
+    image = to_device(batch["image"], device, channels_last)
+    target = to_device(batch["target"], device, channels_last)
+    opt.zero_grad(set_to_none=True)
+    with autocast(device, setup.compute.precision):
+        logits = net(image)
+    loss = mirrored_dice_loss(logits.float(), target)
+    setup.scaler.scale(loss + proximal() if proximal is not None else loss).backward()
+    setup.scaler.step(opt)
+    setup.scaler.update()
+    return loss.detach()
+
+
 def _run_steps(
     net: nn.Module,
     opt: torch.optim.Optimizer,
@@ -224,8 +248,6 @@ def _run_steps(
     CUDA too. A step the fp16 scaler skips (inf gradients) still counts as a step."""
     losses: list[float] = []
     wait = compute = 0.0
-    device, scaler = setup.device, setup.scaler
-    precision, channels_last = setup.compute.precision, setup.compute.channels_last
     it = iter(loader)
     while True:
         t0 = time.perf_counter()
@@ -234,16 +256,7 @@ def _run_steps(
         wait += t1 - t0
         if batch is None:
             break
-        image = to_device(batch["image"], device, channels_last)
-        target = to_device(batch["target"], device, channels_last)
-        opt.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            logits = net(image)
-        loss = mirrored_dice_loss(logits.float(), target)
-        scaler.scale(loss + proximal() if proximal is not None else loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        losses.append(float(loss.detach()))
+        losses.append(float(train_step(net, opt, batch, setup, proximal)))
         compute += time.perf_counter() - t1
         if progress is not None and task is not None:
             progress.update(task, advance=1, description=f"epoch {epoch + 1} loss {losses[-1]:.3f}")
