@@ -163,7 +163,7 @@ def test_fit_epoch_without_setup_places_by_the_recipe(
 def test_compiled_network_trains_a_step(
     site: list[Case], tiny_net: NetworkConfig, tiny_train: TrainConfig
 ) -> None:
-    """torch.compile on the CPU (gcc present): about 40 s to compile even a tiny 3D U-Net
+    """torch.compile on the CPU (gcc present): 16 to 40 s to compile even a tiny 3D U-Net
     on this 2-core machine, hence slow. Names and values come back as the eager ones."""
     eager = train_local(tiny_net, _on(tiny_train, device="cpu"), None, None, site[:1], 1, seed=0)
     res = train_local(
