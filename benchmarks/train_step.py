@@ -26,7 +26,8 @@ with ``malloc_trim`` between rows, so a row does not inherit its predecessor's p
 spike shorter than the sampling interval can be missed); device memory is
 ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (``dev_GiB``: tensors
 only, not the caching allocator's reserve). Loader workers are processes of their own:
-``worker_rss_GiB`` is their lifetime peak (``RUSAGE_CHILDREN``) over all rows.
+``worker_rss_GiB`` is the largest child's lifetime peak (``RUSAGE_CHILDREN``) over all
+rows, torch.compile's compiler processes included when ``--compile`` is on.
 
 ``--loss-check N``: N steps of the CPU preset, same seed and batches, in fp32 and bf16
 (plus fp32 from another seed, the noise scale), both curves and their largest difference.
