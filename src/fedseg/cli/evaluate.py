@@ -9,7 +9,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedseg.cli.compute_options import (
+    CHANNELS_LAST,
+    COMPILE,
+    DEVICE,
+    PRECISION,
+    compute_overrides,
+)
 from fedseg.data.labels import REGIONS
+from fedseg.model.compute import ComputeConfig, resolve_device
 from fedseg.model.evaluate import (
     CaseResult,
     evaluate_cases,
@@ -26,16 +34,29 @@ console = Console()
 
 def evaluate(
     model: list[Path] = typer.Option(
-        ..., "--model", "-m", help="Model file (.pt); repeat for an ensemble."
+        ...,
+        "--model",
+        "-m",
+        help="Model file (.pt) or exported model (runs on the CPU in "
+        "its own precision); repeat for an ensemble.",
     ),
     data: Path = typer.Option(..., "--data", "-d", help="The site's data folder."),
     split: str = typer.Option("val", help="val, train (the site's persistent split) or all."),
     out: Path = typer.Option(..., "--out", "-o", help="CSV of per-case metrics to write."),
     overlap: float = typer.Option(0.5, min=0.0, max=0.95, help="Sliding-window tile overlap."),
+    device: str | None = DEVICE,
+    precision: str | None = PRECISION,
+    channels_last: bool | None = CHANNELS_LAST,
+    compile_: bool | None = COMPILE,
 ) -> None:
-    """Segment each case, score Dice/Jaccard/HD95/sensitivity/specificity per region."""
+    """Segment each case, score Dice/Jaccard/HD95/sensitivity/specificity per region.
+
+    Runs on CUDA when present, else the CPU, in fp32 unless --device/--precision say
+    otherwise; metrics are computed in float32 either way."""
+    compute = compute_overrides(device, precision, channels_last, compile_).apply(ComputeConfig())
+    resolve_device(compute.device)  # a missing GPU is refused before any work
     check_output_file(out, "metrics CSV")
-    models = ModelSet.from_files(model)
+    models = ModelSet.from_files(model, compute=compute)
     cases = select_cases(data, split)
     with Progress(
         TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

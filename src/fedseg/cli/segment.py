@@ -8,7 +8,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedseg.cli.compute_options import (
+    CHANNELS_LAST,
+    COMPILE,
+    DEVICE,
+    PRECISION,
+    compute_overrides,
+)
 from fedseg.data.cases import load_case
+from fedseg.model.compute import ComputeConfig, resolve_device
 from fedseg.model.segmenter import (
     Combine,
     ModelSet,
@@ -32,7 +40,8 @@ def segment(
         "--model",
         "-m",
         help="Model file (.pt), exported model (folder or .xml) or a `fedseg select` folder; "
-        "repeat for an ensemble.",
+        "repeat for an ensemble. An exported model runs on the CPU in its own precision "
+        "(--device/--precision/--channels-last/--compile apply to .pt models).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Label map to write (.nii.gz)."),
     probabilities: Path | None = typer.Option(
@@ -43,8 +52,17 @@ def segment(
         "mean", help="mean: average the models; triplet: ET, TC, WT from models 1, 2, 3."
     ),
     batch_size: int = typer.Option(1, min=1, help="Tiles per forward pass."),
+    device: str | None = DEVICE,
+    precision: str | None = PRECISION,
+    channels_last: bool | None = CHANNELS_LAST,
+    compile_: bool | None = COMPILE,
 ) -> None:
-    """Segment a case into BraTS 2021 labels (ET 4, NCR 1, ED 2) on the input's own grid."""
+    """Segment a case into BraTS 2021 labels (ET 4, NCR 1, ED 2) on the input's own grid.
+
+    Runs on CUDA when present, else the CPU, in fp32 unless --device/--precision say
+    otherwise (a model file carries no compute choices)."""
+    compute = compute_overrides(device, precision, channels_last, compile_).apply(ComputeConfig())
+    resolve_device(compute.device)  # a missing GPU is refused before any work
     if combine not in ("mean", "triplet"):
         raise typer.BadParameter("use 'mean' or 'triplet'", param_hint="--combine")
     mode: Combine = "triplet" if combine == "triplet" else "mean"
@@ -53,7 +71,7 @@ def segment(
         check_output_folder(probabilities, "--probabilities folder")
     case = resolve_case(inputs)
     files, mode = expand_selection(model, mode)  # a `fedseg select` folder -> its models
-    models = ModelSet.from_files(files, mode)
+    models = ModelSet.from_files(files, mode, compute=compute)
     with Progress(
         TextColumn(f"segmenting {case.case_id}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console, transient=True,

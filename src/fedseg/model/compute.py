@@ -11,6 +11,10 @@ Conventions: ``device`` is ``auto`` (CUDA when present, else the CPU), ``cpu``, 
 (the current CUDA device) or ``cuda:N``; ``precision`` is ``fp32`` (no autocast),
 ``bf16`` (autocast to bfloat16, CPU or CUDA) or ``fp16`` (autocast to float16 with a
 gradient scaler, meant for CUDA).
+
+``place_network`` puts a network where a config says (device, memory format, compiled or
+not) and ``to_device`` moves a batch after it: the one placement used by training
+(``train.local``), validation and inference (``model.torch_backend``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
 
 from fedseg.errors import FedsegError
 
@@ -123,3 +128,32 @@ def autocast(device: torch.device, precision: Precision) -> Iterator[None]:
 def grad_scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler:
     """The gradient scaler of ``precision``: enabled for fp16 only (bf16 has fp32's range)."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def place_network(net: nn.Module, config: ComputeConfig) -> torch.device:
+    """Put ``net`` where ``config`` says, in place, and return the device.
+
+    The parameters move to the device (keeping their identity, so an optimizer built on
+    them stays valid), in channels-last 3D format when asked; ``compile`` compiles the
+    module in place (``nn.Module.compile``: parameter and state names stay unprefixed),
+    once. On CUDA, cuDNN autotuning is switched on for the process (3D convolutions of one
+    patch size, the fastest algorithm is worth finding once).
+    """
+    device = resolve_device(config.device)
+    if config.channels_last:
+        net.to(device, memory_format=torch.channels_last_3d)
+    else:
+        net.to(device)
+    if config.compile and getattr(net, "_compiled_call_impl", None) is None:
+        net.compile()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def to_device(tensor: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """``tensor`` on ``device`` (asynchronous from pinned memory), channels-last 3D when
+    asked and 5-D; the same tensor when nothing changes."""
+    if channels_last and tensor.dim() == 5:
+        return tensor.to(device, non_blocking=True, memory_format=torch.channels_last_3d)
+    return tensor.to(device, non_blocking=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from fedseg.data.preprocess import nonzero_box
 from fedseg.errors import FedsegError
 from fedseg.model.inference import CroppedProbabilities, Predictor, predict_cropped, tile_plan
 from fedseg.output_paths import check_output_file
+
+if TYPE_CHECKING:
+    from fedseg.model.compute import ComputeConfig
 
 Combine = Literal["mean", "triplet"]
 #: Called with the number of tiles just predicted (for progress bars).
@@ -63,14 +66,26 @@ def check_roi(roi: Sequence[int], divisor: int, source: str = "model") -> tuple[
     return sides  # type: ignore[return-value]
 
 
-def load_member(path: Path, *, roi: Sequence[int] | None = None) -> Member:
+def load_member(
+    path: Path, *, roi: Sequence[int] | None = None, compute: ComputeConfig | None = None
+) -> Member:
     """A model as a ``Member``, backend by file type: an exported OpenVINO model (its folder
-    or ``.xml``) or a PyTorch model file (``.pt``); ``roi`` overrides the model's tile."""
+    or ``.xml``) or a PyTorch model file (``.pt``); ``roi`` overrides the model's tile.
+
+    ``compute`` (None: ``ComputeConfig()``, i.e. CUDA when present, else the CPU, fp32)
+    says where and how a PyTorch model runs. An exported model runs on the CPU in its own
+    precision and ignores it; asking for a CUDA device with one is an error."""
     from fedseg.model.openvino_backend import is_exported_model, load_exported_member
 
     if is_exported_model(Path(path)):
+        if compute is not None and compute.device.startswith("cuda"):
+            raise FedsegError(
+                f"{path}: an exported OpenVINO model runs on the CPU only; drop --device "
+                f"{compute.device} (or segment with the .pt model to use the GPU)"
+            )
         return load_exported_member(Path(path), roi=roi)
     # torch is imported only here so that the numpy parts of this module need no torch.
+    from fedseg.model.compute import ComputeConfig
     from fedseg.model.model_file import load_model
     from fedseg.model.torch_backend import torch_predictor
 
@@ -81,7 +96,8 @@ def load_member(path: Path, *, roi: Sequence[int] | None = None) -> Member:
             f"channels; segmentation needs {len(MODALITIES)} modalities -> {len(REGIONS)} regions"
         )
     tile = check_roi(roi if roi is not None else mf.roi, mf.network.divisor, str(path))
-    return Member(torch_predictor(mf.build()), tile, Path(path).name, mf.network.divisor)
+    predictor = torch_predictor(mf.build(), compute if compute is not None else ComputeConfig())
+    return Member(predictor, tile, Path(path).name, mf.network.divisor)
 
 
 @dataclass(frozen=True)
@@ -102,10 +118,16 @@ class ModelSet:
 
     @classmethod
     def from_files(
-        cls, paths: Sequence[Path], combine: Combine = "mean", *, roi: Sequence[int] | None = None
+        cls,
+        paths: Sequence[Path],
+        combine: Combine = "mean",
+        *,
+        roi: Sequence[int] | None = None,
+        compute: ComputeConfig | None = None,
     ) -> ModelSet:
-        """Load model files (``roi`` overrides every member's tile)."""
-        return cls(tuple(load_member(p, roi=roi) for p in paths), combine)
+        """Load model files (``roi`` overrides every member's tile; ``compute`` says where
+        and how they run, see ``load_member``)."""
+        return cls(tuple(load_member(p, roi=roi, compute=compute) for p in paths), combine)
 
     def tile_count(self, image: np.ndarray, overlap: float) -> int:
         """Tiles all members will predict for ``image`` (C, X, Y, Z): the progress total."""

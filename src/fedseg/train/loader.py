@@ -130,8 +130,11 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(dataset: PatchDataset) -> DataLoader[dict[str, torch.Tensor]]:
-    """Batches in dataset order (the order is already seeded); workers prefetch two batches."""
+def make_loader(
+    dataset: PatchDataset, *, pin_memory: bool = False
+) -> DataLoader[dict[str, torch.Tensor]]:
+    """Batches in dataset order (the order is already seeded); workers prefetch two batches.
+    ``pin_memory``: batches in page-locked memory, for asynchronous copies to a GPU."""
     workers = dataset.train.num_workers
     if multiprocessing.current_process().daemon:
         workers = 0  # a daemonic process (e.g. a pool worker) may not start children
@@ -144,4 +147,5 @@ def make_loader(dataset: PatchDataset) -> DataLoader[dict[str, torch.Tensor]]:
         prefetch_factor=2 if workers else None,
         multiprocessing_context="fork" if workers else None,
         persistent_workers=False,
+        pin_memory=pin_memory,
     )

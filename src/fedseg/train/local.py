@@ -4,6 +4,13 @@ Nothing global: the network, optimizer and data come in as arguments and go out 
 ``LocalResult``; weights and Adam state are plain named numpy arrays (``Weights``) so that
 federation plans can average, keep or reset them, and the same arrays are what is sent,
 averaged and saved (``model.weights.save_arrays``).
+
+Where and how the steps compute is the recipe's ``train.compute`` (a machine overrides it
+in the ``TrainConfig`` it passes): the network and Adam state on its device, batches
+copied there asynchronously (from pinned memory on CUDA), the forward pass under autocast,
+the loss in float32 (a Dice sum over a 128^3 patch in bf16 loses precision), a gradient
+scaler for fp16 and float32 master weights. Whatever the device and precision, what comes
+back is float32 numpy on the host; on the CPU in fp32 the steps are exactly today's.
 """
 
 from __future__ import annotations
@@ -25,6 +32,14 @@ from rich.progress import (
 from torch import nn
 
 from fedseg.data.cases import Case
+from fedseg.model.compute import (
+    ComputeConfig,
+    autocast,
+    describe_device,
+    grad_scaler,
+    place_network,
+    to_device,
+)
 from fedseg.model.config import NetworkConfig
 from fedseg.model.losses import mirrored_dice_loss
 from fedseg.model.registry import new_network
@@ -47,7 +62,7 @@ OptimizerState = Weights
 class LocalResult:
     """What a local round returns. ``train_loss`` is the mean loss over all its steps;
     ``data_wait_s`` is the time the training loop waited for batches, ``compute_s`` the
-    time of forward + backward + step."""
+    time of forward + backward + step; ``device`` where it trained (``describe_device``)."""
 
     weights: Weights
     optimizer_state: OptimizerState
@@ -58,6 +73,37 @@ class LocalResult:
     epoch_losses: list[float] = field(default_factory=list)
     data_wait_s: float = 0.0
     compute_s: float = 0.0
+    device: str = "cpu"
+
+
+@dataclass
+class StepSetup:
+    """How a placed network steps: its ``device``, the ``compute`` choices (autocast
+    precision, batch memory format) and the gradient ``scaler`` (enabled for fp16 only)."""
+
+    device: torch.device
+    compute: ComputeConfig
+    scaler: torch.amp.GradScaler
+
+
+def place_for_training(
+    net: nn.Module, compute: ComputeConfig, opt: torch.optim.Optimizer | None = None
+) -> StepSetup:
+    """Put ``net`` (and ``opt``'s state, if any) where ``compute`` says; cheap when it is
+    already there, so a caller may place once and pass the setup to every ``fit_epoch``."""
+    device = place_network(net, compute)
+    if opt is not None:
+        optimizer_to(opt, device)
+    return StepSetup(device, compute, grad_scaler(device, compute.precision))
+
+
+def optimizer_to(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move the optimizer's state tensors next to their parameters (Adam's ``step``
+    counter stays on the host, as Adam keeps it when not capturable)."""
+    for st in opt.state.values():
+        for k, v in st.items():
+            if k != "step" and isinstance(v, torch.Tensor):
+                st[k] = v.to(device)
 
 
 @dataclass
@@ -108,7 +154,8 @@ def optimizer_state_dict(opt: torch.optim.Adam, net: nn.Module) -> OptimizerStat
 
 def load_optimizer_state(opt: torch.optim.Adam, net: nn.Module, state: OptimizerState) -> None:
     """Put a state made by ``optimizer_state_dict`` (possibly averaged, sent or saved) back
-    into ``opt``; a state that never stepped leaves ``opt`` fresh."""
+    into ``opt``; a state that never stepped leaves ``opt`` fresh. The moments go to each
+    parameter's device and memory format."""
     step = optimizer_steps(state)
     if step <= 0:
         return
@@ -117,9 +164,16 @@ def load_optimizer_state(opt: torch.optim.Adam, net: nn.Module, state: Optimizer
             continue
         opt.state[p] = {
             "step": torch.tensor(float(step)),
-            **{m: torch.from_numpy(np.array(state[f"{m}/{name}"], dtype=np.float32)).reshape(
-                p.shape) for m in MOMENTS},
-        }  # fmt: skip
+            **{m: _like(p, state[f"{m}/{name}"]) for m in MOMENTS},
+        }
+
+
+def _like(p: torch.Tensor, array: np.ndarray) -> torch.Tensor:
+    """``array`` as a float32 tensor with ``p``'s shape, device and memory format."""
+    values = torch.from_numpy(np.array(array, dtype=np.float32)).reshape(p.shape)
+    if p.device.type == "cpu" and p.is_contiguous():
+        return values
+    return torch.empty_like(p, dtype=torch.float32).copy_(values)
 
 
 def fit_epoch(
@@ -132,31 +186,66 @@ def fit_epoch(
     epoch: int,
     progress: Progress | None = None,
     proximal: Callable[[], torch.Tensor] | None = None,
+    setup: StepSetup | None = None,
 ) -> EpochStats:
-    """One pass over the patches of ``epoch`` (0-based); order and augmentation from seed."""
+    """One pass over the patches of ``epoch`` (0-based); order and augmentation from seed.
+
+    ``setup``: where ``net`` was placed (``place_for_training``); None places ``net`` and
+    ``opt`` by ``train.compute`` now."""
+    if setup is None:
+        setup = place_for_training(net, train.compute, opt)
     net.train()
-    loader = make_loader(PatchDataset(store, train, seed, epoch))
+    cuda = setup.device.type == "cuda"
+    loader = make_loader(PatchDataset(store, train, seed, epoch), pin_memory=cuda)
     task = progress.add_task(f"epoch {epoch + 1}", total=len(loader)) if progress else None
-    # Seed torch's generator for this epoch (dropout), restoring the caller's state after.
-    with torch.random.fork_rng(devices=[]):
+    # Seed torch's generators for this epoch (dropout), restoring the caller's state after.
+    rng_devices = [setup.device.index or 0] if cuda else []
+    with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(epoch_seed(seed, epoch))
-        losses, wait, compute = _run_steps(net, opt, loader, progress, task, epoch, proximal)
+        losses, wait, compute = _run_steps(net, opt, loader, setup, progress, task, epoch, proximal)
     if progress is not None and task is not None:
         progress.remove_task(task)
     return EpochStats(float(np.mean(losses)), len(losses), wait, compute)
+
+
+def train_step(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    setup: StepSetup,
+    proximal: Callable[[], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """One optimizer step on ``batch`` (``image``, ``target`` on the host): copied to the
+    device, forward under autocast, mirrored Dice in float32 (plus ``proximal()``, if
+    given), backward and Adam step through the scaler. Returns the loss (without the
+    proximal term), detached, still on the device."""
+    device, channels_last = setup.device, setup.compute.channels_last
+    image = to_device(batch["image"], device, channels_last)
+    target = to_device(batch["target"], device, channels_last)
+    opt.zero_grad(set_to_none=True)
+    with autocast(device, setup.compute.precision):
+        logits = net(image)
+    loss = mirrored_dice_loss(logits.float(), target)
+    setup.scaler.scale(loss + proximal() if proximal is not None else loss).backward()
+    setup.scaler.step(opt)
+    setup.scaler.update()
+    return loss.detach()
 
 
 def _run_steps(
     net: nn.Module,
     opt: torch.optim.Optimizer,
     loader: Iterable[dict[str, torch.Tensor]],
+    setup: StepSetup,
     progress: Progress | None,
     task: TaskID | None,
     epoch: int,
     proximal: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[list[float], float, float]:
     """Optimizer steps over ``loader``: (losses, seconds waiting for data, seconds computing).
-    ``proximal()`` (if given) is added to each step's loss; the losses reported exclude it."""
+    ``proximal()`` (if given) is added to each step's loss; the losses reported exclude it.
+    Reading each loss back (``float``) waits for the device, so ``compute`` is honest on
+    CUDA too. A step the fp16 scaler skips (inf gradients) still counts as a step."""
     losses: list[float] = []
     wait = compute = 0.0
     it = iter(loader)
@@ -167,11 +256,7 @@ def _run_steps(
         wait += t1 - t0
         if batch is None:
             break
-        opt.zero_grad(set_to_none=True)
-        loss = mirrored_dice_loss(net(batch["image"]), batch["target"])
-        (loss + proximal() if proximal is not None else loss).backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(train_step(net, opt, batch, setup, proximal)))
         compute += time.perf_counter() - t1
         if progress is not None and task is not None:
             progress.update(task, advance=1, description=f"epoch {epoch + 1} loss {losses[-1]:.3f}")
@@ -180,9 +265,9 @@ def _run_steps(
 
 def proximal_term(net: nn.Module, reference: Weights, mu: float) -> Callable[[], torch.Tensor]:
     """FedProx (Li et al. 2020): ``mu / 2 * sum ||w - w_ref||^2`` over the trainable
-    parameters, ``w_ref`` the global model the round started from (names as in ``Weights``)."""
-    pairs = [(p, torch.from_numpy(np.asarray(reference[n], dtype=np.float32)).reshape(p.shape))
-             for n, p in net.named_parameters() if p.requires_grad]  # fmt: skip
+    parameters, ``w_ref`` the global model the round started from (names as in ``Weights``),
+    kept on each parameter's device."""
+    pairs = [(p, _like(p, reference[n])) for n, p in net.named_parameters() if p.requires_grad]
 
     def term() -> torch.Tensor:
         return 0.5 * mu * sum(((p - r) ** 2).sum() for p, r in pairs)  # type: ignore[return-value]
@@ -219,10 +304,12 @@ def train_local(
     Epochs are numbered from ``first_epoch`` for the data order, so continuing a run with
     ``first_epoch=k`` gives the same batches as the straight run's epoch k.
     ``proximal_mu > 0`` adds FedProx's term pulling towards ``reference`` (default: ``weights``).
+    The device, precision, memory format and compilation are ``train.compute``'s.
     """
     t0 = time.perf_counter()
     check_shapes(network, train)
     net = new_network(network, weights, seed)
+    setup = place_for_training(net, train.compute)
     opt = new_optimizer(net, train)
     if optimizer_state is not None:
         load_optimizer_state(opt, net, optimizer_state)
@@ -239,7 +326,10 @@ def train_local(
         bar.start()
     try:
         for e in range(first_epoch, first_epoch + epochs):
-            s = fit_epoch(net, opt, store, train, seed=seed, epoch=e, progress=bar, proximal=prox)
+            s = fit_epoch(
+                net, opt, store, train, seed=seed, epoch=e, progress=bar, proximal=prox,
+                setup=setup,
+            )  # fmt: skip
             stats.append(s)
             if on_epoch is not None:
                 on_epoch(e, s)
@@ -257,4 +347,5 @@ def train_local(
         epoch_losses=[s.loss for s in stats],
         data_wait_s=sum(s.data_wait_s for s in stats),
         compute_s=sum(s.compute_s for s in stats),
+        device=describe_device(setup.device),
     )

@@ -3,7 +3,9 @@
 What this adds to ``model.evaluate`` (the one evaluation path) is the recipe: the network
 is built from its config and weights (``validate_cases``) or taken as it is
 (``validate_network``), run in eval mode as a single-model ``ModelSet`` whose tile is
-``train.val_roi`` exactly (no shrinking), with ``val_overlap`` and ``val_batch_size``.
+``train.val_roi`` exactly (no shrinking), with ``val_overlap`` and ``val_batch_size``,
+computing where and how ``train.compute`` says (device, autocast precision, memory format:
+the training's choices; probabilities and metrics stay float32).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from fedseg.train.config import TrainConfig, check_shapes
 
 
 def network_models(net: nn.Module, train: TrainConfig) -> ModelSet:
-    """``net`` (put in eval mode) as the model set validation runs: tiles of ``val_roi``."""
+    """``net`` (put in eval mode, placed by ``train.compute``) as the model set validation
+    runs: tiles of ``val_roi``."""
     roi = (train.val_roi[0], train.val_roi[1], train.val_roi[2])
-    return ModelSet((Member(torch_predictor(net), roi, "network"),))
+    return ModelSet((Member(torch_predictor(net, train.compute), roi, "network"),))
 
 
 def validate_network(
@@ -52,7 +55,8 @@ def validate_network(
 def validate_cases(
     network: NetworkConfig, train: TrainConfig, weights: Weights, cases: Sequence[Case]
 ) -> list[CaseResult]:
-    """Per-case metrics of ``weights`` (a ``network``) on ``cases``."""
+    """Per-case metrics of ``weights`` (a ``network``) on ``cases``, computed as
+    ``train.compute`` says."""
     check_shapes(network, train)
     net = build_network(network)
     set_weights(net, weights)
