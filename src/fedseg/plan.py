@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedseg.config_files import first_error, read_yaml_mapping
 from fedseg.errors import FedsegError
+from fedseg.federation.rounds.transfer import DEFAULT_TRANSFER, TransferDtype
 from fedseg.model.config import NetworkConfig
 from fedseg.model.summary import MIN_SUMMARY_CASES
 from fedseg.run_folder import PLAN_FILE
@@ -99,6 +100,18 @@ class BoundsConfig(BaseModel):
     )  # fmt: skip
 
 
+class TransferConfig(BaseModel):
+    """How weights travel between the aggregator and the sites (plan key ``transfer``;
+    ``federation.rounds.transfer``). ``weights: float16`` sends the global model and the
+    sites' weights as float16 and casts them back to float32 on arrival: half the bytes of a
+    round, at the cost of float16 rounding of what is sent (training and aggregation stay
+    float32). Optimizer states always travel as float32."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: TransferDtype = DEFAULT_TRANSFER
+
+
 class SiteConfig(BaseModel):
     """One site. ``data``: its data folder (simulation; relative paths are relative to the
     plan file). In a deployment the site keeps its data path to itself and ``data`` is None."""
@@ -148,6 +161,7 @@ class PlanConfig(BaseModel):
     alarms: AlarmConfig = AlarmConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     bounds: BoundsConfig = BoundsConfig()
+    transfer: TransferConfig = TransferConfig()
 
     @field_validator("sites")
     @classmethod
