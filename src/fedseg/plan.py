@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedseg.config_files import first_error, read_yaml_mapping
 from fedseg.errors import FedsegError
-from fedseg.federation.rounds.transfer import DEFAULT_TRANSFER, TransferDtype
 from fedseg.model.config import NetworkConfig
 from fedseg.model.summary import MIN_SUMMARY_CASES
 from fedseg.run_folder import PLAN_FILE
@@ -100,6 +99,10 @@ class BoundsConfig(BaseModel):
     )  # fmt: skip
 
 
+#: the dtype weights travel as (``federation.rounds.transfer``)
+TransferDtype = Literal["float32", "float16"]
+
+
 class TransferConfig(BaseModel):
     """How weights travel between the aggregator and the sites (plan key ``transfer``;
     ``federation.rounds.transfer``). ``weights: float16`` sends the global model and the
@@ -109,7 +112,7 @@ class TransferConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    weights: TransferDtype = DEFAULT_TRANSFER
+    weights: TransferDtype = "float32"
 
 
 class SiteConfig(BaseModel):

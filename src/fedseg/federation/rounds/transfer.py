@@ -17,15 +17,15 @@ the in-process transport of ``compare`` does the same round trip (``local_transp
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal, get_args
+from typing import get_args
 
 import numpy as np
 
 from fedseg.model.weights import Weights
+from fedseg.plan import TransferConfig, TransferDtype
 
-TransferDtype = Literal["float32", "float16"]
 TRANSFER_DTYPES: tuple[TransferDtype, ...] = get_args(TransferDtype)
-DEFAULT_TRANSFER: TransferDtype = "float32"
+DEFAULT_TRANSFER: TransferDtype = TransferConfig().weights
 
 _F16_MAX = float(np.finfo(np.float16).max)
 
