@@ -67,7 +67,7 @@ def array_to_flower(v: np.ndarray) -> Array:
                  data=data)  # fmt: skip
 
 
-def flower_to_array(arr: Array, writable: bool) -> np.ndarray:
+def flower_to_array(arr: Array, writable: bool = False) -> np.ndarray:
     """A Flower ``Array`` (``.npy`` format) as numpy: a read-only view of its bytes, or
     (``writable``) one copy. A ValueError when it is not a plain numeric ``.npy`` array."""
     if arr.stype != _NUMPY:
@@ -100,8 +100,11 @@ def record_to_weights(
 ) -> Weights:
     """The arrays of ``record``, those named in ``cast`` back in float32; read-only views
     of the message's bytes unless ``writable`` (see the module doc)."""
-    return from_wire({k: flower_to_array(arr, writable) for k, arr in record.items()},
-                     list(cast or []))  # fmt: skip
+    arrays = from_wire({k: flower_to_array(arr, False) for k, arr in record.items()},
+                       list(cast or []))  # fmt: skip
+    if writable:  # one copy of each array (those cast back are new arrays already)
+        arrays = {k: v if v.flags.writeable else v.copy() for k, v in arrays.items()}
+    return arrays
 
 
 def _cast_names(content: RecordDict, record: str) -> list[str]:
