@@ -145,14 +145,15 @@ def test_streaming_memory_does_not_grow_with_the_sites(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sites = {s: tmp_path / s for s in SITES}
-    plan = tiny_plan(sites, rounds=1, network={"base_filters": 8, "depth": 2})
+    plan = tiny_plan(sites, rounds=1, network={"base_filters": 16, "depth": 2})
     model = n_bytes(initial_weights(plan))
     monkeypatch.setattr(STRATEGIES["fedavg"], "streams", False)
     batch = _peak_bytes(write_run(tmp_path / "batch", plan))
     monkeypatch.setattr(STRATEGIES["fedavg"], "streams", True)
     streamed = _peak_bytes(write_run(tmp_path / "streamed", plan))
     assert batch > len(SITES) * model  # every update at once
-    assert streamed < 6 * model, (streamed / model, batch / model)
+    # the global model, the new one, the reply in hand and one array's float64 sum
+    assert streamed < 5 * model, (streamed / model, batch / model)
 
 
 def test_spool_reads_back_what_it_parked(tmp_path: Path) -> None:
