@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -99,6 +99,22 @@ class BoundsConfig(BaseModel):
     )  # fmt: skip
 
 
+#: the dtype weights travel as (``federation.rounds.transfer``)
+TransferDtype = Literal["float32", "float16"]
+
+
+class TransferConfig(BaseModel):
+    """How weights travel between the aggregator and the sites (plan key ``transfer``;
+    ``federation.rounds.transfer``). ``weights: float16`` sends the global model and the
+    sites' weights as float16 and casts them back to float32 on arrival: half the bytes of a
+    round, at the cost of float16 rounding of what is sent (training and aggregation stay
+    float32). Optimizer states always travel as float32."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: TransferDtype = "float32"
+
+
 class SiteConfig(BaseModel):
     """One site. ``data``: its data folder (simulation; relative paths are relative to the
     plan file). In a deployment the site keeps its data path to itself and ``data`` is None."""
@@ -148,6 +164,7 @@ class PlanConfig(BaseModel):
     alarms: AlarmConfig = AlarmConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     bounds: BoundsConfig = BoundsConfig()
+    transfer: TransferConfig = TransferConfig()
 
     @field_validator("sites")
     @classmethod

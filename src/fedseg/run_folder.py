@@ -16,6 +16,8 @@ its errors and ``output_paths``). A federation's run folder holds::
     report.html               REPORT_FILE: ``fedseg report``'s default output
     loso/                     LOSO_DIR: ``fedseg contributions --loso``'s runs
     run.lock                  LOCK_FILE: held (flock) by the run's live writer; see below
+    spool/round_XXXX/         spool_dir(run, r): round r's site updates parked on disk while
+                              they are aggregated (``rounds.spool``); gone when the round ends
 
 A centralized run folder (``fedseg train``) holds ``recipe.yaml`` (RECIPE_FILE) instead of
 a plan, ``run.sqlite``, ``checkpoints/last.ckpt`` (CHECKPOINT), ``last.pt`` and ``best.pt``.
@@ -76,6 +78,7 @@ RECIPE_FILE = "recipe.yaml"
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 LAST_MODEL = "last.pt"
 STRATEGY_STATE_SUFFIX = ".strategy.npz"
+SPOOL_DIR = "spool"
 
 
 def model_path(run_dir: Path, model_round: int) -> Path:
@@ -86,6 +89,11 @@ def model_path(run_dir: Path, model_round: int) -> Path:
 def strategy_state_path(model_file: Path) -> Path:
     """The strategy's state saved beside a round model (``round_XXXX.strategy.npz``)."""
     return Path(model_file).with_suffix(STRATEGY_STATE_SUFFIX)
+
+
+def spool_dir(run_dir: Path, rnd: int) -> Path:
+    """``<run>/spool/round_XXXX``: round ``rnd``'s updates while they are aggregated."""
+    return Path(run_dir) / SPOOL_DIR / f"round_{rnd:04d}"
 
 
 def loso_run(base: Path, site: str) -> Path:

@@ -44,7 +44,7 @@ class ScriptedTransport(ArrayTransport):
         requests: dict[str, TaskRequest],
         timeout_s: float,
         on_result: Callable[[str, Exchanged], None],
-    ) -> dict[str, Exchanged]:
+    ) -> None:
         with RunStore(self.run) as store:
             best = store.meta.best()
         self.best_seen.append(best.model_round if best else None)
@@ -54,8 +54,8 @@ class ScriptedTransport(ArrayTransport):
             for s, d in DICE[mr].items()
             if d is None
         }
-        out = super().exchange(requests, timeout_s, lambda s, ex: None)
-        for site, ex in out.items():
+
+        def script(site: str, ex: Exchanged) -> None:
             if isinstance(ex.result, TaskReply):
                 d = DICE[mr][site]
                 assert d is not None
@@ -63,7 +63,8 @@ class ScriptedTransport(ArrayTransport):
                     g: {"dice": Summary(d, 0.1, N_VAL[site])} for g in ("ET", "TC", "WT", "mean")
                 }
             on_result(site, ex)
-        return out
+
+        super().exchange(requests, timeout_s, script)
 
 
 def test_best_model_equals_the_singlet_selection(tmp_path: Path) -> None:

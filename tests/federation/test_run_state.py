@@ -258,7 +258,13 @@ def test_a_disk_without_room_for_a_round_is_refused(tmp_path: Path) -> None:
     plan = tiny_plan(_sites(tmp_path))
     params = sum(t.numel() for t in new_network(plan.network, None, 0).state_dict().values())
     assert network_parameters(plan.network) == params
-    assert round_bytes(plan) == params * 4 * ROUND_FILES
+    # fedavg streams: its spool holds one update per site while a round is aggregated
+    assert round_bytes(plan) == params * 4 * (ROUND_FILES + len(plan.sites))
+    median = plan.model_copy(update={"strategy": StrategyConfig(name="median")})
+    assert round_bytes(median) == params * 4 * ROUND_FILES  # its updates stay in memory
+    average = plan.model_copy(update={"strategy": StrategyConfig(
+        name="fedavg", params={"optimizer_state": "average"})})  # fmt: skip
+    assert round_bytes(average) == params * 4 * (ROUND_FILES + 3 * len(plan.sites))
     assert check_plan_runs(plan, tmp_path / "run") == round_bytes(plan)
     found = folder_problem(tmp_path / "run", 1 << 60)
     assert found is not None and found.kind == CauseKind.DISK_FULL and found.repeats

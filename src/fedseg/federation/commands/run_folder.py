@@ -8,7 +8,8 @@ contract in ``fedseg.run_folder``.
 :func:`check_plan_runs` is the whole plan check that runs before any engine process starts
 (a new run and every restart): the strategy and its parameters, the initial model, and a
 run folder that can be written and has the free space a round's model files take
-(:func:`round_bytes`: parameters x 4 bytes x ``ROUND_FILES``).
+(:func:`round_bytes`: parameters x 4 bytes x ``ROUND_FILES``, and a streaming strategy's
+spool of the sites' updates).
 """
 
 from __future__ import annotations
@@ -41,8 +42,16 @@ def network_parameters(network: NetworkConfig) -> int:
 
 
 def round_bytes(plan: PlanConfig) -> int:
-    """Bytes of the model files one round writes: parameters x 4 bytes x ``ROUND_FILES``."""
-    return network_parameters(plan.network) * 4 * ROUND_FILES
+    """Bytes of the model files one round writes: parameters x 4 bytes x ``ROUND_FILES``,
+    plus, for a streaming strategy, its spool while the round is aggregated (one update per
+    site, three with the optimizer state averaged: ``rounds.spool``)."""
+    model = network_parameters(plan.network) * 4
+    strategy = make_strategy(plan.strategy, plan.local_epochs)
+    spool = 0
+    if strategy.streams:
+        per_site = 3 if strategy.params.optimizer_state == "average" else 1
+        spool = len(plan.sites) * per_site * model
+    return model * ROUND_FILES + spool
 
 
 def check_plan_runs(plan: PlanConfig, run_dir: Path) -> int:

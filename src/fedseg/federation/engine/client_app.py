@@ -90,4 +90,4 @@ def train(msg: Message, context: Context) -> Message:
     except TaskFailed as exc:  # logged in full at the site; only the line travels
         return Message(Error(CLIENT_APP_RAISED_EXCEPTION, exc.line), reply_to=msg)
     reply.startup_s = startup_s
-    return Message(encode_reply(reply), reply_to=msg)
+    return Message(encode_reply(reply, req.transfer), reply_to=msg)

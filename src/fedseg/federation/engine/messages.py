@@ -4,10 +4,25 @@
 ``RecordDict`` content and back. This and ``server_app``/``client_app`` are the only
 modules that import the Flower Python API. A reply holds weights and summaries only
 (means, standard deviations, counts): never images, labels or per-case values.
+
+Weights travel as Flower ``Array``s in numpy's ``.npy`` format, without needless copies:
+
+- encoding copies each array once (its header and raw bytes joined into the message's
+  bytes), and ``encode_requests`` encodes a round's global model (and optimizer state) once
+  for all its sites: their messages share one ``ArrayRecord``. Flower sends an array as
+  content-addressed objects, so the shared record's objects are pushed once per round too;
+- decoding on the aggregator makes no copy: the arrays are read-only views of the
+  message's bytes (``record_to_weights(..., writable=False)``; the coordinator only reads
+  them and parks them on disk), a site gets writable arrays (one copy: torch loads them);
+- with the plan's ``transfer: {weights: float16}`` (``rounds.transfer``) the weights (not
+  the optimizer state) travel as float16: the record ``wire`` names the arrays that were
+  cast from float32 (``wire[<record>]``) and decoding casts exactly those back.
 """
 
 from __future__ import annotations
 
+import io
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,6 +30,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, optimizer_mode
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
+from fedseg.federation.rounds.transfer import (
+    DEFAULT_TRANSFER,
+    TransferDtype,
+    from_wire,
+    to_wire,
+    transfer_dtype,
+)
 from fedseg.model.summary import MIN_SUMMARY_CASES, Summary
 from fedseg.run_folder import DeclaredCases
 
@@ -24,18 +46,79 @@ if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
 #: Flower message types: the round's work and the hello that maps a node to a site name.
 TRAIN = "train"
 HELLO = "query.hello"
+#: the record naming, per array record, the arrays sent as float16 for float32
+WIRE = "wire"
+_NUMPY = "numpy.ndarray"  # flwr SType.NUMPY
+#: an encoded array record and the names of its arrays sent as float16 for float32
+_Encoded = tuple[ArrayRecord, list[str]]
 
 
-def weights_to_record(weights: Weights) -> ArrayRecord:
-    """Weights (or an optimizer state) -> ArrayRecord: order, dtypes and shapes kept (0-d
-    arrays stay 0-d); numpy serialization, no pickle."""
-    return ArrayRecord(
-        array_dict={k: Array(np.require(v, requirements="C")) for k, v in weights.items()}
+def array_to_flower(v: np.ndarray) -> Array:
+    """One array as a Flower ``Array`` in ``.npy`` format (no pickle), copied once."""
+    a = np.require(v, requirements="C")  # keeps 0-d arrays 0-d
+    head = io.BytesIO()
+    header = np.lib.format.header_data_from_array_1_0(a)
+    try:
+        np.lib.format.write_array_header_1_0(head, header)
+    except ValueError:  # a header over 64 KiB (very many dimensions)
+        np.lib.format.write_array_header_2_0(head, header)
+    data = b"".join((head.getbuffer(), memoryview(a.reshape(-1)).cast("B")))
+    return Array(dtype=str(a.dtype), shape=tuple(int(n) for n in a.shape), stype=_NUMPY,
+                 data=data)  # fmt: skip
+
+
+def flower_to_array(arr: Array, writable: bool = False) -> np.ndarray:
+    """A Flower ``Array`` (``.npy`` format) as numpy: a read-only view of its bytes, or
+    (``writable``) one copy. A ValueError when it is not a plain numeric ``.npy`` array."""
+    if arr.stype != _NUMPY:
+        raise ValueError(f"array of serialization {arr.stype!r}, expected {_NUMPY!r}")
+    buf = io.BytesIO(arr.data)  # shares the bytes: no copy
+    major, _ = np.lib.format.read_magic(buf)
+    read_header = (
+        np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
     )
+    shape, fortran, dtype = read_header(buf)
+    if dtype.hasobject:
+        raise ValueError("array of Python objects")
+    count = int(np.prod(shape, dtype=np.int64))
+    view = np.frombuffer(arr.data, dtype=dtype, count=count, offset=buf.tell())
+    out = view.reshape(shape, order="F" if fortran else "C")
+    return out.copy(order="K") if writable else out
 
 
-def record_to_weights(record: ArrayRecord) -> Weights:
-    return {k: arr.numpy() for k, arr in record.items()}
+def weights_to_record(
+    weights: Mapping[str, np.ndarray], transfer: TransferDtype = DEFAULT_TRANSFER
+) -> tuple[ArrayRecord, list[str]]:
+    """Weights (or an optimizer state) -> (ArrayRecord, the names of the arrays sent as
+    float16 for float32): order, dtypes and shapes kept (0-d arrays stay 0-d)."""
+    wire, cast = to_wire(weights, transfer)
+    return ArrayRecord(array_dict={k: array_to_flower(v) for k, v in wire.items()}), cast
+
+
+def record_to_weights(
+    record: ArrayRecord, cast: list[str] | None = None, writable: bool = True
+) -> Weights:
+    """The arrays of ``record``, those named in ``cast`` back in float32; read-only views
+    of the message's bytes unless ``writable`` (see the module doc)."""
+    arrays = from_wire({k: flower_to_array(arr, False) for k, arr in record.items()},
+                       list(cast or []))  # fmt: skip
+    if writable:  # one copy of each array (those cast back are new arrays already)
+        arrays = {k: v if v.flags.writeable else v.copy() for k, v in arrays.items()}
+    return arrays
+
+
+def _cast_names(content: RecordDict, record: str) -> list[str]:
+    wire = content.get(WIRE)
+    return [str(k) for k in wire.get(record, [])] if wire is not None else []  # type: ignore[union-attr]
+
+
+def _put(content: RecordDict, name: str, encoded: tuple[ArrayRecord, list[str]]) -> None:
+    record, cast = encoded
+    content[name] = record
+    if cast:
+        if WIRE not in content:
+            content[WIRE] = ConfigRecord({})
+        content[WIRE][name] = cast  # type: ignore[index]
 
 
 def content_bytes(content: RecordDict) -> int:
@@ -43,12 +126,32 @@ def content_bytes(content: RecordDict) -> int:
     return int(sum(rec.count_bytes() for rec in content.values()))
 
 
-def encode_request(req: TaskRequest) -> RecordDict:
-    """A request as ``global`` (weights), ``task`` (typed config entries) and, when it
-    carries one, ``optimizer`` (the optimizer state's arrays)."""
+def encode_requests(requests: Mapping[str, TaskRequest]) -> dict[str, RecordDict]:
+    """Each site's request content (``encode_request``); the requests that carry the same
+    weights object (the round's global model) or optimizer state share one encoded
+    ``ArrayRecord``, so the model is encoded once per round, not once per site."""
+    shared: dict[tuple[int, str], _Encoded] = {}
+    return {site: encode_request(req, shared) for site, req in requests.items()}
+
+
+def encode_request(
+    req: TaskRequest, shared: dict[tuple[int, str], _Encoded] | None = None
+) -> RecordDict:
+    """A request as ``global`` (weights, in the transfer dtype), ``task`` (typed config
+    entries) and, when it carries one, ``optimizer`` (the optimizer state's arrays, always
+    as they are). ``shared``: records already encoded this round, by (object id, dtype)."""
+    shared = {} if shared is None else shared
+
+    def encoded(
+        arrays: Mapping[str, np.ndarray], dtype: TransferDtype
+    ) -> tuple[ArrayRecord, list[str]]:
+        key = (id(arrays), dtype)
+        if key not in shared:
+            shared[key] = weights_to_record(arrays, dtype)
+        return shared[key]
+
     content = RecordDict(
         {
-            "global": weights_to_record(req.weights),
             "task": ConfigRecord(
                 {
                     "round": req.round,
@@ -61,12 +164,14 @@ def encode_request(req: TaskRequest) -> RecordDict:
                     "optimizer_mode": req.optimizer_mode,
                     "proximal_mu": float(req.proximal_mu),
                     "min_summary_cases": int(req.min_summary_cases),
+                    "transfer": req.transfer,
                 }
             ),
         }
     )
+    _put(content, "global", encoded(req.weights, req.transfer))
     if req.optimizer_state is not None:
-        content["optimizer"] = weights_to_record(req.optimizer_state)
+        _put(content, "optimizer", encoded(req.optimizer_state, "float32"))
     return content
 
 
@@ -80,15 +185,18 @@ def decode_request(content: RecordDict) -> TaskRequest:
         seed=int(task["seed"]),
         run_id=str(task["run_id"]),
         recipe=str(task["recipe"]),
-        weights=record_to_weights(content["global"]),
+        weights=record_to_weights(content["global"], _cast_names(content, "global")),
         optimizer_mode=optimizer_mode(str(task.get("optimizer_mode", DEFAULT_MODE))),
         proximal_mu=float(task.get("proximal_mu", 0.0)),
         optimizer_state=record_to_weights(content["optimizer"]) if "optimizer" in content else None,
         min_summary_cases=int(task.get("min_summary_cases", MIN_SUMMARY_CASES)),
+        transfer=transfer_dtype(str(task.get("transfer", DEFAULT_TRANSFER))),
     )
 
 
-def encode_reply(rep: TaskReply) -> RecordDict:
+def encode_reply(rep: TaskReply, transfer: TransferDtype = DEFAULT_TRANSFER) -> RecordDict:
+    """A reply; its weights in the request's ``transfer`` dtype, its optimizer state as
+    it is."""
     metrics: dict[str, float | int] = {
         "n_train": rep.n_train,
         "n_val": rep.n_val,
@@ -113,13 +221,15 @@ def encode_reply(rep: TaskReply) -> RecordDict:
         }
     )
     if rep.weights is not None:
-        content["weights"] = weights_to_record(rep.weights)
+        _put(content, "weights", weights_to_record(rep.weights, transfer))
     if rep.optimizer_state is not None:
-        content["optimizer"] = weights_to_record(rep.optimizer_state)
+        _put(content, "optimizer", weights_to_record(rep.optimizer_state))
     return content
 
 
 def decode_reply(content: RecordDict) -> TaskReply:
+    """A site's reply at the aggregator: its arrays are read-only views of the message's
+    bytes (the float16-sent weights: new float32 arrays)."""
     m = content["metrics"]
     validation: dict[str, dict[str, Summary]] = {}
     val = content["validation"]
@@ -133,7 +243,7 @@ def decode_reply(content: RecordDict) -> TaskReply:
         )
     return TaskReply(
         site=str(content["site"]["name"]),
-        weights=record_to_weights(content["weights"]) if "weights" in content else None,
+        weights=_reply_arrays(content, "weights"),
         n_train=int(m["n_train"]),
         n_val=int(m["n_val"]),
         train_loss=float(m["train_loss"]) if "train_loss" in m else None,
@@ -142,8 +252,14 @@ def decode_reply(content: RecordDict) -> TaskReply:
         startup_s=float(m.get("startup_s", 0.0)),
         validation=validation,
         validated=bool(m.get("validated", bool(validation))),
-        optimizer_state=record_to_weights(content["optimizer"]) if "optimizer" in content else None,
+        optimizer_state=_reply_arrays(content, "optimizer"),
     )
+
+
+def _reply_arrays(content: RecordDict, name: str) -> Weights | None:
+    if name not in content:
+        return None
+    return record_to_weights(content[name], _cast_names(content, name), writable=False)  # type: ignore[arg-type]
 
 
 def encode_hello_reply(site: str, declared: DeclaredCases | None = None) -> RecordDict:

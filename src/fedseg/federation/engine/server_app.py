@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedseg.federation.engine.messages import (
@@ -25,7 +25,7 @@ from fedseg.federation.engine.messages import (
     content_bytes,
     decode_hello_reply,
     decode_reply,
-    encode_request,
+    encode_requests,
 )
 from fedseg.federation.rounds.coordinator import (
     Coordinator,
@@ -126,58 +126,54 @@ class FlowerTransport:
         requests: dict[str, TaskRequest],
         timeout_s: float,
         on_result: Callable[[str, Exchanged], None],
-    ) -> dict[str, Exchanged]:
+    ) -> None:
+        """``coordinator.Transport.exchange``: the round's model is encoded once for all
+        sites (``messages.encode_requests``); each reply is decoded and handed over as it
+        is pulled, and nothing of it is kept here (replies pulled in the same poll, every
+        ``POLL_S``, are in memory together until each is handed over)."""
         site_node = {s: n for n, s in self.node_site.items()}
-        out: dict[str, Exchanged] = {}
+        for site in [s for s in requests if s not in site_node]:
+            on_result(
+                site, Exchanged(SiteFailure(SiteRoundStatus.FAILED, "not connected"), 0, 0, 0.0)
+            )
+        contents = encode_requests({s: r for s, r in requests.items() if s in site_node})
         msgs, sites, sizes = [], [], {}
-        for site, req in requests.items():
-            if site not in site_node:
-                out[site] = Exchanged(
-                    SiteFailure(SiteRoundStatus.FAILED, "not connected"), 0, 0, 0.0
-                )
-                on_result(site, out[site])
-                continue
-            content = encode_request(req)
+        for site, content in contents.items():
             sizes[site] = content_bytes(content)
-            msgs.append(self.grid.create_message(content, TRAIN, site_node[site], str(req.round)))
+            msgs.append(self.grid.create_message(
+                content, TRAIN, site_node[site], str(requests[site].round)
+            ))  # fmt: skip
             sites.append(site)
+        del contents
         t0 = time.monotonic()
         pending = dict(zip(self.grid.push_messages(msgs), sites, strict=True))
+        del msgs  # the encoded model is Flower's now
         while pending and time.monotonic() - t0 < timeout_s:
-            for reply in self.grid.pull_messages(list(pending)):
+            replies = list(self.grid.pull_messages(list(pending)))
+            while replies:
+                reply = replies.pop(0)
                 site = pending.pop(reply.metadata.reply_to_message_id, None)
-                if site is None:
-                    continue
-                wall = time.monotonic() - t0
-                if reply.has_error():
-                    reason = (reply.error.reason or f"error code {reply.error.code}").strip()
-                    res: Exchanged = Exchanged(
-                        SiteFailure(SiteRoundStatus.FAILED, error_line(reason)),
-                        sizes[site],
-                        0,
-                        wall,
-                    )
-                else:
-                    try:
-                        rep = decode_reply(reply.content)
-                        res = Exchanged(rep, sizes[site], content_bytes(reply.content), wall)
-                    except (KeyError, ValueError, TypeError) as exc:
-                        res = Exchanged(
-                            SiteFailure(SiteRoundStatus.FAILED, f"malformed reply: {exc}"),
-                            sizes[site],
-                            0,
-                            wall,
-                        )
-                out[site] = res
-                on_result(site, res)
+                if site is not None:
+                    on_result(site, _exchanged(reply, sizes[site], time.monotonic() - t0))
+                del reply  # its bytes go as soon as the coordinator has parked them
             if pending:
                 time.sleep(POLL_S)
         for site in pending.values():
             late = SiteFailure(SiteRoundStatus.TIMEOUT, f"no reply within {timeout_s:.0f} s")
-            res = Exchanged(late, sizes[site], 0, time.monotonic() - t0)
-            out[site] = res
-            on_result(site, res)
-        return out
+            on_result(site, Exchanged(late, sizes[site], 0, time.monotonic() - t0))
+
+
+def _exchanged(reply: Message, sent: int, wall: float) -> Exchanged:
+    """A pulled reply as a site's result (its error, or the decoded reply)."""
+    if reply.has_error():
+        reason = (reply.error.reason or f"error code {reply.error.code}").strip()
+        return Exchanged(SiteFailure(SiteRoundStatus.FAILED, error_line(reason)), sent, 0, wall)
+    try:
+        rep = decode_reply(reply.content)
+    except (KeyError, ValueError, TypeError) as exc:
+        failed = SiteFailure(SiteRoundStatus.FAILED, f"malformed reply: {exc}")
+        return Exchanged(failed, sent, 0, wall)
+    return Exchanged(rep, sent, content_bytes(reply.content), wall)
 
 
 _FLOWER_REASON = re.compile(r"^<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)

@@ -16,22 +16,29 @@ Conventions:
   honest site reaches: an update scaled by 1e30) is rejected, so that it shows as such.
   The lower median (the smaller middle value for an even count) stays an honest update's
   norm as long as fewer than half of the updates are inflated, two sites included.
+- The math reads updates key by key, so an update may be any ``Arrays`` mapping: ``Weights``
+  in memory, or arrays read back from disk as they are used (``spool.SpooledArrays``, the
+  streaming aggregation). ``weighted_average`` holds one float64 accumulator of one array
+  at a time; it gives the same numbers whichever kind it reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from fedseg.model.weights import Weights
+
+#: named arrays held in memory (``Weights``) or read on demand (``spool.SpooledArrays``)
+Arrays = Mapping[str, np.ndarray]
 
 
 class UpdateRejected(ValueError):
     """A site's update that cannot be aggregated (wrong keys/shapes/dtypes, NaN or Inf)."""
 
 
-def check_update(update: Weights, reference: Weights) -> None:
+def check_update(update: Arrays, reference: Arrays) -> None:
     """Raise ``UpdateRejected`` with a one-line reason if ``update`` does not fit ``reference``."""
     missing = [k for k in reference if k not in update]
     extra = [k for k in update if k not in reference]
@@ -55,11 +62,12 @@ def check_update(update: Weights, reference: Weights) -> None:
             raise UpdateRejected(f"{k}: {n_bad} non-finite values (NaN or Inf)")
 
 
-def weighted_average(updates: Sequence[Weights], weights: Sequence[float]) -> Weights:
+def weighted_average(updates: Sequence[Arrays], weights: Sequence[float]) -> Weights:
     """Mean of ``updates`` weighted by ``weights`` (e.g. training cases), key by key.
 
     All updates must have the same keys, shapes and dtypes (run ``check_update`` first).
-    The result keeps the first update's key order and each array's dtype.
+    The result keeps the first update's key order and each array's dtype. Each update's
+    array is read once per key (a spooled update: from disk, then freed).
     """
     if not updates:
         raise ValueError("nothing to average: no updates")
@@ -87,7 +95,7 @@ def _cast_like(acc: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return acc.astype(dtype)
 
 
-def difference_norm(a: Weights, b: Weights) -> float:
+def difference_norm(a: Arrays, b: Arrays) -> float:
     """L2 norm of ``a - b`` over the floating arrays (the trained parameters and running
     statistics; integer counters are left out)."""
     total = 0.0
@@ -105,23 +113,46 @@ def norm_bound(norms: Sequence[float], ratio: float) -> float:
     return ratio * ordered[(len(ordered) - 1) // 2]
 
 
-def clip_update(update: Weights, reference: Weights, max_norm: float) -> Weights:
+def clip_update(
+    update: Arrays, reference: Arrays, max_norm: float, norm: float | None = None
+) -> Arrays:
     """``update`` with its change from ``reference`` scaled down to ``max_norm`` (floating
-    arrays; integer and boolean arrays kept); unchanged when it is within the bound."""
-    norm = difference_norm(update, reference)
+    arrays; integer and boolean arrays kept); unchanged when it is within the bound.
+    ``norm`` is the update's ``difference_norm`` when the caller knows it already. An update
+    in memory (``Weights``) gives ``Weights``; one read on demand (a spool) gives a mapping
+    that clips each array as it is read (the same numbers)."""
+    norm = difference_norm(update, reference) if norm is None else norm
     if norm <= max_norm:
         return update
-    f = max_norm / norm
-    out: Weights = {}
-    for k, x in update.items():
-        if x.dtype.kind not in "fc":
-            out[k] = x
-            continue
-        ref = reference[k].astype(np.float64)
-        out[k] = (ref + f * (x.astype(np.float64) - ref)).astype(x.dtype)
-    return out
+    clipped = ClippedArrays(update, reference, max_norm / norm)
+    return dict(clipped.items()) if isinstance(update, dict) else clipped
 
 
-def n_bytes(weights: Weights) -> int:
+def clip_array(x: np.ndarray, ref: np.ndarray, factor: float) -> np.ndarray:
+    """``ref + factor * (x - ref)`` in float64, cast to ``x``'s dtype (floating arrays; the
+    others are returned as they are)."""
+    if x.dtype.kind not in "fc":
+        return x
+    r = ref.astype(np.float64)
+    return (r + factor * (x.astype(np.float64) - r)).astype(x.dtype)
+
+
+class ClippedArrays(Mapping[str, np.ndarray]):
+    """``update``'s change from ``reference`` scaled by ``factor``, array by array as read."""
+
+    def __init__(self, update: Arrays, reference: Arrays, factor: float) -> None:
+        self.update, self.reference, self.factor = update, reference, factor
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return clip_array(self.update[key], self.reference[key], self.factor)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.update)
+
+    def __len__(self) -> int:
+        return len(self.update)
+
+
+def n_bytes(weights: Arrays) -> int:
     """Raw size of the arrays in bytes (what a model costs to send, before framing)."""
     return int(sum(v.nbytes for v in weights.values()))

@@ -14,6 +14,13 @@ here and lands in the run store:
   clipped to the norm bound (``aggregation.norm_bound``) and aggregated into model r
   (``models/round_XXXX.pt``, with the strategy's state, if it keeps any, in
   ``round_XXXX.strategy.npz``);
+- memory: each reply is taken as it arrives (the transport hands it over and keeps
+  nothing). A streaming strategy's update (``Strategy.streams``) is checked, its norm kept,
+  and its arrays parked in the round's spool folder (``rounds.spool``) at once; once all
+  replies are in, the norm bounds are applied and the aggregation reads the parked updates
+  back array by array (clipped as they are read), so the aggregator holds about one model
+  whatever the number of sites, with the same numbers as when every update is in memory.
+  The other strategies keep the round's updates in memory (n_sites x the model);
 - a site with fewer validation cases than the plan's ``privacy.min_summary_cases`` (or its
   own floor) replies ``validated`` without numbers: an event, no ``validation`` rows, so
   the round-score rule counts it as a site that did not validate; a failed site's error is
@@ -53,6 +60,7 @@ from fedseg.federation.rounds.aggregation import (
     norm_bound,
 )
 from fedseg.federation.rounds.bounds import check_declaration, check_report
+from fedseg.federation.rounds.spool import Spool
 from fedseg.federation.rounds.strategies.base import SiteUpdate, Strategy
 from fedseg.federation.rounds.strategies.registry import make_strategy
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_json
@@ -63,6 +71,7 @@ from fedseg.plan import PlanConfig, load_plan
 from fedseg.run_folder import (
     BEST_MODEL,
     PLAN_FILE,
+    SPOOL_DIR,
     BestModel,
     DeclaredCases,
     LastTrained,
@@ -74,6 +83,7 @@ from fedseg.run_folder import (
     SiteRoundStatus,
     cause_of,
     model_path,
+    spool_dir,
     strategy_state_path,
 )
 from fedseg.tracking.alarms import check_alarms
@@ -114,8 +124,12 @@ class Transport(Protocol):
         requests: dict[str, TaskRequest],
         timeout_s: float,
         on_result: Callable[[str, Exchanged], None],
-    ) -> dict[str, Exchanged]:
-        """Send each site its request; collect replies until all came or ``timeout_s``."""
+    ) -> None:
+        """Send each site its request and hand each site's result to ``on_result`` as it
+        comes, until all came or ``timeout_s``: at most once per site (a site never handed
+        over has not replied). The result is the coordinator's from then on: the transport
+        keeps no reference to it, so its weights are freed once the coordinator is done
+        with them (a streaming round parks them on disk at once)."""
         ...
 
     def declared_cases(self) -> dict[str, DeclaredCases]:
@@ -172,6 +186,7 @@ class Coordinator:
         try:
             last = store.last_done_round()
             store.discard_after(last)
+            shutil.rmtree(self.run_dir / SPOOL_DIR, ignore_errors=True)  # a killed run's
             weights = self._load_global(last)
             sites = self._connect()
             for rnd in range(last + 1, plan.rounds + 1):
@@ -184,6 +199,7 @@ class Coordinator:
             record_failure(store, self.run_dir, exc)
             raise
         finally:
+            shutil.rmtree(self.run_dir / SPOOL_DIR, ignore_errors=True)  # a failed round's
             store.close()
 
     # -- steps ------------------------------------------------------------------------
@@ -269,6 +285,7 @@ class Coordinator:
                 proximal_mu=t.proximal_mu,
                 optimizer_state=t.optimizer_state,
                 min_summary_cases=plan.privacy.min_summary_cases,
+                transfer=plan.transfer.weights,
             )
             for s, t in tasks.items()
         }
@@ -277,26 +294,36 @@ class Coordinator:
             for s in plan.site_names
         }
         self._set_live(rnd, LivePhase.TRAINING, states)
-        results = self.transport.exchange(
-            requests, plan.round_timeout_s, lambda s, ex: self._on_result(rnd, s, ex)
-        )
-        updates: list[SiteUpdate] = []
+        spool = Spool(spool_dir(self.run_dir, rnd)) if self.strategy.streams else None
         records: dict[str, SiteRound] = {}
-        for site in requests:
-            ex = results.get(site) or Exchanged(
-                SiteFailure(SiteRoundStatus.TIMEOUT, "no reply"), 0, 0, 0.0
-            )
+        arrived: dict[str, SiteUpdate] = {}
+        norms: dict[str, float] = {}
+
+        def take(site: str, ex: Exchanged) -> None:
             sr, upd = self._site_result(rnd, site, ex, weights, requests[site].epochs > 0)
             records[site] = sr
             if upd is not None:
-                updates.append(upd)
-        norms = {u.site: difference_norm(u.weights, weights) for u in updates}
+                norms[site] = difference_norm(upd.weights, weights)
+                arrived[site] = _park(spool, upd) if spool is not None else upd
+
+        def on_result(site: str, ex: Exchanged) -> None:
+            self._on_result(rnd, site, ex)
+            take(site, ex)
+
+        self.transport.exchange(requests, plan.round_timeout_s, on_result)
+        for site in requests:
+            if site not in records:
+                take(site, Exchanged(SiteFailure(SiteRoundStatus.TIMEOUT, "no reply"), 0, 0, 0.0))
+        # in the plan's site order, whatever order the replies came in
+        records = {s: records[s] for s in requests}
+        updates = [arrived[s] for s in requests if s in arrived]
         updates = self._bound_norms(rnd, weights, updates, norms, records)
         trained = [s for s in requests if requests[s].epochs > 0]
         if self.strategy.skip_failed_sites and trained and not updates:
             store.log(f"round {rnd}: no update from {', '.join(trained)}; skipped, the model "
                       "goes on unchanged", "warning")  # fmt: skip
         elif trained and len(updates) < min(plan.min_sites, len(trained)):
+            _remove(spool)
             for sr in records.values():
                 store.record_site_round(sr)
             store.finish_round(rnd, status=RoundStatus.FAILED, n_sites=len(updates))
@@ -313,6 +340,7 @@ class Coordinator:
                 update_norm=norms[upd.site],
                 update_distance=difference_norm(upd.weights, new),
             )
+        _remove(spool)  # the round's updates are no longer needed
         for sr in records.values():
             store.record_site_round(sr)
         self._save_model(rnd, new)
@@ -339,14 +367,19 @@ class Coordinator:
                 recipe=self.recipe,
                 weights=weights,
                 min_summary_cases=plan.privacy.min_summary_cases,
+                transfer=plan.transfer.weights,
             )
             for s in sites
         }
         self._set_live(rnd, LivePhase.FINAL_VALIDATION,
                        dict.fromkeys(sites, SiteActivity.VALIDATING))  # fmt: skip
-        results = self.transport.exchange(
-            requests, plan.round_timeout_s, lambda s, ex: self._on_result(rnd + 1, s, ex)
-        )
+        results: dict[str, Exchanged] = {}
+
+        def on_result(site: str, ex: Exchanged) -> None:
+            self._on_result(rnd + 1, site, ex)
+            results[site] = ex
+
+        self.transport.exchange(requests, plan.round_timeout_s, on_result)
         for site in requests:
             ex = results.get(site)
             if ex is not None and isinstance(ex.result, TaskReply) and ex.result.validation:
@@ -404,6 +437,7 @@ class Coordinator:
             return sr, None
         upd = SiteUpdate(site, res.weights, res.n_train, res.train_loss or float("nan"),
                          res.optimizer_state)  # fmt: skip
+        res.weights = res.optimizer_state = None  # the update holds them now, nothing else
         return SiteRound(status=SiteRoundStatus.OK, extra=extra, **base, **common), upd  # type: ignore[arg-type]
 
     def _check_report(self, site: str, res: TaskReply) -> None:
@@ -445,7 +479,7 @@ class Coordinator:
                 bound = b.update_norm_ratio * median
                 self.store.log(f"round {rnd}: site {u.site} update clipped from norm "
                                f"{norms[u.site]:.3g} to {bound:.3g}", "warning")  # fmt: skip
-                u = _with(u, weights=clip_update(u.weights, weights, bound))
+                u = _with(u, weights=clip_update(u.weights, weights, bound, norms[u.site]))
                 sr = records[u.site]
                 records[u.site] = _with(sr, extra={**(sr.extra or {}), "clipped_to": bound})
             out.append(u)
@@ -508,6 +542,18 @@ def record_failure(store: RunStore, run_dir: Path, exc: BaseException) -> None:
     with contextlib.suppress(sqlite3.Error, OSError):
         store.meta.set_failed(cause_of(exc, run_dir, store.meta.round_bytes() or 0))
         store.log(f"federation failed: {exc}", "error")
+
+
+def _remove(spool: Spool | None) -> None:
+    if spool is not None:
+        spool.remove()
+
+
+def _park(spool: Spool, upd: SiteUpdate) -> SiteUpdate:
+    """``upd`` with its weights (and optimizer state) written to ``spool`` and read back
+    from there as they are used; the arrays in memory are no longer referenced."""
+    state = spool.park(upd.optimizer_state) if upd.optimizer_state else upd.optimizer_state
+    return _with(upd, weights=spool.park(upd.weights), optimizer_state=state)
 
 
 def _with(value: _D, **changes: Any) -> _D:

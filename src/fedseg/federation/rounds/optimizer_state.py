@@ -16,8 +16,10 @@ is, the site saves it with ``model.weights.save_arrays`` and this module average
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal, get_args
+
+import numpy as np
 
 from fedseg.federation.rounds.aggregation import weighted_average
 from fedseg.model.weights import Weights
@@ -35,12 +37,15 @@ def optimizer_mode(text: str) -> OptimizerMode:
     raise ValueError(f"optimizer mode {text!r} is unknown; choose one of {', '.join(MODES)}")
 
 
-def average_states(states: Sequence[Weights], weights: Sequence[float]) -> Weights | None:
+def average_states(
+    states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
+) -> Weights | None:
     """Weighted mean of optimizer states (moments key by key, ``step`` rounded mean).
 
     States that never stepped (no moments) are left out; None when none is left. Adam's
     second moment averages to a valid (non-negative) second moment, so the result can be
-    loaded as it is. A single state comes back with the same values.
+    loaded as it is. A single state comes back with the same values. States parked on disk
+    (``spool``) are read array by array, like a streaming strategy's weights.
     """
     pairs = [(s, w) for s, w in zip(states, weights, strict=True) if len(s) > 1]
     if not pairs:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, OptimizerMode
+from fedseg.federation.rounds.transfer import DEFAULT_TRANSFER, TransferDtype
 from fedseg.model.config import NetworkConfig
 from fedseg.model.summary import MIN_SUMMARY_CASES, Summary
 from fedseg.run_folder import DeclaredCases
@@ -49,6 +50,8 @@ class TaskRequest:
     optimizer_state: OptimizerState | None = None
     #: the plan's ``privacy.min_summary_cases`` (the site applies at least its own floor)
     min_summary_cases: int = MIN_SUMMARY_CASES
+    #: the dtype weights travel as, both ways (plan ``transfer.weights``; ``transfer``)
+    transfer: TransferDtype = DEFAULT_TRANSFER
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """The in-process transport of ``fedseg compare``: each site's task runs here, one after
 the other (the real ``run_task``), so a comparison needs no engine processes. Each site
-declares its split's case counts as a real site's hello does (``client_app``)."""
+declares its split's case counts as a real site's hello does (``client_app``). Weights make
+the round trip of the plan's ``transfer`` dtype both ways (``rounds.transfer``), so a float16
+transfer has the effect it has over the engine, and the bytes counted are the wire's."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +16,7 @@ from fedseg.federation.rounds.aggregation import n_bytes
 from fedseg.federation.rounds.coordinator import Exchanged, SiteFailure
 from fedseg.federation.rounds.site import run_task
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, declared_cases
+from fedseg.federation.rounds.transfer import round_trip
 from fedseg.run_folder import DeclaredCases, SiteRoundStatus
 
 
@@ -43,27 +47,31 @@ class LocalTransport:
         return out
 
     def exchange(self, requests: dict[str, TaskRequest], timeout_s: float,
-                 on_result: Callable[[str, Exchanged], None]) -> dict[str, Exchanged]:  # fmt: skip
-        out: dict[str, Exchanged] = {}
+                 on_result: Callable[[str, Exchanged], None]) -> None:  # fmt: skip
         for site, req in requests.items():
             t0 = time.perf_counter()
-            sent = n_bytes(req.weights)
+            arrived, sent = round_trip(req.weights, req.transfer)
+            if req.optimizer_state is not None:
+                sent += n_bytes(req.optimizer_state)
             try:
-                rep = run_task(site, self.data[site], req, self.workspaces[site],
-                               self.min_summary_cases)  # fmt: skip
+                rep = run_task(site, self.data[site], dataclasses.replace(req, weights=arrived),
+                               self.workspaces[site], self.min_summary_cases)  # fmt: skip
                 self._poison(site, req, rep)
-                got = n_bytes(rep.weights) if rep.weights is not None else 0
+                got = 0
+                if rep.weights is not None:
+                    rep.weights, got = round_trip(rep.weights, req.transfer)
+                if rep.optimizer_state is not None:
+                    got += n_bytes(rep.optimizer_state)
                 ex = Exchanged(rep, sent, got, time.perf_counter() - t0)
             except Exception as exc:  # a site's failure is its round's result, not ours
                 line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
                 ex = Exchanged(
                     SiteFailure(SiteRoundStatus.FAILED, line), sent, 0, time.perf_counter() - t0
                 )
-            out[site] = ex
             on_result(site, ex)
+            del ex
             if self.on_site is not None:
                 self.on_site(site)
-        return out
 
     def _poison(self, site: str, req: TaskRequest, rep: TaskReply) -> None:
         if self.poison is not None and self.poison.site == site:

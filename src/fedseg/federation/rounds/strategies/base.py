@@ -16,15 +16,23 @@ saved with every round's model; each part of it sits under its own namespace
 (``model.weights.nest``): ``optimizer/`` for the averaged optimizer state, ``m/``, ``v/``
 for server moments.
 
+Memory: a strategy whose new model depends on the round's updates only through their
+weighted mean (and its ``combine`` reads them only through ``aggregation.weighted_average``)
+declares ``streams = True``: the coordinator then parks each update on disk as it arrives
+(``rounds.spool``) and the aggregation reads it back array by array, so the aggregator holds
+about one model whatever the number of sites. The others get every update in memory at
+once: their memory is n_sites x the model's size.
+
 The strategies are listed by name in ``strategies.registry``; this module imports none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, OptimizerMode, average_states
@@ -71,13 +79,15 @@ class SiteTask:
 
 @dataclass(frozen=True)
 class SiteUpdate:
-    """A site's checked training result: its weights and the cases it trained on."""
+    """A site's checked training result: its weights and the cases it trained on. A
+    streaming strategy's updates are read from disk as they are used (``rounds.spool``):
+    weights and optimizer state are then read-only mappings of arrays, not dicts."""
 
     site: str
-    weights: Weights
+    weights: Mapping[str, np.ndarray]
     n_train: int
     train_loss: float
-    optimizer_state: OptimizerState | None = None
+    optimizer_state: Mapping[str, np.ndarray] | None = None
 
 
 def case_weights(updates: Sequence[SiteUpdate]) -> list[float]:
@@ -94,6 +104,9 @@ class Strategy(Generic[P]):
     params_model: ClassVar[type[StrategyParams]] = StrategyParams
     #: sequential plans: a site that fails leaves the model as it was, the loop goes on
     skip_failed_sites: ClassVar[bool] = False
+    #: the updates can be folded one by one (read from disk as ``combine`` uses them): the
+    #: new model depends on them only through ``weighted_average`` (see the module doc)
+    streams: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

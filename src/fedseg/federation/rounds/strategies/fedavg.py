@@ -1,7 +1,8 @@
 """FedAvg (McMahan et al. 2017; the FeTS study) and FedProx (Li et al. 2020): FedAvg's
 aggregation plus a proximal term ``mu / 2 ||w - w_global||^2`` in each site's loss.
 
-Both take the parallel plans' parameters (participation, optimizer state).
+Both take the parallel plans' parameters (participation, optimizer state). Both stream
+(``Strategy.streams``): the aggregator holds about one model whatever the number of sites.
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ class FedAvg(ParallelStrategy[FedAvgParams]):
     """FedAvg: the mean of the sites' weights, weighted by their training cases
     (``weighted: false``: plain mean)."""
 
+    streams = True
+
     def combine(self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]) -> Weights:
         return fedavg_weights(updates, self.params.weighted)
 
 
 class FedProx(ParallelStrategy[FedProxParams]):
     """FedProx: sites train with the proximal term of strength ``mu``; FedAvg aggregation."""
+
+    streams = True
 
     def proximal_mu(self) -> float:
         return float(self.params.mu)

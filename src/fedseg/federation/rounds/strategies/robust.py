@@ -1,7 +1,10 @@
 """Robust aggregation against broken or malicious sites: coordinate-wise median,
 trimmed mean (Yin et al. 2018) and (multi-)Krum (Blanchard et al. 2017).
 
-All three ignore the training-case counts (a site could lie about them).
+All three ignore the training-case counts (a site could lie about them). None of them
+streams (``Strategy.streams``): each needs every update of the round at once, so the
+aggregator holds all of them in memory, n_sites x the model's size (at FeTS size, 120 MB
+per site; Krum also builds an n_sites x n_sites distance matrix over the flattened models).
 """
 
 from __future__ import annotations
@@ -82,21 +85,24 @@ class KrumParams(ParallelParams):
 
 
 class Median(ParallelStrategy[ParallelParams]):
-    """Coordinate-wise median of the sites' weights."""
+    """Coordinate-wise median of the sites' weights. Memory: n_sites x the model (all
+    updates at once)."""
 
     def combine(self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]) -> Weights:
         return coordinate_median(global_weights, [u.weights for u in updates])
 
 
 class TrimmedMean(ParallelStrategy[TrimmedMeanParams]):
-    """Coordinate-wise mean after dropping the ``beta`` share of values at each end."""
+    """Coordinate-wise mean after dropping the ``beta`` share of values at each end.
+    Memory: n_sites x the model (all updates at once)."""
 
     def combine(self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]) -> Weights:
         return trimmed_mean(global_weights, [u.weights for u in updates], self.params.beta)
 
 
 class Krum(ParallelStrategy[KrumParams]):
-    """(Multi-)Krum: the update(s) closest to their ``n - f - 2`` nearest neighbours."""
+    """(Multi-)Krum: the update(s) closest to their ``n - f - 2`` nearest neighbours.
+    Memory: n_sites x the model (all updates at once)."""
 
     def __init__(self, params: KrumParams, local_epochs: int) -> None:
         super().__init__(params, local_epochs)

@@ -8,7 +8,8 @@ A site that fails or times out is skipped (a warning in the run log) and the mod
 to the next site unchanged. Which site trained each round is in ``site_rounds`` (the row
 with a training loss) and the last one in the run store's ``last_trained`` meta entry.
 With ``optimizer_state: average`` the visited site's optimizer state travels on with the
-model (the base class's average of the one state sent).
+model (the base class's average of the one state sent). One site trains per round, so the
+aggregator holds one update in memory (no streaming needed).
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ The round's pseudo-gradient is ``delta = fedavg(updates) - x`` (x: the global mo
 
 Moments start at 0. Only floating arrays take the optimizer step; integer arrays (counters)
 take the FedAvg mean. The moments are checkpointed with every round (``state_dict``), under
-the namespaces ``m/`` and ``v/``.
+the namespaces ``m/`` and ``v/``. All four stream (``Strategy.streams``: the weighted mean is
+folded from the updates one by one); the server step itself holds the float64 pseudo-gradient
+and moments, a few models' worth whatever the number of sites.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class AdaptiveParams(ParallelParams):
 class FedAvgM(ParallelStrategy[FedAvgMParams]):
     """FedAvg with server momentum ``beta`` and server learning rate ``server_lr``."""
 
+    streams = True
+
     def __init__(self, params: FedAvgMParams, local_epochs: int) -> None:
         super().__init__(params, local_epochs)
         self.v: dict[str, np.ndarray] | None = None
@@ -113,6 +117,7 @@ class FedAvgM(ParallelStrategy[FedAvgMParams]):
 
 class _Adaptive(ParallelStrategy[AdaptiveParams]):
     kind: ClassVar[Adaptive] = "adam"
+    streams = True
 
     def __init__(self, params: AdaptiveParams, local_epochs: int) -> None:
         super().__init__(params, local_epochs)
