@@ -44,6 +44,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import socket
 import sys
@@ -218,6 +219,9 @@ class LastTrained(_MetaValue):
     sites: list[str]
 
 
+_DEVICE_TEXT = 80  # characters of a recorded device name
+
+
 class ComputeUsed(_MetaValue):
     """The device and precision a site (or a centralized run) computed with: the resolved
     device as ``model.compute.describe_device`` words it (``cpu``, ``cuda:0 (NVIDIA
@@ -227,8 +231,15 @@ class ComputeUsed(_MetaValue):
     reports them, so they are bounded: a short device text of name characters and a word
     for the precision (``messages.decode_reply`` drops a reply's record that is not)."""
 
-    device: str = Field(max_length=80, pattern=r"^[\w:.()/+ -]+$")
+    device: str = Field(max_length=_DEVICE_TEXT, pattern=r"^[\w:.()/+ -]+$")
     precision: str = Field(max_length=8, pattern=r"^\w+$")
+
+    @classmethod
+    def of(cls, device: str, precision: str) -> ComputeUsed:
+        """What a machine records of itself: a device name outside the bounds (a GPU named
+        with other characters, or at length) is cut to them, never refused."""
+        text = re.sub(r"[^\w:.()/+ -]", "_", device)[:_DEVICE_TEXT] or "_"
+        return cls(device=text, precision=precision)
 
     def extra(self) -> dict[str, str]:
         """The ``site_rounds.extra`` entries."""

@@ -120,6 +120,10 @@ def test_a_reply_says_which_device_and_precision_the_site_used() -> None:
         content = encode_reply(TaskReply("site1", None))
         content["site"]["device"], content["site"]["precision"] = device, precision
         assert decode_reply(content).compute is None, (device, precision)
+    # a site's own record of an oddly named GPU is cut to the bounds, never refused
+    odd = ComputeUsed.of("cuda:0 (Radeon\u00ae Pro; " + "W" * 200 + ")", "fp16")
+    assert odd.device.startswith("cuda:0 (Radeon_ Pro_ W") and len(odd.device) == 80
+    assert decode_reply(encode_reply(TaskReply("site1", None, compute=odd))).compute == odd
 
 
 def test_site_compute_choices_travel_in_the_node_config() -> None:

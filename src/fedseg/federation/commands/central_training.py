@@ -192,10 +192,9 @@ def run_training(
         if (out / STORE_FILE).exists() or ckpt.exists():
             raise FedsegError(f"{out} already holds a run; continue it with --resume {out}")
     train = recipe.train.with_compute(compute)
-    used = ComputeUsed(  # a GPU this machine lacks: one line, before anything is written
-        device=describe_device(resolve_device(train.compute.device)),
-        precision=train.compute.precision,
-    )
+    # a GPU this machine lacks: one line, before anything is written
+    used = ComputeUsed.of(describe_device(resolve_device(train.compute.device)),
+                          train.compute.precision)  # fmt: skip
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
         (out / RECIPE_FILE).write_text(recipe.to_yaml())

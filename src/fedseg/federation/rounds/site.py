@@ -186,7 +186,7 @@ def _compute_used(config: ComputeConfig) -> ComputeUsed:
         resolved = resolve_device(config.device)
     except FedsegError as exc:
         raise SiteError(ErrorCategory.INTERNAL, str(exc), str(exc)) from None
-    return ComputeUsed(device=describe_device(resolved), precision=config.precision)
+    return ComputeUsed.of(describe_device(resolved), config.precision)
 
 
 def _optimizer_files(ws: Path) -> dict[int, Path]:
