@@ -46,17 +46,19 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedseg.errors import FedsegError, PlanError
 from fedseg.output_paths import nearest_existing, reason, unwritable
@@ -185,6 +187,7 @@ class MetaKey(StrEnum):
     DATA_DIRS = "data_dirs"  # their paths
     CASES = "cases"  # name -> {"train": [ids], "val": [ids]}
     EPOCHS = "epochs"  # epochs asked for in total
+    COMPUTE = "compute"  # ComputeUsed: the device and precision it trained with last
 
 
 class _MetaValue(BaseModel):
@@ -222,6 +225,40 @@ class LastTrained(_MetaValue):
 
     round: int
     sites: list[str]
+
+
+_DEVICE_TEXT = 80  # characters of a recorded device name
+
+
+class ComputeUsed(_MetaValue):
+    """The device and precision a site (or a centralized run) computed with: the resolved
+    device as ``model.compute.describe_device`` words it (``cpu``, ``cuda:0 (NVIDIA
+    H200)``) and ``fp32``, ``bf16`` or ``fp16``. Stored per site and round in
+    ``site_rounds.extra`` under the keys ``device`` and ``precision`` (a run from before
+    has neither: None), and for a centralized run in meta ``compute`` as well. A site
+    reports them, so they are bounded: a short device text of name characters and a word
+    for the precision (``messages.decode_reply`` drops a reply's record that is not)."""
+
+    device: str = Field(max_length=_DEVICE_TEXT, pattern=r"^[\w:.()/+ -]+$")
+    precision: str = Field(max_length=8, pattern=r"^\w+$")
+
+    @classmethod
+    def of(cls, device: str, precision: str) -> ComputeUsed:
+        """What a machine records of itself: a device name outside the bounds (a GPU named
+        with other characters, or at length) is cut to them, never refused."""
+        text = re.sub(r"[^\w:.()/+ -]", "_", device)[:_DEVICE_TEXT] or "_"
+        return cls(device=text, precision=precision)
+
+    def extra(self) -> dict[str, str]:
+        """The ``site_rounds.extra`` entries."""
+        return {"device": self.device, "precision": self.precision}
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any] | None) -> ComputeUsed | None:
+        """Read back from ``site_rounds.extra``; None when it has no record of it."""
+        if not extra or "device" not in extra or "precision" not in extra:
+            return None
+        return cls(device=str(extra["device"]), precision=str(extra["precision"]))
 
 
 class CauseKind(StrEnum):
@@ -432,6 +469,12 @@ class RunMeta:
 
     def set_epochs(self, epochs: int) -> None:
         self._t.set_meta(MetaKey.EPOCHS, int(epochs))
+
+    def compute(self) -> ComputeUsed | None:
+        return _model(ComputeUsed, MetaKey.COMPUTE, self._t.get_meta(MetaKey.COMPUTE))
+
+    def set_compute(self, used: ComputeUsed) -> None:
+        self._t.set_meta(MetaKey.COMPUTE, used.model_dump(mode="json"))
 
 
 # -- the run lock -----------------------------------------------------------------------

@@ -38,6 +38,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         (("pki", "sign", "missing.csr", "--creds", "creds"), "not found"),
         (("site", "start", "--server", "https://agg:9092", "--data", ".", "--creds", "creds"),
          "must be HOST:PORT"),
+        # a GPU this machine lacks: refused before the site connects, naming the fix
+        (("site", "start", "--server", "agg:9092", "--data", ".", "--creds", "creds",
+          "--device", "cuda:3", "--precision", "bf16"), "use --device cpu or --device auto"),
     ]  # fmt: skip
     _pki_cli("pki", "init", "creds", cwd=tmp_path)
     _pki_cli("pki", "issue-site", "s1", "--creds", "creds", cwd=tmp_path)
@@ -49,3 +52,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         assert message in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_bad_precision_or_device_is_a_usage_error(tmp_path: Path) -> None:
+    for verb, value in (("site", "--precision=fp8"), ("site", "--device=gpu"),
+                        ("simulate", "--precision=fp8"), ("train", "--precision=fp8")):  # fmt: skip
+        args = {
+            "site": ("site", "start", "--server", "agg:9092", "--data", ".", "--creds", "c"),
+            "simulate": ("simulate", "plan.yaml", "--out", "run"),
+            "train": ("train", "--data", ".", "--out", "run"),
+        }[verb]
+        done = _pki_cli(*args, value, cwd=tmp_path)
+        assert done.returncode == 2, (verb, value, done.stderr)
+        option = value.split("=")[0]
+        assert f"Invalid value for {option}" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made

@@ -22,9 +22,10 @@ from fedseg.data.synth.generate import make_tiny_dataset
 from fedseg.federation.commands import deploy
 from fedseg.federation.engine.launcher import flower_env
 from fedseg.federation.engine.processes import Proc
+from fedseg.model.compute import ComputeOverrides
 from fedseg.model.config import NetworkConfig
 from fedseg.plan import PlanConfig, save_plan
-from fedseg.run_folder import ENROLLED_NODES_FILE, RunStatus
+from fedseg.run_folder import ENROLLED_NODES_FILE, ComputeUsed, RunStatus
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
 from tests.deploy.deploy_helpers import make_coordinator
@@ -98,6 +99,9 @@ def test_plan_trains_two_rounds_and_survives_a_killed_site(tmp_path: Path) -> No
                     # the tiny sites validate on 1 case each: let them send their summaries
                     # so a best model is chosen (the floor itself: test_disclosure.py)
                     min_summary_cases=1,
+                    # site1's machine chooses bf16 (`fedseg site start --precision bf16`);
+                    # the others keep the plan's fp32
+                    compute=ComputeOverrides(precision="bf16" if name == "site1" else None),
                 )
             )
         # The ClientApp makes the site's private workspace when its first task starts.
@@ -118,6 +122,7 @@ def test_plan_trains_two_rounds_and_survives_a_killed_site(tmp_path: Path) -> No
         assert store.meta.status() == RunStatus.DONE
         assert store.last_done_round() == 2
         status = {(r.site, r.round): r.status for r in store.site_rounds()}
+        compute = {(r.site, r.round): r.compute for r in store.site_rounds()}
         # the engine run's records, as `fedseg simulate` writes them (test_processes.py)
         flower_run = store.get_meta("flower_run_id")
         submitted = [m for _, _, m in store.events() if "submitted" in m]
@@ -126,6 +131,10 @@ def test_plan_trains_two_rounds_and_survives_a_killed_site(tmp_path: Path) -> No
     for site in ("site1", "site2"):
         assert status[(site, 1)] == "ok" and status[(site, 2)] == "ok", status
     assert status[("site3", 1)] in ("failed", "timeout"), status
+    # each site's own choice reached its ClientApp; the run records what each one used
+    for rnd in (1, 2):
+        assert compute[("site1", rnd)] == ComputeUsed(device="cpu", precision="bf16")
+        assert compute[("site2", rnd)] == ComputeUsed(device="cpu", precision="fp32")
     assert "best model" in log.read_text()
     # the aggregator never saw a data path: the sites' folders stay theirs
     assert str(tmp_path / "data") not in (run / "plan.yaml").read_text()

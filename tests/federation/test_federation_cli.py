@@ -33,3 +33,20 @@ def test_simulate_and_resume_errors_are_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and "fedseg resume" in r.stderr
     r = run_fedseg("resume", str(tmp_path / "full"))
     assert r.returncode == 2 and "not a federation run folder" in r.stderr
+
+
+def test_simulate_refuses_a_gpu_the_plan_asks_for_on_this_cpu_machine(tmp_path: Path) -> None:
+    """The plan's ``train.compute`` is the sites' default: on a machine without it the run
+    stops in one line naming the override that fixes it (``--device cpu``)."""
+    (tmp_path / "a").mkdir()
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"sites:\n  a: {{data: {tmp_path / 'a'}}}\ntrain: {{compute: {{device: 'cuda:1'}}}}\n"
+    )
+    r = run_fedseg("simulate", str(plan), "--out", str(tmp_path / "run"), "--no-live")
+    assert r.returncode == 2, r.stderr
+    assert "cuda:1" in r.stderr and "--device cpu" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # an override this machine cannot honour: refused before the run folder is made
+    r = run_fedseg("simulate", str(plan), "--out", str(tmp_path / "run2"), "--device", "cuda:0")
+    assert r.returncode == 2 and "cuda:0" in r.stderr and not (tmp_path / "run2").exists()

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from fedseg.errors import FedsegError
+from fedseg.federation.engine.app_bundle import config_arg, toml_value
+from fedseg.federation.engine.client_app import compute_node_config, node_compute_overrides
 from fedseg.federation.engine.messages import (
     decode_hello_reply,
     decode_reply,
@@ -23,10 +25,11 @@ from fedseg.federation.rounds.tasks import (
     recipe_from_json,
     recipe_json,
 )
+from fedseg.model.compute import ComputeOverrides
 from fedseg.model.config import NetworkConfig
 from fedseg.model.summary import Summary
 from fedseg.plan import example_plan, load_plan
-from fedseg.run_folder import DeclaredCases
+from fedseg.run_folder import ComputeUsed, DeclaredCases
 from fedseg.train.config import TrainConfig
 
 
@@ -103,6 +106,34 @@ def test_request_and_reply_round_trip_keep_dtypes() -> None:
     assert got.validation == val and got.n_train == 8 and got.train_loss == pytest.approx(0.4)
     assert got.weights is not None and got.weights["c"].dtype == np.int64
     assert decode_reply(encode_reply(TaskReply("s", None))).weights is None
+
+
+def test_a_reply_says_which_device_and_precision_the_site_used() -> None:
+    used = ComputeUsed(device="cuda:0 (NVIDIA H200)", precision="bf16")
+    content = encode_reply(TaskReply("site1", None, compute=used))
+    assert dict(content["site"]) == {"name": "site1", "device": used.device, "precision": "bf16"}
+    assert decode_reply(content).compute == used
+    # a reply from before, or one that says nothing, records nothing
+    assert decode_reply(encode_reply(TaskReply("site1", None))).compute is None
+    # a site that sends anything but a short device name and a precision word: not recorded
+    for device, precision in (("x" * 200, "bf16"), ("cpu", "bf16; DROP TABLE"), ("a\nb", "fp32")):
+        content = encode_reply(TaskReply("site1", None))
+        content["site"]["device"], content["site"]["precision"] = device, precision
+        assert decode_reply(content).compute is None, (device, precision)
+    # a site's own record of an oddly named GPU is cut to the bounds, never refused
+    odd = ComputeUsed.of("cuda:0 (Radeon\u00ae Pro; " + "W" * 200 + ")", "fp16")
+    assert odd.device.startswith("cuda:0 (Radeon_ Pro_ W") and len(odd.device) == 80
+    assert decode_reply(encode_reply(TaskReply("site1", None, compute=odd))).compute == odd
+
+
+def test_site_compute_choices_travel_in_the_node_config() -> None:
+    overrides = ComputeOverrides(device="cuda:1", precision="bf16", channels_last=True)
+    node = compute_node_config(overrides)
+    assert node == {"device": "cuda:1", "precision": "bf16", "channels-last": True}
+    assert node_compute_overrides({"site-name": "a", **node}) == overrides
+    assert compute_node_config(ComputeOverrides()) == compute_node_config(None) == {}
+    assert node_compute_overrides({"site-name": "a"}).empty
+    assert f"precision={toml_value('bf16')}" in config_arg(node)
 
 
 def test_flower_error_reasons_become_one_line() -> None:

@@ -35,6 +35,7 @@ from fedseg.run_folder import (
     PLAN_FILE,
     STORE_FILE,
     CauseKind,
+    ComputeUsed,
     DeclaredCases,
     MetaKey,
     RunStatus,
@@ -63,10 +64,25 @@ def _wait_for(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyp
 
 
 def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, Path]) -> None:
+    """Through the CLI, as a user types it, with this machine's ``--precision bf16`` (the
+    plan says fp32): every site trains with it and the run records it per site and round."""
     run = tmp_path / "run"
-    res = simulate(_plan_file(tmp_path, tiny_sites), run, live=False)
-    assert res.rounds_done == 2 and res.best_model == run / BEST_MODEL
+    plan = _plan_file(tmp_path, tiny_sites)
+    assert load_plan(plan).train.compute.precision == "fp32"
+    res = run_fedseg("simulate", plan, "--out", run, "--no-live", "--precision", "bf16",
+                     timeout=800)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "rounds" in res.stdout and "best model" in res.stdout
+    assert (run / BEST_MODEL).is_file()
+    status = run_fedseg("status", run)
+    assert status.returncode == 0, status.stderr
+    for site in SITES:  # status shows each site's device and precision
+        row = next(ln for ln in status.stdout.splitlines() if ln.startswith(f"│ {site} "))
+        assert "│ cpu " in row and "│ bf16 " in row, row
     with RunStore(run) as store:
+        assert store.last_done_round() == 2
+        used = ComputeUsed(device="cpu", precision="bf16")
+        assert [s.compute for s in store.site_rounds()] == [used] * 2 * len(SITES)
         assert [r["status"] for r in store.rounds()] == ["done", "done"]
         assert store.meta.status() == RunStatus.DONE
         # the engine run's records, as `fedseg server start` writes them (tests/deploy)

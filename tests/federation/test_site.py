@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedseg.federation.rounds.coordinator import initial_weights
-from fedseg.federation.rounds.site import run_task
+from fedseg.federation.rounds.disclosure import ErrorCategory
+from fedseg.federation.rounds.site import TaskFailed, run_task
 from fedseg.federation.rounds.tasks import TaskRequest, recipe_json
+from fedseg.model.compute import ComputeConfig, ComputeOverrides
+from fedseg.run_folder import ComputeUsed
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import tiny_plan
 
@@ -42,3 +46,32 @@ def test_site_validates_trains_and_keeps_cases_private(
     assert sorted(p.name for p in ws.glob("optimizer_*.npz")) == [
         "optimizer_0001.npz", "optimizer_0002.npz"
     ]  # fmt: skip
+
+
+def test_site_computes_with_the_recipes_compute_unless_its_machine_overrides_it(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    """The plan's ``train.compute`` is the default; the site's overrides (``fedseg site
+    start --device/--precision``) win; the reply says what was used. Validation only (the
+    device and precision apply to it as to training): seconds."""
+    plan = tiny_plan(tiny_sites)
+    train = plan.train.model_copy(update={"compute": ComputeConfig(precision="bf16")})
+    req = TaskRequest(1, 0, True, 0, 7, "run-c", recipe_json(plan.network, train),
+                      initial_weights(plan), min_summary_cases=1)  # fmt: skip
+
+    def task(compute: ComputeOverrides | None) -> ComputeUsed | None:
+        rep = run_task("site1", tiny_sites["site1"], req, tmp_path / "ws", 1, compute)
+        assert rep.validated and rep.weights is None
+        return rep.compute
+
+    assert task(None) == ComputeUsed(device="cpu", precision="bf16")  # the plan's
+    assert task(ComputeOverrides()) == ComputeUsed(device="cpu", precision="bf16")
+    assert task(ComputeOverrides(precision="fp32")) == ComputeUsed(device="cpu", precision="fp32")
+    # auto: the CPU on this machine
+    assert task(ComputeOverrides(device="auto")) == ComputeUsed(device="cpu", precision="bf16")
+    # a GPU this machine lacks fails the task with a line that names it and the fix
+    with pytest.raises(TaskFailed) as info:
+        task(ComputeOverrides(device="cuda:3"))
+    assert info.value.category == ErrorCategory.INTERNAL
+    assert "cuda:3" in info.value.line and "--device cpu" in info.value.line
+    assert str(tiny_sites["site1"]) not in info.value.line

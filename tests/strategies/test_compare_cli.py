@@ -16,7 +16,8 @@ from tests.helpers import run_fedseg
      (["krum:f=-1"], "strategy.params.f"),
      (["fedavg", "--poison", "site9:scale=3"], "--poison names site 'site9'"),
      (["fedavg", "--poison", "site1:flip"], "SITE:scale=FACTOR, SITE:scramble"),
-     (["cyclic:epochs_per_visit=2", "--budget", "3"], "whole number of cycles")],
+     (["cyclic:epochs_per_visit=2", "--budget", "3"], "whole number of cycles"),
+     (["fedavg", "--device", "cuda:2"], "use --device cpu or --device auto")],
 )  # fmt: skip
 def test_errors_are_one_line(tmp_path: Path, four_sites: dict[str, Path], args: list[str],
                              msg: str) -> None:  # fmt: skip
@@ -45,9 +46,19 @@ def test_compare_end_to_end_with_a_poisoned_site(tmp_path: Path,
         "--data", str(four_sites["site1"]), "--data", str(four_sites["site2"]),
         "--data", str(four_sites["site3"]), "--holdout", str(four_sites["site4"]),
         "--budget", "1", "--recipe", str(recipe),
-        "--poison", "site2:scale=50", "--no-bounds", "--out", str(out), timeout=850,
+        "--poison", "site2:scale=50", "--no-bounds", "--out", str(out), "--precision", "bf16",
+        timeout=850,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
+    # this machine's --precision reached every site of every plan and the baselines
+    from fedseg.run_folder import ComputeUsed
+    from fedseg.tracking.store import RunStore
+
+    used = ComputeUsed(device="cpu", precision="bf16")
+    for run in ("fedavg", "central", "single-site1"):
+        with RunStore(out / "runs" / run) as store:
+            done = [sr for sr in store.site_rounds() if sr.status == "ok"]
+            assert done and all(sr.compute == used for sr in done), run
     rows = {row["run"]: row for row in csv.DictReader((out / "results.csv").open())}
     assert set(rows) == {"fedavg", "median", "single-pass_validate_all=false", "central",
                          "single-site1", "single-site2", "single-site3"}  # fmt: skip

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from fedseg.errors import FedsegError
 from fedseg.model.summary import Summary
-from fedseg.run_folder import LivePhase, LiveState, RunStatus, SiteActivity
+from fedseg.run_folder import ComputeUsed, LivePhase, LiveState, RunStatus, SiteActivity
 from fedseg.tracking.alarms import AlarmConfig, replay_alarms
+from fedseg.tracking.report.sections import summary_section
 from fedseg.tracking.status import alarm_labels, open_run, read_status, render_status
 from fedseg.tracking.store import RunStore, SiteRound
 from tests.tracking.conftest import noisy, rising
@@ -56,6 +57,32 @@ def test_status_of_a_running_run_read_while_the_writer_is_open(tmp_path: Path) -
     assert st.federation_dice["mean"] == pytest.approx(0.55)
     out = _text(render_status(st))
     assert "rounds done 1/10" in out and "(round 2 running)" in out and "no alarms" in out
+
+
+def test_status_and_report_show_each_sites_device_and_precision(tmp_path: Path) -> None:
+    """Per site, the device and precision of its latest round that recorded them (a failed
+    round records none); a row from before they were recorded shows "-"."""
+    gpu = ComputeUsed(device="cuda:0 (NVIDIA H200)", precision="bf16")
+    with RunStore(tmp_path) as store:
+        store.start_round(1)
+        store.record_site_round(SiteRound(1, "s1", "ok", n_train=3, extra=gpu.extra()))
+        store.record_site_round(SiteRound(1, "s2", "ok", n_train=3, extra={"train_wall_s": 1.0}))
+        store.finish_round(1, n_sites=2)
+        store.start_round(2)
+        store.record_site_round(SiteRound(2, "s1", "failed", error="x"))
+        store.record_site_round(SiteRound(2, "s2", "ok", n_train=3))
+        store.finish_round(2, n_sites=1)
+        assert [r.compute for r in store.site_rounds("s1")] == [gpu, None]
+    st = read_status(tmp_path)
+    assert {s.site: s.compute for s in st.sites} == {"s1": gpu, "s2": None}
+    out = _text(render_status(st))
+    assert "device" in out and "precision" in out
+    row = {n: next(ln for ln in out.splitlines() if ln.startswith(f"│ {n} ")) for n in ("s1", "s2")}
+    assert "cuda:0 (NVIDIA H200)" in row["s1"] and "bf16" in row["s1"]
+    assert "cuda" not in row["s2"] and "bf16" not in row["s2"]
+    page = summary_section(st)
+    assert "<th>device</th><th>precision</th>" in page
+    assert '<td class="l">cuda:0 (NVIDIA H200)</td><td class="l">bf16</td>' in page
 
 
 def test_status_shows_alarms_and_never_writes(make_run) -> None:

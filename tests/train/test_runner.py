@@ -24,10 +24,12 @@ from fedseg.federation.commands.central_training import (
     run_training,
     save_state,
 )
+from fedseg.model.compute import ComputeOverrides
 from fedseg.model.config import NetworkConfig
 from fedseg.model.metrics import METRICS
 from fedseg.model.model_file import load_model
 from fedseg.model.weights import load_arrays, unnest
+from fedseg.run_folder import ComputeUsed
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import RecipeConfig, TrainConfig
 
@@ -45,11 +47,13 @@ def test_run_folder_store_rows_and_model_files(
     tmp_path: Path, site: list[Case], recipe: RecipeConfig
 ) -> None:
     out = tmp_path / "run"
-    res = run_training(out, _sites(site), 2, recipe=recipe, progress=False)
+    bf16 = ComputeOverrides(precision="bf16")  # this machine's choice (`fedseg train --precision`)
+    res = run_training(out, _sites(site), 2, recipe=recipe, progress=False, compute=bf16)
     assert res.epochs == 2 and res.best_epoch in (1, 2)
     for name in ("recipe.yaml", "run.sqlite", "last.pt", "best.pt", str(CHECKPOINT)):
         assert (out / name).is_file(), name
-    assert RecipeConfig.from_yaml(out / "recipe.yaml") == recipe
+    assert RecipeConfig.from_yaml(out / "recipe.yaml") == recipe  # the recipe, not the machine
+    assert recipe.train.compute.precision == "fp32"
     assert not list(out.rglob("*.tmp"))
     with RunStore(out) as store:
         assert [(r["round"], r["status"]) for r in store.rounds()] == [(1, "done"), (2, "done")]
@@ -60,6 +64,9 @@ def test_run_folder_store_rows_and_model_files(
         ]
         assert all(np.isfinite(s.train_loss) and s.wall_s > 0 for s in srs)
         assert srs[0].extra is not None and srs[0].extra["steps"] == 4
+        # what each epoch computed with, as a federation records it per site and round
+        used = ComputeUsed(device="cpu", precision="bf16")
+        assert [s.compute for s in srs] == [used, used] and store.meta.compute() == used
         rows = store.case_metrics(model_round=2)
         assert len(rows) == 2 * 1 * len(REGIONS) * len(METRICS)  # sites a, b x 1 val case
         val = store.validation(metric="dice", region="WT")
@@ -110,6 +117,11 @@ def test_refuses_to_overwrite_a_run_or_resume_on_other_data(
         run_training(out, _sites(site), 2, resume=True, progress=False)
     with pytest.raises(FedsegError, match="no run to resume"):
         run_training(tmp_path / "nothing", _sites(site), 2, resume=True, progress=False)
+    # a GPU this machine lacks: one line naming the fix, nothing written
+    with pytest.raises(FedsegError, match=r"cuda:3 .*use --device cpu") as info:
+        run_training(tmp_path / "gpu", _sites(site), 1, recipe=recipe, progress=False,
+                     compute=ComputeOverrides(device="cuda:3"))  # fmt: skip
+    assert "\n" not in str(info.value) and not (tmp_path / "gpu").exists()
 
 
 def test_checkpoint_is_one_npz_that_round_trips_exactly(tmp_path: Path) -> None:

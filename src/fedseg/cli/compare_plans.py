@@ -7,6 +7,14 @@ from pathlib import Path
 
 import typer
 
+from fedseg.cli.compute_options import (
+    CHANNELS_LAST,
+    COMPILE,
+    DEVICE,
+    PRECISION,
+    compute_overrides,
+)
+
 
 def compare(
     plans: list[str] = typer.Argument(
@@ -45,13 +53,19 @@ def compare(
     no_baselines: bool = typer.Option(
         False, "--no-baselines", help="Skip the centralized and single-site models."
     ),
+    device: str | None = DEVICE,
+    precision: str | None = PRECISION,
+    channels_last: bool | None = CHANNELS_LAST,
+    compile_: bool | None = COMPILE,
 ) -> None:
     """Run several federation plans and the baselines on the same sites, seed and budget.
 
     PLANS are plan files or strategies by name with parameters, NAME:k=v,k=v, e.g.
     fedavg fedprox:mu=0.01 fedadam median trimmed-mean:beta=0.25 krum:f=1
     cyclic:order=shuffled single-pass. Writes results.csv/.md, per_site.csv and curves.png.
+    --device/--precision apply to every run (one machine).
     """
+    compute = compute_overrides(device, precision, channels_last, compile_)
     from fedseg.federation.commands.central_training import site_names
     from fedseg.federation.commands.compare_plans.arguments import (
         CompareConfig,
@@ -75,6 +89,7 @@ def compare(
         bounds=not no_bounds,
         baselines=not no_baselines,
         threads=threads,
+        compute=compute,
     )
     run_compare(cfg, out)
     typer.echo(f"wrote {out / 'results.md'}, {out / 'results.csv'} and {out / 'curves.png'}")

@@ -10,6 +10,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from fedseg.cli.compute_options import (
+    CHANNELS_LAST,
+    COMPILE,
+    DEVICE,
+    PRECISION,
+    compute_overrides,
+)
 from fedseg.errors import FedsegError
 from fedseg.federation.engine.fleet_gateway import (
     DEFAULT_CONTROL_PORT,
@@ -73,12 +80,19 @@ def site_start(
         help="Send no validation summary or training loss computed from fewer cases than "
         "this (a plan can raise it, never lower it).",
     ),
+    device: str | None = DEVICE,
+    precision: str | None = PRECISION,
+    channels_last: bool | None = CHANNELS_LAST,
+    compile_: bool | None = COMPILE,
 ) -> None:
     """Start this site's SuperNode; it trains whenever the aggregator runs a plan.
 
     The SuperNode is restarted when it stops (the aggregator restarted for a new run, this
     site was enrolled after it started, ...), each time with a one-line reason. Ctrl-C stops.
+    --device and --precision choose this machine's hardware over the plan's recipe; the
+    run records what each site used.
     """
+    compute = compute_overrides(device, precision, channels_last, compile_)
     from fedseg.federation.commands import deploy  # torch and Flower: only when the verb runs
 
     options = deploy.SiteOptions(
@@ -89,6 +103,7 @@ def site_start(
         runtime_port=runtime_port,
         max_retries=max_retries,
         min_summary_cases=min_summary_cases,
+        compute=compute,
     )
     # A service manager stops us with SIGTERM: leave through `finally` to stop the SuperNode.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))

@@ -8,6 +8,14 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from fedseg.cli.compute_options import (
+    CHANNELS_LAST,
+    COMPILE,
+    DEVICE,
+    PRECISION,
+    compute_overrides,
+)
+
 if TYPE_CHECKING:
     from fedseg.federation.commands.engine_run import RunResult
 
@@ -38,11 +46,18 @@ def simulate(
     out: Path = typer.Option(..., "--out", help="New run folder."),
     no_live: bool = typer.Option(False, "--no-live", help="No live table (logs only)."),
     threads: int = typer.Option(1, "--threads", help="Torch threads per site process."),
+    device: str | None = DEVICE,
+    precision: str | None = PRECISION,
+    channels_last: bool | None = CHANNELS_LAST,
+    compile_: bool | None = COMPILE,
 ) -> None:
-    """Run the whole federation on this machine (one SuperLink, one SuperNode per site)."""
+    """Run the whole federation on this machine (one SuperLink, one SuperNode per site).
+
+    --device/--precision apply to every site (one machine)."""
+    compute = compute_overrides(device, precision, channels_last, compile_)
     from fedseg.federation.commands.simulate import simulate as run
 
-    res = run(plan, out, live=not no_live, threads_per_site=threads)
+    res = run(plan, out, live=not no_live, threads_per_site=threads, compute=compute)
     _print_result(res)
 
 
@@ -50,11 +65,17 @@ def resume(
     run: Path = typer.Argument(..., help="Run folder of a stopped federation."),
     no_live: bool = typer.Option(False, "--no-live", help="No live table (logs only)."),
     threads: int = typer.Option(1, "--threads", help="Torch threads per site process."),
+    device: str | None = DEVICE,
+    precision: str | None = PRECISION,
+    channels_last: bool | None = CHANNELS_LAST,
+    compile_: bool | None = COMPILE,
 ) -> None:
-    """Continue a federation from its last completed round."""
+    """Continue a federation from its last completed round (--device/--precision: as for
+    simulate; not kept from the first start)."""
+    compute = compute_overrides(device, precision, channels_last, compile_)
     from fedseg.federation.commands.resume import resume as run_resume
 
-    res = run_resume(run, live=not no_live, threads_per_site=threads)
+    res = run_resume(run, live=not no_live, threads_per_site=threads, compute=compute)
     _print_result(res)
 
 

@@ -7,6 +7,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from fedseg.cli.compute_options import (
+    CHANNELS_LAST,
+    COMPILE,
+    DEVICE,
+    PRECISION,
+    compute_overrides,
+)
 from fedseg.data.splits import load_split
 from fedseg.errors import FedsegError
 from fedseg.run_folder import RECIPE_FILE, STORE_FILE
@@ -53,12 +60,19 @@ def train(
         None, "--resume", help="Continue the run in this folder from its last checkpoint."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    device: str | None = DEVICE,
+    precision: str | None = PRECISION,
+    channels_last: bool | None = CHANNELS_LAST,
+    compile_: bool | None = COMPILE,
 ) -> None:
     """Train one model on the training splits of the --data folders, validating every epoch.
 
     Writes recipe.yaml, run.sqlite, checkpoints/last.ckpt, last.pt and best.pt into the run
     folder. Killed at any moment, `fedseg train --resume RUN` continues where it stopped.
+    --device/--precision override the recipe's train.compute on this machine (a resume
+    takes them again); the run store records what each epoch used.
     """
+    compute = compute_overrides(device, precision, channels_last, compile_)
     from fedseg.federation.commands.central_training import run_training
 
     if resume is not None:
@@ -74,10 +88,11 @@ def train(
         if not dirs or any(d is None for d in dirs):
             raise FedsegError(f"{resume}: the run does not record its data folders")
         run_training(resume, _sites([Path(d) for d in dirs]), total, resume=True,
-                     progress=progress)  # fmt: skip
+                     progress=progress, compute=compute)  # fmt: skip
         return
     if not data:
         raise FedsegError("give at least one --data DIR (a site folder with a split)")
     if out is None:
         raise FedsegError("give the run folder with --out RUN")
-    run_training(out, _sites(data), epochs or 10, recipe=_recipe(config), progress=progress)
+    run_training(out, _sites(data), epochs or 10, recipe=_recipe(config), progress=progress,
+                 compute=compute)  # fmt: skip

@@ -22,18 +22,19 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from torch import nn
 
 from fedseg.errors import FedsegError
+
+if TYPE_CHECKING:  # torch is imported where a network runs: a CLI or an exported model needs none
+    import torch
+    from torch import nn
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_device_spec(text: str) -> str:
@@ -87,6 +88,8 @@ class ComputeOverrides(BaseModel):
 
 def resolve_device(spec: str) -> torch.device:
     """The torch device of ``spec``; a ``FedsegError`` when it asks for a GPU that is not there."""
+    import torch
+
     check_device_spec(spec)
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if spec == "auto":
@@ -104,6 +107,8 @@ def resolve_device(spec: str) -> torch.device:
 
 def describe_device(device: torch.device) -> str:
     """What a run records about a device: ``cpu`` or ``cuda:0 (NVIDIA H200)``."""
+    import torch
+
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
@@ -111,12 +116,16 @@ def describe_device(device: torch.device) -> str:
 
 def autocast_dtype(precision: Precision) -> torch.dtype | None:
     """The autocast dtype of ``precision`` (None for fp32: no autocast)."""
-    return _DTYPES.get(precision)
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: Precision) -> Iterator[None]:
     """Autocast for the forward pass and loss (nothing for fp32)."""
+    import torch
+
     dtype = autocast_dtype(precision)
     if dtype is None:
         yield
@@ -127,6 +136,8 @@ def autocast(device: torch.device, precision: Precision) -> Iterator[None]:
 
 def grad_scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler:
     """The gradient scaler of ``precision``: enabled for fp16 only (bf16 has fp32's range)."""
+    import torch
+
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
@@ -139,6 +150,8 @@ def place_network(net: nn.Module, config: ComputeConfig) -> torch.device:
     once. On CUDA, cuDNN autotuning is switched on for the process (3D convolutions of one
     patch size, the fastest algorithm is worth finding once).
     """
+    import torch
+
     device = resolve_device(config.device)
     if config.channels_last:
         net.to(device, memory_format=torch.channels_last_3d)
@@ -154,6 +167,8 @@ def place_network(net: nn.Module, config: ComputeConfig) -> torch.device:
 def to_device(tensor: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     """``tensor`` on ``device`` (asynchronous from pinned memory), channels-last 3D when
     asked and 5-D; the same tensor when nothing changes."""
+    import torch
+
     if channels_last and tensor.dim() == 5:
         return tensor.to(device, non_blocking=True, memory_format=torch.channels_last_3d)
     return tensor.to(device, non_blocking=True)

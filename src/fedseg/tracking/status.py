@@ -3,6 +3,8 @@
 ``read_status`` opens the run store read-only (safe while the federation writes: WAL),
 ``render_status`` turns the result into rich tables for ``fedseg status``, and
 ``alarm_labels`` gives the short per-site alarm text the federation's live table shows.
+Each site's device and precision are those of its latest round that recorded them
+(``run_folder.ComputeUsed``; "-" for a run from before they were recorded).
 
 A run whose own word is ``running`` or ``starting`` while no live process holds its lock
 (``fedseg.run_folder.probe_lock``) has ``crashed``: its writer is gone (``kill -9``, a full
@@ -35,6 +37,7 @@ from fedseg.plan import PlanConfig, read_run_plan
 from fedseg.run_folder import (
     STORE_FILE,
     CauseKind,
+    ComputeUsed,
     FailureCause,
     LockState,
     RoundStatus,
@@ -107,6 +110,7 @@ class SiteStatus:
     dice: dict[str, float]
     alarms: list[str]
     live: str | None = None  # what the site does now (from the federation's live meta)
+    compute: ComputeUsed | None = None  # device and precision of its latest recorded round
 
 
 @dataclass(frozen=True)
@@ -222,8 +226,11 @@ def _collect(run: Path, store: RunStore) -> StatusView:
     alarms = store.alarms()
     spans = alarm_spans(alarms)
     last_rows: dict[str, Any] = {}
+    computes: dict[str, ComputeUsed] = {}
     for r in store.site_rounds():
         last_rows[r.site] = r  # ordered by round: keeps the latest
+        if r.compute is not None:  # a failed round says none: the last one that did
+            computes[r.site] = r.compute
     plan_sites = plan.site_names if plan is not None else []
     names = sorted(set(store.sites()) | set(plan_sites) | set(live_sites))
     sites = []
@@ -238,6 +245,7 @@ def _collect(run: Path, store: RunStore) -> StatusView:
             mr if mr >= 0 else None, dice,
             [s.kind for s in spans if s.site == site],
             live_sites.get(site) if state == RunState.RUNNING else None,
+            computes.get(site),
         ))  # fmt: skip
     fed_dice: dict[str, float] = {}
     fed_mr = None
@@ -307,14 +315,17 @@ def render_status(s: StatusView) -> Group:
         head.append("  ".join(f"{g} {_f(s.federation_dice.get(g))}" for g in ALL_REGIONS))
     t = Table(title="sites", title_justify="left")
     for col in ("site", "now", "round", "state", "train", "val", "loss", "update dist", "s/round",
-                "model", *(f"Dice {g}" for g in REGIONS), "Dice mean", "alarms"):  # fmt: skip
-        t.add_column(col, justify="left" if col in ("site", "now", "state", "alarms") else "right")
+                "model", *(f"Dice {g}" for g in REGIONS), "Dice mean", "device", "precision",
+                "alarms"):  # fmt: skip
+        left = ("site", "now", "state", "device", "precision", "alarms")
+        t.add_column(col, justify="left" if col in left else "right")
     for x in s.sites:
         t.add_row(
             x.site, x.live or "-", _f(x.last_round, "d"), x.status, _f(x.n_train, "d"),
             _f(x.n_val, "d"), _f(x.train_loss, ".4f"), _f(x.update_distance, ".4g"),
             _f(x.wall_s, ".1f"),
             _f(x.model_round, "d"), *(_f(x.dice.get(g)) for g in ALL_REGIONS),
+            x.compute.device if x.compute else "-", x.compute.precision if x.compute else "-",
             Text(", ".join(x.alarms) or "-", style="bold red" if x.alarms else ""),
         )  # fmt: skip
     parts: list[Any] = [head, t]

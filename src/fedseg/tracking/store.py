@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from fedseg.model.summary import Summary
-from fedseg.run_folder import STORE_FILE, MetaKey, RoundStatus, RunMeta, SiteRoundStatus
+from fedseg.run_folder import (
+    STORE_FILE,
+    ComputeUsed,
+    MetaKey,
+    RoundStatus,
+    RunMeta,
+    SiteRoundStatus,
+)
 
 
 def _one_of(column: str, values: type[StrEnum]) -> str:
@@ -122,6 +129,11 @@ class SiteRound:
     update_distance: float | None = None
     error: str | None = None
     extra: dict[str, Any] | None = None
+
+    @property
+    def compute(self) -> ComputeUsed | None:
+        """The device and precision the site used (None: not recorded, e.g. it failed)."""
+        return ComputeUsed.from_extra(self.extra)
 
 
 @dataclass(frozen=True)

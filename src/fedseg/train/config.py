@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedseg.config_files import first_error, read_yaml_mapping
 from fedseg.errors import FedsegError
-from fedseg.model.compute import ComputeConfig
+from fedseg.model.compute import ComputeConfig, ComputeOverrides
 from fedseg.model.config import NetworkConfig
 
 Shape3 = tuple[int, int, int]
@@ -63,6 +63,13 @@ class TrainConfig(BaseModel):
         default_factory=ComputeConfig,
         description="device and precision defaults; a machine overrides them for itself",
     )
+
+    def with_compute(self, overrides: ComputeOverrides | None) -> TrainConfig:
+        """This recipe on one machine: its ``compute`` with the machine's ``overrides``
+        applied (``--device``, ``--precision``, ...); nothing else changes."""
+        if overrides is None or overrides.empty:
+            return self
+        return self.model_copy(update={"compute": overrides.apply(self.compute)})
 
     @classmethod
     def cpu(cls, **overrides: object) -> TrainConfig:

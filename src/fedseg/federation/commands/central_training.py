@@ -4,15 +4,21 @@ or more sites, validated on their validation cases every epoch, resumable after 
 Run folder::
 
     recipe.yaml          the recipe used (network + train)
-    run.sqlite           RunStore: epochs as rounds; site_rounds row "central"; validation
-                         summaries and per-case metrics per data folder (plus "central"
-                         pooled when there are several); model_round = epoch trained
+    run.sqlite           RunStore: epochs as rounds; site_rounds row "central" (its extra
+                         says the device and precision of the epoch, as a federation's
+                         rows do; meta ``compute`` the latest); validation summaries and
+                         per-case metrics per data folder (plus "central" pooled when
+                         there are several); model_round = epoch trained
     checkpoints/last.ckpt  training state after the last finished epoch (weights, Adam
                          state, epoch, best score, seed), one npz (``save_arrays``) with
                          the weights under ``weights/``, the Adam state under
                          ``optimizer/`` and the numbers as 0-d arrays: the data order of
                          epoch e is a function of (seed, e), so this is all a resume needs
     last.pt, best.pt     model files (model_file.save_model) of the last / best-Dice epoch
+
+The recipe's ``train.compute`` gives the device and precision; ``compute`` (``fedseg train
+--device/--precision``) overrides them for this machine and this invocation (a resume takes
+its own: ``recipe.yaml`` keeps the recipe, the store what each epoch used).
 
 An epoch's rows are written before its checkpoint and the round is marked done after it,
 so a run killed at any point resumes from the last checkpoint and discards later rows.
@@ -34,6 +40,7 @@ from rich.console import Console
 from fedseg.data.cases import Case
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
+from fedseg.model.compute import ComputeOverrides, describe_device, resolve_device
 from fedseg.model.evaluate import CaseResult, summarize_cases
 from fedseg.model.model_file import ModelFile, save_model
 from fedseg.model.registry import new_network
@@ -45,6 +52,7 @@ from fedseg.run_folder import (
     LAST_MODEL,
     RECIPE_FILE,
     STORE_FILE,
+    ComputeUsed,
     RoundStatus,
     SiteRoundStatus,
 )
@@ -163,11 +171,13 @@ def run_training(
     resume: bool = False,
     progress: bool = True,
     console: Console | None = None,
+    compute: ComputeOverrides | None = None,
 ) -> RunResult:
     """Train ``epochs`` epochs in total in run folder ``out`` (continuing it when ``resume``).
 
     A new run needs ``recipe`` and an ``out`` without a run in it; a resumed run reads its
     recipe from the folder and must see the same training and validation cases.
+    ``compute``: this machine's choices over the recipe's ``train.compute``.
     """
     out = Path(out)
     console = console or Console()
@@ -181,9 +191,13 @@ def run_training(
             raise FedsegError("a new run needs a recipe (--config FILE or --config cpu)")
         if (out / STORE_FILE).exists() or ckpt.exists():
             raise FedsegError(f"{out} already holds a run; continue it with --resume {out}")
+    train = recipe.train.with_compute(compute)
+    # a GPU this machine lacks: one line, before anything is written
+    used = ComputeUsed.of(describe_device(resolve_device(train.compute.device)),
+                          train.compute.precision)  # fmt: skip
+    if not resume:
         out.mkdir(parents=True, exist_ok=True)
         (out / RECIPE_FILE).write_text(recipe.to_yaml())
-    train = recipe.train
     train_cases = [c for s in sites for c in s.train]
     if not train_cases:
         raise FedsegError("no training cases in the given data folders; check their splits")
@@ -209,7 +223,10 @@ def run_training(
                 [s.name for s in sites], [str(s.root) if s.root else None for s in sites], ids
             )
         store.meta.set_epochs(epochs)
-        return _loop(out, store, recipe, sites, train_cases, epochs, state, progress, console)
+        store.meta.set_compute(used)
+        recipe = recipe.model_copy(update={"train": train})  # this machine's compute
+        return _loop(out, store, recipe, sites, train_cases, epochs, state, progress, console,
+                     used)  # fmt: skip
 
 
 def _loop(
@@ -222,6 +239,7 @@ def _loop(
     state: TrainingState,
     progress: bool,
     console: Console,
+    used: ComputeUsed,
 ) -> RunResult:
     train = recipe.train
     net = new_network(recipe.network, state.weights, state.seed)
@@ -266,7 +284,7 @@ def _loop(
                     epoch, CENTRAL, SiteRoundStatus.OK, n_train=len(data), n_val=n_val,
                     train_loss=stats.loss, wall_s=wall,
                     extra={"steps": stats.steps, "data_wait_s": stats.data_wait_s,
-                           "compute_s": stats.compute_s},
+                           "compute_s": stats.compute_s, **used.extra()},
                 )
             )  # fmt: skip
             store.record_checkpoint(epoch, out / LAST_MODEL)

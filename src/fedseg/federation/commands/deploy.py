@@ -40,11 +40,13 @@ from fedseg.federation.engine.client_app import (
     NODE_DATA_DIR,
     NODE_MIN_SUMMARY_CASES,
     NODE_SITE_NAME,
+    compute_node_config,
 )
 from fedseg.federation.engine.fleet_gateway import DEFAULT_SITE_RUNTIME_PORT
 from fedseg.federation.engine.launcher import flower_env
 from fedseg.federation.engine.processes import Proc, flower_program, spawn
 from fedseg.federation.security import pki
+from fedseg.model.compute import ComputeOverrides, resolve_device
 from fedseg.model.summary import MIN_SUMMARY_CASES
 from fedseg.run_folder import FLWR_HOME, LOGS_DIR
 
@@ -80,6 +82,10 @@ class SiteOptions(BaseModel):
     min_summary_cases: int = Field(
         MIN_SUMMARY_CASES, ge=1, description="this site's floor: no summary over fewer cases"
     )
+    compute: ComputeOverrides = Field(
+        default_factory=ComputeOverrides,
+        description="this machine's device and precision over the recipe's train.compute",
+    )
     node_config: dict[str, ConfigValue] = Field(default_factory=dict)
 
 
@@ -97,8 +103,8 @@ def check_server_address(server: str) -> str:
 def supernode_command(options: SiteOptions) -> list[str]:
     """The ``flower-supernode`` command line of a site (TLS + its enrolled auth key).
 
-    The node config names the site (from its CA-signed certificate), its data folder and its
-    summary floor, the keys the ClientApp reads.
+    The node config names the site (from its CA-signed certificate), its data folder, its
+    summary floor and its compute choices, the keys the ClientApp reads.
     """
     creds = pki.site_credentials(options.creds)
     if not creds.name:
@@ -109,6 +115,7 @@ def supernode_command(options: SiteOptions) -> list[str]:
         NODE_SITE_NAME: creds.name,
         NODE_DATA_DIR: str(options.data_dir.resolve()),
         NODE_MIN_SUMMARY_CASES: options.min_summary_cases,
+        **compute_node_config(options.compute),
         **options.node_config,
     }
     cmd = [
@@ -131,12 +138,21 @@ def start_site(options: SiteOptions, env: Mapping[str, str] | None = None) -> Pr
     (the guard's ClientApp processes stop with it); log: ``work_dir/logs/supernode.log``."""
     if not options.data_dir.is_dir():
         raise FedsegError(f"data folder {options.data_dir} not found")
+    check_site_compute(options.compute)
     cmd = site_command(supernode_command(options), options.runtime_port)
     home = options.work_dir / FLWR_HOME
     home.mkdir(parents=True, exist_ok=True)
     return spawn(
         "site", cmd, env or flower_env(home), options.work_dir / LOGS_DIR / "supernode.log"
     )
+
+
+def check_site_compute(compute: ComputeOverrides) -> None:
+    """A ``--device`` this machine does not have is a one-line error before the site
+    connects (``resolve_device``'s); a device the plan's recipe asks for is checked by
+    each task, which fails with that line."""
+    if compute.device is not None:
+        resolve_device(compute.device)
 
 
 _SUPERNODE_FAILURES = (

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +49,7 @@ from fedseg.federation.engine.client_app import (
     NODE_DATA_DIR,
     NODE_MIN_SUMMARY_CASES,
     NODE_SITE_NAME,
+    compute_node_config,
 )
 from fedseg.federation.engine.fleet_gateway import (
     DEFAULT_CONTROL_PORT,
@@ -61,6 +62,7 @@ from fedseg.federation.security.enrollment import (
     server_security,
     start_enrolled_superlink,
 )
+from fedseg.model.compute import ComputeOverrides, resolve_device
 from fedseg.plan import PlanConfig, load_plan
 from fedseg.run_folder import (
     BEST_MODEL,
@@ -78,9 +80,11 @@ from fedseg.tracking.store import RunStore
 
 @dataclass(frozen=True)
 class LocalSites:
-    """A simulation: one SuperNode per plan site on this machine, plain HTTP on loopback."""
+    """A simulation: one SuperNode per plan site on this machine, plain HTTP on loopback.
+    ``compute``: this machine's device and precision choices, the same for every site."""
 
     threads_per_site: int = 1
+    compute: ComputeOverrides = field(default_factory=ComputeOverrides)
 
 
 class ServerOptions(BaseModel):
@@ -144,7 +148,11 @@ def run_federation(
         plan = _run_folder(run_dir, plan_path, enrolled=[s.name for s in enrolled])
     else:
         enrolled = None
+        # the sites are here: a GPU this machine lacks is one line before they start
+        if sites.compute.device is not None:
+            resolve_device(sites.compute.device)  # before the run folder is made
         plan = _run_folder(run_dir, plan_path, enrolled=None)
+        resolve_device(plan.train.with_compute(sites.compute).compute.device)
     with RunLock.acquire(run_dir):
         if isinstance(sites, ServerOptions):
             launcher = aggregator_launcher(run_dir, sites)
@@ -248,11 +256,13 @@ def _repeats(run_dir: Path) -> str:
 
 def _start_local_sites(launcher: Launcher, plan: PlanConfig, sites: LocalSites) -> None:
     """Simulated sites: one operator holds all the data, so the plan's summary floor rules
-    (a deployed site keeps its own, ``fedseg site start --min-summary-cases``)."""
+    (a deployed site keeps its own, ``fedseg site start --min-summary-cases``); one
+    machine, so every site takes its compute choices."""
     for name, site in plan.sites.items():
         launcher.start_site(name, {NODE_SITE_NAME: name, NODE_DATA_DIR: str(site.data),
                                    "threads": sites.threads_per_site,
-                                   NODE_MIN_SUMMARY_CASES: 1})  # fmt: skip
+                                   NODE_MIN_SUMMARY_CASES: 1,
+                                   **compute_node_config(sites.compute)})  # fmt: skip
 
 
 def run_result(run_dir: Path, t0: float) -> RunResult:

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from fedseg.errors import FedsegError
 from fedseg.federation.commands.engine_run import LocalSites, RunResult, run_federation
+from fedseg.model.compute import ComputeOverrides
 from fedseg.run_folder import PLAN_FILE, STORE_FILE, RunLocked, probe_lock
 from fedseg.tracking.store import RunStore
 
@@ -47,9 +48,13 @@ def resume(
     console: Console | None = None,
     live: bool = True,
     threads_per_site: int = 1,
+    compute: ComputeOverrides | None = None,
 ) -> RunResult:
-    """Continue the simulated federation of ``run_dir`` from its last completed round."""
+    """Continue the simulated federation of ``run_dir`` from its last completed round; its
+    sites compute with ``compute`` (this machine's choices, as ``simulate`` takes them:
+    they are not stored with the run, its records say what each round used)."""
     last = check_resumable(run_dir)
     with RunStore(run_dir) as store:
         store.log(f"resuming after round {last}")
-    return run_federation(run_dir, LocalSites(threads_per_site), console=console, live=live)
+    sites = LocalSites(threads_per_site, compute or ComputeOverrides())
+    return run_federation(run_dir, sites, console=console, live=live)

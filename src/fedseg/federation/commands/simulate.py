@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from fedseg.federation.commands.engine_run import LocalSites, RunResult, run_federation
+from fedseg.model.compute import ComputeOverrides
 
 
 def simulate(
@@ -21,8 +22,9 @@ def simulate(
     console: Console | None = None,
     live: bool = True,
     threads_per_site: int = 1,
+    compute: ComputeOverrides | None = None,
 ) -> RunResult:
-    """``fedseg simulate PLAN --out RUN``: a new run folder, then the federation."""
-    return run_federation(
-        out, LocalSites(threads_per_site), plan_path=plan_path, console=console, live=live
-    )
+    """``fedseg simulate PLAN --out RUN``: a new run folder, then the federation; every site
+    computes with ``compute`` over the plan's ``train.compute`` (one machine)."""
+    sites = LocalSites(threads_per_site, compute or ComputeOverrides())
+    return run_federation(out, sites, plan_path=plan_path, console=console, live=live)

@@ -4,7 +4,10 @@ Node config (``flower-supernode --node-config``): ``site-name`` (the name the pl
 it by), ``data-dir`` (the site's data folder), optional ``workspace`` (private state;
 default ``<data-dir>/.fedseg/<run-id>``), ``threads`` (torch CPU threads, 0: default) and
 ``min-summary-cases`` (the site's own floor for what its summaries may cover, default 3;
-``rounds.disclosure``).
+``rounds.disclosure``), and, each only when the site's operator chose it, ``device``,
+``precision``, ``channels-last`` and ``compile`` (``fedseg site start --device ...``: this
+machine's ``ComputeOverrides`` over the recipe's ``train.compute``; ``compute_node_config``
+writes them, ``node_compute_overrides`` reads them back).
 
 A failed task is answered with an error whose reason is ``TaskFailed``'s line (category and
 scrubbed text), never the exception's own text; the full traceback is in the site's log.
@@ -13,7 +16,9 @@ scrubbed text), never the exception's own text; the full traceback is in the sit
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
@@ -21,14 +26,39 @@ from flwr.clientapp import ClientApp
 from fedseg.federation.engine.messages import decode_request, encode_hello_reply, encode_reply
 from fedseg.federation.rounds.tasks import declared_cases
 
+if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
+    from fedseg.federation.engine.app_bundle import ConfigValue
+    from fedseg.model.compute import ComputeOverrides
+
 #: Node-config keys, shared with ``fedseg site start`` (federation.deploy).
 NODE_SITE_NAME = "site-name"
 NODE_DATA_DIR = "data-dir"
 NODE_MIN_SUMMARY_CASES = "min-summary-cases"
+#: ``ComputeOverrides`` field -> its node-config key
+NODE_COMPUTE = {
+    "device": "device", "precision": "precision", "channels_last": "channels-last",
+    "compile": "compile",
+}  # fmt: skip
 #: Flower's error code of a ClientApp that raised (``flwr.common.constant.ErrorCode``)
 CLIENT_APP_RAISED_EXCEPTION = 2
 
 app = ClientApp()
+
+
+def compute_node_config(overrides: ComputeOverrides | None) -> dict[str, ConfigValue]:
+    """The node-config entries of a site's compute choices (none for the recipe's own)."""
+    if overrides is None:
+        return {}
+    return {NODE_COMPUTE[k]: v for k, v in overrides.model_dump(exclude_none=True).items()}
+
+
+def node_compute_overrides(node_config: Mapping[str, Any]) -> ComputeOverrides:
+    """The site's compute choices from its node config (``compute_node_config``'s)."""
+    from fedseg.model.compute import ComputeOverrides  # torch: only where training happens
+
+    return ComputeOverrides.model_validate(
+        {field: node_config[key] for field, key in NODE_COMPUTE.items() if key in node_config}
+    )
 
 
 def _site(context: Context) -> str:
@@ -86,6 +116,7 @@ def train(msg: Message, context: Context) -> Message:
         reply = run_task(
             _site(context), Path(str(data)), req, Path(str(ws)) if ws else None,
             int(cfg.get(NODE_MIN_SUMMARY_CASES, MIN_SUMMARY_CASES)),
+            node_compute_overrides(cfg),
         )  # fmt: skip
     except TaskFailed as exc:  # logged in full at the site; only the line travels
         return Message(Error(CLIENT_APP_RAISED_EXCEPTION, exc.line), reply_to=msg)

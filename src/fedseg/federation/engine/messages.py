@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from pydantic import ValidationError
 
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, optimizer_mode
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
@@ -38,7 +39,7 @@ from fedseg.federation.rounds.transfer import (
     transfer_dtype,
 )
 from fedseg.model.summary import MIN_SUMMARY_CASES, Summary
-from fedseg.run_folder import DeclaredCases
+from fedseg.run_folder import ComputeUsed, DeclaredCases
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
     from fedseg.model.weights import Weights
@@ -213,9 +214,12 @@ def encode_reply(rep: TaskReply, transfer: TransferDtype = DEFAULT_TRANSFER) -> 
             val[f"{region}/{metric}/mean"] = float(s.mean)
             val[f"{region}/{metric}/std"] = float(s.std)
             val[f"{region}/{metric}/n"] = int(s.n)
+    site: dict[str, str] = {"name": rep.site}
+    if rep.compute is not None:
+        site |= rep.compute.extra()  # device, precision
     content = RecordDict(
         {
-            "site": ConfigRecord({"name": rep.site}),
+            "site": ConfigRecord(site),
             "metrics": MetricRecord(metrics),
             "validation": MetricRecord(val),
         }
@@ -253,6 +257,7 @@ def decode_reply(content: RecordDict) -> TaskReply:
         validation=validation,
         validated=bool(m.get("validated", bool(validation))),
         optimizer_state=_reply_arrays(content, "optimizer"),
+        compute=_compute_used(content["site"]),
     )
 
 
@@ -260,6 +265,15 @@ def _reply_arrays(content: RecordDict, name: str) -> Weights | None:
     if name not in content:
         return None
     return record_to_weights(content[name], _cast_names(content, name), writable=False)  # type: ignore[arg-type]
+
+
+def _compute_used(site: ConfigRecord) -> ComputeUsed | None:
+    """The device and precision a reply says it used; None when it says none, or says
+    something no fedseg site writes (a long or odd text: nothing of it is recorded)."""
+    try:
+        return ComputeUsed.from_extra(dict(site))
+    except ValidationError:
+        return None
 
 
 def encode_hello_reply(site: str, declared: DeclaredCases | None = None) -> RecordDict:

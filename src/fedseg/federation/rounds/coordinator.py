@@ -423,6 +423,7 @@ class Coordinator:
             "train_wall_s": res.train_wall_s,
             "val_wall_s": res.val_wall_s,
             "startup_s": res.startup_s,
+            **(res.compute.extra() if res.compute is not None else {}),  # device, precision
         }
         if not trains:
             return SiteRound(status=SiteRoundStatus.OK, extra=extra, **base, **common), None  # type: ignore[arg-type]

@@ -28,8 +28,15 @@ from fedseg.federation.rounds.disclosure import (
     summary_floor,
 )
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_from_json
+from fedseg.model.compute import (
+    ComputeConfig,
+    ComputeOverrides,
+    describe_device,
+    resolve_device,
+)
 from fedseg.model.evaluate import summarize_cases
 from fedseg.model.weights import load_arrays, save_arrays
+from fedseg.run_folder import ComputeUsed
 from fedseg.tracking.store import RunStore
 from fedseg.train.local import OptimizerState, train_local
 from fedseg.train.validate import validate_cases
@@ -79,16 +86,20 @@ def run_task(
     req: TaskRequest,
     workspace: Path | None = None,
     min_summary_cases: int = MIN_SUMMARY_CASES,
+    compute: ComputeOverrides | None = None,
 ) -> TaskReply:
     """Do ``req`` on the site's data folder: validate (per-case values kept locally, summaries
     over at least ``summary_floor(req.min_summary_cases, min_summary_cases)`` cases
     returned), then train on the training split and return the new weights.
 
-    ``min_summary_cases`` is the site's own floor. Any failure is logged in full at the site
-    and raised as ``TaskFailed``, whose line is all that may travel."""
+    ``min_summary_cases`` is the site's own floor; ``compute`` its machine's choices over the
+    recipe's ``train.compute`` (``fedseg site start --device/--precision``), with which it
+    validates and trains; the reply says which device and precision that was
+    (``TaskReply.compute``). Any failure is logged in full at the site and raised as
+    ``TaskFailed``, whose line is all that may travel."""
     step = _Step(Path(data))
     try:
-        return _run(site, Path(data), req, workspace, min_summary_cases, step)
+        return _run(site, Path(data), req, workspace, min_summary_cases, compute, step)
     except Exception as exc:
         line = public_error(exc, step.phase, step.secrets)
         site_log(
@@ -100,8 +111,9 @@ def run_task(
 
 
 def _run(
-    site: str, data: Path, req: TaskRequest, workspace: Path | None, site_min: int, step: _Step
-) -> TaskReply:
+    site: str, data: Path, req: TaskRequest, workspace: Path | None, site_min: int,
+    compute: ComputeOverrides | None, step: _Step,
+) -> TaskReply:  # fmt: skip
     ws = site_workspace(data, req.run_id, workspace)
     step.secrets += [str(data.resolve()), str(ws)]
     if workspace is not None or data.is_dir():  # never create a missing data folder
@@ -117,8 +129,10 @@ def _run(
     step.secrets += [c.case_id for c in (*split.train, *split.val)]
     step.phase = ErrorCategory.INTERNAL
     network, train = recipe_from_json(req.recipe)
+    train = train.with_compute(compute)  # the plan's defaults, this machine's choices
     floor = summary_floor(req.min_summary_cases, site_min)
-    reply = TaskReply(site=site, n_train=len(split.train), n_val=len(split.val))
+    reply = TaskReply(site=site, n_train=len(split.train), n_val=len(split.val),
+                      compute=_compute_used(train.compute))  # fmt: skip
     if req.validate and split.val:
         step.phase = ErrorCategory.VALIDATION
         t0 = time.perf_counter()
@@ -162,6 +176,17 @@ def _run(
         reply.train_loss = result.train_loss if result.n_train >= floor else None
         reply.train_wall_s = result.wall_s
     return reply
+
+
+def _compute_used(config: ComputeConfig) -> ComputeUsed:
+    """What the site computes with: its device resolved here (a GPU the recipe or the site's
+    ``--device`` asks for and this machine lacks fails the task with that line: it names a
+    device, nothing of the site's data)."""
+    try:
+        resolved = resolve_device(config.device)
+    except FedsegError as exc:
+        raise SiteError(ErrorCategory.INTERNAL, str(exc), str(exc)) from None
+    return ComputeUsed.of(describe_device(resolved), config.precision)
 
 
 def _optimizer_files(ws: Path) -> dict[int, Path]:

@@ -20,7 +20,7 @@ from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, OptimizerMode
 from fedseg.federation.rounds.transfer import DEFAULT_TRANSFER, TransferDtype
 from fedseg.model.config import NetworkConfig
 from fedseg.model.summary import MIN_SUMMARY_CASES, Summary
-from fedseg.run_folder import DeclaredCases
+from fedseg.run_folder import ComputeUsed, DeclaredCases
 from fedseg.train.config import TrainConfig
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
@@ -74,6 +74,8 @@ class TaskReply:
     validated: bool = False
     #: the site's optimizer state after training, sent only when the plan averages it
     optimizer_state: OptimizerState | None = None
+    #: the device and precision the site validated and trained with (None: not said)
+    compute: ComputeUsed | None = None
 
 
 def recipe_json(network: NetworkConfig, train: TrainConfig) -> str:

@@ -28,18 +28,20 @@ from fedseg.tracking.store import RunStore
 
 
 def summary_section(st: StatusView) -> str:
-    """State, rounds, and per site its last round, cases, model and Dice; the federation's."""
+    """State, rounds, and per site its last round, cases, model, Dice, device and
+    precision; the federation's."""
     planned = f" of {st.rounds_planned}" if st.rounds_planned is not None else ""
     head = ["site", "last round", "state", "train cases", "val cases", "model",
-            *(f"Dice {g}" for g in ALL_REGIONS), "alarms"]  # fmt: skip
+            *(f"Dice {g}" for g in ALL_REGIONS), "device", "precision", "alarms"]  # fmt: skip
     rows: list[list[object]] = [
         [s.site, s.last_round, s.status, s.n_train, s.n_val, s.model_round,
-         *(s.dice.get(g) for g in ALL_REGIONS), ", ".join(s.alarms) or "-"]
+         *(s.dice.get(g) for g in ALL_REGIONS), s.compute.device if s.compute else "-",
+         s.compute.precision if s.compute else "-", ", ".join(s.alarms) or "-"]
         for s in st.sites
     ]  # fmt: skip
     if st.federation_dice:
         rows.append(["federation", "", "", "", "", st.federation_model_round,
-                     *(st.federation_dice.get(g) for g in ALL_REGIONS), ""])  # fmt: skip
+                     *(st.federation_dice.get(g) for g in ALL_REGIONS), "", "", ""])  # fmt: skip
     return section(
         "summary",
         "Summary",

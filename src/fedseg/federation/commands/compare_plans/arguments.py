@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedseg.errors import FedsegError
 from fedseg.federation.commands.compare_plans.attacks import Poison
 from fedseg.federation.rounds.strategies.registry import STRATEGIES
+from fedseg.model.compute import ComputeOverrides
 from fedseg.model.config import NetworkConfig
 from fedseg.plan import StrategyConfig
 from fedseg.train.config import TrainConfig
@@ -93,3 +94,7 @@ class CompareConfig(BaseModel):
     bounds: bool = True
     baselines: bool = True
     threads: int = Field(1, ge=1, description="torch CPU threads")
+    compute: ComputeOverrides = Field(
+        default_factory=ComputeOverrides,
+        description="this machine's device and precision over train.compute (every run)",
+    )

@@ -48,6 +48,7 @@ def evaluate_outcomes(cfg: CompareConfig, outcomes: list[RunOutcome], bar: Progr
     training sites' validation cases and on the held-out sites' cases."""
     val = {s: list(load_split(p).val) for s, p in cfg.sites.items()}
     held = {s: discover_cases(p) for s, p in cfg.holdout.items()}
+    train = cfg.train.with_compute(cfg.compute)  # this machine's device and precision
     task = bar.add_task("evaluation", total=len(outcomes))
     for o in outcomes:
         for which, path in (("final", o.final), ("best", o.best or o.final)):
@@ -56,10 +57,10 @@ def evaluate_outcomes(cfg: CompareConfig, outcomes: list[RunOutcome], bar: Progr
                 o.per_site += [{**r, "model": "best"} for r in o.per_site]
                 continue
             weights = load_model(path).weights
-            pooled, by_site = dice_on_sites(cfg.network, cfg.train, weights, val)
+            pooled, by_site = dice_on_sites(cfg.network, train, weights, val)
             o.scores[which] = {"val": pooled}
             if held:
-                hp, hs = dice_on_sites(cfg.network, cfg.train, weights, held)
+                hp, hs = dice_on_sites(cfg.network, train, weights, held)
                 o.scores[which]["holdout"] = hp
                 by_site.update({f"{s} (held out)": v for s, v in hs.items()})
             o.per_site += [{"run": o.label, "model": which, "site": s, "region": r, "dice": d}

@@ -17,6 +17,7 @@ from fedseg.federation.rounds.coordinator import Exchanged, SiteFailure
 from fedseg.federation.rounds.site import run_task
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, declared_cases
 from fedseg.federation.rounds.transfer import round_trip
+from fedseg.model.compute import ComputeOverrides
 from fedseg.run_folder import DeclaredCases, SiteRoundStatus
 
 
@@ -25,15 +26,18 @@ class LocalTransport:
     the site's private state in ``workspaces[site]``. A poisoned site's reply carries its
     lie (``attacks.poison_reply``). ``min_summary_cases`` is every site's own floor
     (``disclosure``); 1, the default, lets the plan's ``privacy.min_summary_cases`` rule, as in
-    a simulation: one operator holds all the data. A failed task is its ``TaskFailed`` line,
-    as a real site sends it."""
+    a simulation: one operator holds all the data. ``compute``: this machine's device and
+    precision choices, every site's (``run_task``). A failed task is its ``TaskFailed``
+    line, as a real site sends it."""
 
     def __init__(self, data: dict[str, Path], workspaces: dict[str, Path],
                  poison: Poison | None = None,
                  on_site: Callable[[str], None] | None = None,
-                 min_summary_cases: int = 1) -> None:  # fmt: skip
+                 min_summary_cases: int = 1,
+                 compute: ComputeOverrides | None = None) -> None:  # fmt: skip
         self.data, self.workspaces, self.poison, self.on_site = data, workspaces, poison, on_site
         self.min_summary_cases = min_summary_cases
+        self.compute = compute
 
     def connected_sites(self, wanted: Sequence[str], wait_s: float) -> list[str]:
         return [s for s in wanted if s in self.data]
@@ -55,7 +59,8 @@ class LocalTransport:
                 sent += n_bytes(req.optimizer_state)
             try:
                 rep = run_task(site, self.data[site], dataclasses.replace(req, weights=arrived),
-                               self.workspaces[site], self.min_summary_cases)  # fmt: skip
+                               self.workspaces[site], self.min_summary_cases,
+                               self.compute)  # fmt: skip
                 self._poison(site, req, rep)
                 got = 0
                 if rep.weights is not None:

@@ -23,6 +23,7 @@ from fedseg.federation.commands.compare_plans.outputs import (
     write_results,
 )
 from fedseg.federation.rounds.coordinator import Coordinator
+from fedseg.model.compute import resolve_device
 from fedseg.plan import PlanConfig, save_plan
 from fedseg.run_folder import BEST_MODEL, LAST_MODEL, PLAN_FILE, model_path
 from fedseg.tracking.curves import round_scores
@@ -37,6 +38,7 @@ def run_compare(cfg: CompareConfig, out: Path, console: Console | None = None) -
     if out.exists() and any(out.iterdir()):
         raise FedsegError(f"{out} exists and is not empty; pick a new --out")
     _check_sites(cfg)
+    resolve_device(cfg.train.with_compute(cfg.compute).compute.device)  # a missing GPU: now
     _check_labels([plan_for(cfg, a, cfg.sites).name for a in cfg.plans])  # bad params: now
     import torch
 
@@ -102,7 +104,8 @@ def _run_plan(cfg: CompareConfig, plan: PlanConfig, run_dir: Path, sites: dict[s
     steps = (rounds + 1) * len(sites)
     task = bar.add_task(f"{plan.name}", total=steps)
     ws = {s: run_dir / "sites" / s for s in sites}
-    transport = LocalTransport(sites, ws, cfg.poison, lambda _s: bar.advance(task))
+    transport = LocalTransport(sites, ws, cfg.poison, lambda _s: bar.advance(task),
+                               compute=cfg.compute)  # fmt: skip
     t0 = time.perf_counter()
     Coordinator(run_dir, transport).run()
     wall = time.perf_counter() - t0
@@ -130,7 +133,7 @@ def _run_central(cfg: CompareConfig, run_dir: Path, sites: dict[str, Path],
     )
     t0 = time.perf_counter()
     run_training(run_dir, data, cfg.budget, recipe=recipe, progress=False,
-                 console=Console(quiet=True))  # fmt: skip
+                 console=Console(quiet=True), compute=cfg.compute)  # fmt: skip
     wall = time.perf_counter() - t0
     bar.update(task, completed=cfg.budget)
     with RunStore(run_dir) as store:  # several sites: their pooled rows, stored as CENTRAL
