@@ -17,7 +17,7 @@ from fedseg.cli.compute_options import (
     compute_overrides,
 )
 from fedseg.data.labels import REGIONS
-from fedseg.model.compute import ComputeConfig, resolve_device
+from fedseg.model.compute import ComputeConfig, check_device
 from fedseg.model.evaluate import (
     CaseResult,
     evaluate_cases,
@@ -54,7 +54,7 @@ def evaluate(
     Runs on CUDA when present, else the CPU, in fp32 unless --device/--precision say
     otherwise; metrics are computed in float32 either way."""
     compute = compute_overrides(device, precision, channels_last, compile_).apply(ComputeConfig())
-    resolve_device(compute.device)  # a missing GPU is refused before any work
+    check_device(compute.device)  # a missing GPU is refused before any work
     check_output_file(out, "metrics CSV")
     models = ModelSet.from_files(model, compute=compute)
     cases = select_cases(data, split)

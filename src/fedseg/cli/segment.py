@@ -16,7 +16,7 @@ from fedseg.cli.compute_options import (
     compute_overrides,
 )
 from fedseg.data.cases import load_case
-from fedseg.model.compute import ComputeConfig, resolve_device
+from fedseg.model.compute import ComputeConfig, check_device
 from fedseg.model.segmenter import (
     Combine,
     ModelSet,
@@ -62,7 +62,7 @@ def segment(
     Runs on CUDA when present, else the CPU, in fp32 unless --device/--precision say
     otherwise (a model file carries no compute choices)."""
     compute = compute_overrides(device, precision, channels_last, compile_).apply(ComputeConfig())
-    resolve_device(compute.device)  # a missing GPU is refused before any work
+    check_device(compute.device)  # a missing GPU is refused before any work
     if combine not in ("mean", "triplet"):
         raise typer.BadParameter("use 'mean' or 'triplet'", param_hint="--combine")
     mode: Combine = "triplet" if combine == "triplet" else "mean"

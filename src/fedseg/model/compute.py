@@ -105,6 +105,13 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device("cuda", index)
 
 
+def check_device(spec: str) -> None:
+    """Refuse, in one line, a CUDA device this machine lacks; ``auto`` and ``cpu`` always
+    exist (and need no torch import: an exported model's CLI stays torch-free)."""
+    if check_device_spec(spec).startswith("cuda"):
+        resolve_device(spec)
+
+
 def describe_device(device: torch.device) -> str:
     """What a run records about a device: ``cpu`` or ``cuda:0 (NVIDIA H200)``."""
     import torch
