@@ -30,7 +30,7 @@ from fedseg.model.losses import mirrored_dice_loss
 from fedseg.model.registry import new_network
 from fedseg.model.weights import Weights, get_weights
 from fedseg.train.config import TrainConfig, check_shapes
-from fedseg.train.loader import CaseStore, PatchDataset, make_loader
+from fedseg.train.loader import CaseStore, EpochLoader
 
 #: Adam's per-parameter moments, stored under ``"<moment>/<parameter name>"``.
 MOMENTS: tuple[str, ...] = ("exp_avg", "exp_avg_sq")
@@ -125,21 +125,20 @@ def load_optimizer_state(opt: torch.optim.Adam, net: nn.Module, state: Optimizer
 def fit_epoch(
     net: nn.Module,
     opt: torch.optim.Optimizer,
-    store: CaseStore,
-    train: TrainConfig,
+    data: EpochLoader,
     *,
-    seed: int,
     epoch: int,
     progress: Progress | None = None,
     proximal: Callable[[], torch.Tensor] | None = None,
 ) -> EpochStats:
-    """One pass over the patches of ``epoch`` (0-based); order and augmentation from seed."""
+    """One pass over the patches of ``epoch`` (0-based); order and augmentation from
+    ``data``'s seed, which also seeds the epoch's dropout."""
     net.train()
-    loader = make_loader(PatchDataset(store, train, seed, epoch))
+    loader = data.epoch(epoch)
     task = progress.add_task(f"epoch {epoch + 1}", total=len(loader)) if progress else None
     # Seed torch's generator for this epoch (dropout), restoring the caller's state after.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(epoch_seed(seed, epoch))
+        torch.manual_seed(epoch_seed(data.seed, epoch))
         losses, wait, compute = _run_steps(net, opt, loader, progress, task, epoch, proximal)
     if progress is not None and task is not None:
         progress.remove_task(task)
@@ -212,6 +211,7 @@ def train_local(
     on_epoch: Callable[[int, EpochStats], None] | None = None,
     proximal_mu: float = 0.0,
     reference: Weights | None = None,
+    case_cache: bool = True,
 ) -> LocalResult:
     """Train on ``cases`` for ``epochs`` epochs starting from ``weights`` (None: fresh init
     from ``seed``) and ``optimizer_state`` (None: fresh Adam).
@@ -219,6 +219,8 @@ def train_local(
     Epochs are numbered from ``first_epoch`` for the data order, so continuing a run with
     ``first_epoch=k`` gives the same batches as the straight run's epoch k.
     ``proximal_mu > 0`` adds FedProx's term pulling towards ``reference`` (default: ``weights``).
+    ``case_cache``: read the cases from the site's case cache (``fedseg.train.case_cache``), making
+    the missing entries; False prepares them in memory (up to ``train.cache_mb``).
     """
     t0 = time.perf_counter()
     check_shapes(network, train)
@@ -226,7 +228,7 @@ def train_local(
     opt = new_optimizer(net, train)
     if optimizer_state is not None:
         load_optimizer_state(opt, net, optimizer_state)
-    store = CaseStore(cases, train.patch_size, train.cache_mb)
+    store = CaseStore(cases, train.patch_size, train.cache_mb, disk=case_cache)
     prox = None
     if proximal_mu > 0:
         ref = reference if reference is not None else weights
@@ -237,13 +239,15 @@ def train_local(
     bar = train_progress() if progress else None
     if bar is not None:
         bar.start()
+    data = EpochLoader(store, train, seed)
     try:
         for e in range(first_epoch, first_epoch + epochs):
-            s = fit_epoch(net, opt, store, train, seed=seed, epoch=e, progress=bar, proximal=prox)
+            s = fit_epoch(net, opt, data, epoch=e, progress=bar, proximal=prox)
             stats.append(s)
             if on_epoch is not None:
                 on_epoch(e, s)
     finally:
+        data.close()
         if bar is not None:
             bar.stop()
     steps = sum(s.steps for s in stats)
