@@ -9,9 +9,10 @@ Three modes, each in a fresh process (a site's app process is new for every mess
 this order on one data folder: ``memory`` (today's preparation in memory, no disk cache),
 ``cold`` (an empty cache: prepare and write every entry), ``warm`` (a second process on the
 same folder: open the entries). Printed side by side: ``CaseStore`` build seconds, the
-cache's size on disk and the process's peak resident MB; with ``--train`` also one
-``train_local`` call (one epoch of the CPU recipe's network and patches, ``--workers``
-loader workers) in each mode: wall seconds and the seconds it waited for batches.
+cache's size on disk and the process's peak resident MB; with ``--train``, instead of the
+bare build, one ``train_local`` call (one epoch of the CPU recipe's network and patches,
+``--workers`` loader workers) in each mode: wall seconds, the seconds it waited for
+batches, computed, and the rest (building the store and the network).
 
 The warm mode reads entries the cold mode has just written, so they are in the OS page
 cache; as root, ``--drop-caches`` empties it before the warm run (a site's first round
@@ -48,22 +49,35 @@ def run_mode(root: Path, mode: str, train_epochs: int, workers: int) -> dict:
     recipe = RecipeConfig.cpu()
     train = recipe.train.model_copy(update={"num_workers": workers})
     disk = mode != "memory"
-    t0 = time.perf_counter()
-    store = CaseStore(cases, train.patch_size, train.cache_mb, disk=disk)
-    row: dict = {"mode": mode, "cases": len(cases), "prepare_s": round(time.perf_counter() - t0, 3)}
-    row["ready"] = store.cached
-    del store
-    if train_epochs:
+    row: dict = {"mode": mode, "cases": len(cases)}
+    if train_epochs:  # the store is built inside train_local, as at a site
         res = train_local(recipe.network, train, None, None, cases, train_epochs, seed=0,
                           case_cache=disk)  # fmt: skip
         row["train_local_s"] = round(res.wall_s, 3)
         row["data_wait_s"] = round(res.data_wait_s, 3)
         row["compute_s"] = round(res.compute_s, 3)
+        row["rest_s"] = round(res.wall_s - res.data_wait_s - res.compute_s, 3)
+    else:
+        t0 = time.perf_counter()
+        store = CaseStore(cases, train.patch_size, train.cache_mb, disk=disk)
+        row["prepare_s"] = round(time.perf_counter() - t0, 3)
+        row["ready"] = store.cached
     entries, size = cache_size(root)
     row["cache_entries"] = entries
     row["cache_MB"] = round(size / 2**20, 1)
-    row["peak_rss_MB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    row["peak_rss_MB"] = round(peak_rss_mb(), 1)
     return row
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident MB: VmHWM (ru_maxrss would count the parent's pages,
+    which a child forked from the process that wrote the cases starts with)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_site(out: Path, args: argparse.Namespace) -> Path:

@@ -17,12 +17,16 @@ import pytest
 
 import fedseg.train.case_cache as case_cache
 from fedseg.data import nifti
-from fedseg.data.cases import Case, discover_cases
+from fedseg.data.cases import Case, discover_cases, load_case
 from fedseg.model.config import NetworkConfig
+from fedseg.model.evaluate import evaluate_cases
+from fedseg.model.registry import build_network, new_network
+from fedseg.model.weights import Weights, get_weights, set_weights
 from fedseg.train.case_cache import cache_folder, cache_size, entry_name, prepare_case
 from fedseg.train.config import TrainConfig
 from fedseg.train.loader import CaseStore
 from fedseg.train.local import train_local
+from fedseg.train.validate import network_models, validate_cases
 from tests.helpers import run_fedseg
 from tests.train.conftest import write_toy_site
 
@@ -39,6 +43,12 @@ def cases(tmp_path: Path) -> list[Case]:
 def _entries(root: Path) -> list[Path]:
     folder = cache_folder(root)
     return sorted(e for c in folder.iterdir() for e in c.iterdir()) if folder.is_dir() else []
+
+
+def build_network_with(net: NetworkConfig, weights: Weights):  # type: ignore[no-untyped-def]
+    module = build_network(net)
+    set_weights(module, weights)
+    return module.eval()
 
 
 def _assert_equal_prepared(store: CaseStore, cases: list[Case]) -> None:
@@ -276,7 +286,48 @@ def test_a_writer_that_lost_the_race_keeps_the_winners_entry(cases: list[Case]) 
     store = CaseStore(cases[:1], PATCH, cache_mb=0)
     entry = _entries(root)[0]
     stamp = (entry / "image.npy").stat().st_mtime_ns
-    case_cache._write_entry(entry, prepare_case(cases[0], PATCH))  # renamed second: no error
+    p = prepare_case(cases[0], PATCH)
+    arrays = {"image": p.image, "regions": p.regions, "tumor": p.tumor}
+    case_cache._write_entry(entry, arrays)  # renamed second: no error
     assert (entry / "image.npy").stat().st_mtime_ns == stamp
     assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # its temp folder is gone
     np.testing.assert_array_equal(store.get(0).image, prepare_case(cases[0], PATCH).image)
+
+
+def test_validation_reads_the_cached_volumes_with_the_same_metrics(
+    cases: list[Case], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = cases[0].root
+    assert root is not None
+    for case in cases:
+        got, want = case_cache.cached_volumes(case, cache_folder(root)), load_case(case)
+        for name in ("image", "label", "affine", "spacing"):
+            a, b = getattr(got, name), getattr(want, name)
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+    assert len(_entries(root)) == len(cases)  # one volumes entry each
+    net = NetworkConfig(base_filters=4, depth=2)
+    train = TrainConfig.cpu(patch_size=PATCH, val_roi=PATCH)
+    weights = get_weights(new_network(net, None, seed=3))
+    calls = _count_loads(monkeypatch)
+    cached = validate_cases(net, train, weights, cases)
+    assert calls == []  # every case from the cache
+    models = network_models(build_network_with(net, weights), train)
+    direct = evaluate_cases(cases, models, overlap=train.val_overlap, batch_size=2)
+    assert [r.values for r in cached] == [r.values for r in direct]
+
+
+def test_validation_without_a_writable_cache_reads_the_files(
+    cases: list[Case], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = cases[0].root
+    assert root is not None
+    (root / ".fedseg").write_text("in the way")
+    net = NetworkConfig(base_filters=4, depth=2)
+    train = TrainConfig.cpu(patch_size=PATCH, val_roi=PATCH)
+    weights = get_weights(new_network(net, None, seed=3))
+    with caplog.at_level(logging.WARNING, logger="fedseg.train.case_cache"):
+        results = validate_cases(net, train, weights, cases)
+    assert len(results) == len(cases)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "not writable" in lines[0]

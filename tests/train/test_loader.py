@@ -79,6 +79,7 @@ def test_persistent_workers_give_each_epochs_batches(
     of a fresh in-process loader per epoch."""
     store = CaseStore(site, tiny_train.patch_size, tiny_train.cache_mb)
     two = tiny_train.model_copy(update={"num_workers": 2})
+    pids = set()
     with EpochLoader(store, two, seed=3) as data:
         for epoch in (1, 2, 0):
             got = [t for b in data.epoch(epoch) for t in (b["image"], b["target"])]
@@ -86,6 +87,10 @@ def test_persistent_workers_give_each_epochs_batches(
             assert len(got) == len(want)
             for x, y in zip(got, want, strict=True):
                 torch.testing.assert_close(x, y, rtol=0, atol=0)
+            pids |= {w.pid for w in data.loader._iterator._workers}  # type: ignore[union-attr]
+        workers = data.loader._iterator._workers  # type: ignore[union-attr]
+    assert len(pids) == 2  # forked once, for all three epochs
+    assert not any(w.is_alive() for w in workers)  # stopped on exit
 
 
 def test_tumor_sampler_patches_contain_tumor(site: list[Case], tiny_train: TrainConfig) -> None:

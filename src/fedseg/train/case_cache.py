@@ -1,23 +1,27 @@
-"""Prepared training cases and their on-disk cache under the site's data folder.
+"""Prepared training cases and the site's on-disk cache of them and of its validation cases.
 
 ``prepare_case`` turns a labelled case into what the patch sampler reads (crop all-zero
 planes, z-score, pad to the patch, labels -> regions, tumor voxel indices). That costs a
 NIfTI decompression and a normalisation per case, so a site keeps the result on disk:
 ``<data>/.fedseg/cache/<case id>/<entry>/{image,regions,tumor}.npy``, opened with
 ``np.load(mmap_mode="r")``; patches are sliced from the memory map (a copy per patch), and
-forked loader workers share its pages.
+forked loader workers share its pages. Validation scores a case on its original grid, so
+its entry holds the volumes as ``load_case`` gives them (``cached_volumes``: the image
+stored cropped to its non-zero box, zeros put back on reading; the label and affine as
+they are), and the metrics are exactly those of reading the NIfTI files.
 
-An entry's name is ``<source>-v<PREP_VERSION>-<X>x<Y>x<Z>``: ``source`` hashes the case's
+An entry's name is ``<source>-v<PREP_VERSION>-<variant>``: ``source`` hashes the case's
 files (resolved path, size, mtime_ns, inode), its layout and channels, so a changed or
-replaced NIfTI gives a new entry; the version changes when ``prepare_case``'s arrays change;
-the patch size is the pad-to size. When a case's entry is made or opened, its entries for
-other sources or versions are removed (those for other patch sizes of the same files stay:
-two recipes on one data folder do not evict each other).
+replaced NIfTI gives a new entry; the version changes when the stored arrays change; the
+variant is the pad-to patch size (``<X>x<Y>x<Z>``) or ``volumes``. When a case's entry is
+made or opened, its entries for other sources or versions are removed (those for other
+variants of the same files stay: two recipes on one data folder do not evict each other).
 
 Writes go to a temporary folder beside the entry, renamed into place once complete, so a
 reader sees a whole entry or none; when two processes prepare the same case at once, the
 first rename wins and the other process opens the winner's entry. An entry that cannot be
-read back (a crash mid-write, a damaged disk) is removed and prepared again.
+read back (a crash mid-write, a damaged disk) is removed and made again. A cache folder
+that cannot be written raises OSError: the callers fall back to reading the files.
 ``cache_size``/``clear_cache`` serve ``fedseg data cache-clear``.
 """
 
@@ -25,19 +29,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fedseg.data.cases import Case, load_case
+from fedseg.data.cases import Case, CaseVolumes, load_case
 from fedseg.data.labels import labels_to_regions
-from fedseg.data.preprocess import crop_and_normalize
+from fedseg.data.preprocess import crop_and_normalize, nonzero_box, uncrop
 from fedseg.errors import DataError
 from fedseg.train.config import Shape3
 from fedseg.train.patches import pad_to
@@ -48,13 +54,24 @@ SITE_FOLDER = ".fedseg"
 CACHE_FOLDER = "cache"
 #: Bump when ``prepare_case`` gives different arrays for the same files.
 PREP_VERSION = 1
-#: An entry's files: ``<name>.npy`` for each array of ``PreparedCase``, with its dtype and rank.
-ARRAYS: dict[str, tuple[np.dtype, int]] = {
+#: An entry's files, ``<name>.npy``, with their dtype and rank: a ``PreparedCase``'s arrays...
+PREPARED: dict[str, tuple[np.dtype, int]] = {
     "image": (np.dtype(np.float32), 4),
     "regions": (np.dtype(np.uint8), 4),
     "tumor": (np.dtype(np.int64), 1),
 }
+#: ... or a validation case's ``CaseVolumes`` as loaded (its original grid): the image
+#: cropped to ``box`` (rows: start, stop of x, y, z; all zero outside it), the full label.
+VOLUMES: dict[str, tuple[np.dtype, int]] = {
+    "image": (np.dtype(np.float32), 4),
+    "box": (np.dtype(np.int64), 2),
+    "label": (np.dtype(np.uint8), 3),
+    "affine": (np.dtype(np.float64), 2),
+}
+#: The entry variant of ``VOLUMES`` (a prepared case's variant is its patch size).
+VOLUMES_VARIANT = "volumes"
 _TMP = ".tmp-"
+log = logging.getLogger(__name__)
 #: A temporary folder older than this is a crashed writer's and is removed.
 _TMP_MAX_AGE_S = 3600.0
 
@@ -113,9 +130,11 @@ def source_key(case: Case) -> str:
     return h.hexdigest()[:20]
 
 
-def entry_name(case: Case, patch_size: Shape3) -> str:
-    """``<source>-v<PREP_VERSION>-<X>x<Y>x<Z>``: the cache entry of ``case`` for ``patch_size``."""
-    return f"{source_key(case)}-v{PREP_VERSION}-{'x'.join(str(s) for s in patch_size)}"
+def entry_name(case: Case, variant: Shape3 | str) -> str:
+    """``<source>-v<PREP_VERSION>-<variant>``: the cache entry of ``case`` prepared for a
+    patch size (``<X>x<Y>x<Z>``) or its loaded volumes (``volumes``)."""
+    v = variant if isinstance(variant, str) else "x".join(str(s) for s in variant)
+    return f"{source_key(case)}-v{PREP_VERSION}-{v}"
 
 
 def _case_dir(folder: Path, case_id: str) -> Path:
@@ -123,28 +142,36 @@ def _case_dir(folder: Path, case_id: str) -> Path:
     return folder / (safe if safe.strip(".") else f"_{safe}")
 
 
-def _open_entry(entry: Path, case_id: str) -> PreparedCase:
+Arrays = dict[str, np.ndarray]
+Spec = dict[str, tuple[np.dtype, int]]
+
+
+def _open_entry(entry: Path, spec: Spec) -> Arrays:
     """The arrays of a complete entry, memory-mapped; ValueError/OSError if it is damaged."""
     arrays = {}
-    for name, (dtype, ndim) in ARRAYS.items():
+    for name, (dtype, ndim) in spec.items():
         arr = np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False)
         if arr.dtype != dtype or arr.ndim != ndim:
             raise ValueError(f"{entry / name}.npy: {arr.dtype} {arr.shape}, expected {dtype}")
         arrays[name] = arr
-    if arrays["image"].shape[1:] != arrays["regions"].shape[1:]:
+    image, other = arrays["image"], arrays.get("regions")
+    if other is not None and image.shape[1:] != other.shape[1:]:
         raise ValueError(f"{entry}: image and regions differ in shape")
-    return PreparedCase(case_id, arrays["image"], arrays["regions"], arrays["tumor"])
+    box = arrays.get("box")
+    if box is not None and (box.shape != (3, 2) or tuple(box[:, 1] - box[:, 0]) != image.shape[1:]):
+        raise ValueError(f"{entry}: image and box differ in shape")
+    return arrays
 
 
-def _write_entry(entry: Path, prepared: PreparedCase) -> None:
-    """Write ``prepared`` to a temporary folder and rename it to ``entry``; if another
+def _write_entry(entry: Path, arrays: Arrays) -> None:
+    """Write ``arrays`` to a temporary folder and rename it to ``entry``; if another
     process renamed its own first, keep theirs. OSError: the folder is not writable."""
     tmp = entry.parent / f"{_TMP}{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        for name in ARRAYS:
+        for name, arr in arrays.items():
             with open(tmp / f"{name}.npy", "wb") as f:
-                np.save(f, np.ascontiguousarray(getattr(prepared, name)), allow_pickle=False)
+                np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
         try:
             tmp.rename(entry)
         except OSError:
@@ -167,25 +194,82 @@ def _remove_stale(case_dir: Path, keep: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _cached(
+    case: Case, folder: Path, variant: Shape3 | str, spec: Spec, make: Callable[[], Arrays]
+) -> Arrays:
+    """The arrays of the entry ``variant`` of ``case``, memory-mapped, made first (``make``)
+    if missing or damaged. OSError when the cache folder cannot be written."""
+    case_dir = _case_dir(folder, case.case_id)
+    entry = case_dir / entry_name(case, variant)
+    if entry.is_dir():
+        try:
+            arrays = _open_entry(entry, spec)
+        except (OSError, ValueError):
+            shutil.rmtree(entry, ignore_errors=True)  # damaged: make it again
+        else:
+            _remove_stale(case_dir, entry.name)
+            return arrays
+    _write_entry(entry, make())
+    _remove_stale(case_dir, entry.name)
+    return _open_entry(entry, spec)
+
+
 def cached_case(case: Case, patch_size: Shape3, folder: Path) -> PreparedCase:
     """``prepare_case``'s arrays for ``case``, memory-mapped from its entry in the cache
     ``folder``, preparing and writing the entry first if it is missing or damaged.
 
     OSError when the cache folder cannot be written (the caller prepares in memory instead).
     """
-    case_dir = _case_dir(folder, case.case_id)
-    entry = case_dir / entry_name(case, patch_size)
-    if entry.is_dir():
-        try:
-            prepared = _open_entry(entry, case.case_id)
-        except (OSError, ValueError):
-            shutil.rmtree(entry, ignore_errors=True)  # damaged: prepare it again
-        else:
-            _remove_stale(case_dir, entry.name)
-            return prepared
-    _write_entry(entry, prepare_case(case, patch_size))
-    _remove_stale(case_dir, entry.name)
-    return _open_entry(entry, case.case_id)
+
+    def make() -> Arrays:
+        p = prepare_case(case, patch_size)
+        return {"image": p.image, "regions": p.regions, "tumor": p.tumor}
+
+    a = _cached(case, folder, patch_size, PREPARED, make)
+    return PreparedCase(case.case_id, a["image"], a["regions"], a["tumor"])
+
+
+def cached_volumes(case: Case, folder: Path) -> CaseVolumes:
+    """``load_case``'s volumes of a labelled ``case`` (its original grid, as validation
+    scores it), memory-mapped from the cache ``folder``; OSError as ``cached_case``."""
+
+    def make() -> Arrays:
+        vol = load_case(case)
+        if vol.label is None:
+            raise DataError(f"case {case.case_id} has no label map; validation needs labels")
+        box = nonzero_box(vol.image)
+        return {
+            "image": vol.image[(slice(None), *box)],
+            "box": np.array([[b.start, b.stop] for b in box], dtype=np.int64),
+            "label": vol.label,
+            "affine": np.asarray(vol.affine, dtype=np.float64),
+        }
+
+    a = _cached(case, folder, VOLUMES_VARIANT, VOLUMES, make)
+    box = (slice(*a["box"][0]), slice(*a["box"][1]), slice(*a["box"][2]))
+    image = uncrop(a["image"], box, a["label"].shape)  # zeros outside the box, as loaded
+    return CaseVolumes(case.case_id, image, np.array(a["label"]), np.array(a["affine"]))
+
+
+class VolumeReader:
+    """Reads validation cases through the cache of their data folder (``cached_volumes``);
+    where that cannot be written, from their files (``load_case``), saying so once."""
+
+    def __init__(self) -> None:
+        self._unwritable: set[Path] = set()
+
+    def __call__(self, case: Case) -> CaseVolumes:
+        root = case_root(case)
+        if root is not None and root not in self._unwritable:
+            try:
+                return cached_volumes(case, cache_folder(root))
+            except OSError as exc:
+                self._unwritable.add(root)
+                log.warning(
+                    "case cache %s not writable (%s); validation cases read from their files",
+                    cache_folder(root), exc.strerror or exc,
+                )  # fmt: skip
+        return load_case(case)
 
 
 def cache_size(root: Path) -> tuple[int, int]:
