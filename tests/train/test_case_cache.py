@@ -18,6 +18,7 @@ import pytest
 import fedseg.train.case_cache as case_cache
 from fedseg.data import nifti
 from fedseg.data.cases import Case, discover_cases, load_case
+from fedseg.errors import DataError
 from fedseg.model.config import NetworkConfig
 from fedseg.model.evaluate import evaluate_cases
 from fedseg.model.registry import build_network, new_network
@@ -216,7 +217,7 @@ def test_unwritable_cache_falls_back_to_memory_with_one_warning(
     with caplog.at_level(logging.WARNING, logger="fedseg.train.loader"):
         store = CaseStore(cases, PATCH, cache_mb=64)
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and "not writable" in lines[0] and f"{len(cases)} case(s)" in lines[0]
+    assert len(lines) == 1 and "not writable" in lines[0] and "in memory" in lines[0]
     assert store.cached == len(cases)
     assert not isinstance(store.get(0).image, np.memmap)
     _assert_equal_prepared(store, cases)
@@ -331,3 +332,15 @@ def test_validation_without_a_writable_cache_reads_the_files(
     assert len(results) == len(cases)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "not writable" in lines[0]
+
+
+def test_a_missing_nifti_is_the_loaders_error_not_a_cache_warning(
+    cases: list[Case], caplog: pytest.LogCaptureFixture
+) -> None:
+    cases[1].images["t2"].path.unlink()
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(DataError, match="file not found"),
+    ):
+        CaseStore(cases, PATCH, cache_mb=0)
+    assert not [r for r in caplog.records if "not writable" in r.getMessage()]

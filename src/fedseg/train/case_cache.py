@@ -21,7 +21,8 @@ Writes go to a temporary folder beside the entry, renamed into place once comple
 reader sees a whole entry or none; when two processes prepare the same case at once, the
 first rename wins and the other process opens the winner's entry. An entry that cannot be
 read back (a crash mid-write, a damaged disk) is removed and made again. A cache folder
-that cannot be written raises OSError: the callers fall back to reading the files.
+that cannot be written raises ``CacheNotWritable`` (``writable_cache`` checks a data
+folder before any case is prepared): the callers fall back to reading the files.
 ``cache_size``/``clear_cache`` serve ``fedseg data cache-clear``.
 """
 
@@ -33,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -76,6 +78,15 @@ log = logging.getLogger(__name__)
 _TMP_MAX_AGE_S = 3600.0
 
 
+class CacheNotWritable(Exception):
+    """The case cache ``folder`` cannot be written (``reason``: the operating system's)."""
+
+    def __init__(self, folder: Path, cause: BaseException) -> None:
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        super().__init__(f"case cache {folder} not writable ({reason})")
+        self.folder, self.reason = folder, reason
+
+
 @dataclass(frozen=True)
 class PreparedCase:
     """A case ready for sampling: ``image`` (4, X, Y, Z) float32 cropped to the brain,
@@ -108,6 +119,20 @@ def prepare_case(case: Case, patch_size: Shape3) -> PreparedCase:
 def cache_folder(root: Path) -> Path:
     """The case cache of the data folder ``root``."""
     return Path(root) / SITE_FOLDER / CACHE_FOLDER
+
+
+def writable_cache(root: Path) -> Path:
+    """The case cache of the data folder ``root``, made if missing, after checking that a
+    file can be written in it; ``CacheNotWritable`` if not."""
+    folder = cache_folder(root)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=_TMP, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CacheNotWritable(folder, exc) from None
+    return folder
 
 
 def case_root(case: Case) -> Path | None:
@@ -198,9 +223,13 @@ def _cached(
     case: Case, folder: Path, variant: Shape3 | str, spec: Spec, make: Callable[[], Arrays]
 ) -> Arrays:
     """The arrays of the entry ``variant`` of ``case``, memory-mapped, made first (``make``)
-    if missing or damaged. OSError when the cache folder cannot be written."""
+    if missing or damaged. ``CacheNotWritable`` when the entry cannot be written; errors
+    reading the case are ``make``'s."""
     case_dir = _case_dir(folder, case.case_id)
-    entry = case_dir / entry_name(case, variant)
+    try:
+        entry = case_dir / entry_name(case, variant)
+    except OSError:
+        return make()  # a source file cannot be read: ``make`` raises the loader's error
     if entry.is_dir():
         try:
             arrays = _open_entry(entry, spec)
@@ -209,16 +238,20 @@ def _cached(
         else:
             _remove_stale(case_dir, entry.name)
             return arrays
-    _write_entry(entry, make())
-    _remove_stale(case_dir, entry.name)
-    return _open_entry(entry, spec)
+    arrays = make()
+    try:
+        _write_entry(entry, arrays)
+        _remove_stale(case_dir, entry.name)
+        return _open_entry(entry, spec)
+    except (OSError, ValueError) as exc:
+        raise CacheNotWritable(folder, exc) from None
 
 
 def cached_case(case: Case, patch_size: Shape3, folder: Path) -> PreparedCase:
     """``prepare_case``'s arrays for ``case``, memory-mapped from its entry in the cache
     ``folder``, preparing and writing the entry first if it is missing or damaged.
 
-    OSError when the cache folder cannot be written (the caller prepares in memory instead).
+    ``CacheNotWritable`` when the entry cannot be written (the caller prepares in memory).
     """
 
     def make() -> Arrays:
@@ -231,7 +264,7 @@ def cached_case(case: Case, patch_size: Shape3, folder: Path) -> PreparedCase:
 
 def cached_volumes(case: Case, folder: Path) -> CaseVolumes:
     """``load_case``'s volumes of a labelled ``case`` (its original grid, as validation
-    scores it), memory-mapped from the cache ``folder``; OSError as ``cached_case``."""
+    scores it), memory-mapped from the cache ``folder``; ``CacheNotWritable`` as ``cached_case``."""
 
     def make() -> Arrays:
         vol = load_case(case)
@@ -262,13 +295,10 @@ class VolumeReader:
         root = case_root(case)
         if root is not None and root not in self._unwritable:
             try:
-                return cached_volumes(case, cache_folder(root))
-            except OSError as exc:
+                return cached_volumes(case, writable_cache(root))
+            except CacheNotWritable as exc:
                 self._unwritable.add(root)
-                log.warning(
-                    "case cache %s not writable (%s); validation cases read from their files",
-                    cache_folder(root), exc.strerror or exc,
-                )  # fmt: skip
+                log.warning("%s; validation cases read from their files", exc)
         return load_case(case)
 
 

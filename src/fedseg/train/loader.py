@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import TracebackType
 
 import numpy as np
@@ -31,11 +32,12 @@ from fedseg.data.cases import Case
 from fedseg.errors import FedsegError
 from fedseg.train.augment import augment
 from fedseg.train.case_cache import (
+    CacheNotWritable,
     PreparedCase,
-    cache_folder,
     cached_case,
     case_root,
     prepare_case,
+    writable_cache,
 )
 from fedseg.train.config import Shape3, TrainConfig
 from fedseg.train.patches import extract, patch_corner
@@ -69,37 +71,34 @@ class CaseStore:
                     budget -= prepared.nbytes
 
     def _from_disk(self) -> list[int]:
-        """Open (or prepare and write) every case's cache entry, two cases at a time; the
-        indices of the cases whose cache folder could not be written."""
-        todo = [i for i, c in enumerate(self.cases) if case_root(c) is not None]
-        rest = [i for i, c in enumerate(self.cases) if case_root(c) is None]
+        """Open (or prepare and write) the cache entry of every case whose data folder's
+        cache can be written, two cases at a time; the indices of the other cases."""
+        folders: dict[Path, Path] = {}
+        for root in dict.fromkeys(r for c in self.cases if (r := case_root(c)) is not None):
+            try:
+                folders[root] = writable_cache(root)
+            except CacheNotWritable as exc:
+                log.warning("%s; cases prepared in memory at every training call instead", exc)
+        todo = [i for i, c in enumerate(self.cases) if case_root(c) in folders]
 
-        def one(i: int) -> tuple[int, PreparedCase | OSError]:
-            case = self.cases[i]
-            root = case_root(case)
+        def one(i: int) -> tuple[int, PreparedCase | CacheNotWritable]:
+            case, root = self.cases[i], case_root(self.cases[i])
             assert root is not None
             try:
-                return i, cached_case(case, self.patch_size, cache_folder(root))
-            except OSError as exc:
+                return i, cached_case(case, self.patch_size, folders[root])
+            except CacheNotWritable as exc:
                 return i, exc
 
-        failed: list[tuple[int, OSError]] = []
+        failed: list[tuple[int, CacheNotWritable]] = []
         with ThreadPoolExecutor(max_workers=2) as pool:
             for i, got in pool.map(one, todo):
-                if isinstance(got, OSError):
+                if isinstance(got, CacheNotWritable):
                     failed.append((i, got))
                 else:
                     self._cache[i] = got
         if failed:
-            i, exc = failed[0]
-            root = case_root(self.cases[i])
-            assert root is not None
-            log.warning(
-                "case cache %s not writable (%s); %d case(s) prepared in memory instead "
-                "(up to cache_mb), every training call again",
-                cache_folder(root), exc.strerror or exc, len(failed),
-            )  # fmt: skip
-        return sorted(rest + [i for i, _ in failed])
+            log.warning("%s; %d case(s) prepared in memory instead", failed[0][1], len(failed))
+        return [i for i in range(len(self.cases)) if i not in self._cache]
 
     def _prepare(self, i: int) -> PreparedCase:
         return prepare_case(self.cases[i], self.patch_size)
