@@ -9,7 +9,9 @@ Three modes, each in a fresh process (a site's app process is new for every mess
 this order on one data folder: ``memory`` (today's preparation in memory, no disk cache),
 ``cold`` (an empty cache: prepare and write every entry), ``warm`` (a second process on the
 same folder: open the entries). Printed side by side: ``CaseStore`` build seconds, the
-cache's size on disk and the process's peak resident MB; with ``--train``, instead of the
+seconds to read every case as validation reads it (``val_read_s``: ``load_case``, or the
+cached volumes), the cache's size on disk and the process's peak resident MB (each case
+is cached for training and for validation here); with ``--train``, instead of the
 bare build, one ``train_local`` call (one epoch of the CPU recipe's network and patches,
 ``--workers`` loader workers) in each mode: wall seconds, the seconds it waited for
 batches, computed, and the rest (building the store and the network).
@@ -33,9 +35,9 @@ from pathlib import Path
 
 import torch
 
-from fedseg.data.cases import Case, discover_cases
+from fedseg.data.cases import Case, discover_cases, load_case
 from fedseg.data.synth import SynthConfig, generate_dataset
-from fedseg.train.case_cache import cache_size, clear_cache
+from fedseg.train.case_cache import VolumeReader, cache_size, clear_cache
 from fedseg.train.config import RecipeConfig
 from fedseg.train.loader import CaseStore
 from fedseg.train.local import train_local
@@ -62,6 +64,11 @@ def run_mode(root: Path, mode: str, train_epochs: int, workers: int) -> dict:
         store = CaseStore(cases, train.patch_size, train.cache_mb, disk=disk)
         row["prepare_s"] = round(time.perf_counter() - t0, 3)
         row["ready"] = store.cached
+        read = VolumeReader() if disk else load_case
+        t0 = time.perf_counter()
+        for case in cases:
+            read(case)
+        row["val_read_s"] = round(time.perf_counter() - t0, 3)
     entries, size = cache_size(root)
     row["cache_entries"] = entries
     row["cache_MB"] = round(size / 2**20, 1)
