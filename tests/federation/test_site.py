@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from fedseg.errors import FedsegError
 from fedseg.federation.rounds.coordinator import initial_weights
-from fedseg.federation.rounds.site import run_task
+from fedseg.federation.rounds.site import run_task, site_workspace
 from fedseg.federation.rounds.tasks import TaskRequest, recipe_json
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import tiny_plan
@@ -42,3 +44,10 @@ def test_site_validates_trains_and_keeps_cases_private(
     assert sorted(p.name for p in ws.glob("optimizer_*.npz")) == [
         "optimizer_0001.npz", "optimizer_0002.npz"
     ]  # fmt: skip
+
+
+def test_a_run_id_may_not_be_the_case_cache_folder(tmp_path: Path) -> None:
+    """Run workspaces and the case cache share ``<data>/.fedseg/``."""
+    assert site_workspace(tmp_path, "run-1") == tmp_path / ".fedseg" / "run-1"
+    with pytest.raises(FedsegError, match="case cache"):
+        site_workspace(tmp_path, "cache")

@@ -270,6 +270,8 @@ def test_cache_clear_command(cases: list[Case]) -> None:
     assert res.returncode == 0, res.stderr
     assert f"removed {len(cases)} cached case(s)" in res.stdout
     assert not cache_folder(root).exists() and run.is_dir()  # run workspaces stay
+    missing = run_fedseg("data", "cache-clear", root / "nowhere")
+    assert missing.returncode != 0 and "not a folder" in missing.stderr
     assert discover_cases(root) == cases
 
 
