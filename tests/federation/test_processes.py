@@ -25,7 +25,7 @@ from fedseg.federation.commands.run_folder import prepare_run
 from fedseg.federation.commands.simulate import simulate
 from fedseg.federation.engine.app_guard import REFUSED
 from fedseg.federation.rounds.coordinator import initial_weights
-from fedseg.federation.rounds.site import SITE_LOG, WORKSPACE
+from fedseg.federation.rounds.site import SITE_LOG
 from fedseg.model.model_file import load_model
 from fedseg.plan import load_plan, save_plan
 from fedseg.run_folder import (
@@ -44,6 +44,7 @@ from fedseg.run_folder import (
 )
 from fedseg.tracking.status import RunState, read_status
 from fedseg.tracking.store import RunStore
+from fedseg.train.case_cache import SITE_FOLDER
 from tests.federation.fed_helpers import SITES, run_folder_text, tiny_plan
 from tests.helpers import fedseg_env, run_fedseg
 
@@ -251,7 +252,7 @@ def test_a_broken_case_and_a_one_case_site_reveal_nothing_through_the_engine(
     assert [(p.name, c) for p, text in files.items() for c in case_ids if c in text] == []
     assert not any("Traceback" in text or "end-of-stream" in text for text in files.values())
     # the site itself has the full error: its workspace log and its console
-    site_log = (sites["site2"] / WORKSPACE / str(run_id) / SITE_LOG).read_text()
+    site_log = (sites["site2"] / SITE_FOLDER / str(run_id) / SITE_LOG).read_text()
     assert str(broken.label) in site_log and "Traceback" in site_log
     assert broken.case_id in (run / LOGS_DIR / "site-site2.log").read_text()
 

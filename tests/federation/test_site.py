@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedseg.errors import FedsegError
 from fedseg.federation.rounds.coordinator import initial_weights
 from fedseg.federation.rounds.disclosure import ErrorCategory
-from fedseg.federation.rounds.site import TaskFailed, run_task
+from fedseg.federation.rounds.site import TaskFailed, run_task, site_workspace
 from fedseg.federation.rounds.tasks import TaskRequest, recipe_json
 from fedseg.model.compute import ComputeConfig, ComputeOverrides
 from fedseg.run_folder import ComputeUsed
@@ -75,3 +76,10 @@ def test_site_computes_with_the_recipes_compute_unless_its_machine_overrides_it(
     assert info.value.category == ErrorCategory.INTERNAL
     assert "cuda:3" in info.value.line and "--device cpu" in info.value.line
     assert str(tiny_sites["site1"]) not in info.value.line
+
+
+def test_a_run_id_may_not_be_the_case_cache_folder(tmp_path: Path) -> None:
+    """Run workspaces and the case cache share ``<data>/.fedseg/``."""
+    assert site_workspace(tmp_path, "run-1") == tmp_path / ".fedseg" / "run-1"
+    with pytest.raises(FedsegError, match="case cache"):
+        site_workspace(tmp_path, "cache")

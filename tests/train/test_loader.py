@@ -7,8 +7,9 @@ import torch
 
 from fedseg.data.cases import Case, load_case
 from fedseg.data.labels import labels_to_regions
+from fedseg.train.case_cache import prepare_case
 from fedseg.train.config import TrainConfig
-from fedseg.train.loader import CaseStore, PatchDataset, epoch_order, make_loader, prepare_case
+from fedseg.train.loader import CaseStore, EpochLoader, PatchDataset, epoch_order, make_loader
 
 
 def test_prepare_case_crops_normalizes_and_converts_labels(site: list[Case]) -> None:
@@ -30,14 +31,15 @@ def test_small_volumes_are_padded_to_the_patch(site: list[Case]) -> None:
 
 
 def test_case_store_respects_its_memory_bound(site: list[Case]) -> None:
-    full = CaseStore(site, (16, 16, 16), cache_mb=64)
+    """Without the disk cache (``disk=False``, or a cache that cannot be written)."""
+    full = CaseStore(site, (16, 16, 16), cache_mb=64, disk=False)
     one = prepare_case(site[0], (16, 16, 16)).nbytes
     assert full.cached == len(site)
-    assert CaseStore(site, (16, 16, 16), cache_mb=0).cached == 0
+    assert CaseStore(site, (16, 16, 16), cache_mb=0, disk=False).cached == 0
     budget_mb = 2.5 * one / 2**20
-    assert CaseStore(site, (16, 16, 16), cache_mb=max(1, int(budget_mb))).cached <= 3
+    assert CaseStore(site, (16, 16, 16), cache_mb=max(1, int(budget_mb)), disk=False).cached <= 3
     np.testing.assert_array_equal(
-        CaseStore(site, (16, 16, 16), cache_mb=0).get(2).image, full.get(2).image
+        CaseStore(site, (16, 16, 16), cache_mb=0, disk=False).get(2).image, full.get(2).image
     )
 
 
@@ -68,6 +70,27 @@ def test_loader_is_deterministic_and_independent_of_workers(
         torch.testing.assert_close(x, y, rtol=0, atol=0)
     assert not all(torch.equal(x, y) for x, y in zip(a, other_epoch, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a, other_seed, strict=True))
+
+
+def test_persistent_workers_give_each_epochs_batches(
+    site: list[Case], tiny_train: TrainConfig
+) -> None:
+    """One loader whose two workers persist across epochs gives, epoch by epoch, the batches
+    of a fresh in-process loader per epoch."""
+    store = CaseStore(site, tiny_train.patch_size, tiny_train.cache_mb)
+    two = tiny_train.model_copy(update={"num_workers": 2})
+    pids = set()
+    with EpochLoader(store, two, seed=3) as data:
+        for epoch in (1, 2, 0):
+            got = [t for b in data.epoch(epoch) for t in (b["image"], b["target"])]
+            want = _batches(store, tiny_train, seed=3, epoch=epoch)
+            assert len(got) == len(want)
+            for x, y in zip(got, want, strict=True):
+                torch.testing.assert_close(x, y, rtol=0, atol=0)
+            pids |= {w.pid for w in data.loader._iterator._workers}  # type: ignore[union-attr]
+        workers = data.loader._iterator._workers  # type: ignore[union-attr]
+    assert len(pids) == 2  # forked once, for all three epochs
+    assert not any(w.is_alive() for w in workers)  # stopped on exit
 
 
 def test_tumor_sampler_patches_contain_tumor(site: list[Case], tiny_train: TrainConfig) -> None:

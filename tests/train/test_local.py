@@ -49,6 +49,17 @@ def test_train_local_changes_weights_and_reports(
         assert isinstance(res.optimizer_state[f"exp_avg_sq/{name}"], np.ndarray)
 
 
+def test_training_with_persistent_workers_equals_training_in_process(
+    site: list[Case], tiny_net: NetworkConfig, tiny_train: TrainConfig
+) -> None:
+    """Two loader workers kept across three epochs: the same steps as no workers."""
+    a = train_local(tiny_net, tiny_train, None, None, site[:3], 3, seed=4)
+    two = tiny_train.model_copy(update={"num_workers": 2})
+    b = train_local(tiny_net, two, None, None, site[:3], 3, seed=4)
+    assert a.epoch_losses == b.epoch_losses
+    _assert_weights_close(a.weights, b.weights, atol=0)
+
+
 def test_fresh_init_and_training_are_deterministic_under_the_seed(
     site: list[Case], tiny_net: NetworkConfig, tiny_train: TrainConfig
 ) -> None:

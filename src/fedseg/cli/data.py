@@ -104,6 +104,24 @@ def split_cmd(
         )
 
 
+@app.command("cache-clear")
+def cache_clear_cmd(
+    root: Path = typer.Argument(..., help="Site folder whose case cache to remove."),
+) -> None:
+    """Remove the site's cache of prepared training cases (ROOT/.fedseg/cache).
+
+    Training fills it again (one decompression and normalisation per case); run this to
+    free the disk space, e.g. after cases were removed. Run workspaces are left alone.
+    """
+    from fedseg.errors import FedsegError
+    from fedseg.train.case_cache import cache_folder, clear_cache
+
+    if not root.is_dir():
+        raise FedsegError(f"{root}: not a folder; give the site's data folder")
+    entries, size = clear_cache(root)
+    typer.echo(f"{cache_folder(root)}: removed {entries} cached case(s), {size / 2**20:.1f} MB")
+
+
 def _parse_layout(value: str | None) -> Layout | None:
     from fedseg.data.labels import Layout
     from fedseg.errors import FedsegError

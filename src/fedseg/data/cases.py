@@ -7,7 +7,7 @@ for training, a label map. Loaded labels are always converted to BraTS 2021 valu
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,11 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class Case:
-    """One case on disk. ``images`` lacks the modalities that were not found (see ``missing``)."""
+    """One case on disk. ``images`` lacks the modalities that were not found (see ``missing``).
+
+    ``folder`` holds the case's files; ``root`` is the data folder it was discovered in (the
+    site's folder, where the site keeps its own files), None for a case made from files.
+    """
 
     case_id: str
     layout: Layout
@@ -46,6 +50,7 @@ class Case:
     label: Path | None = None
     missing: tuple[str, ...] = ()
     folder: Path | None = None
+    root: Path | None = None
 
     @property
     def complete(self) -> bool:
@@ -146,11 +151,11 @@ def discover_cases(root: Path, layout: Layout | None = None) -> list[Case]:
     else:
         single = _folder_case(root, layout)
         if single is not None:
-            return [single]
+            return [replace(single, root=root)]
         cases = [c for d in sorted(root.iterdir()) if d.is_dir() if (c := _folder_case(d, layout))]
     if not cases:
         raise FedsegError(f"no {layout.value} cases found in {root}")
-    return sorted(cases, key=lambda c: c.case_id)
+    return sorted((replace(c, root=root) for c in cases), key=lambda c: c.case_id)
 
 
 def case_from_files(paths: list[Path], label: Path | None = None) -> Case:

@@ -74,13 +74,18 @@ def evaluate_case(
     overlap: float = 0.5,
     batch_size: int = 1,
     metrics: Sequence[str] = METRICS,
+    load: Callable[[Case], CaseVolumes] | None = None,
 ) -> CaseResult:
-    """Segment one labelled case and score ``metrics`` against its reference label."""
+    """Segment one labelled case and score ``metrics`` against its reference label.
+    ``load`` reads a ``Case`` (default ``load_case``; validation passes its case cache's)."""
     if case.label is None:
         raise FedsegError(
             f"case {case.case_id}: no label file; evaluation needs the reference segmentation"
         )
-    volumes = case if isinstance(case, CaseVolumes) else load_case(case, with_label=True)
+    if isinstance(case, CaseVolumes):
+        volumes = case
+    else:
+        volumes = load(case) if load is not None else load_case(case, with_label=True)
     if volumes.label is None:
         raise FedsegError(f"case {case.case_id} has no label map; evaluation needs labels")
     seg = segment_volumes(volumes, models, overlap=overlap, batch_size=batch_size)
@@ -97,8 +102,10 @@ def evaluate_cases(
     batch_size: int = 1,
     metrics: Sequence[str] = METRICS,
     on_case: Callable[[CaseResult], None] | None = None,
+    load: Callable[[Case], CaseVolumes] | None = None,
 ) -> list[CaseResult]:
-    """Evaluate every case in order; ``on_case`` is called after each (progress)."""
+    """Evaluate every case in order, one in memory at a time (``load``: as
+    ``evaluate_case``); ``on_case`` is called after each (progress)."""
     cases = list(cases)
     if not cases:
         raise FedsegError("no cases to evaluate; check --data and --split")
@@ -111,7 +118,7 @@ def evaluate_cases(
     results = []
     for case in cases:
         result = evaluate_case(
-            case, models, overlap=overlap, batch_size=batch_size, metrics=metrics
+            case, models, overlap=overlap, batch_size=batch_size, metrics=metrics, load=load
         )
         results.append(result)
         if on_case is not None:

@@ -53,7 +53,11 @@ class TrainConfig(BaseModel):
     augment: AugmentConfig = AugmentConfig()
     num_workers: int = Field(2, ge=0, description="loader processes (0: in the training process)")
     cache_mb: int = Field(
-        4096, ge=0, description="preprocessed cases kept in memory up to this size; rest re-read"
+        4096,
+        ge=0,
+        description="where the site's case cache (<data>/.fedseg/cache, memory-mapped) cannot "
+        "be written: prepared cases kept in memory up to this size, the rest prepared again "
+        "at every use",
     )
     seed: int = Field(0, ge=0, description="default seed of runs (train_local takes its own)")
     val_roi: Shape3 = (128, 128, 128)

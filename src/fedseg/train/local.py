@@ -45,7 +45,7 @@ from fedseg.model.losses import mirrored_dice_loss
 from fedseg.model.registry import new_network
 from fedseg.model.weights import Weights, get_weights
 from fedseg.train.config import TrainConfig, check_shapes
-from fedseg.train.loader import CaseStore, PatchDataset, make_loader
+from fedseg.train.loader import CaseStore, EpochLoader
 
 #: Adam's per-parameter moments, stored under ``"<moment>/<parameter name>"``.
 MOMENTS: tuple[str, ...] = ("exp_avg", "exp_avg_sq")
@@ -179,29 +179,28 @@ def _like(p: torch.Tensor, array: np.ndarray) -> torch.Tensor:
 def fit_epoch(
     net: nn.Module,
     opt: torch.optim.Optimizer,
-    store: CaseStore,
-    train: TrainConfig,
+    data: EpochLoader,
     *,
-    seed: int,
     epoch: int,
     progress: Progress | None = None,
     proximal: Callable[[], torch.Tensor] | None = None,
     setup: StepSetup | None = None,
 ) -> EpochStats:
-    """One pass over the patches of ``epoch`` (0-based); order and augmentation from seed.
+    """One pass over the patches of ``epoch`` (0-based); order and augmentation from
+    ``data``'s seed, which also seeds the epoch's dropout.
 
     ``setup``: where ``net`` was placed (``place_for_training``); None places ``net`` and
-    ``opt`` by ``train.compute`` now."""
+    ``opt`` by ``data.train.compute`` now."""
     if setup is None:
-        setup = place_for_training(net, train.compute, opt)
+        setup = place_for_training(net, data.train.compute, opt)
     net.train()
     cuda = setup.device.type == "cuda"
-    loader = make_loader(PatchDataset(store, train, seed, epoch), pin_memory=cuda)
+    loader = data.epoch(epoch)
     task = progress.add_task(f"epoch {epoch + 1}", total=len(loader)) if progress else None
     # Seed torch's generators for this epoch (dropout), restoring the caller's state after.
     rng_devices = [setup.device.index or 0] if cuda else []
     with torch.random.fork_rng(devices=rng_devices):
-        torch.manual_seed(epoch_seed(seed, epoch))
+        torch.manual_seed(epoch_seed(data.seed, epoch))
         losses, wait, compute = _run_steps(net, opt, loader, setup, progress, task, epoch, proximal)
     if progress is not None and task is not None:
         progress.remove_task(task)
@@ -297,6 +296,7 @@ def train_local(
     on_epoch: Callable[[int, EpochStats], None] | None = None,
     proximal_mu: float = 0.0,
     reference: Weights | None = None,
+    case_cache: bool = True,
 ) -> LocalResult:
     """Train on ``cases`` for ``epochs`` epochs starting from ``weights`` (None: fresh init
     from ``seed``) and ``optimizer_state`` (None: fresh Adam).
@@ -305,6 +305,8 @@ def train_local(
     ``first_epoch=k`` gives the same batches as the straight run's epoch k.
     ``proximal_mu > 0`` adds FedProx's term pulling towards ``reference`` (default: ``weights``).
     The device, precision, memory format and compilation are ``train.compute``'s.
+    ``case_cache``: read the cases from the site's case cache (``fedseg.train.case_cache``),
+    making the missing entries; False prepares them in memory (up to ``train.cache_mb``).
     """
     t0 = time.perf_counter()
     check_shapes(network, train)
@@ -313,7 +315,7 @@ def train_local(
     opt = new_optimizer(net, train)
     if optimizer_state is not None:
         load_optimizer_state(opt, net, optimizer_state)
-    store = CaseStore(cases, train.patch_size, train.cache_mb)
+    store = CaseStore(cases, train.patch_size, train.cache_mb, disk=case_cache)
     prox = None
     if proximal_mu > 0:
         ref = reference if reference is not None else weights
@@ -324,16 +326,15 @@ def train_local(
     bar = train_progress() if progress else None
     if bar is not None:
         bar.start()
+    data = EpochLoader(store, train, seed, pin_memory=setup.device.type == "cuda")
     try:
         for e in range(first_epoch, first_epoch + epochs):
-            s = fit_epoch(
-                net, opt, store, train, seed=seed, epoch=e, progress=bar, proximal=prox,
-                setup=setup,
-            )  # fmt: skip
+            s = fit_epoch(net, opt, data, epoch=e, progress=bar, proximal=prox, setup=setup)
             stats.append(s)
             if on_epoch is not None:
                 on_epoch(e, s)
     finally:
+        data.close()
         if bar is not None:
             bar.stop()
     steps = sum(s.steps for s in stats)

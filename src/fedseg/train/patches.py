@@ -45,6 +45,7 @@ def patch_corner(
 
 
 def extract(volume: np.ndarray, corner: Shape3, size: Shape3) -> np.ndarray:
-    """The (C, *size) patch of (C, X, Y, Z) ``volume`` at ``corner`` (a copy)."""
+    """The (C, *size) patch of (C, X, Y, Z) ``volume`` at ``corner``: a copy in memory
+    (also of a memory-mapped volume)."""
     sl = tuple(slice(c, c + s) for c, s in zip(corner, size, strict=True))
-    return volume[(slice(None), *sl)].copy()
+    return np.array(volume[(slice(None), *sl)])

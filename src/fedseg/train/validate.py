@@ -6,6 +6,8 @@ is built from its config and weights (``validate_cases``) or taken as it is
 ``train.val_roi`` exactly (no shrinking), with ``val_overlap`` and ``val_batch_size``,
 computing where and how ``train.compute`` says (device, autocast precision, memory format:
 the training's choices; probabilities and metrics stay float32).
+The cases are read through the site's case cache (``case_cache.VolumeReader``: the loaded
+volumes, unchanged, so the metrics are those of reading the NIfTI files).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fedseg.model.registry import build_network
 from fedseg.model.segmenter import Member, ModelSet
 from fedseg.model.torch_backend import torch_predictor
 from fedseg.model.weights import Weights, set_weights
+from fedseg.train.case_cache import VolumeReader
 from fedseg.train.config import TrainConfig, check_shapes
 
 
@@ -45,7 +48,7 @@ def validate_network(
 
     results = evaluate_cases(
         cases, network_models(net, train), overlap=train.val_overlap,
-        batch_size=train.val_batch_size, on_case=advance,
+        batch_size=train.val_batch_size, on_case=advance, load=VolumeReader(),
     )  # fmt: skip
     if progress is not None and task is not None:
         progress.remove_task(task)

@@ -58,13 +58,14 @@ from fedseg.run_folder import (
 )
 from fedseg.tracking.store import RunStore, SiteRound
 from fedseg.train.config import RecipeConfig
-from fedseg.train.loader import CaseStore
+from fedseg.train.loader import CaseStore, EpochLoader
 from fedseg.train.local import (
     OptimizerState,
     fit_epoch,
     load_optimizer_state,
     new_optimizer,
     optimizer_state_dict,
+    place_for_training,
     train_progress,
 )
 from fedseg.train.validate import validate_network
@@ -243,20 +244,22 @@ def _loop(
 ) -> RunResult:
     train = recipe.train
     net = new_network(recipe.network, state.weights, state.seed)
+    setup = place_for_training(net, train.compute)  # once: a compiled network stays compiled
     opt = new_optimizer(net, train)
     if state.optimizer_state:
         load_optimizer_state(opt, net, state.optimizer_state)
-    data = CaseStore(train_cases, train.patch_size, train.cache_mb)
+    case_store = CaseStore(train_cases, train.patch_size, train.cache_mb)
     n_val = sum(len(s.val) for s in sites)
     history: list[dict[str, Any]] = []
     bar = train_progress() if progress else None
     if bar is not None:
         bar.start()
+    data = EpochLoader(case_store, train, state.seed, pin_memory=setup.device.type == "cuda")
     try:
         for epoch in range(state.epoch + 1, epochs + 1):
             t0 = time.perf_counter()
             store.start_round(epoch)
-            stats = fit_epoch(net, opt, data, train, seed=state.seed, epoch=epoch - 1, progress=bar)
+            stats = fit_epoch(net, opt, data, epoch=epoch - 1, progress=bar, setup=setup)
             pooled: list[CaseResult] = []
             with torch.inference_mode():
                 for s in sites:
@@ -281,7 +284,7 @@ def _loop(
             wall = time.perf_counter() - t0
             store.record_site_round(
                 SiteRound(
-                    epoch, CENTRAL, SiteRoundStatus.OK, n_train=len(data), n_val=n_val,
+                    epoch, CENTRAL, SiteRoundStatus.OK, n_train=len(case_store), n_val=n_val,
                     train_loss=stats.loss, wall_s=wall,
                     extra={"steps": stats.steps, "data_wait_s": stats.data_wait_s,
                            "compute_s": stats.compute_s, **used.extra()},
@@ -302,6 +305,7 @@ def _loop(
             else:
                 console.print(line, highlight=False)
     finally:
+        data.close()
         if bar is not None:
             bar.stop()
     return RunResult(out, state.epoch, state.best_epoch, state.best_score, history)

@@ -6,6 +6,8 @@ which is carried from round to round locally (``optimizer_<round>.npz``) and nev
 What leaves is ``disclosure``'s: summaries and a training loss over at least the floor's
 number of cases, and, when the task fails, ``TaskFailed``'s category and scrubbed line;
 the full traceback goes to the site's console and its log, ``<workspace>/site.log``.
+The site's prepared training cases are kept beside the workspaces, in
+``<data>/.fedseg/cache/`` (``train.case_cache``), from round to round and run to run.
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ from fedseg.model.evaluate import summarize_cases
 from fedseg.model.weights import load_arrays, save_arrays
 from fedseg.run_folder import ComputeUsed
 from fedseg.tracking.store import RunStore
+from fedseg.train.case_cache import CACHE_FOLDER, SITE_FOLDER
 from fedseg.train.local import OptimizerState, train_local
 from fedseg.train.validate import validate_cases
 
-WORKSPACE = ".fedseg"
 SITE_LOG = "site.log"
 
 
@@ -57,8 +59,10 @@ class TaskFailed(FedsegError):
 
 
 def site_workspace(data: Path, run_id: str, workspace: Path | None = None) -> Path:
-    """Where a site keeps its private state for one federation run."""
-    return Path(workspace) if workspace is not None else Path(data) / WORKSPACE / run_id
+    """Where a site keeps its private state for one federation run (beside the case cache)."""
+    if workspace is None and run_id == CACHE_FOLDER:
+        raise FedsegError(f"run id {run_id!r} is the site's case cache folder; rename the run")
+    return Path(workspace) if workspace is not None else Path(data) / SITE_FOLDER / run_id
 
 
 def site_log(ws: Path | None, text: str) -> None:
