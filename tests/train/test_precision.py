@@ -18,7 +18,7 @@ from fedseg.model.segmenter import Member, ModelSet
 from fedseg.model.torch_backend import torch_predictor
 from fedseg.model.weights import get_weights
 from fedseg.train.config import TrainConfig
-from fedseg.train.loader import CaseStore, PatchDataset, make_loader
+from fedseg.train.loader import CaseStore, EpochLoader, PatchDataset, make_loader
 from fedseg.train.local import (
     epoch_seed,
     fit_epoch,
@@ -146,13 +146,14 @@ def test_channels_last_gives_the_contiguous_gradients_and_weights(
 def test_fit_epoch_without_setup_places_by_the_recipe(
     site: list[Case], tiny_net: NetworkConfig, tiny_train: TrainConfig
 ) -> None:
-    """The centralized runner calls ``fit_epoch`` without a setup: it places the network
-    (and an optimizer state loaded on the host) by ``train.compute`` itself."""
+    """``fit_epoch`` without a setup places the network (and an optimizer state loaded on
+    the host) by ``train.compute`` itself."""
     train = _on(tiny_train, device="cpu", precision="bf16", channels_last=True)
     net = new_network(tiny_net, None, seed=0)
     opt = new_optimizer(net, train)
     store = CaseStore(site[:2], train.patch_size, train.cache_mb)
-    stats = fit_epoch(net, opt, store, train, seed=0, epoch=0)
+    with EpochLoader(store, train, seed=0) as data:
+        stats = fit_epoch(net, opt, data, epoch=0)
     assert stats.steps == 2 and math.isfinite(stats.loss)
     conv = [p for p in net.parameters() if p.dim() == 5]
     assert conv and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in conv)
