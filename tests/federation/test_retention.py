@@ -17,6 +17,7 @@ from fedseg.model.model_file import load_model, weights_hash
 from fedseg.model.summary import Summary
 from fedseg.plan import PlanConfig, RetentionConfig, example_plan
 from fedseg.run_folder import BEST_MODEL, MODELS_DIR, model_path
+from fedseg.tracking.report import build_report
 from fedseg.tracking.selection import best_round, choose, deleted_model_rounds, export_selection
 from fedseg.tracking.status import read_status, render_status
 from fedseg.tracking.store import RunStore
@@ -115,6 +116,8 @@ def test_a_run_keeps_exactly_the_policy_files(tmp_path: Path) -> None:
     assert (
         "models on disk: rounds 0, 3, 6, 7 (4 deleted by the plan's retention" in con.export_text()
     )
+    # the report's selection says the picks are among the kept rounds
+    assert "retention deleted the models of 4 validated round(s)" in build_report(run)
     # a deleted round's model file: a one-line hint, not a traceback
     with pytest.raises(FedsegError, match=r"round_0004.pt: model file not found; .*retention"):
         load_model(model_path(run, 4))
