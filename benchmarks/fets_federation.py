@@ -35,6 +35,7 @@ import argparse
 import os
 import re
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -56,7 +57,7 @@ from fedseg.federation.rounds.retention import kept_rounds
 from fedseg.model.config import NetworkConfig
 from fedseg.plan import PlanConfig, RetentionConfig, SiteConfig, save_plan
 from fedseg.run_folder import FLWR_HOME, MODELS_DIR
-from fedseg.tracking.store import RunStore
+from fedseg.tracking.store import RunStore, SiteRound
 from fedseg.train.config import TrainConfig
 
 RETENTIONS = {"all": RetentionConfig(keep_every=None), "default": RetentionConfig()}
@@ -173,13 +174,18 @@ def make_plan(args: argparse.Namespace, data: Path, sites: list[str]) -> PlanCon
         min_sites=len(sites),
         round_timeout_s=24 * 3600,
         network=NetworkConfig(base_filters=args.base_filters, depth=args.depth),
-        train=TrainConfig.cpu(patch_size=patch, val_roi=patch, val_overlap=0.0, val_batch_size=1),
+        train=TrainConfig(patch_size=patch, val_roi=patch),  # the FeTS recipe, smaller tiles
         privacy={"min_summary_cases": 1},
     )
 
 
-def one_run(args: argparse.Namespace, work: Path, plan: PlanConfig, name: str, con: Console):
+def one_run(
+    args: argparse.Namespace, work: Path, plan: PlanConfig, name: str, con: Console
+) -> tuple[Path, dict[int, float], list[SiteRound], list[int], dict[str, tuple[int, int]]]:
+    """One ``fedseg simulate`` with retention ``name``: its folder, each round's wall time,
+    the site rounds, the model rounds kept and the peak memory by role."""
     run = work / f"run-{name}"
+    shutil.rmtree(run, ignore_errors=True)  # this benchmark's own run of a previous call
     plan = plan.model_copy(update={"retention": RETENTIONS[name]})
     plan_path = save_plan(work / f"plan-{name}.yaml", plan)
     con.print(f"[bold]fedseg simulate[/] retention {name} -> {run}")
@@ -228,7 +234,7 @@ def main() -> None:
         run, rounds, srs, kept, peaks = one_run(args, work, plan, name, con)
         t = Table(title=f"retention {name}: per round")
         for c in ("round", "wall s", "site train s (mean)", "site val s (mean)",
-                  "bytes sent", "bytes received", "sent / model"):  # fmt: skip
+                  "bytes sent (all sites)", "bytes received", "sent / model size"):  # fmt: skip
             t.add_column(c, justify="right")
         for r, wall in sorted(rounds.items()):
             rows = [s for s in srs if s.round == r]

@@ -112,9 +112,8 @@ class RetentionConfig(BaseModel):
     ``best.pt`` and ``fedseg select`` choose among the rounds whose model is still on disk,
     so they stay the same model; in a federation's run that is what they would pick with
     every model kept. A deleted round's validation scores stay in the store, curves and
-    report. The
-    strategy's state (server-optimizer moments, ``round_XXXX.strategy.npz``) is only resume
-    state: it is kept with the last ``keep_last`` rounds only.
+    report. The strategy's state (server-optimizer moments, ``round_XXXX.strategy.npz``)
+    is only resume state: it is kept with the last ``keep_last`` rounds only.
 
     The default bounds a run's disk use: a FeTS-size model (30.2 M parameters) is 121 MB,
     so a 500-round run keeps at most 21 + 1 + 4 models, about 3.1 GB, instead of 60 GB, and
