@@ -219,3 +219,23 @@ def test_retention_does_not_change_what_select_picks(tmp_path: Path) -> None:
         if name == "pruned":
             assert _model_files(run) == ["round_0000.pt", "round_0002.pt", "round_0005.pt"]
     assert picks["all"] == picks["pruned"]
+
+
+def test_commands_on_a_pruned_run_read_it_or_say_what_is_gone(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    run = write_run(tmp_path / "run", _plan(tmp_path))
+    Coordinator(run, ArrayTransport(OFFSETS, N_TRAIN)).run()
+    for args in (
+        ("status", run),
+        ("report", run, "--out", tmp_path / "report.html"),
+        ("contributions", run),
+        ("alarms", run, "--replay"),
+        ("select", run, "--triplet", "--out", tmp_path / "triplet"),
+    ):
+        res = run_fedseg(*args)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, (args, res.stderr)
+    case = next(p for p in sorted(tiny_sites["site1"].iterdir()) if p.is_dir())
+    res = run_fedseg("segment", "-m", model_path(run, 4), case, "-o", tmp_path / "seg.nii.gz")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "round_0004.pt: model file not found" in res.stderr and "retention" in res.stderr
