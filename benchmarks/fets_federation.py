@@ -101,12 +101,13 @@ def role_of(pid: int, cmd: str) -> str:
         return "aggregator (ServerApp)"
     if "fleet_gateway" in cmd or "flower-superlink" in cmd:
         return "superlink"
-    p, site, hops = pid, None, 0
-    while p > 1 and hops < 8 and site is None:
-        site, p, hops = _site_of(_cmdline(p)), _ppid(p), hops + 1
+    p, site, chain = pid, None, []
+    while p > 1 and len(chain) < 8 and site is None:  # up to the site's app guard
+        chain.append(_cmdline(p))
+        site, p = _site_of(chain[-1]), _ppid(p)
     words = cmd.split()
-    if site is not None and "app_guard task" in cmd:
-        return f"{site} app (one per message)"
+    if site is not None and any("app_guard task" in c for c in chain):  # or its loader
+        return f"{site} app (one per message; loader workers apart)"
     if site is not None:
         return f"{site} supernode"
     names = [Path(w).name for w in words]
