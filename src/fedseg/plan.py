@@ -115,6 +115,36 @@ class TransferConfig(BaseModel):
     weights: TransferDtype = "float32"
 
 
+class RetentionConfig(BaseModel):
+    """Which round models a run keeps on disk (plan key ``retention``;
+    ``federation.rounds.retention``). After every round the aggregator deletes the model
+    files ``models/round_XXXX.pt`` of the rounds outside this policy and keeps:
+
+    - the best rounds: those ``fedseg select --singlet``/``--triplet`` pick now
+      (``best.pt``'s source and the best per region; at most four models);
+    - the last ``keep_last`` rounds (``fedseg resume`` continues from the last one);
+    - every ``keep_every``-th round (0, k, 2k, ...; ``null``: every round, nothing deleted).
+
+    ``best.pt`` and ``fedseg select`` choose among the rounds whose model is still on disk,
+    so they stay the same model; in a federation's run that is what they would pick with
+    every model kept. A deleted round's validation scores stay in the store, curves and
+    report. The strategy's state (server-optimizer moments, ``round_XXXX.strategy.npz``)
+    is only resume state: it is kept with the last ``keep_last`` rounds only.
+
+    The default bounds a run's disk use: a FeTS-size model (30.2 M parameters) is 121 MB,
+    so a 500-round run keeps at most 21 + 1 + 4 models, about 3.1 GB, instead of 60 GB, and
+    still has a snapshot every 25 rounds (a 20-point curve) to compare or restart from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_last: int = Field(
+        1, ge=1, description="the last N round models (1 is all `fedseg resume` needs)"
+    )
+    keep_every: int | None = Field(
+        25, ge=1, description="every k-th round model (null: keep every round, for research)"
+    )
+
+
 class SiteConfig(BaseModel):
     """One site. ``data``: its data folder (simulation; relative paths are relative to the
     plan file). In a deployment the site keeps its data path to itself and ``data`` is None."""
@@ -165,6 +195,7 @@ class PlanConfig(BaseModel):
     privacy: PrivacyConfig = PrivacyConfig()
     bounds: BoundsConfig = BoundsConfig()
     transfer: TransferConfig = TransferConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @field_validator("sites")
     @classmethod
@@ -286,6 +317,11 @@ bounds:
   max_cases: 100000    # a site declaring more cases than this is not believed
   update_norm_ratio: 3.0  # clip each update to 3x the round's median change (null: off)
   reject_norm_ratio: 1000.0  # reject an update over 1000x the median change (null: off)
+# Which round models stay on disk (models/round_XXXX.pt; 121 MB each at FeTS size). After
+# every round the others are deleted, except the rounds `fedseg select` picks (best.pt).
+retention:
+  keep_last: 1         # the last N rounds (1 is all `fedseg resume` needs)
+  keep_every: 25       # and every 25th round (500 FeTS rounds: ~3 GB); null: keep all
 # The one-site unit. FeTS recipe: base_filters 30, depth 4, patch 128^3, lr 5e-5.
 network:
   base_filters: 8

@@ -7,7 +7,8 @@ its errors and ``output_paths``). A federation's run folder holds::
 
     plan.yaml                 PLAN_FILE: the plan (site data paths absolute)
     run.sqlite                STORE_FILE: the run store (tracking.store.RunStore)
-    models/round_XXXX.pt      model_path(run, r): the global model after round r (0: initial)
+    models/round_XXXX.pt      model_path(run, r): the global model after round r (0: initial);
+                              only the rounds the plan's ``retention`` keeps stay
     models/round_XXXX.strategy.npz   strategy_state_path(model): the strategy's state then
     best.pt                   BEST_MODEL: copy of the best-scoring round model
     logs/, flwr-home/         LOGS_DIR, FLWR_HOME: engine logs and Flower's home
@@ -96,6 +97,19 @@ def strategy_state_path(model_file: Path) -> Path:
 def spool_dir(run_dir: Path, rnd: int) -> Path:
     """``<run>/spool/round_XXXX``: round ``rnd``'s updates while they are aggregated."""
     return Path(run_dir) / SPOOL_DIR / f"round_{rnd:04d}"
+
+
+def missing_model_hint(path: Path) -> str:
+    """For a missing ``models/round_XXXX.pt`` of a run folder: why it may be gone (the
+    plan's ``retention`` deletes round models) and what to use; "" for any other path."""
+    path = Path(path)
+    if path.parent.name != MODELS_DIR or not path.name.startswith("round_"):
+        return ""
+    run = path.parent.parent
+    return (
+        f"; a run keeps only the round models its plan's `retention` names (best, last, every "
+        f"k-th): use {run / BEST_MODEL} or a kept round (`fedseg status {run}` lists them)"
+    )
 
 
 def loso_run(base: Path, site: str) -> Path:

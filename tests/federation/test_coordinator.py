@@ -94,7 +94,9 @@ def test_too_few_sites_fails_the_round(tmp_path: Path) -> None:
 
 
 def test_restart_continues_after_last_done_round(tmp_path: Path) -> None:
-    run = write_run(tmp_path / "run", tiny_plan(_sites(tmp_path), rounds=3))
+    # every round model kept, to see that a resume leaves round 1's model as it was
+    plan = tiny_plan(_sites(tmp_path), rounds=3, retention={"keep_every": None})
+    run = write_run(tmp_path / "run", plan)
 
     with pytest.raises(RuntimeError):
         Coordinator(run, DyingTransport(2, OFFSETS, N_TRAIN)).run()

@@ -76,7 +76,9 @@ class LyingTransport(ArrayTransport):
 
 def _run(tmp_path: Path, **plan: object) -> Path:
     sites = {s: tmp_path / s for s in SITES}
-    return write_run(tmp_path / "run", tiny_plan(sites, **{"rounds": 3, **plan}))
+    # every round model kept: the tests look at round 1's
+    plan = {"rounds": 3, "retention": {"keep_every": None}, **plan}
+    return write_run(tmp_path / "run", tiny_plan(sites, **plan))
 
 
 def _lied_rounds(lie: str) -> set[int]:

@@ -106,7 +106,10 @@ def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, P
         assert {(v.model_round, v.site) for v in dice} == {(m, s) for m in (0, 1, 2) for s in SITES}
         assert all(v.n == 1 for v in dice)
         assert store.case_metrics() == []  # per-case values never reach the aggregator
-        assert set(store.checkpoints()) == {0, 1, 2}
+        # the default retention keeps round 0 (every 25th), the last and the best
+        best = store.meta.best()
+        assert best is not None and set(store.checkpoints()) == {0, 2, best.model_round}
+        assert model_path(run, 1).is_file() == (best.model_round == 1)
         # each site's hello declared its split through Flower; it bounds its reports
         assert store.meta.declared() == dict.fromkeys(SITES, DeclaredCases(n_train=3, n_val=1))
         run_id = store.meta.run_id()

@@ -83,3 +83,30 @@ def test_a_run_id_may_not_be_the_case_cache_folder(tmp_path: Path) -> None:
     assert site_workspace(tmp_path, "run-1") == tmp_path / ".fedseg" / "run-1"
     with pytest.raises(FedsegError, match="case cache"):
         site_workspace(tmp_path, "cache")
+
+
+def test_site_keeps_two_optimizer_states_and_redoes_a_round_from_the_right_one(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    """keep-local Adam state is pruned like the aggregator's models with ``keep_last: 1``:
+    after any number of rounds the workspace holds at most two copies, the newest and the
+    one its round started from, also for a site that sat rounds out (cyclic, sampled)."""
+    plan = tiny_plan(tiny_sites)
+    recipe = recipe_json(plan.network, plan.train)
+    ws, data = tmp_path / "ws", tiny_sites["site1"]
+    weights = initial_weights(plan)
+    replies = {}
+    for rnd in (1, 2, 4, 5):  # the site sits round 3 out
+        req = TaskRequest(rnd, rnd - 1, False, 1, 7, "run-t", recipe, weights)
+        replies[rnd] = run_task("site1", data, req, workspace=ws)
+        files = sorted(p.name for p in ws.glob("optimizer_*.npz"))
+        assert len(files) <= 2
+        if rnd == 4:  # round 4 started from round 2's state: both kept, round 1's gone
+            assert files == ["optimizer_0002.npz", "optimizer_0004.npz"]
+            # the aggregator restarted: round 4 again, from the same (round 2) state
+            again = run_task("site1", data, req, workspace=ws)
+            for k in weights:
+                np.testing.assert_array_equal(again.weights[k], replies[4].weights[k])  # type: ignore[index]
+    assert sorted(p.name for p in ws.glob("optimizer_*.npz")) == [
+        "optimizer_0004.npz", "optimizer_0005.npz"
+    ]  # fmt: skip

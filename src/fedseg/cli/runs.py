@@ -98,7 +98,7 @@ def select(
     metric: str = typer.Option("dice", help="Validation metric to maximize."),
 ) -> None:
     """Export the final model(s) chosen from the per-round checkpoints."""
-    from fedseg.tracking.selection import export_selection
+    from fedseg.tracking.selection import deleted_model_rounds, export_selection
     from fedseg.tracking.status import open_run
 
     if singlet == triplet:
@@ -107,6 +107,7 @@ def select(
     store = open_run(run)
     try:
         sel = export_selection(run, store, "singlet" if singlet else "triplet", out, metric)
+        deleted = deleted_model_rounds(store)
     finally:
         store.close()
     t = Table(title=f"{sel.kind} selection -> {out}")
@@ -115,6 +116,11 @@ def select(
     for region, c in sel.regions.items():
         t.add_row(region, str(c.model_round), f"{c.score:.4f}", c.file)
     console().print(t)
+    if deleted:
+        console().print(
+            f"chosen among the rounds whose model is kept: the plan's retention deleted the "
+            f"models of {len(deleted)} validated round(s)"
+        )
 
 
 @app.command("contributions")

@@ -21,6 +21,7 @@ from fedseg.errors import FedsegError
 from fedseg.model.config import NetworkConfig
 from fedseg.model.registry import build_network
 from fedseg.model.weights import Weights, set_weights
+from fedseg.run_folder import missing_model_hint
 
 FORMAT = "fedseg-model"
 
@@ -66,7 +67,7 @@ def load_model(path: Path) -> ModelFile:
     """Read a model file written by ``save_model``; clear errors for anything else."""
     path = Path(path)
     if not path.is_file():
-        raise FedsegError(f"{path}: model file not found")
+        raise FedsegError(f"{path}: model file not found{missing_model_hint(path)}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

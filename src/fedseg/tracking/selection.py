@@ -6,8 +6,16 @@
 Rounds are scored by the one rule of ``tracking.curves`` (``round_scores``): sites weighted
 by their validation cases, only model rounds validated by every site that ever validated
 are candidates (a round missing a site would be scored on a different population), the
-earliest round wins ties; here also only rounds with a checkpoint. The coordinator's
-``best.pt`` is ``best_round(store)``, so it always equals ``fedseg select --singlet``.
+earliest round wins ties; here also only rounds with a checkpoint, i.e. whose model file
+is still in the run folder. The coordinator's ``best.pt`` is ``best_round(store)``, so it
+always equals ``fedseg select --singlet``.
+
+Model retention (plan ``retention``, ``federation.rounds.retention``) deletes round models
+after each round and their ``checkpoints`` rows with them; it never deletes the current
+best. So the one rule for every user of per-round models (``best.pt``, ``select``, the
+report's selection) is: the best round among the rounds whose model is kept. When a late
+validation would make a deleted round the best again, the best kept round is chosen; the
+deleted round's scores stay in the store and curves (``deleted_model_rounds`` names them).
 
 The selection folder holds the exported model files and ``selection.json``::
 
@@ -96,6 +104,16 @@ def best_round(
         return None
     m = max(scores, key=lambda k: (scores[k].mean, -k))
     return m, scores[m]
+
+
+def deleted_model_rounds(store: RunStore) -> list[int]:
+    """Validated model rounds whose model file the run no longer has (deleted by the plan's
+    ``retention``): they have scores but cannot be chosen. Empty for a run that stored no
+    checkpoints at all."""
+    listed = store.checkpoints()
+    if not listed:
+        return []
+    return sorted({r.model_round for r in store.validation()} - set(listed))
 
 
 def choose(

@@ -46,6 +46,7 @@ from fedseg.run_folder import (
     probe_lock,
 )
 from fedseg.tracking.curves import ALL_REGIONS, federation_curve, site_curves
+from fedseg.tracking.selection import deleted_model_rounds
 from fedseg.tracking.store import Alarm, RunStore
 
 
@@ -141,6 +142,8 @@ class StatusView:
     alarms: list[AlarmSpan]
     last_events: list[tuple[float, str, str]] = field(default_factory=list)
     cause: FailureCause | None = None  # why it failed or crashed, when known
+    models_kept: list[int] = field(default_factory=list)  # model rounds on disk
+    models_deleted: list[int] = field(default_factory=list)  # by the plan's retention
 
 
 def crash_cause(run: Path, store: RunStore, lock: LockState) -> FailureCause:
@@ -276,11 +279,24 @@ def _collect(run: Path, store: RunStore) -> StatusView:
         federation_model_round=fed_mr,
         alarms=spans,
         last_events=store.events()[-5:],
+        models_kept=sorted(store.checkpoints()),
+        models_deleted=deleted_model_rounds(store),
     )
 
 
 def _f(v: float | None, fmt: str = ".3f") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def _rounds(rounds: list[int], most: int = 12) -> str:
+    """``0, 25, 50`` (the first and last few of a long list around an ellipsis)."""
+    if len(rounds) > most:
+        return (
+            ", ".join(map(str, rounds[: most // 2]))
+            + ", ..., "
+            + ", ".join(map(str, rounds[-most // 2 :]))
+        )
+    return ", ".join(map(str, rounds))
 
 
 _STATE_STYLE = {RunState.DONE: "green", RunState.FAILED: "red", RunState.CRASHED: "bold red"}
@@ -313,6 +329,11 @@ def render_status(s: StatusView) -> Group:
     if s.federation_dice:
         head.append(f"\nfederation Dice of model {s.federation_model_round}: ")
         head.append("  ".join(f"{g} {_f(s.federation_dice.get(g))}" for g in ALL_REGIONS))
+    if s.models_deleted:
+        head.append(
+            f"\nmodels on disk: rounds {_rounds(s.models_kept)} ({len(s.models_deleted)} "
+            "deleted by the plan's retention; best.pt and `fedseg select` choose among these)"
+        )
     t = Table(title="sites", title_justify="left")
     for col in ("site", "now", "round", "state", "train", "val", "loss", "update dist", "s/round",
                 "model", *(f"Dice {g}" for g in REGIONS), "Dice mean", "device", "precision",

@@ -11,6 +11,8 @@ Conventions:
 - Status values and meta keys are the run folder's contract (``fedseg.run_folder``): the
   ``rounds`` and ``site_rounds`` tables accept only ``RoundStatus``/``SiteRoundStatus``
   values, and ``store.meta`` reads and writes each meta key with its type.
+- ``checkpoints`` lists the model files a run holds now: model retention (plan
+  ``retention``) removes the row of a round whose model file it deletes.
 - Metrics are lower-case names (``dice``, ``jaccard``, ``hd95``, ``sensitivity``,
   ``specificity``, ``loss``); regions are ``ET``, ``TC``, ``WT`` or ``mean``.
 
@@ -326,8 +328,17 @@ class RunStore:
         )
 
     def checkpoints(self) -> dict[int, Path]:
+        """``model_round -> path`` of the model files the run holds: a round whose model
+        the plan's retention deleted has no row (``forget_checkpoints``)."""
         rows = self._db.execute("SELECT model_round, path FROM checkpoints ORDER BY 1").fetchall()
         return {int(r): Path(p) for r, p in rows}
+
+    def forget_checkpoints(self, model_rounds: list[int]) -> None:
+        """Remove the rows of ``model_rounds`` (their model files are being deleted)."""
+        with self._tx():
+            self._db.executemany(
+                "DELETE FROM checkpoints WHERE model_round = ?", [(r,) for r in model_rounds]
+            )
 
     def record_alarm(self, alarm: Alarm) -> bool:
         """Store an alarm; False if the same (round, site, kind) was already stored."""

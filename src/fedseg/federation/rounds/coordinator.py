@@ -29,9 +29,15 @@ here and lands in the run store:
 - ``best.pt``: after every round, the best model round over the whole store by the one
   round-score rule (``tracking.curves``: mean Dice over ET/TC/WT per case, sites weighted
   by their validation cases, only rounds every validating site validated, earliest on
-  ties) among rounds with a checkpoint: always the model ``fedseg select --singlet``
-  picks. It is recomputed, not only compared with the newest round, because a site that
-  validates late makes earlier rounds ineligible; with no candidate round there is none.
+  ties) among rounds whose model is still in the run folder: always the model ``fedseg
+  select --singlet`` picks. It is recomputed, not only compared with the newest round,
+  because a site that validates late makes earlier rounds ineligible; with no candidate
+  round there is none;
+- retention (plan ``retention``, ``rounds.retention``): once round r is ``done``, the
+  round models outside the policy (the rounds ``select`` picks now, the last ``keep_last``,
+  every ``keep_every``-th) are deleted with their ``checkpoints`` rows, one log line per
+  round; should a deleted round become the best again, the best kept round is ``best.pt``
+  (the same rule ``select`` applies).
 
 A restart continues after the last ``done`` round (``RunStore.last_done_round``): a round
 is ``done`` only after its model file is written, so a kill loses at most that round.
@@ -60,6 +66,7 @@ from fedseg.federation.rounds.aggregation import (
     norm_bound,
 )
 from fedseg.federation.rounds.bounds import check_declaration, check_report
+from fedseg.federation.rounds.retention import prune_models
 from fedseg.federation.rounds.spool import Spool
 from fedseg.federation.rounds.strategies.base import SiteUpdate, Strategy
 from fedseg.federation.rounds.strategies.registry import make_strategy
@@ -349,6 +356,7 @@ class Coordinator:
             store.meta.set_last_trained(LastTrained(round=rnd, sites=[u.site for u in updates]))
         store.finish_round(rnd, n_sites=len(updates))
         store.log(f"round {rnd} done: {len(updates)} of {len(requests)} site updates aggregated")
+        self._prune(rnd)
         if plan.alarms.enabled:
             check_alarms(store, rnd, plan.alarms)  # stores, logs and notifies; never raises
         return new
@@ -395,6 +403,7 @@ class Coordinator:
                 err = ex.result.error if ex and isinstance(ex.result, SiteFailure) else "no reply"
                 self.store.log(f"final validation: site {site} failed: {err}", "warning")
         self._update_best()
+        self._prune(rnd)
         self.store.meta.set_final_validated()
 
     # -- helpers ----------------------------------------------------------------------
@@ -527,6 +536,11 @@ class Coordinator:
         self.store.meta.set_best(
             BestModel(model_round=model_round, score=score.mean, n_val=score.n, time=time.time())
         )
+
+    def _prune(self, last: int) -> None:
+        """Delete the round models the plan's ``retention`` no longer keeps after round
+        ``last`` (done); the best rounds are kept (``rounds.retention``)."""
+        prune_models(self.run_dir, self.store, self.plan.retention, last)
 
 
 def _withheld(site: str, model_round: int, n_val: int) -> str:

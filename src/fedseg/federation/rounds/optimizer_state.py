@@ -4,7 +4,9 @@ Modes (plan: ``strategy.params.optimizer_state``):
 
 - ``reset``: every round starts a fresh Adam (nothing kept, nothing sent);
 - ``keep-local``: each site keeps its own Adam state in its workspace folder
-  (``<data>/.fedseg/<run>/optimizer_<round>.npz``), never sent (the FeTS default);
+  (``<data>/.fedseg/<run>/optimizer_<round>.npz``, at most two copies: the newest and the
+  one its last round started from, which a redone round needs), never sent (the FeTS
+  default);
 - ``average``: sites send their state with their weights, the aggregator averages it like
   the weights (weighted by training cases) and sends the average out with the next model.
 

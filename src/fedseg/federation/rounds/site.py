@@ -2,7 +2,8 @@
 
 Per-case validation values stay on the site: they go to a site-local run store inside
 the site's workspace (default ``<data>/.fedseg/<run_id>/``), next to the site's Adam state,
-which is carried from round to round locally (``optimizer_<round>.npz``) and never sent.
+which is carried from round to round locally (``optimizer_<round>.npz``: at most two
+copies, the latest and the one it started from) and never sent.
 What leaves is ``disclosure``'s: summaries and a training loss over at least the floor's
 number of cases, and, when the task fails, ``TaskFailed``'s category and scrubbed line;
 the full traceback goes to the site's console and its log, ``<workspace>/site.log``.
@@ -209,8 +210,14 @@ def _load_optimizer(ws: Path, rnd: int) -> OptimizerState | None:
 
 
 def _save_optimizer(ws: Path, rnd: int, state: OptimizerState) -> None:
-    """Keep the states after rounds ``rnd`` and ``rnd - 1`` (enough to redo round ``rnd``)."""
+    """Save the state after round ``rnd`` and prune the older copies: a site keeps at most
+    two, the new one and the one round ``rnd`` started from (the site's latest before
+    ``rnd``, which is ``rnd - 1`` unless the site sat rounds out: cyclic or sampled plans).
+    That is all a redone round needs (the aggregator resumes at most the round after its
+    last done one; ``_load_optimizer``), the same bound as the aggregator's model
+    retention with ``keep_last: 1``; older copies are deleted."""
+    started_from = max((r for r in _optimizer_files(ws) if r < rnd), default=None)
     save_arrays(ws / f"optimizer_{rnd:04d}.npz", state)
     for r, p in _optimizer_files(ws).items():
-        if r < rnd - 1:
+        if r != rnd and r != started_from:
             p.unlink(missing_ok=True)

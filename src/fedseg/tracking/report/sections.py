@@ -22,7 +22,7 @@ from fedseg.tracking.contributions import contributions
 from fedseg.tracking.curves import ALL_REGIONS, Curves
 from fedseg.tracking.paired_test import CaseTable, compare_tables, fmt_p
 from fedseg.tracking.report.markup import img, section, table
-from fedseg.tracking.selection import choose
+from fedseg.tracking.selection import choose, deleted_model_rounds
 from fedseg.tracking.status import AlarmSpan, StatusView
 from fedseg.tracking.store import RunStore
 
@@ -116,6 +116,13 @@ def selection_section(store: RunStore) -> str:
         body.append(
             "<p class='note'>The run stored no checkpoints: rounds shown by score "
             "only, nothing can be exported.</p>"
+        )
+    deleted = deleted_model_rounds(store)
+    if deleted:
+        body.append(
+            f"<p class='note'>The plan's retention deleted the models of {len(deleted)} "
+            "validated round(s); <code>best.pt</code> and the selection below choose among "
+            "the rounds whose model is kept.</p>"
         )
     for kind in ("singlet", "triplet"):
         try:
