@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedseg.errors import FedsegError
-from fedseg.federation.rounds.coordinator import Coordinator
+from fedseg.federation.rounds.coordinator import Coordinator, Exchanged
 from fedseg.federation.rounds.retention import kept_rounds
 from fedseg.model.model_file import load_model, weights_hash
 from fedseg.model.summary import Summary
@@ -161,14 +161,15 @@ class ScoredTransport(ArrayTransport):
     DICE: ClassVar[dict[int, float]] = {0: 0.5, 1: 0.6, 2: 0.9, 3: 0.7, 4: 0.8, 5: 0.65}
 
     def exchange(self, requests, timeout_s, on_result):  # type: ignore[no-untyped-def]
-        out = super().exchange(requests, timeout_s, lambda s, ex: None)
         mr = next(iter(requests.values())).model_round
-        for site, ex in out.items():
+
+        def scored(site: str, ex: Exchanged) -> None:
             ex.result.validation = {  # type: ignore[union-attr]
                 g: {"dice": Summary(self.DICE[mr], 0.1, 2)} for g in ("ET", "TC", "WT", "mean")
             }
             on_result(site, ex)
-        return out
+
+        super().exchange(requests, timeout_s, scored)
 
 
 def test_best_is_the_best_kept_round_and_select_agrees(tmp_path: Path) -> None:

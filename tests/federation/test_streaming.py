@@ -44,7 +44,8 @@ def _run(tmp_path: Path, name: str, strategy: str, streams: bool, monkeypatch: p
     monkeypatch.setattr(STRATEGIES[strategy], "streams", streams)
     sites = {s: tmp_path / s for s in SITES}
     run = write_run(tmp_path / name, tiny_plan(sites, strategy={"name": strategy, "params": {
-        "optimizer_state": "average"}}, **plan))  # fmt: skip
+        "optimizer_state": "average"}}, retention={"keep_every": None},
+        **plan))  # every round's model is compared  # fmt: skip
     Coordinator(run, ArrayTransport(OFFSETS, N_TRAIN, tamper=_scale_huge)).run()
     return run
 
