@@ -41,8 +41,15 @@ lint: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# Step time fp32 vs bf16 (fp16 on CUDA), contiguous vs channels-last, CPU preset and FeTS
+# 128^3 (the FeTS rows take minutes per step on a 2-core CPU); case cache cold vs warm; the
+# aggregator's fold of 10 FeTS-size updates; float16 vs float32 transfer; a small federation.
 bench: venv
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/train_step.py --loss-check 30
+	$(BIN)/python benchmarks/case_cache.py
+	$(BIN)/python benchmarks/aggregation.py
+	$(BIN)/python benchmarks/transfer_dtype.py
 	$(BIN)/python benchmarks/federation.py
 
 # PyTorch FP32 vs OpenVINO FP32 vs INT8 on full 240x240x155 synthetic cases, FeTS-size
