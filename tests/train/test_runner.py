@@ -74,7 +74,10 @@ def test_run_folder_store_rows_and_model_files(
             (m, s) for m in (1, 2) for s in ("a", "b", "central")
         }
         assert store.meta.cases()["a"]["train"] == [c.case_id for c in site[:2]]
-        assert set(store.checkpoints()) == {1, 2}
+        ckpts = store.checkpoints()
+    # each row names the file holding that epoch's weights (select exports what it picks)
+    assert set(ckpts) == {2, res.best_epoch}
+    assert all(load_model(path).meta["epoch"] == r for r, path in ckpts.items())
     best, last = load_model(out / "best.pt"), load_model(out / "last.pt")
     assert last.meta["epoch"] == 2 and best.meta["epoch"] == res.best_epoch
     assert best.network == recipe.network and last.roi == recipe.train.val_roi

@@ -230,6 +230,18 @@ def run_training(
                      used)  # fmt: skip
 
 
+def _record_checkpoints(store: RunStore, out: Path, epoch: int, best_epoch: int) -> None:
+    """The checkpoint rows of a centralized run name the files that hold those epochs'
+    weights: ``last.pt`` the latest epoch, ``best.pt`` the best one; the other epochs'
+    weights were overwritten, so they have no row (``fedseg select`` picks among these)."""
+    keep = {epoch: out / LAST_MODEL}
+    if best_epoch and best_epoch != epoch:
+        keep[best_epoch] = out / BEST_MODEL
+    store.forget_checkpoints([r for r in store.checkpoints() if r not in keep])
+    for r, path in keep.items():
+        store.record_checkpoint(r, path)
+
+
 def _loop(
     out: Path,
     store: RunStore,
@@ -290,7 +302,7 @@ def _loop(
                            "compute_s": stats.compute_s, **used.extra()},
                 )
             )  # fmt: skip
-            store.record_checkpoint(epoch, out / LAST_MODEL)
+            _record_checkpoints(store, out, epoch, state.best_epoch)
             state.epoch, state.weights = epoch, weights
             state.optimizer_state = optimizer_state_dict(opt, net)
             save_state(out / CHECKPOINT, state)
