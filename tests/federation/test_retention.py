@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from fedseg.data.cases import discover_cases
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.coordinator import Coordinator, Exchanged
 from fedseg.federation.rounds.retention import kept_rounds
@@ -236,7 +237,7 @@ def test_commands_on_a_pruned_run_read_it_or_say_what_is_gone(
     ):
         res = run_fedseg(*args)
         assert res.returncode == 0 and "Traceback" not in res.stderr, (args, res.stderr)
-    case = next(p for p in sorted(tiny_sites["site1"].iterdir()) if p.is_dir())
+    case = discover_cases(tiny_sites["site1"])[0].folder  # not the site's .fedseg folder
     res = run_fedseg("segment", "-m", model_path(run, 4), case, "-o", tmp_path / "seg.nii.gz")
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "round_0004.pt: model file not found" in res.stderr and "retention" in res.stderr
