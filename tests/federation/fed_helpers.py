@@ -145,9 +145,10 @@ def run_folder_text(run: Path) -> dict[Path, str]:
 
 class DyingTransport(ArrayTransport):
     """``ArrayTransport`` whose aggregator "is killed" (``RuntimeError``) when round
-    ``dies_in`` starts its exchange: what a restart test needs before it resumes."""
+    ``dies_in`` starts its exchange (None: never): what a restart test needs before it
+    resumes."""
 
-    def __init__(self, dies_in: int, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, dies_in: int | None, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.dies_in = dies_in
 

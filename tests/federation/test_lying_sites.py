@@ -50,12 +50,13 @@ LIES = {
 }  # fmt: skip
 
 
-class LyingTransport(ArrayTransport):
-    """``ArrayTransport`` whose ``poison.site`` lies in every reply (``poison_reply``)."""
+class LyingTransport(DyingTransport):
+    """``ArrayTransport`` whose ``poison.site`` lies in every reply (``poison_reply``); the
+    aggregator "is killed" when round ``dies_in_round`` starts (``DyingTransport``)."""
 
     def __init__(self, poison: Poison, dies_in_round: int | None = None) -> None:
-        super().__init__(OFFSETS, N_TRAIN)
-        self.poison, self.dies_in_round = poison, dies_in_round
+        super().__init__(dies_in_round, OFFSETS, N_TRAIN)
+        self.poison = poison
 
     def exchange(
         self,
@@ -63,9 +64,6 @@ class LyingTransport(ArrayTransport):
         timeout_s: float,
         on_result: Callable[[str, Exchanged], None],
     ) -> None:
-        if next(iter(requests.values())).round == self.dies_in_round:
-            raise RuntimeError("aggregator killed")
-
         def lie(site: str, ex: Exchanged) -> None:
             if site == self.poison.site and isinstance(ex.result, TaskReply):
                 poison_reply(self.poison, requests[site], ex.result)

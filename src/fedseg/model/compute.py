@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedseg.errors import FedsegError
+from fedseg.run_folder import ComputeUsed
 
 if TYPE_CHECKING:  # torch is imported where a network runs: a CLI or an exported model needs none
     import torch
@@ -119,6 +120,12 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+def compute_used(config: ComputeConfig) -> ComputeUsed:
+    """What a run records about where it computes: ``config``'s device resolved on this
+    machine (``describe_device``) and its precision; a ``FedsegError`` for a missing GPU."""
+    return ComputeUsed.of(describe_device(resolve_device(config.device)), config.precision)
 
 
 def autocast_dtype(precision: Precision) -> torch.dtype | None:

@@ -40,7 +40,7 @@ from rich.console import Console
 from fedseg.data.cases import Case
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
-from fedseg.model.compute import ComputeOverrides, describe_device, resolve_device
+from fedseg.model.compute import ComputeOverrides, compute_used
 from fedseg.model.evaluate import CaseResult, summarize_cases
 from fedseg.model.model_file import ModelFile, save_model
 from fedseg.model.registry import new_network
@@ -194,8 +194,7 @@ def run_training(
             raise FedsegError(f"{out} already holds a run; continue it with --resume {out}")
     train = recipe.train.with_compute(compute)
     # a GPU this machine lacks: one line, before anything is written
-    used = ComputeUsed.of(describe_device(resolve_device(train.compute.device)),
-                          train.compute.precision)  # fmt: skip
+    used = compute_used(train.compute)
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
         (out / RECIPE_FILE).write_text(recipe.to_yaml())

@@ -31,12 +31,7 @@ from fedseg.federation.rounds.disclosure import (
     summary_floor,
 )
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_from_json
-from fedseg.model.compute import (
-    ComputeConfig,
-    ComputeOverrides,
-    describe_device,
-    resolve_device,
-)
+from fedseg.model.compute import ComputeConfig, ComputeOverrides, compute_used
 from fedseg.model.evaluate import summarize_cases
 from fedseg.model.weights import load_arrays, save_arrays
 from fedseg.run_folder import ComputeUsed
@@ -188,10 +183,9 @@ def _compute_used(config: ComputeConfig) -> ComputeUsed:
     ``--device`` asks for and this machine lacks fails the task with that line: it names a
     device, nothing of the site's data)."""
     try:
-        resolved = resolve_device(config.device)
+        return compute_used(config)
     except FedsegError as exc:
         raise SiteError(ErrorCategory.INTERNAL, str(exc), str(exc)) from None
-    return ComputeUsed.of(describe_device(resolved), config.precision)
 
 
 def _optimizer_files(ws: Path) -> dict[int, Path]:
