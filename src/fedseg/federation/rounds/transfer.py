@@ -21,6 +21,7 @@ from typing import get_args
 
 import numpy as np
 
+from fedseg.federation.rounds.aggregation import n_bytes
 from fedseg.model.weights import Weights
 from fedseg.plan import TransferConfig, TransferDtype
 
@@ -66,5 +67,5 @@ def from_wire(arrays: Weights, cast: list[str]) -> Weights:
 def round_trip(weights: Mapping[str, np.ndarray], dtype: TransferDtype) -> tuple[Weights, int]:
     """``weights`` as they arrive after travelling as ``dtype``, and the array bytes sent."""
     wire, cast = to_wire(weights, dtype)
-    sent = int(sum(v.nbytes for v in wire.values()))
+    sent = n_bytes(wire)
     return from_wire(wire, cast), sent
