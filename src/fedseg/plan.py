@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedseg.config_files import first_error, read_yaml_mapping
 from fedseg.errors import FedsegError
 from fedseg.model.config import NetworkConfig
-from fedseg.model.summary import MIN_SUMMARY_CASES
+from fedseg.privacy.config import PrivacyConfig
 from fedseg.run_folder import PLAN_FILE
 from fedseg.train.config import TrainConfig, check_shapes
 
@@ -54,22 +54,6 @@ class AlarmConfig(BaseModel):
         "KIND,MESSAGE} describe the alarm",
     )
     notify_timeout_s: float = Field(30.0, gt=0)
-
-
-class PrivacyConfig(BaseModel):
-    """What sites may report (plan key ``privacy``). ``min_summary_cases`` travels in every
-    task; a deployed site applies the larger of it and its own floor (``fedseg site start
-    --min-summary-cases``, default 3), so a plan can raise the floor, never lower it. The
-    sites of ``fedseg simulate``/``compare`` (one operator holds all the data) take the plan's."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_summary_cases: int = Field(
-        MIN_SUMMARY_CASES,
-        ge=1,
-        description="fewest cases a validation summary or training loss may cover; a site "
-        "with fewer reports only that it validated",
-    )
 
 
 class BoundsConfig(BaseModel):

@@ -244,6 +244,24 @@ class LastTrained(_MetaValue):
 _DEVICE_TEXT = 80  # characters of a recorded device name
 
 
+class PrivacySpent(_MetaValue):
+    """One row of the privacy ledger (table ``privacy_ledger``): the ε spent so far (the run's
+    total, not the round's) by ``site`` after round ``round`` under ``level`` DP at ``delta``,
+    with the mechanism's parameters: noise multiplier ``sigma`` (noise std / clip), the clip,
+    the steps composed so far and their sampling rate (1.0: no sampling), and the
+    dp-accounting accountant (``rdp`` or ``pld``). ``site`` is ``*`` for a guarantee the
+    aggregator's noise gives every site at once (``level: site`` without secure aggregation)."""
+
+    level: str = Field(pattern=r"^(site|case)$")
+    epsilon: float = Field(ge=0)
+    delta: float = Field(gt=0, lt=1)
+    sigma: float = Field(gt=0)
+    clip_norm: float = Field(gt=0)
+    steps: int = Field(ge=0)
+    sample_rate: float = Field(gt=0, le=1)
+    accountant: str = Field(pattern=r"^(rdp|pld)$")
+
+
 class ComputeUsed(_MetaValue):
     """The device and precision a site (or a centralized run) computed with: the resolved
     device as ``model.compute.describe_device`` words it (``cpu``, ``cuda:0 (NVIDIA

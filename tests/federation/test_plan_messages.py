@@ -12,9 +12,11 @@ from fedseg.federation.engine.app_bundle import config_arg, toml_value
 from fedseg.federation.engine.client_app import compute_node_config, node_compute_overrides
 from fedseg.federation.engine.messages import (
     decode_hello_reply,
+    decode_payload,
     decode_reply,
     decode_request,
     encode_hello_reply,
+    encode_payload,
     encode_reply,
     encode_request,
 )
@@ -29,7 +31,8 @@ from fedseg.model.compute import ComputeOverrides
 from fedseg.model.config import NetworkConfig
 from fedseg.model.summary import Summary
 from fedseg.plan import example_plan, load_plan
-from fedseg.run_folder import ComputeUsed, DeclaredCases
+from fedseg.privacy.config import PrivacyConfig
+from fedseg.run_folder import ComputeUsed, DeclaredCases, PrivacySpent
 from fedseg.train.config import TrainConfig
 
 
@@ -151,3 +154,40 @@ def test_hello_declares_the_sites_split_counts(tmp_path: Path, tiny_sites: dict[
     # a site whose data folder does not read declares nothing (its task says why)
     assert declared_cases(tmp_path / "missing") is None
     assert decode_hello_reply(encode_hello_reply("site1")) == ("site1", None)
+
+
+def test_privacy_section_and_protocol_payloads_travel_with_tasks() -> None:
+    recipe = recipe_json(NetworkConfig(base_filters=4, depth=2), TrainConfig.cpu())
+    privacy = PrivacyConfig.model_validate(
+        {"secure_aggregation": True, "secagg": {"clip_norm": 2.5}, "dp": {"level": "site"}}
+    )
+    secure = {"shares": b"\x00\x01\xff", "weight": 3.0, "n": 4, "peer": "site2",
+              "mask": np.arange(5, dtype=np.uint32)}  # fmt: skip
+    req = TaskRequest(1, 0, True, 1, 5, "run", recipe, {"w": np.zeros(2, np.float32)},
+                      privacy=privacy, secure=secure)  # fmt: skip
+    back = decode_request(encode_request(req))
+    assert back.privacy == privacy and back.privacy.hides_updates
+    assert back.secure is not None and set(back.secure) == set(secure)
+    assert back.secure["shares"] == b"\x00\x01\xff" and back.secure["peer"] == "site2"
+    np.testing.assert_array_equal(back.secure["mask"], secure["mask"])
+    assert back.secure["mask"].dtype == np.uint32  # type: ignore[union-attr]
+    # a plain task says nothing of the kind
+    plain = decode_request(encode_request(TaskRequest(1, 0, True, 1, 5, "r", recipe, {})))
+    assert plain.secure is None and plain.privacy == PrivacyConfig()
+
+    spent = PrivacySpent(level="case", epsilon=1.25, delta=1e-5, sigma=1.1, clip_norm=1.0,
+                         steps=40, sample_rate=0.25, accountant="rdp")  # fmt: skip
+    hidden = {"masked/w": np.array([7, 2**32 - 1], np.uint32)}
+    rep = decode_reply(encode_reply(TaskReply("s", None, hidden=hidden, privacy_spent=spent)))
+    assert rep.weights is None and rep.privacy_spent == spent
+    assert rep.hidden is not None
+    np.testing.assert_array_equal(rep.hidden["masked/w"], hidden["masked/w"])
+    # the aggregator's copy is a read-only view of the message
+    assert not rep.hidden["masked/w"].flags.writeable  # type: ignore[union-attr]
+    assert decode_payload(encode_payload({"x": b"1"})) == {"x": b"1"}
+
+
+def test_he_shorthand_and_one_hiding_mechanism() -> None:
+    assert PrivacyConfig.model_validate({"he": "ckks"}).he.scheme == "ckks"
+    with pytest.raises(ValueError, match=r"choose one of privacy\.secure_aggregation"):
+        PrivacyConfig.model_validate({"he": "ckks", "secure_aggregation": True})

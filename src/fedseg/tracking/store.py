@@ -34,6 +34,7 @@ from fedseg.run_folder import (
     STORE_FILE,
     ComputeUsed,
     MetaKey,
+    PrivacySpent,
     RoundStatus,
     RunMeta,
     SiteRoundStatus,
@@ -104,6 +105,19 @@ CREATE TABLE IF NOT EXISTS alarms (
     message TEXT NOT NULL,
     created REAL NOT NULL,
     UNIQUE (round, site, kind)
+);
+CREATE TABLE IF NOT EXISTS privacy_ledger (
+    round INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    level TEXT NOT NULL,
+    epsilon REAL NOT NULL,
+    delta REAL NOT NULL,
+    sigma REAL NOT NULL,
+    clip_norm REAL NOT NULL,
+    steps INTEGER NOT NULL,
+    sample_rate REAL NOT NULL,
+    accountant TEXT NOT NULL,
+    PRIMARY KEY (round, site)
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -245,6 +259,28 @@ class RunStore:
             self._db.execute("DELETE FROM case_metrics WHERE model_round > ?", (rnd,))
             self._db.execute("DELETE FROM checkpoints WHERE model_round > ?", (rnd,))
             self._db.execute("DELETE FROM alarms WHERE round > ?", (rnd,))
+            self._db.execute("DELETE FROM privacy_ledger WHERE round > ?", (rnd,))
+
+    # -- privacy ----------------------------------------------------------------------
+    def record_privacy(self, rnd: int, site: str, spent: PrivacySpent) -> None:
+        """The ε ``site`` has spent in total after round ``rnd`` (``run_folder.PrivacySpent``)."""
+        with self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO privacy_ledger VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (rnd, site, spent.level, spent.epsilon, spent.delta, spent.sigma,
+                 spent.clip_norm, spent.steps, spent.sample_rate, spent.accountant),
+            )  # fmt: skip
+
+    def privacy_ledger(self, site: str | None = None) -> list[tuple[int, str, PrivacySpent]]:
+        """(round, site, spent) rows by round then site; only ``site``'s when given."""
+        q = "SELECT * FROM privacy_ledger" + (" WHERE site = ?" if site else "")
+        rows = self._db.execute(q + " ORDER BY round, site", (site,) if site else ()).fetchall()
+        fields = ("level", "epsilon", "delta", "sigma", "clip_norm", "steps", "sample_rate",
+                  "accountant")  # fmt: skip
+        return [
+            (int(r[0]), str(r[1]), PrivacySpent(**dict(zip(fields, r[2:], strict=True))))
+            for r in rows
+        ]
 
     # -- sites ------------------------------------------------------------------------
     def record_site_round(self, sr: SiteRound) -> None:

@@ -20,10 +20,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import Context, Error, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from fedseg.federation.engine.messages import decode_request, encode_hello_reply, encode_reply
+from fedseg.federation.engine.messages import (
+    decode_payload,
+    decode_request,
+    encode_hello_reply,
+    encode_payload,
+    encode_reply,
+)
+from fedseg.federation.rounds.site_queries import QUERIES, SiteContext, answer
 from fedseg.federation.rounds.tasks import declared_cases
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
@@ -34,6 +41,11 @@ if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
 NODE_SITE_NAME = "site-name"
 NODE_DATA_DIR = "data-dir"
 NODE_MIN_SUMMARY_CASES = "min-summary-cases"
+#: the site's consortium credentials folder (site.key, site.crt, ca.crt), for privacy
+#: protocols that sign what a site sends (secure aggregation)
+NODE_CREDS_DIR = "creds-dir"
+#: the ``context.state`` record holding a site's private protocol state between messages
+STATE_RECORD = "fedseg"
 #: ``ComputeOverrides`` field -> its node-config key
 NODE_COMPUTE = {
     "device": "device", "precision": "precision", "channels_last": "channels-last",
@@ -68,6 +80,47 @@ def _site(context: Context) -> str:
             f"this site process has no name: start it with --node-config {NODE_SITE_NAME}=NAME"
         )
     return str(site)
+
+
+def site_context(context: Context) -> SiteContext:
+    """The site as its protocol steps see it; ``state`` is a copy of the run's private
+    state (``save_state`` writes it back into Flower's ``context.state``)."""
+    cfg = context.node_config
+    rec = context.state.get(STATE_RECORD)
+    state = {str(k): bytes(v) for k, v in rec.items()} if rec is not None else {}  # type: ignore[union-attr, arg-type]
+    data, ws, creds = cfg.get(NODE_DATA_DIR), cfg.get("workspace"), cfg.get(NODE_CREDS_DIR)
+    return SiteContext(
+        site=_site(context), data=Path(str(data)) if data else None,
+        workspace=Path(str(ws)) if ws else None, state=state,
+        creds=Path(str(creds)) if creds else None,
+    )  # fmt: skip
+
+
+def save_state(context: Context, ctx: SiteContext) -> None:
+    """Keep ``ctx.state`` in Flower's ``context.state`` (it stays on the site's node)."""
+    context.state[STATE_RECORD] = ConfigRecord(dict(ctx.state))  # type: ignore[arg-type]
+
+
+def _query_handler(kind: str) -> Any:
+    def handle(msg: Message, context: Context) -> Message:
+        ctx = site_context(context)
+        try:
+            out = answer(kind, ctx, decode_payload(msg.content))
+        except Exception as exc:  # only the category and a scrubbed line leave the site
+            from fedseg.federation.rounds.disclosure import ErrorCategory, public_error
+            from fedseg.federation.rounds.site import site_log
+
+            site_log(ctx.workspace, f"{kind} failed: {exc!r}")
+            reason = public_error(exc, ErrorCategory.INTERNAL)
+            return Message(Error(CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
+        save_state(context, ctx)
+        return Message(encode_payload(out), reply_to=msg)
+
+    return handle
+
+
+for _kind in QUERIES:
+    app.query(_kind)(_query_handler(_kind))
 
 
 @app.query("hello")
@@ -106,6 +159,7 @@ def train(msg: Message, context: Context) -> Message:
     from fedseg.federation.rounds.site import TaskFailed, run_task, site_log
 
     ws = cfg.get("workspace")
+    ctx = site_context(context)
     try:
         req = decode_request(msg.content)
     except Exception as exc:  # a malformed task: nothing of the site's in it
@@ -116,9 +170,10 @@ def train(msg: Message, context: Context) -> Message:
         reply = run_task(
             _site(context), Path(str(data)), req, Path(str(ws)) if ws else None,
             int(cfg.get(NODE_MIN_SUMMARY_CASES, MIN_SUMMARY_CASES)),
-            node_compute_overrides(cfg),
+            node_compute_overrides(cfg), ctx,
         )  # fmt: skip
     except TaskFailed as exc:  # logged in full at the site; only the line travels
         return Message(Error(CLIENT_APP_RAISED_EXCEPTION, exc.line), reply_to=msg)
+    save_state(context, ctx)
     reply.startup_s = startup_s
     return Message(encode_reply(reply, req.transfer), reply_to=msg)

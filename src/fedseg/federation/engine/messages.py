@@ -30,7 +30,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from pydantic import ValidationError
 
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, optimizer_mode
-from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
+from fedseg.federation.rounds.tasks import Payload, TaskReply, TaskRequest
 from fedseg.federation.rounds.transfer import (
     DEFAULT_TRANSFER,
     TransferDtype,
@@ -39,7 +39,8 @@ from fedseg.federation.rounds.transfer import (
     transfer_dtype,
 )
 from fedseg.model.summary import MIN_SUMMARY_CASES, Summary
-from fedseg.run_folder import ComputeUsed, DeclaredCases
+from fedseg.privacy.config import PrivacyConfig
+from fedseg.run_folder import ComputeUsed, DeclaredCases, PrivacySpent
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
     from fedseg.model.weights import Weights
@@ -47,6 +48,8 @@ if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
 #: Flower message types: the round's work and the hello that maps a node to a site name.
 TRAIN = "train"
 HELLO = "query.hello"
+#: prefix of a privacy protocol's query types: ``query.<kind>`` (``rounds.site_queries``)
+QUERY = "query."
 #: the record naming, per array record, the arrays sent as float16 for float32
 WIRE = "wire"
 _NUMPY = "numpy.ndarray"  # flwr SType.NUMPY
@@ -166,6 +169,7 @@ def encode_request(
                     "proximal_mu": float(req.proximal_mu),
                     "min_summary_cases": int(req.min_summary_cases),
                     "transfer": req.transfer,
+                    "privacy": req.privacy.model_dump_json(),
                 }
             ),
         }
@@ -173,6 +177,8 @@ def encode_request(
     _put(content, "global", encoded(req.weights, req.transfer))
     if req.optimizer_state is not None:
         _put(content, "optimizer", encoded(req.optimizer_state, "float32"))
+    if req.secure is not None:
+        put_payload(content, "secure", req.secure)
     return content
 
 
@@ -192,6 +198,8 @@ def decode_request(content: RecordDict) -> TaskRequest:
         optimizer_state=record_to_weights(content["optimizer"]) if "optimizer" in content else None,
         min_summary_cases=int(task.get("min_summary_cases", MIN_SUMMARY_CASES)),
         transfer=transfer_dtype(str(task.get("transfer", DEFAULT_TRANSFER))),
+        privacy=PrivacyConfig.model_validate_json(str(task.get("privacy", "{}"))),
+        secure=get_payload(content, "secure", writable=True),
     )
 
 
@@ -228,6 +236,10 @@ def encode_reply(rep: TaskReply, transfer: TransferDtype = DEFAULT_TRANSFER) -> 
         _put(content, "weights", weights_to_record(rep.weights, transfer))
     if rep.optimizer_state is not None:
         _put(content, "optimizer", weights_to_record(rep.optimizer_state))
+    if rep.hidden is not None:
+        put_payload(content, "hidden", rep.hidden)
+    if rep.privacy_spent is not None:
+        content["privacy_spent"] = ConfigRecord({"json": rep.privacy_spent.model_dump_json()})
     return content
 
 
@@ -258,7 +270,49 @@ def decode_reply(content: RecordDict) -> TaskReply:
         validated=bool(m.get("validated", bool(validation))),
         optimizer_state=_reply_arrays(content, "optimizer"),
         compute=_compute_used(content["site"]),
+        hidden=get_payload(content, "hidden", writable=False),
+        privacy_spent=_privacy_spent(content),
     )
+
+
+def _privacy_spent(content: RecordDict) -> PrivacySpent | None:
+    if "privacy_spent" not in content:
+        return None
+    return PrivacySpent.model_validate_json(str(content["privacy_spent"]["json"]))  # type: ignore[index]
+
+
+def put_payload(content: RecordDict, name: str, payload: Payload) -> None:
+    """``payload`` into ``content`` as two records: ``<name>.arrays`` (its numpy arrays,
+    ``.npy`` format) and ``<name>.values`` (bytes, text, numbers)."""
+    arrays = {k: array_to_flower(v) for k, v in payload.items() if isinstance(v, np.ndarray)}
+    values = {k: v for k, v in payload.items() if not isinstance(v, np.ndarray)}
+    content[f"{name}.arrays"] = ArrayRecord(array_dict=arrays)
+    content[f"{name}.values"] = ConfigRecord(values)  # type: ignore[arg-type]
+
+
+def get_payload(content: RecordDict, name: str, writable: bool) -> Payload | None:
+    """What ``put_payload`` put under ``name`` (None when absent); arrays are read-only
+    views of the message's bytes unless ``writable``."""
+    if f"{name}.values" not in content:
+        return None
+    out: Payload = dict(content[f"{name}.values"])  # type: ignore[arg-type]
+    for k, arr in content[f"{name}.arrays"].items():  # type: ignore[union-attr]
+        out[k] = flower_to_array(arr, writable)
+    return out
+
+
+def encode_payload(payload: Payload) -> RecordDict:
+    """A query's content (``Transport.query``): one payload."""
+    content = RecordDict({})
+    put_payload(content, "payload", payload)
+    return content
+
+
+def decode_payload(content: RecordDict, writable: bool = True) -> Payload:
+    out = get_payload(content, "payload", writable)
+    if out is None:
+        raise ValueError("no payload in the message")
+    return out
 
 
 def _reply_arrays(content: RecordDict, name: str) -> Weights | None:

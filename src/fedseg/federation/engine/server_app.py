@@ -20,11 +20,14 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedseg.federation.engine.messages import (
     HELLO,
+    QUERY,
     TRAIN,
     TaskRequest,
     content_bytes,
     decode_hello_reply,
+    decode_payload,
     decode_reply,
+    encode_payload,
     encode_requests,
 )
 from fedseg.federation.rounds.coordinator import (
@@ -33,6 +36,7 @@ from fedseg.federation.rounds.coordinator import (
     SiteFailure,
     record_failure,
 )
+from fedseg.federation.rounds.tasks import Payload
 from fedseg.federation.security.enrollment import enrolled_nodes
 from fedseg.run_folder import DeclaredCases, SiteRoundStatus
 from fedseg.tracking.store import RunStore
@@ -161,6 +165,42 @@ class FlowerTransport:
         for site in pending.values():
             late = SiteFailure(SiteRoundStatus.TIMEOUT, f"no reply within {timeout_s:.0f} s")
             on_result(site, Exchanged(late, sizes[site], 0, time.monotonic() - t0))
+
+    def query(
+        self, kind: str, payloads: dict[str, Payload], timeout_s: float
+    ) -> dict[str, Payload | SiteFailure]:
+        """``coordinator.Transport.query``: one ``query.<kind>`` message per site, the
+        answers pulled every ``POLL_S`` until all came or ``timeout_s``."""
+        site_node = {s: n for n, s in self.node_site.items()}
+        out: dict[str, Payload | SiteFailure] = {
+            s: SiteFailure(SiteRoundStatus.FAILED, "not connected")
+            for s in payloads if s not in site_node
+        }  # fmt: skip
+        sites = [s for s in payloads if s in site_node]
+        msgs = [self.grid.create_message(encode_payload(payloads[s]), QUERY + kind,
+                                         site_node[s], kind) for s in sites]  # fmt: skip
+        pending = dict(zip(self.grid.push_messages(msgs), sites, strict=True))
+        t0 = time.monotonic()
+        while pending and time.monotonic() - t0 < timeout_s:
+            for reply in self.grid.pull_messages(list(pending)):
+                site = pending.pop(reply.metadata.reply_to_message_id, None)
+                if site is None:
+                    continue
+                if reply.has_error():
+                    reason = (reply.error.reason or f"error code {reply.error.code}").strip()
+                    out[site] = SiteFailure(SiteRoundStatus.FAILED, error_line(reason))
+                    continue
+                try:
+                    out[site] = decode_payload(reply.content, writable=False)
+                except (KeyError, ValueError, TypeError) as exc:
+                    out[site] = SiteFailure(SiteRoundStatus.FAILED, f"malformed answer: {exc}")
+            if pending:
+                time.sleep(POLL_S)
+        for site in pending.values():
+            out[site] = SiteFailure(
+                SiteRoundStatus.TIMEOUT, f"no answer to {kind} within {timeout_s:.0f} s"
+            )
+        return out
 
 
 def _exchanged(reply: Message, sent: int, wall: float) -> Exchanged:

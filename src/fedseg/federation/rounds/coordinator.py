@@ -66,11 +66,12 @@ from fedseg.federation.rounds.aggregation import (
     norm_bound,
 )
 from fedseg.federation.rounds.bounds import check_declaration, check_report
+from fedseg.federation.rounds.hidden_sum import SECURE_SUM, make_hidden_sum
 from fedseg.federation.rounds.retention import prune_models
 from fedseg.federation.rounds.spool import Spool
 from fedseg.federation.rounds.strategies.base import SiteUpdate, Strategy
 from fedseg.federation.rounds.strategies.registry import make_strategy
-from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_json
+from fedseg.federation.rounds.tasks import Payload, TaskReply, TaskRequest, recipe_json
 from fedseg.model.model_file import ModelFile, load_model, save_model
 from fedseg.model.registry import new_network
 from fedseg.model.weights import Weights, get_weights, load_arrays, save_arrays
@@ -144,6 +145,14 @@ class Transport(Protocol):
         are absent)."""
         ...
 
+    def query(
+        self, kind: str, payloads: dict[str, Payload], timeout_s: float
+    ) -> dict[str, Payload | SiteFailure]:
+        """Send each site a ``kind`` query (``site_queries.QUERIES``: a protocol step of a
+        privacy mechanism) with its payload; each site's answer, or its failure (an error,
+        or no answer within ``timeout_s``)."""
+        ...
+
 
 def site_seed(seed: int, rnd: int, site: str) -> int:
     """A seed for one site's training in one round, stable across restarts."""
@@ -183,6 +192,8 @@ class Coordinator:
         self.live = LiveState(round=0, phase=LivePhase.CONNECTING)
         #: each site's first declaration in this run (meta ``declared``)
         self.declared = self.store.meta.declared()
+        #: the plan's mechanism hiding single updates (None: they travel clear)
+        self.hidden = make_hidden_sum(self.plan, self.run_dir, self.store)
 
     # -- public -----------------------------------------------------------------------
     def run(self) -> None:
@@ -293,9 +304,13 @@ class Coordinator:
                 optimizer_state=t.optimizer_state,
                 min_summary_cases=plan.privacy.min_summary_cases,
                 transfer=plan.transfer.weights,
+                privacy=plan.privacy,
             )
             for s, t in tasks.items()
         }
+        refused: dict[str, SiteFailure] = {}
+        if self.hidden is not None:
+            requests, refused = self._prepare_hidden(rnd, weights, requests)
         states = {
             s: SiteActivity.TRAINING if s in requests else SiteActivity.IDLE
             for s in plan.site_names
@@ -321,26 +336,34 @@ class Coordinator:
         for site in requests:
             if site not in records:
                 take(site, Exchanged(SiteFailure(SiteRoundStatus.TIMEOUT, "no reply"), 0, 0, 0.0))
+        for site, failure in refused.items():
+            take(site, Exchanged(failure, 0, 0, 0.0))
         # in the plan's site order, whatever order the replies came in
-        records = {s: records[s] for s in requests}
-        updates = [arrived[s] for s in requests if s in arrived]
-        updates = self._bound_norms(rnd, weights, updates, norms, records)
-        trained = [s for s in requests if requests[s].epochs > 0]
+        records = {s: records[s] for s in tasks}
+        trained = [s for s in tasks if tasks[s].epochs > 0]
+        if self.hidden is not None:
+            updates, used = self._reveal(rnd, weights)
+        else:
+            updates = [arrived[s] for s in requests if s in arrived]
+            updates = self._bound_norms(rnd, weights, updates, norms, records)
+            used = [u.site for u in updates]
         if self.strategy.skip_failed_sites and trained and not updates:
             store.log(f"round {rnd}: no update from {', '.join(trained)}; skipped, the model "
                       "goes on unchanged", "warning")  # fmt: skip
-        elif trained and len(updates) < min(plan.min_sites, len(trained)):
+        elif trained and len(used) < min(plan.min_sites, len(trained)):
             _remove(spool)
             for sr in records.values():
                 store.record_site_round(sr)
-            store.finish_round(rnd, status=RoundStatus.FAILED, n_sites=len(updates))
+            store.finish_round(rnd, status=RoundStatus.FAILED, n_sites=len(used))
             raise FedsegError(
-                f"round {rnd}: only {len(updates)} site(s) delivered a usable update, "
+                f"round {rnd}: only {len(used)} site(s) delivered a usable update, "
                 f"min_sites is {plan.min_sites}; see `fedseg status` for the sites' errors "
                 "and continue with `fedseg resume`"
             )
         new = self.strategy.aggregate(rnd, weights, updates) if updates else weights
         for upd in updates:
+            if upd.site not in records:  # the hidden sum: no single site's norm is known
+                continue
             sr = records[upd.site]
             records[upd.site] = _with(
                 sr,
@@ -352,10 +375,10 @@ class Coordinator:
             store.record_site_round(sr)
         self._save_model(rnd, new)
         self._update_best()
-        if updates:
-            store.meta.set_last_trained(LastTrained(round=rnd, sites=[u.site for u in updates]))
-        store.finish_round(rnd, n_sites=len(updates))
-        store.log(f"round {rnd} done: {len(updates)} of {len(requests)} site updates aggregated")
+        if used:
+            store.meta.set_last_trained(LastTrained(round=rnd, sites=used))
+        store.finish_round(rnd, n_sites=len(used))
+        store.log(f"round {rnd} done: {len(used)} of {len(tasks)} site updates aggregated")
         self._prune(rnd)
         if plan.alarms.enabled:
             check_alarms(store, rnd, plan.alarms)  # stores, logs and notifies; never raises
@@ -376,6 +399,7 @@ class Coordinator:
                 weights=weights,
                 min_summary_cases=plan.privacy.min_summary_cases,
                 transfer=plan.transfer.weights,
+                privacy=plan.privacy,
             )
             for s in sites
         }
@@ -436,6 +460,19 @@ class Coordinator:
         }
         if not trains:
             return SiteRound(status=SiteRoundStatus.OK, extra=extra, **base, **common), None  # type: ignore[arg-type]
+        if self.hidden is not None:  # its update joins the hidden sum, never the strategy alone
+            try:
+                if res.hidden is None:
+                    raise UpdateRejected("no protected update in the reply (the plan's privacy "
+                                         "hides single updates)")  # fmt: skip
+                self.hidden.take(site, res.hidden, res.n_train)
+            except UpdateRejected as exc:
+                self.store.log(f"round {rnd}: site {site} update rejected: {exc}", "warning")
+                rejected = SiteRoundStatus.REJECTED
+                sr = SiteRound(status=rejected, error=str(exc), extra=extra, **base, **common)  # type: ignore[arg-type]
+                return sr, None
+            res.hidden = None
+            return SiteRound(status=SiteRoundStatus.OK, extra=extra, **base, **common), None  # type: ignore[arg-type]
         try:
             if res.weights is None:
                 raise UpdateRejected("no weights in the reply")
@@ -449,6 +486,38 @@ class Coordinator:
                          res.optimizer_state)  # fmt: skip
         res.weights = res.optimizer_state = None  # the update holds them now, nothing else
         return SiteRound(status=SiteRoundStatus.OK, extra=extra, **base, **common), upd  # type: ignore[arg-type]
+
+    def _prepare_hidden(
+        self, rnd: int, weights: Weights, requests: dict[str, TaskRequest]
+    ) -> tuple[dict[str, TaskRequest], dict[str, SiteFailure]]:
+        """The hidden sum's steps before training (``hidden_sum.HiddenSum.prepare``): the
+        training sites' requests with their part of the protocol; a training site that
+        failed a step gets no request this round (its failure is returned)."""
+        assert self.hidden is not None
+        trainers = [s for s, r in requests.items() if r.epochs > 0]
+        secure = self.hidden.prepare(rnd, trainers, dict(self.declared), weights,
+                                     self.transport) if trainers else {}  # fmt: skip
+        out, refused = {}, {}
+        for site, req in requests.items():
+            if req.epochs == 0:
+                out[site] = req
+            elif site in secure:
+                out[site] = replace(req, secure=secure[site])
+            else:
+                refused[site] = SiteFailure(
+                    SiteRoundStatus.FAILED, "did not complete the privacy protocol's steps "
+                    "before training; sits this round out",
+                )  # fmt: skip
+        return out, refused
+
+    def _reveal(self, rnd: int, weights: Weights) -> tuple[list[SiteUpdate], list[str]]:
+        """The hidden sum's last steps: one update, the case-weighted mean of the included
+        sites (``hidden_sum.SECURE_SUM``), and the sites in it; none when too few."""
+        assert self.hidden is not None
+        mean = self.hidden.combine(rnd, weights, self.transport)
+        if mean is None:
+            return [], []
+        return [SiteUpdate(SECURE_SUM, mean.weights, mean.n_train, float("nan"))], mean.sites
 
     def _check_report(self, site: str, res: TaskReply) -> None:
         """``bounds.check_report`` against the site's declaration (plan ``bounds``). A site

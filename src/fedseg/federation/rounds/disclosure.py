@@ -56,6 +56,7 @@ class ErrorCategory(StrEnum):
     TRAINING = "training"
     VALIDATION = "validation"
     RESOURCES = "resources"  # memory or disk
+    PRIVACY = "privacy"  # the plan's update protection: a protocol step or the DP budget
     INTERNAL = "internal"  # the task itself (decoding, recipe) or anything else
 
 
@@ -64,6 +65,7 @@ _CATEGORY_TEXT = {
     ErrorCategory.TRAINING: "local training failed",
     ErrorCategory.VALIDATION: "validation failed",
     ErrorCategory.RESOURCES: "the site ran out of memory or disk space",
+    ErrorCategory.PRIVACY: "the site could not protect its update as the plan asks",
     ErrorCategory.INTERNAL: "the site could not carry out the task",
 }
 

@@ -30,7 +30,9 @@ from fedseg.federation.rounds.disclosure import (
     releasable,
     summary_floor,
 )
+from fedseg.federation.rounds.site_queries import SiteContext
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_from_json
+from fedseg.federation.rounds.update_protection import protect_update, protects
 from fedseg.model.compute import ComputeConfig, ComputeOverrides, compute_used
 from fedseg.model.evaluate import summarize_cases
 from fedseg.model.weights import load_arrays, save_arrays
@@ -87,6 +89,7 @@ def run_task(
     workspace: Path | None = None,
     min_summary_cases: int = MIN_SUMMARY_CASES,
     compute: ComputeOverrides | None = None,
+    ctx: SiteContext | None = None,
 ) -> TaskReply:
     """Do ``req`` on the site's data folder: validate (per-case values kept locally, summaries
     over at least ``summary_floor(req.min_summary_cases, min_summary_cases)`` cases
@@ -95,11 +98,14 @@ def run_task(
     ``min_summary_cases`` is the site's own floor; ``compute`` its machine's choices over the
     recipe's ``train.compute`` (``fedseg site start --device/--precision``), with which it
     validates and trains; the reply says which device and precision that was
-    (``TaskReply.compute``). Any failure is logged in full at the site and raised as
-    ``TaskFailed``, whose line is all that may travel."""
+    (``TaskReply.compute``). ``ctx``: the site's private protocol state and credentials,
+    with which the update is protected as the plan's ``privacy`` asks
+    (``update_protection``; default: a fresh, empty one). Any failure is logged in full
+    at the site and raised as ``TaskFailed``, whose line is all that may travel."""
     step = _Step(Path(data))
     try:
-        return _run(site, Path(data), req, workspace, min_summary_cases, compute, step)
+        ctx = ctx if ctx is not None else SiteContext(site, Path(data), workspace)
+        return _run(site, Path(data), req, workspace, min_summary_cases, compute, step, ctx)
     except Exception as exc:
         line = public_error(exc, step.phase, step.secrets)
         site_log(
@@ -112,7 +118,7 @@ def run_task(
 
 def _run(
     site: str, data: Path, req: TaskRequest, workspace: Path | None, site_min: int,
-    compute: ComputeOverrides | None, step: _Step,
+    compute: ComputeOverrides | None, step: _Step, ctx: SiteContext,
 ) -> TaskReply:  # fmt: skip
     ws = site_workspace(data, req.run_id, workspace)
     step.secrets += [str(data.resolve()), str(ws)]
@@ -175,6 +181,9 @@ def _run(
         # a loss over fewer cases than the floor is as telling as a summary of them
         reply.train_loss = result.train_loss if result.n_train >= floor else None
         reply.train_wall_s = result.wall_s
+        if protects(req):
+            step.phase = ErrorCategory.PRIVACY
+            protect_update(ctx, req, reply)
     return reply
 
 

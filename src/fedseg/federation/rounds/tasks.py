@@ -15,17 +15,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, OptimizerMode
 from fedseg.federation.rounds.transfer import DEFAULT_TRANSFER, TransferDtype
 from fedseg.model.config import NetworkConfig
 from fedseg.model.summary import MIN_SUMMARY_CASES, Summary
-from fedseg.run_folder import ComputeUsed, DeclaredCases
+from fedseg.privacy.config import PrivacyConfig
+from fedseg.run_folder import ComputeUsed, DeclaredCases, PrivacySpent
 from fedseg.train.config import TrainConfig
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
     from fedseg.model.weights import Weights
     from fedseg.train.local import OptimizerState
+
+
+#: A privacy mechanism's own message content (secure-aggregation keys and shares, masked or
+#: encrypted updates): named values, each bytes, text, a number or a numpy array
+#: (``engine.messages`` sends arrays as Flower arrays, the rest as a config record).
+PayloadValue = bytes | str | int | float | bool | np.ndarray
+Payload = dict[str, PayloadValue]
 
 
 @dataclass
@@ -52,6 +62,10 @@ class TaskRequest:
     min_summary_cases: int = MIN_SUMMARY_CASES
     #: the dtype weights travel as, both ways (plan ``transfer.weights``; ``transfer``)
     transfer: TransferDtype = DEFAULT_TRANSFER
+    #: the plan's ``privacy`` section: how the site protects its update
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    #: this site's part of the round's hiding protocol (secure aggregation, HE), if any
+    secure: Payload | None = None
 
 
 @dataclass
@@ -76,6 +90,11 @@ class TaskReply:
     optimizer_state: OptimizerState | None = None
     #: the device and precision the site validated and trained with (None: not said)
     compute: ComputeUsed | None = None
+    #: the update as the plan's hiding protocol lets it travel (masked or encrypted); then
+    #: ``weights`` is None
+    hidden: Payload | None = None
+    #: the ε this site has spent in this run after this round (DP ``level: case``)
+    privacy_spent: PrivacySpent | None = None
 
 
 def recipe_json(network: NetworkConfig, train: TrainConfig) -> str:

@@ -15,7 +15,8 @@ from fedseg.federation.commands.compare_plans.attacks import Poison, poison_repl
 from fedseg.federation.rounds.aggregation import n_bytes
 from fedseg.federation.rounds.coordinator import Exchanged, SiteFailure
 from fedseg.federation.rounds.site import run_task
-from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, declared_cases
+from fedseg.federation.rounds.site_queries import SiteContext, answer
+from fedseg.federation.rounds.tasks import Payload, TaskReply, TaskRequest, declared_cases
 from fedseg.federation.rounds.transfer import round_trip
 from fedseg.model.compute import ComputeOverrides
 from fedseg.run_folder import DeclaredCases, SiteRoundStatus
@@ -38,6 +39,8 @@ class LocalTransport:
         self.data, self.workspaces, self.poison, self.on_site = data, workspaces, poison, on_site
         self.min_summary_cases = min_summary_cases
         self.compute = compute
+        #: each site's private protocol state (a real site's Flower ``context.state``)
+        self.contexts = {s: SiteContext(s, d, workspaces.get(s)) for s, d in data.items()}
 
     def connected_sites(self, wanted: Sequence[str], wait_s: float) -> list[str]:
         return [s for s in wanted if s in self.data]
@@ -60,7 +63,7 @@ class LocalTransport:
             try:
                 rep = run_task(site, self.data[site], dataclasses.replace(req, weights=arrived),
                                self.workspaces[site], self.min_summary_cases,
-                               self.compute)  # fmt: skip
+                               self.compute, self.contexts[site])  # fmt: skip
                 self._poison(site, req, rep)
                 got = 0
                 if rep.weights is not None:
@@ -77,6 +80,19 @@ class LocalTransport:
             del ex
             if self.on_site is not None:
                 self.on_site(site)
+
+    def query(
+        self, kind: str, payloads: dict[str, Payload], timeout_s: float
+    ) -> dict[str, Payload | SiteFailure]:
+        """``coordinator.Transport.query``: each site's handler (``site_queries``) runs here."""
+        out: dict[str, Payload | SiteFailure] = {}
+        for site, payload in payloads.items():
+            try:
+                out[site] = answer(kind, self.contexts[site], payload)
+            except Exception as exc:  # a site's failure is its answer, not ours
+                line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                out[site] = SiteFailure(SiteRoundStatus.FAILED, line)
+        return out
 
     def _poison(self, site: str, req: TaskRequest, rep: TaskReply) -> None:
         if self.poison is not None and self.poison.site == site:
