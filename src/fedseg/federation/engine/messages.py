@@ -169,7 +169,7 @@ def encode_request(
                     "proximal_mu": float(req.proximal_mu),
                     "min_summary_cases": int(req.min_summary_cases),
                     "transfer": req.transfer,
-                    "privacy": req.privacy.model_dump_json(),
+                    "privacy": req.privacy.model_dump_json(exclude_defaults=True),
                 }
             ),
         }
