@@ -33,22 +33,10 @@ from fedseg.federation.rounds.strategies.registry import STRATEGIES
 from fedseg.plan import BoundsConfig, PlanConfig
 from fedseg.privacy import accounting
 from fedseg.privacy.accounting import INSTALL_HINT
+from fedseg.privacy.visibility import withheld_by
 
 #: fewest training sites per round secure aggregation can hide one update among
 MIN_SECAGG_SITES = 3
-
-
-def hiding_key(plan: PlanConfig) -> str | None:
-    """The plan key of the mechanism that keeps single updates from the aggregation
-    (``privacy.secure_aggregation``, ``privacy.he``, ``privacy.dp level site``), if any."""
-    p = plan.privacy
-    if p.secure_aggregation:
-        return "privacy.secure_aggregation"
-    if p.he.scheme != "none":
-        return "privacy.he"
-    if p.dp.level == "site":
-        return "privacy.dp level site"
-    return None
 
 
 def _streaming_names() -> str:
@@ -58,7 +46,8 @@ def _streaming_names() -> str:
 
 def check_privacy(plan: PlanConfig, strategy: Strategy) -> None:  # type: ignore[type-arg]
     """Raise the one-line ``PlanError`` of the first refused combination (module doc)."""
-    p, key = plan.privacy, hiding_key(plan)
+    p = plan.privacy
+    key = withheld_by(p)
     if key is not None:
         sees = (
             "hands the aggregation only the noisy mean of the clipped updates"
