@@ -123,3 +123,14 @@ def test_noise_share_sites_and_share_std() -> None:
     s = share_std(2.0, 0.5, 4)
     total = sum(rng.normal(0, s, 100_000) for _ in range(4))
     assert abs(total.std() / (2.0 * 0.5) - 1) < 0.02
+
+
+def test_a_resumed_run_keeps_the_ledger_noise(tmp_path: Path) -> None:
+    run = _plan(tmp_path, rounds=1, epsilon=8.0)
+    Coordinator(run, ArrayTransport(OFFSETS, N_TRAIN)).run()
+    plan = load_plan(run / "plan.yaml")  # a longer run with the same budget: less noise...
+    (run / "plan.yaml").write_text(plan.model_copy(update={"rounds": 2}).to_yaml())
+    with pytest.raises(FedsegError, match="privacy budget: round 2 would take ε to"):
+        Coordinator(run, ArrayTransport(OFFSETS, N_TRAIN)).run()  # ...but round 1 had more
+    with RunStore(run) as store:
+        assert [r for r, _, _ in store.privacy_ledger()] == [1]

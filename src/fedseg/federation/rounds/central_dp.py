@@ -100,7 +100,10 @@ class SiteDp:
         accounting.require_accounting()
         self.store = store
         self.dp = plan.privacy.dp
-        self.sigma = noise_multiplier(plan)
+        spent = store.privacy_ledger(ALL_SITES)
+        # a resumed run keeps the noise its first rounds had (the ledger's): the accounting
+        # composes one multiplier, whatever the plan file says now
+        self.sigma = spent[-1][2].sigma if spent else noise_multiplier(plan)
         #: the plan as the sites get it: ``dp.noise_multiplier`` resolved to sigma
         dp = self.dp.model_copy(update={"noise_multiplier": self.sigma})
         privacy = plan.privacy.model_copy(update={"dp": dp})
