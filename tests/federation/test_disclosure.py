@@ -61,9 +61,10 @@ def test_plan_privacy_key_defaults_to_three_and_is_in_the_example_plan() -> None
     example = yaml.safe_load(example_plan())
     assert example["privacy"]["min_summary_cases"] == 3
     # the other privacy keys the example documents are the defaults: no mechanism is on
-    assert PlanConfig.model_validate(example).privacy == PlanConfig.model_validate(
-        {"sites": {"a": {}}}
-    ).privacy
+    assert (
+        PlanConfig.model_validate(example).privacy
+        == PlanConfig.model_validate({"sites": {"a": {}}}).privacy
+    )
     with pytest.raises(ValueError, match="min_summary_cases"):
         PlanConfig.model_validate({"sites": {"a": {}}, "privacy": {"min_summary_cases": 0}})
 

@@ -12,6 +12,7 @@ import pytest
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.central_dp import (
     ALL_SITES,
+    NOISE_SHARE_SITES,
     noise_share_sites,
     share_std,
 )
@@ -134,3 +135,72 @@ def test_a_resumed_run_keeps_the_ledger_noise(tmp_path: Path) -> None:
         Coordinator(run, ArrayTransport(OFFSETS, N_TRAIN)).run()  # ...but round 1 had more
     with RunStore(run) as store:
         assert [r for r, _, _ in store.privacy_ledger()] == [1]
+
+
+class _PlainHiddenSum:
+    """A stand-in for a hiding mechanism (secure aggregation, HE: other modules): it
+    "hides" nothing, and reveals the equal-weight mean of what the sites sent, as the real
+    ones must under site-level DP (weight 1 per site)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, dict] = {}
+        self.taken: dict[str, dict] = {}
+
+    def prepare(self, rnd, sites, declared, global_weights, transport):  # type: ignore[no-untyped-def]
+        self.taken = {}
+        return {s: {"round": rnd} for s in sites}
+
+    def take(self, site, hidden, n_train):  # type: ignore[no-untyped-def]
+        self.taken[site] = dict(hidden)
+
+    def combine(self, rnd, global_weights, transport):  # type: ignore[no-untyped-def]
+        from fedseg.federation.rounds.hidden_sum import RevealedMean
+
+        sites = sorted(self.taken)
+        mean = {k: (sum(self.taken[s][k].astype(np.float64) for s in sites) / len(sites)
+                    ).astype(v.dtype) if k in self.taken[sites[0]] else v
+                for k, v in global_weights.items()}  # fmt: skip
+        return RevealedMean(mean, sites, len(sites))
+
+
+class _NoisySharesTransport(ArrayTransport):
+    """Sites that train like ``ArrayTransport``'s, then do the site's DP step of
+    ``update_protection`` (clip, noise share) and send the result as their hidden update."""
+
+    def exchange(self, requests, timeout_s, on_result):  # type: ignore[no-untyped-def]
+        from fedseg.federation.rounds.update_protection import site_dp_weights
+
+        def hide(site, ex):  # type: ignore[no-untyped-def]
+            rep, req = ex.result, requests[site]
+            if req.epochs > 0:
+                self.secure_parts = {**getattr(self, "secure_parts", {}), site: req.secure}
+                rep.hidden = site_dp_weights(req, rep.weights)
+                rep.weights = None
+            on_result(site, ex)
+
+        super().exchange(requests, timeout_s, hide)
+
+
+def test_with_hiding_the_sites_add_noise_shares_sized_for_the_fewest_summed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedseg.federation.rounds.coordinator as coordinator
+
+    monkeypatch.setattr(coordinator, "make_hidden_sum", lambda *a: _PlainHiddenSum())
+    sigma = 50.0
+    privacy = {"min_summary_cases": 1, "secure_aggregation": True,
+               "dp": {"level": "site", "clip_norm": CLIP, "noise_multiplier": sigma,
+                      "epsilon": 1e12}}  # fmt: skip
+    plan = tiny_plan({s: tmp_path / s for s in SITES}, rounds=1, privacy=privacy)
+    run = write_run(tmp_path / "run", plan)
+    t = _NoisySharesTransport(OFFSETS, N_TRAIN)
+    Coordinator(run, t).run()
+    # 3 trainers, min_sites 2, threshold ceil(2 x 3 / 3) = 2: shares sized for m_min = 2
+    assert {s: p[NOISE_SHARE_SITES] for s, p in t.secure_parts.items()} == dict.fromkeys(SITES, 2)
+    got, step = _residual(run)
+    share = share_std(sigma, CLIP, 2)
+    expected = share * np.sqrt(3) / 3  # the mean of 3 shares
+    assert expected >= sigma * CLIP / 3  # at least the central noise
+    assert abs((got - step).std() / expected - 1) < 0.03
+    with RunStore(run) as store:
+        assert [(r, s) for r, s, _ in store.privacy_ledger()] == [(1, ALL_SITES)]
