@@ -183,6 +183,9 @@ def main() -> None:
         p = with_dp(plan, args.level, eps, args.clip)
         row = run_one(work / "runs" / p.name, p)
         console.print(f"ε {label}: {row}")
+        if eps is not None and row["spent"] == "-":
+            console.print(f"warning: the run at ε {label} recorded no ε: this fedseg does not "
+                          f"apply DP level {args.level}; its Dice is a run without DP")  # fmt: skip
         rows.append((label, row))
     size = "tiny" if args.tiny else "demo"
     table = Table(title=f"{size} federation, {args.rounds} rounds, DP level {args.level}: final "
