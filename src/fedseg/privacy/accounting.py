@@ -90,20 +90,23 @@ def _epsilon(sigma: float, steps: int, sample_rate: float, delta: float, account
     return float(acc.get_epsilon(delta))
 
 
+_epsilon_of = epsilon  # ``noise_for_budget``'s first argument is named ``epsilon``
+
+
 def noise_for_budget(
-    epsilon_budget: float, delta: float, steps: int, sample_rate: float = 1.0,
+    epsilon: float, delta: float, steps: int, sample_rate: float = 1.0,
     accountant: str = "rdp",
 ) -> float:  # fmt: skip
     """The smallest noise multiplier (to ``SIGMA_RTOL``) whose ε after ``steps`` steps at
-    ``sample_rate`` and ``delta`` is at most ``epsilon_budget``. One-line ``FedsegError``
+    ``sample_rate`` and ``delta`` is at most ``epsilon``. One-line ``FedsegError``
     when no multiplier up to ``SIGMA_MAX`` keeps it."""
-    if epsilon_budget <= 0:
-        raise ValueError(f"the budget must be > 0, got {epsilon_budget}")
+    if epsilon <= 0:
+        raise ValueError(f"the budget must be > 0, got {epsilon}")
     if steps <= 0:
         return SIGMA_RTOL  # nothing is spent: any noise keeps the budget
 
     def over(sigma: float) -> bool:
-        return epsilon(sigma, steps, sample_rate, delta, accountant) > epsilon_budget
+        return _epsilon_of(sigma, steps, sample_rate, delta, accountant) > epsilon
 
     lo, hi = 0.0, 1.0
     while over(hi):
@@ -111,7 +114,7 @@ def noise_for_budget(
         if hi > SIGMA_MAX:
             raise FedsegError(
                 f"privacy.dp: no noise multiplier up to {SIGMA_MAX:g} keeps ε <= "
-                f"{epsilon_budget:g} at δ={delta:g} over {steps} steps; raise epsilon or delta"
+                f"{epsilon:g} at δ={delta:g} over {steps} steps; raise epsilon or delta"
             )
     if lo == 0.0:  # find a multiplier that is over the budget, halving down
         lo = hi / 2
