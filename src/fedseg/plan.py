@@ -43,6 +43,10 @@ class AlarmConfig(BaseModel):
     stall_alpha: float = Field(0.01, gt=0, lt=1)
     stall_min_drop: float = Field(0.05, ge=0, description="gap fall over the window, Dice")
     stall_max_gain: float = Field(0.01, description="site's own gain over the window, Dice")
+    update_outlier: bool | None = Field(
+        None, description="flag a site whose update is far from the others' (null: on when "
+        "the aggregator sees single updates; true is refused when it does not)",
+    )  # fmt: skip
     outlier_z: float = Field(3.5, gt=0)
     outlier_rel_floor: float = Field(
         0.25, gt=0, description="scale floor, fraction of the median (clean sites differ ~1.5x)"
@@ -294,11 +298,46 @@ privacy:
   # many cases (else it says only that it validated). A deployed site never goes below its
   # own floor (`fedseg site start --min-summary-cases`, default 3); a plan can only raise it.
   min_summary_cases: 3
+  # Secure aggregation: the aggregator learns only the sum of the sites' updates, never one
+  # site's (pairwise masks; needs >= 3 sites training per round and a streaming strategy:
+  # fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad). Costs key-exchange messages.
+  secure_aggregation: false
+  secagg:
+    threshold: null    # fewest sites whose shares unmask a sum (null: ceil(2n/3), >= 2)
+    clip_norm: 1.0     # each site clips its update's L2 norm to this before masking
+    modulus_bits: 32   # 32 (same bytes as float32) or 64
+  # Differential privacy: an honest epsilon for the whole run, from dp-accounting.
+  #   level site: each site's update clipped to clip_norm, the equal-weight mean gets
+  #     Gaussian noise (at the aggregator; at the sites, in shares, with secure aggregation
+  #     or HE); protects a whole site's data from whoever gets the models. With 3-10 sites
+  #     the noise swamps the model at epsilon <= 8: it needs many sites.
+  #   level case: DP-SGD at each site (per-case gradients clipped and noised, Opacus);
+  #     protects each patient; needs network.norm instance/group, patches_per_case 1.
+  # A round (site) or a site's training (case) that would pass the budget is refused.
+  dp:
+    level: none        # none | site | case
+    epsilon: 8.0       # total budget of the run (per site for level case)
+    delta: 1.0e-05
+    clip_norm: 1.0     # site: update L2 clip; case: per-sample gradient clip
+    noise_multiplier: null  # noise std / clip_norm; null: the smallest within the budget
+    accountant: rdp    # rdp | pld (tighter)
+    sample_rate: null  # case: Poisson rate of a case per step (null: batch / cases)
+    max_physical_batch: 1  # case: samples per forward pass (memory)
+  # Homomorphic encryption (TenSEAL CKKS): sites encrypt their updates under a key the
+  # aggregator does not hold. ~14x the bytes of float32 per encrypted value.
+  he:
+    scheme: none       # none | ckks
+    layers: all        # all, or a list of weight-name globs; the others travel in clear
+    poly_modulus_degree: 8192
+    coeff_mod_bit_sizes: [60, 40, 60]
+    scale_bits: 40
 # What a site may report. Each site declares its split's case counts when it joins; a
 # reply claiming more cases, a negative count or a metric out of range is rejected.
 bounds:
   enabled: true        # false only to measure what the bounds prevent
   max_cases: 100000    # a site declaring more cases than this is not believed
+  # With secure aggregation, HE or site-level DP the two ratios below are not applied (the
+  # aggregator sees no single norm, or must not use one): the clip_norm takes their place.
   update_norm_ratio: 3.0  # clip each update to 3x the round's median change (null: off)
   reject_norm_ratio: 1000.0  # reject an update over 1000x the median change (null: off)
 # Which round models stay on disk (models/round_XXXX.pt; 121 MB each at FeTS size). After

@@ -135,17 +135,32 @@ def contributions_cmd(
 ) -> None:
     """Estimate how much each site's data improves the global model (from the store)."""
     from fedseg.federation.commands.leave_one_out import loso_values
-    from fedseg.tracking.contributions import contributions
+    from fedseg.plan import read_run_plan
+    from fedseg.tracking.contributions import contributions, unavailable
     from fedseg.tracking.status import open_run
 
+    plan = read_run_plan(run)
+    why = unavailable(plan.privacy if plan is not None else None)
     store = open_run(run)
     try:
-        rows = contributions(store)
+        rows = [] if why else contributions(store)
     finally:
         store.close()
+    if why:
+        console().print(why)
     loso_vals: dict[str, float] = {}
     if loso:
         loso_vals = loso_values(run, loso_dir, console())
+    if why and not loso:
+        return
+    if why:  # only the leave-one-site-out values
+        t = Table(title="site contributions (leave one site out)")
+        t.add_column("site")
+        t.add_column("leave-one-out", justify="right")
+        for site, v in sorted(loso_vals.items()):
+            t.add_row(site, f"{v:.3f}")
+        console().print(t)
+        return
     t = Table(title="site contributions (first-order estimate from update sizes)")
     cols = ["site", "rounds", "weight", "share", "cos", "Dice gain", "gain on others"]
     for col in cols + (["leave-one-out"] if loso else []):

@@ -210,6 +210,9 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
                 f"{cfg.stall_window} models while the other sites gained "
                 f"{st.others_gain:+.3f} (gap trend p={st.p:.3g})"
             )))  # fmt: skip
+    if cfg.update_outlier is False:
+        return alarms
+    # no single update seen (privacy: secure aggregation, HE, site-level DP): no norms, no check
     rows = [r for r in store.site_rounds() if r.round == rnd and r.status == SiteRoundStatus.OK]
     use_dist = any(r.update_distance is not None for r in rows)
     dist = {r.site: (r.update_distance if use_dist else r.update_norm) for r in rows}

@@ -18,6 +18,10 @@ sites' validation, i.e. what the site's data brings to everyone else.
 
 The honest measure is leave-one-site-out: re-run the federation without the site and
 compare the best Dice on the remaining sites (``loso_contributions``).
+
+Under secure aggregation, HE or site-level DP no single update's norm exists in the store
+(the aggregator saw none, or must not keep one): ``unavailable`` says so in one line and
+only the leave-one-site-out measure remains.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedseg.privacy.config import PrivacyConfig
+from fedseg.privacy.visibility import withheld_by
 from fedseg.run_folder import SiteRoundStatus
 from fedseg.tracking.curves import Curves, federation_curve, site_curves
 from fedseg.tracking.store import RunStore
@@ -57,6 +63,18 @@ class SiteContribution:
     dice_gain: float  # federation Dice change attributed to the site (sum over rounds)
     dice_gain_others: float  # same, on the other sites' validation only
     loso: float | None = None  # best Dice of the others with the site minus without it
+
+
+def unavailable(privacy: PrivacyConfig | None) -> str | None:
+    """Why the update-based estimate does not exist for a run with this ``privacy``
+    section (None: it does)."""
+    key = withheld_by(privacy) if privacy is not None else None
+    if key is None:
+        return None
+    return (
+        f"site contributions from updates are not available: the aggregator saw no single "
+        f"site's update ({key}); --loso (leave one site out) still works"
+    )
 
 
 def round_shares(

@@ -204,3 +204,26 @@ def updates_figure(dist: dict[str, dict[int, float]], label: str) -> bytes:
     ax.legend(frameon=False, ncol=min(len(dist), 6))
     fig.tight_layout()
     return to_png(fig)
+
+
+def privacy_figure(spent: dict[str, dict[int, float]], budget: float | None, delta: float) -> bytes:
+    """ε spent so far per site (``*``: every site, site-level DP) after each round, and the
+    budget."""
+    colours = site_colours(list(spent))
+    fig = Figure(figsize=(11, 3.5))
+    ax = fig.subplots()
+    for s in sorted(spent):
+        x = sorted(spent[s])
+        label = "every site (site-level DP)" if s == "*" else s
+        ax.plot(x, [spent[s][k] for k in x], marker="o", ms=3, color=colours[s], label=label)
+    if budget is not None:
+        ax.axhline(budget, color="black", ls="--", lw=1, label=f"budget ε={budget:g}")
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("ε spent")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Privacy: ε spent so far at δ={delta:g}")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, ncol=min(len(spent) + 1, 6))
+    fig.tight_layout()
+    return to_png(fig)

@@ -13,6 +13,11 @@ recorded one, else what the folder says now (full, unwritable), else that the wr
 gone. A folder without a lock file (a run from before locks, an in-process run) is taken
 at its word.
 
+Privacy (plan ``privacy``): the mechanisms on, and the ε spent so far by each site after
+its latest ledger row (``store.privacy_ledger``) against the plan's budget: one row ``*``
+for site-level DP (the aggregator's noise covers every site at once), one per site for
+case-level DP (each site's DP-SGD).
+
 The plan is read typed (``fedseg.plan.read_run_plan``; None for a centralized run). The
 planned number of rounds is what the coordinator recorded (meta ``planned_rounds``: the
 strategy's count, e.g. cycles x sites for a cyclic plan), else the plan's ``rounds``.
@@ -34,12 +39,14 @@ from rich.text import Text
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
 from fedseg.plan import PlanConfig, read_run_plan
+from fedseg.privacy.visibility import mechanisms
 from fedseg.run_folder import (
     STORE_FILE,
     CauseKind,
     ComputeUsed,
     FailureCause,
     LockState,
+    PrivacySpent,
     RoundStatus,
     RunStatus,
     folder_problem,
@@ -126,6 +133,56 @@ class AlarmSpan:
 
 
 @dataclass(frozen=True)
+class PrivacyStatus:
+    """The privacy mechanisms on, the DP budget (None: no DP) and each ledger site's latest
+    spend: ``site -> (round, spent)`` (``*``: every site at once, site-level DP)."""
+
+    mechanisms: list[str]
+    epsilon_budget: float | None
+    delta: float | None
+    spent: dict[str, tuple[int, PrivacySpent]]
+
+
+def latest_spent(
+    ledger: list[tuple[int, str, PrivacySpent]],
+) -> dict[str, tuple[int, PrivacySpent]]:
+    """Each ledger site's last row (the ledger is ordered by round)."""
+    out: dict[str, tuple[int, PrivacySpent]] = {}
+    for rnd, site, spent in ledger:
+        out[site] = (rnd, spent)
+    return out
+
+
+def privacy_status(plan: PlanConfig | None, store: RunStore) -> PrivacyStatus | None:
+    """The run's ``PrivacyStatus``; None when no mechanism is on and nothing was spent."""
+    try:
+        ledger = store.privacy_ledger()
+    except sqlite3.OperationalError:  # a store from before the ledger
+        ledger = []
+    p = plan.privacy if plan is not None else None
+    mech = mechanisms(p) if p is not None else []
+    if not mech and not ledger:
+        return None
+    dp = p.dp if p is not None and p.dp.level != "none" else None
+    return PrivacyStatus(
+        mech, dp.epsilon if dp else None, dp.delta if dp else None, latest_spent(ledger)
+    )
+
+
+def spent_line(ps: PrivacyStatus) -> str | None:
+    """``ε spent: every site 3.12 of 8 at δ=1e-05 (after round 2)`` (None: no ledger row)."""
+    if not ps.spent:
+        return None
+    parts = [
+        f"{'every site' if site == '*' else site} {sp.epsilon:.3g} (round {rnd})"
+        for site, (rnd, sp) in sorted(ps.spent.items())
+    ]
+    delta = ps.delta if ps.delta is not None else next(iter(ps.spent.values()))[1].delta
+    budget = f" of {ps.epsilon_budget:g}" if ps.epsilon_budget is not None else ""
+    return f"ε spent: {', '.join(parts)}{budget} at δ={delta:g}"
+
+
+@dataclass(frozen=True)
 class StatusView:
     """Everything ``fedseg status`` shows."""
 
@@ -144,6 +201,7 @@ class StatusView:
     cause: FailureCause | None = None  # why it failed or crashed, when known
     models_kept: list[int] = field(default_factory=list)  # model rounds on disk
     models_deleted: list[int] = field(default_factory=list)  # by the plan's retention
+    privacy: PrivacyStatus | None = None  # mechanisms on and ε spent (None: none)
 
 
 def crash_cause(run: Path, store: RunStore, lock: LockState) -> FailureCause:
@@ -281,6 +339,7 @@ def _collect(run: Path, store: RunStore) -> StatusView:
         last_events=store.events()[-5:],
         models_kept=sorted(store.checkpoints()),
         models_deleted=deleted_model_rounds(store),
+        privacy=privacy_status(plan, store),
     )
 
 
@@ -329,6 +388,11 @@ def render_status(s: StatusView) -> Group:
     if s.federation_dice:
         head.append(f"\nfederation Dice of model {s.federation_model_round}: ")
         head.append("  ".join(f"{g} {_f(s.federation_dice.get(g))}" for g in ALL_REGIONS))
+    if s.privacy is not None:
+        head.append("\nprivacy: " + ("; ".join(s.privacy.mechanisms) or "none in the plan"))
+        line = spent_line(s.privacy)
+        if line is not None:
+            head.append("\n" + line)
     if s.models_deleted:
         head.append(
             f"\nmodels on disk: rounds {_rounds(s.models_kept)} ({len(s.models_deleted)} "

@@ -6,10 +6,10 @@ the sites file their private state under), later ``models/``, ``best.pt``, ``log
 contract in ``fedseg.run_folder``.
 
 :func:`check_plan_runs` is the whole plan check that runs before any engine process starts
-(a new run and every restart): the strategy and its parameters, the initial model, and a
-run folder that can be written and has the free space a round's model files take
-(:func:`round_bytes`: parameters x 4 bytes x ``ROUND_FILES``, and a streaming strategy's
-spool of the sites' updates).
+(a new run and every restart): the strategy and its parameters, the privacy mechanisms'
+combinations (``privacy_refusals``), the initial model, and a run folder that can be
+written and has the free space a round's model files take (:func:`round_bytes`: parameters
+x 4 bytes x ``ROUND_FILES``, and a streaming strategy's spool of the sites' updates).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from fedseg.errors import FedsegError, PlanError
+from fedseg.federation.commands.privacy_refusals import check_privacy
 from fedseg.federation.rounds.strategies.registry import make_strategy
 from fedseg.model.config import NetworkConfig
 from fedseg.model.registry import build_network
@@ -56,10 +57,11 @@ def round_bytes(plan: PlanConfig) -> int:
 
 def check_plan_runs(plan: PlanConfig, run_dir: Path) -> int:
     """Everything that would stop the plan once its processes run, checked now: the
-    strategy and its parameters, the initial model file, a writable run folder (or the
-    folder it will be made in) with room for a round. Returns :func:`round_bytes`; raises a
-    one-line ``PlanError`` (the plan) or ``FedsegError`` (the folder)."""
-    make_strategy(plan.strategy, plan.local_epochs)
+    strategy and its parameters, the privacy combinations, the initial model file, a
+    writable run folder (or the folder it will be made in) with room for a round. Returns
+    :func:`round_bytes`; raises a one-line ``PlanError`` (the plan) or ``FedsegError`` (the
+    folder)."""
+    check_privacy(plan, make_strategy(plan.strategy, plan.local_epochs))
     init = plan.initial_model.path
     if init is not None and not init.is_file():
         raise PlanError(f"initial_model.path {init} not found: fix the plan's initial_model")

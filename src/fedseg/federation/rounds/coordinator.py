@@ -66,6 +66,7 @@ from fedseg.federation.rounds.aggregation import (
     norm_bound,
 )
 from fedseg.federation.rounds.bounds import check_declaration, check_report
+from fedseg.federation.rounds.central_dp import NOISE_SHARE_SITES, make_site_dp, noise_share_sites
 from fedseg.federation.rounds.hidden_sum import SECURE_SUM, make_hidden_sum
 from fedseg.federation.rounds.retention import prune_models
 from fedseg.federation.rounds.spool import Spool
@@ -192,6 +193,10 @@ class Coordinator:
         self.live = LiveState(round=0, phase=LivePhase.CONNECTING)
         #: each site's first declaration in this run (meta ``declared``)
         self.declared = self.store.meta.declared()
+        #: site-level DP (``central_dp``; None: none); its plan carries the resolved noise
+        self.site_dp = make_site_dp(self.plan, self.store)
+        if self.site_dp is not None:
+            self.plan = self.site_dp.plan
         #: the plan's mechanism hiding single updates (None: they travel clear)
         self.hidden = make_hidden_sum(self.plan, self.run_dir, self.store)
 
@@ -284,6 +289,8 @@ class Coordinator:
 
     def _round(self, rnd: int, weights: Weights, plan_sites: list[str]) -> Weights:
         plan, store = self.plan, self.store
+        if self.site_dp is not None:
+            self.site_dp.check_budget(rnd)  # the run stops before a round past the budget
         store.start_round(rnd)
         store.log(f"round {rnd} started")
         sites = self.transport.connected_sites(plan.site_names, 0.0) or plan_sites
@@ -345,8 +352,11 @@ class Coordinator:
             updates, used = self._reveal(rnd, weights)
         else:
             updates = [arrived[s] for s in requests if s in arrived]
-            updates = self._bound_norms(rnd, weights, updates, norms, records)
-            used = [u.site for u in updates]
+            if self.site_dp is not None:  # one noisy mean of the clipped updates
+                updates, used = self.site_dp.central_mean(weights, updates, norms)
+            else:
+                updates = self._bound_norms(rnd, weights, updates, norms, records)
+                used = [u.site for u in updates]
         if self.strategy.skip_failed_sites and trained and not updates:
             store.log(f"round {rnd}: no update from {', '.join(trained)}; skipped, the model "
                       "goes on unchanged", "warning")  # fmt: skip
@@ -377,6 +387,8 @@ class Coordinator:
         self._update_best()
         if used:
             store.meta.set_last_trained(LastTrained(round=rnd, sites=used))
+            if self.site_dp is not None:
+                self.site_dp.record(rnd)
         store.finish_round(rnd, n_sites=len(used))
         store.log(f"round {rnd} done: {len(used)} of {len(tasks)} site updates aggregated")
         self._prune(rnd)
@@ -502,7 +514,10 @@ class Coordinator:
             if req.epochs == 0:
                 out[site] = req
             elif site in secure:
-                out[site] = replace(req, secure=secure[site])
+                part = secure[site]
+                if self.site_dp is not None:  # the sum its noise share is sized for
+                    part = {**part, NOISE_SHARE_SITES: noise_share_sites(self.plan, len(trainers))}
+                out[site] = replace(req, secure=part)
             else:
                 refused[site] = SiteFailure(
                     SiteRoundStatus.FAILED, "did not complete the privacy protocol's steps "

@@ -13,8 +13,14 @@ protected update; what it needs of the round (shares, keys, weight) is in
 
 from __future__ import annotations
 
+import numpy as np
+
+from fedseg.errors import FedsegError
+from fedseg.federation.rounds.central_dp import NOISE_SHARE_SITES, share_std
 from fedseg.federation.rounds.site_queries import SiteContext
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
+from fedseg.model.weights import Weights
+from fedseg.privacy.clipping import add_noise, apply_update, clip, update_of
 
 
 def protects(req: TaskRequest) -> bool:
@@ -25,7 +31,38 @@ def protects(req: TaskRequest) -> bool:
 
 def protect_update(ctx: SiteContext, req: TaskRequest, reply: TaskReply) -> None:
     """Make ``reply`` (trained: ``weights`` set) carry the update as the plan lets it
-    travel (see the module doc); in place."""
+    travel (see the module doc); in place. First the DP step, then the hiding mechanism
+    (which reads ``reply.weights`` as the DP step left them)."""
     if not protects(req) or reply.weights is None:
         return
-    raise NotImplementedError("update protection: filled in by the mechanisms")
+    p = req.privacy
+    if p.dp.level == "site":
+        reply.weights = site_dp_weights(req, reply.weights)
+    if p.secure_aggregation:
+        raise NotImplementedError("secure aggregation: filled in by its mechanism")
+    elif p.he.scheme != "none":
+        raise NotImplementedError("homomorphic encryption: filled in by its mechanism")
+
+
+def site_dp_weights(
+    req: TaskRequest, trained: Weights, rng: np.random.Generator | None = None
+) -> Weights:
+    """Site-level DP at the site (``central_dp`` says the whole mechanism): the global
+    model plus the site's update clipped to ``dp.clip_norm``; under a hiding mechanism
+    plus the site's noise share, std sigma C / sqrt(m_min) with sigma the plan's resolved
+    ``dp.noise_multiplier`` and m_min from the aggregator (``TaskRequest.secure``). Without
+    hiding the aggregator clips again and adds all the noise; the site only clips. The
+    noise is drawn from OS entropy (``rng`` for tests)."""
+    dp = req.privacy.dp
+    update, _ = clip(update_of(trained, req.weights), dp.clip_norm)
+    if req.privacy.hides_updates:
+        m_min = (req.secure or {}).get(NOISE_SHARE_SITES)
+        if dp.noise_multiplier is None or not isinstance(m_min, int) or m_min < 1:
+            raise FedsegError(
+                "privacy.dp level site: the aggregator sent no noise multiplier or no sum "
+                "size for this site's noise share; it sends no update unnoised (aggregator "
+                "and site run different fedseg versions?)"
+            )
+        std = share_std(dp.noise_multiplier, dp.clip_norm, m_min)
+        update = add_noise(update, std, rng if rng is not None else np.random.default_rng())
+    return apply_update(req.weights, update)

@@ -1,9 +1,10 @@
 """The run report: one self-contained HTML file (figures embedded as base64 PNG).
 
 Sections: summary, alarms, validation curves (per site and pooled, 95% CI, per region),
-final-model selection (singlet and triplet), site contributions, site updates, model
-comparison (violins and paired Wilcoxon table from site-side per-case CSVs, optional),
-the plan, and the last events. Reads the run store read-only.
+final-model selection (singlet and triplet), site contributions, site updates, privacy
+(mechanisms, ε per round and site, what the aggregator could see), model comparison
+(violins and paired Wilcoxon table from site-side per-case CSVs, optional), the plan, and
+the last events. Reads the run store read-only.
 
 Here: the inputs and the assembly; :mod:`.sections` holds one function per section,
 :mod:`.markup` the page, section, table and image helpers they share.
@@ -28,6 +29,7 @@ from fedseg.tracking.report.sections import (
     curves_section,
     events_section,
     plan_section,
+    privacy_section,
     selection_section,
     summary_section,
     updates_section,
@@ -104,16 +106,18 @@ def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
     for sp in spans:
         flagged[sp.site] = min(flagged.get(sp.site, sp.first), sp.first)
     written = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    status = read_status(run, store)
     return markup.page(
         run.name,
         f"{run.resolve()}; written {written}",
         [
-            summary_section(read_status(run, store)),
+            summary_section(status),
             alarms_section(store, cfg, spans, replayed),
             curves_section(by_region, fed, flagged),
             selection_section(store),
-            contributions_section(store),
+            contributions_section(store, run),
             updates_section(store),
+            privacy_section(run, store, status.privacy),
             comparison_section(tables),
             plan_section(run),
             events_section(store),

@@ -1,7 +1,7 @@
 """The report's sections, one function each, in the order of the page.
 
 Each returns the HTML of one ``<section id=...>`` (ids: summary, alarms, curves, selection,
-contributions, updates, comparison, plan, events), built from :mod:`.markup`'s table and
+contributions, updates, privacy, comparison, plan, events), built from :mod:`.markup`'s table and
 image helpers; it reads what it needs from the (read-only) run store, or from what the
 report computed once for several sections (status, curves, alarms).
 """
@@ -15,15 +15,17 @@ from pathlib import Path
 from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
 from fedseg.model.summary import Summary
+from fedseg.plan import read_run_plan
+from fedseg.privacy.visibility import aggregator_view
 from fedseg.run_folder import PLAN_FILE, SiteRoundStatus
 from fedseg.tracking import figures
 from fedseg.tracking.alarms import AlarmConfig, site_tests
-from fedseg.tracking.contributions import contributions
+from fedseg.tracking.contributions import contributions, unavailable
 from fedseg.tracking.curves import ALL_REGIONS, Curves
 from fedseg.tracking.paired_test import CaseTable, compare_tables, fmt_p
 from fedseg.tracking.report.markup import img, section, table
 from fedseg.tracking.selection import choose, deleted_model_rounds
-from fedseg.tracking.status import AlarmSpan, StatusView
+from fedseg.tracking.status import AlarmSpan, PrivacyStatus, StatusView, spent_line
 from fedseg.tracking.store import RunStore
 
 
@@ -143,8 +145,13 @@ def selection_section(store: RunStore) -> str:
     return section("selection", "Model selection", *body)
 
 
-def contributions_section(store: RunStore) -> str:
-    """Each site's share of the pooled Dice gain, from the stored update sizes."""
+def contributions_section(store: RunStore, run: Path | None = None) -> str:
+    """Each site's share of the pooled Dice gain, from the stored update sizes (not
+    available when the aggregator saw no single update: ``contributions.unavailable``)."""
+    plan = read_run_plan(run) if run is not None else None
+    why = unavailable(plan.privacy if plan is not None else None)
+    if why is not None:
+        return section("contributions", "Site contributions", f"<p>{html.escape(why)}.</p>")
     contribs = contributions(store)
     if not any(c.rounds for c in contribs):
         return section(
@@ -184,6 +191,47 @@ def updates_section(store: RunStore) -> str:
     return section(
         "updates", "Site updates", img(figures.updates_figure(dist, label), "site updates")
     )
+
+
+def privacy_section(run: Path, store: RunStore, ps: PrivacyStatus | None) -> str:
+    """The mechanisms on, ε per round per site (plot and table) against the budget, and
+    what the aggregator could and could not see."""
+    plan = read_run_plan(run)
+    body: list[str] = []
+    if ps is None or not ps.mechanisms:
+        body.append("<p>No privacy mechanism in the plan: every site's update travelled to "
+                    "the aggregator in clear.</p>")  # fmt: skip
+    else:
+        items = "".join(f"<li>{html.escape(m)}</li>" for m in ps.mechanisms)
+        body.append(f"<p>Mechanisms on:</p><ul>{items}</ul>")
+    ledger = store.privacy_ledger() if ps is not None and ps.spent else []
+    if ledger and ps is not None:
+        line = spent_line(ps)
+        body.append(
+            f"<p>{html.escape(line or '')}. Accounting: dp-accounting, one Gaussian step per "
+            "round (site level, no amplification: participation is public) or per optimizer "
+            "step at the Poisson rate of a case (case level).</p>"
+        )
+        by_site: dict[str, dict[int, float]] = {}
+        for rnd, site, sp in ledger:
+            by_site.setdefault(site, {})[rnd] = sp.epsilon
+        delta = ps.delta if ps.delta is not None else ledger[-1][2].delta
+        body.append(img(figures.privacy_figure(by_site, ps.epsilon_budget, delta),
+                        "privacy epsilon per round"))  # fmt: skip
+        head = ["round", "site", "level", "ε", "δ", "noise multiplier", "clip", "steps",
+                "sample rate", "accountant"]  # fmt: skip
+        rows = [[rnd, "every site" if site == "*" else site, sp.level, sp.epsilon, sp.delta,
+                 sp.sigma, sp.clip_norm, sp.steps, sp.sample_rate, sp.accountant]
+                for rnd, site, sp in ledger]  # fmt: skip
+        body.append(table(head, rows))
+    if plan is not None:
+        body.append("<p>What the aggregator could and could not see:</p>")
+        body.append(table(["what", "seen by the aggregator"], aggregator_view(plan.privacy)))
+        if plan.privacy.dp.level == "site" and plan.privacy.hides_updates:
+            body.append("<p class='note'>The sites add the noise in shares: sites that "
+                        "collude can remove their own shares from the sum. Fixed-point "
+                        "rounding of the noise is not accounted.</p>")  # fmt: skip
+    return section("privacy", "Privacy", *body)
 
 
 def comparison_section(tables: dict[str, CaseTable]) -> str:
