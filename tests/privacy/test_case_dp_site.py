@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,11 +33,13 @@ def _dp_plan(sites: dict[str, Path], **dp: object) -> PlanConfig:
     return tiny_plan(sites, privacy={"min_summary_cases": 1, "dp": {"level": "case", **dp}})
 
 
-def _request(plan: PlanConfig, rnd: int, epochs: int = 1, validate: bool = True) -> TaskRequest:
+def _request(
+    plan: PlanConfig, rnd: int, epochs: int = 1, validate: bool = True, **more: Any
+) -> TaskRequest:
     return TaskRequest(
         rnd, rnd - 1, validate, epochs, rnd, "run-dp", recipe_json(plan.network, plan.train),
         initial_weights(plan), min_summary_cases=1, privacy=plan.privacy,
-        planned_rounds=plan.rounds,
+        planned_rounds=plan.rounds, **more,
     )  # fmt: skip
 
 
@@ -85,13 +88,20 @@ def test_a_null_noise_multiplier_is_the_smallest_that_keeps_the_planned_rounds(
     tmp_path: Path, tiny_sites: dict[str, Path]
 ) -> None:
     """ε = 8 over the plan's 2 rounds of 1 epoch: sigma is noise_for_budget's for 6 steps; both
-    rounds train within the budget, a third (beyond the plan) is refused."""
+    rounds train within the budget, a third (beyond the plan) is refused. FedProx and an
+    averaged optimizer state work as without DP (post-processing of the noisy gradients)."""
     plan = _dp_plan(tiny_sites, epsilon=8.0)
     q, steps = 1 / 3, 2 * steps_per_epoch(1 / 3)
     ws = tmp_path / "ws"
     for rnd in (1, 2):
-        rep = run_task("site2", tiny_sites["site2"], _request(plan, rnd, validate=False), ws)
-        assert rep.privacy_spent is not None
+        req = _request(plan, rnd, validate=False, optimizer_mode="average", proximal_mu=0.01)
+        rep = run_task("site2", tiny_sites["site2"], req, ws)
+        assert rep.privacy_spent is not None and rep.weights is not None
+        state = rep.optimizer_state
+        assert state is not None and int(state["step"]) == steps_per_epoch(q)
+        assert {k.split("/", 1)[1] for k in state if k.startswith("exp_avg/")} == {
+            k for k, v in rep.weights.items() if v.dtype.kind == "f"
+        }
     ledger = read_ledger(ws)
     assert ledger is not None and ledger.steps == steps
     assert ledger.sigma == pytest.approx(noise_for_budget(8.0, DELTA, steps, q, "rdp"))
