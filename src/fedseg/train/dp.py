@@ -20,7 +20,8 @@ What the accountant assumes and this module keeps:
   the hooks, and a per-sample norm in bf16 is not the one the accountant assumes);
 * which cases each step draws and the noise come from the operating system's randomness,
   never from the task's seed (the aggregator chose it, and could replay them); the patch
-  positions and augmentation within a drawn case stay seeded;
+  positions, augmentation and dropout within a drawn case stay seeded; the noise is drawn
+  in Opacus's ``secure_mode`` (robust to floating-point attacks on the Gaussian);
 * FedProx's proximal gradient (data-free) is added after the noise, as Adam's weight decay
   is: post-processing.
 """
@@ -124,6 +125,7 @@ class DpSgd:
             expected_batch_size=self.expected_cases,  # type: ignore[arg-type]
             loss_reduction="mean",
             generator=torch.Generator(device=device).manual_seed(_os_seed()),
+            secure_mode=True,  # noise robust to floating-point attacks (4 draws per value)
         )
         self.params = self.optimizer.params
 
