@@ -20,12 +20,14 @@ from fedseg.train.config import TrainConfig
 from fedseg.train.dp import (
     BATCH_NORM_REFUSED,
     CaseDp,
+    DpEpochs,
     DpSgd,
     dp_compute,
     dp_network,
     steps_per_epoch,
 )
-from fedseg.train.local import new_optimizer, proximal_term, train_local
+from fedseg.train.loader import CaseStore
+from fedseg.train.local import new_optimizer, place_for_training, proximal_term, train_local
 
 TINY = NetworkConfig(base_filters=4, depth=2)
 CPU = torch.device("cpu")
@@ -192,3 +194,22 @@ def test_train_local_with_dp_sgd(site: list[Case], tiny_train: TrainConfig) -> N
     }
     assert any(not np.array_equal(a.weights[k], b.weights[k]) for k in w0)
     assert any(not np.array_equal(a.weights[k], w0[k]) for k in w0)
+
+
+def test_drawn_cases_go_through_the_network_at_most_max_physical_batch_at_a_time(
+    site: list[Case], tiny_train: TrainConfig
+) -> None:
+    """Rate 1: every step draws all 5 cases, which pass in physical batches of 2, 2, 1 (one
+    logical step each: one Adam step per logical batch)."""
+    train = tiny_train.model_copy(update={"patches_per_case": 1})
+    net = dp_network(new_network(TINY, None, seed=0))
+    setup = place_for_training(net, train.compute)
+    opt = new_optimizer(net, train)
+    store = CaseStore(site, train.patch_size, 64, disk=False)
+    epochs = DpEpochs(net, opt, store, train, 0, CaseDp(1.0, 1.0, 1.0, 2), setup)
+    seen: list[int] = []
+    net.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    stats = epochs.fit_epoch(0)
+    epochs.close()
+    assert stats.steps == 1 and seen == [2, 2, 1]
+    assert int(opt.state[next(iter(net.parameters()))]["step"]) == 1
