@@ -27,6 +27,7 @@ from fedseg.federation.rounds.disclosure import ErrorCategory, SiteError
 from fedseg.federation.rounds.tasks import TaskRequest
 from fedseg.model.config import NetworkConfig
 from fedseg.privacy.accounting import epsilon, noise_for_budget
+from fedseg.privacy.config import Accountant
 from fedseg.run_folder import PrivacySpent
 from fedseg.train.config import TrainConfig
 from fedseg.train.dp import BATCH_NORM_REFUSED, CaseDp, steps_per_epoch
@@ -55,7 +56,7 @@ class CaseLedger(BaseModel):
     sample_rate: float = Field(gt=0, le=1)
     clip_norm: float = Field(gt=0)
     delta: float = Field(gt=0, lt=1)
-    accountant: str
+    accountant: Accountant
     budget: float = Field(gt=0, description="the plan's epsilon: the run's total")
     steps: int = Field(0, ge=0, description="DP-SGD steps trained so far in the run")
     epsilon: float = Field(0.0, ge=0, description="ε after those steps, at delta")
