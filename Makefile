@@ -43,7 +43,8 @@ lint: venv
 
 # Step time fp32 vs bf16 (fp16 on CUDA), contiguous vs channels-last, CPU preset and FeTS
 # 128^3 (the FeTS rows take minutes per step on a 2-core CPU); case cache cold vs warm; the
-# aggregator's fold of 10 FeTS-size updates; float16 vs float32 transfer; a small federation.
+# aggregator's fold of 10 FeTS-size updates; float16 vs float32 transfer; a small federation;
+# the DP-SGD step against the plain one (tiny and FeTS width at 32^3).
 bench: venv
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/train_step.py --loss-check 30
@@ -51,6 +52,7 @@ bench: venv
 	$(BIN)/python benchmarks/aggregation.py
 	$(BIN)/python benchmarks/transfer_dtype.py
 	$(BIN)/python benchmarks/federation.py
+	$(BIN)/python benchmarks/dp_sgd.py
 
 # PyTorch FP32 vs OpenVINO FP32 vs INT8 on full 240x240x155 synthetic cases, FeTS-size
 # network (about 15 min on 2 cores, synthesis and exports included).

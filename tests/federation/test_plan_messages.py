@@ -164,16 +164,17 @@ def test_privacy_section_and_protocol_payloads_travel_with_tasks() -> None:
     secure = {"shares": b"\x00\x01\xff", "weight": 3.0, "n": 4, "peer": "site2",
               "mask": np.arange(5, dtype=np.uint32)}  # fmt: skip
     req = TaskRequest(1, 0, True, 1, 5, "run", recipe, {"w": np.zeros(2, np.float32)},
-                      privacy=privacy, secure=secure)  # fmt: skip
+                      privacy=privacy, secure=secure, planned_rounds=12)  # fmt: skip
     back = decode_request(encode_request(req))
     assert back.privacy == privacy and back.privacy.hides_updates
+    assert back.planned_rounds == 12  # a site derives its DP-SGD noise from it
     assert back.secure is not None and set(back.secure) == set(secure)
     assert back.secure["shares"] == b"\x00\x01\xff" and back.secure["peer"] == "site2"
     np.testing.assert_array_equal(back.secure["mask"], secure["mask"])
     assert back.secure["mask"].dtype == np.uint32  # type: ignore[union-attr]
     # a plain task says nothing of the kind
     plain = decode_request(encode_request(TaskRequest(1, 0, True, 1, 5, "r", recipe, {})))
-    assert plain.secure is None and plain.privacy == PrivacyConfig()
+    assert plain.secure is None and plain.privacy == PrivacyConfig() and plain.planned_rounds == 0
 
     spent = PrivacySpent(level="case", epsilon=1.25, delta=1e-5, sigma=1.1, clip_norm=1.0,
                          steps=40, sample_rate=0.25, accountant="rdp")  # fmt: skip

@@ -85,6 +85,26 @@ def test_status_and_report_show_each_sites_device_and_precision(tmp_path: Path) 
     assert '<td class="l">cuda:0 (NVIDIA H200)</td><td class="l">bf16</td>' in page
 
 
+def test_status_shows_why_a_sites_latest_round_failed(tmp_path: Path) -> None:
+    """A run that stopped because its sites failed says each site's own line (the round's
+    error tells the user to look for them in `fedseg status`); an earlier failure that a
+    later round made good is not shown."""
+    line = "privacy: privacy budget: this round would take ε to 8.3 > 8 at δ=1e-05; ..."
+    with RunStore(tmp_path) as store:
+        store.start_round(1)
+        store.record_site_round(SiteRound(1, "s1", "failed", error="data: old trouble"))
+        store.record_site_round(SiteRound(1, "s2", "ok", n_train=3))
+        store.finish_round(1, n_sites=1)
+        store.start_round(2)
+        store.record_site_round(SiteRound(2, "s1", "ok", n_train=3))
+        store.record_site_round(SiteRound(2, "s2", "failed", error=line))
+        store.finish_round(2, status="failed", n_sites=1)
+    st = read_status(tmp_path)
+    assert {s.site: s.error for s in st.sites} == {"s1": None, "s2": line}
+    out = _text(render_status(st))
+    assert f"s2 round 2: {line}" in out and "old trouble" not in out
+
+
 def test_status_shows_alarms_and_never_writes(make_run) -> None:
     base = rising(9)
     run = make_run(

@@ -119,6 +119,7 @@ class SiteStatus:
     alarms: list[str]
     live: str | None = None  # what the site does now (from the federation's live meta)
     compute: ComputeUsed | None = None  # device and precision of its latest recorded round
+    error: str | None = None  # the one line its latest round failed (or was rejected) with
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,7 @@ def _collect(run: Path, store: RunStore) -> StatusView:
             mr if mr >= 0 else None, dice,
             [s.kind for s in spans if s.site == site],
             live_sites.get(site) if state == RunState.RUNNING else None,
-            computes.get(site),
+            computes.get(site), r.error if r else None,
         ))  # fmt: skip
     fed_dice: dict[str, float] = {}
     fed_mr = None
@@ -414,6 +415,9 @@ def render_status(s: StatusView) -> Group:
             Text(", ".join(x.alarms) or "-", style="bold red" if x.alarms else ""),
         )  # fmt: skip
     parts: list[Any] = [head, t]
+    for x in s.sites:  # why a site's latest round failed: its own one line
+        if x.error:
+            parts.append(Text(f"{x.site} round {x.last_round}: {x.error}", style="red"))
     if s.alarms:
         a = Table(title="alarms", title_justify="left")
         for col in ("site", "kind", "rounds", "message"):

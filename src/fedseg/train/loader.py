@@ -141,18 +141,26 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
             self._orders = {epoch: epoch_order(len(self.store), self.train.patches_per_case,
                                                self.seed, epoch)}  # fmt: skip
         rng = np.random.default_rng([self.seed, epoch, i])
-        case = self.store.get(int(self._orders[epoch][i]))
-        size = self.train.patch_size
-        tumor_p = self.train.tumor_p if self.train.sampler == "tumor" else 0.0
-        corner = patch_corner(case.image.shape[1:], size, rng, tumor=case.tumor, tumor_p=tumor_p)
-        image, regions = augment(
-            extract(case.image, corner, size), extract(case.regions, corner, size),
-            self.train.augment, rng,
-        )  # fmt: skip
-        return {
-            "image": torch.from_numpy(image),
-            "target": torch.from_numpy(regions.astype(np.float32)),
-        }
+        return case_patch(self.store, self.train, int(self._orders[epoch][i]), rng)
+
+
+def case_patch(
+    store: CaseStore, train: TrainConfig, index: int, rng: np.random.Generator
+) -> dict[str, torch.Tensor]:
+    """One training patch of case ``index``: its position (``train.sampler``) and
+    augmentation drawn from ``rng``; image (4, *patch) and target (3, *patch) float32."""
+    case = store.get(index)
+    size = train.patch_size
+    tumor_p = train.tumor_p if train.sampler == "tumor" else 0.0
+    corner = patch_corner(case.image.shape[1:], size, rng, tumor=case.tumor, tumor_p=tumor_p)
+    image, regions = augment(
+        extract(case.image, corner, size), extract(case.regions, corner, size),
+        train.augment, rng,
+    )  # fmt: skip
+    return {
+        "image": torch.from_numpy(image),
+        "target": torch.from_numpy(regions.astype(np.float32)),
+    }
 
 
 class EpochSampler(Sampler[tuple[int, int]]):

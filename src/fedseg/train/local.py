@@ -15,9 +15,11 @@ back is float32 numpy on the host; on the CPU in fp32 the steps are exactly toda
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,6 +48,11 @@ from fedseg.model.registry import new_network
 from fedseg.model.weights import Weights, get_weights
 from fedseg.train.config import TrainConfig, check_shapes
 from fedseg.train.loader import CaseStore, EpochLoader
+
+if TYPE_CHECKING:  # Opacus is imported by train.dp only, when DP-SGD is asked for
+    from fedseg.train.dp import CaseDp
+
+log = logging.getLogger(__name__)
 
 #: Adam's per-parameter moments, stored under ``"<moment>/<parameter name>"``.
 MOMENTS: tuple[str, ...] = ("exp_avg", "exp_avg_sq")
@@ -297,6 +304,7 @@ def train_local(
     proximal_mu: float = 0.0,
     reference: Weights | None = None,
     case_cache: bool = True,
+    dp: CaseDp | None = None,
 ) -> LocalResult:
     """Train on ``cases`` for ``epochs`` epochs starting from ``weights`` (None: fresh init
     from ``seed``) and ``optimizer_state`` (None: fresh Adam).
@@ -307,10 +315,20 @@ def train_local(
     The device, precision, memory format and compilation are ``train.compute``'s.
     ``case_cache``: read the cases from the site's case cache (``fedseg.train.case_cache``),
     making the missing entries; False prepares them in memory (up to ``train.cache_mb``).
+    ``dp``: train with DP-SGD (``train.dp``: Poisson-drawn cases, per-case clipping and
+    noise; fp32, not compiled), else plain minibatches.
     """
     t0 = time.perf_counter()
     check_shapes(network, train)
     net = new_network(network, weights, seed)
+    if dp is not None:
+        from fedseg.train import dp as dp_sgd
+
+        compute, line = dp_sgd.dp_compute(train.compute)
+        if line is not None:
+            log.warning(line)
+            train = train.model_copy(update={"compute": compute})
+        dp_sgd.dp_network(net)
     setup = place_for_training(net, train.compute)
     opt = new_optimizer(net, train)
     if optimizer_state is not None:
@@ -326,15 +344,22 @@ def train_local(
     bar = train_progress() if progress else None
     if bar is not None:
         bar.start()
-    data = EpochLoader(store, train, seed, pin_memory=setup.device.type == "cuda")
+    private = dp_sgd.DpEpochs(net, opt, store, train, seed, dp, setup) if dp is not None else None
+    data = None
+    if private is None:
+        data = EpochLoader(store, train, seed, pin_memory=setup.device.type == "cuda")
     try:
         for e in range(first_epoch, first_epoch + epochs):
-            s = fit_epoch(net, opt, data, epoch=e, progress=bar, proximal=prox, setup=setup)
+            if private is not None:
+                s = private.fit_epoch(e, prox, bar)
+            else:
+                assert data is not None
+                s = fit_epoch(net, opt, data, epoch=e, progress=bar, proximal=prox, setup=setup)
             stats.append(s)
             if on_epoch is not None:
                 on_epoch(e, s)
     finally:
-        data.close()
+        (private or data).close()  # type: ignore[union-attr]
         if bar is not None:
             bar.stop()
     steps = sum(s.steps for s in stats)

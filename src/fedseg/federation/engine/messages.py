@@ -170,6 +170,7 @@ def encode_request(
                     "min_summary_cases": int(req.min_summary_cases),
                     "transfer": req.transfer,
                     "privacy": req.privacy.model_dump_json(exclude_defaults=True),
+                    "planned_rounds": int(req.planned_rounds),
                 }
             ),
         }
@@ -200,6 +201,7 @@ def decode_request(content: RecordDict) -> TaskRequest:
         transfer=transfer_dtype(str(task.get("transfer", DEFAULT_TRANSFER))),
         privacy=PrivacyConfig.model_validate_json(str(task.get("privacy", "{}"))),
         secure=get_payload(content, "secure", writable=True),
+        planned_rounds=int(task.get("planned_rounds", 0)),
     )
 
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import shutil
 import sqlite3
 import time
@@ -86,6 +87,7 @@ from fedseg.run_folder import (
     LastTrained,
     LivePhase,
     LiveState,
+    PrivacySpent,
     RoundStatus,
     RunStatus,
     SiteActivity,
@@ -312,6 +314,7 @@ class Coordinator:
                 min_summary_cases=plan.privacy.min_summary_cases,
                 transfer=plan.transfer.weights,
                 privacy=plan.privacy,
+                planned_rounds=plan.rounds,
             )
             for s, t in tasks.items()
         }
@@ -459,6 +462,8 @@ class Coordinator:
         except UpdateRejected as exc:  # nothing of a lying reply is used, its counts neither
             self.store.log(f"round {rnd}: site {site} reply rejected: {exc}", "warning")
             return SiteRound(status=SiteRoundStatus.REJECTED, error=str(exc), **common), None  # type: ignore[arg-type]
+        if res.privacy_spent is not None:
+            self._record_privacy(rnd, site, res.privacy_spent)
         if res.validation:
             self.store.record_validation(rnd - 1, site, res.validation)
         elif res.validated:
@@ -498,6 +503,18 @@ class Coordinator:
                          res.optimizer_state)  # fmt: skip
         res.weights = res.optimizer_state = None  # the update holds them now, nothing else
         return SiteRound(status=SiteRoundStatus.OK, extra=extra, **base, **common), upd  # type: ignore[arg-type]
+
+    def _record_privacy(self, rnd: int, site: str, spent: PrivacySpent) -> None:
+        """The ε a site says it has spent, as the accountant computes it from the site's
+        numbers (sigma, steps, sample rate, δ): a different claimed ε is a warning, and the
+        ledger keeps the recomputed one."""
+        from fedseg.privacy.accounting import epsilon  # dp-accounting: the privacy extra
+
+        eps = epsilon(spent.sigma, spent.steps, spent.sample_rate, spent.delta, spent.accountant)
+        if not math.isclose(eps, spent.epsilon, rel_tol=1e-6, abs_tol=1e-9):
+            self.store.log(f"round {rnd}: site {site} reports ε={spent.epsilon:.6g}, its "
+                           f"numbers give ε={eps:.6g}; recorded {eps:.6g}", "warning")  # fmt: skip
+        self.store.record_privacy(rnd, site, spent.model_copy(update={"epsilon": eps}))
 
     def _prepare_hidden(
         self, rnd: int, weights: Weights, requests: dict[str, TaskRequest]

@@ -9,6 +9,10 @@ number of cases, and, when the task fails, ``TaskFailed``'s category and scrubbe
 the full traceback goes to the site's console and its log, ``<workspace>/site.log``.
 The site's prepared training cases are kept beside the workspaces, in
 ``<data>/.fedseg/cache/`` (``train.case_cache``), from round to round and run to run.
+Under DP-SGD (plan ``privacy.dp.level: case``) the workspace also holds the site's privacy
+ledger, ``privacy.json``, the authority for its budget (``case_budget``): a training task
+that would exceed it fails with category ``privacy`` before any work; the reply says what
+the site has spent in total (``TaskReply.privacy_spent``) and carries no training loss.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedseg.data.splits import load_split
 from fedseg.errors import FedsegError
@@ -34,13 +39,18 @@ from fedseg.federation.rounds.site_queries import SiteContext
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_from_json
 from fedseg.federation.rounds.update_protection import protect_update, protects
 from fedseg.model.compute import ComputeConfig, ComputeOverrides, compute_used
+from fedseg.model.config import NetworkConfig
 from fedseg.model.evaluate import summarize_cases
 from fedseg.model.weights import load_arrays, save_arrays
 from fedseg.run_folder import ComputeUsed
 from fedseg.tracking.store import RunStore
 from fedseg.train.case_cache import CACHE_FOLDER, SITE_FOLDER
+from fedseg.train.config import TrainConfig
 from fedseg.train.local import OptimizerState, train_local
 from fedseg.train.validate import validate_cases
+
+if TYPE_CHECKING:  # Opacus is imported only when a plan asks for DP-SGD
+    from fedseg.federation.rounds.case_budget import CaseLedger
 
 SITE_LOG = "site.log"
 
@@ -136,6 +146,10 @@ def _run(
     step.phase = ErrorCategory.INTERNAL
     network, train = recipe_from_json(req.recipe)
     train = train.with_compute(compute)  # the plan's defaults, this machine's choices
+    ledger: CaseLedger | None = None
+    if req.privacy.dp.level == "case":  # DP-SGD: budget first, a refusal costs nothing
+        step.phase = ErrorCategory.PRIVACY
+        train, ledger = _case_dp(ws, req, network, train, len(split.train))
     floor = summary_floor(req.min_summary_cases, site_min)
     reply = TaskReply(site=site, n_train=len(split.train), n_val=len(split.val),
                       compute=_compute_used(train.compute))  # fmt: skip
@@ -168,9 +182,10 @@ def _run(
             state = req.optimizer_state
         elif mode == "keep-local":
             state = _load_optimizer(ws, req.round)
+        dp = ledger.case_dp(req.privacy.dp.max_physical_batch) if ledger is not None else None
         result = train_local(
             network, train, req.weights, state, split.train, req.epochs,
-            seed=req.seed, proximal_mu=req.proximal_mu,
+            seed=req.seed, proximal_mu=req.proximal_mu, dp=dp,
         )  # fmt: skip
         if mode == "keep-local":
             _save_optimizer(ws, req.round, result.optimizer_state)
@@ -181,10 +196,51 @@ def _run(
         # a loss over fewer cases than the floor is as telling as a summary of them
         reply.train_loss = result.train_loss if result.n_train >= floor else None
         reply.train_wall_s = result.wall_s
+        if ledger is not None:  # spent once the update may leave, even if this reply is lost
+            _spend(ws, req.round, ledger, reply)
         if protects(req):
             step.phase = ErrorCategory.PRIVACY
             protect_update(ctx, req, reply)
     return reply
+
+
+def _case_dp(
+    ws: Path, req: TaskRequest, network: NetworkConfig, train: TrainConfig, n_train: int
+) -> tuple[TrainConfig, CaseLedger | None]:
+    """The plan's ``privacy.dp.level: case`` at this site: the recipe as DP-SGD runs it (fp32,
+    not compiled: one line in the site's log when that changes the machine's choice) and,
+    for a training task, the ledger after this round's steps (``case_budget``; a SiteError
+    with one line when the recipe cannot be trained privately or the budget would be
+    exceeded). Validation-only tasks spend nothing."""
+    try:
+        from fedseg.federation.rounds import case_budget
+        from fedseg.train.dp import dp_compute
+    except ImportError:
+        line = ("privacy.dp.level case needs the privacy extra at the site (opacus, "
+                "dp-accounting): pip install 'fedseg[privacy]'")  # fmt: skip
+        raise SiteError(ErrorCategory.PRIVACY, line, line) from None
+    compute, line = dp_compute(train.compute)
+    if line is not None:
+        site_log(ws, line)
+        train = train.model_copy(update={"compute": compute})
+    if req.epochs <= 0 or n_train == 0:  # no training: nothing to spend (or fails as DATA)
+        return train, None
+    case_budget.check_recipe(network, train)
+    return train, case_budget.plan_round(ws, req, train, n_train)
+
+
+def _spend(ws: Path, rnd: int, ledger: CaseLedger, reply: TaskReply) -> None:
+    """Write the ledger after training and say in the reply what the site has spent.
+    The training loss is not sent: it is computed from the training cases without noise,
+    outside the DP guarantee."""
+    from fedseg.federation.rounds.case_budget import write_ledger
+
+    write_ledger(ws, ledger)
+    reply.privacy_spent = ledger.spent()
+    reply.train_loss = None
+    site_log(ws, f"round {rnd}: DP-SGD, ε={ledger.epsilon:.4g} of {ledger.budget:g} spent at "
+                 f"δ={ledger.delta:g} after {ledger.steps} steps (sigma={ledger.sigma:.4g}, "
+                 f"q={ledger.sample_rate:.4g})")  # fmt: skip
 
 
 def _compute_used(config: ComputeConfig) -> ComputeUsed:

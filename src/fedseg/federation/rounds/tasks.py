@@ -66,6 +66,9 @@ class TaskRequest:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     #: this site's part of the round's hiding protocol (secure aggregation, HE), if any
     secure: Payload | None = None
+    #: the rounds the run plans (0: not said); a site derives its DP-SGD noise from them
+    #: when the plan leaves ``privacy.dp.noise_multiplier`` null (``case_budget``)
+    planned_rounds: int = 0
 
 
 @dataclass
