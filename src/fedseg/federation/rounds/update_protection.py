@@ -28,4 +28,9 @@ def protect_update(ctx: SiteContext, req: TaskRequest, reply: TaskReply) -> None
     travel (see the module doc); in place."""
     if not protects(req) or reply.weights is None:
         return
+    if req.privacy.he.scheme != "none":
+        from fedseg.federation.rounds.he_aggregation import protect_he
+
+        protect_he(req, reply)
+        return
     raise NotImplementedError("update protection: filled in by the mechanisms")
