@@ -279,3 +279,56 @@ def test_missing_tenseal_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
         Exception, match=r"^privacy.he needs the privacy extra: pip install 'fedseg\[privacy\]'$"
     ):
         he.new_keys(CFG)
+
+
+def test_a_restarted_key_holder_answers_with_the_same_key(tmp_path: Path) -> None:
+    ask: Payload = {"run_id": "run-1", "he": CFG.model_dump_json()}
+    first = answer("he_keys", SiteContext("site1", None, tmp_path / "ws"), ask)
+    again = answer("he_keys", SiteContext("site1", None, tmp_path / "ws"), ask)  # empty state
+    assert first[he.KEY] == again[he.KEY]
+    assert not he.tenseal().context_from(np.asarray(first["public"]).tobytes()).is_private()
+    with pytest.raises(Exception, match="not a folder name"):
+        answer("he_keys", SiteContext("site1", None, tmp_path / "ws"), {**ask, "run_id": "../x"})
+
+
+class _KeyHolderLost(HeTransport):
+    """``HeTransport`` whose ``gone`` sites fail every query and are not connected once
+    ``disconnect`` is set."""
+
+    def __init__(self, ws: Path, gone: set[str], disconnect: bool) -> None:
+        super().__init__(ws, OFFSETS, N_TRAIN)
+        self.gone, self.disconnect = gone, disconnect
+
+    def connected_sites(self, wanted: list[str], wait_s: float) -> list[str]:
+        here = super().connected_sites(wanted, wait_s)
+        return [s for s in here if not (self.disconnect and s in self.gone)]
+
+    def query(
+        self, kind: str, payloads: dict[str, Payload], timeout_s: float
+    ) -> dict[str, Payload | SiteFailure]:
+        if kind == "he_decrypt" and set(payloads) & self.gone:
+            return {s: SiteFailure(SiteRoundStatus.TIMEOUT, "no answer") for s in payloads}
+        return super().query(kind, payloads, timeout_s)
+
+
+def test_a_lost_key_holder_stops_the_run_in_one_line_and_a_resume_uses_another(
+    tmp_path: Path,
+) -> None:
+    from fedseg.errors import FedsegError
+
+    sites = {s: tmp_path / s for s in SITES}
+    run = write_run(tmp_path / "run", tiny_plan(sites, privacy={"min_summary_cases": 1,
+                                                                "he": "ckks"}))  # fmt: skip
+    with pytest.raises(FedsegError, match=r"^round 1: privacy.he: the key holder did not "
+                       r"answer to decrypt the sum \(no answer\); .* `fedseg resume`"):  # fmt: skip
+        Coordinator(run, _KeyHolderLost(tmp_path / "ws", {"site1"}, False)).run()
+    with RunStore(run) as store:
+        assert store.last_done_round() == 0 and "key holder" in (store.meta.cause().message)  # type: ignore[union-attr]
+    # site1 is gone for good: the restarted aggregator asks the next connected site
+    t = _KeyHolderLost(tmp_path / "ws", {"site1"}, True)
+    Coordinator(run, t).run()
+    with RunStore(run) as store:
+        assert store.last_done_round() == 2
+        rec = store.meta.he()
+    assert rec is not None and rec.key_holder == "site2"
+    assert ("he_decrypt", "site2") in t.queries

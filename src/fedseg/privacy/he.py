@@ -250,12 +250,15 @@ def encrypt_update(
     public: bytes, cfg: HeConfig,
 ) -> dict[str, Any]:  # fmt: skip
     """A site's update as it travels under HE: ``weight * (new - start)`` of the arrays
-    :func:`encrypted_names` selects, as one encrypted vector, the other arrays' ``new``
-    values in the clear, and the key's fingerprint (the module doc's layout)."""
+    :func:`encrypted_names` selects (in ``start``'s order), as one encrypted vector, the
+    other arrays' ``new`` values in the clear, and the key's fingerprint (the module doc's
+    layout)."""
+    if list(new) != list(start):  # the vector's order is the global model's, both sides
+        raise FedsegError("privacy.he: the trained weights do not have the model's arrays")
     ctx = public_context(public)
     out: dict[str, Any] = {KEY: fingerprint(public)}
-    chosen = encrypted_names(new, cfg.layers)
-    for k in [k for k in new if k not in set(chosen)]:
+    chosen = encrypted_names(start, cfg.layers)
+    for k in [k for k in start if k not in set(chosen)]:
         out[CLEAR_PREFIX + k] = np.asarray(new[k])
     if chosen:
         parts = [np.asarray(new[k], np.float64) - np.asarray(start[k], np.float64) for k in chosen]
