@@ -332,3 +332,23 @@ def test_a_lost_key_holder_stops_the_run_in_one_line_and_a_resume_uses_another(
         rec = store.meta.he()
     assert rec is not None and rec.key_holder == "site2"
     assert ("he_decrypt", "site2") in t.queries
+
+
+@pytest.mark.parametrize(("level", "want"), [("none", N_TRAIN), ("site", dict.fromkeys(SITES, 1))])
+def test_each_site_weight_is_the_aggregators_own_number(
+    tmp_path: Path, level: str, want: dict[str, int]
+) -> None:
+    """w_i is the site's declared training cases (its hello), or 1 under site-level DP;
+    never what a reply says."""
+    from fedseg.federation.rounds.he_aggregation import WEIGHT
+    from fedseg.run_folder import DeclaredCases
+
+    sites = {s: tmp_path / s for s in SITES}
+    plan = tiny_plan(sites, privacy={"min_summary_cases": 1, "he": "ckks", "dp": {"level": level}})
+    run = write_run(tmp_path / "run", plan)
+    t = HeTransport(tmp_path / "ws", OFFSETS, N_TRAIN)
+    declared = {s: DeclaredCases(n_train=n, n_val=1) for s, n in N_TRAIN.items()}
+    with RunStore(run) as store:
+        agg = HeAggregation(plan, run, store)
+        secure = agg.prepare(1, list(SITES), declared, _tiny_weights(), t)  # type: ignore[arg-type]
+    assert {s: p[WEIGHT] for s, p in secure.items()} == {s: float(n) for s, n in want.items()}

@@ -57,13 +57,13 @@ def test_he_simulation_gives_the_plain_model(tmp_path: Path, tiny_sites: dict[st
         tol = atol + 2 * np.spacing(np.abs(p1[k])).astype(np.float64)
         assert (np.abs(w1[k].astype(np.float64) - p1[k]) <= tol).all(), k
     # round 2: the same training from models ~1e-8 apart; Adam's normalised steps over 3
-    # cases magnify that (measured: up to 4.6e-5 on one value), so it is compared by norm
-    # against the round's own change
+    # cases magnify that (measured: up to 4.6e-5 on one value; 1.4e-4 in norm against a
+    # round-2 change of 0.164), so it is compared by norm against the round's own change
     w2, p2 = load_model(model_path(run, 2)).weights, load_model(model_path(plain, 2)).weights
     off = np.sqrt(sum(np.sum((w2[k].astype(np.float64) - p2[k]) ** 2) for k in p2))
     step = np.sqrt(sum(np.sum((p2[k].astype(np.float64) - p1[k]) ** 2) for k in p2))
     print(f"round 2: |HE - plain| = {off:.3g}, |plain round-2 change| = {step:.3g}")
-    assert off < 0.05 * step
+    assert off < 0.01 * step
     # the bytes each site sent: the ciphertexts, ~16x the float32 model here (33,203 values
     # in 9 ciphertexts of 4,096 slots, ~235 kB each); the plain run sent the model
     n_values = sum(v.size for v in p1.values())
