@@ -195,6 +195,7 @@ class MetaKey(StrEnum):
     CAUSE = "cause"  # FailureCause: why the run failed or crashed
     ROUND_BYTES = "round_bytes"  # bytes a round's model files take (the plan check's estimate)
     DECLARED = "declared"  # site -> DeclaredCases, fixed at the site's first connect
+    HE = "he"  # HeRecord: privacy.he's key holder and which arrays travelled encrypted
     # a centralized run (``fedseg train``)
     KIND = "kind"  # RunKind
     SITES = "sites"  # names of its data folders
@@ -239,6 +240,19 @@ class LastTrained(_MetaValue):
 
     round: int
     sites: list[str]
+
+
+class HeRecord(_MetaValue):
+    """Meta ``he`` (plan ``privacy.he``): the site that holds the key (and decrypts the
+    sums), the key's fingerprint, the weight arrays that travelled encrypted and those that
+    travelled in the clear (the aggregator saw each site's values of these), and the upper
+    bound of the ciphertext bytes per site and round. Rewritten when the key changes."""
+
+    key_holder: str
+    key: str
+    encrypted: list[str]
+    clear: list[str]
+    bytes_per_site: int
 
 
 _DEVICE_TEXT = 80  # characters of a recorded device name
@@ -465,6 +479,12 @@ class RunMeta:
 
     def set_last_trained(self, last: LastTrained) -> None:
         self._t.set_meta(MetaKey.LAST_TRAINED, last.model_dump(mode="json"))
+
+    def he(self) -> HeRecord | None:
+        return _model(HeRecord, MetaKey.HE, self._t.get_meta(MetaKey.HE))
+
+    def set_he(self, record: HeRecord) -> None:
+        self._t.set_meta(MetaKey.HE, record.model_dump(mode="json"))
 
     def declared(self) -> dict[str, DeclaredCases]:
         raw = self._t.get_meta(MetaKey.DECLARED) or {}

@@ -70,7 +70,8 @@ class DpConfig(BaseModel):
 class HeConfig(BaseModel):
     """Homomorphic encryption (``privacy.he``, TenSEAL CKKS): sites encrypt their updates
     under a key the aggregator does not hold; ``layers`` (weight-name globs, or ``all``)
-    say which arrays are encrypted, the others travel in the clear."""
+    say which arrays are encrypted, the others travel in the clear. One site, the key
+    holder, makes the key and decrypts the round's sum (threat model: ``privacy.he``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -79,6 +80,14 @@ class HeConfig(BaseModel):
     poly_modulus_degree: int = Field(8192, ge=4096)
     coeff_mod_bit_sizes: list[int] = Field(default_factory=lambda: [60, 40, 60])
     scale_bits: int = Field(40, ge=20, le=60)
+    key_holder: str | None = Field(
+        None, description="the plan site that makes the key and decrypts the sums (null: the "
+        "first plan site connected)",
+    )  # fmt: skip
+    max_bytes_per_site: int = Field(
+        1024**3, gt=0, description="largest ciphertext upload per site and round the "
+        "plan check lets through (FeTS, layers all: ~1.9 GB); raise it to mean it",
+    )  # fmt: skip
 
 
 class PrivacyConfig(BaseModel):

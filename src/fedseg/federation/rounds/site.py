@@ -35,7 +35,7 @@ from fedseg.federation.rounds.disclosure import (
     releasable,
     summary_floor,
 )
-from fedseg.federation.rounds.site_queries import SiteContext
+from fedseg.federation.rounds.site_queries import SiteContext, site_workspace
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_from_json
 from fedseg.federation.rounds.update_protection import protect_update, protects
 from fedseg.model.compute import ComputeConfig, ComputeOverrides, compute_used
@@ -44,7 +44,6 @@ from fedseg.model.evaluate import summarize_cases
 from fedseg.model.weights import load_arrays, save_arrays
 from fedseg.run_folder import ComputeUsed
 from fedseg.tracking.store import RunStore
-from fedseg.train.case_cache import CACHE_FOLDER, SITE_FOLDER
 from fedseg.train.config import TrainConfig
 from fedseg.train.local import OptimizerState, train_local
 from fedseg.train.validate import validate_cases
@@ -64,13 +63,6 @@ class TaskFailed(FedsegError):
         super().__init__(line)
         self.category = category
         self.line = line
-
-
-def site_workspace(data: Path, run_id: str, workspace: Path | None = None) -> Path:
-    """Where a site keeps its private state for one federation run (beside the case cache)."""
-    if workspace is None and run_id == CACHE_FOLDER:
-        raise FedsegError(f"run id {run_id!r} is the site's case cache folder; rename the run")
-    return Path(workspace) if workspace is not None else Path(data) / SITE_FOLDER / run_id
 
 
 def site_log(ws: Path | None, text: str) -> None:

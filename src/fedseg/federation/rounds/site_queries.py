@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.tasks import Payload
+from fedseg.train.case_cache import CACHE_FOLDER, SITE_FOLDER
 
 
 @dataclass
@@ -31,11 +32,36 @@ class SiteContext:
     creds: Path | None = None
 
 
+def site_workspace(data: Path, run_id: str, workspace: Path | None = None) -> Path:
+    """Where a site keeps its private state for one federation run (beside the case cache)."""
+    if workspace is None and run_id == CACHE_FOLDER:
+        raise FedsegError(f"run id {run_id!r} is the site's case cache folder; rename the run")
+    return Path(workspace) if workspace is not None else Path(data) / SITE_FOLDER / run_id
+
+
 #: a query handler: (the site, the aggregator's payload) -> the site's payload
 QueryHandler = Callable[[SiteContext, Payload], Payload]
 
 #: every query kind a site answers, by name (the message type is ``query.<name>``)
 QUERIES: dict[str, QueryHandler] = {}
+
+
+# -- homomorphic encryption (``privacy.he``): the key holder's steps (``rounds.he_keys``,
+# imported when asked: it imports this module)
+def _he_keys(ctx: SiteContext, payload: Payload) -> Payload:
+    from fedseg.federation.rounds.he_keys import answer_keys
+
+    return answer_keys(ctx, payload)
+
+
+def _he_decrypt(ctx: SiteContext, payload: Payload) -> Payload:
+    from fedseg.federation.rounds.he_keys import answer_decrypt
+
+    return answer_decrypt(ctx, payload)
+
+
+QUERIES["he_keys"] = _he_keys
+QUERIES["he_decrypt"] = _he_decrypt
 
 
 def answer(kind: str, ctx: SiteContext, payload: Payload) -> Payload:

@@ -41,7 +41,9 @@ def protect_update(ctx: SiteContext, req: TaskRequest, reply: TaskReply) -> None
     if p.secure_aggregation:
         raise NotImplementedError("secure aggregation: filled in by its mechanism")
     elif p.he.scheme != "none":
-        raise NotImplementedError("homomorphic encryption: filled in by its mechanism")
+        from fedseg.federation.rounds.he_aggregation import protect_he
+
+        protect_he(req, reply)
 
 
 def site_dp_weights(
