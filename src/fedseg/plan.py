@@ -331,6 +331,8 @@ privacy:
     poly_modulus_degree: 8192
     coeff_mod_bit_sizes: [60, 40, 60]
     scale_bits: 40
+    key_holder: null   # the site that holds the key and decrypts the sum (null: first connected)
+    max_bytes_per_site: 1073741824  # refuse a plan whose encrypted upload per round is larger
 # What a site may report. Each site declares its split's case counts when it joins; a
 # reply claiming more cases, a negative count or a metric out of range is rejected.
 bounds:
