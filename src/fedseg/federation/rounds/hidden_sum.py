@@ -71,4 +71,8 @@ def make_hidden_sum(plan: PlanConfig, run_dir: Path, store: RunStore) -> HiddenS
     """The plan's hiding mechanism for the aggregator, or None when updates travel clear."""
     if not plan.privacy.hides_updates:
         return None
+    if plan.privacy.secure_aggregation:
+        from fedseg.federation.rounds.secure_aggregation import SecureAggregation
+
+        return SecureAggregation(plan, run_dir, store)
     raise NotImplementedError("hidden sums: filled in by the mechanisms")

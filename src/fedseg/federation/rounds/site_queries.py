@@ -47,3 +47,13 @@ def answer(kind: str, ctx: SiteContext, payload: Payload) -> Payload:
             "the aggregator and the site run different fedseg versions"
         )
     return handler(ctx, payload)
+
+
+def _register() -> None:
+    """Each mechanism's handlers, registered here so that every site process has them."""
+    from fedseg.federation.rounds.secure_aggregation_site import QUERIES as SECAGG
+
+    QUERIES.update(SECAGG)
+
+
+_register()

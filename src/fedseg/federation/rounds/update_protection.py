@@ -28,4 +28,10 @@ def protect_update(ctx: SiteContext, req: TaskRequest, reply: TaskReply) -> None
     travel (see the module doc); in place."""
     if not protects(req) or reply.weights is None:
         return
+    privacy = req.privacy
+    if privacy.secure_aggregation:
+        from fedseg.federation.rounds.secure_aggregation_site import mask_update
+
+        mask_update(ctx, req, reply)
+        return
     raise NotImplementedError("update protection: filled in by the mechanisms")
