@@ -139,8 +139,11 @@ class SecureAggregation:
         self.spool.remove()
         self._clear(rnd)
         dp_site = self.privacy.dp.level == "site"
-        weight = {s: 1.0 if dp_site else float(declared[s].n_train)
-                  for s in sites if s in declared and (dp_site or declared[s].n_train > 0)}  # fmt: skip
+        weight = {
+            s: 1.0 if dp_site else float(declared[s].n_train)
+            for s in sites
+            if s in declared and (dp_site or declared[s].n_train > 0)
+        }
         head: Payload = {"run_id": self.run_id, "round": rnd}
         keys = self._answers(KEYS, {s: dict(head) for s in weight}, transport,
                              lambda s, a: signed_keys(a) and None)  # fmt: skip

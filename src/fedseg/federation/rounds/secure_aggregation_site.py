@@ -71,9 +71,7 @@ def answer_keys(ctx: SiteContext, payload: Payload) -> Payload:
     creds = _creds(ctx)
     cert_pem = (creds / SITE_CERT).read_bytes() if (creds / SITE_CERT).exists() else b""
     if not cert_pem or common_name(load_cert(creds / SITE_CERT)) != ctx.site:
-        raise FedsegError(
-            f"{creds / SITE_CERT} is missing or not site {ctx.site!r}'s certificate"
-        )
+        raise FedsegError(f"{creds / SITE_CERT} is missing or not site {ctx.site!r}'s certificate")
     key = load_private_key(creds / SITE_KEY_FILE)
     state, keys = site_keys(ctx.site, str(payload["run_id"]), int(payload["round"]), key,
                             cert_pem)  # fmt: skip
@@ -149,8 +147,8 @@ def mask_update(ctx: SiteContext, req: TaskRequest, reply: TaskReply) -> None:
         enc = encode(d, weight, scale, value_range, bits)
         words[k], clamped = enc.words, clamped + enc.clamped
     if clamped:
-        print(f"[fedseg site] secure aggregation: {clamped} update value(s) beyond the "
-              f"fixed-point range {value_range:g} were clamped", file=sys.stderr, flush=True)  # fmt: skip
+        text = f"{clamped} update value(s) beyond the fixed-point range {value_range:g} clamped"
+        print(f"[fedseg site] secure aggregation: {text}", file=sys.stderr, flush=True)
     reply.hidden = dict(site_mask(state, words, bits))
     reply.weights = None
     ctx.state[STATE_KEY] = state.to_bytes()

@@ -162,7 +162,8 @@ def site_shares(
     me = state.site
     mine = keys.get(me)
     if mine is None or (mine.mask_pub, mine.transport_pub) != (
-        public_of(state.mask_sk), public_of(state.transport_sk)
+        public_of(state.mask_sk),
+        public_of(state.transport_sk),
     ):
         raise FedsegError("the aggregator relayed other keys as this site's own: refused")
     for site, k in keys.items():
@@ -213,7 +214,9 @@ def site_receive(state: SiteState, peers: list[str], sealed: Mapping[str, bytes]
     state.peers = list(peers)
 
 
-def site_mask(state: SiteState, words: Mapping[str, np.ndarray], bits: int) -> dict[str, np.ndarray]:
+def site_mask(
+    state: SiteState, words: Mapping[str, np.ndarray], bits: int
+) -> dict[str, np.ndarray]:
     """Stage 3, second half: our fixed-point update, masked (mod ``2**bits``)."""
     if not state.peers:
         raise FedsegError("no peers for this round: the key stages did not complete")

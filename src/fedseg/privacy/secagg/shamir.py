@@ -35,9 +35,7 @@ def split_secret(secret: bytes, threshold: int, n: int) -> list[bytes]:
 def combine_secret(shares: Mapping[int, bytes], threshold: int) -> bytes:
     """The secret from at least ``threshold`` shares (index -> share)."""
     if len(shares) < threshold:
-        raise FedsegError(
-            f"{len(shares)} share(s) cannot rebuild a secret shared {threshold}-of-n"
-        )
+        raise FedsegError(f"{len(shares)} share(s) cannot rebuild a secret shared {threshold}-of-n")
     lengths = {len(s) for s in shares.values()}
     if len(lengths) != 1 or lengths.pop() % BLOCK:
         raise FedsegError("shares of one secret differ in length: a site sent a bad share")
