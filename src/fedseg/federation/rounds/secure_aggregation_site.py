@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedseg.errors import FedsegError
-from fedseg.federation.rounds.site_queries import QueryHandler, SiteContext
 from fedseg.federation.rounds.tasks import Payload, TaskReply, TaskRequest
 from fedseg.federation.security.pki import (
     CA_CERT,
@@ -39,6 +39,9 @@ from fedseg.privacy.secagg.protocol import (
     site_shares,
     site_unmask,
 )
+
+if TYPE_CHECKING:  # site_queries registers this module's handlers (no import cycle)
+    from fedseg.federation.rounds.site_queries import QueryHandler, SiteContext
 
 #: ``SiteContext.state`` key of the round's secure-aggregation state
 STATE_KEY = "secagg"
@@ -128,7 +131,7 @@ def mask_update(ctx: SiteContext, req: TaskRequest, reply: TaskReply) -> None:
         raise FedsegError("the training task carries no secure-aggregation part: refused to "
                           "send the update")  # fmt: skip
     state = _state(ctx)
-    state.check_round(req.run_id, req.round)
+    state.check_round(str(sec["run_id"]), req.round)  # the protocol's run id (stage 1)
     peers = names(sec["peers"])
     site_receive(state, peers, {p: bytes(sec[f"share.{p}"]) for p in peers  # type: ignore[arg-type]
                                 if f"share.{p}" in sec})  # fmt: skip
