@@ -147,7 +147,8 @@ def simulate_rounds(work: Path) -> dict[str, dict[str, float]]:
     from fedseg.plan import save_plan
     from fedseg.train.config import TrainConfig
 
-    root, sites = make_tiny_dataset(work / "data")  # type: ignore[misc]
+    root = work / "data"
+    sites = make_tiny_dataset(root, sites=3, cases_per_site=4)
     out = {}
     secure = {"min_summary_cases": 1, "secure_aggregation": True}
     for label, privacy in (("plain", {"min_summary_cases": 1}), ("secure", secure)):
