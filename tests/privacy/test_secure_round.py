@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedseg.errors import FedsegError
 from fedseg.federation.rounds.coordinator import Coordinator, Exchanged, SiteFailure
 from fedseg.federation.rounds.site_queries import SiteContext, answer
 from fedseg.federation.rounds.tasks import Payload, TaskReply, TaskRequest
@@ -163,3 +164,30 @@ def test_lying_weight_is_bounded_and_the_divisor_is_the_aggregators(tmp_path, cr
         np.testing.assert_allclose(w1[k], w0[k] + step, atol=1e-6)
         sq += float(np.sum((w1[k].astype(np.float64) - w0[k]) ** 2))
     assert np.sqrt(sq) <= clip * (1 + 1e-6)  # bounded: an accepted mean update is within C
+
+
+def test_site_level_dp_weighs_every_site_equally(tmp_path, creds):
+    """Under ``dp.level: site`` each site's whole contribution is what DP protects: the
+    secure sum weighs the sites 1 each (the noise itself is the DP step's, not tested here)."""
+    from fedseg.federation.rounds.coordinator import initial_weights
+    from fedseg.federation.rounds.secure_aggregation import value_range
+    from fedseg.privacy.config import PrivacyConfig
+
+    clip = _clip(write_run(tmp_path / "probe", tiny_plan(_sites(tmp_path), rounds=1)))
+    dp = {"level": "site", "clip_norm": clip, "noise_multiplier": 0.5}
+    privacy = {"min_summary_cases": 1, "secure_aggregation": True, "dp": dp}
+    run = write_run(tmp_path / "dp", tiny_plan(_sites(tmp_path), rounds=1, privacy=privacy))
+    Coordinator(run, SecureArrayTransport(creds, OFFSETS, N_TRAIN)).run()
+    w0 = initial_weights(load_plan(run / PLAN_FILE))
+    w1 = load_model(model_path(run, 1)).weights
+    for k in float_keys(w0):
+        np.testing.assert_allclose(w1[k], w0[k] + (0.1 + 0.2 + 0.4) / 3, atol=1e-6)
+    # the fixed-point range keeps room for the noise; without a multiplier it cannot be sized
+    assert value_range(PrivacyConfig.model_validate({"secure_aggregation": True, "dp": dp})) == (
+        clip,
+        clip * (1 + 6 * 0.5),
+    )
+    with pytest.raises(FedsegError, match=r"needs privacy\.dp\.noise_multiplier"):
+        value_range(
+            PrivacyConfig.model_validate({"secure_aggregation": True, "dp": {"level": "site"}})
+        )
