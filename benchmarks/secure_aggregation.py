@@ -163,7 +163,7 @@ def simulate_rounds(work: Path) -> dict[str, dict[str, float]]:
             srs = [s for s in store.site_rounds() if s.round == 1]
             r = store.rounds()[0]
             out[label] = {
-                "round_wall_s": float(r["finished"] - r["started"]),
+                "round_wall_s": float(r["wall_s"] or r["finished"] - r["started"]),
                 "bytes_sent_per_site": float(np.mean([s.bytes_sent for s in srs])),
                 "bytes_received_per_site": float(np.mean([s.bytes_received for s in srs])),
             }

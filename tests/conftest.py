@@ -48,6 +48,8 @@ XDIST_GROUPS = {
     "tests/deploy/test_deployment.py": "engine",
     "tests/strategies/test_sequential_flower.py": "engine",
     "tests/tracking/test_end_to_end.py": "engine",
+    "tests/privacy/test_secagg_e2e.py": "engine",
+    "tests/privacy/test_secagg_dropout_e2e.py": "engine",
     "tests/export/": "openvino",
     "tests/data/test_data_cli.py": "data_cli",
 }
