@@ -49,6 +49,8 @@ XDIST_GROUPS = {
     "tests/strategies/test_sequential_flower.py": "engine",
     "tests/tracking/test_end_to_end.py": "engine",
     "tests/privacy/test_he_e2e.py": "engine",
+    "tests/privacy/test_secagg_e2e.py": "engine",
+    "tests/privacy/test_secagg_dropout_e2e.py": "engine",
     "tests/export/": "openvino",
     "tests/data/test_data_cli.py": "data_cli",
 }

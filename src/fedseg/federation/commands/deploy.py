@@ -37,6 +37,7 @@ from fedseg.federation.commands.engine_run import RunResult, ServerOptions, run_
 from fedseg.federation.engine.app_bundle import ConfigValue, config_arg
 from fedseg.federation.engine.app_guard import site_command
 from fedseg.federation.engine.client_app import (
+    NODE_CREDS_DIR,
     NODE_DATA_DIR,
     NODE_MIN_SUMMARY_CASES,
     NODE_SITE_NAME,
@@ -104,7 +105,8 @@ def supernode_command(options: SiteOptions) -> list[str]:
     """The ``flower-supernode`` command line of a site (TLS + its enrolled auth key).
 
     The node config names the site (from its CA-signed certificate), its data folder, its
-    summary floor and its compute choices, the keys the ClientApp reads.
+    summary floor, its compute choices and its credentials folder (with which it signs its
+    secure-aggregation round keys), the keys the ClientApp reads.
     """
     creds = pki.site_credentials(options.creds)
     if not creds.name:
@@ -115,6 +117,7 @@ def supernode_command(options: SiteOptions) -> list[str]:
         NODE_SITE_NAME: creds.name,
         NODE_DATA_DIR: str(options.data_dir.resolve()),
         NODE_MIN_SUMMARY_CASES: options.min_summary_cases,
+        NODE_CREDS_DIR: str(options.creds.resolve()),  # signs its secure-aggregation keys
         **compute_node_config(options.compute),
         **options.node_config,
     }

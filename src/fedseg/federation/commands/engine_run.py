@@ -46,6 +46,7 @@ from fedseg.federation.commands.run_folder import (
 from fedseg.federation.commands.watch import AggregatorDied, watch
 from fedseg.federation.engine.app_bundle import run_config, write_app
 from fedseg.federation.engine.client_app import (
+    NODE_CREDS_DIR,
     NODE_DATA_DIR,
     NODE_MIN_SUMMARY_CASES,
     NODE_SITE_NAME,
@@ -62,10 +63,12 @@ from fedseg.federation.security.enrollment import (
     server_security,
     start_enrolled_superlink,
 )
+from fedseg.federation.security.pki import SIMULATED_PKI, throwaway_site_creds
 from fedseg.model.compute import ComputeOverrides, resolve_device
 from fedseg.plan import PlanConfig, load_plan
 from fedseg.run_folder import (
     BEST_MODEL,
+    FLWR_HOME,
     PLAN_FILE,
     STORE_FILE,
     CauseKind,
@@ -173,7 +176,7 @@ def run_federation(
             if isinstance(sites, LocalSites):
                 with console.status("starting the SuperLink and the sites"):
                     launcher.start_superlink()
-                    _start_local_sites(launcher, plan, sites)
+                    _start_local_sites(launcher, plan, sites, run_dir)
             elif enrolled is not None:
                 with console.status("starting the SuperLink"):
                     start_enrolled_superlink(launcher, enrolled)
@@ -254,15 +257,24 @@ def _repeats(run_dir: Path) -> str:
     return ""
 
 
-def _start_local_sites(launcher: Launcher, plan: PlanConfig, sites: LocalSites) -> None:
+def _start_local_sites(
+    launcher: Launcher, plan: PlanConfig, sites: LocalSites, run_dir: Path
+) -> None:
     """Simulated sites: one operator holds all the data, so the plan's summary floor rules
     (a deployed site keeps its own, ``fedseg site start --min-summary-cases``); one
-    machine, so every site takes its compute choices."""
+    machine, so every site takes its compute choices. Under secure aggregation each site
+    gets consortium credentials from a throwaway CA of the run (``pki.throwaway_site_creds``
+    in ``flwr-home/secagg-pki``),
+    so the simulated sites sign and check their round keys as deployed ones do."""
+    creds = {}
+    if plan.privacy.secure_aggregation:
+        creds = throwaway_site_creds(run_dir / FLWR_HOME / SIMULATED_PKI, list(plan.sites))
     for name, site in plan.sites.items():
+        extra = {NODE_CREDS_DIR: str(creds[name])} if name in creds else {}
         launcher.start_site(name, {NODE_SITE_NAME: name, NODE_DATA_DIR: str(site.data),
                                    "threads": sites.threads_per_site,
                                    NODE_MIN_SUMMARY_CASES: 1,
-                                   **compute_node_config(sites.compute)})  # fmt: skip
+                                   **compute_node_config(sites.compute), **extra})  # fmt: skip
 
 
 def run_result(run_dir: Path, t0: float) -> RunResult:

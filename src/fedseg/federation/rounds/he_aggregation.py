@@ -43,7 +43,7 @@ import numpy as np
 
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.aggregation import UpdateRejected, check_update, weighted_average
-from fedseg.federation.rounds.he_keys import SUM
+from fedseg.federation.rounds.he_keys import DECRYPT, KEYS, SUM
 from fedseg.federation.rounds.hidden_sum import RevealedMean
 from fedseg.federation.rounds.spool import Spool, SpooledArrays
 from fedseg.federation.rounds.tasks import Payload, TaskReply, TaskRequest
@@ -142,7 +142,7 @@ class HeAggregation:
         errors = []
         for site in [s for s in wanted if s in connected]:
             ask: Payload = {"run_id": self.run_id, "he": self.cfg.model_dump_json()}
-            ans = transport.query("he_keys", {site: ask}, QUERY_TIMEOUT_S)[site]
+            ans = transport.query(KEYS, {site: ask}, QUERY_TIMEOUT_S)[site]
             if not isinstance(ans, dict):
                 errors.append(f"{site}: {ans.error}")
                 continue
@@ -278,7 +278,7 @@ class HeAggregation:
             he.LENGTHS: np.array(self.lengths, np.int64),
         }  # fmt: skip
         assert self.holder is not None
-        ans = transport.query("he_decrypt", {self.holder: payload}, QUERY_TIMEOUT_S)[self.holder]
+        ans = transport.query(DECRYPT, {self.holder: payload}, QUERY_TIMEOUT_S)[self.holder]
         del payload
         if not isinstance(ans, dict):
             self.holder = None  # the next round (or a restart) asks for a new key holder

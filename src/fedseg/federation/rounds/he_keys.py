@@ -25,10 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from fedseg.errors import FedsegError
-from fedseg.federation.rounds.site_queries import SiteContext, site_workspace
+from fedseg.federation.rounds.site_queries import QueryHandler, SiteContext, site_workspace
 from fedseg.federation.rounds.tasks import Payload
 from fedseg.privacy import he
 from fedseg.privacy.config import HeConfig
+
+#: the query kinds the key holder answers (``query.he_keys``, ``query.he_decrypt``)
+KEYS = "he_keys"
+DECRYPT = "he_decrypt"
 
 #: the key holder's files in its run workspace
 SECRET_FILE, PUBLIC_FILE = "he-key.secret", "he-key.public"
@@ -90,3 +94,7 @@ def answer_decrypt(ctx: SiteContext, payload: Payload) -> Payload:
         raise FedsegError("the sum to decrypt is malformed")
     sk = he.secret_context(secret.read_bytes())
     return {SUM: he.decrypt_chunks(sk, he.unpack(data, lengths))}
+
+
+#: the key holder's query handlers (``site_queries`` registers them)
+QUERIES: dict[str, QueryHandler] = {KEYS: answer_keys, DECRYPT: answer_decrypt}

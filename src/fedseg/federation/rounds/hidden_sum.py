@@ -71,8 +71,10 @@ def make_hidden_sum(plan: PlanConfig, run_dir: Path, store: RunStore) -> HiddenS
     """The plan's hiding mechanism for the aggregator, or None when updates travel clear."""
     if not plan.privacy.hides_updates:
         return None
-    if plan.privacy.he.scheme == "ckks":
-        from fedseg.federation.rounds.he_aggregation import HeAggregation
+    if plan.privacy.secure_aggregation:
+        from fedseg.federation.rounds.secure_aggregation import SecureAggregation
 
-        return HeAggregation(plan, run_dir, store)
-    raise NotImplementedError("hidden sums: filled in by the mechanisms")
+        return SecureAggregation(plan, run_dir, store)
+    from fedseg.federation.rounds.he_aggregation import HeAggregation  # he.scheme: ckks
+
+    return HeAggregation(plan, run_dir, store)

@@ -46,24 +46,6 @@ QueryHandler = Callable[[SiteContext, Payload], Payload]
 QUERIES: dict[str, QueryHandler] = {}
 
 
-# -- homomorphic encryption (``privacy.he``): the key holder's steps (``rounds.he_keys``,
-# imported when asked: it imports this module)
-def _he_keys(ctx: SiteContext, payload: Payload) -> Payload:
-    from fedseg.federation.rounds.he_keys import answer_keys
-
-    return answer_keys(ctx, payload)
-
-
-def _he_decrypt(ctx: SiteContext, payload: Payload) -> Payload:
-    from fedseg.federation.rounds.he_keys import answer_decrypt
-
-    return answer_decrypt(ctx, payload)
-
-
-QUERIES["he_keys"] = _he_keys
-QUERIES["he_decrypt"] = _he_decrypt
-
-
 def answer(kind: str, ctx: SiteContext, payload: Payload) -> Payload:
     """The site's answer to a ``kind`` query."""
     handler = QUERIES.get(kind)
@@ -73,3 +55,17 @@ def answer(kind: str, ctx: SiteContext, payload: Payload) -> Payload:
             "the aggregator and the site run different fedseg versions"
         )
     return handler(ctx, payload)
+
+
+def _register() -> None:
+    """Each mechanism's handlers (its module's ``QUERIES``), registered here so that every
+    site process has them. The modules import this one, hence the late import; they stay
+    torch-free and import TenSEAL only when a handler runs."""
+    from fedseg.federation.rounds.he_keys import QUERIES as HE
+    from fedseg.federation.rounds.secure_aggregation_site import QUERIES as SECAGG
+
+    QUERIES.update(SECAGG)
+    QUERIES.update(HE)
+
+
+_register()

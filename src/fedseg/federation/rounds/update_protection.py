@@ -39,7 +39,9 @@ def protect_update(ctx: SiteContext, req: TaskRequest, reply: TaskReply) -> None
     if p.dp.level == "site":
         reply.weights = site_dp_weights(req, reply.weights)
     if p.secure_aggregation:
-        raise NotImplementedError("secure aggregation: filled in by its mechanism")
+        from fedseg.federation.rounds.secure_aggregation_site import mask_update
+
+        mask_update(ctx, req, reply)
     elif p.he.scheme != "none":
         from fedseg.federation.rounds.he_aggregation import protect_he
 

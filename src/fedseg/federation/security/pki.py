@@ -515,3 +515,25 @@ def site_credentials(creds: Path) -> SiteCredentials:
             )
         name = common_name(cert)
     return SiteCredentials(ca_cert=ca_path, auth_key=key_path, name=name)
+
+
+#: folder of a simulated run's throwaway CA (``fedseg simulate``: under ``flwr-home/``;
+#: ``fedseg compare``: in each plan's run folder)
+SIMULATED_PKI = "secagg-pki"
+
+
+def throwaway_site_creds(root: Path, sites: list[str]) -> dict[str, Path]:
+    """Consortium credentials for simulated sites (``fedseg simulate``/``compare``: one
+    operator plays every site): a CA in ``root`` (made on first use) and each site's
+    credentials folder (``site.key``, ``site.crt``, ``ca.crt``; made once, kept for a
+    resumed run). The sites then sign and check what they send as deployed ones do."""
+    paths = CaPaths(root)
+    if not paths.cert.exists():
+        init_ca(root, name="fedseg simulated consortium CA")
+    out = {}
+    for site in sites:
+        bundle = paths.site_bundle(site)
+        if not (bundle / SITE_KEY_FILE).exists():
+            issue_site(root, site)
+        out[site] = bundle
+    return out

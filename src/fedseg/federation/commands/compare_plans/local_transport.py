@@ -35,12 +35,15 @@ class LocalTransport:
                  poison: Poison | None = None,
                  on_site: Callable[[str], None] | None = None,
                  min_summary_cases: int = 1,
-                 compute: ComputeOverrides | None = None) -> None:  # fmt: skip
+                 compute: ComputeOverrides | None = None,
+                 creds: dict[str, Path] | None = None) -> None:  # fmt: skip
         self.data, self.workspaces, self.poison, self.on_site = data, workspaces, poison, on_site
         self.min_summary_cases = min_summary_cases
         self.compute = compute
-        #: each site's private protocol state (a real site's Flower ``context.state``)
-        self.contexts = {s: SiteContext(s, d, workspaces.get(s)) for s, d in data.items()}
+        #: each site's private protocol state (a real site's Flower ``context.state``) and
+        #: its consortium credentials (``creds``: simulated ones, ``pki.throwaway_site_creds``)
+        self.contexts = {s: SiteContext(s, d, workspaces.get(s), creds=(creds or {}).get(s))
+                         for s, d in data.items()}  # fmt: skip
 
     def connected_sites(self, wanted: Sequence[str], wait_s: float) -> list[str]:
         return [s for s in wanted if s in self.data]

@@ -23,6 +23,7 @@ from fedseg.federation.commands.compare_plans.outputs import (
     write_results,
 )
 from fedseg.federation.rounds.coordinator import Coordinator
+from fedseg.federation.security.pki import SIMULATED_PKI, throwaway_site_creds
 from fedseg.model.compute import resolve_device
 from fedseg.plan import PlanConfig, save_plan
 from fedseg.run_folder import BEST_MODEL, LAST_MODEL, PLAN_FILE, model_path
@@ -104,8 +105,11 @@ def _run_plan(cfg: CompareConfig, plan: PlanConfig, run_dir: Path, sites: dict[s
     steps = (rounds + 1) * len(sites)
     task = bar.add_task(f"{plan.name}", total=steps)
     ws = {s: run_dir / "sites" / s for s in sites}
+    creds = None
+    if plan.privacy.secure_aggregation:  # the sites sign their round keys, as deployed ones
+        creds = throwaway_site_creds(run_dir / SIMULATED_PKI, list(sites))
     transport = LocalTransport(sites, ws, cfg.poison, lambda _s: bar.advance(task),
-                               compute=cfg.compute)  # fmt: skip
+                               compute=cfg.compute, creds=creds)  # fmt: skip
     t0 = time.perf_counter()
     Coordinator(run_dir, transport).run()
     wall = time.perf_counter() - t0
