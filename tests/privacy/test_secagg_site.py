@@ -13,7 +13,7 @@ from fedseg.errors import FedsegError
 from fedseg.federation.commands.compare_plans.local_transport import LocalTransport
 from fedseg.federation.engine.client_app import NODE_CREDS_DIR
 from fedseg.federation.rounds.secure_aggregation_site import STATE_KEY
-from fedseg.federation.rounds.site_queries import QUERIES, SiteContext, answer
+from fedseg.federation.rounds.site_queries import SiteContext, answer
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
 from fedseg.federation.rounds.update_protection import protect_update
 from fedseg.federation.security import pki
@@ -23,16 +23,28 @@ from fedseg.privacy.secagg.protocol import SiteState
 from tests.privacy.secagg_helpers import consortium
 
 
-def test_handlers_are_registered_and_torch_free() -> None:
-    assert {"secagg_keys", "secagg_shares", "secagg_unmask"} <= set(QUERIES)
+@pytest.mark.parametrize(
+    "first",
+    [
+        "fedseg.federation.rounds.site_queries",
+        "fedseg.federation.rounds.secure_aggregation_site",
+        "fedseg.federation.rounds.he_aggregation",  # the aggregator's import order
+        "fedseg.federation.engine.client_app",
+    ],
+)
+def test_handlers_are_registered_and_torch_free(first: str) -> None:
+    """Every mechanism's handlers are there whichever module a process imports first (the
+    mechanism modules import site_queries), and none of it imports torch or TenSEAL."""
     import subprocess
     import sys
 
-    code = ("import sys, fedseg.federation.rounds.site_queries, "
-            "fedseg.federation.rounds.secure_aggregation_site; "
-            "print('torch' in sys.modules)")  # fmt: skip
+    code = (
+        f"import sys, {first}; from fedseg.federation.rounds.site_queries import queries; "
+        "print(sorted(queries()), 'torch' in sys.modules, 'tenseal' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    kinds = ["he_decrypt", "he_keys", "secagg_keys", "secagg_shares", "secagg_unmask"]
+    assert out.stdout.strip() == f"{kinds} False False"
 
 
 def test_a_site_without_credentials_refuses_in_one_line() -> None:

@@ -30,7 +30,7 @@ from fedseg.federation.engine.messages import (
     encode_payload,
     encode_reply,
 )
-from fedseg.federation.rounds.site_queries import QUERIES, SiteContext, answer
+from fedseg.federation.rounds.site_queries import SiteContext, answer, queries
 from fedseg.federation.rounds.tasks import declared_cases
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
@@ -119,7 +119,7 @@ def _query_handler(kind: str) -> Any:
     return handle
 
 
-for _kind in QUERIES:
+for _kind in queries():
     app.query(_kind)(_query_handler(_kind))
 
 

@@ -151,7 +151,7 @@ class Transport(Protocol):
     def query(
         self, kind: str, payloads: dict[str, Payload], timeout_s: float
     ) -> dict[str, Payload | SiteFailure]:
-        """Send each site a ``kind`` query (``site_queries.QUERIES``: a protocol step of a
+        """Send each site a ``kind`` query (``site_queries.queries()``: a protocol step of a
         privacy mechanism) with its payload; each site's answer, or its failure (an error,
         or no answer within ``timeout_s``)."""
         ...

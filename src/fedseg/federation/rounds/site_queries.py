@@ -1,7 +1,7 @@
 """A site's answers to the aggregator's small protocol messages (``Transport.query``),
 engine-free and torch-free: each starts a site process of its own, which must start fast.
 
-``QUERIES`` maps a query kind (Flower message type ``query.<kind>``) to its handler. A
+``queries()`` maps a query kind (Flower message type ``query.<kind>``) to its handler. A
 handler gets the site's ``SiteContext`` and the aggregator's payload and returns its own
 payload; what it must remember until a later message of the same run (secret keys, seeds,
 received shares) goes in ``SiteContext.state``, which never leaves the site (a real site's
@@ -42,30 +42,25 @@ def site_workspace(data: Path, run_id: str, workspace: Path | None = None) -> Pa
 #: a query handler: (the site, the aggregator's payload) -> the site's payload
 QueryHandler = Callable[[SiteContext, Payload], Payload]
 
-#: every query kind a site answers, by name (the message type is ``query.<name>``)
-QUERIES: dict[str, QueryHandler] = {}
 
-
-def answer(kind: str, ctx: SiteContext, payload: Payload) -> Payload:
-    """The site's answer to a ``kind`` query."""
-    handler = QUERIES.get(kind)
-    if handler is None:
-        raise FedsegError(
-            f"query {kind!r} is not one this site answers ({', '.join(QUERIES) or 'none'}); "
-            "the aggregator and the site run different fedseg versions"
-        )
-    return handler(ctx, payload)
-
-
-def _register() -> None:
-    """Each mechanism's handlers (its module's ``QUERIES``), registered here so that every
-    site process has them. The modules import this one, hence the late import; they stay
+def queries() -> dict[str, QueryHandler]:
+    """Every query kind a site answers, by name (the message type is ``query.<name>``): each
+    mechanism's handlers, its module's ``QUERIES`` (secure aggregation, HE key holder).
+    Imported when first asked for, because those modules import this one; they stay
     torch-free and import TenSEAL only when a handler runs."""
     from fedseg.federation.rounds.he_keys import QUERIES as HE
     from fedseg.federation.rounds.secure_aggregation_site import QUERIES as SECAGG
 
-    QUERIES.update(SECAGG)
-    QUERIES.update(HE)
+    return {**SECAGG, **HE}
 
 
-_register()
+def answer(kind: str, ctx: SiteContext, payload: Payload) -> Payload:
+    """The site's answer to a ``kind`` query."""
+    handlers = queries()
+    handler = handlers.get(kind)
+    if handler is None:
+        raise FedsegError(
+            f"query {kind!r} is not one this site answers ({', '.join(handlers)}); "
+            "the aggregator and the site run different fedseg versions"
+        )
+    return handler(ctx, payload)
