@@ -24,6 +24,7 @@ from fedseg.federation.rounds.tasks import Payload, TaskReply, TaskRequest
 from fedseg.federation.rounds.update_protection import protect_update
 from fedseg.model.config import NetworkConfig
 from fedseg.model.model_file import load_model
+from fedseg.plan import PlanConfig
 from fedseg.privacy import he
 from fedseg.privacy.config import HeConfig
 from fedseg.run_folder import SiteRoundStatus, model_path
@@ -246,6 +247,10 @@ def test_a_malformed_encrypted_update_is_rejected_and_left_out(tmp_path: Path) -
     np.testing.assert_allclose(w2[k], w0[k] + step, atol=1e-6)
 
 
+def _check_he(plan: PlanConfig) -> None:
+    he.check_plan(plan.privacy.he, plan.network, list(plan.sites))
+
+
 def test_plan_check_refuses_too_many_ciphertext_bytes(tmp_path: Path) -> None:
     sites = {s: tmp_path / s for s in SITES}
     fets = {"base_filters": 30, "depth": 4}
@@ -253,15 +258,14 @@ def test_plan_check_refuses_too_many_ciphertext_bytes(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match=r"30,205,803 values .* 1\.93 GB per site per round"):
         check_plan_runs(plan, tmp_path / "run")
     selected = {"scheme": "ckks", "layers": ["ups.*", "head.*"]}
-    he.check_plan(
-        tiny_plan(sites, network=fets, privacy={"he": selected})
-    )  # 9.5 M values, 0.61 GB: within the default 1 GiB
+    # 9.5 M values, 0.61 GB: within the default 1 GiB
+    _check_he(tiny_plan(sites, network=fets, privacy={"he": selected}))
     meant = {"scheme": "ckks", "max_bytes_per_site": 2 * 10**9}
-    he.check_plan(tiny_plan(sites, network=fets, privacy={"he": meant}))
+    _check_he(tiny_plan(sites, network=fets, privacy={"he": meant}))
     with pytest.raises(PlanError, match="select no floating weight"):
-        he.check_plan(tiny_plan(sites, privacy={"he": {"scheme": "ckks", "layers": ["enc*"]}}))
+        _check_he(tiny_plan(sites, privacy={"he": {"scheme": "ckks", "layers": ["enc*"]}}))
     with pytest.raises(PlanError, match="key_holder 'nobody' is not a plan site"):
-        he.check_plan(tiny_plan(sites, privacy={"he": {"scheme": "ckks", "key_holder": "nobody"}}))
+        _check_he(tiny_plan(sites, privacy={"he": {"scheme": "ckks", "key_holder": "nobody"}}))
 
 
 def test_missing_tenseal_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

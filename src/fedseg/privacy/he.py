@@ -67,7 +67,6 @@ from fedseg.privacy.config import HeConfig
 
 if TYPE_CHECKING:
     from fedseg.model.config import NetworkConfig
-    from fedseg.plan import PlanConfig
 
 #: payload keys: the ciphertexts' bytes and their lengths; the prefix of a clear array
 DATA, LENGTHS, CLEAR_PREFIX = "he.data", "he.len", "clear/"
@@ -284,20 +283,20 @@ def weight_sizes(network: NetworkConfig) -> dict[str, tuple[int, np.dtype]]:
             net.state_dict().items()}  # fmt: skip
 
 
-def check_plan(plan: PlanConfig) -> None:
-    """Refuse (one-line ``PlanError``) an HE plan that cannot run as asked: fewer than two
-    sites, a key holder not in the plan, layer globs that select nothing, or more ciphertext
-    bytes per site and round than ``privacy.he.max_bytes_per_site``. Needs no tenseal."""
-    cfg = plan.privacy.he
+def check_plan(cfg: HeConfig, network: NetworkConfig, sites: list[str]) -> None:
+    """Refuse (one-line ``PlanError``) a plan's HE (``privacy.he``, on ``network`` with
+    ``sites``) that cannot run as asked: fewer than two sites, a key holder not among them,
+    layer globs that select nothing, or more ciphertext bytes per site and round than
+    ``max_bytes_per_site``. Needs no tenseal."""
     if cfg.scheme == "none":
         return
-    if len(plan.sites) < 2:
+    if len(sites) < 2:
         raise PlanError("privacy.he needs at least 2 sites: the sum of one site's update is "
                         "that update")  # fmt: skip
-    if cfg.key_holder is not None and cfg.key_holder not in plan.sites:
+    if cfg.key_holder is not None and cfg.key_holder not in sites:
         raise PlanError(f"privacy.he.key_holder {cfg.key_holder!r} is not a plan site "
-                        f"({', '.join(plan.sites)})")  # fmt: skip
-    sizes = weight_sizes(plan.network)
+                        f"({', '.join(sites)})")  # fmt: skip
+    sizes = weight_sizes(network)
     names = encrypted_names({k: np.empty(0, d) for k, (_, d) in sizes.items()}, cfg.layers)
     if not names:
         raise PlanError(f"privacy.he.layers {cfg.layers} select no floating weight of the "

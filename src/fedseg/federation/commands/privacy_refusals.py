@@ -31,7 +31,7 @@ from fedseg.federation.rounds.participation import n_participants
 from fedseg.federation.rounds.strategies.base import Strategy
 from fedseg.federation.rounds.strategies.registry import STRATEGIES
 from fedseg.plan import BoundsConfig, PlanConfig
-from fedseg.privacy import accounting
+from fedseg.privacy import accounting, he
 from fedseg.privacy.accounting import INSTALL_HINT
 from fedseg.privacy.visibility import withheld_by
 
@@ -128,6 +128,7 @@ def check_privacy(plan: PlanConfig, strategy: Strategy) -> None:  # type: ignore
             )
     if p.he.scheme != "none" and importlib.util.find_spec("tenseal") is None:
         raise PlanError(f"privacy.he needs the privacy extra: {INSTALL_HINT}")
+    he.check_plan(p.he, plan.network, list(plan.sites))
 
 
 def _trainers_per_round(plan: PlanConfig, strategy: Strategy) -> int:  # type: ignore[type-arg]

@@ -26,7 +26,6 @@ from fedseg.federation.rounds.strategies.registry import make_strategy
 from fedseg.model.config import NetworkConfig
 from fedseg.model.registry import build_network
 from fedseg.plan import PlanConfig, load_plan, save_plan
-from fedseg.privacy import he
 from fedseg.run_folder import PLAN_FILE, folder_problem
 from fedseg.tracking.store import RunStore
 
@@ -63,7 +62,6 @@ def check_plan_runs(plan: PlanConfig, run_dir: Path) -> int:
     :func:`round_bytes`; raises a one-line ``PlanError`` (the plan) or ``FedsegError`` (the
     folder)."""
     check_privacy(plan, make_strategy(plan.strategy, plan.local_epochs))
-    he.check_plan(plan)
     init = plan.initial_model.path
     if init is not None and not init.is_file():
         raise PlanError(f"initial_model.path {init} not found: fix the plan's initial_model")

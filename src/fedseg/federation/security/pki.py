@@ -16,7 +16,9 @@ Flower 1.41's ``flower-supernode --auth-supernode-private-key`` reads it) and ``
 Flower 1.41 authenticates SuperNodes with NIST-curve EC keys: the SuperNode signs each Fleet
 request with its private key, and the SuperLink (``--enable-supernode-auth``) accepts only
 public keys registered through the Control API (``flwr supernode register``). Private key
-files are written with mode 0600 and never overwritten.
+files are written with mode 0600 and never overwritten. Who a certificate names and whether
+the CA issued it (``common_name``, ``verify_issued``) are ``fedseg.certificates``'s, shared
+with secure aggregation's key signatures.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedseg.certificates import common_name, verify_issued
 from fedseg.errors import FedsegError
 from fedseg.plan import _SITE_NAME
 
@@ -202,12 +204,6 @@ def _name(common_name: str) -> x509.Name:
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
-
-
-def common_name(cert_or_csr: x509.Certificate | x509.CertificateSigningRequest) -> str:
-    """The subject's CN, or '' if there is none."""
-    attrs = cert_or_csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(attrs[0].value) if attrs else ""
 
 
 # --- CA ----------------------------------------------------------------------------------
@@ -441,25 +437,6 @@ def sign_request(root: Path, csr_path: Path, days: int = SITE_DAYS) -> Path:
 
 
 # --- verification ------------------------------------------------------------------------
-
-
-def verify_issued(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
-    """Raise FedsegError unless ``cert`` is signed by ``ca_cert`` and currently valid."""
-    if cert.issuer != ca_cert.subject:
-        raise FedsegError(f"certificate {common_name(cert)!r} was not issued by this CA")
-    try:
-        cert.verify_directly_issued_by(ca_cert)
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        raise FedsegError(
-            f"certificate {common_name(cert)!r} does not chain to this CA (bad signature)"
-        ) from exc
-    now = _now()
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise FedsegError(
-            f"certificate {common_name(cert)!r} is not valid now "
-            f"({cert.not_valid_before_utc:%Y-%m-%d} .. {cert.not_valid_after_utc:%Y-%m-%d}); "
-            "reissue it"
-        )
 
 
 def enrolled_sites(root: Path) -> list[EnrolledSite]:

@@ -7,7 +7,7 @@ secret key is shared among the sites, and rebuilt by the aggregator when its sit
 out: it must never be a long-lived key, so the site's consortium key (``site.key`` of
 ``fedseg pki``, ECDSA P-384) only **signs** the round's public keys, bound to the run, the
 round and the site's name. A peer accepts them only when the signer's certificate chains
-to the consortium CA (``pki.verify_issued``) and names the site the aggregator says they
+to the consortium CA (``certificates.verify_issued``) and names the site the aggregator says they
 are from. Each encrypted share is bound (AES-GCM associated data) to the run, the round,
 its sender and its receiver, so the aggregator can neither replay nor redirect one.
 """
@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from fedseg.certificates import common_name, verify_issued
 from fedseg.errors import FedsegError
-from fedseg.federation.security.pki import common_name, verify_issued
 
 KEY_BYTES = 32
 _MASK_INFO = b"fedseg secagg pairwise mask"
