@@ -38,17 +38,18 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from fedseg.federation.commands.compare_plans.local_transport import answer_here
 from fedseg.federation.rounds.aggregation import n_bytes, weighted_average
 from fedseg.federation.rounds.coordinator import SiteFailure
 from fedseg.federation.rounds.he_aggregation import HeAggregation
-from fedseg.federation.rounds.site_queries import SiteContext, answer
+from fedseg.federation.rounds.site_queries import SiteContext
 from fedseg.federation.rounds.tasks import Payload, TaskReply, TaskRequest
 from fedseg.federation.rounds.update_protection import protect_update
 from fedseg.model.config import NetworkConfig
 from fedseg.model.registry import new_network
 from fedseg.model.weights import Weights, get_weights
 from fedseg.plan import PlanConfig
-from fedseg.run_folder import DeclaredCases, SiteRoundStatus
+from fedseg.run_folder import DeclaredCases
 from fedseg.tracking.store import RunStore
 
 NETWORKS = {
@@ -73,13 +74,7 @@ class QueryTransport:
     def query(
         self, kind: str, payloads: dict[str, Payload], timeout_s: float
     ) -> dict[str, Payload | SiteFailure]:
-        out: dict[str, Payload | SiteFailure] = {}
-        for site, payload in payloads.items():
-            try:
-                out[site] = answer(kind, self.contexts[site], payload)
-            except Exception as exc:
-                out[site] = SiteFailure(SiteRoundStatus.FAILED, str(exc))
-        return out
+        return answer_here(kind, self.contexts, payloads)
 
 
 def rss_peak_bytes() -> int:

@@ -62,24 +62,8 @@ def test_bad_arguments_are_refused() -> None:
         epsilon(0.0, 1)
 
 
-def test_missing_extra_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_dp(name: str, *args: object, **kwargs: object) -> object:
-        if name == "dp_accounting":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    accounting._dp.cache_clear()
-    monkeypatch.setattr(builtins, "__import__", no_dp)
-    try:
-        with pytest.raises(Exception) as exc:
-            accounting.require_accounting()
-        assert str(exc.value) == (
-            "privacy.dp needs the privacy extra: pip install 'fedseg[privacy]'"
-        )
-    finally:
-        monkeypatch.undo()
-        accounting._dp.cache_clear()
+@pytest.mark.usefixtures("without_dp_accounting")
+def test_missing_extra_is_one_line() -> None:
+    with pytest.raises(Exception) as exc:
+        accounting.require_accounting()
+    assert str(exc.value) == "privacy.dp needs the privacy extra: pip install 'fedseg[privacy]'"

@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("tenseal")
 
 from fedseg.errors import PlanError
+from fedseg.federation.commands.compare_plans.local_transport import answer_here
 from fedseg.federation.commands.run_folder import check_plan_runs
 from fedseg.federation.rounds.coordinator import Coordinator, Exchanged, SiteFailure
 from fedseg.federation.rounds.he_aggregation import HeAggregation
@@ -114,14 +115,8 @@ class HeTransport(ArrayTransport):
     def query(
         self, kind: str, payloads: dict[str, Payload], timeout_s: float
     ) -> dict[str, Payload | SiteFailure]:
-        out: dict[str, Payload | SiteFailure] = {}
-        for site, payload in payloads.items():
-            self.queries.append((kind, site))
-            try:
-                out[site] = answer(kind, self.contexts[site], payload)
-            except Exception as exc:
-                out[site] = SiteFailure(SiteRoundStatus.FAILED, str(exc))
-        return out
+        self.queries.extend((kind, site) for site in payloads)
+        return answer_here(kind, self.contexts, payloads)
 
     def exchange(
         self, requests: dict[str, TaskRequest], timeout_s: float,

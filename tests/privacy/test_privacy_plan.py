@@ -4,7 +4,6 @@ example plan documents the privacy keys and loads."""
 
 from __future__ import annotations
 
-import builtins
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import yaml
 from fedseg.errors import FedsegError
 from fedseg.federation.commands.run_folder import check_plan_runs
 from fedseg.plan import PlanConfig, example_plan, load_plan
-from fedseg.privacy import accounting
 from fedseg.privacy.accounting import epsilon
 from tests.federation.fed_helpers import tiny_plan
 
@@ -112,24 +110,10 @@ def test_secure_aggregation_and_he_together_are_refused_by_the_plan() -> None:
         _plan(privacy={**SECAGG, **HE})
 
 
-def test_missing_extra_is_refused_before_the_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_import = builtins.__import__
-
-    def no_dp(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "dp_accounting":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    accounting._dp.cache_clear()
-    monkeypatch.setattr(builtins, "__import__", no_dp)
-    try:
-        with pytest.raises(FedsegError) as exc:
-            check_plan_runs(_plan(privacy=CASE_DP), tmp_path / "run")
-    finally:
-        monkeypatch.undo()
-        accounting._dp.cache_clear()
+@pytest.mark.usefixtures("without_dp_accounting")
+def test_missing_extra_is_refused_before_the_run(tmp_path: Path) -> None:
+    with pytest.raises(FedsegError) as exc:
+        check_plan_runs(_plan(privacy=CASE_DP), tmp_path / "run")
     assert str(exc.value) == "privacy.dp needs the privacy extra: pip install 'fedseg[privacy]'"
 
 

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 
 from fedseg.errors import FedsegError
-from fedseg.federation.rounds.coordinator import Coordinator, Exchanged, SiteFailure
-from fedseg.federation.rounds.site_queries import SiteContext, answer
+from fedseg.federation.commands.compare_plans.local_transport import answer_here
+from fedseg.federation.rounds.coordinator import Coordinator, Exchanged
+from fedseg.federation.rounds.site_queries import SiteContext
 from fedseg.federation.rounds.tasks import Payload, TaskReply, TaskRequest
 from fedseg.federation.rounds.update_protection import protect_update
 from fedseg.model.model_file import load_model
 from fedseg.plan import PLAN_FILE, load_plan
 from fedseg.privacy.fixed_point import choose_scale, mean_bound
-from fedseg.run_folder import SiteRoundStatus, model_path
+from fedseg.run_folder import model_path
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import SITES, ArrayTransport, float_keys, tiny_plan, write_run
 from tests.privacy.secagg_helpers import consortium
@@ -44,13 +45,7 @@ class SecureArrayTransport(ArrayTransport):
 
     def query(self, kind: str, payloads: dict[str, Payload], timeout_s: float):
         self.queries.append(kind)
-        out: dict[str, Payload | SiteFailure] = {}
-        for site, p in payloads.items():
-            try:
-                out[site] = answer(kind, self.contexts[site], p)
-            except Exception as exc:
-                out[site] = SiteFailure(SiteRoundStatus.FAILED, str(exc))
-        return out
+        return answer_here(kind, self.contexts, payloads)
 
     def exchange(self, requests, timeout_s, on_result) -> None:
         def protected(site: str, ex: Exchanged) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from fedseg.federation.commands.compare_plans.attacks import Poison, poison_reply
@@ -88,15 +88,23 @@ class LocalTransport:
         self, kind: str, payloads: dict[str, Payload], timeout_s: float
     ) -> dict[str, Payload | SiteFailure]:
         """``coordinator.Transport.query``: each site's handler (``site_queries``) runs here."""
-        out: dict[str, Payload | SiteFailure] = {}
-        for site, payload in payloads.items():
-            try:
-                out[site] = answer(kind, self.contexts[site], payload)
-            except Exception as exc:  # a site's failure is its answer, not ours
-                line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-                out[site] = SiteFailure(SiteRoundStatus.FAILED, line)
-        return out
+        return answer_here(kind, self.contexts, payloads)
 
     def _poison(self, site: str, req: TaskRequest, rep: TaskReply) -> None:
         if self.poison is not None and self.poison.site == site:
             poison_reply(self.poison, req, rep)
+
+
+def answer_here(
+    kind: str, contexts: Mapping[str, SiteContext], payloads: dict[str, Payload]
+) -> dict[str, Payload | SiteFailure]:
+    """Each site's answer to a ``kind`` query, its handler run in this process with its
+    ``contexts[site]``; a handler that raises is that site's failure (its last line)."""
+    out: dict[str, Payload | SiteFailure] = {}
+    for site, payload in payloads.items():
+        try:
+            out[site] = answer(kind, contexts[site], payload)
+        except Exception as exc:  # a site's failure is its answer, not ours
+            line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            out[site] = SiteFailure(SiteRoundStatus.FAILED, line)
+    return out
