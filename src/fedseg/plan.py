@@ -20,6 +20,7 @@ from fedseg.errors import FedsegError
 from fedseg.model.config import NetworkConfig
 from fedseg.privacy.config import PrivacyConfig
 from fedseg.run_folder import PLAN_FILE
+from fedseg.synth.config import SynthesisConfig
 from fedseg.train.config import TrainConfig, check_shapes
 
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -168,6 +169,11 @@ class PlanConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "fedseg-federation"
+    task: Literal["segmentation", "synthesis"] = Field(
+        "segmentation",
+        description="segmentation: train the segmentation network; synthesis: train the "
+        "ModalityBank generator (key `synthesis`)",
+    )
     sites: dict[str, SiteConfig]
     rounds: int = Field(10, ge=1)
     local_epochs: int = Field(1, ge=1, description="epochs each site trains per round")
@@ -184,6 +190,7 @@ class PlanConfig(BaseModel):
     bounds: BoundsConfig = BoundsConfig()
     transfer: TransferConfig = TransferConfig()
     retention: RetentionConfig = RetentionConfig()
+    synthesis: SynthesisConfig = SynthesisConfig()
 
     @field_validator("sites")
     @classmethod

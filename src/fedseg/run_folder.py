@@ -233,6 +233,8 @@ class DeclaredCases(_MetaValue):
 
     n_train: int
     n_val: int
+    #: the modalities the site has (``data.site_config``); None: all four (older sites)
+    modalities: list[str] | None = None
 
 
 class LastTrained(_MetaValue):

@@ -26,6 +26,13 @@ FILE_KEYS: dict[Layout, dict[str, str]] = {
 }
 #: MSD Task01 stores one 4D image with channels FLAIR, T1w, T1gd, T2w.
 MSD_CHANNELS: dict[str, int] = {"flair": 0, "t1": 1, "t1ce": 2, "t2": 3}
+#: A generator-made image is named ``<case><key><SYNTHETIC_MARK>.nii.gz`` (e.g.
+#: ``BraTS_001_flair.syn.nii.gz``) and marked in its header's ``descrip``; discovery takes it
+#: for the modality (``Case.synthetic`` lists it) unless a real file of the modality exists.
+SYNTHETIC_MARK = ".syn"
+#: A label-only phantom case (``fedseg data synth --labels-only``) has its brain mask in
+#: ``<case><BRAIN_KEY>.nii.gz`` next to its label map.
+BRAIN_KEY = "_brain"
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,9 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class Case:
-    """One case on disk. ``images`` lacks the modalities that were not found (see ``missing``).
+    """One case on disk. ``images`` lacks the modalities that were not found: ``absent``
+    the ones its site declared it never acquires (``data.site_config``), ``missing`` the
+    others (an error). ``synthetic``: modalities whose image is generator-made.
 
     ``folder`` holds the case's files; ``root`` is the data folder it was discovered in (the
     site's folder, where the site keeps its own files), None for a case made from files.
@@ -51,10 +60,18 @@ class Case:
     missing: tuple[str, ...] = ()
     folder: Path | None = None
     root: Path | None = None
+    absent: tuple[str, ...] = ()
+    synthetic: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
+        """No accidental gap (declared-absent modalities do not count)."""
         return not self.missing
+
+    @property
+    def present(self) -> tuple[str, ...]:
+        """The modalities with an image (real or synthetic), in MODALITIES order."""
+        return tuple(m for m in MODALITIES if m in self.images)
 
 
 @dataclass

@@ -30,6 +30,10 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
     "hd95": (0.0, HD95_ONE_EMPTY),
     "sensitivity": (0.0, 1.0),
     "specificity": (0.0, 1.0),
+    # image synthesis (``synth.validate``; images scaled to [0, 1])
+    "ssim": (-1.0, 1.0),
+    "psnr": (0.0, 100.0),
+    "mae": (0.0, 1.0),
 }
 
 
