@@ -178,6 +178,15 @@ class RunKind(StrEnum):
 
 
 # -- meta -------------------------------------------------------------------------------
+class Task(StrEnum):
+    """What a federation trains (plan ``task``): the validation rows' ``region`` is an
+    ET/TC/WT region for segmentation and a modality (t1, t1ce, t2, flair) for synthesis,
+    whose metrics are ssim, psnr and mae (``synth.validate``)."""
+
+    SEGMENTATION = "segmentation"
+    SYNTHESIS = "synthesis"
+
+
 class MetaKey(StrEnum):
     """The keys of the run store's ``meta`` table."""
 
@@ -196,6 +205,7 @@ class MetaKey(StrEnum):
     ROUND_BYTES = "round_bytes"  # bytes a round's model files take (the plan check's estimate)
     DECLARED = "declared"  # site -> DeclaredCases, fixed at the site's first connect
     HE = "he"  # HeRecord: privacy.he's key holder and which arrays travelled encrypted
+    TASK = "task"  # Task: what the federation trains (plan ``task``)
     # a centralized run (``fedseg train``)
     KIND = "kind"  # RunKind
     SITES = "sites"  # names of its data folders
@@ -433,6 +443,13 @@ class RunMeta:
     def error(self) -> str | None:
         v = self._t.get_meta(MetaKey.ERROR)
         return None if v is None else str(v)
+
+    def task(self) -> Task:
+        """What the run trains; ``segmentation`` for runs that never recorded it."""
+        return _enum(Task, MetaKey.TASK, self._t.get_meta(MetaKey.TASK)) or Task.SEGMENTATION
+
+    def set_task(self, task: Task) -> None:
+        self._t.set_meta(MetaKey.TASK, Task(task).value)
 
     def planned_rounds(self) -> int | None:
         v = self._t.get_meta(MetaKey.PLANNED_ROUNDS)
