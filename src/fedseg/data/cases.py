@@ -196,7 +196,9 @@ def _msd_cases(root: Path, absent: Sequence[str] = ()) -> list[Case]:
                 label = candidate if candidate.exists() else None
             images = {m: ImageSource(f, MSD_CHANNELS[m]) for m in MODALITIES if m not in absent}
             declared = tuple(absent)  # a 4D file holds every channel: the absent are ignored
-            cases.append(Case(stem, Layout.MSD, images, label, (), root, declared, (), declared))
+            cases.append(
+                Case(stem, Layout.MSD, images, label, (), root, absent=declared, ignored=declared)
+            )
     return cases
 
 
