@@ -140,6 +140,7 @@ def test_syn_image_discovered_marked_and_checked(tmp_path: Path, factory, layout
     assert synthetic_generator(path) == ("flair", GEN[:16])
     done, other = discover_cases(root)
     assert done.synthetic == ("flair",) and not done.absent and done.images["flair"].path == path
+    assert done.present == MODALITIES and done.real == ("t1", "t1ce", "t2")
     assert other.absent == ("flair",) and not other.synthetic
     vol = load_case(done)
     assert vol.present == MODALITIES and vol.image[3].max() == 777.0
@@ -254,3 +255,20 @@ def test_label_only_folder(tmp_path: Path, factory) -> None:
     with pytest.raises(FedsegError, match="label maps and brain masks without images"):
         discover_cases(tmp_path)
     assert label_only_cases(tmp_path / "p1")[0].case_id == "p1"  # one case folder
+
+
+def test_all_synthetic_case_is_a_full_case(tmp_path: Path, factory) -> None:
+    """A `fedseg sample` case: every image generator-made, the label map copied."""
+    image, label = factory.volumes()
+    factory.write(tmp_path, Layout.BRATS2021, "s000", image, label)
+    keys = FILE_KEYS[Layout.BRATS2021]
+    (case,) = discover_cases(tmp_path)
+    for i, m in enumerate(MODALITIES):
+        (tmp_path / "s000" / f"s000{keys[m]}.nii.gz").unlink()
+        write_synthetic_image(synthetic_image_path(case, m), image[i], factory.affine, m, GEN)
+    (case,) = discover_cases(tmp_path)
+    assert case.synthetic == MODALITIES and case.real == () and case.complete
+    np.testing.assert_array_equal(load_case(case).image, image)
+    report = check_dataset(tmp_path)
+    assert report.passed and report.ok == 1 and not report.notes
+    assert [p.code for p in report.cases[0].problems] == ["synthetic"] * 4

@@ -94,6 +94,12 @@ class Case:
         return tuple(m for m in MODALITIES if m in self.images)
 
     @property
+    def real(self) -> tuple[str, ...]:
+        """The modalities with an acquired (not generator-made) image, in MODALITIES order:
+        what a generator may learn from."""
+        return tuple(m for m in self.present if m not in self.synthetic)
+
+    @property
     def lacking(self) -> tuple[str, ...]:
         """The modalities without an image, declared absent or missing, in MODALITIES order."""
         return tuple(m for m in MODALITIES if m not in self.images)
@@ -209,7 +215,8 @@ def declared_absent(root: Path) -> tuple[str, ...]:
 
     root = Path(root)
     in_site = not (root / SITE_CONFIG_FILE).is_file() and (root.parent / SITE_CONFIG_FILE).is_file()
-    if in_site and _folder_case(root, detect_layout(root) or Layout.BRATS2021) is not None:
+    layout = detect_layout(root) if in_site and root.is_dir() else None
+    if layout is not None and layout in FILE_KEYS and _folder_case(root, layout) is not None:
         root = root.parent  # a case folder inside a site that declares its absences
     return tuple(read_site_config(root).absent_modalities)
 
