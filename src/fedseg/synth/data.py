@@ -112,27 +112,37 @@ class CaseSamples:
     train: np.ndarray
 
 
+def case_images(
+    image: np.ndarray, label: np.ndarray, present: Sequence[str], percentile: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(condition (4, X, Y, Z), target (len(present), X, Y, Z)) of a loaded case: ``image``
+    (4, X, Y, Z) in MODALITIES order (channels outside ``present`` ignored), ``label`` in
+    BraTS 2021 values. The brain (``condition[0]``) is where a present modality is non-zero,
+    plus the tumour; each present modality is scaled by ``percentile`` over it."""
+    idx = [MODALITIES.index(m) for m in present]
+    cond = condition_map(label, brain_mask(image[idx]))
+    return cond, scale_intensity(image[idx], cond[0] > 0, percentile)
+
+
 def prepare_case(
     case_id: str,
     image: np.ndarray,
     label: np.ndarray,
-    modalities: Sequence[str],
+    present: Sequence[str],
     data: SynthDataConfig,
     spatial_dims: int,
 ) -> CaseSamples:
-    """``CaseSamples`` of a loaded case: ``image`` (4, X, Y, Z) in MODALITIES order (channels
-    outside ``modalities`` are ignored), ``label`` (X, Y, Z) in BraTS 2021 values."""
-    idx = [MODALITIES.index(m) for m in modalities]
-    brain = brain_mask(image[idx])
-    cond = condition_map(label, brain)
+    """``CaseSamples`` of a loaded case (``case_images``' arrays, as samples); ``target``'s
+    channels are ``present``."""
+    modalities = tuple(present)
+    cond, target = case_images(image, label, modalities, data.intensity_percentile)
     brain = cond[0] > 0
-    target = scale_intensity(image[idx], brain, data.intensity_percentile)
     if spatial_dims == 3:
         size = [max(n, s) for n, s in zip(brain.shape, data.patch_size, strict=True)]
         centre = brain_centre(brain)
         return CaseSamples(
             case_id,
-            tuple(modalities),
+            modalities,
             fit(cond, size, centre)[None],
             fit(target, size, centre)[None],
             fit(brain, size, centre)[None, None],
@@ -148,7 +158,7 @@ def prepare_case(
 
     return CaseSamples(
         case_id,
-        tuple(modalities),
+        modalities,
         slices(cond),
         slices(target),
         slices(brain[None]),
