@@ -160,3 +160,21 @@ def test_discriminators_stay_in_the_workspace_and_a_redone_round_repeats(
     assert not _same(fresh.weights, results[3].weights, list(w))
     # nothing of a discriminator is in what a site sends
     assert all(param_group(n) for n in again.weights)
+
+
+def test_3d_patches_train_and_validate(cases: list[Case]) -> None:
+    # spatial_dims 3: patches of 16 x 16 x 12 from the 60 x 60 x 39 volume (padded to
+    # multiples of 2), validation on the whole volume with 3D SSIM
+    cfg = SynthesisConfig(
+        generator=GeneratorConfig(spatial_dims=3, base_filters=2, depth=2),
+        discriminator={"channels": 4, "layers": 2},
+        data={"patch_size": (16, 16, 12), "batch_size": 1},
+    )
+    w0 = new_generator_weights(cfg.generator, 0)
+    res = _train(cfg, w0, cases[:1], ["t2", "flair"], steps=2)
+    assert res.n_train == 1 and len(res.d_losses) == 2
+    frozen = [n for n in w0 if param_group(n) in ("kernel", "bank:t1", "bank:t1ce")]
+    assert _same(res.weights, w0, frozen)
+    (result,) = validate_bank(cfg, res.weights, cases[:1], ["t2", "flair"])
+    assert list(result.metrics) == ["t2", "flair"]
+    assert all(-1 <= v["ssim"] <= 1 for v in result.metrics.values())
