@@ -87,7 +87,7 @@ def trained_modalities(
     the bank phase every present modality the generator has a bank for."""
     known = [m for m in MODALITIES if m in present and m in cfg.generator.modalities]
     if phase == "pretrain":
-        if modality not in known:
+        if modality is None or modality not in known:
             raise FedsegError(
                 f"pre-training on {modality}: this site has {', '.join(present) or 'none'} "
                 f"and the generator {', '.join(cfg.generator.modalities)}; pick a modality "

@@ -23,7 +23,7 @@ from fedseg.model.generator_file import GeneratorFile
 from fedseg.model.metrics import mae, psnr, ssim_masked
 from fedseg.model.weights import Weights
 from fedseg.synth.config import SynthesisConfig
-from fedseg.synth.data import brain_mask, case_images
+from fedseg.synth.data import case_images
 from fedseg.synth.render import render_volume
 
 #: the metrics a synthesis validation reports per modality
@@ -62,11 +62,10 @@ def validate_bank(
                 f"case {case.case_id}: no label map; a generator is validated from label maps"
             )
         cond, real = case_images(vol.image, vol.label, present, cfg.data.intensity_percentile)
-        brain = cond[0] > 0
-        raw_brain = brain_mask(vol.image[[MODALITIES.index(m) for m in present]])
+        brain = cond[0] > 0  # the brain and the tumour: render_volume's mask too
         metrics = {}
         for m in modalities:
-            fake = render_volume(gf, vol.label, raw_brain, m)
+            fake = render_volume(gf, vol.label, brain, m)
             metrics[m] = image_metrics(
                 fake, real[present.index(m)], brain, cfg.generator.spatial_dims
             )
