@@ -110,3 +110,12 @@ def test_no_training_slice_is_one_line() -> None:
     cs = prepare_case("c1", image, label, ("t1",), data, 2)
     with pytest.raises(FedsegError, match="min_brain_fraction"):
         SampleSampler([cs], data, 2, seed=0)
+
+
+def test_an_all_zero_present_modality_is_one_line() -> None:
+    # _case leaves T2 all zero: fine when T2 is not present, refused when it is
+    image, label = _case()
+    data = SynthDataConfig()
+    prepare_case("c1", image, label, ("t1", "flair"), data, 2)
+    with pytest.raises(FedsegError, match="t2: an all-zero image"):
+        prepare_case("c1", image, label, ("t1", "t2"), data, 2)

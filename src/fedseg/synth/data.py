@@ -120,6 +120,12 @@ def case_images(
     BraTS 2021 values. The brain (``condition[0]``) is where a present modality is non-zero,
     plus the tumour; each present modality is scaled by ``percentile`` over it."""
     idx = [MODALITIES.index(m) for m in present]
+    empty = [m for m, i in zip(present, idx, strict=True) if not image[i].any()]
+    if empty:
+        raise FedsegError(
+            f"{', '.join(empty)}: an all-zero image in a case whose site has the modality; "
+            "declare it absent (fedseg_site.yaml) or give the case its image"
+        )
     cond = condition_map(label, brain_mask(image[idx]))
     return cond, scale_intensity(image[idx], cond[0] > 0, percentile)
 

@@ -141,11 +141,19 @@ def _load_cases(
             raise FedsegError(
                 f"case {case.case_id}: no label map; the generator is trained from label maps"
             )
-        out.append(
-            prepare_case(
-                case.case_id, vol.image, vol.label, present, cfg.data, cfg.generator.spatial_dims
+        try:
+            out.append(
+                prepare_case(
+                    case.case_id,
+                    vol.image,
+                    vol.label,
+                    present,
+                    cfg.data,
+                    cfg.generator.spatial_dims,
+                )
             )
-        )
+        except FedsegError as exc:
+            raise FedsegError(f"case {case.case_id}: {exc}") from None
         del vol
     return out
 

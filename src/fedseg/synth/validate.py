@@ -61,7 +61,10 @@ def validate_bank(
             raise FedsegError(
                 f"case {case.case_id}: no label map; a generator is validated from label maps"
             )
-        cond, real = case_images(vol.image, vol.label, present, cfg.data.intensity_percentile)
+        try:
+            cond, real = case_images(vol.image, vol.label, present, cfg.data.intensity_percentile)
+        except FedsegError as exc:
+            raise FedsegError(f"case {case.case_id}: {exc}") from None
         brain = cond[0] > 0  # the brain and the tumour: render_volume's mask too
         metrics = {}
         for m in modalities:
