@@ -5,6 +5,7 @@ reproducible."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +179,12 @@ def test_3d_patches_train_and_validate(cases: list[Case]) -> None:
     (result,) = validate_bank(cfg, res.weights, cases[:1], ["t2", "flair"])
     assert list(result.metrics) == ["t2", "flair"]
     assert all(-1 <= v["ssim"] <= 1 for v in result.metrics.values())
+
+
+def test_a_declared_absent_modality_cannot_be_trained(cases: list[Case]) -> None:
+    declared = [dataclasses.replace(c, absent=("flair",)) for c in cases]
+    w0 = new_generator_weights(SMALL.generator, 0)
+    with pytest.raises(FedsegError, match="flair declared absent at this site"):
+        _train(SMALL, w0, declared, ALL)
+    with pytest.raises(FedsegError, match="flair declared absent at this site"):
+        validate_bank(SMALL, w0, declared, ALL)

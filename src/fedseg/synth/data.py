@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedseg.data.cases import MODALITIES
+from fedseg.data.cases import MODALITIES, Case
 from fedseg.errors import FedsegError
 
 if TYPE_CHECKING:
@@ -43,6 +43,17 @@ def condition_map(label: np.ndarray, brain: np.ndarray) -> np.ndarray:
     for i, value in enumerate(TUMOUR_LABELS, start=1):
         out[i] = label == value
     return out
+
+
+def require_present(case: Case, present: Sequence[str]) -> None:
+    """One line if ``case``'s site declared a modality of ``present`` absent (its channel
+    would be all zero: nothing to train or score against)."""
+    declared = [m for m in present if m in case.absent]
+    if declared:
+        raise FedsegError(
+            f"case {case.case_id}: {', '.join(declared)} declared absent at this site "
+            "(fedseg_site.yaml); train and validate only the modalities the site has"
+        )
 
 
 def scale_intensity(image: np.ndarray, brain: np.ndarray, percentile: float) -> np.ndarray:

@@ -58,7 +58,7 @@ from fedseg.model.weights import (
     unnest,
 )
 from fedseg.synth.config import SynthesisConfig
-from fedseg.synth.data import CaseSamples, SampleSampler, prepare_case
+from fedseg.synth.data import CaseSamples, SampleSampler, prepare_case, require_present
 
 Phase = Literal["pretrain", "bank"]
 #: file stem of the site's discriminator state (``<stem>_<round>.npz`` in the workspace)
@@ -136,6 +136,7 @@ def _load_cases(
 ) -> list[CaseSamples]:
     out = []
     for case in cases:
+        require_present(case, present)
         vol = load_case(case)
         if vol.label is None:
             raise FedsegError(

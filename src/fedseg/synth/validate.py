@@ -23,7 +23,7 @@ from fedseg.model.generator_file import GeneratorFile
 from fedseg.model.metrics import mae, psnr, ssim_masked
 from fedseg.model.weights import Weights
 from fedseg.synth.config import SynthesisConfig
-from fedseg.synth.data import case_images
+from fedseg.synth.data import case_images, require_present
 from fedseg.synth.render import render_volume
 
 #: the metrics a synthesis validation reports per modality
@@ -56,6 +56,7 @@ def validate_bank(
     )
     results = []
     for case in cases:
+        require_present(case, present)
         vol = load_case(case)
         if vol.label is None:
             raise FedsegError(
