@@ -1,4 +1,5 @@
-"""Segmentation metrics per region, BraTS 2021 conventions (numpy/scipy only).
+"""Segmentation metrics per region, BraTS 2021 conventions (numpy/scipy only), and the
+image-quality metrics of synthesis (SSIM, PSNR, MAE; MONAI, imported when called).
 
 The empty-mask rules live here and nowhere else:
 - both prediction and reference empty: Dice 1, Jaccard 1, HD95 0 mm, sensitivity 1;
@@ -7,6 +8,14 @@ The empty-mask rules live here and nowhere else:
 HD95 is the 95th percentile of the pooled surface distances in both directions
 (prediction surface -> reference surface and back), in mm, honouring voxel spacing.
 Specificity is over the whole volume given.
+
+Image quality (``synth.validate``, images scaled to [0, 1], data range 1): ``ssim_masked`` is
+MONAI's SSIM map (``compute_ssim_and_cs``: Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03)
+averaged over the mask's voxels inside the map's valid region (the map is 10 voxels shorter
+per spatial axis: the window never leaves the image) — the brain-masked SSIM; whole-image
+SSIM is inflated by the zero background. ``psnr`` is MONAI's ``PSNRMetric(max_val=1)`` over
+the given (masked) voxels, capped at ``PSNR_CAP`` dB (identical images: infinite);
+``mae`` the mean absolute difference over the same voxels.
 """
 
 from __future__ import annotations
@@ -20,6 +29,11 @@ from fedseg.data.labels import REGIONS, labels_to_regions
 from fedseg.errors import FedsegError
 
 HD95_ONE_EMPTY = 373.13
+#: SSIM's Gaussian window: size (voxels per axis) and sigma (voxels)
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+#: PSNR of identical images (infinite) is reported as this many dB (METRIC_RANGES' top)
+PSNR_CAP = 100.0
 METRICS: tuple[str, ...] = ("dice", "jaccard", "hd95", "sensitivity", "specificity")
 #: The range of each metric's per-case values, hence of any mean over cases: what a site's
 #: validation summary may claim (``federation.rounds.bounds``). HD95's top is the BraTS
@@ -132,3 +146,73 @@ _METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray, _Spacing], float]
 def mean_dice(metrics: dict[str, dict[str, float]]) -> float:
     """Mean of the Dice over the three regions of one ``case_metrics`` result."""
     return float(np.mean([metrics[r]["dice"] for r in REGIONS]))
+
+
+def _masked_pair(
+    pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``ref`` as float32 vectors of the voxels in ``mask`` (all if None)."""
+    p, r = np.asarray(pred, np.float32), np.asarray(ref, np.float32)
+    if p.shape != r.shape or (mask is not None and np.shape(mask) != p.shape):
+        raise FedsegError(f"image shapes differ: {p.shape}, {r.shape}, mask {np.shape(mask)}")
+    if mask is not None:
+        m = np.asarray(mask, bool)
+        p, r = p[m], r[m]
+    if p.size == 0:
+        raise FedsegError("no voxel to compare: the mask is empty")
+    return p.ravel(), r.ravel()
+
+
+def ssim_masked(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, spatial_dims: int) -> float:
+    """Mean of MONAI's SSIM map over ``mask`` (data range 1). Arrays of one shape whose last
+    ``spatial_dims`` axes are spatial; leading axes (e.g. a stack of slices) are a batch and
+    their masked voxels are pooled. Every spatial axis needs at least ``SSIM_WINDOW`` voxels."""
+    import torch
+    from monai.metrics.regression import compute_ssim_and_cs
+
+    p, r, m = (np.asarray(a) for a in (pred, ref, mask))
+    if not (p.shape == r.shape == m.shape) or p.ndim < spatial_dims:
+        raise FedsegError(f"image shapes differ: {p.shape}, {r.shape}, mask {m.shape}")
+    spatial = p.shape[p.ndim - spatial_dims :]
+    if min(spatial) < SSIM_WINDOW:
+        raise FedsegError(f"SSIM needs at least {SSIM_WINDOW} voxels per axis, got {spatial}")
+
+    def batch(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, np.float32)).reshape(-1, 1, *spatial)
+
+    with torch.no_grad():
+        ssim_map, _ = compute_ssim_and_cs(
+            batch(p),
+            batch(r),
+            spatial_dims,
+            kernel_size=[SSIM_WINDOW] * spatial_dims,
+            kernel_sigma=[SSIM_SIGMA] * spatial_dims,
+            data_range=1.0,
+        )
+    half = SSIM_WINDOW // 2
+    valid = (slice(None), *(slice(half, n - half) for n in spatial))
+    inside = m.astype(bool).reshape(-1, *spatial)[valid]
+    if not inside.any():
+        raise FedsegError(
+            "no mask voxel inside SSIM's valid region (the window's half off the edges)"
+        )
+    return float(ssim_map[:, 0].numpy()[inside].mean())
+
+
+def psnr(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """PSNR in dB (MONAI ``PSNRMetric``, max value 1) over the voxels in ``mask`` (all if
+    None), capped at ``PSNR_CAP``."""
+    import torch
+    from monai.metrics import PSNRMetric
+
+    p, r = _masked_pair(pred, ref, mask)
+    value = PSNRMetric(max_val=1.0)(
+        torch.from_numpy(p)[None, None], torch.from_numpy(r)[None, None]
+    )
+    return float(min(float(value.item()), PSNR_CAP))
+
+
+def mae(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean absolute difference over the voxels in ``mask`` (all if None)."""
+    p, r = _masked_pair(pred, ref, mask)
+    return float(np.abs(p.astype(np.float64) - r).mean())

@@ -3,7 +3,7 @@ and are saved.
 
 ``Weights`` is an ordered ``dict`` name -> array. For a network it is in the network's
 ``state_dict`` order, buffers included (e.g. integer ``num_batches_tracked`` counters of
-batch norm); an optimizer state has the same form (``train.local.OptimizerState``).
+batch norm); an optimizer state has the same form (``model.optimizer_state.OptimizerState``).
 
 Conventions:
 - Several groups of arrays share one file or message by namespace: ``nest("m", arrays)``
@@ -11,6 +11,9 @@ Conventions:
 - ``save_arrays``/``load_arrays`` are the one npz format on disk: written to a temp file,
   fsynced and renamed over the target, so a reader (or a killed writer) never sees half a
   file; read without pickle, shapes (0-d included) and dtypes exactly as saved.
+- State a site carries from round to round (``<stem>_<round>.npz`` in its workspace):
+  ``save_round_arrays`` keeps two files at most, ``load_round_arrays`` reads the one a round
+  starts from.
 
 torch is imported only by ``get_weights``/``set_weights``, so the array helpers (and the
 aggregation math built on them) load without it.
@@ -76,3 +79,33 @@ def load_arrays(path: Path) -> Weights:
     """The arrays ``save_arrays`` wrote to ``path``, in their order."""
     with np.load(Path(path), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def _round_files(folder: Path, stem: str) -> dict[int, Path]:
+    """``<stem>_<round>.npz`` files of ``folder`` by round."""
+    out = {}
+    for p in Path(folder).glob(f"{stem}_*.npz"):
+        tail = p.stem[len(stem) + 1 :]
+        if tail.isdigit():
+            out[int(tail)] = p
+    return out
+
+
+def load_round_arrays(folder: Path, stem: str, rnd: int) -> Weights | None:
+    """The arrays of the latest ``<stem>_<round>.npz`` in ``folder`` with round < ``rnd``
+    (None if there is none): a redone round starts from the same state as its first try."""
+    files = {r: p for r, p in _round_files(folder, stem).items() if r < rnd}
+    return load_arrays(files[max(files)]) if files else None
+
+
+def save_round_arrays(folder: Path, stem: str, rnd: int, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Save ``folder/<stem>_<rnd:04d>.npz`` and prune: at most two files are kept, the new
+    one and the one round ``rnd`` started from (``load_round_arrays``' choice), which is all
+    a redone round needs. Returns the new file."""
+    started_from = max((r for r in _round_files(folder, stem) if r < rnd), default=None)
+    path = Path(folder) / f"{stem}_{rnd:04d}.npz"
+    save_arrays(path, arrays)
+    for r, p in _round_files(folder, stem).items():
+        if r not in (rnd, started_from):
+            p.unlink(missing_ok=True)
+    return path

@@ -44,6 +44,13 @@ from fedseg.model.compute import (
 )
 from fedseg.model.config import NetworkConfig
 from fedseg.model.losses import mirrored_dice_loss
+from fedseg.model.optimizer_state import MOMENTS as MOMENTS
+from fedseg.model.optimizer_state import STEP as STEP
+from fedseg.model.optimizer_state import OptimizerState as OptimizerState
+from fedseg.model.optimizer_state import load_optimizer_state as load_optimizer_state
+from fedseg.model.optimizer_state import optimizer_state_dict as optimizer_state_dict
+from fedseg.model.optimizer_state import optimizer_steps as optimizer_steps
+from fedseg.model.optimizer_state import tensor_like
 from fedseg.model.registry import new_network
 from fedseg.model.weights import Weights, get_weights
 from fedseg.train.config import TrainConfig, check_shapes
@@ -53,16 +60,6 @@ if TYPE_CHECKING:  # Opacus is imported by train.dp only, when DP-SGD is asked f
     from fedseg.train.dp import CaseDp
 
 log = logging.getLogger(__name__)
-
-#: Adam's per-parameter moments, stored under ``"<moment>/<parameter name>"``.
-MOMENTS: tuple[str, ...] = ("exp_avg", "exp_avg_sq")
-#: the optimizer steps taken, a 0-d int64 array
-STEP = "step"
-
-#: Adam state as named arrays: ``step`` (0-d int64) and ``exp_avg/<param>``,
-#: ``exp_avg_sq/<param>`` (float32, the parameter's shape). The one form of an optimizer
-#: state: on the wire, on disk and in averages.
-OptimizerState = Weights
 
 
 @dataclass
@@ -130,57 +127,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def new_optimizer(net: nn.Module, train: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-
-
-def optimizer_steps(state: OptimizerState | None) -> int:
-    """The steps an optimizer state has taken (0 for None or a state without ``step``).
-    ``ravel``: a 0-d step saved by an older writer may have come back with shape (1,)."""
-    if not state or STEP not in state:
-        return 0
-    return int(np.asarray(state[STEP]).ravel()[0])
-
-
-def optimizer_state_dict(opt: torch.optim.Adam, net: nn.Module) -> OptimizerState:
-    """Adam state as ``OptimizerState``: ``{"step": 0-d int64, "exp_avg/<param>": array,
-    "exp_avg_sq/<param>": array}``.
-
-    Parameters are named as in ``net.named_parameters()`` (the weights' keys). An optimizer
-    that has not stepped yet gives ``{"step": 0}``.
-    """
-    step = 0
-    moments: OptimizerState = {}
-    for name, p in net.named_parameters():
-        st = opt.state.get(p)
-        if not st:
-            continue
-        step = int(float(st["step"]))
-        for m in MOMENTS:
-            moments[f"{m}/{name}"] = st[m].detach().cpu().numpy().copy()
-    return {STEP: np.array(step, dtype=np.int64), **moments}
-
-
-def load_optimizer_state(opt: torch.optim.Adam, net: nn.Module, state: OptimizerState) -> None:
-    """Put a state made by ``optimizer_state_dict`` (possibly averaged, sent or saved) back
-    into ``opt``; a state that never stepped leaves ``opt`` fresh. The moments go to each
-    parameter's device and memory format."""
-    step = optimizer_steps(state)
-    if step <= 0:
-        return
-    for name, p in net.named_parameters():
-        if f"exp_avg/{name}" not in state:
-            continue
-        opt.state[p] = {
-            "step": torch.tensor(float(step)),
-            **{m: _like(p, state[f"{m}/{name}"]) for m in MOMENTS},
-        }
-
-
-def _like(p: torch.Tensor, array: np.ndarray) -> torch.Tensor:
-    """``array`` as a float32 tensor with ``p``'s shape, device and memory format."""
-    values = torch.from_numpy(np.array(array, dtype=np.float32)).reshape(p.shape)
-    if p.device.type == "cpu" and p.is_contiguous():
-        return values
-    return torch.empty_like(p, dtype=torch.float32).copy_(values)
 
 
 def fit_epoch(
@@ -273,7 +219,9 @@ def proximal_term(net: nn.Module, reference: Weights, mu: float) -> Callable[[],
     """FedProx (Li et al. 2020): ``mu / 2 * sum ||w - w_ref||^2`` over the trainable
     parameters, ``w_ref`` the global model the round started from (names as in ``Weights``),
     kept on each parameter's device."""
-    pairs = [(p, _like(p, reference[n])) for n, p in net.named_parameters() if p.requires_grad]
+    pairs = [
+        (p, tensor_like(p, reference[n])) for n, p in net.named_parameters() if p.requires_grad
+    ]
 
     def term() -> torch.Tensor:
         return 0.5 * mu * sum(((p - r) ** 2).sum() for p, r in pairs)  # type: ignore[return-value]
