@@ -196,9 +196,10 @@ class Segmentation:
         return self.cropped.full()
 
 
-def resolve_case(inputs: Sequence[Path]) -> Case:
+def resolve_case(inputs: Sequence[Path], *, allow_missing: bool = False) -> Case:
     """The case named on a command line: one case folder (any layout) or four files
-    T1 T1Gd T2 FLAIR."""
+    T1 T1Gd T2 FLAIR. A case lacking a modality is refused unless ``allow_missing`` (the
+    caller completes it: ``fedseg segment --generator``)."""
     paths = [Path(p) for p in inputs]
     if len(paths) == 1 and paths[0].is_dir():
         cases = discover_cases(paths[0])
@@ -219,11 +220,15 @@ def resolve_case(inputs: Sequence[Path]) -> Case:
             f"{' '.join(map(str, paths))}: {what}; give a case folder or four files in the "
             "order T1 T1Gd T2 FLAIR"
         )
-    if case.missing:
+    lacking = tuple(m for m in MODALITIES if m in case.missing or m in case.absent)
+    if lacking and not allow_missing:
         raise FedsegError(
             f"case {case.case_id} in {case.folder}: missing modalities "
-            f"{', '.join(case.missing)}; all four of T1, T1Gd, T2, FLAIR are needed"
+            f"{', '.join(lacking)}; all four of T1, T1Gd, T2, FLAIR are needed (or give "
+            "--generator G.pt to complete them first)"
         )
+    if len(lacking) == len(MODALITIES):
+        raise FedsegError(f"case {case.case_id} in {case.folder}: no image found")
     return case
 
 

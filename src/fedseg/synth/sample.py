@@ -1,0 +1,188 @@
+"""A releasable synthetic data set: full BraTS 2021 cases whose every image a trained
+generator drew from phantom label maps (nobody's: ``fedseg data synth --labels-only``).
+
+Input: a folder holding label-only cases, ``<case>/<case>_seg.nii.gz`` with the brain mask
+``<case>/<case>_brain.nii.gz`` beside it (``data.cases.BRAIN_KEY``), at any depth (a ``data
+synth`` root with site folders works). A label case that has images instead of a brain mask
+takes the mask from its images' non-zero voxels.
+
+Output ``SET/``: ``<case>/<case>_<m>.syn.nii.gz`` for the four modalities (header-marked,
+``synth.complete.write_synthetic_image``), ``<case>/<case>_seg.nii.gz`` copied byte for byte,
+and ``provenance.yaml``: the generator's weights hash, run and round, the label source, the
+seed and the cases drawn.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from fedseg import __version__
+from fedseg.data import nifti
+from fedseg.data.cases import BRAIN_KEY, FILE_KEYS, MODALITIES, NIFTI_SUFFIXES, SYNTHETIC_MARK
+from fedseg.data.labels import Layout, to_brats2021
+from fedseg.errors import FedsegError
+from fedseg.model.generator_file import GeneratorFile
+from fedseg.synth.complete import check_trained, write_synthetic_image
+
+PROVENANCE_FILE = "provenance.yaml"
+_SEG = FILE_KEYS[Layout.BRATS2021]["seg"]
+
+
+@dataclass(frozen=True)
+class LabelCase:
+    """One phantom: its id, label map and brain mask file (None: from its images)."""
+
+    case_id: str
+    label: Path
+    brain: Path | None
+
+
+def _nifti_stem(name: str) -> str | None:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def find_label_cases(root: Path) -> list[LabelCase]:
+    """Every ``<case>_seg.nii(.gz)`` under ``root`` with its brain mask, sorted by id."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FedsegError(f"{root}: not a folder; give the folder of phantom label maps")
+    found: dict[str, LabelCase] = {}
+    for path in sorted(root.rglob(f"*{_SEG}.nii*")):
+        stem = _nifti_stem(path.name)
+        if stem is None or path.name.startswith(".") or not stem.endswith(_SEG):
+            continue
+        cid = stem[: -len(_SEG)]
+        brain = next(
+            (p for s in NIFTI_SUFFIXES if (p := path.parent / f"{cid}{BRAIN_KEY}{s}").is_file()),
+            None,
+        )
+        if cid in found:
+            raise FedsegError(f"case id {cid} appears twice under {root}; ids must be unique")
+        found[cid] = LabelCase(cid, path, brain)
+    if not found:
+        raise FedsegError(
+            f"no label maps (<case>/<case>_seg.nii.gz) under {root}; make phantoms with "
+            "`fedseg data synth OUT --labels-only`"
+        )
+    return [found[k] for k in sorted(found)]
+
+
+def _brain_of(lc: LabelCase, label: np.ndarray) -> np.ndarray:
+    if lc.brain is not None:
+        return (nifti.load_array(lc.brain, dtype=np.uint8) > 0) | (label > 0)
+    images = [
+        p
+        for m in MODALITIES
+        for s in NIFTI_SUFFIXES
+        if (p := lc.label.parent / f"{lc.case_id}{FILE_KEYS[Layout.BRATS2021][m]}{s}").is_file()
+    ]
+    if not images:
+        raise FedsegError(
+            f"{lc.label}: no brain mask ({lc.case_id}{BRAIN_KEY}.nii.gz) and no image beside "
+            "it; make phantoms with `fedseg data synth OUT --labels-only`"
+        )
+    brain = np.zeros(label.shape, dtype=bool)
+    for p in images:
+        brain |= nifti.load_array(p) != 0
+    return brain | (label > 0)
+
+
+def choose_cases(cases: list[LabelCase], n: int | None, seed: int) -> list[LabelCase]:
+    """``n`` of ``cases`` drawn without replacement with ``seed`` (all when None), in id order."""
+    if n is None or n == len(cases):
+        return list(cases)
+    if n > len(cases):
+        raise FedsegError(
+            f"--cases {n}: only {len(cases)} label maps there; make more phantoms "
+            "(fedseg data synth --labels-only --cases-per-site) or ask for fewer"
+        )
+    pick = np.random.default_rng(seed).choice(len(cases), size=n, replace=False)
+    return [cases[i] for i in sorted(pick)]
+
+
+@dataclass
+class SampleResult:
+    out: Path
+    cases: list[str]
+    provenance: Path
+
+
+def check_sample_output(out: Path) -> Path:
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FedsegError(f"{out} exists and is not empty; give a new --out folder")
+    return out
+
+
+def provenance(
+    gf: GeneratorFile, labels: Path, cases: list[LabelCase], seed: int, generator: Path | None
+) -> dict[str, object]:
+    """What ``provenance.yaml`` records (plain types)."""
+    return {
+        "format": "fedseg-synthetic-set",
+        "fedseg": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "generator": {
+            "file": str(generator) if generator is not None else None,
+            "weights_hash": gf.weights_hash,
+            "run": gf.meta.get("run_id") or gf.meta.get("run"),
+            "round": gf.meta.get("round"),
+            "trained": list(gf.trained),
+            "meta": dict(gf.meta),
+        },
+        "labels": {"source": str(Path(labels).resolve()), "kind": "phantom label maps"},
+        "seed": seed,
+        "modalities": list(MODALITIES),
+        "synthetic": "every image; label maps copied from the source",
+        "cases": {c.case_id: str(c.label.resolve()) for c in cases},
+    }
+
+
+def sample_dataset(
+    gf: GeneratorFile,
+    labels: Path,
+    out: Path,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    generator: Path | None = None,
+    on_case: Callable[[str], None] | None = None,
+) -> SampleResult:
+    """Render all four modalities for ``n`` label maps of ``labels`` into ``out`` (see the
+    module docstring); refuses a generator whose banks are not all trained."""
+    from fedseg.synth.render import render_volume
+
+    check_trained(gf, MODALITIES)
+    out = check_sample_output(out)
+    chosen = choose_cases(find_label_cases(labels), n, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = FILE_KEYS[Layout.BRATS2021]
+    for lc in chosen:
+        raw = nifti.load_array(lc.label, dtype=np.int32)
+        label = to_brats2021(raw, Layout.BRATS2021).astype(np.uint8)
+        brain = _brain_of(lc, label)
+        affine = np.asarray(nifti.load_header(lc.label).affine)
+        folder = out / lc.case_id
+        for m in MODALITIES:
+            vol = render_volume(gf, label, brain, m)
+            path = folder / f"{lc.case_id}{keys[m]}{SYNTHETIC_MARK}.nii.gz"
+            write_synthetic_image(path, vol, affine, m, gf.weights_hash)
+        suffix = lc.label.name[len(lc.case_id) + len(_SEG) :]
+        shutil.copyfile(lc.label, folder / f"{lc.case_id}{_SEG}{suffix}")
+        if on_case is not None:
+            on_case(lc.case_id)
+    prov = out / PROVENANCE_FILE
+    prov.write_text(
+        yaml.safe_dump(provenance(gf, labels, chosen, seed, generator), sort_keys=False)
+    )
+    return SampleResult(out, [c.case_id for c in chosen], prov)
