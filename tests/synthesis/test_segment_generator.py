@@ -35,7 +35,7 @@ def test_two_passes_see_a_zero_then_a_completed_flair(flairless_case: Path, tmp_
         return np.concatenate([np.zeros_like(wt), np.zeros_like(wt), wt], axis=1)
 
     models = ModelSet((Member(predict, (32, 32, 32), "t2-threshold"),))
-    case = resolve_case([flairless_case], allow_missing=True)
+    case = resolve_case([flairless_case], allow_lacking=True)
     result = segment_completing(case, models, gf, overlap=0.0)
     assert result.completed == ("flair",)
     n = len(flair_max) // 2
@@ -70,6 +70,6 @@ def test_segment_generator_refuses_an_untrained_modality(
     _, gf = tiny_generator(tmp_path / "g.pt", trained=["t1", "t1ce", "t2"])
     models = ModelSet((Member(lambda b: np.zeros((b.shape[0], 3, *b.shape[2:]), np.float32),
                               (32, 32, 32)),))  # fmt: skip
-    case = resolve_case([flairless_case], allow_missing=True)
+    case = resolve_case([flairless_case], allow_lacking=True)
     with pytest.raises(FedsegError, match="flair bank was never trained"):
         segment_completing(case, models, gf)

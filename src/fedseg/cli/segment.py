@@ -77,7 +77,7 @@ def segment(
     check_output(out)
     if probabilities is not None:
         check_output_folder(probabilities, "--probabilities folder")
-    case = resolve_case(inputs, allow_missing=generator is not None)
+    case = resolve_case(inputs, allow_lacking=generator is not None)
     files, mode = expand_selection(model, mode)  # a `fedseg select` folder -> its models
     models = ModelSet.from_files(files, mode, compute=compute)
     lacking = tuple(m for m in MODALITIES if m not in case.images)

@@ -196,9 +196,9 @@ class Segmentation:
         return self.cropped.full()
 
 
-def resolve_case(inputs: Sequence[Path], *, allow_missing: bool = False) -> Case:
+def resolve_case(inputs: Sequence[Path], *, allow_lacking: bool = False) -> Case:
     """The case named on a command line: one case folder (any layout) or four files
-    T1 T1Gd T2 FLAIR. A case lacking a modality is refused unless ``allow_missing`` (the
+    T1 T1Gd T2 FLAIR. A case lacking a modality is refused unless ``allow_lacking`` (the
     caller completes it: ``fedseg segment --generator``)."""
     paths = [Path(p) for p in inputs]
     if len(paths) == 1 and paths[0].is_dir():
@@ -221,7 +221,7 @@ def resolve_case(inputs: Sequence[Path], *, allow_missing: bool = False) -> Case
             "order T1 T1Gd T2 FLAIR"
         )
     lacking = tuple(m for m in MODALITIES if m in case.missing or m in case.absent)
-    if lacking and not allow_missing:
+    if lacking and not allow_lacking:
         raise FedsegError(
             f"case {case.case_id} in {case.folder}: missing modalities "
             f"{', '.join(lacking)}; all four of T1, T1Gd, T2, FLAIR are needed (or give "
