@@ -101,7 +101,7 @@ def settings(args: argparse.Namespace) -> Settings:
         recipe = RecipeConfig(network=NetworkConfig(base_filters=4, depth=2), train=train)
         return Settings(4, args.steps or 4, 1, 2, 1, 2, recipe, judged=False, figure_cases=1)
     if args.quick:
-        return Settings(6, args.steps or 80, 1, 20, 2, 10, RecipeConfig.cpu(), judged=False)
+        return Settings(6, args.steps or 48, 1, 20, 2, 10, RecipeConfig.cpu(), judged=False)
     # full: about 40 epochs of the union's training cases (3 sites x 9), converged rows
     return Settings(12, args.steps or 1080, 2, 40, 8, 20, RecipeConfig.cpu(), judged=True)
 
@@ -303,8 +303,11 @@ class Quality:
         )
 
     def rows(self) -> list[dict[str, str]]:
+        """Per modality (MODALITIES order), its rows in the order they were added."""
         out = []
-        for (row, m), vals in self.values.items():
+        order = sorted(self.values, key=lambda k: MODALITIES.index(k[1]))
+        for row, m in order:
+            vals = self.values[(row, m)]
             mean = {k: statistics.fmean(v[k] for v in vals) for k in vals[0]}
             out.append({"images": row, "modality": NAMES[m], "cases": str(len(vals)),
                         "SSIM brain": f"{mean['ssim']:.3f}",
@@ -342,15 +345,17 @@ def completion_quality(
             truth = data.heldback / site / case.case_id / f"{case.case_id}_{m}.nii.gz"
             real = scaled(nifti.load_array(truth), brain, percentile)
             fake = nifti.load_array(case.images[m].path)
-            q.add(f"completed {site}", m, fake, real, brain)
-            q.add("constant baseline", m, brain * float(real[brain].mean()), real, brain)
+            q.add(f"completed {site} vs held-back", m, fake, real, brain)
+            const = brain * float(real[brain].mean())
+            q.add(f"constant baseline vs {site} held-back", m, const, real, brain)
             if len(fig) < len(completed) and all(r[0] != site for r in fig):
                 fig.append((site, case, m, label, real, fake))
     return fig
 
 
-def sample_quality(q: Quality, generator: Path, holdout: list[Case]) -> list[object]:
-    """Renders from site4's label maps vs site4's real images (+ the constant baseline)."""
+def sample_quality(q: Quality, generator: Path, holdout: list[Case], n_figure: int) -> list[object]:
+    """Renders from site4's label maps vs site4's real images (+ the constant baseline);
+    the figure rows of the first ``n_figure`` cases."""
     from fedseg.model.generator_file import load_generator
     from fedseg.synth.figures import SampleRow
     from fedseg.synth.render import render_volume
@@ -363,10 +368,11 @@ def sample_quality(q: Quality, generator: Path, holdout: list[Case]) -> list[obj
         for i, m in enumerate(MODALITIES):
             real[m] = scaled(image[i], brain, gf.intensity_percentile)
             fake[m] = render_volume(gf, label, brain, m)
-            q.add(f"samples from {HOLDOUT} label maps", m, fake[m], real[m], brain)
+            q.add(f"rendered from {HOLDOUT} label maps", m, fake[m], real[m], brain)
             const = brain * float(real[m][brain].mean())
-            q.add("constant baseline", m, const, real[m], brain)
-        rows.append(SampleRow(case.case_id, label, brain, real, fake))
+            q.add(f"constant baseline vs {HOLDOUT}", m, const, real[m], brain)
+        if len(rows) < n_figure:
+            rows.append(SampleRow(case.case_id, label, brain, real, fake))
     return rows
 
 
@@ -427,8 +433,8 @@ def goals(t1: dict[str, Row], t2: dict[str, Row], judged: bool) -> list[str]:
             "boundaries, invented inner anatomy); see the ModalityBank x2N row for what more "
             "label maps buy"
         )  # fmt: skip
-        lines.append(f"{'PASS' if ok else 'FAIL'} ModalityBank {mb:.3f} > Real-{site} "
-                     f"{single:.3f} (Dice WT, Table I){why}{tag}")  # fmt: skip
+        lines.append(f"{'PASS' if ok else 'FAIL'} ModalityBank {mb:.4f} > Real-{site} "
+                     f"{single:.4f} (Dice WT, Table I){why}{tag}")  # fmt: skip
     for site, m in MISSING.items():
         done, miss = (
             t2[f"Completed-{site}"].mean("Dice WT"),
@@ -441,8 +447,8 @@ def goals(t1: dict[str, Row], t2: dict[str, Row], judged: bool) -> list[str]:
             else " — the completion draws the tumour from the label map but not the patient's "
             "anatomy; at this budget the zero channel may train as well"
         )  # fmt: skip
-        lines.append(f"{'PASS' if ok else 'FAIL'} Completed-{site} {done:.3f} > Real-{site}-no-"
-                     f"{m} {miss:.3f} (Dice WT, Table II){why}{tag}")  # fmt: skip
+        lines.append(f"{'PASS' if ok else 'FAIL'} Completed-{site} {done:.4f} > Real-{site}-no-"
+                     f"{m} {miss:.4f} (Dice WT, Table II){why}{tag}")  # fmt: skip
     return lines
 
 
@@ -523,10 +529,10 @@ def run(args: argparse.Namespace) -> None:
 
             pct = load_generator(g2).intensity_percentile  # the generator's own scale
             figure_rows["completion"] = completion_quality(quality, data, completed, pct)
-            figure_rows["samples"] = sample_quality(quality, g1, holdout[: s.figure_cases])
+            figure_rows["samples"] = sample_quality(quality, g1, holdout, s.figure_cases)
             figures(out, figure_rows)
 
-    report(out, console, s, args, t1, t2, quality)
+    report(out, s, args, t1, t2, quality)
     step(f"done; results in {out}")
 
 
@@ -540,7 +546,7 @@ def figures(out: Path, rows: dict[str, list[object]]) -> None:
     completion_figure(comp, out / "fig_completion.png")
 
 
-def report(out: Path, console: Console, s: Settings, args: argparse.Namespace,
+def report(out: Path, s: Settings, args: argparse.Namespace,
            t1: dict[str, Row], t2: dict[str, Row], quality: Quality) -> None:  # fmt: skip
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
     head = (f"{size} run, {args.seeds} seed(s), {s.cases_per_site} cases per site, "
@@ -570,7 +576,7 @@ def report(out: Path, console: Console, s: Settings, args: argparse.Namespace,
         writer = csv.DictWriter(f, fieldnames=q_cols)
         writer.writeheader()
         writer.writerows(q_rows)
-    console.print(text, highlight=False, markup=False)
+    print(text, flush=True)  # plain: tables wider than a terminal must not wrap
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
