@@ -101,7 +101,7 @@ def settings(args: argparse.Namespace) -> Settings:
         recipe = RecipeConfig(network=NetworkConfig(base_filters=4, depth=2), train=train)
         return Settings(4, args.steps or 4, 1, 2, 1, 2, recipe, judged=False, figure_cases=1)
     if args.quick:
-        return Settings(6, args.steps or 48, 1, 20, 2, 10, RecipeConfig.cpu(), judged=False)
+        return Settings(6, args.steps or 48, 1, 20, 1, 10, RecipeConfig.cpu(), judged=False)
     # full: about 40 epochs of the union's training cases (3 sites x 9), converged rows
     return Settings(12, args.steps or 1080, 2, 40, 8, 20, RecipeConfig.cpu(), judged=True)
 

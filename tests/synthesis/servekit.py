@@ -27,7 +27,7 @@ def tiny_generator(
         TINY_GENERATOR,
         new_generator_weights(TINY_GENERATOR, seed),
         trained=list(trained),
-        meta={"run_id": "run-test", "round": "3"},
+        meta={"run": "run-test", "model_round": "3", "plan": "tiny"},  # the coordinator's keys
     )
     return save_generator(path, gf), gf
 

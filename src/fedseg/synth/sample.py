@@ -135,8 +135,8 @@ def provenance(
         "generator": {
             "file": str(generator) if generator is not None else None,
             "weights_hash": gf.weights_hash,
-            "run": gf.meta.get("run_id") or gf.meta.get("run"),
-            "round": gf.meta.get("round"),
+            "run": gf.meta.get("run"),  # the coordinator's model meta: run, model_round, plan
+            "round": gf.meta.get("model_round"),
             "trained": list(gf.trained),
             "meta": dict(gf.meta),
         },
