@@ -74,6 +74,15 @@ def test_sample_refusals(phantoms: Path, tmp_path: Path) -> None:
         find_label_cases(tmp_path / "full")
 
 
+def test_sample_refuses_a_site_s_cases_whose_labels_are_patients(
+    tiny_sites: dict[str, Path], tmp_path: Path
+) -> None:
+    _, gf = tiny_generator(tmp_path / "g.pt")
+    with pytest.raises(FedsegError, match="patient's; sample from phantoms"):
+        sample_dataset(gf, tiny_sites["site1"], tmp_path / "set")
+    assert not (tmp_path / "set").exists()
+
+
 def test_choose_cases_is_seeded_and_in_id_order(phantoms: Path) -> None:
     cases = find_label_cases(phantoms)
     a, b = choose_cases(cases, 2, 1), choose_cases(cases, 2, 1)

@@ -3,8 +3,8 @@ generator drew from phantom label maps (nobody's: ``fedseg data synth --labels-o
 
 Input: a folder holding label-only cases, ``<case>/<case>_seg.nii.gz`` with the brain mask
 ``<case>/<case>_brain.nii.gz`` beside it (``data.cases.BRAIN_KEY``), at any depth (a ``data
-synth`` root with site folders works). A label case that has images instead of a brain mask
-takes the mask from its images' non-zero voxels.
+synth`` root with site folders works). A label map with images beside it is a site's case,
+its label map a patient's: refused, so a released set holds no patient's label map.
 
 Output ``SET/``: ``<case>/<case>_<m>.syn.nii.gz`` for the four modalities (header-marked,
 ``synth.complete.write_synthetic_image``), ``<case>/<case>_seg.nii.gz`` copied byte for byte,
@@ -69,6 +69,7 @@ def find_label_cases(root: Path) -> list[LabelCase]:
         if cid in found:
             raise FedsegError(f"case id {cid} appears twice under {root}; ids must be unique")
         found[cid] = LabelCase(cid, path, brain)
+        _refuse_patient_case(found[cid])
     if not found:
         raise FedsegError(
             f"no label maps (<case>/<case>_seg.nii.gz) under {root}; make phantoms with "
@@ -78,23 +79,29 @@ def find_label_cases(root: Path) -> list[LabelCase]:
 
 
 def _brain_of(lc: LabelCase, label: np.ndarray) -> np.ndarray:
-    if lc.brain is not None:
-        return (nifti.load_array(lc.brain, dtype=np.uint8) > 0) | (label > 0)
-    images = [
-        p
-        for m in MODALITIES
-        for s in NIFTI_SUFFIXES
-        if (p := lc.label.parent / f"{lc.case_id}{FILE_KEYS[Layout.BRATS2021][m]}{s}").is_file()
-    ]
-    if not images:
+    if lc.brain is None:
         raise FedsegError(
-            f"{lc.label}: no brain mask ({lc.case_id}{BRAIN_KEY}.nii.gz) and no image beside "
-            "it; make phantoms with `fedseg data synth OUT --labels-only`"
+            f"{lc.label}: no brain mask ({lc.case_id}{BRAIN_KEY}.nii.gz) beside it; make "
+            "phantoms with `fedseg data synth OUT --labels-only`"
         )
-    brain = np.zeros(label.shape, dtype=bool)
-    for p in images:
-        brain |= nifti.load_array(p) != 0
-    return brain | (label > 0)
+    return (nifti.load_array(lc.brain, dtype=np.uint8) > 0) | (label > 0)
+
+
+def _refuse_patient_case(lc: LabelCase) -> None:
+    """A label map with images beside it is a site's case, its label map a patient's: a
+    released set must not carry it."""
+    images = [
+        p.name
+        for m in MODALITIES
+        for key in (FILE_KEYS[Layout.BRATS2021][m], FILE_KEYS[Layout.BRATS2023][m])
+        for s in NIFTI_SUFFIXES
+        if (p := lc.label.parent / f"{lc.case_id}{key}{s}").is_file()
+    ]
+    if images:
+        raise FedsegError(
+            f"{lc.label.parent}: a case with images ({images[0]}), so its label map is a "
+            "patient's; sample from phantoms (`fedseg data synth OUT --labels-only`)"
+        )
 
 
 def choose_cases(cases: list[LabelCase], n: int | None, seed: int) -> list[LabelCase]:
