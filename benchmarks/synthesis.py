@@ -551,7 +551,8 @@ def report(out: Path, s: Settings, args: argparse.Namespace,
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
     head = (f"{size} run, {args.seeds} seed(s), {s.cases_per_site} cases per site, "
             f"{s.steps} optimizer steps per segmentation row, scores on {HOLDOUT} (held out); "
-            f"FedAvg engine {args.engine}, bank engine {args.bank_engine}\n")  # fmt: skip
+            f"FedAvg engine {args.engine}, bank engine {args.bank_engine}; image quality and "
+            "figures from the first seed's generators\n")  # fmt: skip
     q_rows = quality.rows()
     q_cols = list(q_rows[0]) if q_rows else []
     text = "\n".join([
