@@ -6,7 +6,7 @@ export FEDSEG_CACHE ?= $(CURDIR)/.cache/fedseg
 export FLWR_TELEMETRY_ENABLED := 0
 TORCH := torch==2.13.0
 
-.PHONY: venv demo test test-fast lint bench bench-inference bench-fets clean
+.PHONY: venv demo test test-fast lint bench bench-inference bench-fets bench-synthesis clean
 
 # torch first (CPU wheel), then the rest; fail loudly if anything moved torch.
 $(BIN)/.installed: pyproject.toml
@@ -65,6 +65,13 @@ bench-inference: venv
 # (tens of minutes per run on a 2-core CPU; run it on a quiet machine).
 bench-fets: venv
 	$(BIN)/python benchmarks/fets_federation.py --keep .bench/fets-federation
+
+# Issue 15's Tables I and II (ModalityBank): 4 synthetic sites at 4 mm (site4 held out),
+# segmentation rows at the same optimizer-step budget, two generator federations, image
+# quality of completions and samples, fig_samples.png / fig_completion.png in .bench/synthesis
+# (about 1.5 h on 2 cores; BENCH_SYNTHESIS_ARGS=--quick runs every row in under 20 min).
+bench-synthesis: venv
+	$(BIN)/python benchmarks/synthesis.py --out .bench/synthesis $(BENCH_SYNTHESIS_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache demo .bench

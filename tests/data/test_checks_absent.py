@@ -246,11 +246,12 @@ def test_label_only_folder(tmp_path: Path, factory) -> None:
     for cid in ("p2", "p1"):
         factory.save_raw(tmp_path / cid / f"{cid}_seg.nii.gz", label)
         factory.save_raw(tmp_path / cid / f"{cid}_brain.nii.gz", (image[0] > 0).astype(np.uint8))
-    factory.save_raw(tmp_path / "p3" / "p3_seg.nii.gz", label)  # no brain mask: left out
+    factory.save_raw(tmp_path / "p3" / "p3_seg.nii.gz", label)  # no brain mask: listed, None
     found = label_only_cases(tmp_path)
-    assert [(c.case_id, c.label.name, c.brain.name) for c in found] == [
+    assert [(c.case_id, c.label.name, c.brain and c.brain.name) for c in found] == [
         ("p1", "p1_seg.nii.gz", "p1_brain.nii.gz"),
         ("p2", "p2_seg.nii.gz", "p2_brain.nii.gz"),
+        ("p3", "p3_seg.nii.gz", None),
     ]
     with pytest.raises(FedsegError, match="label maps and brain masks without images"):
         discover_cases(tmp_path)

@@ -44,12 +44,14 @@ def _register() -> None:
     from fedseg.cli import pki as pki_cli
     from fedseg.cli import runs as runs_cli
     from fedseg.cli import segment as segment_cli
+    from fedseg.cli import synthesis as synthesis_cli
     from fedseg.cli import train as train_cli
 
     demo_cli.register(app)
     app.add_typer(data_cli.app, name="data", help="Check, split, show and synthesize site data.")
     app.command(name="train")(train_cli.train)
     app.command("segment")(segment_cli.segment)
+    synthesis_cli.register(app)  # complete, sample (a trained generator)
     app.command("evaluate")(evaluate_cli.evaluate)
     app.command("export")(export_cli.export)
     federate_cli.register(app)

@@ -15,11 +15,12 @@ from fedseg.cli.compute_options import (
     PRECISION,
     compute_overrides,
 )
-from fedseg.data.cases import load_case
+from fedseg.data.cases import MODALITIES, Case, load_case
 from fedseg.model.compute import ComputeConfig, check_device
 from fedseg.model.segmenter import (
     Combine,
     ModelSet,
+    Segmentation,
     check_output,
     resolve_case,
     segment_volumes,
@@ -52,6 +53,13 @@ def segment(
         "mean", help="mean: average the models; triplet: ET, TC, WT from models 1, 2, 3."
     ),
     batch_size: int = typer.Option(1, min=1, help="Tiles per forward pass."),
+    generator: Path | None = typer.Option(
+        None,
+        "--generator",
+        help="Generator file (fedseg-generator): a case lacking a modality is segmented in "
+        "two passes (absent channel zero, complete it from that label map, segment again); "
+        "outside the ModalityBank paper.",
+    ),
     device: str | None = DEVICE,
     precision: str | None = PRECISION,
     channels_last: bool | None = CHANNELS_LAST,
@@ -69,9 +77,15 @@ def segment(
     check_output(out)
     if probabilities is not None:
         check_output_folder(probabilities, "--probabilities folder")
-    case = resolve_case(inputs)
+    case = resolve_case(inputs, allow_lacking=generator is not None)
     files, mode = expand_selection(model, mode)  # a `fedseg select` folder -> its models
     models = ModelSet.from_files(files, mode, compute=compute)
+    lacking = tuple(m for m in MODALITIES if m not in case.images)
+    if lacking:
+        assert generator is not None  # resolve_case refused the case otherwise
+        seg = _segment_two_pass(case, models, generator, lacking, overlap, batch_size)
+        _write(seg, out, probabilities)
+        return
     with Progress(
         TextColumn(f"segmenting {case.case_id}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console, transient=True,
@@ -85,6 +99,44 @@ def segment(
         seg = segment_volumes(
             volumes, models, overlap=overlap, batch_size=batch_size, on_tiles=advance
         )
+    _write(seg, out, probabilities)
+
+
+def _segment_two_pass(
+    case: Case,
+    models: ModelSet,
+    generator: Path,
+    lacking: tuple[str, ...],
+    overlap: float,
+    batch_size: int,
+) -> Segmentation:
+    from fedseg.model.generator_file import load_generator
+    from fedseg.synth.complete import check_trained
+    from fedseg.synth.two_pass import segment_completing
+
+    gf = load_generator(generator)
+    check_trained(gf, lacking)  # before any work
+    with Progress(
+        TextColumn(f"segmenting {case.case_id} (two passes, completing {', '.join(lacking)})"),
+        BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("tiles", total=None)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+
+        result = segment_completing(
+            case, models, gf, overlap=overlap, batch_size=batch_size, on_tiles=advance
+        )
+    console.print(
+        f"{case.case_id}: {', '.join(result.completed)} completed by generator "
+        f"{gf.weights_hash[:16]} from the first pass's label map (two-pass segmentation, "
+        "outside the ModalityBank paper)"
+    )
+    return result.segmentation
+
+
+def _write(seg: Segmentation, out: Path, probabilities: Path | None) -> None:
     written = write_segmentation(seg, out, probabilities)
     counts = {v: int((seg.labels == v).sum()) for v in (1, 2, 4)}
     console.print(

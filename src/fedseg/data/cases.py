@@ -259,33 +259,45 @@ def discover_cases(root: Path, layout: Layout | None = None) -> list[Case]:
 @dataclass(frozen=True)
 class LabelOnlyCase:
     """A phantom label map that belongs to no patient: its ``label`` (BraTS 2021 values) and
-    ``brain`` mask files (``fedseg data synth --labels-only``; the input of ``fedseg sample``)."""
+    ``brain`` mask file, None when none is beside it (``fedseg data synth --labels-only``;
+    the input of ``fedseg sample``)."""
 
     case_id: str
     label: Path
-    brain: Path
+    brain: Path | None
 
 
 def label_only_cases(root: Path) -> list[LabelOnlyCase]:
-    """The label-only cases under ``root`` (one folder per case, or a site's folders of them:
-    ``<case>/<case>_seg.nii.gz`` with ``<case>/<case>_brain.nii.gz``), sorted by id; a case
-    folder lacking either file is left out."""
+    """Every ``<case>_seg.nii(.gz)`` under ``root`` (any depth: a case folder, a site's
+    folder, a ``data synth`` output) with its ``<case>_brain`` mask, sorted by id. A label
+    map with images beside it is a site's case, its label map a patient's: refused, so a
+    released set never carries one. Duplicate ids are refused."""
     root = Path(root)
-    keys = FILE_KEYS[Layout.BRATS2021]
+    seg = FILE_KEYS[Layout.BRATS2021]["seg"]
     found: dict[str, LabelOnlyCase] = {}
-    folders = [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []
-    for d in folders:
-        for f in sorted(d.iterdir()):
-            stem = _strip_suffix(f.name)
-            if stem is None or f.name.startswith(".") or not stem.endswith(BRAIN_KEY):
-                continue
-            case_id = stem.removesuffix(BRAIN_KEY)
-            label = next(
-                (p for s in NIFTI_SUFFIXES if (p := d / f"{case_id}{keys['seg']}{s}").is_file()),
-                None,
+    for path in sorted(root.rglob(f"*{seg}.nii*")) if root.is_dir() else []:
+        stem = _strip_suffix(path.name)
+        if stem is None or path.name.startswith(".") or not stem.endswith(seg):
+            continue
+        cid = stem.removesuffix(seg)
+        if cid in found:
+            raise FedsegError(f"case id {cid} appears twice under {root}; ids must be unique")
+        d = path.parent
+        images = [
+            p.name
+            for lay in (Layout.BRATS2021, Layout.BRATS2023)
+            for m in MODALITIES
+            for s in NIFTI_SUFFIXES
+            if (p := d / f"{cid}{FILE_KEYS[lay][m]}{s}").is_file()
+        ]
+        if images:
+            raise FedsegError(
+                f"{d}: a case with images ({images[0]}), so its label map is a patient's; "
+                "sample from phantoms (`fedseg data synth OUT --labels-only`)"
             )
-            if label is not None and case_id not in found:
-                found[case_id] = LabelOnlyCase(case_id, label, f)
+        masks = (d / f"{cid}{BRAIN_KEY}{s}" for s in NIFTI_SUFFIXES)
+        brain = next((p for p in masks if p.is_file()), None)
+        found[cid] = LabelOnlyCase(cid, path, brain)
     return [found[c] for c in sorted(found)]
 
 

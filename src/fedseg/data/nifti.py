@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -53,7 +54,9 @@ def save(
     descrip: str | None = None,
 ) -> None:
     """Write a 3D volume; labels as uint8, images as float32. Parent folders are created.
-    ``descrip``: the header's description (at most 79 ASCII characters)."""
+    ``descrip``: the header's description (at most 79 ASCII characters). Atomic: a hidden
+    partial file (discovery skips dot files) renamed into place, so a reader never sees
+    half a volume."""
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(data, dtype=np.uint8 if label else np.float32)
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
@@ -62,7 +65,10 @@ def save(
         img.header["descrip"] = descrip.encode("ascii")
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    nib.save(img, str(path))
+    ext = next((s for s in (".nii.gz", ".nii") if path.name.endswith(s)), path.suffix)
+    partial = path.with_name(f".{path.name.removesuffix(ext)}.partial{ext}")
+    nib.save(img, str(partial))
+    os.replace(partial, path)
 
 
 def read_descrip(path: Path) -> str:
