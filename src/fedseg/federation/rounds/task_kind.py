@@ -153,4 +153,3 @@ class SynthesisKind:
 def task_kind(plan: PlanConfig) -> SegmentationKind | SynthesisKind:
     """The kind of ``plan.task``."""
     return SynthesisKind(plan) if plan.task == Task.SYNTHESIS else SegmentationKind(plan)
-
