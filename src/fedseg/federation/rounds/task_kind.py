@@ -126,8 +126,8 @@ class SynthesisKind:
         return recipe_json(self.plan.network, self.plan.train, self.synthesis)
 
     def add_trained(self, modalities: Iterable[str]) -> None:
-        order = self.synthesis.generator.modalities
-        self.trained = [m for m in order if m in set(self.trained) | set(modalities)]
+        have = set(self.trained) | set(modalities)
+        self.trained = [m for m in self.synthesis.generator.modalities if m in have]
 
     def save_model(self, path: Path, weights: Weights, meta: dict[str, str | int]) -> None:
         from fedseg.model.generator_file import GeneratorFile, save_generator
