@@ -51,8 +51,10 @@ REFUSED: list[tuple[str, dict[str, object], str]] = [
     ),
     (
         "averaged optimizer state",
-        {**SYNTH, "strategy": {"name": "modality-fedavg",
-                               "params": {"optimizer_state": "average"}}},  # fmt: skip
+        {
+            **SYNTH,
+            "strategy": {"name": "modality-fedavg", "params": {"optimizer_state": "average"}},
+        },
         "strategy.params.optimizer_state average: the generator's Adam state stays at the "
         "sites with task synthesis; choose keep-local or reset",
     ),
@@ -80,16 +82,20 @@ REFUSED: list[tuple[str, dict[str, object], str]] = [
     ),
     (
         "a pre-training modality the generator lacks",
-        {**SYNTH, "synthesis": {"generator": {"modalities": ["t1", "t2"]},
-                                "pretrain": {"modality": "flair"}}},  # fmt: skip
+        {
+            **SYNTH,
+            "synthesis": {
+                "generator": {"modalities": ["t1", "t2"]},
+                "pretrain": {"modality": "flair"},
+            },
+        },
         "synthesis.pretrain.modality flair is not one of the generator's modalities (t1, t2): "
         "choose one of them or auto",
     ),
     (
         "a missing initial generator",
         {**SYNTH, "synthesis": {"initial_generator": "/nonexistent/G.pt"}},
-        "synthesis.initial_generator /nonexistent/G.pt not found: fix the plan's synthesis "
-        "section",
+        "synthesis.initial_generator /nonexistent/G.pt not found: fix the plan's synthesis section",
     ),
 ]
 
