@@ -3,7 +3,9 @@ are stubs (helper A's; same signatures): a seeded nudge of exactly the arrays th
 trains (``model.generator.trainable_names``), one small ``discriminators_<round>.npz`` in
 the workspace (the two latest kept, like the real unit's), constant metrics per case and
 present modality. They test the federation around the generator's training, not the
-training. ``REAL`` is True once the real functions are in (the tests then use them).
+training. ``real_training()`` is True once the real functions are in (the tests then use
+them). This module imports neither ``synth.train`` nor ``synth.validate`` at its top: the
+``sitecustomize`` hook imports it while loading them.
 
 ``sitecustomize_dir(folder)`` writes a ``sitecustomize.py`` that puts the stand-ins into
 every Python process that has ``folder`` (and this checkout) on ``PYTHONPATH``: the
@@ -16,6 +18,7 @@ import inspect
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,10 +26,10 @@ from fedseg.data.cases import Case
 from fedseg.model.evaluate import CaseResult
 from fedseg.model.generator import trainable_names
 from fedseg.model.weights import Weights, save_arrays
-from fedseg.synth import train as synth_train
-from fedseg.synth import validate as synth_validate
 from fedseg.synth.config import SynthesisConfig
-from fedseg.synth.train import BankResult, Phase
+
+if TYPE_CHECKING:
+    from fedseg.synth.train import BankResult, Phase
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,8 +38,12 @@ def _is_stub(fn: object) -> bool:
     return "raise NotImplementedError" in inspect.getsource(fn)  # type: ignore[arg-type]
 
 
-#: the real training unit is in (no stand-in needed)
-REAL = not (_is_stub(synth_train.train_bank) or _is_stub(synth_validate.validate_bank))
+def real_training() -> bool:
+    """The real training unit is in (no stand-in needed)."""
+    from fedseg.synth import train as synth_train
+    from fedseg.synth import validate as synth_validate
+
+    return not (_is_stub(synth_train.train_bank) or _is_stub(synth_validate.validate_bank))
 
 
 def train_bank(
@@ -52,6 +59,8 @@ def train_bank(
     workspace: Path | None,
     rnd: int,
 ) -> BankResult:
+    from fedseg.synth.train import BankResult
+
     t0 = time.perf_counter()
     mods = [modality] if phase == "pretrain" and modality is not None else list(present)
     names = trainable_names(cfg.generator, phase, mods)
