@@ -255,3 +255,39 @@ def test_strategy_weights_per_group() -> None:
                                           "shared": 4}  # fmt: skip
     assert "bank:flair" in s.group_weights("b", 4, 3)
     assert s.frozen_groups("a", 3) == ["kernel", "bank:flair"]
+
+
+class DyingBankTransport(BankTransport):
+    """``BankTransport`` whose aggregator "is killed" when round ``dies_in`` starts."""
+
+    def __init__(self, dies_in: int | None, modalities: dict[str, list[str]]) -> None:
+        super().__init__(modalities)
+        self.dies_in = dies_in
+
+    def exchange(
+        self,
+        requests: dict[str, TaskRequest],
+        timeout_s: float,
+        on_result: Callable[[str, Exchanged], None],
+    ) -> None:
+        if next(iter(requests.values())).round == self.dies_in:
+            raise RuntimeError("aggregator killed")
+        super().exchange(requests, timeout_s, on_result)
+
+
+def test_a_resume_continues_in_the_round_s_phase(tmp_path: Path) -> None:
+    """Killed in pre-training round 2 of 2: the resume redoes round 2 as pre-training (the
+    phase follows the round number), resets the banks after it, then the bank round."""
+    run = synthesis_plan(tmp_path, rounds=1, synthesis={
+        "generator": GEN.model_dump(), "pretrain": {"rounds": 2}})  # fmt: skip
+    with pytest.raises(RuntimeError, match="killed"):
+        Coordinator(run, DyingBankTransport(2, _site2_without_flair())).run()
+    t = DyingBankTransport(None, _site2_without_flair())
+    Coordinator(run, t).run()
+    assert [next(iter(r.values())).round for r in t.requests] == [2, 3, 4]
+    assert t.requests[0]["site1"].synth_step.phase == "pretrain"  # type: ignore[union-attr]
+    assert t.requests[1]["site1"].synth_step.phase == "bank"  # type: ignore[union-attr]
+    w2 = load_generator(model_path(run, 2))
+    ident = identity_banks(GEN, w2.weights)
+    assert all(v.tobytes() == ident[k].tobytes() for k, v in w2.weights.items())
+    assert load_generator(model_path(run, 3)).trained == ALL

@@ -284,9 +284,12 @@ class Coordinator:
         sites = {s: (d.modalities if d is not None else None)
                  for s in self.plan.site_names for d in [self.declared.get(s)]}  # fmt: skip
         declared = [m for s, m in sites.items() if s in self.declared]
-        ref = reference_modality(self.plan.synthesis.pretrain.modality, gen.modalities,
-                                 declared)  # fmt: skip
+        first = self.strategy.reference is None  # once set, the reference stays for the run
+        ref = self.strategy.reference or reference_modality(
+            self.plan.synthesis.pretrain.modality, gen.modalities, declared)  # fmt: skip
         self.strategy.set_federation(self.pretrain_rounds, ref, gen.modalities, sites)
+        if not first:
+            return
         for m in gen.modalities:
             if not any(d is None or m in d for d in declared):
                 self.store.log(f"{m}: no site has it; its bank stays at its initial value and "
