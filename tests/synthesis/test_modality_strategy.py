@@ -291,3 +291,31 @@ def test_a_resume_continues_in_the_round_s_phase(tmp_path: Path) -> None:
     ident = identity_banks(GEN, w2.weights)
     assert all(v.tobytes() == ident[k].tobytes() for k, v in w2.weights.items())
     assert load_generator(model_path(run, 3)).trained == ALL
+
+
+def test_an_initial_generator_skips_pretraining(tmp_path: Path) -> None:
+    """``synthesis.initial_generator``: round 0 is that file's generator (kernel and banks),
+    its ``trained`` carried on; no pre-training round; a different generator is refused."""
+    from fedseg.model.generator_file import GeneratorFile, save_generator
+
+    w = new_generator_weights(GEN, 5)
+    path = save_generator(tmp_path / "G0.pt", GeneratorFile(GEN, w, trained=["t2"]))
+    run = synthesis_plan(tmp_path, rounds=1, synthesis={
+        "generator": GEN.model_dump(), "pretrain": {"rounds": 2},
+        "initial_generator": str(path)})  # fmt: skip
+    t = BankTransport(_site2_without_flair())
+    Coordinator(run, t).run()
+    w0 = load_generator(model_path(run, 0))
+    assert all(v.tobytes() == w[k].tobytes() for k, v in w0.weights.items())
+    assert w0.trained == ["t2"]
+    assert [next(iter(r.values())).synth_step.phase for r in t.requests[:1]] == ["bank"]  # type: ignore[union-attr]
+    with RunStore(run) as store:
+        assert store.meta.planned_rounds() == 1
+    other = GeneratorConfig(base_filters=3, depth=2)
+    path2 = save_generator(
+        tmp_path / "G1.pt", GeneratorFile(other, new_generator_weights(other, 0), [])
+    )
+    run2 = synthesis_plan(tmp_path / "b", rounds=1, synthesis={
+        "generator": GEN.model_dump(), "initial_generator": str(path2)})  # fmt: skip
+    with pytest.raises(FedsegError, match=r"initial_generator .* has generator"):
+        Coordinator(run2, BankTransport(_site2_without_flair())).run()
