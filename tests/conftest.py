@@ -51,6 +51,7 @@ XDIST_GROUPS = {
     "tests/privacy/test_he_e2e.py": "engine",
     "tests/privacy/test_secagg_e2e.py": "engine",
     "tests/privacy/test_secagg_dropout_e2e.py": "engine",
+    "tests/synthesis/test_synthesis_e2e.py": "engine",
     "tests/export/": "openvino",
     "tests/data/test_data_cli.py": "data_cli",
 }

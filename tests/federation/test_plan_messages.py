@@ -149,8 +149,12 @@ def test_flower_error_reasons_become_one_line() -> None:
 
 def test_hello_declares_the_sites_split_counts(tmp_path: Path, tiny_sites: dict[str, Path]) -> None:
     declared = declared_cases(tiny_sites["site1"])
-    assert declared == DeclaredCases(n_train=3, n_val=1)  # 4 cases, 4:1 split
+    # 4 cases, 4:1 split; no fedseg_site.yaml: every modality
+    assert declared == DeclaredCases(n_train=3, n_val=1, modalities=["t1", "t1ce", "t2", "flair"])
     assert decode_hello_reply(encode_hello_reply("site1", declared)) == ("site1", declared)
+    # an older site's hello names no modalities: None (all four), still read
+    old = DeclaredCases(n_train=3, n_val=1)
+    assert decode_hello_reply(encode_hello_reply("site1", old)) == ("site1", old)
     # a site whose data folder does not read declares nothing (its task says why)
     assert declared_cases(tmp_path / "missing") is None
     assert decode_hello_reply(encode_hello_reply("site1")) == ("site1", None)

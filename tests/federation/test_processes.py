@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedseg.data.cases import MODALITIES
 from fedseg.data.splits import load_split
 from fedseg.data.synth.generate import make_tiny_dataset
 from fedseg.federation.commands.engine_run import LocalSites, run_federation
@@ -111,7 +112,9 @@ def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, P
         assert best is not None and set(store.checkpoints()) == {0, 2, best.model_round}
         assert model_path(run, 1).is_file() == (best.model_round == 1)
         # each site's hello declared its split through Flower; it bounds its reports
-        assert store.meta.declared() == dict.fromkeys(SITES, DeclaredCases(n_train=3, n_val=1))
+        # (and the modalities it has: all four, no fedseg_site.yaml)
+        full = DeclaredCases(n_train=3, n_val=1, modalities=list(MODALITIES))
+        assert store.meta.declared() == dict.fromkeys(SITES, full)
         run_id = store.meta.run_id()
     w0 = initial_weights(load_plan(run / PLAN_FILE))
     w2 = load_model(model_path(run, 2)).weights
@@ -368,7 +371,9 @@ def test_a_site_whose_split_grew_is_bounded_by_its_hello(
     run_federation(run, LocalSites(), live=False)
     t.join(timeout=5)
     with RunStore(run) as store:
-        assert store.meta.declared()["site3"] == DeclaredCases(n_train=3, n_val=1)
+        assert store.meta.declared()["site3"] == DeclaredCases(
+            n_train=3, n_val=1, modalities=list(MODALITIES)
+        )
         by = {(s.round, s.site): s for s in store.site_rounds()}
         assert by[(1, "site3")].status == "ok"
         assert by[(2, "site3")].status == "rejected"

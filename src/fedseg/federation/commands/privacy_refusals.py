@@ -40,7 +40,7 @@ MIN_SECAGG_SITES = 3
 
 
 def _streaming_names() -> str:
-    names = [n for n, cls in STRATEGIES.items() if cls.streams]
+    names = [n for n, cls in STRATEGIES.items() if cls.streams and "segmentation" in cls.tasks]
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 

@@ -6,10 +6,12 @@ the sites file their private state under), later ``models/``, ``best.pt``, ``log
 contract in ``fedseg.run_folder``.
 
 :func:`check_plan_runs` is the whole plan check that runs before any engine process starts
-(a new run and every restart): the strategy and its parameters, the privacy mechanisms'
-combinations (``privacy_refusals``), the initial model, and a run folder that can be
-written and has the free space a round's model files take (:func:`round_bytes`: parameters
-x 4 bytes x ``ROUND_FILES``, and a streaming strategy's spool of the sites' updates).
+(a new run and every restart): the strategy and its parameters, the task's combinations
+(``check_task``: what ``task: synthesis`` cannot run with, one line each), the privacy
+mechanisms' combinations (``privacy_refusals``), the initial model (or generator), a
+writable run folder (or the folder it will be made in) that has the free space a round's
+model files take (:func:`round_bytes`: parameters x 4 bytes x ``ROUND_FILES``, and a
+streaming strategy's spool of the sites' updates).
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from fedseg.errors import FedsegError, PlanError
 from fedseg.federation.commands.privacy_refusals import check_privacy
+from fedseg.federation.rounds.strategies.base import Strategy
 from fedseg.federation.rounds.strategies.registry import make_strategy
 from fedseg.model.config import NetworkConfig
+from fedseg.model.generator import GeneratorConfig, new_generator_weights
 from fedseg.model.registry import build_network
 from fedseg.plan import PlanConfig, load_plan, save_plan
-from fedseg.run_folder import PLAN_FILE, folder_problem
+from fedseg.run_folder import PLAN_FILE, Task, folder_problem
 from fedseg.tracking.store import RunStore
 
 #: Model-sized files a round writes: the round model, its strategy state (at most two
@@ -42,11 +47,20 @@ def network_parameters(network: NetworkConfig) -> int:
     return sum(t.numel() for t in net.state_dict().values())
 
 
+def generator_parameters(cfg: GeneratorConfig) -> int:
+    """Values in the generator's weights (kernel and every bank)."""
+    return sum(v.size for v in new_generator_weights(cfg, 0).values())
+
+
 def round_bytes(plan: PlanConfig) -> int:
     """Bytes of the model files one round writes: parameters x 4 bytes x ``ROUND_FILES``,
     plus, for a streaming strategy, its spool while the round is aggregated (one update per
-    site, three with the optimizer state averaged: ``rounds.spool``)."""
-    model = network_parameters(plan.network) * 4
+    site, three with the optimizer state averaged: ``rounds.spool``). The parameters are
+    the network's, or the generator's with ``task: synthesis``."""
+    if plan.task == Task.SYNTHESIS:
+        model = generator_parameters(plan.synthesis.generator) * 4
+    else:
+        model = network_parameters(plan.network) * 4
     strategy = make_strategy(plan.strategy, plan.local_epochs)
     spool = 0
     if strategy.streams:
@@ -61,7 +75,9 @@ def check_plan_runs(plan: PlanConfig, run_dir: Path) -> int:
     writable run folder (or the folder it will be made in) with room for a round. Returns
     :func:`round_bytes`; raises a one-line ``PlanError`` (the plan) or ``FedsegError`` (the
     folder)."""
-    check_privacy(plan, make_strategy(plan.strategy, plan.local_epochs))
+    strategy = make_strategy(plan.strategy, plan.local_epochs)
+    check_task(plan, strategy)
+    check_privacy(plan, strategy)
     init = plan.initial_model.path
     if init is not None and not init.is_file():
         raise PlanError(f"initial_model.path {init} not found: fix the plan's initial_model")
@@ -70,6 +86,63 @@ def check_plan_runs(plan: PlanConfig, run_dir: Path) -> int:
     if problem is not None:
         raise FedsegError(problem.message)
     return needed
+
+
+def check_task(plan: PlanConfig, strategy: Strategy[Any]) -> None:
+    """The one-line ``PlanError`` of the first combination the plan's ``task`` cannot run
+    with: a strategy made for the other task; with ``task: synthesis`` the paper's central
+    generator, the generator's Adam state averaged, secure aggregation or HE (their hidden
+    sum has one weight per site), DP, a pre-training modality the generator lacks, a
+    missing initial generator."""
+    name = plan.strategy.name
+    if plan.task not in strategy.tasks:
+        fix = (
+            "set task: synthesis or choose another strategy"
+            if plan.task == Task.SEGMENTATION
+            else f"set strategy.name: modality-fedavg ({name} would average a site's "
+            "untouched bank into the modalities it lacks)"
+        )
+        raise PlanError(
+            f"strategy {name} trains task {' or '.join(strategy.tasks)}, the plan's task is "
+            f"{plan.task}: {fix}"
+        )
+    if plan.task != Task.SYNTHESIS:
+        return
+    syn, p = plan.synthesis, plan.privacy
+    if syn.mode == "central":
+        raise PlanError(
+            "synthesis.mode central is not implemented: it would send label maps off the "
+            "sites; use synthesis.mode federated"
+        )
+    if strategy.params.optimizer_state == "average":
+        raise PlanError(
+            "strategy.params.optimizer_state average: the generator's Adam state stays at "
+            "the sites with task synthesis; choose keep-local or reset"
+        )
+    for key, on in (("privacy.secure_aggregation", p.secure_aggregation),
+                    ("privacy.he", p.he.scheme != "none")):  # fmt: skip
+        if on:
+            raise PlanError(
+                f"{key} cannot run with task synthesis: the hidden sum has one weight per "
+                "site; modality-fedavg needs one per site and modality"
+            )
+    if p.dp.level != "none":
+        raise PlanError(
+            f"privacy.dp level {p.dp.level} is not supported with task synthesis (the "
+            "discriminators touch the images, G's gradient flows through them): set "
+            "privacy.dp.level none"
+        )
+    ref, mods = syn.pretrain.modality, syn.generator.modalities
+    if ref != "auto" and ref not in mods:
+        raise PlanError(
+            f"synthesis.pretrain.modality {ref} is not one of the generator's modalities "
+            f"({', '.join(mods)}): choose one of them or auto"
+        )
+    init = syn.initial_generator
+    if init is not None and not Path(init).is_file():
+        raise PlanError(
+            f"synthesis.initial_generator {init} not found: fix the plan's synthesis section"
+        )
 
 
 def prepare_run(

@@ -30,7 +30,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from pydantic import ValidationError
 
 from fedseg.federation.rounds.optimizer_state import DEFAULT_MODE, optimizer_mode
-from fedseg.federation.rounds.tasks import Payload, TaskReply, TaskRequest
+from fedseg.federation.rounds.tasks import Payload, SynthStep, TaskReply, TaskRequest
 from fedseg.federation.rounds.transfer import (
     DEFAULT_TRANSFER,
     TransferDtype,
@@ -176,6 +176,8 @@ def encode_request(
         }
     )
     _put(content, "global", encoded(req.weights, req.transfer))
+    if req.synth_step is not None:
+        content["task"]["synth_step"] = req.synth_step.to_json()
     if req.optimizer_state is not None:
         _put(content, "optimizer", encoded(req.optimizer_state, "float32"))
     if req.secure is not None:
@@ -202,6 +204,7 @@ def decode_request(content: RecordDict) -> TaskRequest:
         privacy=PrivacyConfig.model_validate_json(str(task.get("privacy", "{}"))),
         secure=get_payload(content, "secure", writable=True),
         planned_rounds=int(task.get("planned_rounds", 0)),
+        synth_step=SynthStep.from_json(str(task["synth_step"])) if "synth_step" in task else None,
     )
 
 
@@ -333,17 +336,25 @@ def _compute_used(site: ConfigRecord) -> ComputeUsed | None:
 
 
 def encode_hello_reply(site: str, declared: DeclaredCases | None = None) -> RecordDict:
-    """A site's hello: its name and, when its data folder reads, its split's case counts."""
+    """A site's hello: its name and, when its data folder reads, its split's case counts
+    and the modalities it has (optional key ``modalities``)."""
     rec = ConfigRecord({"name": site})
     if declared is not None:
         rec["n_train"], rec["n_val"] = int(declared.n_train), int(declared.n_val)
+        if declared.modalities is not None:
+            rec["modalities"] = [str(m) for m in declared.modalities]
     return RecordDict({"site": rec})
 
 
 def decode_hello_reply(content: RecordDict) -> tuple[str, DeclaredCases | None]:
-    """The site's name and declared case counts (None when it declared none)."""
+    """The site's name and declared case counts and modalities (None when it declared
+    none; modalities None from a site that did not say them: an older fedseg)."""
     rec = content["site"]
     declared = None
     if "n_train" in rec and "n_val" in rec:
-        declared = DeclaredCases(n_train=int(rec["n_train"]), n_val=int(rec["n_val"]))
+        mods = rec.get("modalities")
+        declared = DeclaredCases(
+            n_train=int(rec["n_train"]), n_val=int(rec["n_val"]),
+            modalities=None if mods is None else [str(m) for m in mods],  # type: ignore[union-attr]
+        )  # fmt: skip
     return str(rec["name"]), declared

@@ -20,11 +20,15 @@ Conventions:
   in memory, or arrays read back from disk as they are used (``spool.SpooledArrays``, the
   streaming aggregation). ``weighted_average`` holds one float64 accumulator of one array
   at a time; it gives the same numbers whichever kind it reads.
+- ``grouped_average`` is the weighted mean with one weight per update *and key group*
+  (a generator's ``kernel``, ``bank:<modality>``, ``shared``: ``model.generator.param_group``):
+  a key whose group has zero total weight (no site trained it) keeps the reference's array.
+  ``weighted_average`` is its one-group case (same numbers); it streams the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -83,6 +87,42 @@ def weighted_average(updates: Sequence[Arrays], weights: Sequence[float]) -> Wei
         for wi, u in zip(w, updates, strict=True):
             acc += wi * u[k].astype(np.float64)
         out[k] = _cast_like(acc, first.dtype)
+    return out
+
+
+def grouped_average(
+    updates: Sequence[Arrays],
+    weights: Sequence[Mapping[str, float]],
+    group: Callable[[str], str],
+    reference: Arrays,
+) -> Weights:
+    """Per key: the mean of ``updates`` weighted by ``weights[u][group(key)]`` (a group an
+    update's mapping does not name weighs 0); a key whose group has zero total weight keeps
+    ``reference[key]`` (a copy). Keys, order and dtypes are the reference's; every update
+    must fit it (``check_update``). Reads each update's array once per key, like
+    ``weighted_average``."""
+    if len(updates) != len(weights):
+        raise ValueError(f"{len(updates)} updates but {len(weights)} weight mappings")
+    for wu in weights:
+        bad = {g: v for g, v in wu.items() if not (np.isfinite(v) and v >= 0)}
+        if bad:
+            raise ValueError(f"aggregation weights must be finite and >= 0, got {bad}")
+    totals: dict[str, float] = {}
+    out: Weights = {}
+    for k, ref in reference.items():
+        g = group(k)
+        if g not in totals:
+            totals[g] = float(sum(float(wu.get(g, 0.0)) for wu in weights))
+        total = totals[g]
+        if total <= 0:
+            out[k] = ref.copy()
+            continue
+        acc = np.zeros(ref.shape, dtype=np.float64)
+        for wu, u in zip(weights, updates, strict=True):
+            wi = float(wu.get(g, 0.0))
+            if wi > 0:
+                acc += (wi / total) * u[k].astype(np.float64)
+        out[k] = _cast_like(acc, ref.dtype)
     return out
 
 

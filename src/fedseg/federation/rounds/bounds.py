@@ -4,8 +4,9 @@ A site declares its split's case counts in its hello (``run_folder.DeclaredCases
 coordinator records the first declaration of each site in the run store and keeps it for
 the run. Every later reply is checked against it here (plan key ``bounds``):
 
-- a declaration is believed only with counts in ``[0, max_cases]``; a site whose hello
-  declared nothing (its data folder did not read then) declares with its first reply;
+- a declaration is believed only with counts in ``[0, max_cases]`` and, when it names the
+  site's modalities, known distinct ones (at least one); a site whose hello declared
+  nothing (its data folder did not read then) declares with its first reply;
 - a reply's ``n_train``/``n_val`` must be in ``[0, declared]``: a site whose split grew
   during the run is rejected until a new run (its cases are fixed for this one). A site's
   aggregation weight (its training cases) is thereby capped at its declaration, itself at
@@ -14,6 +15,9 @@ the run. Every later reply is checked against it here (plan key ``bounds``):
   a finite mean inside the metric's range (``model.metrics.METRIC_RANGES``: Dice-like
   metrics in [0, 1], HD95 in [0, 373.13] mm) and a std in ``[0, (hi - lo) / 2]`` (the
   largest population std of values in a range); ``n = 0`` rows carry no value and pass.
+  A synthesis run's summaries (``task: synthesis``, ``synth.validate``) are per modality
+  the site declared, with the metrics ssim, psnr and mae only; a segmentation run's name
+  no synthesis metric.
 
 A failed check raises ``UpdateRejected`` (``aggregation``) with a one-line reason: the
 whole reply is ``rejected`` for that round, its validation and weights are not used, and
@@ -24,10 +28,12 @@ from __future__ import annotations
 
 import math
 
+from fedseg.data.cases import MODALITIES
 from fedseg.federation.rounds.aggregation import UpdateRejected
 from fedseg.model.metrics import METRIC_RANGES
 from fedseg.model.summary import Summary
-from fedseg.run_folder import DeclaredCases
+from fedseg.run_folder import DeclaredCases, Task
+from fedseg.synth.validate import SYNTH_METRICS
 
 
 def check_declaration(declared: DeclaredCases, max_cases: int) -> None:
@@ -37,6 +43,13 @@ def check_declaration(declared: DeclaredCases, max_cases: int) -> None:
             raise UpdateRejected(
                 f"claims {n} {what} cases, outside [0, {max_cases}] (plan bounds.max_cases)"
             )
+    mods = declared.modalities
+    if mods is not None and (
+        not mods or len(set(mods)) != len(mods) or any(m not in MODALITIES for m in mods)
+    ):
+        raise UpdateRejected(
+            f"declares modalities {mods}, not distinct names out of {', '.join(MODALITIES)}"
+        )
 
 
 def check_counts(n_train: int, n_val: int, declared: DeclaredCases | None) -> None:
@@ -57,13 +70,27 @@ def check_counts(n_train: int, n_val: int, declared: DeclaredCases | None) -> No
             )
 
 
-def check_summary(region: str, metric: str, s: Summary, n_val: int) -> None:
+def check_summary(
+    region: str,
+    metric: str,
+    s: Summary,
+    n_val: int,
+    task: Task = Task.SEGMENTATION,
+    modalities: list[str] | None = None,
+) -> None:
     """Raise ``UpdateRejected`` unless ``s`` is a possible summary of ``metric`` over at
-    most ``n_val`` cases."""
+    most ``n_val`` cases in a ``task`` run (synthesis: ``region`` one of ``modalities``,
+    the site's; None: any modality)."""
     where = f"validation {region}/{metric}"
-    rng = METRIC_RANGES.get(metric)
+    if task == Task.SYNTHESIS:
+        known = list(SYNTH_METRICS)
+        if region not in (MODALITIES if modalities is None else modalities):
+            raise UpdateRejected(f"{where}: not a modality the site declared")
+    else:
+        known = [m for m in METRIC_RANGES if m not in SYNTH_METRICS]
+    rng = METRIC_RANGES.get(metric) if metric in known else None
     if rng is None:
-        raise UpdateRejected(f"{where}: unknown metric (known: {', '.join(METRIC_RANGES)})")
+        raise UpdateRejected(f"{where}: unknown metric (known: {', '.join(known)})")
     if not 0 <= s.n <= n_val:
         raise UpdateRejected(f"{where} over {s.n} cases, declared {n_val} validation cases")
     if s.n == 0:
@@ -76,11 +103,16 @@ def check_summary(region: str, metric: str, s: Summary, n_val: int) -> None:
         raise UpdateRejected(f"{where}: std {s.std} outside [0, {top_std}]")
 
 
-def check_validation(summaries: dict[str, dict[str, Summary]], n_val: int) -> None:
+def check_validation(
+    summaries: dict[str, dict[str, Summary]],
+    n_val: int,
+    task: Task = Task.SEGMENTATION,
+    modalities: list[str] | None = None,
+) -> None:
     """``check_summary`` on every ``summaries[region][metric]``."""
     for region, by_metric in summaries.items():
         for metric, s in by_metric.items():
-            check_summary(region, metric, s, n_val)
+            check_summary(region, metric, s, n_val, task, modalities)
 
 
 def check_report(
@@ -88,8 +120,9 @@ def check_report(
     n_val: int,
     validation: dict[str, dict[str, Summary]],
     declared: DeclaredCases | None,
+    task: Task = Task.SEGMENTATION,
 ) -> None:
     """A reply's counts and validation summaries against the site's declaration."""
     check_counts(n_train, n_val, declared)
     assert declared is not None  # check_counts rejects a missing declaration
-    check_validation(validation, declared.n_val)
+    check_validation(validation, declared.n_val, task, declared.modalities)

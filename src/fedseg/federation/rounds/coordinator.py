@@ -39,6 +39,19 @@ here and lands in the run store:
   round; should a deleted round become the best again, the best kept round is ``best.pt``
   (the same rule ``select`` applies).
 
+With ``task: synthesis`` (``task_kind``, strategy ``modality-fedavg``) the run has two
+phases, told by the round number: rounds ``1..P`` (``synthesis.pretrain.rounds``; 0 with an
+``initial_generator``) pre-train the generator's kernel on the reference modality (the one
+most sites declared, ties to the first in ``t1, t1ce, t2, flair``; or the plan's), then the
+aggregator resets every bank to identity on it (``model.generator.identity_banks``: model P)
+and ``rounds`` bank rounds follow (planned rounds ``P + rounds``). After ``check_update``
+a site's update must leave every array of a group it does not train bit for bit as the site
+received it (``transfer``'s round trip of the global model): the kernel in the bank phase,
+the bank of a modality the site did not declare, anything but the kernel and the reference
+bank in pre-training; else it is ``rejected`` with a one-line reason. Each site's round
+record says the phase and the groups it was averaged into; the run log says per round
+which sites each group was averaged over.
+
 A restart continues after the last ``done`` round (``RunStore.last_done_round``): a round
 is ``done`` only after its model file is written, so a kill loses at most that round.
 """
@@ -72,11 +85,12 @@ from fedseg.federation.rounds.hidden_sum import SECURE_SUM, make_hidden_sum
 from fedseg.federation.rounds.retention import prune_models
 from fedseg.federation.rounds.spool import Spool
 from fedseg.federation.rounds.strategies.base import SiteUpdate, Strategy
+from fedseg.federation.rounds.strategies.modality import PRETRAIN, ModalityFedAvg
 from fedseg.federation.rounds.strategies.registry import make_strategy
-from fedseg.federation.rounds.tasks import Payload, TaskReply, TaskRequest, recipe_json
-from fedseg.model.model_file import ModelFile, load_model, save_model
-from fedseg.model.registry import new_network
-from fedseg.model.weights import Weights, get_weights, load_arrays, save_arrays
+from fedseg.federation.rounds.task_kind import SynthesisKind, task_kind
+from fedseg.federation.rounds.tasks import Payload, SynthStep, TaskReply, TaskRequest
+from fedseg.federation.rounds.transfer import round_trip
+from fedseg.model.weights import Weights, load_arrays, save_arrays
 from fedseg.plan import PlanConfig, load_plan
 from fedseg.run_folder import (
     BEST_MODEL,
@@ -92,6 +106,7 @@ from fedseg.run_folder import (
     RunStatus,
     SiteActivity,
     SiteRoundStatus,
+    Task,
     cause_of,
     model_path,
     spool_dir,
@@ -164,18 +179,20 @@ def site_seed(seed: int, rnd: int, site: str) -> int:
 
 
 def initial_weights(plan: PlanConfig) -> Weights:
-    """Round-0 model: a model file's weights (same network required) or a seeded init."""
-    init = plan.initial_model
-    if init.path is not None:
-        mf = load_model(init.path)
-        if mf.network != plan.network:
-            raise FedsegError(
-                f"initial model {init.path} has network {mf.network.model_dump()}, the plan "
-                f"says {plan.network.model_dump()}; make them match"
-            )
-        return mf.weights
-    seed = plan.seed if init.seed is None else init.seed
-    return get_weights(new_network(plan.network, None, seed))
+    """Round-0 model of ``plan`` (``task_kind``: the network's or the generator's)."""
+    return task_kind(plan).initial_weights()
+
+
+def reference_modality(
+    configured: str, modalities: Sequence[str], declared: Sequence[list[str] | None]
+) -> str:
+    """The pre-training's modality: ``configured`` unless ``auto``, else the one of
+    ``modalities`` most of the ``declared`` sets have (None: all), ties to the earliest in
+    ``modalities`` (``t1`` first)."""
+    if configured != "auto":
+        return configured
+    counts = {m: sum(1 for d in declared if d is None or m in d) for m in modalities}
+    return max(modalities, key=lambda m: (counts[m], -list(modalities).index(m)))
 
 
 class Coordinator:
@@ -188,10 +205,18 @@ class Coordinator:
         self.store = RunStore(self.run_dir)
         self.run_id = run_id or self.store.meta.run_id() or self.run_dir.name
         self.strategy: Strategy[Any] = make_strategy(self.plan.strategy, self.plan.local_epochs)
+        self.kind = task_kind(self.plan)
+        #: rounds of generator pre-training before the bank rounds (``task: synthesis``)
+        self.pretrain_rounds = 0
+        if isinstance(self.kind, SynthesisKind) and self.plan.synthesis.initial_generator is None:
+            self.pretrain_rounds = self.plan.synthesis.pretrain.rounds
         rounds = self.strategy.planned_rounds(self.plan.rounds, len(self.plan.sites))
+        rounds += self.pretrain_rounds
         if rounds != self.plan.rounds:  # e.g. cyclic: cycles x sites visits
             self.plan = self.plan.model_copy(update={"rounds": rounds})
-        self.recipe = recipe_json(self.plan.network, self.plan.train)
+        self.recipe = self.kind.recipe()
+        #: the global model as the sites receive it (the transfer's round trip), by round
+        self._received: tuple[int, Weights] | None = None
         self.live = LiveState(round=0, phase=LivePhase.CONNECTING)
         #: each site's first declaration in this run (meta ``declared``)
         self.declared = self.store.meta.declared()
@@ -208,12 +233,14 @@ class Coordinator:
         plan, store = self.plan, self.store
         store.meta.set_status(RunStatus.RUNNING)
         store.meta.set_planned_rounds(plan.rounds)
+        store.meta.set_task(Task(plan.task))
         try:
             last = store.last_done_round()
             store.discard_after(last)
             shutil.rmtree(self.run_dir / SPOOL_DIR, ignore_errors=True)  # a killed run's
             weights = self._load_global(last)
             sites = self._connect()
+            self._set_phases()
             for rnd in range(last + 1, plan.rounds + 1):
                 weights = self._round(rnd, weights, sites)
             if not store.meta.final_validated():
@@ -247,6 +274,38 @@ class Coordinator:
         self._record_declarations(sites)
         return sites
 
+    def _set_phases(self) -> None:
+        """``modality-fedavg``: the pre-training's reference modality (from the declared
+        modality sets) and each site's modalities; a modality no site has is one warning
+        line (its bank stays at its initial value)."""
+        if not isinstance(self.strategy, ModalityFedAvg):
+            return
+        gen = self.plan.synthesis.generator
+        sites = {s: (d.modalities if d is not None else None)
+                 for s in self.plan.site_names for d in [self.declared.get(s)]}  # fmt: skip
+        declared = [m for s, m in sites.items() if s in self.declared]
+        first = self.strategy.reference is None  # once set, the reference stays for the run
+        ref = self.strategy.reference or reference_modality(
+            self.plan.synthesis.pretrain.modality, gen.modalities, declared)  # fmt: skip
+        self.strategy.set_federation(self.pretrain_rounds, ref, gen.modalities, sites)
+        if not first:
+            return
+        for m in gen.modalities:
+            if not any(d is None or m in d for d in declared):
+                self.store.log(f"{m}: no site has it; its bank stays at its initial value and "
+                               f"completion of {m} is refused", "warning")  # fmt: skip
+        if self.pretrain_rounds:
+            self.store.log(f"synthesis: rounds 1-{self.pretrain_rounds} pre-train the "
+                           f"generator's kernel on {ref}, then the bank rounds follow")  # fmt: skip
+
+    def _synth_step(self, rnd: int) -> SynthStep | None:
+        if not isinstance(self.strategy, ModalityFedAvg):
+            return None
+        syn = self.plan.synthesis
+        if self.strategy.phase(rnd) == PRETRAIN:
+            return SynthStep("pretrain", self.strategy.reference, syn.pretrain.steps_per_round)
+        return SynthStep("bank", None, syn.steps_per_round)
+
     def _record_declarations(self, sites: Sequence[str]) -> None:
         """Record the first believable declaration of each of ``sites``; a later, different
         one is logged and changes nothing (the counts are fixed for the run)."""
@@ -278,7 +337,7 @@ class Coordinator:
 
     def _load_global(self, last: int) -> Weights:
         if last == 0:
-            weights = initial_weights(self.plan)
+            weights = self.kind.initial_weights()
             self._save_model(0, weights)
             return weights
         path = model_path(self.run_dir, last)
@@ -287,7 +346,7 @@ class Coordinator:
         state_path = strategy_state_path(path)
         if state_path.is_file():
             self.strategy.load_state_dict(load_arrays(state_path))
-        return load_model(path).weights
+        return self.kind.load_weights(path)
 
     def _round(self, rnd: int, weights: Weights, plan_sites: list[str]) -> Weights:
         plan, store = self.plan, self.store
@@ -297,6 +356,8 @@ class Coordinator:
         store.log(f"round {rnd} started")
         sites = self.transport.connected_sites(plan.site_names, 0.0) or plan_sites
         self._record_declarations(sites)
+        if isinstance(self.strategy, ModalityFedAvg):
+            self._set_phases()  # a site that declared late
         tasks = self.strategy.configure_round(rnd, sites)
         requests = {
             s: TaskRequest(
@@ -315,6 +376,7 @@ class Coordinator:
                 transfer=plan.transfer.weights,
                 privacy=plan.privacy,
                 planned_rounds=plan.rounds,
+                synth_step=self._synth_step(rnd) if t.epochs > 0 else None,
             )
             for s, t in tasks.items()
         }
@@ -374,6 +436,14 @@ class Coordinator:
                 "and continue with `fedseg resume`"
             )
         new = self.strategy.aggregate(rnd, weights, updates) if updates else weights
+        if isinstance(self.strategy, ModalityFedAvg):
+            self._record_groups(rnd, updates, records)
+            if rnd == self.pretrain_rounds:  # the kernel is final: every bank to identity
+                from fedseg.model.generator import identity_banks
+
+                new = identity_banks(plan.synthesis.generator, new)
+                store.log(f"round {rnd}: pre-training done; the kernel is frozen and every "
+                          "bank reset to identity on it")  # fmt: skip
         for upd in updates:
             if upd.site not in records:  # the hidden sum: no single site's norm is known
                 continue
@@ -494,6 +564,7 @@ class Coordinator:
             if res.weights is None:
                 raise UpdateRejected("no weights in the reply")
             check_update(res.weights, weights)
+            self._check_frozen(rnd, site, res.weights, weights)
         except UpdateRejected as exc:
             self.store.log(f"round {rnd}: site {site} update rejected: {exc}", "warning")
             rejected = SiteRoundStatus.REJECTED
@@ -560,7 +631,8 @@ class Coordinator:
         if site not in self.declared:
             self._declare(site, DeclaredCases(n_train=res.n_train, n_val=res.n_val),
                           "its first reply")  # fmt: skip
-        check_report(res.n_train, res.n_val, res.validation, self.declared.get(site))
+        check_report(res.n_train, res.n_val, res.validation, self.declared.get(site),
+                     Task(self.plan.task))  # fmt: skip
 
     def _bound_norms(
         self, rnd: int, weights: Weights, updates: list[SiteUpdate], norms: dict[str, float],
@@ -605,13 +677,55 @@ class Coordinator:
         self.live = LiveState(round=rnd, phase=phase, sites=states)
         self.store.meta.set_live(self.live)
 
+    def _check_frozen(self, rnd: int, site: str, update: Weights, weights: Weights) -> None:
+        """``modality-fedavg``: raise ``UpdateRejected`` unless every array of a group the
+        site does not train this round is bit for bit the global array as the site received
+        it (after the transfer's round trip)."""
+        if not isinstance(self.strategy, ModalityFedAvg):
+            return
+        from fedseg.model.generator import KERNEL, SHARED, param_group
+
+        frozen = set(self.strategy.frozen_groups(site, rnd))
+        if not frozen:
+            return
+        if self._received is None or self._received[0] != rnd:
+            self._received = (rnd, round_trip(weights, self.plan.transfer.weights)[0])
+        received = self._received[1]
+        for k, ref in received.items():
+            g = param_group(k)
+            if g not in frozen or _same_bits(update[k], ref):
+                continue
+            ref_mod = self.strategy.reference
+            if self.strategy.phase(rnd) == PRETRAIN:
+                what = f"{KERNEL}.* and bank.{ref_mod}.*"
+                raise UpdateRejected(f"{_pattern(g)}: changed in pre-training, which trains "
+                                     f"only {what}")  # fmt: skip
+            if g == KERNEL:
+                raise UpdateRejected(f"{KERNEL}.*: the frozen kernel changed")
+            if g != SHARED:
+                m = g.partition(":")[2]
+                raise UpdateRejected(f"{_pattern(g)}: changed by a site that declared no {m}")
+
+    def _record_groups(
+        self, rnd: int, updates: Sequence[SiteUpdate], records: dict[str, SiteRound]
+    ) -> None:
+        """Each site's record: the round's phase and the groups its update was averaged
+        into; the run log: per group, the sites it was averaged over."""
+        assert isinstance(self.strategy, ModalityFedAvg) and isinstance(self.kind, SynthesisKind)
+        phase = self.strategy.phase(rnd)
+        by_group = self.strategy.contributors(rnd, updates)
+        for site, sr in records.items():
+            groups = sorted(g for g, sites in by_group.items() if site in sites)
+            records[site] = _with(sr, extra={**(sr.extra or {}), "phase": phase,
+                                             "averaged_into": groups})  # fmt: skip
+        self.kind.add_trained(g.partition(":")[2] for g in by_group if g.startswith("bank:"))
+        parts = [f"{g} averaged over {', '.join(sites)}" for g, sites in sorted(by_group.items())]
+        self.store.log(f"round {rnd} ({phase}): " + ("; ".join(parts) or "nothing averaged"))
+
     def _save_model(self, model_round: int, weights: Weights) -> None:
         path = model_path(self.run_dir, model_round)
-        mf = ModelFile(
-            network=self.plan.network, weights=weights, roi=tuple(self.plan.train.val_roi),  # type: ignore[arg-type]
-            meta={"run": self.run_id, "model_round": model_round, "plan": self.plan.name},
-        )  # fmt: skip
-        save_model(path, mf)
+        meta = {"run": self.run_id, "model_round": model_round, "plan": self.plan.name}
+        self.kind.save_model(path, weights, meta)
         state = self.strategy.state_dict()
         if state:
             save_arrays(strategy_state_path(path), state)
@@ -641,7 +755,7 @@ class Coordinator:
     def _prune(self, last: int) -> None:
         """Delete the round models the plan's ``retention`` no longer keeps after round
         ``last`` (done); the best rounds are kept (``rounds.retention``)."""
-        prune_models(self.run_dir, self.store, self.plan.retention, last)
+        prune_models(self.run_dir, self.store, self.plan.retention, last, self.kind.groups())
 
 
 def _withheld(site: str, model_round: int, n_val: int) -> str:
@@ -658,6 +772,18 @@ def record_failure(store: RunStore, run_dir: Path, exc: BaseException) -> None:
     with contextlib.suppress(sqlite3.Error, OSError):
         store.meta.set_failed(cause_of(exc, run_dir, store.meta.round_bytes() or 0))
         store.log(f"federation failed: {exc}", "error")
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same dtype, shape and bytes (``-0.0`` differs from ``0.0``; NaNs are rejected before)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+def _pattern(group: str) -> str:
+    """``bank:flair`` -> ``bank.flair.*``; ``kernel`` -> ``kernel.*``."""
+    return group.replace(":", ".") + ".*"
 
 
 def _remove(spool: Spool | None) -> None:

@@ -4,7 +4,8 @@ The rule (plan key ``retention``, ``plan.RetentionConfig``): after round ``last`
 the run keeps the model of
 
 - the best rounds: the round ``fedseg select --singlet`` picks now (``best.pt``'s source)
-  and the three ``--triplet`` picks (best per region), at most four models;
+  and the ``--triplet`` picks (best per validation group: the three regions, or a
+  generator's modalities with ``task: synthesis``), at most one more model per group;
 - the last ``keep_last`` rounds (``last - keep_last + 1 .. last``; resume needs ``last``),
 - every ``keep_every``-th round (``r % keep_every == 0``, round 0 included),
 
@@ -30,7 +31,7 @@ two), so nothing leaks.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from fedseg.data.labels import REGIONS
@@ -68,20 +69,28 @@ def round_files(run_dir: Path) -> dict[int, Path]:
     return out
 
 
-def best_rounds(store: RunStore) -> set[int]:
+def best_rounds(store: RunStore, groups: Sequence[str] = REGIONS) -> set[int]:
     """The rounds ``fedseg select`` picks now: the singlet's and the triplet's
-    (``selection.best_round`` in region ``mean`` and each region)."""
-    picks = (best_round(store, region) for region in ("mean", *REGIONS))
+    (``selection.best_round`` in region ``mean`` and each of ``groups``: the regions, or a
+    generator's modalities)."""
+    picks = (best_round(store, region) for region in ("mean", *groups))
     return {p[0] for p in picks if p is not None}
 
 
-def prune_models(run_dir: Path, store: RunStore, policy: RetentionConfig, last: int) -> list[int]:
+def prune_models(
+    run_dir: Path,
+    store: RunStore,
+    policy: RetentionConfig,
+    last: int,
+    groups: Sequence[str] = REGIONS,
+) -> list[int]:
     """Delete the round models (and strategy states) the policy no longer keeps after round
-    ``last`` (the best rounds are ``best_rounds(store)``); their ``checkpoints`` rows go
-    first. Returns the rounds whose model went."""
+    ``last`` (the best rounds are ``best_rounds(store, groups)``); their ``checkpoints``
+    rows go first. Returns the rounds whose model went. Model files are not read: a
+    generator's round files are pruned the same way."""
     if policy.keep_every is None:
         return []
-    best = best_rounds(store)
+    best = best_rounds(store, groups)
     listed = set(store.checkpoints())
     on_disk = round_files(run_dir)
     candidates = {r for r in listed | set(on_disk) if r <= last}

@@ -13,6 +13,13 @@ Under DP-SGD (plan ``privacy.dp.level: case``) the workspace also holds the site
 ledger, ``privacy.json``, the authority for its budget (``case_budget``): a training task
 that would exceed it fails with category ``privacy`` before any work; the reply says what
 the site has spent in total (``TaskReply.privacy_spent``) and carries no training loss.
+
+A ``task: synthesis`` request (its recipe holds the synthesis section:
+``tasks.recipe_synthesis``) is the generator's work instead: ``synth.validate.validate_bank``
+and ``synth.train.train_bank`` on the modalities the site has (``data.site_config``: all but
+its ``absent_modalities``), with the phase, modality and steps the request names
+(``TaskRequest.synth_step``). The site's discriminators and the generator's Adam state stay
+in its workspace (``train_bank``'s ``discriminators_<round>.npz``), never in a reply.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedseg.data.splits import load_split
+from fedseg.data.splits import Split, load_split
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.disclosure import (
     MIN_SUMMARY_CASES,
@@ -36,13 +43,19 @@ from fedseg.federation.rounds.disclosure import (
     summary_floor,
 )
 from fedseg.federation.rounds.site_queries import SiteContext, site_workspace
-from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_from_json
+from fedseg.federation.rounds.tasks import (
+    TaskReply,
+    TaskRequest,
+    recipe_from_json,
+    recipe_synthesis,
+)
 from fedseg.federation.rounds.update_protection import protect_update, protects
 from fedseg.model.compute import ComputeConfig, ComputeOverrides, compute_used
 from fedseg.model.config import NetworkConfig
 from fedseg.model.evaluate import summarize_cases
 from fedseg.model.weights import load_arrays, save_arrays
 from fedseg.run_folder import ComputeUsed
+from fedseg.synth.config import SynthesisConfig
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
 from fedseg.train.local import OptimizerState, train_local
@@ -145,6 +158,10 @@ def _run(
     floor = summary_floor(req.min_summary_cases, site_min)
     reply = TaskReply(site=site, n_train=len(split.train), n_val=len(split.val),
                       compute=_compute_used(train.compute))  # fmt: skip
+    synthesis = recipe_synthesis(req.recipe)
+    if synthesis is not None:
+        _synthesis_work(site, data, req, ws, step, floor, split, synthesis, reply)
+        return reply
     if req.validate and split.val:
         step.phase = ErrorCategory.VALIDATION
         t0 = time.perf_counter()
@@ -194,6 +211,58 @@ def _run(
             step.phase = ErrorCategory.PRIVACY
             protect_update(ctx, req, reply)
     return reply
+
+
+def _synthesis_work(
+    site: str, data: Path, req: TaskRequest, ws: Path, step: _Step, floor: int, split: Split,
+    cfg: SynthesisConfig, reply: TaskReply,
+) -> None:  # fmt: skip
+    """The generator's work of a ``task: synthesis`` request, into ``reply``: validate the
+    received generator on the site's modalities (per-case values kept locally, summaries
+    over at least ``floor`` cases sent), then train what ``req.synth_step`` names."""
+    from fedseg.data.site_config import read_site_config
+    from fedseg.synth import train as synth_train
+    from fedseg.synth import validate as synth_validate
+
+    step.phase = ErrorCategory.DATA
+    have = read_site_config(data).present
+    present = [m for m in cfg.generator.modalities if m in have]
+    if req.validate and split.val:
+        step.phase = ErrorCategory.VALIDATION
+        t0 = time.perf_counter()
+        per_case = synth_validate.validate_bank(cfg, req.weights, split.val, present)
+        with RunStore(ws) as local:
+            for c in per_case:
+                local.record_case_metrics(req.model_round, site, c.case_id, c.metrics)
+        reply.validation = releasable(summarize_cases(per_case), floor)
+        reply.validated = True
+        reply.val_wall_s = time.perf_counter() - t0
+        if not reply.validation:
+            n = len(per_case)
+            site_log(ws, f"round {req.round}: validated generator {req.model_round} on {n} "
+                         f"case(s), fewer than {floor}: no numbers sent")  # fmt: skip
+    if req.epochs > 0:
+        step.phase = ErrorCategory.TRAINING
+        if not split.train:
+            raise SiteError(
+                ErrorCategory.DATA,
+                "the site has no training cases",
+                f"site {site}: no training cases in {data}",
+            )
+        job = req.synth_step
+        if job is None:
+            line = "a synthesis training request without its phase"
+            raise SiteError(ErrorCategory.INTERNAL, line, line)
+        result = synth_train.train_bank(
+            cfg, req.weights, split.train, present, phase=job.phase, modality=job.modality,
+            steps=job.steps, seed=req.seed, workspace=ws, rnd=req.round,
+        )  # fmt: skip
+        reply.weights = result.weights
+        reply.n_train = result.n_train
+        reply.train_loss = result.train_loss if result.n_train >= floor else None
+        reply.train_wall_s = result.wall_s
+        site_log(ws, f"round {req.round}: trained the generator ({job.phase}, "
+                     f"{job.steps} steps, modalities {', '.join(present)})")  # fmt: skip
 
 
 def _case_dp(

@@ -5,7 +5,12 @@
 holds weights and summaries only (means, standard deviations, counts): never images,
 labels or per-case values, and no summary over fewer than ``min_summary_cases`` cases
 (``disclosure``). When a site joins, its hello declares its split's case counts
-(``declared_cases``), which bound what its replies may claim (``bounds``).
+(``declared_cases``), and the modalities it has (``data.site_config``), which bound what
+its replies may claim (``bounds``) and which banks of a generator it may train.
+
+With ``task: synthesis`` the recipe also holds the plan's ``synthesis`` section
+(``recipe_synthesis``) and each training request says what to train (``SynthStep``: the
+phase, the pre-training's modality, the steps).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -24,6 +29,7 @@ from fedseg.model.config import NetworkConfig
 from fedseg.model.summary import MIN_SUMMARY_CASES, Summary
 from fedseg.privacy.config import PrivacyConfig
 from fedseg.run_folder import ComputeUsed, DeclaredCases, PrivacySpent
+from fedseg.synth.config import SynthesisConfig
 from fedseg.train.config import TrainConfig
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
@@ -36,6 +42,29 @@ if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
 #: (``engine.messages`` sends arrays as Flower arrays, the rest as a config record).
 PayloadValue = bytes | str | int | float | bool | np.ndarray
 Payload = dict[str, PayloadValue]
+
+
+@dataclass(frozen=True)
+class SynthStep:
+    """What a site trains of the generator in one round (``synth.train.train_bank``):
+    ``phase`` pretrain (the kernel and ``modality``'s bank) or bank (the banks of the
+    site's modalities), for ``steps`` optimizer steps."""
+
+    phase: Literal["pretrain", "bank"]
+    modality: str | None
+    steps: int
+
+    def to_json(self) -> str:
+        return json.dumps({"phase": self.phase, "modality": self.modality, "steps": self.steps})
+
+    @classmethod
+    def from_json(cls, text: str) -> SynthStep:
+        raw = json.loads(text)
+        phase = raw["phase"]
+        if phase not in ("pretrain", "bank"):
+            raise ValueError(f"synthesis phase {phase!r} is unknown")
+        modality = raw.get("modality")
+        return cls(phase, None if modality is None else str(modality), int(raw["steps"]))
 
 
 @dataclass
@@ -69,6 +98,8 @@ class TaskRequest:
     #: the rounds the run plans (0: not said); a site derives its DP-SGD noise from them
     #: when the plan leaves ``privacy.dp.noise_multiplier`` null (``case_budget``)
     planned_rounds: int = 0
+    #: what to train of the generator (``task: synthesis`` training requests; else None)
+    synth_step: SynthStep | None = None
 
 
 @dataclass
@@ -100,11 +131,21 @@ class TaskReply:
     privacy_spent: PrivacySpent | None = None
 
 
-def recipe_json(network: NetworkConfig, train: TrainConfig) -> str:
-    """The plan's network and train configs as one JSON string."""
-    return json.dumps(
-        {"network": network.model_dump(mode="json"), "train": train.model_dump(mode="json")}
-    )
+def recipe_json(
+    network: NetworkConfig, train: TrainConfig, synthesis: SynthesisConfig | None = None
+) -> str:
+    """The plan's network and train configs (and, for ``task: synthesis``, its synthesis
+    section) as one JSON string."""
+    raw = {"network": network.model_dump(mode="json"), "train": train.model_dump(mode="json")}
+    if synthesis is not None:
+        raw["synthesis"] = synthesis.model_dump(mode="json")
+    return json.dumps(raw)
+
+
+def recipe_synthesis(text: str) -> SynthesisConfig | None:
+    """The synthesis recipe of a ``task: synthesis`` request; None for segmentation."""
+    raw = json.loads(text).get("synthesis")
+    return None if raw is None else SynthesisConfig.model_validate(raw)
 
 
 def recipe_from_json(text: str) -> tuple[NetworkConfig, TrainConfig]:
@@ -113,13 +154,16 @@ def recipe_from_json(text: str) -> tuple[NetworkConfig, TrainConfig]:
 
 
 def declared_cases(data: Path) -> DeclaredCases | None:
-    """The case counts of a site's split (``data.splits``, created on first use), which the
+    """The case counts of a site's split (``data.splits``, created on first use) and the
+    modalities it has (``data.site_config``: all but its ``absent_modalities``), which the
     site declares when it joins a run; None when its data folder does not read (its first
     task then fails with the reason)."""
+    from fedseg.data.site_config import read_site_config
     from fedseg.data.splits import load_split  # torch-free: the hello must start fast
 
     try:
         split = load_split(Path(data))
+        present = read_site_config(Path(data)).present
     except (FedsegError, OSError, ValueError):
         return None
-    return DeclaredCases(n_train=len(split.train), n_val=len(split.val))
+    return DeclaredCases(n_train=len(split.train), n_val=len(split.val), modalities=present)

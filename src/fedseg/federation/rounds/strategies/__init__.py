@@ -4,6 +4,7 @@
 ``parallel`` (participation; the parallel plans' base), ``fedavg`` (``fedavg``,
 ``fedprox``), ``server_opt`` (``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad``),
 ``robust`` (``median``, ``trimmed-mean``, ``krum``), ``sequential`` (``cyclic``,
-``single-pass``), and ``registry`` (name -> class, ``make_strategy``). Each module holds
+``single-pass``), ``modality`` (``modality-fedavg``: the ModalityBank generator, per
+weight group), and ``registry`` (name -> class, ``make_strategy``). Each module holds
 its math as plain functions on ``Weights`` and small classes that call it.
 """

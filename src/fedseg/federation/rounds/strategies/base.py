@@ -107,6 +107,8 @@ class Strategy(Generic[P]):
     #: the updates can be folded one by one (read from disk as ``combine`` uses them): the
     #: new model depends on them only through ``weighted_average`` (see the module doc)
     streams: ClassVar[bool] = False
+    #: the plan ``task`` values the strategy trains (``modality-fedavg``: synthesis only)
+    tasks: ClassVar[tuple[str, ...]] = ("segmentation",)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

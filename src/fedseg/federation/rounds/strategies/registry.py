@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from fedseg.errors import PlanError
 from fedseg.federation.rounds.strategies.base import Strategy
 from fedseg.federation.rounds.strategies.fedavg import FedAvg, FedProx
+from fedseg.federation.rounds.strategies.modality import ModalityFedAvg
 from fedseg.federation.rounds.strategies.robust import Krum, Median, TrimmedMean
 from fedseg.federation.rounds.strategies.sequential import Cyclic, SinglePass
 from fedseg.federation.rounds.strategies.server_opt import FedAdagrad, FedAdam, FedAvgM, FedYogi
@@ -30,6 +31,7 @@ STRATEGIES: dict[str, type[Strategy[Any]]] = {
     "krum": Krum,
     "cyclic": Cyclic,
     "single-pass": SinglePass,
+    "modality-fedavg": ModalityFedAvg,
 }
 
 
