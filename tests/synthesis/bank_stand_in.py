@@ -1,20 +1,13 @@
-"""Stand-ins for ``synth.train.train_bank`` and ``synth.validate.validate_bank`` while those
-are stubs (helper A's; same signatures): a seeded nudge of exactly the arrays the phase
-trains (``model.generator.trainable_names``), one small ``discriminators_<round>.npz`` in
-the workspace (the two latest kept, like the real unit's), constant metrics per case and
-present modality. They test the federation around the generator's training, not the
-training. ``real_training()`` is True once the real functions are in (the tests then use
-them). This module imports neither ``synth.train`` nor ``synth.validate`` at its top: the
-``sitecustomize`` hook imports it while loading them.
-
-``sitecustomize_dir(folder)`` writes a ``sitecustomize.py`` that puts the stand-ins into
-every Python process that has ``folder`` (and this checkout) on ``PYTHONPATH``: the
-engine's site app processes of a real-process test.
+"""Fast in-process stand-ins for ``synth.train.train_bank`` and ``synth.validate.validate_bank``
+(same signatures) for the site-dispatch tests: a seeded nudge of exactly the arrays the
+phase trains (``model.generator.trainable_names``), one small ``discriminators_<round>.npz``
+in the workspace (the two latest kept, like the real unit's), constant metrics per case and
+present modality. They test the plumbing around the generator's training; the training is
+tested in ``test_bank_training`` and the real-process e2e runs the real unit.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,20 +23,6 @@ from fedseg.synth.config import SynthesisConfig
 
 if TYPE_CHECKING:
     from fedseg.synth.train import BankResult, Phase
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _is_stub(fn: object) -> bool:
-    return "raise NotImplementedError" in inspect.getsource(fn)  # type: ignore[arg-type]
-
-
-def real_training() -> bool:
-    """The real training unit is in (no stand-in needed)."""
-    from fedseg.synth import train as synth_train
-    from fedseg.synth import validate as synth_validate
-
-    return not (_is_stub(synth_train.train_bank) or _is_stub(synth_validate.validate_bank))
 
 
 def train_bank(
@@ -85,42 +64,3 @@ def validate_bank(
         CaseResult(c.case_id, {m: {"ssim": 0.5, "psnr": 20.0, "mae": 0.1} for m in present})
         for c in cases
     ]
-
-
-_SITECUSTOMIZE = '''"""Test stand-ins for the generator's training unit (bank_stand_in.py)."""
-import importlib.machinery
-import sys
-
-_TARGETS = {"fedseg.synth.train": "train_bank", "fedseg.synth.validate": "validate_bank"}
-
-
-class _StandIn:
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        if name not in _TARGETS:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
-            return spec
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            from tests.synthesis import bank_stand_in
-
-            setattr(module, _TARGETS[name], getattr(bank_stand_in, _TARGETS[name]))
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-sys.meta_path.insert(0, _StandIn)
-'''
-
-
-def sitecustomize_dir(folder: Path) -> str:
-    """Write the stand-ins' ``sitecustomize.py`` into ``folder``; the ``PYTHONPATH``
-    entries (``folder`` and this checkout) a process needs to get them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-    return f"{folder}:{REPO}"

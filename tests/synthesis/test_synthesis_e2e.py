@@ -2,11 +2,8 @@
 SuperLink, one SuperNode per site, a fresh app process per message), with a site that has
 no FLAIR at all (``fedseg_site.yaml``: ``absent_modalities: [flair]``, its FLAIR files
 gone): its flair bank is never averaged from it, and what reaches the aggregator is the
-generator, counts and summaries, nothing of an image.
-
-Until the generator's training unit is in (``synth.train.train_bank``, helper A's), the
-site processes use ``bank_stand_in``'s (a seeded nudge of what the phase trains) through a
-``sitecustomize.py`` on their ``PYTHONPATH``; with the real one, the test runs it."""
+generator, counts and summaries, nothing of an image. The sites run the real training
+unit (``synth.train.train_bank``: generator and discriminators, tiny)."""
 
 from __future__ import annotations
 
@@ -26,7 +23,6 @@ from fedseg.run_folder import BEST_MODEL, LOGS_DIR, SPOOL_DIR, RunStatus, Task, 
 from fedseg.tracking.store import RunStore
 from fedseg.train.case_cache import SITE_FOLDER
 from tests.federation.fed_helpers import SITES, run_folder_text, tiny_plan
-from tests.synthesis import bank_stand_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -51,13 +47,7 @@ def sites(tmp_path: Path, tiny_sites: dict[str, Path]) -> dict[str, Path]:
     return out
 
 
-def test_bank_federation_with_a_site_missing_flair(
-    tmp_path: Path, sites: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not bank_stand_in.real_training():
-        old = [p for p in [__import__("os").environ.get("PYTHONPATH")] if p]
-        monkeypatch.setenv("PYTHONPATH", ":".join(
-            [bank_stand_in.sitecustomize_dir(tmp_path / "stand_in"), *old]))  # fmt: skip
+def test_bank_federation_with_a_site_missing_flair(tmp_path: Path, sites: dict[str, Path]) -> None:
     plan = tiny_plan(
         sites,
         task="synthesis",
