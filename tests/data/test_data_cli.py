@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -131,3 +132,113 @@ def test_error_messages_keep_square_brackets() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src}
     )
     assert res.returncode == 2 and "/nonexistent[openvino]" in res.stderr
+
+
+def test_synth_missing_holds_back_and_declares(tmp_path: Path, runner: CliRunner) -> None:
+    import yaml
+
+    from fedseg.data.cases import discover_cases
+    from fedseg.data.synth import read_record
+
+    out = tmp_path / "ds"
+    args = ["data", "synth", str(out), "--sites", "2", "--cases-per-site", "2", "--spacing", "8"]
+    result = runner.invoke(
+        cli_main.app, [*args, "--missing", "site2:FLAIR", "--missing", "site2:t1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "site2: 2 cases" in result.output and "(lacks t1, flair)" in result.output
+    site2 = out / "site2"
+    assert yaml.safe_load((site2 / "fedseg_site.yaml").read_text()) == {
+        "absent_modalities": ["t1", "flair"]
+    }
+    assert not (out / "site1" / "fedseg_site.yaml").exists()
+    for c in ("site2_000", "site2_001"):
+        names = sorted(p.name for p in (site2 / c).iterdir())
+        assert names == [f"{c}_seg.nii.gz", f"{c}_t1ce.nii.gz", f"{c}_t2.nii.gz"]
+        held = sorted(p.name for p in (out / "heldback" / "site2" / c).iterdir())
+        assert held == [f"{c}_flair.nii.gz", f"{c}_t1.nii.gz"]
+    assert not (out / "heldback" / "site1").exists()
+    assert read_record(out).missing == {"site2": ["t1", "flair"]}
+    # the held-back image is the one a full site of the same seed writes
+    full = tmp_path / "full"
+    assert runner.invoke(cli_main.app, ["data", "synth", str(full), *args[3:]]).exit_code == 0
+    np.testing.assert_array_equal(
+        nib.load(out / "heldback/site2/site2_001/site2_001_flair.nii.gz").get_fdata(),
+        nib.load(full / "site2/site2_001/site2_001_flair.nii.gz").get_fdata(),
+    )
+    # the site passes `data check`, with one note, and splits
+    result = runner.invoke(cli_main.app, ["data", "check", str(site2)])
+    assert result.exit_code == 0, result.output
+    assert "2 ok" in result.output and result.output.count("declared absent") == 2
+    assert "info t1 declared absent for this site (fedseg_site.yaml)" in result.output
+    assert runner.invoke(cli_main.app, ["data", "split", str(site2)]).exit_code == 0
+    assert all(c.absent == ("t1", "flair") for c in discover_cases(site2))
+
+
+def test_synth_labels_only(tmp_path: Path, runner: CliRunner) -> None:
+    from fedseg.data.cases import label_only_cases
+    from fedseg.errors import FedsegError
+
+    out = tmp_path / "phantoms"
+    result = runner.invoke(
+        cli_main.app,
+        ["data", "synth", str(out), "--sites", "1", "--cases-per-site", "2", "--spacing", "8",
+         "--labels-only"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "site1: 2 label-only cases" in result.output
+    assert sorted(p.name for p in (out / "site1" / "site1_000").iterdir()) == [
+        "site1_000_brain.nii.gz",
+        "site1_000_seg.nii.gz",
+    ]
+    found = label_only_cases(out / "site1")
+    assert [c.case_id for c in found] == ["site1_000", "site1_001"]
+    brain = nib.load(found[0].brain).get_fdata()
+    label = nib.load(found[0].label).get_fdata()
+    assert set(np.unique(brain)) == {0, 1} and (label[brain == 0] == 0).all() and label.any()
+    result = runner.invoke(cli_main.app, ["data", "check", str(out / "site1")])
+    assert isinstance(result.exception, FedsegError)
+    assert "fedseg sample --labels" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("site2", "--missing site2: give SITE:MODALITY, e.g. site2:flair"),
+        ("site2:dwi", "invalid missing: site2: unknown modality 'dwi'"),
+        ("site7:flair", "missing names site7; the sites are site1..site2"),
+    ],
+)
+def test_synth_missing_refusals(tmp_path: Path, runner: CliRunner, option, message) -> None:
+    from fedseg.errors import FedsegError
+
+    result = runner.invoke(
+        cli_main.app, ["data", "synth", str(tmp_path), "--sites", "2", "--missing", option]
+    )
+    assert isinstance(result.exception, FedsegError)
+    assert message in str(result.exception), str(result.exception)
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_check_completed_case_and_bad_site_file(tmp_path: Path, factory, runner) -> None:
+    from fedseg.data.cases import discover_cases, synthetic_image_path, write_synthetic_image
+
+    root = _site(tmp_path / "site", factory, n=2)
+    for c in ("case000", "case001"):
+        (root / c / f"{c}_flair.nii.gz").unlink()
+    (root / "fedseg_site.yaml").write_text("absent_modalities: [flair]\n")
+    case = discover_cases(root)[0]
+    image, _ = factory.volumes()
+    path = synthetic_image_path(case, "flair")
+    write_synthetic_image(path, image[3], factory.affine, "flair", "0123456789abcdef99")
+    result = runner.invoke(cli_main.app, ["data", "check", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "flair synthetic, generator 0123456789abcdef" in result.output
+    assert "1 of 2 cases completed by generator 0123456789abcdef" in result.output
+    # a broken site file: one line, exit 2, for every data verb
+    (root / "fedseg_site.yaml").write_text("absent_modalities: [flare]\n")
+    for verb in ("check", "split"):
+        proc = run_fedseg("data", verb, str(root))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr
+        assert "fedseg_site.yaml: absent_modalities: unknown modality 'flare'" in proc.stderr

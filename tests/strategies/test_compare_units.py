@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,19 @@ def test_scramble_site_permutes_labels_and_keeps_the_split(
             assert (after[cid][lab == a] == b).all()
         assert ((after[cid] == 0) == (lab == 0)).all()
     assert [c.case_id for c in load_split(dst).val] == [c.case_id for c in load_split(src).val]
+
+
+def test_scramble_site_keeps_a_declared_absent_modality_absent(
+    tmp_path: Path, four_sites: dict[str, Path]
+) -> None:
+    src = tmp_path / "lacking"
+    shutil.copytree(four_sites["site2"], src)
+    for f in src.rglob("*_flair.nii.gz"):
+        f.unlink()
+    (src / "fedseg_site.yaml").write_text("absent_modalities: [flair]\n")
+    dst = scramble_site(src, tmp_path / "poisoned")
+    assert not list(dst.rglob("*_flair.nii.gz"))  # no all-zero FLAIR made up
+    assert all(c.absent == ("flair",) and c.complete for c in discover_cases(dst))
 
 
 def _outcome(label: str, kind: str, mean: float) -> RunOutcome:

@@ -346,3 +346,49 @@ def test_a_missing_nifti_is_the_loaders_error_not_a_cache_warning(
     ):
         CaseStore(cases, PATCH, cache_mb=0)
     assert not [r for r in caplog.records if "not writable" in r.getMessage()]
+
+
+def test_absent_channel_trains_as_zeros_and_completion_prepares_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site declaring FLAIR absent trains with that channel zero (the real-site-missing
+    baseline); once `fedseg complete` writes its ``.syn`` images, the cache entries of the
+    zero-filled channel are not reused: every case is prepared again, FLAIR now real data."""
+    from fedseg.data.cases import MODALITIES, synthetic_image_path, write_synthetic_image
+    from fedseg.data.site_config import SITE_CONFIG_FILE
+    from fedseg.train.case_cache import VolumeReader
+
+    full = write_toy_site(tmp_path / "data", 2, seed=5)
+    root = full[0].root
+    assert root is not None
+    flairs = {c.case_id: nifti.load_array(c.images["flair"].path) for c in full}
+    for c in full:
+        c.images["flair"].path.unlink()
+    (root / SITE_CONFIG_FILE).write_text("absent_modalities: [flair]\n")
+    cases = discover_cases(root)
+    assert all(c.absent == ("flair",) and c.complete for c in cases)
+    flair = MODALITIES.index("flair")
+    store = CaseStore(cases, PATCH, cache_mb=0)
+    for i in range(len(cases)):
+        image = store.get(i).image
+        assert image.shape[0] == 4 and not image[flair].any() and image[0].any()
+    vol = VolumeReader()(cases[0])
+    assert vol.present == ("t1", "t1ce", "t2") and not vol.image[flair].any()
+    zero_entries = _entries(root)
+    # completion: same case ids, one more file each
+    for c in cases:
+        path = synthetic_image_path(c, "flair")
+        write_synthetic_image(path, flairs[c.case_id], np.eye(4), "flair", "ab" * 32)
+    completed = discover_cases(root)
+    assert all(c.synthetic == ("flair",) and not c.absent for c in completed)
+    assert all(
+        entry_name(a, PATCH) != entry_name(b, PATCH) for a, b in zip(cases, completed, strict=True)
+    )
+    calls = _count_loads(monkeypatch)
+    store = CaseStore(completed, PATCH, cache_mb=0)
+    assert sorted(calls) == sorted(c.case_id for c in completed)
+    _assert_equal_prepared(store, completed)
+    assert all(store.get(i).image[flair].any() for i in range(len(completed)))
+    assert not set(zero_entries) & set(_entries(root))  # the zero-filled entries are gone
+    vol = VolumeReader()(completed[0])
+    assert vol.present == MODALITIES and vol.image[flair].any()

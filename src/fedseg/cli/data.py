@@ -33,6 +33,8 @@ def check_cmd(
 ) -> None:
     """Check every case (files, grids, values, labels).
 
+    A modality the site declares absent in ROOT/fedseg_site.yaml (absent_modalities) is one
+    note, not an error; a generator-made <case>_<m>.syn.nii.gz counts as the image.
     Exit status: 0 when no case has an error (warnings allowed), 1 when some case has one,
     2 when the folder cannot be read.
     """
@@ -40,7 +42,7 @@ def check_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from fedseg.data.cases import discover_cases
-    from fedseg.data.checks import DatasetReport, iter_checks
+    from fedseg.data.checks import DatasetReport, iter_checks, site_notes
 
     cases = discover_cases(root, _parse_layout(layout))
     reports = []
@@ -57,7 +59,7 @@ def check_cmd(
         for report in iter_checks(cases, jobs):
             reports.append(report)
             progress.update(task, advance=1, case=report.case_id)
-    result = DatasetReport.from_cases(root, cases[0].layout, reports)
+    result = DatasetReport.from_cases(root, cases[0].layout, reports, site_notes(root, cases))
     if json_out:
         typer.echo(result.model_dump_json(indent=2))
     else:
@@ -147,9 +149,11 @@ def _print_check_report(report: DatasetReport, console: Console) -> None:
             table.add_column(col, overflow="fold")
         for r in sorted(bad, key=lambda r: (r.status != "error", r.case_id)):
             for p in r.problems:
-                style = "red" if p.severity == "error" else "yellow"
+                style = {"error": "red", "warning": "yellow"}.get(p.severity, "cyan")
                 table.add_row(p.case_id, f"[{style}]{p.severity}[/]", p.code, p.message)
         console.print(table)
+    for note in report.notes:
+        console.print(f"[cyan]info[/] {note}", soft_wrap=True)
     total = len(report.cases)
     console.print(
         f"{report.root} ({report.layout.value}): {total} cases: "
@@ -178,6 +182,18 @@ def synth(
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes generating cases."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing site folders."),
+    missing: list[str] = typer.Option(
+        [],
+        "--missing",
+        help="SITE:MODALITY (e.g. site2:flair) the site lacks: its files go to "
+        "OUT/heldback/SITE/ and the site declares it absent (fedseg_site.yaml); repeatable.",
+    ),
+    labels_only: bool = typer.Option(
+        False,
+        "--labels-only",
+        help="Write only label maps and brain masks (<case>_seg, <case>_brain): phantoms that "
+        "belong to no patient, for `fedseg sample`.",
+    ),
 ) -> None:
     """Write a synthetic multi-site BraTS data set (real anatomy, per-site scanners).
 
@@ -188,12 +204,18 @@ def synth(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from fedseg.data.synth import BadKind, SynthConfig, generate_dataset
-    from fedseg.data.synth.generate import prepare_output
+    from fedseg.data.synth.generate import HELDBACK, prepare_output
     from fedseg.errors import FedsegError
 
     kinds = [k.value for k in BadKind]
     if bad_kind not in kinds:
         raise FedsegError(f"--bad-kind {bad_kind}: choose one of {', '.join(kinds)}")
+    lacking: dict[str, list[str]] = {}
+    for item in missing:
+        site, sep, modality = item.partition(":")
+        if not sep or not site or not modality:
+            raise FedsegError(f"--missing {item}: give SITE:MODALITY, e.g. site2:flair")
+        lacking.setdefault(site, []).append(modality.lower())
     try:
         config = SynthConfig(
             sites=sites,
@@ -202,11 +224,13 @@ def synth(
             spacing=spacing,
             bad_sites=bad_site,
             bad_kind=BadKind(bad_kind),
+            missing=lacking,
+            labels_only=labels_only,
         )
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "options"
-        raise FedsegError(f"invalid {where}: {err['msg']}") from None
+        raise FedsegError(f"invalid {where}: {err['msg'].removeprefix('Value error, ')}") from None
     config.site_profiles()  # reject bad site numbers before any work
     prepare_output(out, config, overwrite)
     total = sum(config.case_counts())
@@ -226,7 +250,11 @@ def synth(
             overwrite=overwrite,
         )
     for site, folders in result.items():
-        typer.echo(f"{site}: {len(folders)} cases in {Path(out) / site}")
+        what = "label-only cases" if labels_only else "cases"
+        lacks = f" (lacks {', '.join(config.missing[site])})" if site in config.missing else ""
+        typer.echo(f"{site}: {len(folders)} {what} in {Path(out) / site}{lacks}")
+    if config.missing:
+        typer.echo(f"held-back images: {Path(out) / HELDBACK}")
     typer.echo(f"config and site profiles: {Path(out) / 'synth.yaml'}")
 
 

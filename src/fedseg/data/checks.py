@@ -11,6 +11,14 @@ stop training:
   outer surface), as when MSD labels (1 ED, 2 NET) sit in a BraTS folder (1 NCR, 2 ED).
 - ``negative-intensity`` (warning): skull-stripped MRI is non-negative; negative values mean
   the volume was already normalized or resampled with ringing. The z-scoring still works.
+- ``absent-but-present`` (warning): the site declares a modality absent (``fedseg_site.yaml``)
+  but the case has its file; the file is not read, so that the site's cases look alike.
+
+Missing modalities: a modality the site declares absent is one site-level note
+(``site_notes``), never a case problem; any other gap is the error ``missing-image``. A
+generator-made image (``<case><key>.syn.nii.gz``) counts as the modality's image and is
+listed per case (info ``synthetic``: "flair synthetic, generator <hash16>"), so a completed
+case passes as a full one. Infos never change a case's status.
 
 The dataset check streams: headers are read without voxel data, each volume is read once,
 and only one case's data is in memory at a time.
@@ -30,9 +38,17 @@ from pydantic import BaseModel, ConfigDict, computed_field
 from scipy import ndimage
 
 from fedseg.data import nifti
-from fedseg.data.cases import FILE_KEYS, MODALITIES, Case, discover_cases
+from fedseg.data.cases import (
+    FILE_KEYS,
+    MODALITIES,
+    Case,
+    declared_absent,
+    discover_cases,
+    synthetic_generator,
+)
 from fedseg.data.labels import ED, NCR, TO_BRATS2021, Layout, label_values
 from fedseg.data.preprocess import nonzero_box
+from fedseg.data.site_config import SITE_CONFIG_FILE
 from fedseg.errors import FedsegError
 
 #: Tolerances when comparing the float geometry of two volumes (mm, and mm per voxel).
@@ -50,6 +66,7 @@ _LAYOUT_NAMES: dict[Layout, str] = {
 class Severity(StrEnum):
     ERROR = "error"
     WARNING = "warning"
+    INFO = "info"  # listed, never a problem (e.g. a synthetic image)
 
 
 class Problem(BaseModel):
@@ -77,11 +94,12 @@ class CaseReport(BaseModel):
         severities = {p.severity for p in self.problems}
         if Severity.ERROR in severities:
             return "error"
-        return "warning" if severities else "ok"
+        return "warning" if Severity.WARNING in severities else "ok"
 
 
 class DatasetReport(BaseModel):
-    """The report of a whole site folder: per-case reports and the counts by status."""
+    """The report of a whole site folder: per-case reports, the counts by status and the
+    site-level ``notes`` (``site_notes``: declared absences, completed modalities)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -91,6 +109,7 @@ class DatasetReport(BaseModel):
     ok: int
     with_warnings: int
     with_errors: int
+    notes: tuple[str, ...] = ()
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -99,7 +118,13 @@ class DatasetReport(BaseModel):
         return self.with_errors == 0
 
     @classmethod
-    def from_cases(cls, root: Path, layout: Layout, reports: Iterable[CaseReport]) -> DatasetReport:
+    def from_cases(
+        cls,
+        root: Path,
+        layout: Layout,
+        reports: Iterable[CaseReport],
+        notes: Iterable[str] = (),
+    ) -> DatasetReport:
         reports = tuple(reports)
         statuses = [r.status for r in reports]
         return cls(
@@ -109,6 +134,7 @@ class DatasetReport(BaseModel):
             ok=statuses.count("ok"),
             with_warnings=statuses.count("warning"),
             with_errors=statuses.count("error"),
+            notes=tuple(notes),
         )
 
 
@@ -127,6 +153,11 @@ class _Collector:
     def warning(self, code: str, message: str) -> None:
         self.problems.append(
             Problem(case_id=self.case_id, severity=Severity.WARNING, code=code, message=message)
+        )
+
+    def info(self, code: str, message: str) -> None:
+        self.problems.append(
+            Problem(case_id=self.case_id, severity=Severity.INFO, code=code, message=message)
         )
 
 
@@ -293,6 +324,14 @@ def check_case(case: Case, *, expect_label: bool | None = None) -> list[Problem]
             f"{case.case_id}{FILE_KEYS[case.layout][m]}.nii.gz" if case.layout in FILE_KEYS else m
         )
         out.error("missing-image", f"{m} image not found (expected {expected} in {case.folder})")
+    for m in case.ignored:
+        out.warning(
+            "absent-but-present",
+            f"{m} is declared absent for this site ({SITE_CONFIG_FILE}) but the case has it; "
+            f"the file is not read (drop {m} from absent_modalities to use it)",
+        )
+    for m in case.synthetic:
+        out.info("synthetic", f"{m} synthetic, generator {_generator_of(case.images[m].path)}")
 
     # Headers first: one opened image per distinct file (MSD cases share one 4D file).
     headers: dict[Path, nib.Nifti1Image] = {}
@@ -374,6 +413,29 @@ def check_case(case: Case, *, expect_label: bool | None = None) -> list[Problem]
     return out.problems
 
 
+def _generator_of(path: Path) -> str:
+    """The generator hash16 in a synthetic image's header mark, or "unknown"."""
+    try:
+        mark = synthetic_generator(path)
+    except FedsegError:
+        return "unknown (unreadable header)"
+    return mark[1] if mark is not None else "unknown (no fedseg mark in the header)"
+
+
+def site_notes(root: Path, cases: list[Case]) -> tuple[str, ...]:
+    """One line per modality the site at ``root`` declares absent (not one per case), saying
+    how many of its ``cases`` a generator completed and with which generator(s)."""
+    notes = []
+    for m in declared_absent(root):
+        line = f"{m} declared absent for this site ({SITE_CONFIG_FILE})"
+        completed = [c for c in cases if m in c.synthetic]
+        if completed:
+            gens = ", ".join(sorted({_generator_of(c.images[m].path) for c in completed}))
+            line += f"; {len(completed)} of {len(cases)} cases completed by generator {gens}"
+        notes.append(line)
+    return tuple(notes)
+
+
 def _check_one(job: tuple[Case, bool]) -> list[Problem]:
     case, expect_label = job
     return check_case(case, expect_label=expect_label)
@@ -417,4 +479,5 @@ def check_dataset(root: Path, layout: Layout | None = None, jobs: int = 1) -> Da
     In a BraTS folder where any case has a label, a case without one is an error.
     """
     cases = discover_cases(Path(root), layout)
-    return DatasetReport.from_cases(Path(root), cases[0].layout, iter_checks(cases, jobs))
+    reports = iter_checks(cases, jobs)
+    return DatasetReport.from_cases(Path(root), cases[0].layout, reports, site_notes(root, cases))

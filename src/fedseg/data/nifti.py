@@ -44,12 +44,32 @@ def spacing_of(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
 
 
-def save(path: Path, data: np.ndarray, affine: np.ndarray, *, label: bool = False) -> None:
-    """Write a 3D volume; labels as uint8, images as float32. Parent folders are created."""
+def save(
+    path: Path,
+    data: np.ndarray,
+    affine: np.ndarray,
+    *,
+    label: bool = False,
+    descrip: str | None = None,
+) -> None:
+    """Write a 3D volume; labels as uint8, images as float32. Parent folders are created.
+    ``descrip``: the header's description (at most 79 ASCII characters)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(data, dtype=np.uint8 if label else np.float32)
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm")
+    if descrip is not None:
+        img.header["descrip"] = descrip.encode("ascii")
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     nib.save(img, str(path))
+
+
+def read_descrip(path: Path) -> str:
+    """The header's description field (``descrip``), decoded; empty when there is none."""
+    raw = load_header(path).header.get("descrip")
+    if raw is None:
+        return ""
+    value = raw.item() if hasattr(raw, "item") else raw
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    return text.rstrip("\x00").strip()

@@ -9,7 +9,9 @@ side if it comes back). A case's score is a hash of seed and id mapped to [0, 1)
 - a case added later goes to validation when its score is below the fraction, so its side
   depends only on its id and the seed.
 
-Only complete cases with a label map take part; the others are reported as skipped.
+Only complete cases with a label map take part; the others are reported as skipped. A case
+lacking a modality its site declares absent (``fedseg_site.yaml``) is complete: it trains
+with that channel zero.
 """
 
 from __future__ import annotations
@@ -184,8 +186,9 @@ def make_split(
     usable, skipped = _splittable(discover_cases(root))
     if not usable:
         raise FedsegError(
-            f"no complete labelled cases in {root}: a split needs cases with four modalities "
-            "and a label map; run `fedseg data check` on the folder"
+            f"no complete labelled cases in {root}: a split needs cases with a label map and "
+            "every modality the site does not declare absent (fedseg_site.yaml); run "
+            "`fedseg data check` on the folder"
         )
     record = read_split_file(path)
     if record is not None:

@@ -215,8 +215,8 @@ def preprocess_cases(
     space: AtlasSpace | None = None
     results = []
     for case in cases:
-        if not case.complete:
-            result = CaseResult(case.case_id, "skipped", note=f"missing {', '.join(case.missing)}")
+        if case.lacking:  # missing, or declared absent: registration needs all four
+            result = CaseResult(case.case_id, "skipped", note=f"missing {', '.join(case.lacking)}")
         elif _complete(out / case.case_id, case.case_id):
             result = CaseResult(case.case_id, "exists")
         else:

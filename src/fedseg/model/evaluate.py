@@ -20,7 +20,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedseg.data.cases import Case, CaseVolumes, discover_cases, load_case
+from fedseg.data.cases import (
+    Case,
+    CaseVolumes,
+    discover_cases,
+    load_case,
+)
 from fedseg.data.labels import REGIONS
 from fedseg.data.splits import load_split
 from fedseg.errors import FedsegError
@@ -58,13 +63,23 @@ class CaseResult:
         return cls(case_id, {r: {m: float(values[f"{r}_{m}"]) for m in METRICS} for r in REGIONS})
 
 
-def select_cases(data: Path, split: str) -> list[Case]:
-    """The cases of ``data`` on side ``split`` (train/val) of its persistent split, or all."""
+def select_cases(data: Path, split: str, *, allow_absent: bool = False) -> list[Case]:
+    """The cases of ``data`` on side ``split`` (train/val) of its persistent split, or all.
+    A site that declares a modality absent is refused (its cases would be scored on a zero
+    channel) unless ``allow_absent``, or once its cases are completed."""
     if split == "all":
-        return discover_cases(data)
-    if split not in ("train", "val"):
+        cases = discover_cases(data)
+    elif split not in ("train", "val"):
         raise FedsegError(f"--split {split}: use train, val or all")
-    return list(getattr(load_split(data), split))
+    else:
+        cases = list(getattr(load_split(data), split))
+    lacking = next((c for c in cases if c.absent), None)
+    if lacking is not None and not allow_absent:
+        raise FedsegError(
+            f"{data}: case {lacking.case_id} lacks {', '.join(lacking.absent)} (declared absent "
+            "in the site's fedseg_site.yaml); complete the site with `fedseg complete` first"
+        )
+    return cases
 
 
 def evaluate_case(

@@ -25,6 +25,7 @@ from fedseg.data.cases import (
     case_from_files,
     discover_cases,
     load_case,
+    require_all_modalities,
 )
 from fedseg.data.labels import REGIONS
 from fedseg.data.preprocess import nonzero_box
@@ -196,9 +197,10 @@ class Segmentation:
         return self.cropped.full()
 
 
-def resolve_case(inputs: Sequence[Path]) -> Case:
+def resolve_case(inputs: Sequence[Path], *, allow_lacking: bool = False) -> Case:
     """The case named on a command line: one case folder (any layout) or four files
-    T1 T1Gd T2 FLAIR."""
+    T1 T1Gd T2 FLAIR. A case lacking a modality (missing, or declared absent by its site)
+    is refused unless ``allow_lacking`` (the caller completes it first: ``as_absent``)."""
     paths = [Path(p) for p in inputs]
     if len(paths) == 1 and paths[0].is_dir():
         cases = discover_cases(paths[0])
@@ -219,11 +221,8 @@ def resolve_case(inputs: Sequence[Path]) -> Case:
             f"{' '.join(map(str, paths))}: {what}; give a case folder or four files in the "
             "order T1 T1Gd T2 FLAIR"
         )
-    if case.missing:
-        raise FedsegError(
-            f"case {case.case_id} in {case.folder}: missing modalities "
-            f"{', '.join(case.missing)}; all four of T1, T1Gd, T2, FLAIR are needed"
-        )
+    if not allow_lacking:
+        require_all_modalities(case)
     return case
 
 

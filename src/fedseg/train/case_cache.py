@@ -12,7 +12,9 @@ they are), and the metrics are exactly those of reading the NIfTI files.
 
 An entry's name is ``<source>-v<PREP_VERSION>-<variant>``: ``source`` hashes the case's
 files (resolved path, size, mtime_ns, inode), its layout and channels, so a changed or
-replaced NIfTI gives a new entry; the version changes when the stored arrays change; the
+replaced NIfTI gives a new entry (so does a modality that gains an image: a declared-absent
+channel, prepared as zeros, gets a new entry once ``fedseg complete`` writes its
+``.syn`` file); the version changes when the stored arrays change; the
 variant is the pad-to patch size (``<X>x<Y>x<Z>``) or ``volumes``. When a case's entry is
 made or opened, its entries for other sources or versions are removed (those for other
 variants of the same files stay: two recipes on one data folder do not evict each other).
@@ -141,7 +143,9 @@ def case_root(case: Case) -> Path | None:
 
 
 def source_key(case: Case) -> str:
-    """A hash of the case's files (resolved path, size, mtime_ns, inode), layout and channels."""
+    """A hash of the case's files (resolved path, size, mtime_ns, inode), layout and channels.
+    Only modalities with an image are hashed: a zero-filled (absent) channel has no line, so
+    completing it changes the key."""
     h = hashlib.sha256(f"{case.layout.value}\n".encode())
     files = [(m, src.path, src.channel) for m, src in sorted(case.images.items())]
     files.append(("label", case.label, None))
@@ -281,7 +285,8 @@ def cached_volumes(case: Case, folder: Path) -> CaseVolumes:
     a = _cached(case, folder, VOLUMES_VARIANT, VOLUMES, make)
     box = (slice(*a["box"][0]), slice(*a["box"][1]), slice(*a["box"][2]))
     image = uncrop(a["image"], box, a["label"].shape)  # zeros outside the box, as loaded
-    return CaseVolumes(case.case_id, image, np.array(a["label"]), np.array(a["affine"]))
+    label, affine = np.array(a["label"]), np.array(a["affine"])
+    return CaseVolumes(case.case_id, image, label, affine, case.present)
 
 
 class VolumeReader:

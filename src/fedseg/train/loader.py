@@ -13,6 +13,10 @@ line and keeps prepared cases in memory while their total stays under
 ``TrainConfig.cache_mb`` (a BraTS case is about 4 x 140^3 float32 = 45 MB cropped); the
 others are prepared again at every use. Workers are forked after the store is built, so
 they share its arrays instead of copying them.
+
+A case of a site that declares a modality absent (``fedseg_site.yaml``) trains with that
+channel all zero (``load_case``; z-scoring leaves it zero): the network still takes four
+channels, and a site completed later (``.syn`` images) is prepared again from its files.
 """
 
 from __future__ import annotations

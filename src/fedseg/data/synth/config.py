@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedseg.data.atlas import BRATS_SHAPE
+from fedseg.data.cases import MODALITIES
 from fedseg.errors import FedsegError
 
 
@@ -58,6 +59,26 @@ class SynthConfig(BaseModel):
     bad_kind: BadKind = BadKind.ERODED
     deformation_mm: float = Field(3.0, ge=0, description="std of the smooth subject warp")
     profiles: list[SiteProfile] | None = Field(None, description="None: drawn from the seed")
+    missing: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="site name -> modalities it lacks (held back, declared absent)",
+    )
+    labels_only: bool = Field(False, description="label maps and brain masks only, no image")
+
+    @field_validator("missing")
+    @classmethod
+    def _known_modalities(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        out = {}
+        for site, modalities in v.items():
+            bad = [m for m in modalities if m not in MODALITIES]
+            if bad:
+                raise ValueError(
+                    f"{site}: unknown modality {bad[0]!r}; use {', '.join(MODALITIES)}"
+                )
+            if set(modalities) >= set(MODALITIES):
+                raise ValueError(f"{site}: a site cannot lack every modality")
+            out[site] = sorted(set(modalities), key=MODALITIES.index)
+        return out
 
     @field_validator("cases_per_site")
     @classmethod
@@ -75,6 +96,11 @@ class SynthConfig(BaseModel):
             )
         if self.profiles is not None and len(self.profiles) != self.sites:
             raise ValueError(f"profiles lists {len(self.profiles)} sites, not {self.sites}")
+        unknown = sorted(set(self.missing) - set(self.site_names()))
+        if unknown:
+            raise ValueError(f"missing names {unknown[0]}; the sites are site1..site{self.sites}")
+        if self.missing and self.labels_only:
+            raise ValueError("labels_only writes no image, so no modality can be missing")
         return self
 
     def site_names(self) -> list[str]:

@@ -10,6 +10,14 @@ API for other code and tests:
   memory (image, written label, the clean label before a bad site's errors, affine).
 - ``make_tiny_dataset(out, sites=2, cases_per_site=3, seed=0, spacing=4.0)`` is the quick
   fixture for other layers' tests: 60x60x39 voxels, about a second per case.
+
+``config.missing`` (``--missing site2:flair``): that site's files of the modality are not
+written into its folder but to ``out/heldback/<site>/<case>/<case>_<m>.nii.gz`` (outside the
+site, the ground truth a completion is measured against), and the site gets a
+``fedseg_site.yaml`` declaring the modality absent. ``config.labels_only``
+(``--labels-only``): per case only ``<case>_seg.nii.gz`` and ``<case>_brain.nii.gz`` (the
+brain mask), phantom label maps that belong to no patient (``data.cases.label_only_cases``
+lists them; the input of ``fedseg sample``).
 """
 
 from __future__ import annotations
@@ -23,8 +31,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from fedseg.data.cases import write_case
-from fedseg.data.labels import ED, ET, NCR
+from fedseg.data import nifti
+from fedseg.data.cases import BRAIN_KEY, FILE_KEYS, MODALITIES, write_case
+from fedseg.data.labels import ED, ET, NCR, Layout
+from fedseg.data.site_config import SITE_CONFIG_FILE
 from fedseg.data.synth.anatomy import (
     Anatomy,
     atlas_on_grid,
@@ -40,6 +50,8 @@ from fedseg.data.synth.tumor import TumorPlan, draw_tumor, plan_tumor
 from fedseg.errors import FedsegError
 
 SYNTH_YAML = "synth.yaml"
+#: Where the held-back images of ``config.missing`` go, inside the output folder.
+HELDBACK = "heldback"
 
 
 @dataclass
@@ -87,8 +99,23 @@ def _write_one(
     config: SynthConfig, profiles: list[SiteProfile], site_index: int, case_index: int, out: Path
 ) -> tuple[Path, dict[str, float]]:
     case = synth_case(config, profiles, site_index, case_index)
-    site_dir = out / config.site_names()[site_index]
-    folder = write_case(site_dir, case.case_id, case.image, case.label, case.affine)
+    site = config.site_names()[site_index]
+    site_dir = out / site
+    keys = FILE_KEYS[Layout.BRATS2021]
+    if config.labels_only:
+        folder = site_dir / case.case_id
+        nifti.save(
+            folder / f"{case.case_id}{keys['seg']}.nii.gz", case.label, case.affine, label=True
+        )
+        brain = case.anatomy.brain.astype(np.uint8)
+        nifti.save(folder / f"{case.case_id}{BRAIN_KEY}.nii.gz", brain, case.affine, label=True)
+    else:
+        held = config.missing.get(site, [])
+        kept = [m for m in MODALITIES if m not in held]
+        folder = write_case(site_dir, case.case_id, case.image, case.label, case.affine, kept)
+        for m in held:
+            path = out / HELDBACK / site / case.case_id / f"{case.case_id}{keys[m]}.nii.gz"
+            nifti.save(path, case.image[MODALITIES.index(m)], case.affine)
     voxel_cc = config.spacing**3 / 1000.0
     volumes = {
         name: round(float((case.clean_label == v).sum()) * voxel_cc, 2)
@@ -98,16 +125,27 @@ def _write_one(
 
 
 def prepare_output(out: Path, config: SynthConfig, overwrite: bool = False) -> None:
-    """Create ``out``; refuse (or with ``overwrite`` clear) site folders that hold data."""
+    """Create ``out``; refuse (or with ``overwrite`` clear) site folders that hold data, and
+    their held-back images."""
     out.mkdir(parents=True, exist_ok=True)
     for site in config.site_names():
-        d = out / site
-        if d.exists() and any(d.iterdir()):
-            if not overwrite:
-                raise FedsegError(
-                    f"{d} already holds data; choose an empty output folder or pass --overwrite"
-                )
-            shutil.rmtree(d)
+        for d in (out / site, out / HELDBACK / site):
+            if d.exists() and any(d.iterdir()):
+                if not overwrite:
+                    raise FedsegError(
+                        f"{d} already holds data; choose an empty output folder or pass --overwrite"
+                    )
+                shutil.rmtree(d)
+
+
+def _declare_absent(out: Path, config: SynthConfig) -> None:
+    """Write ``fedseg_site.yaml`` into each site folder of ``config.missing``."""
+    for site, absent in config.missing.items():
+        (out / site).mkdir(parents=True, exist_ok=True)
+        doc = yaml.safe_dump({"absent_modalities": list(absent)}, sort_keys=False)
+        (out / site / SITE_CONFIG_FILE).write_text(
+            f"# written by `fedseg data synth --missing`\n{doc}"
+        )
 
 
 def _record(
@@ -151,6 +189,7 @@ def generate_dataset(
     out = Path(out)
     profiles = config.site_profiles()
     prepare_output(out, config, overwrite)
+    _declare_absent(out, config)
     sites = config.site_names()
     jobs = [(s, c) for s, n in enumerate(config.case_counts()) for c in range(n)]
     _record(out, config, profiles, {})

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from fedseg.data.cases import discover_cases, load_case, write_case
+from fedseg.data.site_config import SITE_CONFIG_FILE
 from fedseg.data.splits import SPLIT_FILE, load_split
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
@@ -74,6 +75,8 @@ def scramble_site(src: Path, dst: Path) -> Path:
         lab = vol.label.copy()
         for a, b in SCRAMBLE.items():
             lab[vol.label == a] = b
-        write_case(dst, case.case_id, vol.image, lab, vol.affine)
+        write_case(dst, case.case_id, vol.image, lab, vol.affine, modalities=vol.present)
     shutil.copyfile(src / SPLIT_FILE, dst / SPLIT_FILE)
+    if (src / SITE_CONFIG_FILE).is_file():  # the copy lacks what its source lacks
+        shutil.copyfile(src / SITE_CONFIG_FILE, dst / SITE_CONFIG_FILE)
     return dst
