@@ -171,6 +171,30 @@ def test_synthesis_best_round_is_the_highest_mean_ssim(tmp_path: Path) -> None:
         assert set(site_curves(store)) == {"a", "b"}
 
 
+def test_select_singlet_exports_the_best_generator(tmp_path: Path) -> None:
+    from fedseg.model.generator_file import load_generator
+    from fedseg.tracking.selection import load_selection
+
+    run = synthesis_run(tmp_path / "run", {"a": [0.3, 0.6, 0.5], "b": [0.2, 0.5, 0.45]})
+    for mr in range(3):
+        _generator(run / "models" / f"round_{mr:04d}.pt")
+    out = tmp_path / "sel"
+    res = runner.invoke(app, ["select", str(run), "--singlet", "--out", str(out)],
+                        env={"COLUMNS": "200"})  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "modality" in res.output and "SSIM" in res.output
+    sel = yaml.safe_load((out / "selection.json").read_text())
+    assert (sel["task"], sel["metric"], sel["files"]) == (
+        "synthesis",
+        "ssim",
+        ["generator_round0001.pt"],
+    )
+    gf = load_generator(out / "generator_round0001.pt")
+    assert "model_round 1" in gf.meta["selection"]
+    with pytest.raises(FedsegError, match="a generator selection"):
+        load_selection(out)
+
+
 def test_select_triplet_is_refused_for_a_generator(tmp_path: Path) -> None:
     run = synthesis_run(tmp_path / "run", {"a": [0.3, 0.5, 0.6], "b": [0.2, 0.4, 0.5]})
     res = runner.invoke(app, ["select", str(run), "--triplet", "--out", str(tmp_path / "s")])
@@ -269,6 +293,45 @@ def test_report_of_a_synthesis_run(tmp_path: Path) -> None:
     assert '<td class="l">triplet</td><td class="l">flair</td>' in text
 
 
+def test_report_sample_grid_of_the_best_generator(tmp_path: Path) -> None:
+    """best.pt rendered on phantom label maps (plan synthesis.samples): one PNG whose grid
+    has a row per phantom; a modality no site trained is marked in its column title."""
+    import base64
+    import io
+    import re
+
+    from matplotlib.image import imread
+
+    from fedseg.run_folder import BEST_MODEL, BestModel
+
+    run = synthesis_run(tmp_path / "run", {"a": [0.3, 0.5, 0.6], "b": [0.2, 0.4, 0.5]})
+    with (run / PLAN_FILE).open("a") as f:
+        f.write("  samples:\n    label_seed: 7\n    n: 2\n")
+    _generator(run / BEST_MODEL, trained=["t1", "t1ce", "t2"])
+    with RunStore(run) as store:
+        store.meta.set_best(BestModel(model_round=2, score=0.55, n_val=8, time=0.0))
+    text = build_report(run)
+    assert "No sample grid" not in text
+    found = re.search(r'alt="generator samples on phantom label maps" '
+                      r'src="data:image/png;base64,([^"]+)"', text)  # fmt: skip
+    assert found is not None
+    png = imread(io.BytesIO(base64.b64decode(found.group(1))), format="png")
+    assert png.shape[0] > 300 and png.shape[1] > 4 * png.shape[0] / 2 * 0.9  # 2 rows, 5 cols
+    assert "best.pt (model round 2) on 2 phantom label maps (seed 7" in text
+
+
+def test_live_table_shows_ssim_per_modality(tmp_path: Path) -> None:
+    from fedseg.federation.commands.watch import live_table
+
+    run = synthesis_run(tmp_path / "run", {"a": [0.3, 0.5, 0.6], "b": [0.2, 0.4, 0.5]},
+                        absent={"b": ["flair"]})  # fmt: skip
+    with RunStore(run) as store:
+        out = _text(live_table(store, load_plan(run / PLAN_FILE)), 200)
+    assert "SSIM t1" in out and "SSIM flair" in out and "Dice" not in out
+    row_b = next(ln for ln in out.splitlines() if ln.startswith("│ b "))
+    assert row_b.count("0.") == 4  # t1, t1ce, t2 and the loss; no FLAIR
+
+
 def test_contributions_and_compare_do_not_crash(tmp_path: Path) -> None:
     run = synthesis_run(tmp_path / "run", {"a": [0.3, 0.5, 0.6], "b": [0.2, 0.4, 0.5]})
     res = runner.invoke(app, ["contributions", str(run)], env={"COLUMNS": "200"})
@@ -313,13 +376,17 @@ def test_plan_init_task_synthesis(tmp_path: Path) -> None:
     assert isinstance(bad.exception, FedsegError)
 
 
+def _generator(path: Path, trained: Sequence[str] = MODALITIES) -> Path:
+    from fedseg.model.generator import GeneratorConfig, new_generator_weights
+    from fedseg.model.generator_file import GeneratorFile, save_generator
+
+    cfg = GeneratorConfig(base_filters=4, depth=2)
+    gf = GeneratorFile(cfg, new_generator_weights(cfg, seed=0), trained=list(trained))
+    return save_generator(path, gf)
+
+
 def test_export_refuses_a_generator_file(tmp_path: Path) -> None:
-    import torch
-
-    from fedseg.model.generator_file import GENERATOR_FORMAT
-
-    gen = tmp_path / "best.pt"
-    torch.save({"format": GENERATOR_FORMAT, "weights": {}}, gen)
+    gen = _generator(tmp_path / "best.pt")
     res = runner.invoke(app, ["export", str(gen), "--out", str(tmp_path / "ov")])
     assert isinstance(res.exception, FedsegError)
     assert str(res.exception) == f"export converts segmentation models; {gen} is a generator"

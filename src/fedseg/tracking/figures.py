@@ -238,18 +238,22 @@ def privacy_figure(spent: dict[str, dict[int, float]], budget: float | None, del
     return to_png(fig)
 
 
-#: label map colours: background, NCR (1), ED (2), ET (4) (BraTS 2021 values)
-LABEL_COLOURS = {0: "#000000", 1: "#d62728", 2: "#2ca02c", 4: "#ffdd00"}
+#: label map colours: NCR (1), ED (2), ET (4) (BraTS 2021 values); the brain is grey
+LABEL_COLOURS = {1: "#d62728", 2: "#2ca02c", 4: "#ffdd00"}
 
 
-def sample_grid_figure(rows: list[tuple[np.ndarray, list[np.ndarray]]], titles: list[str]) -> bytes:
-    """One row per sample: its label map (2D, BraTS 2021 values) in colour, then one grey
-    image per entry of ``titles`` (2D, [0, 1]); axial slices shown with anterior up."""
+def sample_grid_figure(
+    rows: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]], titles: list[str]
+) -> bytes:
+    """One row per sample: its label map (2D, BraTS 2021 values) in colour over its brain
+    mask (2D) in grey, then one grey image per entry of ``titles`` (2D, [0, 1]); axial
+    slices shown with anterior up."""
     ncols = 1 + len(titles)
     fig = Figure(figsize=(2.0 * ncols, 2.0 * len(rows) + 0.3))
     axes = np.atleast_2d(fig.subplots(len(rows), ncols, squeeze=False))
-    for i, (label, images) in enumerate(rows):
+    for i, (label, brain, images) in enumerate(rows):
         rgb = np.zeros((*label.shape, 3), dtype=np.float32)
+        rgb[brain.astype(bool)] = 0.35
         for v, colour in LABEL_COLOURS.items():
             rgb[label == v] = [int(colour[k : k + 2], 16) / 255 for k in (1, 3, 5)]
         axes[i, 0].imshow(np.rot90(rgb))

@@ -6,7 +6,8 @@
 - ``samples_section``: the best generator (``best.pt``) rendered on phantom label maps
   that belong to no patient (``phantom_label_maps``: ``fedseg data synth``'s simulator
   with plan ``synthesis.samples.label_seed`` and ``.n``, 4 mm), one row per phantom:
-  its label map, then each modality, middle axial slice (``figures.sample_grid_figure``).
+  its label map, then each modality, the axial slice with the most tumour
+  (``figures.sample_grid_figure``).
   The aggregator has no real image to draw; figures with real images are made where the
   images are (the benchmark, ``fedseg complete`` at a site).
 """
@@ -82,8 +83,9 @@ def what_left_section(store: RunStore, status: StatusView, plan: PlanConfig | No
 
 
 def phantom_label_maps(seed: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``n`` (label, brain) pairs, (X, Y, Z) at 4 mm, from ``fedseg data synth``'s
-    simulator with ``seed``: atlas anatomy, a drawn tumour; no patient's data."""
+    """``n`` (label, brain mask) pairs, (X, Y, Z) at 4 mm: the label maps and brain masks
+    that ``fedseg data synth --labels-only --sites 1 --cases-per-site N --seed SEED
+    --spacing 4`` writes (atlas anatomy, a drawn tumour; no patient's data)."""
     from fedseg.data.synth import SynthConfig, synth_case
 
     cfg = SynthConfig(sites=1, cases_per_site=max(n, 1), seed=seed, spacing=PHANTOM_SPACING_MM)
@@ -91,7 +93,7 @@ def phantom_label_maps(seed: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]
     out = []
     for i in range(n):
         case = synth_case(cfg, profiles, 0, i)
-        out.append((case.clean_label, np.asarray(case.anatomy.brain) > 0))
+        out.append((case.label, np.asarray(case.anatomy.brain).astype(bool)))
     return out
 
 
@@ -111,24 +113,24 @@ def sample_grid(
     samples = plan.synthesis.samples
     if samples.n == 0:
         raise FedsegError("synthesis.samples.n is 0 in the plan")
-    try:
-        gf = load_generator(path)
-    except NotImplementedError:
-        raise FedsegError("this fedseg cannot load generator files") from None
+    gf = load_generator(path)
     mods = list(gf.config.modalities)
     rows = []
     for label, brain in phantom_label_maps(samples.label_seed, samples.n):
-        z = label.shape[2] // 2
+        z = int(np.argmax((label > 0).sum(axis=(0, 1))))  # the slice with the most tumour
+        if gf.config.spatial_dims == 2:  # slice by slice: that slice alone
+            label, brain, z = label[:, :, z : z + 1], brain[:, :, z : z + 1], 0
         images = [render_volume(gf, label, brain, m)[:, :, z] for m in mods]
-        rows.append((label[:, :, z], images))
+        rows.append((label[:, :, z], brain[:, :, z], images))
     titles = [m if m in gf.trained else f"{m} (not trained)" for m in mods]
     png = figures.sample_grid_figure(rows, titles)
     mr = "?" if model_round is None else model_round
     caption = (
         f"{BEST_MODEL} (model round {mr}) on {samples.n} phantom label maps (seed "
         f"{samples.label_seed}, {PHANTOM_SPACING_MM:g} mm, the simulator of <code>fedseg "
-        "data synth</code>: nobody's anatomy or tumour), middle axial slice; first column "
-        "the label map (NCR, ED, ET), then each modality."
+        "data synth</code>: nobody's anatomy or tumour), the axial slice with the most "
+        "tumour; first column the label map (brain grey, NCR red, ED green, ET yellow), then "
+        "each modality."
     )
     return png, caption
 
