@@ -238,11 +238,12 @@ def round_phase(rnd: int, store: RunStore, pretrain: int | None) -> SynthPhase |
 def site_modalities(store: RunStore, sites: list[str]) -> dict[str, tuple[str, ...] | None]:
     """Each site's declared modality set (all four for a site that named none)."""
     declared = store.meta.declared()
-    return {
-        s: (tuple(m for m in MODALITIES if m in (declared[s].modalities or MODALITIES))
-            if s in declared else None)
-        for s in sites
-    }  # fmt: skip
+    out: dict[str, tuple[str, ...] | None] = {}
+    for s in sites:
+        said = declared[s].modalities if s in declared else None
+        has = MODALITIES if said is None else said
+        out[s] = tuple(m for m in MODALITIES if m in has) if s in declared else None
+    return out
 
 
 def modality_text(mods: tuple[str, ...] | None) -> str:
