@@ -115,13 +115,20 @@ def sample_grid(
         raise FedsegError("synthesis.samples.n is 0 in the plan")
     gf = load_generator(path)
     mods = list(gf.config.modalities)
-    rows = []
-    for label, brain in phantom_label_maps(samples.label_seed, samples.n):
-        z = int(np.argmax((label > 0).sum(axis=(0, 1))))  # the slice with the most tumour
-        if gf.config.spatial_dims == 2:  # slice by slice: that slice alone
-            label, brain, z = label[:, :, z : z + 1], brain[:, :, z : z + 1], 0
-        images = [render_volume(gf, label, brain, m)[:, :, z] for m in mods]
-        rows.append((label[:, :, z], brain[:, :, z], images))
+    maps = phantom_label_maps(samples.label_seed, samples.n)
+    zs = [int(np.argmax((lab > 0).sum(axis=(0, 1)))) for lab, _ in maps]  # most tumour
+    labels = np.stack([lab[:, :, z] for (lab, _), z in zip(maps, zs, strict=True)], axis=2)
+    brains = np.stack([b[:, :, z] for (_, b), z in zip(maps, zs, strict=True)], axis=2)
+    if gf.config.spatial_dims == 2:  # slice by slice: the chosen slices as one volume
+        images = {m: render_volume(gf, labels, brains, m) for m in mods}
+    else:  # whole volumes, then their chosen slices
+        images = {m: np.stack([render_volume(gf, lab, b, m)[:, :, z]
+                               for (lab, b), z in zip(maps, zs, strict=True)], axis=2)
+                  for m in mods}  # fmt: skip
+    rows = [
+        (labels[:, :, i], brains[:, :, i], [images[m][:, :, i] for m in mods])
+        for i in range(len(maps))
+    ]
     titles = [m if m in gf.trained else f"{m} (not trained)" for m in mods]
     png = figures.sample_grid_figure(rows, titles)
     mr = "?" if model_round is None else model_round
