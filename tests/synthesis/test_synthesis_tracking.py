@@ -249,7 +249,7 @@ def test_status_of_a_synthesis_run_at_80_columns(tmp_path: Path) -> None:
     out = _text(render_status(st), 80)
     lines = out.splitlines()
     assert max(len(ln) for ln in lines) <= 80
-    assert "phase: bank (round 2; pre-training rounds 1-1)" in out
+    assert "synthesis phase: bank (round 2; pre-training round 1)" in out
     assert "federation SSIM of model 2: 0." in out and "Dice" not in out
     assert next(ln for ln in lines if ln.startswith("│ federation ")).count("0.") == 5
     row = {s: next(ln for ln in lines if ln.startswith(f"│ {s} ")) for s in ("site1", "site2")}

@@ -512,17 +512,17 @@ def render_status(s: StatusView) -> Group:
 
 
 def phase_line(x: SynthesisStatus) -> str:
-    """``phase bank (round 5; pre-training rounds 1-2, then the bank rounds)``."""
+    """``synthesis phase: bank (round 5; pre-training rounds 1-2)``."""
+    p = x.pretrain_rounds
     pre = (
-        "pre-training rounds: none"
-        if x.pretrain_rounds == 0
-        else f"pre-training rounds 1-{x.pretrain_rounds}"
-        if x.pretrain_rounds is not None
-        else "pre-training rounds unknown"
-    )
+        "pre-training rounds unknown" if p is None
+        else "no pre-training" if p == 0
+        else "pre-training round 1" if p == 1
+        else f"pre-training rounds 1-{p}"
+    )  # fmt: skip
     if x.round is None:
-        return f"phase: not started ({pre})"
-    return f"phase: {x.phase or '?'} (round {x.round}; {pre})"
+        return f"synthesis phase: not started ({pre})"
+    return f"synthesis phase: {x.phase or '?'} (round {x.round}; {pre})"
 
 
 def _alarm_text(x: SiteStatus) -> Text:

@@ -75,9 +75,13 @@ def what_left_section(store: RunStore, status: StatusView, plan: PlanConfig | No
     best = store.meta.best()
     if best is not None:
         body.append(f"<p>Best generator: model round {best.model_round}.</p>")
-    head = ["site", "modalities", "rounds sent", "bytes sent / round", "largest round",
-            "total sent", "bytes received / round"]  # fmt: skip
+    head = ["site", "modalities", "rounds", "site → aggregator / round", "largest round",
+            "total", "aggregator → site / round"]  # fmt: skip
     body.append(table(head, rows))
+    body.append(
+        "<p class='note'>Bytes of the messages as the aggregator counted them (the "
+        "generator's arrays with their framing, the counts and summaries).</p>"
+    )
     body.append(f"<p class='note'>{DISCLOSURE_NOTE}</p>")
     return section("what-left", "What left the sites", *body)
 
