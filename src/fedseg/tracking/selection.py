@@ -25,7 +25,8 @@ deleted round's scores stay in the store and curves (``deleted_model_rounds`` na
 
 The selection folder holds the exported model files and ``selection.json``::
 
-    {"format": "fedseg-selection", "version": 1, "kind": "triplet", "metric": "dice",
+    {"format": "fedseg-selection", "version": 1, "task": "segmentation", "kind": "triplet",
+     "metric": "dice",
      "run": "/abs/run", "sites": [...],
      "regions": {"ET": {"file": "model_ET_round0007.pt", "model_round": 7, "score": 0.81},
                  "TC": {...}, "WT": {...}},
@@ -33,7 +34,8 @@ The selection folder holds the exported model files and ``selection.json``::
 
 ``regions`` always names one file per region (a singlet names the same file three
 times): a segmenter takes channel ``REGIONS.index(region)`` from that file's model.
-``load_selection`` reads it back with paths resolved.
+``load_selection`` reads it back with paths resolved (and refuses a synthesis run's: task
+``synthesis``, one region ``mean`` naming ``generator_roundXXXX.pt``).
 """
 
 from __future__ import annotations
