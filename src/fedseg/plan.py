@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedseg.config_files import first_error, read_yaml_mapping
+from fedseg.data.cases import MODALITIES
 from fedseg.errors import FedsegError
 from fedseg.model.config import NetworkConfig
 from fedseg.privacy.config import PrivacyConfig
@@ -26,18 +27,29 @@ from fedseg.train.config import TrainConfig, check_shapes
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+#: what a synthesis run's alarms may watch (validated per modality, higher is better)
+SYNTHESIS_ALARM_METRICS = ("ssim", "psnr")
+
+
 class AlarmConfig(BaseModel):
-    """Thresholds of the automatic alarms (plan key ``alarms``) and the notification hook."""
+    """Thresholds of the automatic alarms (plan key ``alarms``) and the notification hook.
+    Gaps, drops and gains are in the watched metric's units (Dice, SSIM: 0-1; PSNR: dB).
+    A synthesis run watches brain-masked SSIM by default (``for_task``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    metric: str = Field("dice", description="validation metric watched (higher is better)")
-    region: str = Field("mean", description="ET, TC, WT or mean (of the three)")
+    metric: str = Field(
+        "dice", description="validation metric watched (higher is better); with task "
+        "synthesis dice reads as ssim (psnr also allowed)",
+    )  # fmt: skip
+    region: str = Field(
+        "mean", description="ET, TC, WT or mean (of the three); synthesis: a modality or mean"
+    )
     skip_initial: bool = Field(True, description="ignore model round 0 (the random init)")
     min_rounds: int = Field(5, ge=3, description="paired rounds before below_federation fires")
     alpha: float = Field(0.05, gt=0, lt=1, description="one-sided Wilcoxon level")
-    min_gap: float = Field(0.05, ge=0, description="median Dice gap floor (effect size)")
+    min_gap: float = Field(0.05, ge=0, description="median gap floor (effect size), metric units")
     window: int | None = Field(None, ge=3, description="only the last N models (None: all)")
     stall_window: int = Field(8, ge=4, description="models in the trend window of `stalled`")
     stall_persist: int = Field(2, ge=1, description="consecutive rounds `stalled` must hold")
@@ -59,6 +71,27 @@ class AlarmConfig(BaseModel):
         "KIND,MESSAGE} describe the alarm",
     )
     notify_timeout_s: float = Field(30.0, gt=0)
+
+    def for_task(self, task: str) -> AlarmConfig:
+        """The settings a run of ``task`` (plan ``task``) uses. Segmentation: these. A
+        synthesis run validates ssim/psnr/mae per modality, so ``dice`` (the default, and
+        what every recorded plan.yaml spells out) reads as ``ssim``; ``mae`` (lower is
+        better) and a region that is no modality are refused, one line each."""
+        if task != "synthesis":
+            return self
+        metric = "ssim" if self.metric == "dice" else self.metric
+        if metric not in SYNTHESIS_ALARM_METRICS:
+            raise FedsegError(
+                f"alarms.metric {self.metric}: a synthesis run's alarms watch "
+                f"{' or '.join(SYNTHESIS_ALARM_METRICS)} (higher is better); leave the key "
+                "out for ssim"
+            )
+        if self.region not in (*MODALITIES, "mean"):
+            raise FedsegError(
+                f"alarms.region {self.region}: a synthesis run validates modalities; use "
+                f"mean or one of {', '.join(MODALITIES)}"
+            )
+        return self if metric == self.metric else self.model_copy(update={"metric": metric})
 
 
 class BoundsConfig(BaseModel):
@@ -211,6 +244,10 @@ class PlanConfig(BaseModel):
             raise ValueError(str(exc)) from None
         if self.min_sites > len(self.sites):
             raise ValueError(f"min_sites {self.min_sites} exceeds the {len(self.sites)} sites")
+        try:
+            self.alarms.for_task(self.task)
+        except FedsegError as exc:
+            raise ValueError(str(exc)) from None
 
     @property
     def site_names(self) -> list[str]:
@@ -270,9 +307,9 @@ def save_plan(path: Path, plan: PlanConfig) -> Path:
     return path
 
 
-def example_plan(sites: list[Path] | None = None) -> str:
-    """A commented example plan (YAML text) for ``sites`` (data folders) or three
-    placeholders. Small CPU settings; the FeTS recipe values are in the comments."""
+def _site_lines(sites: list[Path] | None) -> str:
+    """The ``sites:`` entries of an example plan: a name per data folder (three
+    placeholders without folders)."""
     folders = sites or [Path(f"data/site{i}") for i in (1, 2, 3)]
     names: list[str] = []
     for f in folders:
@@ -280,7 +317,16 @@ def example_plan(sites: list[Path] | None = None) -> str:
         while n in names:
             n += "_"
         names.append(n)
-    site_lines = "\n".join(f"  {n}:\n    data: {f}" for n, f in zip(names, folders, strict=True))
+    return "\n".join(f"  {n}:\n    data: {f}" for n, f in zip(names, folders, strict=True))
+
+
+def example_plan(sites: list[Path] | None = None, task: str = "segmentation") -> str:
+    """A commented example plan (YAML text) for ``sites`` (data folders) or three
+    placeholders. Small CPU settings; the FeTS recipe values are in the comments.
+    ``task: synthesis``: ``example_synthesis_plan``."""
+    if task == "synthesis":
+        return example_synthesis_plan(sites)
+    site_lines = _site_lines(sites)
     return f"""\
 # fedseg federation plan. Check it with `fedseg simulate PLAN --out RUN` on one machine.
 name: fedseg-federation
@@ -366,4 +412,75 @@ train:
   val_roi: [32, 32, 32]
   val_overlap: 0.25
   val_batch_size: 2
+"""
+
+
+def example_synthesis_plan(sites: list[Path] | None = None) -> str:
+    """A commented example plan of a synthesis run (ModalityBank: one generator whose
+    per-modality banks are trained at the sites) with every ``synthesis`` key at its
+    default, the CPU recipe; the full-size values are in the comments."""
+    site_lines = _site_lines(sites)
+    return f"""\
+# fedseg federation plan: ModalityBank synthesis. Check it with `fedseg simulate PLAN --out RUN`.
+# One generator (label map -> image per modality) whose convolution kernels are shared and
+# whose style per modality is a small bank of modulation parameters. Only parameters leave
+# a site; images, label maps and the sites' discriminators never do. A site that lacks a
+# modality declares it in its <data>/fedseg_site.yaml (absent_modalities: [flair]); that
+# modality's bank is averaged over the sites that have it.
+name: fedseg-synthesis
+task: synthesis
+sites:
+{site_lines}
+rounds: 4              # bank rounds; the pre-training rounds (synthesis.pretrain) come first
+min_sites: 2           # a round counts when at least this many sites answered
+round_timeout_s: 1800  # a site slower than this in a round is skipped for that round
+connect_timeout_s: 300 # give up when a site has not connected after this long
+seed: 0
+strategy:
+  name: modality-fedavg  # the only strategy of a synthesis run: each modality's bank is
+  params: {{}}           # averaged over the sites that have the modality
+privacy:
+  min_summary_cases: 3 # a site sends a validation summary only over at least this many cases
+alarms:
+  metric: ssim         # ssim or psnr: validated per modality (brain-masked SSIM)
+  min_gap: 0.05        # median SSIM gap floor of below_federation (the metric's units)
+synthesis:
+  mode: federated      # central (the paper's central generator) would send label maps
+                       # off the sites: refused, not implemented
+  generator:
+    spatial_dims: 2    # 2: axial slices; 3: volumes/patches (full size: 3 on a GPU)
+    base_filters: 16   # full size: 32 or more
+    depth: 3           # resolution levels of the U-Net
+    modalities: [t1, t1ce, t2, flair]
+    condition: label   # the input: brain mask + NCR/ED/ET one-hot (the paper's label map)
+  discriminator:       # one per site and modality it has; never leaves the site
+    layers: 2
+    channels: 16
+    norm: instance     # instance | batch
+  loss:                # per modality: l1 * L1 + ssim * (1 - SSIM) + adversarial * GAN
+    l1: 1.0
+    ssim: 1.0
+    adversarial: 0.05
+    criterion: least_squares  # least_squares | hinge | bce
+  optimizer:
+    lr_generator: 0.002
+    lr_discriminator: 0.0002
+    betas: [0.5, 0.999]
+  data:
+    slice_size: [64, 64]        # 2D slices at 4 mm (BraTS 1 mm: [256, 256])
+    patch_size: [64, 64, 40]    # 3D (spatial_dims: 3)
+    min_brain_fraction: 0.15    # slices with less brain are not drawn
+    slices_per_case: 16         # samples drawn per case and epoch
+    batch_size: 8
+    intensity_percentile: 99.5  # each modality scaled per case to [0, 1] by this brain percentile
+  pretrain:            # rounds 1..N train the shared kernel on one modality, then it is frozen
+    rounds: 2          # 0: no pre-training (random frozen kernel) unless initial_generator
+    modality: auto     # auto: the modality most sites have, ties -> t1
+    steps_per_round: 40
+  steps_per_round: 20  # bank rounds: optimizer steps per site and round
+  initial_generator: null  # a generator file: its kernel is frozen and pre-training skipped
+  samples:             # phantom label maps (nobody's) the report renders the generator on
+    label_seed: 1234
+    n: 4
+  seed: 0
 """

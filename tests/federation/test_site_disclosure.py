@@ -81,7 +81,7 @@ def test_no_case_id_or_site_path_reaches_the_coordinator(
     # status shows the run (sites without numbers have no Dice) without failing
     view = read_status(run)
     by_site = {x.site: x for x in view.sites}
-    assert by_site["site1"].dice == {} and by_site["site3"].dice
+    assert by_site["site1"].scores == {} and by_site["site3"].scores
     render_status(view)
 
     # the site's own log has the whole story: the file, the case id, the traceback

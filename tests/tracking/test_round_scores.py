@@ -91,3 +91,24 @@ def test_best_round(
         assert round_scores(store) == federation_curve(
             {s: {mr: _s(v, 2) for (mr, site), v in rows.items() if site == s} for s in "ab"}
         )
+
+
+def test_round_score_follows_the_runs_task(tmp_path: Path) -> None:
+    """One rule, the run's metric and groups: a segmentation run's mean Dice of ET/TC/WT, a
+    synthesis run's (meta ``task``) mean SSIM over the modalities each site validates."""
+    from fedseg.run_folder import Task
+
+    with RunStore(tmp_path) as store:
+        for mr, (d, q) in enumerate(((0.5, 0.7), (0.6, 0.4))):
+            store.record_validation(mr, "a", {g: {"dice": _s(d, 2)} for g in ("ET", "TC", "WT")})
+            store.record_validation(mr, "a", {m: {"ssim": _s(q, 2)} for m in ("t1", "t2")})
+        assert {m: s.mean for m, s in round_scores(store).items()} == pytest.approx(
+            {0: 0.5, 1: 0.6}
+        )
+        assert best_round(store, require_checkpoint=False)[0] == 1  # type: ignore[index]
+        store.meta.set_task(Task.SYNTHESIS)
+        assert {m: s.mean for m, s in round_scores(store).items()} == pytest.approx(
+            {0: 0.7, 1: 0.4}
+        )
+        assert best_round(store, require_checkpoint=False)[0] == 0  # type: ignore[index]
+        assert round_scores(store, metric="dice") == {}  # modalities are its groups

@@ -53,8 +53,8 @@ def test_status_of_a_running_run_read_while_the_writer_is_open(tmp_path: Path) -
     assert st.state == "running" and st.rounds_done == 1 and st.running_round == 2
     assert st.rounds_planned == 10
     assert [s.site for s in st.sites] == ["s1", "s2"]
-    assert st.sites[1].model_round == 1 and st.sites[1].dice["mean"] == pytest.approx(0.6)
-    assert st.federation_dice["mean"] == pytest.approx(0.55)
+    assert st.sites[1].model_round == 1 and st.sites[1].scores["mean"] == pytest.approx(0.6)
+    assert st.federation_scores["mean"] == pytest.approx(0.55)
     out = _text(render_status(st))
     assert "rounds done 1/10" in out and "(round 2 running)" in out and "no alarms" in out
 

@@ -45,8 +45,14 @@ def export(
         raise FedsegError(f"--activations {activations}: use symmetric or asymmetric")
     check_output_folder(out, "export folder")
     # Heavy imports (torch, OpenVINO, NNCF) only once the arguments are known to be valid.
-    from fedseg.model.export import ExportConfig, export_openvino, require_openvino
+    from fedseg.model.export import (
+        ExportConfig,
+        export_openvino,
+        refuse_generator,
+        require_openvino,
+    )
 
+    refuse_generator(model)
     try:
         require_openvino()
     except FedsegError as exc:

@@ -29,15 +29,20 @@ def plan_init(
         None, "--sites", help="Site data folders (repeat the option); default: placeholders."
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+    task: str = typer.Option(
+        "segmentation", "--task", help="segmentation, or synthesis (a ModalityBank generator)."
+    ),
 ) -> None:
     """Write a commented example plan."""
     from fedseg.errors import FedsegError
     from fedseg.plan import example_plan
 
+    if task not in ("segmentation", "synthesis"):
+        raise FedsegError(f"--task {task}: use segmentation or synthesis")
     if plan.exists() and not force:
         raise FedsegError(f"{plan} exists; pass --force to overwrite it")
     plan.parent.mkdir(parents=True, exist_ok=True)
-    plan.write_text(example_plan([p.resolve() for p in sites] if sites else None))
+    plan.write_text(example_plan([p.resolve() for p in sites] if sites else None, task))
     typer.echo(f"wrote {plan}; edit it, then run `fedseg simulate {plan} --out RUN`")
 
 

@@ -92,12 +92,17 @@ def alarms(
 @app.command("select")
 def select(
     run: Path = RUN_ARG,
-    singlet: bool = typer.Option(False, "--singlet", help="One model, best mean Dice."),
+    singlet: bool = typer.Option(
+        False, "--singlet", help="One model, best mean Dice (synthesis: the best generator)."
+    ),
     triplet: bool = typer.Option(False, "--triplet", help="Three models, best per region."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for model files + selection.json."),
-    metric: str = typer.Option("dice", help="Validation metric to maximize."),
+    metric: str | None = typer.Option(
+        None, help="Validation metric to maximize [the run's: dice, or ssim for synthesis]."
+    ),
 ) -> None:
     """Export the final model(s) chosen from the per-round checkpoints."""
+    from fedseg.tracking.curves import store_score_spec
     from fedseg.tracking.selection import deleted_model_rounds, export_selection
     from fedseg.tracking.status import open_run
 
@@ -106,12 +111,13 @@ def select(
     check_output_folder(out, "selection folder")
     store = open_run(run)
     try:
+        spec = store_score_spec(store)
         sel = export_selection(run, store, "singlet" if singlet else "triplet", out, metric)
         deleted = deleted_model_rounds(store)
     finally:
         store.close()
     t = Table(title=f"{sel.kind} selection -> {out}")
-    for col in ("region", "model round", metric, "file"):
+    for col in (spec.group_word, "model round", spec.metric_label(sel.metric), "file"):
         t.add_column(col)
     for region, c in sel.regions.items():
         t.add_row(region, str(c.model_round), f"{c.score:.4f}", c.file)
@@ -137,12 +143,14 @@ def contributions_cmd(
     from fedseg.federation.commands.leave_one_out import loso_values
     from fedseg.plan import read_run_plan
     from fedseg.tracking.contributions import contributions, unavailable
+    from fedseg.tracking.curves import store_score_spec
     from fedseg.tracking.status import open_run
 
     plan = read_run_plan(run)
     why = unavailable(plan.privacy if plan is not None else None)
     store = open_run(run)
     try:
+        label = store_score_spec(store).label
         rows = [] if why else contributions(store)
     finally:
         store.close()
@@ -162,7 +170,7 @@ def contributions_cmd(
         console().print(t)
         return
     t = Table(title="site contributions (first-order estimate from update sizes)")
-    cols = ["site", "rounds", "weight", "share", "cos", "Dice gain", "gain on others"]
+    cols = ["site", "rounds", "weight", "share", "cos", f"{label} gain", "gain on others"]
     for col in cols + (["leave-one-out"] if loso else []):
         t.add_column(col, justify="left" if col == "site" else "right")
     for c in rows:
@@ -173,7 +181,7 @@ def contributions_cmd(
     console().print(t)
     if loso:
         console().print(
-            "leave-one-out: best pooled Dice of the other sites with the site minus without it"
+            f"leave-one-out: best pooled {label} of the other sites with the site minus without it"
         )
 
 

@@ -218,6 +218,25 @@ def _count_float_convs(model: Any) -> int:
     return n
 
 
+def refuse_generator(model_path: Path) -> None:
+    """One line when ``model_path`` is a generator file (``model.generator_file``, format
+    ``fedseg-generator``): export converts segmentation networks only. Anything else that
+    is no segmentation model is left to ``load_model``'s own error."""
+    import torch
+
+    from fedseg.model.generator_file import GENERATOR_FORMAT
+
+    path = Path(model_path)
+    if not path.is_file():
+        return
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file: load_model says so
+        return
+    if isinstance(payload, dict) and payload.get("format") == GENERATOR_FORMAT:
+        raise FedsegError(f"export converts segmentation models; {path} is a generator")
+
+
 def export_openvino(
     model_path: Path,
     out_dir: Path,
@@ -226,6 +245,7 @@ def export_openvino(
     on_step: StepCallback | None = None,
 ) -> ExportMeta:
     """Export ``model_path`` (.pt) into ``out_dir``; returns the metadata written there."""
+    refuse_generator(model_path)
     require_openvino()
     if config.int8 and calibration is None:
         raise FedsegError("--int8 needs --calibration SITE_DIR (a site with labelled cases)")

@@ -21,6 +21,11 @@ every round (the federation calls it; ``fedseg alarms RUN`` replays it on a fini
   (measured on synthetic sites), so by default only an update about twice the others' size
   or more is flagged.
 
+The watched metric and region are the plan's ``alarms`` read for the run's task
+(``AlarmConfig.for_task``, the store's meta ``task``): a segmentation run's mean Dice, a
+synthesis run's brain-masked SSIM averaged over the modalities each site validates
+(``curves``); ``min_gap`` and the stall thresholds are in that metric's units.
+
 Each alarm that holds is stored for the round it was checked in (``alarms`` table); the
 notification command runs once per (site, kind), the first time it is stored.
 """
@@ -170,6 +175,7 @@ def site_tests(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[SiteTests]:
 
     Round r validates model r-1 (the store's convention), so models ``<= rnd - 1`` count.
     """
+    cfg = cfg.for_task(store.meta.task())
     curves = site_curves(store, cfg.region, cfg.metric, upto=rnd - 1)
     if cfg.skip_initial:
         curves = {s: {m: v for m, v in c.items() if m > 0} for s, c in curves.items()}
@@ -195,6 +201,7 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
     """The alarms that hold after round ``rnd``, from data of rounds ``<= rnd`` only."""
     if not cfg.enabled:
         return []
+    cfg = cfg.for_task(store.meta.task())
     alarms: list[Alarm] = []
     for t in site_tests(store, rnd, cfg):
         site, b, st, rounds = t.site, t.below, t.stall, t.models

@@ -119,7 +119,7 @@ def store_shares(store: RunStore) -> list[RoundShares]:
 
 
 def contributions(
-    store: RunStore, region: str = "mean", metric: str = "dice"
+    store: RunStore, region: str = "mean", metric: str | None = None
 ) -> list[SiteContribution]:
     """Per-site cheap contribution estimate (see module docstring); sites sorted by name."""
     curves = site_curves(store, region, metric)

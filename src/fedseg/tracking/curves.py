@@ -1,10 +1,20 @@
 """Validation curves read from a run store, and the one rule that scores a model round.
 
 A curve maps ``model_round -> Summary`` (mean, population std, number of validation
-cases) of one metric at one site. Region ``mean`` is the stored ``mean`` row when a site
-wrote one, else the average of the ET/TC/WT means; its std is then the average of the
-region stds (an upper bound of the true std of the average, which needs the per-case
-covariance that never leaves a site).
+cases) of one metric at one site, in one group: the validation rows' ``region`` column,
+an ET/TC/WT region for a segmentation run and a modality (t1, t1ce, t2, flair) for a
+synthesis run (``run_folder.Task``, the store's meta ``task``). ``ScoreSpec`` names a
+task's groups and its default metric: segmentation Dice over ET/TC/WT, synthesis
+brain-masked SSIM over the modalities (``score_spec``; ``store_score_spec`` reads the
+store's task). Every function below that takes a store and no metric uses its task's.
+
+Group ``mean`` is the stored ``mean`` row when a site wrote one, else the average over
+the groups the site validates (those of the spec it has rows of, for that metric, in any
+model round), present in a model round only when the site validated every one of them
+there: a segmentation site validates all three regions, a synthesis site the modalities
+it has (a site without FLAIR is scored on t1, t1ce, t2). Its std is the average of the
+group stds (an upper bound of the true std of the average, which needs the per-case
+covariance that never leaves a site), its ``n`` the smallest group's.
 
 The score of a model round (``federation_curve``; ``round_scores`` reads a store) is the
 same everywhere a round is ranked or plotted: ``fedseg select``, the coordinator's
@@ -24,11 +34,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from fedseg.data.cases import MODALITIES
 from fedseg.data.labels import REGIONS
 from fedseg.model.summary import Summary
+from fedseg.run_folder import Task
 from fedseg.tracking.store import RunStore, ValidationRow
 
 #: Site -> model_round -> Summary.
@@ -37,8 +50,58 @@ Curves = dict[str, dict[int, Summary]]
 ALL_REGIONS: tuple[str, ...] = (*REGIONS, "mean")
 
 
-def curves_from_rows(rows: list[ValidationRow], region: str, metric: str = "dice") -> Curves:
-    """Per-site curves of ``metric`` in ``region`` from validation rows (any order)."""
+@dataclass(frozen=True)
+class ScoreSpec:
+    """What a task's validation rows hold and what scores a model round: the mean over
+    ``groups`` (the rows' ``region`` values) of ``metric`` (higher is better). ``label``
+    names the metric and ``group_word`` a group for people (tables, figures)."""
+
+    task: Task
+    groups: tuple[str, ...]
+    metric: str
+    label: str
+    group_word: str
+
+    @property
+    def all_groups(self) -> tuple[str, ...]:
+        """The groups and ``mean``: what status and report show."""
+        return (*self.groups, "mean")
+
+    def metric_label(self, metric: str | None = None) -> str:
+        """``Dice``, ``SSIM``, ``PSNR``, ...: a metric's name for people."""
+        m = metric or self.metric
+        return METRIC_LABELS.get(m, m)
+
+
+#: metric names for people
+METRIC_LABELS = {"dice": "Dice", "hd95": "HD95", "ssim": "SSIM", "psnr": "PSNR", "mae": "MAE"}
+
+SEGMENTATION_SCORE = ScoreSpec(Task.SEGMENTATION, REGIONS, "dice", "Dice", "region")
+#: brain-masked SSIM (``synth.validate``); a site is scored on the modalities it has
+SYNTHESIS_SCORE = ScoreSpec(Task.SYNTHESIS, MODALITIES, "ssim", "SSIM", "modality")
+
+
+def score_spec(task: Task | str) -> ScoreSpec:
+    """The ``ScoreSpec`` of a run's task."""
+    return SYNTHESIS_SCORE if Task(task) == Task.SYNTHESIS else SEGMENTATION_SCORE
+
+
+def store_score_spec(store: RunStore) -> ScoreSpec:
+    """The ``ScoreSpec`` of the run ``store`` belongs to (meta ``task``; a run that never
+    recorded one is a segmentation run)."""
+    return score_spec(store.meta.task())
+
+
+def curves_from_rows(
+    rows: list[ValidationRow],
+    region: str = "mean",
+    metric: str | None = None,
+    *,
+    spec: ScoreSpec = SEGMENTATION_SCORE,
+) -> Curves:
+    """Per-site curves of ``metric`` (default: ``spec``'s) in group ``region`` from
+    validation rows (any order); ``mean`` by the rule of this module's docstring."""
+    metric = metric or spec.metric
     direct: Curves = {}
     parts: dict[str, dict[int, dict[str, Summary]]] = {}
     for r in rows:
@@ -47,19 +110,21 @@ def curves_from_rows(rows: list[ValidationRow], region: str, metric: str = "dice
         s = Summary(r.mean, r.std, r.n)
         if r.region == region:
             direct.setdefault(r.site, {})[r.model_round] = s
-        elif region == "mean" and r.region in REGIONS:
+        elif region == "mean" and r.region in spec.groups:
             parts.setdefault(r.site, {}).setdefault(r.model_round, {})[r.region] = s
     if region != "mean":
         return _sorted(direct)
     out: Curves = {}
     for site in sorted(set(direct) | set(parts)):
         by_round: dict[int, Summary] = {}
+        own = {g for regs in parts.get(site, {}).values() for g in regs}  # groups it validates
+        groups = [g for g in spec.groups if g in own]
         for mr, regs in parts.get(site, {}).items():
-            if len(regs) == len(REGIONS):
+            if all(g in regs for g in groups):
                 by_round[mr] = Summary(
-                    float(np.mean([regs[g].mean for g in REGIONS])),
-                    float(np.mean([regs[g].std for g in REGIONS])),
-                    min(regs[g].n for g in REGIONS),
+                    float(np.mean([regs[g].mean for g in groups])),
+                    float(np.mean([regs[g].std for g in groups])),
+                    min(regs[g].n for g in groups),
                 )
         by_round.update(direct.get(site, {}))  # a stored ``mean`` row wins
         out[site] = by_round
@@ -67,10 +132,17 @@ def curves_from_rows(rows: list[ValidationRow], region: str, metric: str = "dice
 
 
 def site_curves(
-    store: RunStore, region: str = "mean", metric: str = "dice", *, upto: int | None = None
+    store: RunStore,
+    region: str = "mean",
+    metric: str | None = None,
+    *,
+    upto: int | None = None,
 ) -> Curves:
-    """Per-site curves from ``store``, keeping model rounds ``<= upto`` when given."""
-    curves = curves_from_rows(store.validation(metric=metric), region, metric)
+    """Per-site curves from ``store`` (``metric``: default its task's), keeping model
+    rounds ``<= upto`` when given."""
+    spec = store_score_spec(store)
+    metric = metric or spec.metric
+    curves = curves_from_rows(store.validation(metric=metric), region, metric, spec=spec)
     if upto is not None:
         curves = {s: {m: v for m, v in c.items() if m <= upto} for s, c in curves.items()}
     return {s: c for s, c in curves.items() if c}
@@ -106,14 +178,13 @@ def federation_curve(curves: Curves, sites: Sequence[str] | None = None) -> dict
 def round_scores(
     store: RunStore,
     region: str = "mean",
-    metric: str = "dice",
+    metric: str | None = None,
     *,
     sites: Sequence[str] | None = None,
 ) -> dict[int, Summary]:
-    """``federation_curve`` of ``metric`` in ``region`` from ``store``'s validation rows."""
-    return federation_curve(
-        curves_from_rows(store.validation(metric=metric), region, metric), sites
-    )
+    """``federation_curve`` of ``metric`` (default: the store's task's) in ``region`` from
+    ``store``'s validation rows: the score of every candidate model round."""
+    return federation_curve(site_curves(store, region, metric), sites)
 
 
 def ci95(s: Summary) -> tuple[float, float]:

@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from fedseg.model.summary import Summary
 from fedseg.tracking.contributions import SiteContribution
-from fedseg.tracking.curves import ALL_REGIONS, Curves, ci95
+from fedseg.tracking.curves import ALL_REGIONS, METRIC_LABELS, Curves, ci95
 from fedseg.tracking.paired_test import CaseTable, paired_test, values
 
 TAB10 = (
@@ -60,16 +60,24 @@ def curves_figure(
     federation: dict[str, dict[int, Summary]],
     flagged: dict[str, int] | None = None,
     metric: str = "dice",
+    groups: tuple[str, ...] = ALL_REGIONS,
 ) -> bytes:
-    """Per-site and pooled validation curves with 95% CI bands, one panel per region.
+    """Per-site and pooled validation curves with 95% CI bands, one panel per group
+    (ET/TC/WT/mean; a synthesis run's modalities and mean: 2 x 3 panels).
 
     ``flagged`` maps a site to the first round an alarm held; drawn as a dashed line.
     """
     sites = sorted({s for c in by_region.values() for s in c})
     colours = site_colours(sites)
-    fig = Figure(figsize=(11, 7.5))
-    axes = fig.subplots(2, 2, sharex=True).ravel()
-    for ax, region in zip(axes, ALL_REGIONS, strict=True):
+    ncols = 2 if len(groups) <= 4 else 3
+    nrows = -(-len(groups) // ncols)
+    fig = Figure(figsize=(11 if ncols == 2 else 14, 3.75 * nrows))
+    axes = fig.subplots(nrows, ncols, sharex=True).ravel()
+    for i, ax in enumerate(axes[len(groups) :], start=len(groups)):
+        ax.set_visible(False)
+        axes[i - ncols].tick_params(labelbottom=True)  # the panel above shows the rounds
+    label = METRIC_LABELS.get(metric, metric)
+    for ax, region in zip(axes, groups, strict=False):
         top = 0.0
         for s in sites:
             if by_region.get(region, {}).get(s):
@@ -78,12 +86,12 @@ def curves_figure(
             top = max(top, _band(ax, federation[region], "black", "federation (pooled)", lw=2.2))
         for s, rnd in (flagged or {}).items():
             ax.axvline(rnd, color=colours.get(s, "red"), ls="--", lw=1)
-        ax.set_title(f"{region} {metric}")
+        ax.set_title(f"{region} {label}")
         ax.set_xlabel("model round")
-        ax.set_ylabel(f"validation {metric}")
+        ax.set_ylabel(f"validation {label}")
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if metric in ("dice", "jaccard", "sensitivity", "specificity"):
+        if metric in ("dice", "jaccard", "sensitivity", "specificity", "ssim"):
             # Full [0, 1] once the curves are up there; zoomed in on an early, low run.
             ax.set_ylim(-0.02, min(1.02, max(0.25, top + 0.05)))
     handles, labels = axes[0].get_legend_handles_labels()
@@ -144,8 +152,9 @@ def violin_figure(tables: dict[str, CaseTable], metric: str = "dice") -> bytes:
     return to_png(fig)
 
 
-def contributions_figure(contribs: list[SiteContribution]) -> bytes:
-    """Bars per site: attributed Dice gain (all sites, others only) and share vs weight."""
+def contributions_figure(contribs: list[SiteContribution], label: str = "Dice") -> bytes:
+    """Bars per site: attributed gain of the ``label`` score (all sites, others only) and
+    share vs weight."""
     sites = [c.site for c in contribs]
     colours = site_colours(sites)
     fig = Figure(figsize=(11, 4))
@@ -169,8 +178,8 @@ def contributions_figure(contribs: list[SiteContribution]) -> bytes:
     )
     ax1.axhline(0, color="black", lw=0.8)
     ax1.set_xticks(x, sites)
-    ax1.set_ylabel("attributed Dice gain (sum over rounds)")
-    ax1.set_title("Dice gain attributed to each site")
+    ax1.set_ylabel(f"attributed {label} gain (sum over rounds)")
+    ax1.set_title(f"{label} gain attributed to each site")
     ax1.legend(frameon=False)
     ax2.bar(x - 0.2, [c.mean_weight for c in contribs], 0.4, color="#bbbbbb", label="weight")
     ax2.bar(
@@ -225,5 +234,35 @@ def privacy_figure(spent: dict[str, dict[int, float]], budget: float | None, del
     ax.set_title(f"Privacy: ε spent so far at δ={delta:g}")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, ncol=min(len(spent) + 1, 6))
+    fig.tight_layout()
+    return to_png(fig)
+
+
+#: label map colours: NCR (1), ED (2), ET (4) (BraTS 2021 values); the brain is grey
+LABEL_COLOURS = {1: "#d62728", 2: "#2ca02c", 4: "#ffdd00"}
+
+
+def sample_grid_figure(
+    rows: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]], titles: list[str]
+) -> bytes:
+    """One row per sample: its label map (2D, BraTS 2021 values) in colour over its brain
+    mask (2D) in grey, then one grey image per entry of ``titles`` (2D, [0, 1]); axial
+    slices shown with anterior up."""
+    ncols = 1 + len(titles)
+    fig = Figure(figsize=(2.0 * ncols, 2.0 * len(rows) + 0.3))
+    axes = np.atleast_2d(fig.subplots(len(rows), ncols, squeeze=False))
+    for i, (label, brain, images) in enumerate(rows):
+        rgb = np.zeros((*label.shape, 3), dtype=np.float32)
+        rgb[brain.astype(bool)] = 0.35
+        for v, colour in LABEL_COLOURS.items():
+            rgb[label == v] = [int(colour[k : k + 2], 16) / 255 for k in (1, 3, 5)]
+        axes[i, 0].imshow(np.rot90(rgb))
+        for j, im in enumerate(images):
+            axes[i, j + 1].imshow(np.rot90(im), cmap="gray", vmin=0.0, vmax=1.0)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, title in zip(axes[0], ["label map", *titles], strict=True):
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return to_png(fig)

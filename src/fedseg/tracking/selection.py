@@ -1,7 +1,13 @@
 """Final-model selection from the per-round checkpoints by the validation summaries.
 
-- singlet: the one model round with the best mean Dice (average of ET/TC/WT) over sites;
-- triplet: for each region the model round with the best Dice in that region.
+- singlet: the one model round with the best score (``curves.ScoreSpec``: a segmentation
+  run's mean Dice of ET/TC/WT, a synthesis run's mean brain-masked SSIM over the modalities
+  each site validates) over sites;
+- triplet: for each region the model round with the best Dice in that region. A synthesis
+  run's ``choose`` gives each modality's best round (the report shows them), but its
+  ``select --triplet`` is refused: one generator is one model, and banks of different
+  rounds are not one model in the pre-training rounds (their kernels differ); its singlet
+  exports the best generator file (``fedseg complete``/``sample`` take it).
 
 Rounds are scored by the one rule of ``tracking.curves`` (``round_scores``): sites weighted
 by their validation cases, only model rounds validated by every site that ever validated
@@ -19,7 +25,8 @@ deleted round's scores stay in the store and curves (``deleted_model_rounds`` na
 
 The selection folder holds the exported model files and ``selection.json``::
 
-    {"format": "fedseg-selection", "version": 1, "kind": "triplet", "metric": "dice",
+    {"format": "fedseg-selection", "version": 1, "task": "segmentation", "kind": "triplet",
+     "metric": "dice",
      "run": "/abs/run", "sites": [...],
      "regions": {"ET": {"file": "model_ET_round0007.pt", "model_round": 7, "score": 0.81},
                  "TC": {...}, "WT": {...}},
@@ -27,7 +34,8 @@ The selection folder holds the exported model files and ``selection.json``::
 
 ``regions`` always names one file per region (a singlet names the same file three
 times): a segmenter takes channel ``REGIONS.index(region)`` from that file's model.
-``load_selection`` reads it back with paths resolved.
+``load_selection`` reads it back with paths resolved (and refuses a synthesis run's: task
+``synthesis``, one region ``mean`` naming ``generator_roundXXXX.pt``).
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
 from fedseg.model.segmenter import Combine
 from fedseg.model.summary import Summary
-from fedseg.tracking.curves import round_scores
+from fedseg.run_folder import Task
+from fedseg.tracking.curves import round_scores, store_score_spec
 from fedseg.tracking.store import RunStore
 
 SELECTION_FILE = "selection.json"
@@ -69,6 +78,7 @@ class Selection(BaseModel):
 
     format: Literal["fedseg-selection"] = SELECTION_FORMAT
     version: int = 1
+    task: Task = Task.SEGMENTATION
     kind: Kind
     metric: str = "dice"
     run: str = ""
@@ -89,13 +99,14 @@ class LoadedSelection:
 def best_round(
     store: RunStore,
     region: str = "mean",
-    metric: str = "dice",
+    metric: str | None = None,
     *,
     require_checkpoint: bool = True,
 ) -> tuple[int, Summary] | None:
     """The candidate model round with the highest score in ``region`` (the earliest on
-    ties) and its score; None when no round is a candidate. With ``require_checkpoint``
-    only model rounds with a stored checkpoint compete."""
+    ties) and its score; None when no round is a candidate. ``metric``: default the run's
+    task's (``curves.store_score_spec``: Dice or SSIM). With ``require_checkpoint`` only
+    model rounds with a stored checkpoint compete."""
     scores = round_scores(store, region, metric)
     if require_checkpoint:
         ckpts = store.checkpoints()
@@ -117,16 +128,27 @@ def deleted_model_rounds(store: RunStore) -> list[int]:
 
 
 def choose(
-    store: RunStore, kind: Kind, metric: str = "dice", *, require_checkpoint: bool = True
+    store: RunStore,
+    kind: Kind,
+    metric: str | None = None,
+    *,
+    require_checkpoint: bool = True,
 ) -> dict[str, tuple[int, float]]:
-    """``region -> (model_round, score)`` for a singlet (every region: the best round in
-    region ``mean``) or triplet (each region: its best round) selection."""
+    """``group -> (model_round, score)`` for a singlet (every group: the best round in
+    ``mean``) or triplet (each group: its best round) selection; the groups are the run's
+    (``ScoreSpec.groups``: ET/TC/WT, or the modalities), ``metric`` default the run's."""
+    spec = store_score_spec(store)
+    metric = metric or spec.metric
     if not store.validation(metric=metric):
         raise FedsegError(
             f"{store.path}: no validation results for metric {metric!r}; nothing to select from"
         )
     picks: dict[str, tuple[int, float]] = {}
-    for region in ["mean"] if kind == "singlet" else REGIONS:
+    groups = spec.groups
+    if kind == "triplet" and spec.task == Task.SYNTHESIS:  # only the modalities validated
+        validated = {r.region for r in store.validation(metric=metric)}
+        groups = tuple(g for g in groups if g in validated)
+    for region in ["mean"] if kind == "singlet" else groups:
         best = best_round(store, region, metric, require_checkpoint=require_checkpoint)
         if best is None:
             raise FedsegError(
@@ -134,15 +156,20 @@ def choose(
                 "checkpoint; let the run finish at least one validated round"
             )
         picks[region] = (best[0], best[1].mean)
-    return dict.fromkeys(REGIONS, picks["mean"]) if kind == "singlet" else picks
+    return dict.fromkeys(spec.groups, picks["mean"]) if kind == "singlet" else picks
 
 
 def export_selection(
-    run: Path, store: RunStore, kind: Kind, out: Path, metric: str = "dice"
+    run: Path, store: RunStore, kind: Kind, out: Path, metric: str | None = None
 ) -> Selection:
-    """Choose, copy the chosen model files into ``out`` (provenance in their meta), write json."""
+    """Choose, copy the chosen model files into ``out`` (provenance in their meta), write
+    json. A synthesis run: its best generator (singlet only, ``export_generator``)."""
     from fedseg.model.model_file import load_model, save_model  # torch only when exporting
 
+    spec = store_score_spec(store)
+    metric = metric or spec.metric
+    if spec.task == Task.SYNTHESIS:
+        return export_generator(run, store, kind, out, metric)
     picks = choose(store, kind, metric)
     ckpts = store.checkpoints()
     out = Path(out)
@@ -183,6 +210,41 @@ def export_selection(
     return sel
 
 
+def export_generator(run: Path, store: RunStore, kind: Kind, out: Path, metric: str) -> Selection:
+    """A synthesis run's selection: the best round's generator file (``mean`` over the
+    modalities) copied into ``out`` with its provenance, and ``selection.json`` (task
+    synthesis, one region ``mean``). ``triplet`` is refused (this module's docstring)."""
+    from fedseg.model.generator_file import load_generator, save_generator
+
+    if kind != "singlet":
+        raise FedsegError(
+            "--triplet picks a segmentation model per region; a synthesis run trains one "
+            "generator: use --singlet (each modality's best round is in `fedseg report`)"
+        )
+    mr, score = choose(store, kind, metric)[store_score_spec(store).groups[0]]
+    src = _resolve(run, store.checkpoints()[mr])
+    gf = load_generator(src)
+    gf.meta = {
+        **gf.meta,
+        "selection": f"{kind} {metric} model_round {mr} of {Path(run).resolve()}",
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"generator_round{mr:04d}.pt"
+    save_generator(out / name, gf)
+    sel = Selection(
+        task=Task.SYNTHESIS,
+        kind=kind,
+        metric=metric,
+        run=str(Path(run).resolve()),
+        sites=store.sites(),
+        regions={"mean": RegionChoice(file=name, model_round=mr, score=score)},
+        files=[name],
+    )
+    (out / SELECTION_FILE).write_text(sel.model_dump_json(indent=2) + "\n")
+    return sel
+
+
 def load_selection(path: Path) -> LoadedSelection:
     """Read ``selection.json`` (or the folder holding it); model paths made absolute."""
     path = Path(path)
@@ -195,6 +257,11 @@ def load_selection(path: Path) -> LoadedSelection:
     except (json.JSONDecodeError, ValidationError) as exc:
         first = str(exc).splitlines()[0]
         raise FedsegError(f"{path}: not a fedseg selection file ({first})") from None
+    if sel.task != Task.SEGMENTATION:
+        raise FedsegError(
+            f"{path}: a generator selection (task {sel.task}); segmentation needs a "
+            "selection of a segmentation run"
+        )
     missing = [r for r in REGIONS if r not in sel.regions]
     if missing:
         raise FedsegError(f"{path}: selection names no model for regions {missing}")

@@ -18,6 +18,12 @@ its latest ledger row (``store.privacy_ledger``) against the plan's budget: one 
 for site-level DP (the aggregator's noise covers every site at once), one per site for
 case-level DP (each site's DP-SGD).
 
+A synthesis run (meta ``task``): the score is brain-masked SSIM per modality instead of
+Dice per region (``curves.ScoreSpec``), and the view adds the phase (pre-training rounds
+1..P of ``synthesis.pretrain.rounds``, then the bank rounds; a round's site rows may say
+it in ``extra.phase``, else it follows from the round number) and each site's modality
+set as it declared it when it joined (meta ``declared``; None there means all four).
+
 The plan is read typed (``fedseg.plan.read_run_plan``; None for a centralized run). The
 planned number of rounds is what the coordinator recorded (meta ``planned_rounds``: the
 strategy's count, e.g. cycles x sites for a cyclic plan), else the plan's ``rounds``.
@@ -36,7 +42,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from fedseg.data.labels import REGIONS
+from fedseg.data.cases import MODALITIES
 from fedseg.errors import FedsegError
 from fedseg.plan import PlanConfig, read_run_plan
 from fedseg.privacy.visibility import mechanisms
@@ -49,10 +55,17 @@ from fedseg.run_folder import (
     PrivacySpent,
     RoundStatus,
     RunStatus,
+    Task,
     folder_problem,
     probe_lock,
 )
-from fedseg.tracking.curves import ALL_REGIONS, federation_curve, site_curves
+from fedseg.tracking.curves import (
+    SEGMENTATION_SCORE,
+    ScoreSpec,
+    federation_curve,
+    site_curves,
+    store_score_spec,
+)
 from fedseg.tracking.selection import deleted_model_rounds
 from fedseg.tracking.store import Alarm, RunStore
 
@@ -115,7 +128,7 @@ class SiteStatus:
     update_distance: float | None
     wall_s: float | None
     model_round: int | None
-    dice: dict[str, float]
+    scores: dict[str, float]  # group (region or modality, and mean) -> the run's metric
     alarms: list[str]
     live: str | None = None  # what the site does now (from the federation's live meta)
     compute: ComputeUsed | None = None  # device and precision of its latest recorded round
@@ -183,6 +196,63 @@ def spent_line(ps: PrivacyStatus) -> str | None:
     return f"ε spent: {', '.join(parts)}{budget} at δ={delta:g}"
 
 
+class SynthPhase(StrEnum):
+    """The phase of a synthesis run's round."""
+
+    PRETRAIN = "pretrain"  # the kernel W is trained on one modality
+    BANK = "bank"  # W frozen, the modality banks are trained
+
+
+@dataclass(frozen=True)
+class SynthesisStatus:
+    """A synthesis run's phase at ``round`` (the running round, else the last done; None
+    before the first), its pre-training rounds (None: unknown, no plan) and each site's
+    modality set (None: it has not joined yet)."""
+
+    phase: SynthPhase | None
+    round: int | None
+    pretrain_rounds: int | None
+    modalities: dict[str, tuple[str, ...] | None]
+
+
+def pretrain_rounds(plan: PlanConfig | None) -> int | None:
+    """Rounds 1..P pre-train the kernel (plan ``synthesis.pretrain.rounds``; 0 with an
+    ``initial_generator``, whose kernel is taken as it is)."""
+    if plan is None:
+        return None
+    return 0 if plan.synthesis.initial_generator else plan.synthesis.pretrain.rounds
+
+
+def round_phase(rnd: int, store: RunStore, pretrain: int | None) -> SynthPhase | None:
+    """What round ``rnd`` is: what its site rows say (``extra.phase``), else ``pretrain``
+    for rounds ``<= P``, else ``bank``; None when neither is known."""
+    for r in store.site_rounds():
+        said = (r.extra or {}).get("phase") if r.round == rnd else None
+        if said in (SynthPhase.PRETRAIN, SynthPhase.BANK):
+            return SynthPhase(said)
+    if pretrain is None:
+        return None
+    return SynthPhase.PRETRAIN if rnd <= pretrain else SynthPhase.BANK
+
+
+def site_modalities(store: RunStore, sites: list[str]) -> dict[str, tuple[str, ...] | None]:
+    """Each site's declared modality set (all four for a site that named none)."""
+    declared = store.meta.declared()
+    out: dict[str, tuple[str, ...] | None] = {}
+    for s in sites:
+        said = declared[s].modalities if s in declared else None
+        has = MODALITIES if said is None else said
+        out[s] = tuple(m for m in MODALITIES if m in has) if s in declared else None
+    return out
+
+
+def modality_text(mods: tuple[str, ...] | None) -> str:
+    """``all``, ``t1 t1ce t2`` (the ones it has), or ``-`` (not joined)."""
+    if mods is None:
+        return "-"
+    return "all" if set(mods) >= set(MODALITIES) else " ".join(mods) or "none"
+
+
 @dataclass(frozen=True)
 class StatusView:
     """Everything ``fedseg status`` shows."""
@@ -195,7 +265,7 @@ class StatusView:
     phase: str | None
     error: str | None
     sites: list[SiteStatus]
-    federation_dice: dict[str, float]
+    federation_scores: dict[str, float]  # group -> the federation's score (pooled)
     federation_model_round: int | None
     alarms: list[AlarmSpan]
     last_events: list[tuple[float, str, str]] = field(default_factory=list)
@@ -203,6 +273,8 @@ class StatusView:
     models_kept: list[int] = field(default_factory=list)  # model rounds on disk
     models_deleted: list[int] = field(default_factory=list)  # by the plan's retention
     privacy: PrivacyStatus | None = None  # mechanisms on and ε spent (None: none)
+    score: ScoreSpec = SEGMENTATION_SCORE  # what the scores are (Dice per region, SSIM ...)
+    synthesis: SynthesisStatus | None = None  # a synthesis run's phase and modality sets
 
 
 def crash_cause(run: Path, store: RunStore, lock: LockState) -> FailureCause:
@@ -284,7 +356,8 @@ def _collect(run: Path, store: RunStore) -> StatusView:
         state = RunState.STOPPED
     else:
         state = RunState.DONE
-    curves = {g: site_curves(store, g) for g in ALL_REGIONS}
+    spec = store_score_spec(store)
+    curves = {g: site_curves(store, g) for g in spec.all_groups}
     alarms = store.alarms()
     spans = alarm_spans(alarms)
     last_rows: dict[str, Any] = {}
@@ -299,25 +372,37 @@ def _collect(run: Path, store: RunStore) -> StatusView:
     for site in names:
         r = last_rows.get(site)
         mr = max(curves["mean"].get(site, {}) or [-1])
-        dice = {g: curves[g][site][mr].mean for g in ALL_REGIONS if mr in curves[g].get(site, {})}
+        scores = {
+            g: curves[g][site][mr].mean for g in spec.all_groups if mr in curves[g].get(site, {})
+        }
         sites.append(SiteStatus(
             site, r.round if r else None, r.status if r else "-", r.n_train if r else None,
             r.n_val if r else None, r.train_loss if r else None,
             r.update_distance if r else None, r.wall_s if r else None,
-            mr if mr >= 0 else None, dice,
+            mr if mr >= 0 else None, scores,
             [s.kind for s in spans if s.site == site],
             live_sites.get(site) if state == RunState.RUNNING else None,
             computes.get(site), r.error if r else None,
         ))  # fmt: skip
-    fed_dice: dict[str, float] = {}
+    fed_scores: dict[str, float] = {}
     fed_mr = None
     fed_mean = federation_curve(curves["mean"])
     if fed_mean:
         fed_mr = max(fed_mean)
-        for g in ALL_REGIONS:
+        for g in spec.all_groups:
             fc = federation_curve(curves[g])
             if fed_mr in fc:
-                fed_dice[g] = fc[fed_mr].mean
+                fed_scores[g] = fc[fed_mr].mean
+    synthesis = None
+    if spec.task == Task.SYNTHESIS:
+        at = max(running) if running else max(done) if done else None
+        pre = pretrain_rounds(plan)
+        synthesis = SynthesisStatus(
+            round_phase(at, store, pre) if at is not None else None,
+            at,
+            pre,
+            site_modalities(store, names),
+        )
     return StatusView(
         run=str(run),
         state=state,
@@ -334,13 +419,15 @@ def _collect(run: Path, store: RunStore) -> StatusView:
             else None
         ),
         sites=sites,
-        federation_dice=fed_dice,
+        federation_scores=fed_scores,
         federation_model_round=fed_mr,
         alarms=spans,
         last_events=store.events()[-5:],
         models_kept=sorted(store.checkpoints()),
         models_deleted=deleted_model_rounds(store),
         privacy=privacy_status(plan, store),
+        score=spec,
+        synthesis=synthesis,
     )
 
 
@@ -386,9 +473,16 @@ def render_status(s: StatusView) -> Group:
         head.append(f"\n{s.cause.kind}: {s.cause.message}", style="red")
     elif s.error:
         head.append(f"\nerror: {s.error}", style="red")  # fmt: skip
-    if s.federation_dice:
-        head.append(f"\nfederation Dice of model {s.federation_model_round}: ")
-        head.append("  ".join(f"{g} {_f(s.federation_dice.get(g))}" for g in ALL_REGIONS))
+    if s.federation_scores and s.synthesis is not None:  # per modality: in its table
+        head.append(
+            f"\nfederation {s.score.label} of model {s.federation_model_round}: "
+            f"{_f(s.federation_scores.get('mean'))} (mean of the sites' modalities)"
+        )
+    elif s.federation_scores:
+        head.append(f"\nfederation {s.score.label} of model {s.federation_model_round}: ")
+        head.append("  ".join(f"{g} {_f(s.federation_scores.get(g))}" for g in s.score.all_groups))
+    if s.synthesis is not None:
+        head.append("\n" + phase_line(s.synthesis))
     if s.privacy is not None:
         head.append("\nprivacy: " + ("; ".join(s.privacy.mechanisms) or "none in the plan"))
         line = spent_line(s.privacy)
@@ -399,22 +493,8 @@ def render_status(s: StatusView) -> Group:
             f"\nmodels on disk: rounds {_rounds(s.models_kept)} ({len(s.models_deleted)} "
             "deleted by the plan's retention; best.pt and `fedseg select` choose among these)"
         )
-    t = Table(title="sites", title_justify="left")
-    for col in ("site", "now", "round", "state", "train", "val", "loss", "update dist", "s/round",
-                "model", *(f"Dice {g}" for g in REGIONS), "Dice mean", "device", "precision",
-                "alarms"):  # fmt: skip
-        left = ("site", "now", "state", "device", "precision", "alarms")
-        t.add_column(col, justify="left" if col in left else "right")
-    for x in s.sites:
-        t.add_row(
-            x.site, x.live or "-", _f(x.last_round, "d"), x.status, _f(x.n_train, "d"),
-            _f(x.n_val, "d"), _f(x.train_loss, ".4f"), _f(x.update_distance, ".4g"),
-            _f(x.wall_s, ".1f"),
-            _f(x.model_round, "d"), *(_f(x.dice.get(g)) for g in ALL_REGIONS),
-            x.compute.device if x.compute else "-", x.compute.precision if x.compute else "-",
-            Text(", ".join(x.alarms) or "-", style="bold red" if x.alarms else ""),
-        )  # fmt: skip
-    parts: list[Any] = [head, t]
+    tables = _synthesis_tables(s) if s.synthesis is not None else [_sites_table(s)]
+    parts: list[Any] = [head, *tables]
     for x in s.sites:  # why a site's latest round failed: its own one line
         if x.error:
             parts.append(Text(f"{x.site} round {x.last_round}: {x.error}", style="red"))
@@ -429,3 +509,77 @@ def render_status(s: StatusView) -> Group:
     else:
         parts.append(Text("no alarms"))
     return Group(*parts)
+
+
+def phase_line(x: SynthesisStatus) -> str:
+    """``synthesis phase: bank (round 5; pre-training rounds 1-2)``."""
+    p = x.pretrain_rounds
+    pre = (
+        "pre-training rounds unknown" if p is None
+        else "no pre-training" if p == 0
+        else "pre-training round 1" if p == 1
+        else f"pre-training rounds 1-{p}"
+    )  # fmt: skip
+    if x.round is None:
+        return f"synthesis phase: not started ({pre})"
+    return f"synthesis phase: {x.phase or '?'} (round {x.round}; {pre})"
+
+
+def _alarm_text(x: SiteStatus) -> Text:
+    return Text(", ".join(x.alarms) or "-", style="bold red" if x.alarms else "")
+
+
+def _sites_table(s: StatusView) -> Table:
+    """A segmentation run's site table: state, cases, loss, update, Dice per region."""
+    label = s.score.label
+    t = Table(title="sites", title_justify="left")
+    for col in ("site", "now", "round", "state", "train", "val", "loss", "update dist", "s/round",
+                "model", *(f"{label} {g}" for g in s.score.groups), f"{label} mean", "device",
+                "precision", "alarms"):  # fmt: skip
+        left = ("site", "now", "state", "device", "precision", "alarms")
+        t.add_column(col, justify="left" if col in left else "right")
+    for x in s.sites:
+        t.add_row(
+            x.site, x.live or "-", _f(x.last_round, "d"), x.status, _f(x.n_train, "d"),
+            _f(x.n_val, "d"), _f(x.train_loss, ".4f"), _f(x.update_distance, ".4g"),
+            _f(x.wall_s, ".1f"),
+            _f(x.model_round, "d"), *(_f(x.scores.get(g)) for g in s.score.all_groups),
+            x.compute.device if x.compute else "-", x.compute.precision if x.compute else "-",
+            _alarm_text(x),
+        )  # fmt: skip
+    return t
+
+
+def _synthesis_tables(s: StatusView) -> list[Table]:
+    """A synthesis run's two narrow tables (80 columns): each site's state, modality set
+    and mean SSIM; then SSIM per modality of each site's latest validated model."""
+    assert s.synthesis is not None
+    mods = s.synthesis.modalities
+    label = s.score.label
+    t = Table(title="sites", title_justify="left")
+    for col in ("site", "now", "round", "state", "modalities", "val", "loss", label, "alarms"):
+        left = ("site", "now", "state", "modalities", "alarms")
+        t.add_column(col, justify="left" if col in left else "right")
+    for x in s.sites:
+        t.add_row(
+            x.site, x.live or "-", _f(x.last_round, "d"), x.status,
+            modality_text(mods.get(x.site)), _f(x.n_val, "d"), _f(x.train_loss, ".4f"),
+            _f(x.scores.get("mean")), _alarm_text(x),
+        )  # fmt: skip
+    per = Table(title=f"{label} per modality (each site's latest validated model)",
+                title_justify="left")  # fmt: skip
+    for col in ("site", "model", *s.score.all_groups):
+        per.add_column(col, justify="left" if col == "site" else "right")
+    for x in s.sites:
+        have = mods.get(x.site)
+        per.add_row(
+            x.site, _f(x.model_round, "d"),
+            *(_f(x.scores.get(g)) if have is None or g in have or g == "mean" else "absent"
+              for g in s.score.all_groups),
+        )  # fmt: skip
+    if s.federation_scores:
+        per.add_row(
+            "federation", _f(s.federation_model_round, "d"),
+            *(_f(s.federation_scores.get(g)) for g in s.score.all_groups), style="bold",
+        )  # fmt: skip
+    return [t, per]

@@ -1,8 +1,8 @@
 """Follow a running federation from its run store until it ends.
 
 :func:`watch` reads the store once a second: the live table (:func:`live_table`: each site's
-state, last validation Dice and training cases, alarms) or, without it, one line per
-finished round; it returns when the ServerApp says ``done`` and raises a one-line
+state, last validation score per region or modality, training cases, alarms) or, without
+it, one line per finished round; it returns when the ServerApp says ``done`` and raises a one-line
 FedsegError when it says ``failed``, never started, or died (:class:`AggregatorDied`; then
 ``fedseg resume`` continues the run). A
 SuperLink that stops is fatal; a site process that exits is reported once (the round loop
@@ -22,6 +22,7 @@ from fedseg.errors import FedsegError
 from fedseg.federation.engine.launcher import Launcher
 from fedseg.plan import PlanConfig
 from fedseg.run_folder import RunStatus, SiteActivity, SiteRoundStatus
+from fedseg.tracking.curves import store_score_spec
 from fedseg.tracking.status import alarm_labels
 from fedseg.tracking.store import RunStore
 
@@ -114,15 +115,18 @@ STATE_STYLE: dict[str, str] = {
 
 
 def live_table(store: RunStore, plan: PlanConfig) -> Table:
-    """Round, each site's state, its last validation Dice ET/TC/WT and training cases."""
+    """Round, each site's state, its last validation score per group (Dice ET/TC/WT; a
+    synthesis run's SSIM per modality: ``tracking.curves.ScoreSpec``) and training cases."""
     live = store.meta.live()
     rnd, phase = (live.round, str(live.phase)) if live is not None else (0, "starting")
     best = store.meta.best()
+    spec = store_score_spec(store)
     title = f"round {rnd}/{store.meta.planned_rounds() or plan.rounds} - {phase}"
     if best is not None:
-        title += f" - best: model {best.model_round}, Dice {best.score:.3f}"
+        title += f" - best: model {best.model_round}, {spec.label} {best.score:.3f}"
     table = Table(title=title, title_justify="left")
-    cols = ("site", "state", "model", "Dice ET", "Dice TC", "Dice WT", "train cases", "loss")
+    scores = tuple(f"{spec.label} {g}" for g in spec.groups)
+    cols = ("site", "state", "model", *scores, "train cases", "loss")
     for col in (*cols, "alarms"):
         table.add_column(col, justify="right" if col in cols[2:] else "left")
     alarms = alarm_labels(store.alarms())
@@ -130,7 +134,7 @@ def live_table(store: RunStore, plan: PlanConfig) -> Table:
     for sr in store.site_rounds():
         last_rows[sr.site] = sr
     vals: dict[str, dict[str, tuple[int, float]]] = {}
-    for v in store.validation(metric="dice"):
+    for v in store.validation(metric=spec.metric):
         vals.setdefault(v.site, {})[v.region] = (v.model_round, v.mean)
     for site in plan.site_names:
         state = live.sites.get(site, SiteActivity.WAITING) if live else SiteActivity.WAITING
@@ -141,7 +145,7 @@ def live_table(store: RunStore, plan: PlanConfig) -> Table:
             site,
             f"[{STATE_STYLE.get(state, 'white')}]{state}[/]",
             "-" if model is None else str(model),
-            *[f"{v[r][1]:.3f}" if r in v else "-" for r in ("ET", "TC", "WT")],
+            *[f"{v[r][1]:.3f}" if r in v else "-" for r in spec.groups],
             str(sr.n_train) if sr and sr.n_train is not None else "-",
             f"{sr.train_loss:.3f}" if sr and sr.train_loss is not None else "-",
             f"[red]{alarms[site]}[/]" if site in alarms else "-",

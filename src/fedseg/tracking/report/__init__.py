@@ -6,6 +6,11 @@ final-model selection (singlet and triplet), site contributions, site updates, p
 (violins and paired Wilcoxon table from site-side per-case CSVs, optional), the plan, and
 the last events. Reads the run store read-only.
 
+A synthesis run (meta ``task``) scores by brain-masked SSIM per modality (``curves``), adds
+PSNR curves, and two sections (:mod:`.synthesis`): what left the sites (modality sets,
+bytes per round, the disclosure note on a trained generator) and a sample grid of the best
+generator on phantom label maps.
+
 Here: the inputs and the assembly; :mod:`.sections` holds one function per section,
 :mod:`.markup` the page, section, table and image helpers they share.
 """
@@ -17,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedseg.errors import FedsegError
-from fedseg.run_folder import REPORT_FILE, RoundStatus
+from fedseg.plan import read_run_plan
+from fedseg.run_folder import REPORT_FILE, RoundStatus, Task
 from fedseg.tracking.alarms import AlarmConfig, evaluate_alarms, run_alarm_config
-from fedseg.tracking.curves import ALL_REGIONS, federation_curve, site_curves
+from fedseg.tracking.curves import federation_curve, site_curves, store_score_spec
 from fedseg.tracking.paired_test import CaseTable, read_case_tables
 from fedseg.tracking.report import markup
 from fedseg.tracking.report.sections import (
@@ -34,6 +40,7 @@ from fedseg.tracking.report.sections import (
     summary_section,
     updates_section,
 )
+from fedseg.tracking.report.synthesis import samples_section, what_left_section
 from fedseg.tracking.status import alarm_spans, open_run, read_status
 from fedseg.tracking.store import Alarm, RunStore
 
@@ -97,9 +104,15 @@ def write_report(run: Path, out: Path | None = None, inputs: ReportInputs = Repo
 def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
     """The page: what several sections share is computed once, then each section."""
     tables = load_case_inputs(inputs)  # fail early on bad CSVs, before any plotting
-    cfg = run_alarm_config(run)
-    by_region = {g: site_curves(store, g) for g in ALL_REGIONS}
-    fed = {g: federation_curve(by_region[g]) for g in ALL_REGIONS}
+    spec = store_score_spec(store)
+    cfg = run_alarm_config(run).for_task(spec.task)
+    by_region = {g: site_curves(store, g) for g in spec.all_groups}
+    fed = {g: federation_curve(by_region[g]) for g in spec.all_groups}
+    more = {}
+    if spec.task == Task.SYNTHESIS:
+        psnr = {g: site_curves(store, g, "psnr") for g in spec.all_groups}
+        if any(psnr.values()):
+            more["psnr"] = (psnr, {g: federation_curve(psnr[g]) for g in spec.all_groups})
     alarms, replayed = stored_or_replayed_alarms(store, cfg)
     spans = alarm_spans(alarms)
     flagged: dict[str, int] = {}
@@ -107,13 +120,18 @@ def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
         flagged[sp.site] = min(flagged.get(sp.site, sp.first), sp.first)
     written = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     status = read_status(run, store)
+    synthesis = []
+    if spec.task == Task.SYNTHESIS:
+        plan = read_run_plan(run)
+        synthesis = [what_left_section(store, status, plan), samples_section(run, store, plan)]
     return markup.page(
         run.name,
         f"{run.resolve()}; written {written}",
         [
             summary_section(status),
             alarms_section(store, cfg, spans, replayed),
-            curves_section(by_region, fed, flagged),
+            curves_section(by_region, fed, flagged, spec, more),
+            *synthesis,
             selection_section(store),
             contributions_section(store, run),
             updates_section(store),

@@ -12,43 +12,47 @@ import html
 import time
 from pathlib import Path
 
-from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
 from fedseg.model.summary import Summary
 from fedseg.plan import read_run_plan
 from fedseg.privacy.visibility import aggregator_view
-from fedseg.run_folder import PLAN_FILE, SiteRoundStatus
+from fedseg.run_folder import PLAN_FILE, SiteRoundStatus, Task
 from fedseg.tracking import figures
 from fedseg.tracking.alarms import AlarmConfig, site_tests
 from fedseg.tracking.contributions import contributions, unavailable
-from fedseg.tracking.curves import ALL_REGIONS, Curves
+from fedseg.tracking.curves import SEGMENTATION_SCORE, Curves, ScoreSpec, store_score_spec
 from fedseg.tracking.paired_test import CaseTable, compare_tables, fmt_p
 from fedseg.tracking.report.markup import img, section, table
 from fedseg.tracking.selection import choose, deleted_model_rounds
-from fedseg.tracking.status import AlarmSpan, PrivacyStatus, StatusView, spent_line
+from fedseg.tracking.status import AlarmSpan, PrivacyStatus, StatusView, phase_line, spent_line
 from fedseg.tracking.store import RunStore
 
 
 def summary_section(st: StatusView) -> str:
-    """State, rounds, and per site its last round, cases, model, Dice, device and
-    precision; the federation's."""
+    """State, rounds, and per site its last round, cases, model, score per group (Dice
+    per region, or SSIM per modality), device and precision; the federation's."""
     planned = f" of {st.rounds_planned}" if st.rounds_planned is not None else ""
+    groups = st.score.all_groups
     head = ["site", "last round", "state", "train cases", "val cases", "model",
-            *(f"Dice {g}" for g in ALL_REGIONS), "device", "precision", "alarms"]  # fmt: skip
+            *(f"{st.score.label} {g}" for g in groups), "device", "precision",
+            "alarms"]  # fmt: skip
     rows: list[list[object]] = [
         [s.site, s.last_round, s.status, s.n_train, s.n_val, s.model_round,
-         *(s.dice.get(g) for g in ALL_REGIONS), s.compute.device if s.compute else "-",
+         *(s.scores.get(g) for g in groups), s.compute.device if s.compute else "-",
          s.compute.precision if s.compute else "-", ", ".join(s.alarms) or "-"]
         for s in st.sites
     ]  # fmt: skip
-    if st.federation_dice:
+    if st.federation_scores:
         rows.append(["federation", "", "", "", "", st.federation_model_round,
-                     *(st.federation_dice.get(g) for g in ALL_REGIONS), "", "", ""])  # fmt: skip
+                     *(st.federation_scores.get(g) for g in groups), "", "", ""])  # fmt: skip
+    phase = ""
+    if st.synthesis is not None:
+        phase = f" Synthesis run (ModalityBank generator); {html.escape(phase_line(st.synthesis))}."
     return section(
         "summary",
         "Summary",
         f"<p>State <b>{st.state}</b>, {st.rounds_done}{planned} rounds done, "
-        f"{len(st.sites)} sites.</p>",
+        f"{len(st.sites)} sites.{phase}</p>",
         table(head, rows),
     )
 
@@ -95,22 +99,45 @@ def curves_section(
     by_region: dict[str, Curves],
     fed: dict[str, dict[int, Summary]],
     flagged: dict[str, int],
+    spec: ScoreSpec = SEGMENTATION_SCORE,
+    more: dict[str, tuple[dict[str, Curves], dict[str, dict[int, Summary]]]] | None = None,
 ) -> str:
-    """The validation curves figure (per site and pooled, 95% CI, per region)."""
-    if not any(by_region[g] for g in ALL_REGIONS):
+    """The validation curves figure (per site and pooled, 95% CI, per group: region or
+    modality) of the run's metric, and one figure per metric of ``more`` (metric ->
+    (curves, federation curves), e.g. a synthesis run's PSNR)."""
+    if not any(by_region[g] for g in spec.all_groups):
         return section("curves", "Validation curves", "<p>No validation results yet.</p>")
+    what = (
+        "Dice of the global model"
+        if spec.task == Task.SEGMENTATION
+        else "Brain-masked SSIM (and below PSNR, dB) of the global generator's images of each "
+        "modality against the real ones"
+    )
+    figs = [img(figures.curves_figure(by_region, fed, flagged, spec.metric, spec.all_groups),
+                "validation curves")]  # fmt: skip
+    for metric, (cur, fc) in (more or {}).items():
+        figs.append(img(figures.curves_figure(cur, fc, flagged, metric, spec.all_groups),
+                        f"validation curves {metric}"))  # fmt: skip
+    mean = (
+        ""
+        if spec.task == Task.SEGMENTATION
+        else " Panel <i>mean</i>: each site's mean over the modalities it has (a site "
+        "without a modality is scored on the others), pooled over sites."
+    )
     return section(
         "curves",
         "Validation curves",
-        "<p>Dice of the global model on each site's validation cases, per model round "
+        f"<p>{what} on each site's validation cases, per model round "
         "(0 = initial model), with 95% confidence bands mean &plusmn; 1.96 std/&radic;n; "
-        "black: all sites' cases pooled. Dashed lines: first alarm of a site.</p>",
-        img(figures.curves_figure(by_region, fed, flagged), "validation curves"),
+        f"black: all sites' cases pooled. Dashed lines: first alarm of a site.{mean}</p>",
+        *figs,
     )
 
 
 def selection_section(store: RunStore) -> str:
-    """The best model round, singlet (mean of the regions) and triplet (each region)."""
+    """The best model round, singlet (mean of the groups) and triplet (each group: a
+    region; a synthesis run's modalities, shown, not exported)."""
+    spec = store_score_spec(store)
     body: list[str] = []
     rows: list[list[object]] = []
     have_ckpt = bool(store.checkpoints())
@@ -133,15 +160,23 @@ def selection_section(store: RunStore) -> str:
             rows.append([kind, str(exc), "", ""])
             continue
         if kind == "singlet":
-            rows.append([kind, "mean", *picks[REGIONS[0]]])  # one pick for all regions
+            rows.append([kind, "mean", *picks[spec.groups[0]]])  # one pick for all groups
         else:
-            rows += [[kind, g, *picks[g]] for g in REGIONS]
-    body.append(
-        "<p>Best model round by case-weighted validation Dice over sites (singlet: mean of "
-        "ET/TC/WT; triplet: each region). Export with <code>fedseg select RUN --singlet|"
-        "--triplet --out DIR</code>.</p>"
-    )
-    body.append(table(["kind", "region", "model round", "Dice"], rows))
+            rows += [[kind, g, *picks[g]] for g in spec.groups if g in picks]
+    if spec.task == Task.SEGMENTATION:
+        body.append(
+            "<p>Best model round by case-weighted validation Dice over sites (singlet: mean "
+            "of ET/TC/WT; triplet: each region). Export with <code>fedseg select RUN "
+            "--singlet|--triplet --out DIR</code>.</p>"
+        )
+    else:
+        body.append(
+            "<p>Best generator round by case-weighted brain-masked SSIM over sites (singlet: "
+            "each site's mean over its modalities, the round of <code>best.pt</code>; "
+            "triplet: each modality's best round, for information: a generator is one "
+            "model). Export with <code>fedseg select RUN --singlet --out DIR</code>.</p>"
+        )
+    body.append(table(["kind", spec.group_word, "model round", spec.label], rows))
     return section("selection", "Model selection", *body)
 
 
@@ -153,6 +188,7 @@ def contributions_section(store: RunStore, run: Path | None = None) -> str:
     if why is not None:
         return section("contributions", "Site contributions", f"<p>{html.escape(why)}.</p>")
     contribs = contributions(store)
+    label = store_score_spec(store).label
     if not any(c.rounds for c in contribs):
         return section(
             "contributions",
@@ -160,19 +196,19 @@ def contributions_section(store: RunStore, run: Path | None = None) -> str:
             "<p>No round has update norms and distances for every site.</p>",
         )
     head = ["site", "rounds", "mean weight", "mean share", "mean alignment (cos)",
-            "Dice gain attributed", "Dice gain on other sites"]  # fmt: skip
+            f"{label} gain attributed", f"{label} gain on other sites"]  # fmt: skip
     rows = [[c.site, c.rounds, c.mean_weight, c.mean_share, c.mean_cos, c.dice_gain,
              c.dice_gain_others] for c in contribs]  # fmt: skip
     return section(
         "contributions",
         "Site contributions",
         "<p>Estimate from the stored update sizes: each round's change of the pooled "
-        "validation Dice is attributed to sites by their share of the aggregate step "
+        f"validation {label} (mean) is attributed to sites by their share of the aggregate step "
         "(projection of their update on it; shares sum to 1). A site whose update points "
         "away from the others gets a small or negative share. First-order estimate; the "
         "honest measure re-runs the federation without the site.</p>",
         table(head, rows),
-        img(figures.contributions_figure(contribs), "site contributions"),
+        img(figures.contributions_figure(contribs, label), "site contributions"),
     )
 
 

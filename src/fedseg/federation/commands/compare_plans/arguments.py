@@ -60,6 +60,8 @@ def parse_plan_arg(text: str) -> PlanArg:
         from fedseg.plan import load_plan
 
         plan = load_plan(path)
+        if plan.task != "segmentation":
+            raise FedsegError(f"{path}: compare needs segmentation plans (task: {plan.task})")
         return PlanArg(label=path.stem, strategy=plan.strategy, local_epochs=plan.local_epochs)
     name, _, rest = text.partition(":")
     if name not in STRATEGIES:
