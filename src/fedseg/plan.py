@@ -470,7 +470,6 @@ synthesis:
     slice_size: [64, 64]        # 2D slices at 4 mm (BraTS 1 mm: [256, 256])
     patch_size: [64, 64, 40]    # 3D (spatial_dims: 3)
     min_brain_fraction: 0.15    # slices with less brain are not drawn
-    slices_per_case: 16         # samples drawn per case and epoch
     batch_size: 8
     intensity_percentile: 99.5  # each modality scaled per case to [0, 1] by this brain percentile
   pretrain:            # rounds 1..N train the shared kernel on one modality, then it is frozen

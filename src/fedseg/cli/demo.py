@@ -26,7 +26,7 @@ def demo(
     )
     if res.run.best_model is not None:
         c.print(
-            f"best model:     {res.run.best_model} (mean validation Dice {res.run.best_score:.3f})"
+            f"best model:     {res.run.best_model} ({res.run.score_label} {res.run.best_score:.3f})"
         )
     if res.report is not None:
         c.print(f"report:         {res.report}")

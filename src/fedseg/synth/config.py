@@ -52,7 +52,6 @@ class SynthDataConfig(BaseModel):
     slice_size: tuple[int, int] = (64, 64)
     patch_size: tuple[int, int, int] = (64, 64, 40)
     min_brain_fraction: float = Field(0.15, ge=0, lt=1)
-    slices_per_case: int = Field(16, ge=1, description="samples drawn per case and epoch")
     batch_size: int = Field(8, ge=1)
     intensity_percentile: float = Field(99.5, gt=50, le=100)
 

@@ -77,6 +77,7 @@ from fedseg.run_folder import (
     RunStatus,
     cause_of,
 )
+from fedseg.tracking.curves import store_score_spec
 from fedseg.tracking.status import open_run
 from fedseg.tracking.store import RunStore
 
@@ -112,13 +113,15 @@ class RunResult:
     best_model: Path | None
     best_score: float | None
     wall_s: float
+    #: what ``best_score`` is: the run's round score (``tracking.curves.ScoreSpec``)
+    score_label: str = "mean validation Dice"
 
     def summary(self) -> list[str]:
         """The lines a verb prints at the end: run folder, rounds, time, best model."""
         lines = [f"run folder: {self.run_dir}  ({self.rounds_done} rounds, {self.wall_s:.0f} s)"]
         if self.best_model is not None and self.best_score is not None:
             lines.append(
-                f"best model: {self.best_model} (mean validation Dice {self.best_score:.3f})"
+                f"best model: {self.best_model} ({self.score_label} {self.best_score:.3f})"
             )
         return lines
 
@@ -282,6 +285,7 @@ def run_result(run_dir: Path, t0: float) -> RunResult:
     with RunStore(run_dir) as store:
         best = store.meta.best()
         done = store.last_done_round()
+        spec = store_score_spec(store)
     best_path = run_dir / BEST_MODEL
     return RunResult(
         run_dir=run_dir,
@@ -289,4 +293,5 @@ def run_result(run_dir: Path, t0: float) -> RunResult:
         best_model=best_path if best_path.is_file() else None,
         best_score=best.score if best is not None else None,
         wall_s=time.monotonic() - t0,
+        score_label=f"mean validation {spec.label}",
     )
