@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +94,13 @@ class Settings:
 
 
 def settings(args: argparse.Namespace) -> Settings:
+    base = _sizes(args)
+    if args.bank_rounds is not None:
+        return replace(base, bank_rounds=args.bank_rounds)
+    return base
+
+
+def _sizes(args: argparse.Namespace) -> Settings:
     if args.tiny:
         train = TrainConfig.cpu(patch_size=(16, 16, 16), val_roi=(32, 32, 32), val_overlap=0.0,
                                 val_batch_size=4, cache_mb=64)  # fmt: skip
@@ -587,6 +594,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     size.add_argument("--tiny", action="store_true", help="smoke test: tiny nets, seconds a row")
     ap.add_argument("--seeds", type=int, default=1, help="seeds per row (mean ± sd)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per row")
+    ap.add_argument("--bank-rounds", type=int, default=None,
+                    help="bank rounds of the generator federations")  # fmt: skip
     ap.add_argument("--engine", choices=("local", "simulate"), default="local",
                     help="FedAvg rows: in-process round loop or fedseg simulate")  # fmt: skip
     ap.add_argument("--bank-engine", choices=("local", "simulate"), default="simulate",
