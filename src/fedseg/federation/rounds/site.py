@@ -28,6 +28,7 @@ import contextlib
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,7 +53,7 @@ from fedseg.federation.rounds.tasks import (
 from fedseg.federation.rounds.update_protection import protect_update, protects
 from fedseg.model.compute import ComputeConfig, ComputeOverrides, compute_used
 from fedseg.model.config import NetworkConfig
-from fedseg.model.evaluate import summarize_cases
+from fedseg.model.evaluate import CaseResult, summarize_cases
 from fedseg.model.weights import load_arrays, save_arrays
 from fedseg.run_folder import ComputeUsed
 from fedseg.synth.config import SynthesisConfig
@@ -164,26 +165,11 @@ def _run(
         return reply
     if req.validate and split.val:
         step.phase = ErrorCategory.VALIDATION
-        t0 = time.perf_counter()
-        per_case = validate_cases(network, train, req.weights, split.val)
-        with RunStore(ws) as local:
-            for c in per_case:
-                local.record_case_metrics(req.model_round, site, c.case_id, c.metrics)
-        reply.validation = releasable(summarize_cases(per_case), floor)
-        reply.validated = True
-        reply.val_wall_s = time.perf_counter() - t0
-        if not reply.validation:
-            n = len(per_case)
-            site_log(ws, f"round {req.round}: validated model {req.model_round} on {n} "
-                         f"case(s), fewer than {floor}: no numbers sent")  # fmt: skip
+        _validate(site, req, ws, floor, reply, "model",
+                  lambda: validate_cases(network, train, req.weights, split.val))  # fmt: skip
     if req.epochs > 0:
         step.phase = ErrorCategory.TRAINING
-        if not split.train:
-            raise SiteError(
-                ErrorCategory.DATA,
-                "the site has no training cases",
-                f"site {site}: no training cases in {data}",
-            )
+        _require_training_cases(site, data, split)
         # Optimizer treatment of the plan (rounds.optimizer_state).
         mode = req.optimizer_mode
         state: OptimizerState | None = None
@@ -213,6 +199,35 @@ def _run(
     return reply
 
 
+def _validate(
+    site: str, req: TaskRequest, ws: Path, floor: int, reply: TaskReply, what: str,
+    validate: Callable[[], list[CaseResult]],
+) -> None:  # fmt: skip
+    """Validate the received ``what`` (model or generator) on the site's validation cases:
+    per-case values into the site's own store, summaries over at least ``floor`` cases into
+    ``reply`` (fewer: only that it validated)."""
+    t0 = time.perf_counter()
+    per_case = validate()
+    with RunStore(ws) as local:
+        for c in per_case:
+            local.record_case_metrics(req.model_round, site, c.case_id, c.metrics)
+    reply.validation = releasable(summarize_cases(per_case), floor)
+    reply.validated = True
+    reply.val_wall_s = time.perf_counter() - t0
+    if not reply.validation:
+        site_log(ws, f"round {req.round}: validated {what} {req.model_round} on "
+                     f"{len(per_case)} case(s), fewer than {floor}: no numbers sent")  # fmt: skip
+
+
+def _require_training_cases(site: str, data: Path, split: Split) -> None:
+    if not split.train:
+        raise SiteError(
+            ErrorCategory.DATA,
+            "the site has no training cases",
+            f"site {site}: no training cases in {data}",
+        )
+
+
 def _synthesis_work(
     site: str, data: Path, req: TaskRequest, ws: Path, step: _Step, floor: int, split: Split,
     cfg: SynthesisConfig, reply: TaskReply,
@@ -229,26 +244,14 @@ def _synthesis_work(
     present = [m for m in cfg.generator.modalities if m in have]
     if req.validate and split.val:
         step.phase = ErrorCategory.VALIDATION
-        t0 = time.perf_counter()
-        per_case = synth_validate.validate_bank(cfg, req.weights, split.val, present)
-        with RunStore(ws) as local:
-            for c in per_case:
-                local.record_case_metrics(req.model_round, site, c.case_id, c.metrics)
-        reply.validation = releasable(summarize_cases(per_case), floor)
-        reply.validated = True
-        reply.val_wall_s = time.perf_counter() - t0
-        if not reply.validation:
-            n = len(per_case)
-            site_log(ws, f"round {req.round}: validated generator {req.model_round} on {n} "
-                         f"case(s), fewer than {floor}: no numbers sent")  # fmt: skip
+
+        def run() -> list[CaseResult]:
+            return synth_validate.validate_bank(cfg, req.weights, split.val, present)
+
+        _validate(site, req, ws, floor, reply, "generator", run)
     if req.epochs > 0:
         step.phase = ErrorCategory.TRAINING
-        if not split.train:
-            raise SiteError(
-                ErrorCategory.DATA,
-                "the site has no training cases",
-                f"site {site}: no training cases in {data}",
-            )
+        _require_training_cases(site, data, split)
         job = req.synth_step
         if job is None:
             line = "a synthesis training request without its phase"
