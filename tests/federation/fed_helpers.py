@@ -143,14 +143,12 @@ def run_folder_text(run: Path) -> dict[Path, str]:
     return out
 
 
-class DyingTransport(ArrayTransport):
-    """``ArrayTransport`` whose aggregator "is killed" (``RuntimeError``) when round
-    ``dies_in`` starts its exchange (None: never): what a restart test needs before it
-    resumes."""
+class Dies:
+    """Mixin for an in-process test transport (put it first in the bases): its aggregator
+    "is killed" (``RuntimeError``) when round ``dies_in`` starts its exchange (None: never):
+    what a restart test needs before it resumes."""
 
-    def __init__(self, dies_in: int | None, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.dies_in = dies_in
+    dies_in: int | None = None
 
     def exchange(
         self,
@@ -160,4 +158,12 @@ class DyingTransport(ArrayTransport):
     ) -> None:
         if next(iter(requests.values())).round == self.dies_in:
             raise RuntimeError("aggregator killed")
-        super().exchange(requests, timeout_s, on_result)
+        super().exchange(requests, timeout_s, on_result)  # type: ignore[misc]
+
+
+class DyingTransport(Dies, ArrayTransport):
+    """``ArrayTransport`` that dies in round ``dies_in`` (``Dies``)."""
+
+    def __init__(self, dies_in: int | None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dies_in = dies_in

@@ -29,7 +29,7 @@ from fedseg.model.weights import Weights
 from fedseg.plan import StrategyConfig
 from fedseg.run_folder import DeclaredCases, RunStatus, SiteRoundStatus, Task, model_path
 from fedseg.tracking.store import RunStore
-from tests.federation.fed_helpers import SITES, ArrayTransport, tiny_plan, write_run
+from tests.federation.fed_helpers import SITES, ArrayTransport, Dies, tiny_plan, write_run
 
 ALL = ["t1", "t1ce", "t2", "flair"]
 NO_FLAIR = ["t1", "t1ce", "t2"]
@@ -257,22 +257,12 @@ def test_strategy_weights_per_group() -> None:
     assert s.frozen_groups("a", 3) == ["kernel", "bank:flair"]
 
 
-class DyingBankTransport(BankTransport):
+class DyingBankTransport(Dies, BankTransport):
     """``BankTransport`` whose aggregator "is killed" when round ``dies_in`` starts."""
 
     def __init__(self, dies_in: int | None, modalities: dict[str, list[str]]) -> None:
         super().__init__(modalities)
         self.dies_in = dies_in
-
-    def exchange(
-        self,
-        requests: dict[str, TaskRequest],
-        timeout_s: float,
-        on_result: Callable[[str, Exchanged], None],
-    ) -> None:
-        if next(iter(requests.values())).round == self.dies_in:
-            raise RuntimeError("aggregator killed")
-        super().exchange(requests, timeout_s, on_result)
 
 
 def test_a_resume_continues_in_the_round_s_phase(tmp_path: Path) -> None:
