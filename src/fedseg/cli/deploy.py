@@ -17,6 +17,7 @@ from fedseg.cli.compute_options import (
     PRECISION,
     compute_overrides,
 )
+from fedseg.cli.dashboard import DASHBOARD, DASHBOARD_PORT, dashboard_or_not
 from fedseg.errors import FedsegError
 from fedseg.federation.engine.fleet_gateway import (
     DEFAULT_CONTROL_PORT,
@@ -43,6 +44,8 @@ def server_start(
         DEFAULT_CONTROL_PORT, help="Loopback port of the Control/Runtime APIs."
     ),
     no_live: bool = typer.Option(False, "--no-live", help="No live table (logs only)."),
+    dashboard: bool = DASHBOARD,
+    dashboard_port: int = DASHBOARD_PORT,
 ) -> None:
     """Start the aggregator: SuperLink (TLS, enrolled sites only), then run the plan."""
     from fedseg.federation.commands import deploy  # torch and Flower: only when the verb runs
@@ -51,7 +54,8 @@ def server_start(
     options = ServerOptions(
         creds=creds, fleet_host=fleet_host, fleet_port=fleet_port, control_port=control_port
     )
-    res = deploy.serve_plan(plan, out, options, live=not no_live)
+    with dashboard_or_not(dashboard, out, dashboard_port):
+        res = deploy.serve_plan(plan, out, options, live=not no_live)
     for line in res.summary():
         console.print(line)
 

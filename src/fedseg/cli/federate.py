@@ -15,6 +15,7 @@ from fedseg.cli.compute_options import (
     PRECISION,
     compute_overrides,
 )
+from fedseg.cli.dashboard import DASHBOARD, DASHBOARD_PORT, dashboard_or_not
 
 if TYPE_CHECKING:
     from fedseg.federation.commands.engine_run import RunResult
@@ -55,6 +56,8 @@ def simulate(
     precision: str | None = PRECISION,
     channels_last: bool | None = CHANNELS_LAST,
     compile_: bool | None = COMPILE,
+    dashboard: bool = DASHBOARD,
+    dashboard_port: int = DASHBOARD_PORT,
 ) -> None:
     """Run the whole federation on this machine (one SuperLink, one SuperNode per site).
 
@@ -62,7 +65,8 @@ def simulate(
     compute = compute_overrides(device, precision, channels_last, compile_)
     from fedseg.federation.commands.simulate import simulate as run
 
-    res = run(plan, out, live=not no_live, threads_per_site=threads, compute=compute)
+    with dashboard_or_not(dashboard, out, dashboard_port):
+        res = run(plan, out, live=not no_live, threads_per_site=threads, compute=compute)
     _print_result(res)
 
 

@@ -34,6 +34,7 @@ def _root(
 def _register() -> None:
     # Imported here so that `fedseg --help` stays fast and each area owns its own verbs.
     from fedseg.cli import compare_plans as compare_plans_cli
+    from fedseg.cli import dashboard as dashboard_cli
     from fedseg.cli import data as data_cli
     from fedseg.cli import demo as demo_cli
     from fedseg.cli import deploy as deploy_cli
@@ -60,6 +61,7 @@ def _register() -> None:
     app.add_typer(deploy_cli.server_app, name="server", help="Run the aggregator (SuperLink).")
     app.add_typer(deploy_cli.site_app, name="site", help="Run a site (SuperNode).")
     app.add_typer(runs_cli.app)  # status, alarms, select, contributions, report, ...
+    dashboard_cli.register(app)
     app.add_typer(
         intake_cli.app, name="intake", help="DICOM/PACS intake and harmonized preprocessing."
     )

@@ -1,0 +1,198 @@
+// fedseg dashboard: draws GET /api/state; redraws when /api/events says the store changed
+// (server-sent events), or every 5 s while that stream is down. Read-only: only GETs.
+"use strict";
+
+const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+const POLL_MS = 5000;
+let shown = null;       // version on screen
+let busy = false;       // a fetch is in flight
+let again = false;      // another change came in meanwhile
+let poller = null;      // fallback timer while the event stream is down
+
+function $(id) { return document.getElementById(id); }
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+function num(v, digits = 3) { return v === null || v === undefined ? "-" : Number(v).toFixed(digits); }
+function int(v) { return v === null || v === undefined ? "-" : String(v); }
+function rgba(hex, a) {
+  const n = parseInt(hex.slice(1), 16);
+  return `rgba(${(n >> 16) & 255},${(n >> 8) & 255},${n & 255},${a})`;
+}
+
+async function refresh() {
+  if (busy) { again = true; return; }
+  busy = true;
+  try {
+    const r = await fetch("/api/state", { credentials: "same-origin", cache: "no-store" });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    const s = await r.json();
+    render(s);
+    shown = s.version;
+  } catch (err) {
+    $("link").textContent = `cannot read the run (${err.message})`;
+  } finally {
+    busy = false;
+    if (again) { again = false; refresh(); }
+  }
+}
+
+function render(s) {
+  document.title = `fedseg ${s.run} · ${s.state}`;
+  $("run").textContent = s.run;
+  $("state").textContent = s.state;
+  $("state").className = s.state === "done" ? "ok" : (s.state === "failed" || s.state === "crashed") ? "bad" : "warn";
+  $("round").textContent = String(s.round);
+  $("planned").textContent = s.rounds_planned ? ` of ${s.rounds_planned}` : "";
+  const phase = s.phase || (s.synthesis && s.synthesis.phase) || null;
+  $("phase-box").hidden = !phase;
+  $("phase").textContent = phase || "";
+  const fed = s.federation;
+  $("federation").textContent = fed.model_round === null ? "" :
+    `federation ${s.score.label} of model ${fed.model_round}: ` +
+    s.score.all_groups.map(g => `${g} ${num(fed.scores[g])}`).join("  ");
+  $("error").hidden = !s.error;
+  $("error").textContent = s.error ? `${s.cause || "error"}: ${s.error}` : "";
+  $("privacy").hidden = !s.privacy;
+  if (s.privacy) $("privacy").textContent = "privacy: " + (s.privacy.mechanisms.join("; ") || "none") + (s.privacy.spent ? " · " + s.privacy.spent : "");
+  renderSites(s);
+  renderCharts(s);
+  renderAlarms(s);
+  renderEvents(s);
+  if (typeof renderExtras === "function") renderExtras(s);
+}
+
+function renderSites(s) {
+  const groups = s.score.all_groups;
+  const synth = s.task === "synthesis";
+  const cols = ["site", "now", "state", "round", "train", "val", "loss",
+                ...(synth ? ["modalities"] : []), "model",
+                ...groups.map(g => `${s.score.label} ${g}`), "alarms"];
+  const head = $("sites-head");
+  head.replaceChildren(...cols.map(c => el("th", c, ["site", "now", "state", "modalities", "alarms"].includes(c) ? "text" : "")));
+  const rows = s.sites.map(x => {
+    const tr = el("tr");
+    tr.dataset.site = x.site;
+    const cells = [
+      [x.site, "text"], [x.live || "-", "text"], [x.status, "text"], [int(x.last_round)],
+      [int(x.n_train)], [int(x.n_val)], [num(x.train_loss, 4)],
+      ...(synth ? [[x.modalities || "-", "text"]] : []), [int(x.model_round)],
+      ...groups.map(g => [x.scores[g] === undefined ? "-" : num(x.scores[g])]),
+      [x.alarms.join(", ") || "-", x.alarms.length ? "text bad" : "text"],
+    ];
+    for (const [v, cls] of cells) tr.appendChild(el("td", v, cls));
+    if (x.error) tr.title = x.error;
+    return tr;
+  });
+  $("sites").replaceChildren(...rows);
+}
+
+function chartDiv(id) {
+  let d = document.getElementById(id);
+  if (!d) {
+    d = el("div", null, "chart");
+    d.id = id;
+    $("charts").appendChild(d);
+  }
+  return d;
+}
+
+function renderCharts(s) {
+  $("curves-title").textContent = `validation curves: ${s.score.label} per ${s.score.group_word}`;
+  if (typeof Plotly === "undefined") {
+    $("charts").textContent = "plotly.min.js did not load: charts unavailable";
+    return;
+  }
+  const wanted = new Set(s.score.all_groups.map(g => `chart-${g}`));
+  for (const d of Array.from($("charts").children)) if (!wanted.has(d.id)) d.remove();
+  for (const g of s.score.all_groups) {
+    const c = s.curves[g] || { sites: {}, federation: [] };
+    const traces = [];
+    Object.keys(c.sites).sort().forEach((site, i) => {
+      const pts = c.sites[site];
+      const color = COLORS[i % COLORS.length];
+      const x = pts.map(p => p.model_round);
+      traces.push({ x, y: pts.map(p => p.lo), mode: "lines", line: { width: 0 }, hoverinfo: "skip", showlegend: false, legendgroup: site });
+      traces.push({ x, y: pts.map(p => p.hi), mode: "lines", line: { width: 0 }, fill: "tonexty", fillcolor: rgba(color, 0.15), hoverinfo: "skip", showlegend: false, legendgroup: site });
+      traces.push({ x, y: pts.map(p => p.mean), mode: "lines+markers", name: site, legendgroup: site, line: { color },
+                    customdata: pts.map(p => p.n), hovertemplate: `${site} model %{x}: %{y:.3f} (n=%{customdata})<extra></extra>` });
+    });
+    if (c.federation.length) {
+      const f = c.federation;
+      traces.push({ x: f.map(p => p.model_round), y: f.map(p => p.mean), mode: "lines", name: "federation", line: { color: "#000", dash: "dash" },
+                    hovertemplate: "federation model %{x}: %{y:.3f}<extra></extra>" });
+    }
+    const layout = {
+      title: { text: `${s.score.label} ${g}`, font: { size: 14 } },
+      margin: { l: 45, r: 10, t: 35, b: 40 },
+      xaxis: { title: { text: "model round" }, dtick: 1 },
+      yaxis: { rangemode: "tozero" },
+      legend: { orientation: "h", y: -0.25 },
+      uirevision: g,
+    };
+    Plotly.react(chartDiv(`chart-${g}`), traces, layout, { displaylogo: false, responsive: true });
+  }
+}
+
+function alarmItem(a) {
+  const li = el("li");
+  const rounds = a.first === a.last ? `round ${a.first}` : `rounds ${a.first}-${a.last}`;
+  li.appendChild(el("b", a.site));
+  li.appendChild(document.createTextNode(" "));
+  li.appendChild(el("span", a.kind, a.level === "observation" ? "warn" : "bad"));
+  li.appendChild(document.createTextNode(` (${rounds}): ${a.message}`));
+  if (a.evidence && a.evidence.text) {
+    li.appendChild(el("div", a.evidence.text, "evidence"));
+  }
+  li.dataset.site = a.site;
+  li.dataset.kind = a.kind;
+  return li;
+}
+
+function renderAlarms(s) {
+  const alarms = s.alarms.filter(a => a.level !== "observation");
+  const obs = s.alarms.filter(a => a.level === "observation");
+  $("alarms").replaceChildren(...(alarms.length ? alarms.map(alarmItem) : [el("li", "no alarms", "muted")]));
+  $("observations-box").hidden = !obs.length;
+  $("observations").replaceChildren(...obs.map(alarmItem));
+}
+
+function renderEvents(s) {
+  const items = s.events.slice().reverse().map(e => {
+    const t = new Date(e.time * 1000).toLocaleTimeString();
+    return el("li", `${t} ${e.level} ${e.message}`, e.level);
+  });
+  $("events").replaceChildren(...(items.length ? items : [el("li", "no events", "muted")]));
+}
+
+function startPolling() {
+  if (poller === null) poller = setInterval(refresh, POLL_MS);
+}
+function stopPolling() {
+  if (poller !== null) { clearInterval(poller); poller = null; }
+}
+
+function connect() {
+  if (!window.EventSource) { $("link").textContent = "polling every 5 s"; startPolling(); return; }
+  const es = new EventSource("/api/events");
+  es.addEventListener("state", e => {
+    stopPolling();
+    $("link").textContent = "live";
+    const v = JSON.parse(e.data).version;
+    if (v !== shown) refresh();
+  });
+  es.onerror = () => {
+    $("link").textContent = "live updates interrupted: polling every 5 s";
+    startPolling();
+  };
+}
+
+if (new URLSearchParams(location.search).has("token")) {
+  history.replaceState(null, "", location.pathname);  // the cookie carries it from here on
+}
+refresh();
+connect();
