@@ -128,10 +128,10 @@ function renderCharts(s) {
     }
     const layout = {
       title: { text: `${s.score.label} ${g}`, font: { size: 14 } },
-      margin: { l: 45, r: 10, t: 35, b: 40 },
+      margin: { l: 45, r: 10, t: 35, b: 20 },
       xaxis: { title: { text: "model round" }, dtick: 1 },
       yaxis: { rangemode: "tozero" },
-      legend: { orientation: "h", y: -0.25 },
+      legend: { orientation: "h", y: -0.3 },
       uirevision: g,
     };
     Plotly.react(chartDiv(`chart-${g}`), traces, layout, { displaylogo: false, responsive: true });
