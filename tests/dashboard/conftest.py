@@ -20,8 +20,8 @@ import pytest
 
 from fedseg.data.labels import REGIONS
 from fedseg.model.summary import Summary
-from fedseg.run_folder import Task
-from fedseg.tracking.store import RunStore, SiteRound
+from fedseg.run_folder import AlarmEvidence, AlarmKind, AlarmLevel, Task
+from fedseg.tracking.store import CROSS_DICE_DIFF, Alarm, CrossRow, RunStore, SiteRound
 from tests.tracking.conftest import build_run
 
 SITES = ("site1", "site2", "site3")
@@ -48,6 +48,43 @@ def add_round(run: Path, rnd: int, sites: tuple[str, ...] = SITES, dice: float =
             )
         store.finish_round(rnd, n_sites=len(sites))
         store.log(f"round {rnd} done")
+
+
+def add_evidence(run: Path) -> None:
+    """Cross-site rows (site2's local models lose Dice at the others, in ET and mean), a
+    labels_disagree alarm on site2 with its evidence and an observation on site1."""
+    rows = []
+    for rnd in (2, 3):
+        for model in SITES:
+            for ev in SITES:
+                if model == ev:
+                    continue
+                for region, loss in (("mean", -0.3), ("ET", -0.4)):
+                    diff = loss if model == "site2" else 0.01
+                    rows.append(CrossRow(rnd, model, rnd - 1, ev, rnd - 1, region,
+                                         CROSS_DICE_DIFF, Summary(diff, 0.1, 10)))  # fmt: skip
+    evidence = AlarmEvidence(
+        kind=AlarmKind.LABELS_DISAGREE,
+        region="mean",
+        statistic="z",
+        value=-6.1,
+        p=1e-5,
+        effect=-0.3,
+        margin=0.1,
+        n_cases=20,
+        evaluators=["site1", "site3"],
+        model_rounds=[1, 2],
+        text="site2's local models lose 0.30 Dice on the other sites' cases",
+    )
+    with RunStore(run) as store:
+        store.record_cross(rows)
+        store.record_alarm(
+            Alarm(2, "site2", AlarmKind.LABELS_DISAGREE, "labels disagree", evidence=evidence)
+        )
+        store.record_alarm(
+            Alarm(2, "site1", AlarmKind.BELOW_FEDERATION, "lower own score",
+                  AlarmLevel.OBSERVATION)
+        )  # fmt: skip
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from fedseg.dashboard.serve import check_bind, is_loopback
 from fedseg.errors import FedsegError
 from fedseg.run_folder import STORE_FILE
 from fedseg.tracking.store import Alarm, RunStore
-from tests.dashboard.conftest import SITES, add_round, serving
+from tests.dashboard.conftest import SITES, add_evidence, add_round, serving
 
 with warnings.catch_warnings():  # starlette's note about httpx, not about this code
     warnings.simplefilter("ignore")
@@ -55,12 +55,35 @@ def test_state_has_sites_rounds_curves_and_alarms(seg_run: Path) -> None:
     assert fed[-1]["mean"] == pytest.approx((0.7 + 0.6 + 0.75) / 3)  # case-weighted, equal n
     assert s["federation"]["model_round"] == 2
     assert s["alarms"] == [
-        {"site": "site2", "kind": "below_federation", "first": 2, "last": 2,
-         "message": "mean dice below by 0.1"}
+        {"site": "site2", "kind": "below_federation", "level": "alarm", "first": 2, "last": 2,
+         "message": "mean dice below by 0.1", "evidence": None}
     ]  # fmt: skip
+    assert s["cross"] is None  # no cross-site rows: the page hides the heatmap
     assert s["sites"][1]["alarms"] == ["below_federation"]
     assert s["events"][-1]["message"] == "hello from the aggregator"
     json.dumps(s, allow_nan=False)  # no NaN reaches the page
+
+
+def test_alarm_evidence_observations_and_the_cross_site_matrix(seg_run: Path) -> None:
+    add_evidence(seg_run)
+    s = client(seg_run).get("/api/state").json()
+    alarm, obs = s["alarms"]
+    assert (alarm["site"], alarm["kind"], alarm["level"]) == ("site2", "labels_disagree", "alarm")
+    assert alarm["evidence"]["text"].startswith("site2's local models lose 0.30")
+    assert alarm["evidence"]["evaluators"] == ["site1", "site3"]
+    assert alarm["evidence"]["p"] == pytest.approx(1e-5)
+    assert (obs["site"], obs["level"], obs["evidence"]) == ("site1", "observation", None)
+    assert s["sites"][0]["alarms"] == []  # an observation is no alarm
+    cross = s["cross"]
+    assert cross["default"] == "mean" and set(cross["regions"]) == {"ET", "mean"}
+    m = cross["regions"]["mean"]
+    assert m["models"] == list(SITES) and m["evaluators"] == list(SITES)
+    z = {(a, b): m["z"][i][j] for i, a in enumerate(SITES) for j, b in enumerate(SITES)}
+    assert z[("site2", "site1")] == pytest.approx(-0.3)  # averaged over rounds 2 and 3
+    assert z[("site1", "site3")] == pytest.approx(0.01)
+    assert z[("site1", "site1")] is None  # no home row here: no NaN in the JSON
+    assert m["n"][1][0] == 10  # cases, not rounds
+    assert cross["regions"]["ET"]["z"][1][0] == pytest.approx(-0.4)
 
 
 def test_page_and_plotly_are_served_offline(seg_run: Path) -> None:

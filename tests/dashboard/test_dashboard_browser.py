@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dashboard.conftest import SITES, add_round
+from tests.dashboard.conftest import SITES, add_evidence, add_round
 from tests.dashboard.test_dashboard_cli import dashboard
 from tests.tracking.conftest import CHROMIUM_FLAGS, chromium_binary
 
@@ -17,6 +17,7 @@ from tests.tracking.conftest import CHROMIUM_FLAGS, chromium_binary
 def test_page_shows_the_sites_and_follows_a_new_round(seg_run: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     exe = chromium_binary()
+    add_evidence(seg_run)
     args = [f for f in CHROMIUM_FLAGS if f != "--headless"]
     with dashboard(seg_run) as url, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=args, headless=True)
@@ -33,6 +34,12 @@ def test_page_shows_the_sites_and_follows_a_new_round(seg_run: Path) -> None:
                 expect(page.locator(f"#sites [data-site={site}]")).to_be_visible()
             expect(page.locator("#chart-mean svg.main-svg").first).to_be_attached()
             assert page.evaluate("() => typeof Plotly") == "object"  # served offline
+            alarm = page.locator("#alarms li[data-site=site2]")
+            expect(alarm).to_contain_text("lose 0.30 Dice on the other sites' cases")
+            expect(page.locator("#observations li[data-site=site1]")).to_be_visible()
+            expect(page.locator("#cross-chart svg.main-svg").first).to_be_attached()
+            page.select_option("#cross-region", "ET")
+            expect(page.locator("#cross-chart")).to_contain_text("-0.40")
             add_round(seg_run, 3)
             expect(page.locator("#round")).to_have_text("3", timeout=15_000)
             expect(page.locator("#link")).to_have_text("live")  # by the event stream

@@ -21,9 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from fedseg.model.summary import Summary
-from fedseg.tracking.curves import ci95, federation_curve, site_curves
-from fedseg.tracking.status import SiteStatus, StatusView, modality_text, read_status, spent_line
-from fedseg.tracking.store import RunStore
+from fedseg.run_folder import AlarmLevel
+from fedseg.tracking.cross_matrix import cross_cells, cross_matrix
+from fedseg.tracking.curves import ALL_REGIONS, ci95, federation_curve, site_curves
+from fedseg.tracking.status import (
+    SiteStatus,
+    StatusView,
+    alarm_spans,
+    modality_text,
+    read_status,
+    spent_line,
+)
+from fedseg.tracking.store import Alarm, RunStore
 
 #: events the snapshot carries (the latest ones)
 EVENTS_TAIL = 20
@@ -65,16 +74,8 @@ def run_state(run: Path, store: RunStore) -> dict[str, Any]:
                 }
                 for g, by_site in curves.items()
             },
-            "alarms": [
-                {
-                    "site": a.site,
-                    "kind": a.kind,
-                    "first": a.first,
-                    "last": a.last,
-                    "message": a.message,
-                }
-                for a in view.alarms
-            ],
+            "alarms": alarm_list(store.alarms(observations=True)),
+            "cross": cross_site(store),
             "events": [
                 {"time": t, "level": level, "message": msg}
                 for t, level, msg in store.events()[-EVENTS_TAIL:]
@@ -84,6 +85,49 @@ def run_state(run: Path, store: RunStore) -> dict[str, Any]:
             "models_kept": view.models_kept,
         }
     )
+
+
+def alarm_list(alarms: list[Alarm]) -> list[dict[str, Any]]:
+    """Alarms, then observations (``level``), each (site, kind) as one span of rounds
+    (``status.alarm_spans``) with the message and evidence of its latest round."""
+    out = []
+    for level in AlarmLevel:
+        mine = [a for a in alarms if AlarmLevel(a.level) == level]
+        latest = {(a.site, a.kind): a for a in sorted(mine, key=lambda a: a.round)}
+        for span in alarm_spans(mine):
+            ev = latest[(span.site, span.kind)].evidence
+            out.append({
+                "site": span.site, "kind": span.kind, "level": str(level),
+                "first": span.first, "last": span.last, "message": span.message,
+                "evidence": ev.model_dump(mode="json") if ev is not None else None,
+            })  # fmt: skip
+    return out
+
+
+def cross_site(store: RunStore) -> dict[str, Any] | None:
+    """The cross-site matrix per region (``tracking.cross_matrix``: each model site's local
+    models at each evaluating site, the paired Dice difference against the global model,
+    rounds collapsed): ``{"regions": {region: {"models", "evaluators", "z", "n"}}}``; None
+    for a run without cross-site rows."""
+    rows = store.cross()
+    if not rows:
+        return None
+    regions: dict[str, Any] = {}
+    for region in (*ALL_REGIONS, *sorted({r.region for r in rows} - set(ALL_REGIONS))):
+        cells = cross_cells(rows, region=region)
+        if not cells:
+            continue
+        models, evaluators, m = cross_matrix(cells)
+        n = {(c.model_site, c.eval_site): c.n for c in cells}
+        regions[region] = {
+            "models": models,
+            "evaluators": evaluators,
+            "z": m.tolist(),
+            "n": [[n.get((a, b)) for b in evaluators] for a in models],
+        }
+    if not regions:
+        return None
+    return {"regions": regions, "default": "mean" if "mean" in regions else next(iter(regions))}
 
 
 def _site(x: SiteStatus, view: StatusView) -> dict[str, Any]:

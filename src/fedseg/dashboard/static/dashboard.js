@@ -31,6 +31,7 @@ async function refresh() {
     const r = await fetch("/api/state", { credentials: "same-origin", cache: "no-store" });
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const s = await r.json();
+    window.lastState = s;
     render(s);
     shown = s.version;
   } catch (err) {
@@ -63,7 +64,7 @@ function render(s) {
   renderCharts(s);
   renderAlarms(s);
   renderEvents(s);
-  if (typeof renderExtras === "function") renderExtras(s);
+  renderCross(s);
 }
 
 function renderSites(s) {
@@ -145,8 +146,17 @@ function alarmItem(a) {
   li.appendChild(document.createTextNode(" "));
   li.appendChild(el("span", a.kind, a.level === "observation" ? "warn" : "bad"));
   li.appendChild(document.createTextNode(` (${rounds}): ${a.message}`));
-  if (a.evidence && a.evidence.text) {
-    li.appendChild(el("div", a.evidence.text, "evidence"));
+  const ev = a.evidence;
+  if (ev) {
+    if (ev.text) li.appendChild(el("div", ev.text, "evidence"));
+    const facts = [`${ev.region}: ${ev.statistic} ${num(ev.value, 2)}`];
+    if (ev.p !== null && ev.p !== undefined) facts.push(`p ${Number(ev.p).toPrecision(2)}`);
+    if (ev.effect !== null && ev.effect !== undefined) facts.push(`effect ${num(ev.effect)}`);
+    if (ev.margin !== null && ev.margin !== undefined) facts.push(`margin ${num(ev.margin)}`);
+    if (ev.n_cases) facts.push(`${ev.n_cases} cases`);
+    if (ev.evaluators && ev.evaluators.length) facts.push(`at ${ev.evaluators.join(", ")}`);
+    if (ev.model_rounds && ev.model_rounds.length) facts.push(`models of rounds ${ev.model_rounds.join(", ")}`);
+    li.appendChild(el("div", facts.join(" · "), "evidence"));
   }
   li.dataset.site = a.site;
   li.dataset.kind = a.kind;
@@ -159,6 +169,38 @@ function renderAlarms(s) {
   $("alarms").replaceChildren(...(alarms.length ? alarms.map(alarmItem) : [el("li", "no alarms", "muted")]));
   $("observations-box").hidden = !obs.length;
   $("observations").replaceChildren(...obs.map(alarmItem));
+}
+
+let crossRegion = null;  // the region the user chose, kept across redraws
+
+function renderCross(s) {
+  const box = $("cross-box");
+  box.hidden = !s.cross;
+  if (!s.cross || typeof Plotly === "undefined") return;
+  const regions = Object.keys(s.cross.regions);
+  if (!regions.includes(crossRegion)) crossRegion = s.cross.default;
+  const sel = $("cross-region");
+  if (sel.dataset.options !== regions.join(",")) {
+    sel.replaceChildren(...regions.map(r => { const o = el("option", r); o.value = r; return o; }));
+    sel.dataset.options = regions.join(",");
+    sel.onchange = () => { crossRegion = sel.value; renderCross(window.lastState); };
+  }
+  sel.value = crossRegion;
+  const m = s.cross.regions[crossRegion];
+  const lim = Math.max(0.05, ...m.z.flat().filter(v => v !== null).map(Math.abs));
+  const text = m.z.map((row, i) => row.map((v, j) => v === null ? "" : `${num(v)} (n=${m.n[i][j]})`));
+  const trace = {
+    type: "heatmap", z: m.z, x: m.evaluators, y: m.models, text, texttemplate: "%{z:.2f}",
+    hovertemplate: "model of %{y} at %{x}: %{text}<extra></extra>",
+    colorscale: "RdBu", reversescale: true, zmin: -lim, zmax: lim, zmid: 0, colorbar: { title: { text: "Δ Dice" } },
+  };
+  const layout = {
+    margin: { l: 90, r: 10, t: 10, b: 60 },
+    xaxis: { title: { text: "validated at (evaluator)" }, type: "category" },
+    yaxis: { title: { text: "local model of" }, type: "category", autorange: "reversed" },
+  };
+  $("cross-chart").style.height = `${Math.max(260, 36 * m.models.length + 110)}px`;
+  Plotly.react($("cross-chart"), [trace], layout, { displaylogo: false, responsive: true });
 }
 
 function renderEvents(s) {
