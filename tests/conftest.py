@@ -48,6 +48,7 @@ XDIST_GROUPS = {
     "tests/deploy/test_deployment.py": "engine",
     "tests/strategies/test_sequential_flower.py": "engine",
     "tests/tracking/test_end_to_end.py": "engine",
+    "tests/dashboard/test_dashboard_simulate.py": "engine",
     "tests/privacy/test_he_e2e.py": "engine",
     "tests/privacy/test_secagg_e2e.py": "engine",
     "tests/privacy/test_secagg_dropout_e2e.py": "engine",
