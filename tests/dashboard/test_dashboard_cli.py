@@ -91,6 +91,35 @@ def test_the_dashboard_child_waits_for_the_run_and_ends_with_the_block(tmp_path:
     assert proc.poll() is not None
 
 
+def test_the_dashboard_child_does_not_outlive_a_killed_command(seg_run: Path) -> None:
+    """The command killed with SIGKILL cannot terminate its child: the child ends itself."""
+    code = (
+        "import sys, time\n"
+        "from fedseg.dashboard.child import dashboard_child\n"
+        "with dashboard_child(sys.argv[1], 0, lambda s: print(s, flush=True)):\n"
+        "    time.sleep(600)\n"
+    )
+    cmd = [sys.executable, "-c", code, str(seg_run)]
+    parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=fedseg_env())
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        assert line.startswith(URL_PREFIX), line
+        url = line[len(URL_PREFIX) :].strip().rstrip("/")
+        assert wait_ok(url + "/api/state").status_code == 200
+    finally:
+        parent.kill()
+        parent.wait(10)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(url + "/api/state", timeout=2)
+        except httpx.TransportError:
+            break  # gone
+        assert time.monotonic() < deadline, "the dashboard child outlived its command"
+        time.sleep(0.3)
+
+
 def test_simulate_and_server_start_have_the_option() -> None:
     for verb in (("simulate",), ("server", "start")):
         r = run_fedseg(*verb, "--help", timeout=120)

@@ -38,13 +38,16 @@ def dashboard(
     poll: float = typer.Option(
         1.0, "--poll", min=0.05, hidden=True, help="Seconds between two checks of the store."
     ),
+    parent: int | None = typer.Option(
+        None, "--parent", hidden=True, help="End when this process (the run command) ends."
+    ),
 ) -> None:
     """Serve a read-only web page of a run: state, sites, curves, alarms; live while it runs.
 
     Prints its URL on one line, then serves until Ctrl-C."""
     from fedseg.dashboard.serve import serve
 
-    serve(run, host, port, token or None, wait_s=wait, poll_s=poll, say=typer.echo)
+    serve(run, host, port, token or None, wait_s=wait, poll_s=poll, parent=parent, say=typer.echo)
 
 
 def register(app: typer.Typer) -> None:

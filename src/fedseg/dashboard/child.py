@@ -2,8 +2,11 @@
 
 ``dashboard_child`` starts ``python -m fedseg dashboard RUN --port N --wait S`` (loopback,
 its own process: a dashboard failure cannot touch the run), reads the URL line it prints,
-hands it to ``say``, and terminates the child when the block ends, however it ends. The
-child waits for the run store the command is about to create. Nothing here imports the web
+hands it to ``say``, and terminates the child when the block ends, however it ends; the
+child also ends by itself once this process is gone (``--parent``: a ``kill -9`` of the
+command leaves no dashboard behind). The child waits for the run store the command is
+about to create, on loopback (with ``FEDSEG_DASHBOARD_TOKEN`` when the environment sets
+it). Nothing here imports the web
 stack, so the federation commands stay as light as they were.
 """
 
@@ -33,10 +36,10 @@ def dashboard_child(
     """Run the dashboard of ``run`` on ``127.0.0.1:port`` for the duration of the block."""
     cmd = [
         sys.executable, "-m", "fedseg", "dashboard", str(run), "--port", str(port),
-        "--wait", str(STORE_WAIT_S), "--poll", str(poll_s),
+        "--wait", str(STORE_WAIT_S), "--poll", str(poll_s), "--parent", str(os.getpid()),
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "FEDSEG_DASHBOARD_TOKEN"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    # its own session: a Ctrl-C meant for the run reaches the run, which ends the child
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         line = _url_line(proc)
         say(line if line else "dashboard: did not start (see the lines above)")

@@ -5,14 +5,18 @@
 URL it prints on one line (``dashboard: http://HOST:PORT/``, what tests and the
 ``--dashboard`` option of simulate/server start read) before it serves. With ``wait_s``
 (the ``--dashboard`` child, started before the run folder exists) it binds and prints
-first, then waits up to ``wait_s`` seconds for the run store to appear.
+first, then waits up to ``wait_s`` seconds for the run store to appear; with ``parent`` it
+ends when that process does (``end_with``).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,14 +94,18 @@ def serve(
     *,
     wait_s: float = 0.0,
     poll_s: float = 1.0,
+    parent: int | None = None,
     say: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve the dashboard of ``run`` until interrupted (or terminated)."""
+    """Serve the dashboard of ``run`` until interrupted (or terminated, or the process
+    ``parent`` is gone)."""
     import uvicorn
 
     from fedseg.dashboard.app import create_app
 
     check_bind(host, token)
+    if parent is not None:
+        end_with(parent)
     if wait_s <= 0:
         create_app(run, token, poll_s=poll_s)  # a folder that is not a run: before binding
     sock = bind(host, port)
@@ -110,6 +118,19 @@ def serve(
         app, log_level="warning", timeout_graceful_shutdown=1, access_log=False, ws="none"
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def end_with(parent: int, every_s: float = 1.0) -> None:
+    """Terminate this process (SIGTERM: uvicorn stops gracefully) once ``parent`` is no
+    longer its parent: a ``--dashboard`` child never outlives its command, even one killed
+    with ``kill -9`` that could not terminate it."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="dashboard-parent", daemon=True).start()
 
 
 def _print(line: str) -> None:
