@@ -86,6 +86,21 @@ def test_alarm_evidence_observations_and_the_cross_site_matrix(seg_run: Path) ->
     assert cross["regions"]["ET"]["z"][1][0] == pytest.approx(-0.4)
 
 
+def test_contributions_from_the_cross_site_evidence(seg_run: Path) -> None:
+    """The per-site table of ``estimate_contributions`` (issue 16 item 3), once the
+    tracking layer has it: the site whose local models lose Dice elsewhere comes first."""
+    from fedseg.tracking import contributions
+
+    if not hasattr(contributions, "estimate_contributions"):
+        pytest.skip("tracking.contributions.estimate_contributions not in this tree yet")
+    assert client(seg_run).get("/api/state").json()["contributions"] is None  # no cross rows
+    add_evidence(seg_run)
+    rows = client(seg_run).get("/api/state").json()["contributions"]
+    assert rows[0]["site"] == "site2"
+    assert rows[0]["effect"] < 0 and rows[0]["verdict"] in ("harmful", "neutral")
+    assert set(rows[0]["per_region"]) >= {"mean"}
+
+
 def test_page_and_plotly_are_served_offline(seg_run: Path) -> None:
     c = client(seg_run)
     page = c.get("/")

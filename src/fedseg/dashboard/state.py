@@ -76,6 +76,7 @@ def run_state(run: Path, store: RunStore) -> dict[str, Any]:
             },
             "alarms": alarm_list(store.alarms(observations=True)),
             "cross": cross_site(store),
+            "contributions": contributions_table(store),
             "events": [
                 {"time": t, "level": level, "message": msg}
                 for t, level, msg in store.events()[-EVENTS_TAIL:]
@@ -128,6 +129,29 @@ def cross_site(store: RunStore) -> dict[str, Any] | None:
     if not regions:
         return None
     return {"regions": regions, "default": "mean" if "mean" in regions else next(iter(regions))}
+
+
+def contributions_table(store: RunStore) -> list[dict[str, Any]] | None:
+    """Each site's contribution estimated from the cross-site evidence, most harmful first
+    (``tracking.contributions.estimate_contributions``: effect, its 95 % interval and
+    verdict in the region where the site is worst, and per region); None when the run has
+    no estimate (no cross-site rows, a privacy plan, a synthesis run) or the installed
+    tracking layer has none yet."""
+    from fedseg.tracking import contributions
+
+    estimate = getattr(contributions, "estimate_contributions", None)
+    found = estimate(store) if estimate is not None else []
+    if not found:
+        return None
+    return [
+        {
+            "site": c.site, "effect": c.effect, "se": c.se, "low": c.low, "high": c.high,
+            "verdict": c.verdict, "region": c.region, "per_region": c.per_region,
+            "n_cases": c.n_cases, "evaluators": list(c.evaluators),
+            "model_rounds": list(c.model_rounds),
+        }
+        for c in found
+    ]  # fmt: skip
 
 
 def _site(x: SiteStatus, view: StatusView) -> dict[str, Any]:

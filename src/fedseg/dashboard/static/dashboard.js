@@ -65,6 +65,7 @@ function render(s) {
   renderAlarms(s);
   renderEvents(s);
   renderCross(s);
+  renderContributions(s);
 }
 
 function renderSites(s) {
@@ -201,6 +202,26 @@ function renderCross(s) {
   };
   $("cross-chart").style.height = `${Math.max(260, 36 * m.models.length + 110)}px`;
   Plotly.react($("cross-chart"), [trace], layout, { displaylogo: false, responsive: true });
+}
+
+function renderContributions(s) {
+  const rows = s.contributions;
+  $("contrib-box").hidden = !rows;
+  if (!rows) return;
+  const regions = s.score.all_groups;
+  const cols = ["site", "verdict", "effect", "95 % interval", "worst region", ...regions.map(g => `effect ${g}`), "cases"];
+  $("contrib-head").replaceChildren(...cols.map(c => el("th", c, ["site", "verdict", "worst region"].includes(c) ? "text" : "")));
+  $("contrib").replaceChildren(...rows.map(c => {
+    const tr = el("tr");
+    tr.dataset.site = c.site;
+    const verdict = c.verdict === "harmful" ? "text bad" : c.verdict === "helps" ? "text ok" : "text";
+    for (const [v, cls] of [[c.site, "text"], [c.verdict, verdict], [num(c.effect, 4)],
+                            [`${num(c.low, 4)} … ${num(c.high, 4)}`], [c.region, "text"],
+                            ...regions.map(g => [num(c.per_region[g], 4)]), [int(c.n_cases)]]) {
+      tr.appendChild(el("td", v, cls));
+    }
+    return tr;
+  }));
 }
 
 function renderEvents(s) {
