@@ -20,7 +20,7 @@ import pytest
 
 from fedseg.data.labels import REGIONS
 from fedseg.model.summary import Summary
-from fedseg.run_folder import AlarmEvidence, AlarmKind, AlarmLevel, Task
+from fedseg.run_folder import AlarmEvidence, AlarmKind, AlarmLevel, DeclaredCases, Task
 from fedseg.tracking.store import CROSS_DICE_DIFF, Alarm, CrossRow, RunStore, SiteRound
 from tests.tracking.conftest import build_run
 
@@ -94,6 +94,9 @@ def synthesis_run(tmp_path: Path) -> Path:
     mods = {"siteA": ("t1", "t1ce", "t2", "flair"), "siteB": ("t1", "t1ce", "t2")}
     with RunStore(run) as store:
         store.meta.set_task(Task.SYNTHESIS)
+        store.meta.set_declared(
+            {s: DeclaredCases(n_train=8, n_val=4, modalities=list(m)) for s, m in mods.items()}
+        )
         store.meta.set_planned_rounds(2)
         for mr in range(3):
             rnd = mr + 1

@@ -123,6 +123,8 @@ def test_synthesis_run_renders_ssim_per_modality(synthesis_run: Path) -> None:
     assert set(s["curves"]["flair"]["sites"]) == {"siteA"}  # siteB has no FLAIR
     assert s["curves"]["mean"]["sites"]["siteB"][-1]["mean"] == pytest.approx(0.7)
     assert [x["site"] for x in s["sites"]] == ["siteA", "siteB"]
+    assert [x["modalities"] for x in s["sites"]] == ["all", "t1 t1ce t2"]
+    assert s["sites"][1]["has"] == ["t1", "t1ce", "t2"] and "flair" not in s["sites"][1]["scores"]
     assert s["round"] == 2 and s["synthesis"] is not None
     assert c.get("/").status_code == 200
 

@@ -173,6 +173,7 @@ def _site(x: SiteStatus, view: StatusView) -> dict[str, Any]:
         "device": x.compute.device if x.compute else None,
         "precision": x.compute.precision if x.compute else None,
         "modalities": modality_text(mods) if view.synthesis is not None else None,
+        "has": list(mods) if mods is not None else None,  # a synthesis site's modalities
     }
 
 

@@ -83,7 +83,8 @@ function renderSites(s) {
       [x.site, "text"], [x.live || "-", "text"], [x.status, "text"], [int(x.last_round)],
       [int(x.n_train)], [int(x.n_val)], [num(x.train_loss, 4)],
       ...(synth ? [[x.modalities || "-", "text"]] : []), [int(x.model_round)],
-      ...groups.map(g => [x.scores[g] === undefined ? "-" : num(x.scores[g])]),
+      ...groups.map(g => [x.scores[g] !== undefined ? num(x.scores[g])
+                          : x.has && g !== "mean" && !x.has.includes(g) ? "absent" : "-"]),
       [x.alarms.join(", ") || "-", x.alarms.length ? "text bad" : "text"],
     ];
     for (const [v, cls] of cells) tr.appendChild(el("td", v, cls));
