@@ -31,19 +31,37 @@ def status(
     run: Path = RUN_ARG,
     follow: bool = typer.Option(False, "--follow", "-f", help="Refresh until the run ends."),
     interval: float = typer.Option(2.0, min=0.2, help="Seconds between refreshes (--follow)."),
+    wide: bool = typer.Option(
+        False, "--wide", help="Every column, whatever the width [from 120 columns]."
+    ),
+    lines: bool = typer.Option(False, "--lines", help="One line per site [under 60 columns]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
-    """Rounds done, each site's state and last metrics, alarms (safe while a run writes)."""
-    from fedseg.tracking.status import RunState, read_status, render_status
+    """Rounds done, each site's state and last metrics, alarms (safe while a run writes).
 
+    The layout fits the terminal (or COLUMNS, 80 when piped): every column from 120
+    columns, a compact table from 60, else one line per site."""
+    from fedseg.tracking.status import RunState, read_status, render_status
+    from fedseg.tracking.status_layout import Layout
+
+    if wide and lines:
+        raise FedsegError("choose at most one of --wide and --lines")
+    if as_json and (follow or wide or lines):
+        raise FedsegError("--json prints the status once, as data: drop --follow, --wide, --lines")
+    layout = Layout.WIDE if wide else Layout.LINES if lines else None
     s = read_status(run)
-    if not follow:
-        console().print(render_status(s))
+    if as_json:
+        typer.echo(json.dumps(s.to_json(), indent=2))
         return
-    with Live(render_status(s), console=console(), refresh_per_second=4) as live:
+    out = render_status(s, layout).console_for(console())
+    if not follow:
+        out.print(render_status(s, layout))
+        return
+    with Live(render_status(s, layout), console=out, refresh_per_second=4) as live:
         while s.state in (RunState.RUNNING, RunState.NOT_STARTED):
             time.sleep(interval)
             s = read_status(run)
-            live.update(render_status(s))
+            live.update(render_status(s, layout))
 
 
 @app.command("alarms")
