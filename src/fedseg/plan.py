@@ -50,6 +50,21 @@ class AlarmConfig(BaseModel):
     min_rounds: int = Field(5, ge=3, description="paired rounds before below_federation fires")
     alpha: float = Field(0.05, gt=0, lt=1, description="one-sided Wilcoxon level")
     min_gap: float = Field(0.05, ge=0, description="median gap floor (effect size), metric units")
+    evidence_window: int = Field(
+        3, ge=1, description="local-model rounds of cross-site evidence each check pools"
+    )
+    delta_away: float = Field(
+        0.10, ge=0, description="labels_disagree: Dice the site's local models must lose on "
+        "the other sites' cases beyond the federation's typical loss",
+    )  # fmt: skip
+    delta_home: float = Field(
+        0.10, ge=0, description="labels_disagree: Dice its local model must gain on its own cases"
+    )
+    loss_ratio: float = Field(
+        1.3, gt=1, description="labels_disagree: or its training loss over the others' median"
+    )
+    labels_alpha: float = Field(0.01, gt=0, lt=1, description="labels_disagree test level")
+    labels_persist: int = Field(2, ge=1, description="consecutive checks labels_disagree holds")
     window: int | None = Field(None, ge=3, description="only the last N models (None: all)")
     stall_window: int = Field(8, ge=4, description="models in the trend window of `stalled`")
     stall_persist: int = Field(2, ge=1, description="consecutive rounds `stalled` must hold")
@@ -92,6 +107,29 @@ class AlarmConfig(BaseModel):
                 f"mean or one of {', '.join(MODALITIES)}"
             )
         return self if metric == self.metric else self.model_copy(update={"metric": metric})
+
+
+class CrossSiteConfig(BaseModel):
+    """Cross-site validation (plan key ``cross_site``): each round's local models travel, with
+    the next round's task, to ``evaluators_per_model`` other sites, which validate them on
+    their own cases beside the global model and send summaries back; each site also checks
+    its own local model on its cases (no model moves for that). It is what separates a
+    site whose labels disagree from one whose data is harder or from another scanner.
+    A site then sees other sites' single local models: ``enabled: null`` (the default)
+    turns it on unless the plan's privacy hides single updates (secure aggregation, HE,
+    site-level DP), ``true`` under such privacy is refused, ``false`` turns it off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = None
+    every: int = Field(1, ge=1, description="run the cross-site checks every k-th round")
+    evaluators_per_model: int = Field(
+        3, ge=1, description="sites that validate each local model (fewer if fewer exist)"
+    )
+    models_per_round: int | None = Field(
+        None, ge=1, description="local models kept for validation per round, chosen "
+        "round-robin (null: all); bounds disk, bytes and site time at many sites",
+    )  # fmt: skip
 
 
 class BoundsConfig(BaseModel):
@@ -219,6 +257,7 @@ class PlanConfig(BaseModel):
     seed: int = 0
     strategy: StrategyConfig = StrategyConfig()
     alarms: AlarmConfig = AlarmConfig()
+    cross_site: CrossSiteConfig = CrossSiteConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     bounds: BoundsConfig = BoundsConfig()
     transfer: TransferConfig = TransferConfig()

@@ -19,6 +19,8 @@ its errors and ``output_paths``). A federation's run folder holds::
     run.lock                  LOCK_FILE: held (flock) by the run's live writer; see below
     spool/round_XXXX/         spool_dir(run, r): round r's site updates parked on disk while
                               they are aggregated (``rounds.spool``); gone when the round ends
+    crossval/round_XXXX/      crossval_dir(run, r): the local models of round r kept for the
+                              next round's cross-site validation; gone once it is done
 
 A centralized run folder (``fedseg train``) holds ``recipe.yaml`` (RECIPE_FILE) instead of
 a plan, ``run.sqlite``, ``checkpoints/last.ckpt`` (CHECKPOINT), ``last.pt`` and ``best.pt``.
@@ -82,6 +84,7 @@ CHECKPOINT = Path("checkpoints") / "last.ckpt"
 LAST_MODEL = "last.pt"
 STRATEGY_STATE_SUFFIX = ".strategy.npz"
 SPOOL_DIR = "spool"
+CROSSVAL_DIR = "crossval"
 
 
 def model_path(run_dir: Path, model_round: int) -> Path:
@@ -97,6 +100,25 @@ def strategy_state_path(model_file: Path) -> Path:
 def spool_dir(run_dir: Path, rnd: int) -> Path:
     """``<run>/spool/round_XXXX``: round ``rnd``'s updates while they are aggregated."""
     return Path(run_dir) / SPOOL_DIR / f"round_{rnd:04d}"
+
+
+def crossval_dir(run_dir: Path, rnd: int) -> Path:
+    """``<run>/crossval/round_XXXX``: round ``rnd``'s local models kept until the sites
+    that validate them in round ``rnd + 1`` have answered (cross-site validation)."""
+    return Path(run_dir) / CROSSVAL_DIR / f"round_{rnd:04d}"
+
+
+def cross_label(site: str, model_round: int) -> str:
+    """The name a local model travels under for cross-site validation: ``site@round``."""
+    return f"{site}@{model_round}"
+
+
+def parse_cross_label(label: str) -> tuple[str, int]:
+    """``site@round`` -> (site, round); ValueError for anything else."""
+    site, sep, rnd = label.rpartition("@")
+    if not sep or not site or not rnd.isdigit():
+        raise ValueError(f"cross-site model label {label!r} is not site@round")
+    return site, int(rnd)
 
 
 def missing_model_hint(path: Path) -> str:
@@ -217,6 +239,52 @@ class MetaKey(StrEnum):
 
 class _MetaValue(BaseModel):
     model_config = ConfigDict(frozen=True)
+
+
+class AlarmKind(StrEnum):
+    """What an alarm says about a site (table ``alarms``, column ``kind``)."""
+
+    #: the site's local models lose Dice on the other sites' data while gaining on its own
+    #: (or training to a high loss): its labels disagree with the federation's
+    LABELS_DISAGREE = "labels_disagree"
+    #: the site's own validation score is below the other sites' (cases as units)
+    BELOW_FEDERATION = "below_federation"
+    #: the others improve while the site does not
+    STALLED = "stalled"
+    #: the site's update is far from the others'
+    UPDATE_OUTLIER = "update_outlier"
+
+
+class AlarmLevel(StrEnum):
+    """An ``alarm`` notifies (the plan's ``alarms.notify_command``); an ``observation``
+    is shown in status, report, alarms and the dashboard but notifies nobody (a finding
+    that alone does not say something is wrong, e.g. a lower own score of a site whose
+    local models do well elsewhere: harder or different data)."""
+
+    ALARM = "alarm"
+    OBSERVATION = "observation"
+
+
+class AlarmEvidence(_MetaValue):
+    """What an alarm rests on (column ``alarms.evidence``, JSON; env
+    ``FEDSEG_ALARM_EVIDENCE`` of the notification command). ``statistic`` names the test
+    (e.g. ``z``, ``welch_t``, ``slope``, ``robust_z``); ``effect`` is the estimated effect
+    in the watched metric's units (negative: worse), ``margin`` the effect size it had to
+    pass; ``n_cases`` the validation cases behind it (0: not case-based), ``evaluators``
+    the sites whose data it was measured on, ``model_rounds`` the rounds of the models it
+    uses; ``text`` one or two plain sentences a coordinator reads."""
+
+    kind: AlarmKind
+    region: str
+    statistic: str
+    value: float
+    p: float | None = None
+    effect: float | None = None
+    margin: float | None = None
+    n_cases: int = 0
+    evaluators: list[str] = []
+    model_rounds: list[int] = []
+    text: str = ""
 
 
 class BestModel(_MetaValue):

@@ -13,6 +13,16 @@ Conventions:
   values, and ``store.meta`` reads and writes each meta key with its type.
 - ``checkpoints`` lists the model files a run holds now: model retention (plan
   ``retention``) removes the row of a round whose model file it deletes.
+- ``cross_validation`` rows are cross-site evidence: site ``eval_site`` validated the local
+  model that ``model_site`` trained in round ``model_round``, in round ``round``, paired
+  with the global model ``reference_round`` on the same cases. ``metric`` ``dice`` is the
+  local model's summary, ``dice_diff`` the paired per-case difference (local - global).
+  ``eval_site == model_site`` is the site's own (home) check of its fresh local model
+  against the model it started from (``reference_round = model_round - 1``, evaluated in
+  the same round); ``eval_site != model_site`` is an away check, made in round
+  ``model_round + 1`` against ``reference_round = model_round`` (the aggregate).
+- ``alarms`` rows have a ``level`` (``run_folder.AlarmLevel``) and their ``evidence``
+  (``run_folder.AlarmEvidence`` as JSON; NULL in stores written before it existed).
 - Metrics are lower-case names (``dice``, ``jaccard``, ``hd95``, ``sensitivity``,
   ``specificity``, ``loss``); regions are ``ET``, ``TC``, ``WT`` or ``mean``.
 
@@ -32,6 +42,8 @@ from typing import Any
 from fedseg.model.summary import Summary
 from fedseg.run_folder import (
     STORE_FILE,
+    AlarmEvidence,
+    AlarmLevel,
     ComputeUsed,
     MetaKey,
     PrivacySpent,
@@ -104,7 +116,22 @@ CREATE TABLE IF NOT EXISTS alarms (
     kind TEXT NOT NULL,
     message TEXT NOT NULL,
     created REAL NOT NULL,
+    level TEXT NOT NULL DEFAULT 'alarm' {_one_of("level", AlarmLevel)},
+    evidence TEXT,                     -- run_folder.AlarmEvidence as JSON
     UNIQUE (round, site, kind)
+);
+CREATE TABLE IF NOT EXISTS cross_validation (
+    round INTEGER NOT NULL,            -- the round the validation was made in
+    model_site TEXT NOT NULL,          -- whose local model
+    model_round INTEGER NOT NULL,      -- the round that local model was trained in
+    eval_site TEXT NOT NULL,           -- whose validation cases
+    reference_round INTEGER NOT NULL,  -- the global model it is paired with
+    region TEXT NOT NULL,
+    metric TEXT NOT NULL,              -- dice (the local model) or dice_diff (local - global)
+    mean REAL NOT NULL,
+    std REAL NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (model_site, model_round, eval_site, region, metric)
 );
 CREATE TABLE IF NOT EXISTS privacy_ledger (
     round INTEGER NOT NULL,
@@ -165,10 +192,39 @@ class ValidationRow:
 
 @dataclass(frozen=True)
 class Alarm:
+    """One alarm or observation about ``site`` after round ``round``."""
+
     round: int
     site: str
     kind: str
     message: str
+    level: AlarmLevel = AlarmLevel.ALARM
+    evidence: AlarmEvidence | None = None
+
+
+#: the metrics of ``cross_validation`` rows
+CROSS_DICE = "dice"
+CROSS_DICE_DIFF = "dice_diff"
+
+
+@dataclass(frozen=True)
+class CrossRow:
+    """One summary of cross-site evidence (see the module docstring): ``summary`` over the
+    ``eval_site``'s validation cases of ``metric`` in ``region``."""
+
+    round: int
+    model_site: str
+    model_round: int
+    eval_site: str
+    reference_round: int
+    region: str
+    metric: str
+    summary: Summary
+
+    @property
+    def home(self) -> bool:
+        """The site's own check of its local model (not another site's data)."""
+        return self.model_site == self.eval_site
 
 
 class RunStore:
@@ -184,6 +240,19 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns later versions added to a store written by an earlier one."""
+        have = self._columns("alarms")
+        if "level" not in have:
+            self._db.execute("ALTER TABLE alarms ADD COLUMN level TEXT NOT NULL DEFAULT 'alarm'")
+        if "evidence" not in have:
+            self._db.execute("ALTER TABLE alarms ADD COLUMN evidence TEXT")
+
+    def _columns(self, table: str) -> set[str]:
+        """The column names of ``table`` (empty: no such table)."""
+        return {r[1] for r in self._db.execute(f"PRAGMA table_info({table})").fetchall()}
 
     def close(self) -> None:
         self._db.close()
@@ -260,6 +329,7 @@ class RunStore:
             self._db.execute("DELETE FROM checkpoints WHERE model_round > ?", (rnd,))
             self._db.execute("DELETE FROM alarms WHERE round > ?", (rnd,))
             self._db.execute("DELETE FROM privacy_ledger WHERE round > ?", (rnd,))
+            self._db.execute("DELETE FROM cross_validation WHERE round > ?", (rnd,))
 
     # -- privacy ----------------------------------------------------------------------
     def record_privacy(self, rnd: int, site: str, spent: PrivacySpent) -> None:
@@ -356,6 +426,49 @@ class RunStore:
             "SELECT * FROM case_metrics WHERE model_round = ? ORDER BY 1,2,3,4,5", (model_round,)
         ).fetchall()
 
+    # -- cross-site evidence ------------------------------------------------------------
+    def record_cross(self, rows: list[CrossRow]) -> None:
+        """Store cross-site summaries (one transaction; a row of the same model, evaluator,
+        region and metric replaces the earlier one)."""
+        values = [
+            (r.round, r.model_site, r.model_round, r.eval_site, r.reference_round, r.region,
+             r.metric, r.summary.mean, r.summary.std, r.summary.n)
+            for r in rows
+        ]  # fmt: skip
+        with self._tx():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO cross_validation VALUES (?,?,?,?,?,?,?,?,?,?)", values
+            )
+
+    def cross(
+        self,
+        *,
+        metric: str | None = None,
+        region: str | None = None,
+        upto_round: int | None = None,
+    ) -> list[CrossRow]:
+        """Cross-site rows (ordered by round, model site, evaluator, region, metric), only
+        those made in rounds ``<= upto_round`` when given; [] for a store from before."""
+        if not self._columns("cross_validation"):
+            return []
+        clauses, args = [], []
+        for col, op, val in (("metric", "=", metric), ("region", "=", region),
+                             ("round", "<=", upto_round)):  # fmt: skip
+            if val is not None:
+                clauses.append(f"{col} {op} ?")
+                args.append(val)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT * FROM cross_validation{where} ORDER BY round, model_site, model_round, "
+            "eval_site, region, metric",
+            args,
+        ).fetchall()
+        return [
+            CrossRow(int(r[0]), r[1], int(r[2]), r[3], int(r[4]), r[5], r[6],
+                     Summary(float(r[7]), float(r[8]), int(r[9])))
+            for r in rows
+        ]  # fmt: skip
+
     # -- checkpoints, alarms, events --------------------------------------------------
     def record_checkpoint(self, model_round: int, path: Path) -> None:
         self._db.execute(
@@ -378,17 +491,31 @@ class RunStore:
 
     def record_alarm(self, alarm: Alarm) -> bool:
         """Store an alarm; False if the same (round, site, kind) was already stored."""
+        evidence = alarm.evidence.model_dump_json() if alarm.evidence is not None else None
         cur = self._db.execute(
-            "INSERT OR IGNORE INTO alarms (round, site, kind, message, created) VALUES (?,?,?,?,?)",
-            (alarm.round, alarm.site, alarm.kind, alarm.message, time.time()),
-        )
+            "INSERT OR IGNORE INTO alarms (round, site, kind, message, created, level, evidence)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (alarm.round, alarm.site, alarm.kind, alarm.message, time.time(),
+             AlarmLevel(alarm.level).value, evidence),
+        )  # fmt: skip
         return cur.rowcount == 1
 
-    def alarms(self) -> list[Alarm]:
+    def alarms(self, *, observations: bool = False) -> list[Alarm]:
+        """The stored alarms by round, site and kind; with ``observations`` the
+        observations too (``AlarmLevel``). A store from before levels holds alarms only."""
+        have = self._columns("alarms")
+        level = "level" if "level" in have else "'alarm'"
+        evidence = "evidence" if "evidence" in have else "NULL"
+        where = "" if observations else f" WHERE {level} = 'alarm'"
         rows = self._db.execute(
-            "SELECT round, site, kind, message FROM alarms ORDER BY round, site, kind"
+            f"SELECT round, site, kind, message, {level}, {evidence} FROM alarms{where} "
+            "ORDER BY round, site, kind"
         ).fetchall()
-        return [Alarm(*r) for r in rows]
+        return [
+            Alarm(int(r[0]), r[1], r[2], r[3], AlarmLevel(r[4]),
+                  AlarmEvidence.model_validate_json(r[5]) if r[5] else None)
+            for r in rows
+        ]  # fmt: skip
 
     def log(self, message: str, level: str = "info") -> None:
         self._db.execute(

@@ -8,6 +8,13 @@ labels or per-case values, and no summary over fewer than ``min_summary_cases`` 
 (``declared_cases``), and the modalities it has (``data.site_config``), which bound what
 its replies may claim (``bounds``) and which banks of a generator it may train.
 
+Cross-site validation (plan ``cross_site``): a request may carry other sites' local models
+of the previous round (``cross``, named ``run_folder.cross_label``); the site validates each
+on its validation cases paired with the global model it validates anyway, and answers with
+summaries only (``TaskReply.cross``). After training, a site also validates its own fresh
+local model against the model it started from on its own cases (``TaskReply.home``): no
+model leaves the site for that.
+
 With ``task: synthesis`` the recipe also holds the plan's ``synthesis`` section
 (``recipe_synthesis``) and each training request says what to train (``SynthStep``: the
 phase, the pre-training's modality, the steps).
@@ -100,6 +107,10 @@ class TaskRequest:
     planned_rounds: int = 0
     #: what to train of the generator (``task: synthesis`` training requests; else None)
     synth_step: SynthStep | None = None
+    #: other sites' local models to validate beside ``weights`` (``cross_label`` -> weights)
+    cross: dict[str, Weights] = field(default_factory=dict)
+    #: validate the site's own local model after training (home check; plan ``cross_site``)
+    home: bool = False
 
 
 @dataclass
@@ -129,6 +140,12 @@ class TaskReply:
     hidden: Payload | None = None
     #: the ε this site has spent in this run after this round (DP ``level: case``)
     privacy_spent: PrivacySpent | None = None
+    #: per ``cross_label``: ``summaries[region][metric]`` with metrics ``dice`` (the local
+    #: model) and ``dice_diff`` (local - global, paired per case) on the site's cases
+    cross: dict[str, dict[str, dict[str, Summary]]] = field(default_factory=dict)
+    #: the same two metrics for the site's own fresh local model against the model it
+    #: started from, on its own validation cases (empty: not asked, or too few cases)
+    home: dict[str, dict[str, Summary]] = field(default_factory=dict)
 
 
 def recipe_json(
