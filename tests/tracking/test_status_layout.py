@@ -12,7 +12,7 @@ from rich.console import Console
 
 from fedseg.federation.commands.watch import live_table
 from fedseg.plan import load_plan
-from fedseg.run_folder import PLAN_FILE
+from fedseg.run_folder import PLAN_FILE, AlarmEvidence, AlarmKind, AlarmLevel
 from fedseg.tracking.status import read_status, render_status
 from fedseg.tracking.status_layout import Layout, layout_for, short_alarms, short_kind
 from fedseg.tracking.store import Alarm, RunStore
@@ -37,6 +37,10 @@ def run(make_run) -> Path:
     with RunStore(run) as store:
         for i, kind in enumerate(KINDS):
             store.record_alarm(Alarm(3 + i % 2, SITES[i % 3], kind, f"{kind} because of x"))
+    return _with_plan(run)
+
+
+def _with_plan(run: Path) -> Path:
     (run / PLAN_FILE).write_text(
         "sites:\n" + "".join(f"  {s}: {{data: /{s}}}\n" for s in SITES) + "rounds: 4\n"
     )
@@ -128,3 +132,65 @@ def test_json_has_no_nan(make_run) -> None:
     back = json.loads(json.dumps(data, allow_nan=False))  # raises on NaN
     assert back["sites"][1]["train_loss"] is None and back["sites"][1]["scores"]["mean"] is None
     assert back["sites"][0]["scores"]["mean"] == pytest.approx(view.sites[0].scores["mean"])
+
+
+EVIDENCE = AlarmEvidence(
+    kind=AlarmKind.LABELS_DISAGREE, region="TC", statistic="z", value=-4.2, p=0.0001,
+    effect=-0.21, margin=0.05, n_cases=9, evaluators=["site2", "hospital_north"],
+    model_rounds=[2, 3], text="its local models lose 0.21 TC Dice on 2 other sites' 9 cases",
+)  # fmt: skip
+
+
+@pytest.fixture
+def noted_run(make_run) -> Path:
+    """An alarm with evidence at one site, an observation (never notified) at another."""
+    run = make_run({s: rising(5) for s in SITES})
+    with RunStore(run) as store:
+        store.record_alarm(Alarm(3, "university_clinic_b", EVIDENCE.kind, "labels disagree",
+                                 AlarmLevel.ALARM, EVIDENCE))  # fmt: skip
+        for rnd in (2, 3, 4):
+            store.record_alarm(Alarm(rnd, "site2", "below_federation", "below by 0.1",
+                                     AlarmLevel.OBSERVATION))  # fmt: skip
+    return _with_plan(run)
+
+
+def test_status_counts_alarms_and_marks_observations(noted_run: Path) -> None:
+    view = read_status(noted_run)
+    by_site = {x.site: x for x in view.sites}
+    assert by_site["site2"].alarms == [] and by_site["site2"].observations == ["below_federation"]
+    assert by_site["university_clinic_b"].alarms == ["labels_disagree"]
+    assert [(a.site, a.level) for a in view.alarms] == [("university_clinic_b", "alarm")]
+    assert [(o.site, o.first, o.last) for o in view.observations] == [("site2", 2, 4)]
+    assert view.alarms[0].evidence == EVIDENCE
+    for width in WIDTHS:
+        out = _draw(render_status(view), width)
+        flat = " ".join(out.split())
+        assert "…" not in out and "observations (shown, never notified):" in flat
+        assert "site2 below_federation (round 2-4)" in flat and "labels_disagree" in flat
+    compact = _draw(render_status(view), 80).splitlines()
+    assert next(ln for ln in compact if ln.startswith("site2 ")).rstrip().endswith(" obs")
+    assert "labels!" in next(ln for ln in compact if ln.startswith("university_clinic_b "))
+    data = json.loads(json.dumps(view.to_json()))
+    assert data["alarms"][0]["evidence"]["p"] == 0.0001
+    assert data["observations"][0]["level"] == "observation"
+    with RunStore(noted_run) as store:  # the live table: the same marker
+        live = _draw(live_table(store, load_plan(noted_run / PLAN_FILE)), 80)
+    assert next(ln for ln in live.splitlines() if ln.startswith("site2 ")).rstrip().endswith("obs")
+
+
+def test_alarms_cli_shows_evidence_and_observations_apart(noted_run: Path) -> None:
+    res = run_fedseg("alarms", noted_run)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "evidence: its local models lose 0.21 TC Dice" in " ".join(out.split())
+    head = out.index("observations (shown, never notified)")
+    assert out.index("labels_disagree") < head < out.index("below_federation")
+    listed = run_fedseg("alarms", noted_run, "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["round"], r["site"], r["level"]) for r in rows] == [
+        (2, "site2", "observation"), (3, "site2", "observation"),
+        (3, "university_clinic_b", "alarm"), (4, "site2", "observation"),
+    ]  # fmt: skip
+    assert AlarmEvidence.model_validate(rows[2]["evidence"]) == EVIDENCE
+    assert rows[0]["evidence"] is None

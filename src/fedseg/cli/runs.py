@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from fedseg.errors import FedsegError
 from fedseg.output_paths import check_output_file, check_output_folder
@@ -73,10 +74,20 @@ def alarms(
         help="Recompute every round's alarms with the plan's settings, store "
         "the ones not stored yet, and print when each site was first flagged.",
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the stored alarms and observations as a JSON list."
+    ),
 ) -> None:
-    """List a run's alarms (or recompute them round by round with --replay)."""
+    """List a run's alarms with their evidence, then its observations (which notify nobody),
+    or recompute them round by round with --replay."""
     from fedseg.tracking.alarms import first_flagged, replay_alarms, run_alarm_config
-    from fedseg.tracking.status import alarm_spans, open_run
+    from fedseg.tracking.status import (
+        OBSERVATIONS_HEADING,
+        alarm_spans,
+        open_run,
+        plain,
+        split_levels,
+    )
     from fedseg.tracking.store import RunStore
 
     if replay:
@@ -84,27 +95,36 @@ def alarms(
         cfg = run_alarm_config(run)
         with RunStore(run) as store:
             found = replay_alarms(store, cfg, notify=False)
-        t = Table(title="first round flagged")
-        for col in ("site", "kind", "round"):
-            t.add_column(col)
-        for (site, kind), rnd in sorted(first_flagged(found).items()):
-            t.add_row(site, kind, str(rnd))
-        console().print(t if found else "no alarms")
-        return
+        if not as_json:
+            t = Table(title="first round flagged")
+            for col in ("site", "kind", "round"):
+                t.add_column(col)
+            for (site, kind), rnd in sorted(first_flagged(found).items()):
+                t.add_row(site, kind, str(rnd))
+            console().print(t if found else "no alarms")
+            return
     store = open_run(run)
     try:
-        spans = alarm_spans(store.alarms())
+        stored = store.alarms(observations=True)
     finally:
         store.close()
+    if as_json:
+        typer.echo(json.dumps([plain(a) for a in stored], indent=2))
+        return
+    spans, noted = split_levels(alarm_spans(stored))
     if not spans:
         console().print("no alarms")
-        return
-    t = Table()
-    for col in ("site", "kind", "first", "last", "message"):
-        t.add_column(col)
-    for sp in spans:
-        t.add_row(sp.site, sp.kind, str(sp.first), str(sp.last), sp.message)
-    console().print(t)
+    for title, rows in (("alarms", spans), (OBSERVATIONS_HEADING, noted)):
+        if not rows:
+            continue
+        t = Table(title=title, title_justify="left")
+        for col in ("site", "kind", "first", "last", "message"):
+            t.add_column(col, overflow="fold")
+        for sp in rows:
+            t.add_row(sp.site, sp.kind, str(sp.first), str(sp.last), sp.message)
+            if sp.evidence is not None and sp.evidence.text:
+                t.add_row("", "", "", "", Text(f"evidence: {sp.evidence.text}", style="dim"))
+        console().print(t)
 
 
 @app.command("select")

@@ -51,6 +51,8 @@ from fedseg.plan import PlanConfig, read_run_plan
 from fedseg.privacy.visibility import mechanisms
 from fedseg.run_folder import (
     STORE_FILE,
+    AlarmEvidence,
+    AlarmLevel,
     CauseKind,
     ComputeUsed,
     FailureCause,
@@ -71,6 +73,7 @@ from fedseg.tracking.curves import (
 )
 from fedseg.tracking.selection import deleted_model_rounds
 from fedseg.tracking.status_layout import (
+    OBSERVATION_MARK,
     Fitted,
     Layout,
     narrow_table,
@@ -145,17 +148,21 @@ class SiteStatus:
     live: str | None = None  # what the site does now (from the federation's live meta)
     compute: ComputeUsed | None = None  # device and precision of its latest recorded round
     error: str | None = None  # the one line its latest round failed (or was rejected) with
+    observations: list[str] = field(default_factory=list)  # kinds noted, never notified
 
 
 @dataclass(frozen=True)
 class AlarmSpan:
-    """An alarm kind at a site: first and last round it held, latest message."""
+    """An alarm kind at a site at one level (``AlarmLevel``: an alarm notifies, an
+    observation does not): first and last round it held, latest message and evidence."""
 
     site: str
     kind: str
     first: int
     last: int
     message: str
+    level: AlarmLevel = AlarmLevel.ALARM
+    evidence: AlarmEvidence | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +294,7 @@ class StatusView:
     privacy: PrivacyStatus | None = None  # mechanisms on and ε spent (None: none)
     score: ScoreSpec = SEGMENTATION_SCORE  # what the scores are (Dice per region, SSIM ...)
     synthesis: SynthesisStatus | None = None  # a synthesis run's phase and modality sets
+    observations: list[AlarmSpan] = field(default_factory=list)  # shown, never notified
 
     def to_json(self) -> dict[str, Any]:
         """The view as plain JSON data (``fedseg status --json``, the dashboard): nested
@@ -345,20 +353,35 @@ def crash_cause(run: Path, store: RunStore, lock: LockState) -> FailureCause:
 
 
 def alarm_spans(alarms: list[Alarm]) -> list[AlarmSpan]:
-    """Group stored alarms by (site, kind) into first/last round spans."""
-    spans: dict[tuple[str, str], AlarmSpan] = {}
+    """Group stored alarms by (site, kind, level) into first/last round spans."""
+    spans: dict[tuple[str, str, str], AlarmSpan] = {}
     for a in sorted(alarms, key=lambda a: a.round):
-        key = (a.site, a.kind)
+        key = (a.site, a.kind, a.level)
         first = spans[key].first if key in spans else a.round
-        spans[key] = AlarmSpan(a.site, a.kind, first, a.round, a.message)
-    return sorted(spans.values(), key=lambda s: (s.site, s.first, s.kind))
+        spans[key] = AlarmSpan(
+            a.site, a.kind, first, a.round, a.message, AlarmLevel(a.level), a.evidence
+        )
+    return sorted(spans.values(), key=lambda s: (s.site, s.first, s.kind, s.level))
+
+
+def split_levels(spans: list[AlarmSpan]) -> tuple[list[AlarmSpan], list[AlarmSpan]]:
+    """``(alarms, observations)`` of ``spans``."""
+    alarms = [sp for sp in spans if sp.level == AlarmLevel.ALARM]
+    return alarms, [sp for sp in spans if sp.level != AlarmLevel.ALARM]
 
 
 def alarm_labels(alarms: list[Alarm]) -> dict[str, str]:
-    """``site -> "kind (since round r), ..."`` for a live table's alarm column."""
+    """``site -> "kind (since round r), ..."`` for a live table's alarm column (alarms;
+    a site with observations only says ``obs``, one with both adds it)."""
     out: dict[str, list[str]] = {}
+    noted: set[str] = set()
     for s in alarm_spans(alarms):
-        out.setdefault(s.site, []).append(f"{s.kind} (since round {s.first})")
+        if s.level == AlarmLevel.ALARM:
+            out.setdefault(s.site, []).append(f"{s.kind} (since round {s.first})")
+        else:
+            noted.add(s.site)
+    for site in noted:
+        out.setdefault(site, []).append(OBSERVATION_MARK)
     return {k: ", ".join(v) for k, v in out.items()}
 
 
@@ -401,8 +424,7 @@ def _collect(run: Path, store: RunStore) -> StatusView:
         state = RunState.DONE
     spec = store_score_spec(store)
     curves = {g: site_curves(store, g) for g in spec.all_groups}
-    alarms = store.alarms()
-    spans = alarm_spans(alarms)
+    spans, noted = split_levels(alarm_spans(store.alarms(observations=True)))
     last_rows: dict[str, Any] = {}
     computes: dict[str, ComputeUsed] = {}
     for r in store.site_rounds():
@@ -426,6 +448,7 @@ def _collect(run: Path, store: RunStore) -> StatusView:
             [s.kind for s in spans if s.site == site],
             live_sites.get(site) if state == RunState.RUNNING else None,
             computes.get(site), r.error if r else None,
+            list(dict.fromkeys(s.kind for s in noted if s.site == site)),
         ))  # fmt: skip
     fed_scores: dict[str, float] = {}
     fed_mr = None
@@ -465,6 +488,7 @@ def _collect(run: Path, store: RunStore) -> StatusView:
         federation_scores=fed_scores,
         federation_model_round=fed_mr,
         alarms=spans,
+        observations=noted,
         last_events=store.events()[-5:],
         models_kept=sorted(store.checkpoints()),
         models_deleted=deleted_model_rounds(store),
@@ -518,7 +542,19 @@ def _status_parts(s: StatusView, lay: Layout) -> list[Any]:
         parts.extend(_alarm_line(sp) for sp in s.alarms)
     else:
         parts.append(_alarms_table(s.alarms, lay))
+    if s.observations:
+        parts.append(observations_line(s.observations))
     return parts
+
+
+#: what heads a run's observations wherever they are listed
+OBSERVATIONS_HEADING = "observations (shown, never notified)"
+
+
+def observations_line(spans: list[AlarmSpan]) -> Text:
+    """``observations (shown, never notified): site1 below_federation (round 3-6), ...``."""
+    said = ", ".join(f"{sp.site} {sp.kind} (round {_span_rounds(sp)})" for sp in spans)
+    return Text.assemble((OBSERVATIONS_HEADING + ": ", "bold"), said)
 
 
 def _header(s: StatusView) -> Text:
@@ -582,8 +618,12 @@ def phase_line(x: SynthesisStatus) -> str:
 
 
 def _alarm_text(x: SiteStatus, lay: Layout = Layout.WIDE) -> Text:
-    said = ", ".join(x.alarms) if lay == Layout.WIDE else short_alarms(x.alarms)
-    return Text(said or "-", style="bold red" if x.alarms else "")
+    """A site's alarm kinds (short ones in a narrow layout) and ``obs`` for observations."""
+    if lay != Layout.WIDE:
+        said = short_alarms(x.alarms, x.observations)
+    else:
+        said = ", ".join([*x.alarms, *([OBSERVATION_MARK] if x.observations else [])]) or "-"
+    return Text(said, style="bold red" if x.alarms else "")
 
 
 def _span_rounds(sp: AlarmSpan) -> str:

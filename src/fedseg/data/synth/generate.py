@@ -38,7 +38,7 @@ from fedseg.data import nifti
 from fedseg.data.cases import BRAIN_KEY, FILE_KEYS, MODALITIES, write_case
 from fedseg.data.labels import ED, ET, NCR, Layout
 from fedseg.data.site_config import SITE_CONFIG_FILE
-from fedseg.data.splits import make_split
+from fedseg.data.splits import set_validation_cases
 from fedseg.data.synth.anatomy import (
     Anatomy,
     atlas_on_grid,
@@ -217,9 +217,8 @@ def generate_dataset(
             for job, fut in zip(jobs, futures, strict=True):
                 done(job, fut.result())
     _record(out, config, profiles, summary)
-    counts = dict(zip(sites, config.case_counts(), strict=True))
-    for site, n_val in config.val_cases.items():  # exactly n_val: splits.first_split
-        make_split(out / site, val_fraction=n_val / counts[site])
+    for site, n_val in config.val_cases.items():
+        set_validation_cases(out / site, n_val)
     return result
 
 

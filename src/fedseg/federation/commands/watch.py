@@ -24,7 +24,7 @@ from rich.text import Text
 from fedseg.errors import FedsegError
 from fedseg.federation.engine.launcher import Launcher
 from fedseg.plan import PlanConfig
-from fedseg.run_folder import RunStatus, SiteActivity, SiteRoundStatus
+from fedseg.run_folder import AlarmLevel, RunStatus, SiteActivity, SiteRoundStatus
 from fedseg.tracking.curves import ScoreSpec, store_score_spec
 from fedseg.tracking.status import alarm_labels
 from fedseg.tracking.status_layout import (
@@ -139,7 +139,7 @@ def live_table(store: RunStore, plan: PlanConfig, layout: Layout | None = None) 
     title = f"round {rnd}/{store.meta.planned_rounds() or plan.rounds} - {phase}"
     if best is not None:
         title += f" - best: model {best.model_round}, {spec.label} {best.score:.3f}"
-    alarms = store.alarms()
+    alarms = store.alarms(observations=True)
     last_rows = {}
     for sr in store.site_rounds():
         last_rows[sr.site] = sr
@@ -201,8 +201,9 @@ def _live_parts(
             )  # fmt: skip
         return [table]
     kinds: dict[str, list[str]] = {}
+    noted: dict[str, list[str]] = {}
     for a in alarms:
-        kinds.setdefault(a.site, []).append(a.kind)
+        (kinds if a.level == AlarmLevel.ALARM else noted).setdefault(a.site, []).append(a.kind)
     table = narrow_table(title, [
         ("site", False), ("state", False), ("model", True),
         (f"{spec.label}\n{scores_header(spec.groups)}", False), ("cases", True),
@@ -212,6 +213,8 @@ def _live_parts(
         table.add_row(
             r.site, state(r), number(r.model, "d"), scores_cell(r.scores, spec.groups),
             number(r.n_train, "d"), number(r.loss),
-            f"[red]{short_alarms(kinds[r.site])}[/]" if r.site in kinds else "-",
+            f"[red]{short_alarms(kinds[r.site], noted.get(r.site, []))}[/]"
+            if r.site in kinds
+            else short_alarms([], noted.get(r.site, [])),
         )  # fmt: skip
     return [table]
