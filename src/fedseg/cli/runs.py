@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from fedseg.errors import FedsegError
 from fedseg.output_paths import check_output_file, check_output_folder
@@ -31,19 +32,37 @@ def status(
     run: Path = RUN_ARG,
     follow: bool = typer.Option(False, "--follow", "-f", help="Refresh until the run ends."),
     interval: float = typer.Option(2.0, min=0.2, help="Seconds between refreshes (--follow)."),
+    wide: bool = typer.Option(
+        False, "--wide", help="Every column, whatever the width [from 120 columns]."
+    ),
+    lines: bool = typer.Option(False, "--lines", help="One line per site [under 60 columns]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
-    """Rounds done, each site's state and last metrics, alarms (safe while a run writes)."""
-    from fedseg.tracking.status import RunState, read_status, render_status
+    """Rounds done, each site's state and last metrics, alarms (safe while a run writes).
 
+    The layout fits the terminal (or COLUMNS, 80 when piped): every column from 120
+    columns, a compact table from 60, else one line per site."""
+    from fedseg.tracking.status import RunState, read_status, render_status
+    from fedseg.tracking.status_layout import Layout
+
+    if wide and lines:
+        raise FedsegError("choose at most one of --wide and --lines")
+    if as_json and (follow or wide or lines):
+        raise FedsegError("--json prints the status once, as data: drop --follow, --wide, --lines")
+    layout = Layout.WIDE if wide else Layout.LINES if lines else None
     s = read_status(run)
-    if not follow:
-        console().print(render_status(s))
+    if as_json:
+        typer.echo(json.dumps(s.to_json(), indent=2))
         return
-    with Live(render_status(s), console=console(), refresh_per_second=4) as live:
+    out = render_status(s, layout).console_for(console())
+    if not follow:
+        out.print(render_status(s, layout))
+        return
+    with Live(render_status(s, layout), console=out, refresh_per_second=4) as live:
         while s.state in (RunState.RUNNING, RunState.NOT_STARTED):
             time.sleep(interval)
             s = read_status(run)
-            live.update(render_status(s))
+            live.update(render_status(s, layout))
 
 
 @app.command("alarms")
@@ -55,10 +74,20 @@ def alarms(
         help="Recompute every round's alarms with the plan's settings, store "
         "the ones not stored yet, and print when each site was first flagged.",
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the stored alarms and observations as a JSON list."
+    ),
 ) -> None:
-    """List a run's alarms (or recompute them round by round with --replay)."""
+    """List a run's alarms with their evidence, then its observations (which notify nobody),
+    or recompute them round by round with --replay."""
     from fedseg.tracking.alarms import first_flagged, replay_alarms, run_alarm_config
-    from fedseg.tracking.status import alarm_spans, open_run
+    from fedseg.tracking.status import (
+        OBSERVATIONS_HEADING,
+        alarm_spans,
+        open_run,
+        plain,
+        split_levels,
+    )
     from fedseg.tracking.store import RunStore
 
     if replay:
@@ -66,27 +95,36 @@ def alarms(
         cfg = run_alarm_config(run)
         with RunStore(run) as store:
             found = replay_alarms(store, cfg, notify=False)
-        t = Table(title="first round flagged")
-        for col in ("site", "kind", "round"):
-            t.add_column(col)
-        for (site, kind), rnd in sorted(first_flagged(found).items()):
-            t.add_row(site, kind, str(rnd))
-        console().print(t if found else "no alarms")
-        return
+        if not as_json:
+            t = Table(title="first round flagged")
+            for col in ("site", "kind", "round"):
+                t.add_column(col)
+            for (site, kind), rnd in sorted(first_flagged(found).items()):
+                t.add_row(site, kind, str(rnd))
+            console().print(t if found else "no alarms")
+            return
     store = open_run(run)
     try:
-        spans = alarm_spans(store.alarms())
+        stored = store.alarms(observations=True)
     finally:
         store.close()
+    if as_json:
+        typer.echo(json.dumps([plain(a) for a in stored], indent=2))
+        return
+    spans, noted = split_levels(alarm_spans(stored))
     if not spans:
         console().print("no alarms")
-        return
-    t = Table()
-    for col in ("site", "kind", "first", "last", "message"):
-        t.add_column(col)
-    for sp in spans:
-        t.add_row(sp.site, sp.kind, str(sp.first), str(sp.last), sp.message)
-    console().print(t)
+    for title, rows in (("alarms", spans), (OBSERVATIONS_HEADING, noted)):
+        if not rows:
+            continue
+        t = Table(title=title, title_justify="left")
+        for col in ("site", "kind", "first", "last", "message"):
+            t.add_column(col, overflow="fold")
+        for sp in rows:
+            t.add_row(sp.site, sp.kind, str(sp.first), str(sp.last), sp.message)
+            if sp.evidence is not None and sp.evidence.text:
+                t.add_row("", "", "", "", Text(f"evidence: {sp.evidence.text}", style="dim"))
+        console().print(t)
 
 
 @app.command("select")
