@@ -19,6 +19,7 @@ from fedseg.data.splits import (
     first_split,
     load_split,
     make_split,
+    set_validation_cases,
     update_split,
 )
 from fedseg.errors import FedsegError
@@ -161,3 +162,21 @@ def test_empty_split_file_keeps_its_parameters(tmp_path: Path, factory) -> None:
     assert len(split.val) == 3
     expected = first_split([f"c{i}" for i in range(10)], 9, 0.3)
     assert {c.case_id for c in split.val} == {c for c, s in expected.items() if s is Side.VAL}
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 8, 13])
+def test_set_validation_cases_gives_exactly_n(tmp_path: Path, factory, n: int) -> None:
+    """Every count 1..n-1 (first_split rounds n * (k / n) back to k); a file with another
+    count is refused, one with that count kept."""
+    for k in range(1, n):
+        root = _site(tmp_path / f"{n}_{k}", factory, [f"c{i}" for i in range(n)])
+        split = set_validation_cases(root, k)
+        assert len(split.val) == k and len(split.train) == n - k
+        assert [c.case_id for c in set_validation_cases(root, k).val] == [
+            c.case_id for c in split.val
+        ]
+    if n > 2:  # root holds the split with n - 1 validation cases
+        with pytest.raises(FedsegError, match=f"puts {n - 1} case"):
+            set_validation_cases(root, 1)
+    with pytest.raises(FedsegError, match=f"give it 1..{n - 1} validation cases, not {n}"):
+        set_validation_cases(root, n)

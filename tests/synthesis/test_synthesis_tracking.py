@@ -246,17 +246,36 @@ def test_status_of_a_synthesis_run_at_80_columns(tmp_path: Path) -> None:
     assert st.synthesis.phase == "bank" and st.synthesis.round == 2
     assert st.synthesis.modalities == {"site1": MODALITIES, "site2": ("t1", "t1ce", "t2")}
     assert st.sites[1].scores["mean"] == pytest.approx(0.55 + (-0.03 - 0.01 + 0.01) / 3)
-    out = _text(render_status(st), 80)
+    out = _text(render_status(st), 80)  # the compact layout: tables without vertical rules
     lines = out.splitlines()
-    assert max(len(ln) for ln in lines) <= 80
+    assert max(len(ln) for ln in lines) <= 80 and "…" not in out
     assert "synthesis phase: bank (round 2; pre-training round 1)" in out
     assert "federation SSIM of model 2: 0." in out and "Dice" not in out
-    assert next(ln for ln in lines if ln.startswith("│ federation ")).count("0.") == 5
-    row = {s: next(ln for ln in lines if ln.startswith(f"│ {s} ")) for s in ("site1", "site2")}
+    tables = lines[next(i for i, ln in enumerate(lines) if ln.startswith("sites")) :]
+    assert next(ln for ln in tables if ln.startswith("federation ")).count("0.") == 5
+    row = {s: next(ln for ln in tables if ln.startswith(f"{s} ")) for s in ("site1", "site2")}
     assert "all" in row["site1"] and "t1 t1ce t2" in row["site2"]
     assert f"{0.6:.3f}" in row["site1"]  # the mean SSIM, not cut
-    per = [ln for ln in lines if ln.startswith("│ site2 ")]
+    per = [ln for ln in tables if ln.startswith("site2 ")]
     assert len(per) == 2 and "absent" in per[1]  # FLAIR of the FLAIR-less site
+
+
+@pytest.mark.parametrize("width", [40, 200])
+def test_status_of_a_synthesis_run_fits_any_width(tmp_path: Path, width: int) -> None:
+    """The status layout rule (tracking.status_layout) for a synthesis run: its own tables
+    from 120 columns, one line per site (and the federation) under 60; nothing cut."""
+    run = synthesis_run(
+        tmp_path / "run", {"clinic_with_a_long_name": [0.3, 0.5, 0.6], "b": [0.2, 0.45, 0.55]},
+        absent={"b": ["flair"]}, pretrain=1,
+    )  # fmt: skip
+    out = _text(render_status(read_status(run)), width)
+    flat = " ".join(out.split())
+    assert "…" not in out and "clinic_with_a_long_name" in flat and "absent" in flat
+    assert max(len(ln) for ln in out.splitlines()) <= width
+    if width == 40:
+        assert "│" not in out and "flair absent" in flat and "federation model 2 SSIM" in flat
+    else:
+        assert "SSIM per modality (each site's latest validated model)" in out
 
 
 def test_phase_comes_from_the_round_number_without_site_rows(tmp_path: Path) -> None:

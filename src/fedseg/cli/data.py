@@ -178,7 +178,34 @@ def synth(
         [], "--bad-site", help="Site number (1-based) with systematically wrong labels; repeatable."
     ),
     bad_kind: str = typer.Option(
-        "eroded", "--bad-kind", help="How a bad site's labels are wrong: eroded, shifted, swapped."
+        "eroded",
+        "--bad-kind",
+        help="How a bad site's labels are wrong: eroded, shifted, swapped, scramble.",
+    ),
+    hard_site: list[int] = typer.Option(
+        [],
+        "--hard-site",
+        help="Site number with harder cases (smaller tumours, noisier and "
+        "blurrier scanner), labels clean; repeatable.",
+    ),
+    scanner_site: list[int] = typer.Option(
+        [],
+        "--scanner-site",
+        help="Site number on another scanner (3x intensity, 8 mm slices, "
+        "strong bias, larger tumours), labels clean; repeatable.",
+    ),
+    profile: list[str] = typer.Option(
+        [],
+        "--profile",
+        help="SITE:KEY=VALUE sets a field of the site's profile (see "
+        "synth.yaml; VALUE may be 2x: twice the drawn value), e.g. site2:tumor_radius_mm=8; "
+        "repeatable, applied after --hard-site/--scanner-site.",
+    ),
+    val_cases: list[str] = typer.Option(
+        [],
+        "--val-cases",
+        help="SITE:N writes the site's split with exactly N validation "
+        "cases (e.g. site4:2); repeatable.",
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes generating cases."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing site folders."),
@@ -199,12 +226,15 @@ def synth(
 
     OUT receives site1/, site2/, ... (one BraTS 2021 case folder per case) and synth.yaml
     (the config and every site's scanner profile, enough to repeat the data set).
+    A heterogeneous federation for monitoring: e.g. --sites 5 --hard-site 2
+    --scanner-site 3 --val-cases site4:2 --bad-site 5 --bad-kind shifted.
     """
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from fedseg.data.synth import BadKind, SynthConfig, generate_dataset
     from fedseg.data.synth.generate import HELDBACK, prepare_output
+    from fedseg.data.synth.presets import customized
     from fedseg.errors import FedsegError
 
     kinds = [k.value for k in BadKind]
@@ -216,6 +246,12 @@ def synth(
         if not sep or not site or not modality:
             raise FedsegError(f"--missing {item}: give SITE:MODALITY, e.g. site2:flair")
         lacking.setdefault(site, []).append(modality.lower())
+    n_val: dict[str, int] = {}
+    for item in val_cases:
+        site, sep, count = item.partition(":")
+        if not sep or not site or not count.strip().isdigit():
+            raise FedsegError(f"--val-cases {item}: give SITE:N, e.g. site4:2")
+        n_val[site] = int(count)
     try:
         config = SynthConfig(
             sites=sites,
@@ -226,11 +262,13 @@ def synth(
             bad_kind=BadKind(bad_kind),
             missing=lacking,
             labels_only=labels_only,
+            val_cases=n_val,
         )
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "options"
         raise FedsegError(f"invalid {where}: {err['msg'].removeprefix('Value error, ')}") from None
+    config = customized(config, hard=hard_site, scanner=scanner_site, edits=profile)
     config.site_profiles()  # reject bad site numbers before any work
     prepare_output(out, config, overwrite)
     total = sum(config.case_counts())

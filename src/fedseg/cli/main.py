@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, emoji=False)  # "site4:x:" is a message, not an emoji
 
 
 @app.callback(invoke_without_command=True)

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from fedseg.errors import FedsegError
 from fedseg.output_paths import check_output_file, check_output_folder
@@ -31,19 +32,37 @@ def status(
     run: Path = RUN_ARG,
     follow: bool = typer.Option(False, "--follow", "-f", help="Refresh until the run ends."),
     interval: float = typer.Option(2.0, min=0.2, help="Seconds between refreshes (--follow)."),
+    wide: bool = typer.Option(
+        False, "--wide", help="Every column, whatever the width [from 120 columns]."
+    ),
+    lines: bool = typer.Option(False, "--lines", help="One line per site [under 60 columns]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
-    """Rounds done, each site's state and last metrics, alarms (safe while a run writes)."""
-    from fedseg.tracking.status import RunState, read_status, render_status
+    """Rounds done, each site's state and last metrics, alarms (safe while a run writes).
 
+    The layout fits the terminal (or COLUMNS, 80 when piped): every column from 120
+    columns, a compact table from 60, else one line per site."""
+    from fedseg.tracking.status import RunState, read_status, render_status
+    from fedseg.tracking.status_layout import Layout
+
+    if wide and lines:
+        raise FedsegError("choose at most one of --wide and --lines")
+    if as_json and (follow or wide or lines):
+        raise FedsegError("--json prints the status once, as data: drop --follow, --wide, --lines")
+    layout = Layout.WIDE if wide else Layout.LINES if lines else None
     s = read_status(run)
-    if not follow:
-        console().print(render_status(s))
+    if as_json:
+        typer.echo(json.dumps(s.to_json(), indent=2))
         return
-    with Live(render_status(s), console=console(), refresh_per_second=4) as live:
+    out = render_status(s, layout).console_for(console())
+    if not follow:
+        out.print(render_status(s, layout))
+        return
+    with Live(render_status(s, layout), console=out, refresh_per_second=4) as live:
         while s.state in (RunState.RUNNING, RunState.NOT_STARTED):
             time.sleep(interval)
             s = read_status(run)
-            live.update(render_status(s))
+            live.update(render_status(s, layout))
 
 
 @app.command("alarms")
@@ -55,10 +74,20 @@ def alarms(
         help="Recompute every round's alarms with the plan's settings, store "
         "the ones not stored yet, and print when each site was first flagged.",
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the stored alarms and observations as a JSON list."
+    ),
 ) -> None:
-    """List a run's alarms (or recompute them round by round with --replay)."""
+    """List a run's alarms with their evidence, then its observations (which notify nobody),
+    or recompute them round by round with --replay."""
     from fedseg.tracking.alarms import first_flagged, replay_alarms, run_alarm_config
-    from fedseg.tracking.status import alarm_spans, open_run
+    from fedseg.tracking.status import (
+        OBSERVATIONS_HEADING,
+        alarm_spans,
+        open_run,
+        plain,
+        split_levels,
+    )
     from fedseg.tracking.store import RunStore
 
     if replay:
@@ -66,27 +95,36 @@ def alarms(
         cfg = run_alarm_config(run)
         with RunStore(run) as store:
             found = replay_alarms(store, cfg, notify=False)
-        t = Table(title="first round flagged")
-        for col in ("site", "kind", "round"):
-            t.add_column(col)
-        for (site, kind), rnd in sorted(first_flagged(found).items()):
-            t.add_row(site, kind, str(rnd))
-        console().print(t if found else "no alarms")
-        return
+        if not as_json:
+            t = Table(title="first round flagged")
+            for col in ("site", "kind", "round"):
+                t.add_column(col)
+            for (site, kind), rnd in sorted(first_flagged(found).items()):
+                t.add_row(site, kind, str(rnd))
+            console().print(t if found else "no alarms")
+            return
     store = open_run(run)
     try:
-        spans = alarm_spans(store.alarms())
+        stored = store.alarms(observations=True)
     finally:
         store.close()
+    if as_json:
+        typer.echo(json.dumps([plain(a) for a in stored], indent=2))
+        return
+    spans, noted = split_levels(alarm_spans(stored))
     if not spans:
         console().print("no alarms")
-        return
-    t = Table()
-    for col in ("site", "kind", "first", "last", "message"):
-        t.add_column(col)
-    for sp in spans:
-        t.add_row(sp.site, sp.kind, str(sp.first), str(sp.last), sp.message)
-    console().print(t)
+    for title, rows in (("alarms", spans), (OBSERVATIONS_HEADING, noted)):
+        if not rows:
+            continue
+        t = Table(title=title, title_justify="left")
+        for col in ("site", "kind", "first", "last", "message"):
+            t.add_column(col, overflow="fold")
+        for sp in rows:
+            t.add_row(sp.site, sp.kind, str(sp.first), str(sp.last), sp.message)
+            if sp.evidence is not None and sp.evidence.text:
+                t.add_row("", "", "", "", Text(f"evidence: {sp.evidence.text}", style="dim"))
+        console().print(t)
 
 
 @app.command("select")
@@ -139,46 +177,71 @@ def contributions_cmd(
         None, help="Folder for the leave-one-site-out runs [RUN/loso]; finished ones are reused."
     ),
 ) -> None:
-    """Estimate how much each site's data improves the global model (from the store)."""
+    """Estimate how much each site's data improves the global model for the other sites
+    (from the cross-site evidence in the store; --loso re-trains without each site)."""
     from fedseg.federation.commands.leave_one_out import loso_values
     from fedseg.plan import read_run_plan
-    from fedseg.tracking.contributions import contributions, unavailable
+    from fedseg.tracking.contributions import (
+        SHARES_NOTE,
+        contributions,
+        estimate_contributions,
+        unavailable,
+    )
     from fedseg.tracking.curves import store_score_spec
     from fedseg.tracking.status import open_run
 
     plan = read_run_plan(run)
-    why = unavailable(plan.privacy if plan is not None else None)
     store = open_run(run)
     try:
         label = store_score_spec(store).label
-        rows = [] if why else contributions(store)
+        estimates = estimate_contributions(store, cfg=plan.alarms if plan is not None else None)
+        why = None if estimates else unavailable(plan.privacy if plan is not None else None)
+        rows = [] if estimates or why else contributions(store)
     finally:
         store.close()
-    if why:
-        console().print(why)
-    loso_vals: dict[str, float] = {}
-    if loso:
-        loso_vals = loso_values(run, loso_dir, console())
-    if why and not loso:
-        return
-    if why:  # only the leave-one-site-out values
-        t = Table(title="site contributions (leave one site out)")
-        t.add_column("site")
-        t.add_column("leave-one-out", justify="right")
-        for site, v in sorted(loso_vals.items()):
-            t.add_row(site, f"{v:.3f}")
+    loso_vals: dict[str, float] = loso_values(run, loso_dir, console()) if loso else {}
+    extra = ["leave-one-out"] if loso else []
+    if estimates:
+        t = Table(title=f"site contributions: {label} the other sites gain from each site "
+                  "(first-order leave-one-out from the cross-site validation)")  # fmt: skip
+        for col in ["site", "verdict", "region", "effect", "95% interval", "ET", "TC", "WT",
+                    "mean", "cases", "models", *extra]:  # fmt: skip
+            t.add_column(col, justify="left" if col in ("site", "verdict", "region") else "right")
+        for e in estimates:
+            vals = [f"{e.per_region[g]:+.3f}" for g in ("ET", "TC", "WT", "mean")]
+            if loso:
+                vals.append(f"{loso_vals.get(e.site, float('nan')):.3f}")
+            span = f"{e.model_rounds[0]}-{e.model_rounds[-1]}"
+            t.add_row(e.site, e.verdict, e.region, f"{e.effect:+.3f}",
+                      f"{e.low:+.3f}..{e.high:+.3f}", *vals[:4], str(e.n_cases), span,
+                      *vals[4:])  # fmt: skip
         console().print(t)
+        console().print(
+            "negative: the other sites would do better without the site (harmful when the "
+            "whole 95% interval is below 0); ranked by its worst region"
+        )
+    elif why:
+        console().print(why)
+        if loso:  # only the leave-one-site-out values
+            t = Table(title="site contributions (leave one site out)")
+            t.add_column("site")
+            t.add_column("leave-one-out", justify="right")
+            for site, v in sorted(loso_vals.items()):
+                t.add_row(site, f"{v:.3f}")
+            console().print(t)
         return
-    t = Table(title="site contributions (first-order estimate from update sizes)")
-    cols = ["site", "rounds", "weight", "share", "cos", f"{label} gain", "gain on others"]
-    for col in cols + (["leave-one-out"] if loso else []):
-        t.add_column(col, justify="left" if col == "site" else "right")
-    for c in rows:
-        vals = [c.mean_weight, c.mean_share, c.mean_cos, c.dice_gain, c.dice_gain_others]
-        if loso:
-            vals.append(loso_vals.get(c.site, float("nan")))
-        t.add_row(c.site, str(c.rounds), *(f"{v:.3f}" for v in vals))
-    console().print(t)
+    else:
+        console().print(SHARES_NOTE)
+        t = Table(title="site contributions (first-order estimate from update sizes)")
+        cols = ["site", "rounds", "weight", "share", "cos", f"{label} gain", "gain on others"]
+        for col in cols + extra:
+            t.add_column(col, justify="left" if col == "site" else "right")
+        for c in rows:
+            vals = [c.mean_weight, c.mean_share, c.mean_cos, c.dice_gain, c.dice_gain_others]
+            if loso:
+                vals.append(loso_vals.get(c.site, float("nan")))
+            t.add_row(c.site, str(c.rounds), *(f"{v:.3f}" for v in vals))
+        console().print(t)
     if loso:
         console().print(
             f"leave-one-out: best pooled {label} of the other sites with the site minus without it"

@@ -232,6 +232,32 @@ def make_split(
     return split, changes
 
 
+def set_validation_cases(root: Path, n_val: int, *, seed: int | None = None) -> Split:
+    """The split of the site at ``root`` with exactly ``n_val`` validation cases: a first
+    split at ``val_fraction = n_val / n`` (``first_split`` rounds ``n * fraction`` to
+    ``n_val``). An existing split file is kept when it holds exactly that many, else
+    refused (re-splitting moves cases between sides)."""
+    root = Path(root)
+    usable, _ = _splittable(discover_cases(root))
+    n = len(usable)
+    if not 1 <= n_val < n:
+        raise FedsegError(
+            f"{root}: {n} complete labelled case(s); give it 1..{n - 1} validation cases, "
+            f"not {n_val}"
+        )
+    path = root / SPLIT_FILE
+    if path.exists():
+        split, _ = make_split(root, seed=seed)
+        if len(split.val) != n_val:
+            raise FedsegError(
+                f"{path} puts {len(split.val)} case(s) in validation, not {n_val}; delete it "
+                "to re-split (moves cases)"
+            )
+        return split
+    split, _ = make_split(root, seed=seed, val_fraction=n_val / n)
+    return split
+
+
 def load_split(root: Path, split_file: Path | None = None) -> Split:
     """The site's split for training, creating the split file (default seed) on first use.
 

@@ -1,7 +1,10 @@
 """The coordinator's live view of a run: rounds, each site's state and metrics, alarms.
 
 ``read_status`` opens the run store read-only (safe while the federation writes: WAL),
-``render_status`` turns the result into rich tables for ``fedseg status``, and
+``render_status`` turns the result into rich tables for ``fedseg status``, in the layout
+that fits the width it is drawn at (``tracking.status_layout``: every column from 120
+columns, a compact table from 60, else one line per site), ``StatusView.to_json`` into
+the JSON of ``fedseg status --json`` (and the dashboard's), and
 ``alarm_labels`` gives the short per-site alarm text the federation's live table shows.
 Each site's device and precision are those of its latest round that recorded them
 (``run_folder.ComputeUsed``; "-" for a run from before they were recorded).
@@ -33,12 +36,12 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from rich.console import Group
+from pydantic import BaseModel
 from rich.table import Table
 from rich.text import Text
 
@@ -48,6 +51,8 @@ from fedseg.plan import PlanConfig, read_run_plan
 from fedseg.privacy.visibility import mechanisms
 from fedseg.run_folder import (
     STORE_FILE,
+    AlarmEvidence,
+    AlarmLevel,
     CauseKind,
     ComputeUsed,
     FailureCause,
@@ -67,6 +72,16 @@ from fedseg.tracking.curves import (
     store_score_spec,
 )
 from fedseg.tracking.selection import deleted_model_rounds
+from fedseg.tracking.status_layout import (
+    OBSERVATION_MARK,
+    Fitted,
+    Layout,
+    narrow_table,
+    number,
+    scores_cell,
+    scores_header,
+    short_alarms,
+)
 from fedseg.tracking.store import Alarm, RunStore
 
 
@@ -133,17 +148,21 @@ class SiteStatus:
     live: str | None = None  # what the site does now (from the federation's live meta)
     compute: ComputeUsed | None = None  # device and precision of its latest recorded round
     error: str | None = None  # the one line its latest round failed (or was rejected) with
+    observations: list[str] = field(default_factory=list)  # kinds noted, never notified
 
 
 @dataclass(frozen=True)
 class AlarmSpan:
-    """An alarm kind at a site: first and last round it held, latest message."""
+    """An alarm kind at a site at one level (``AlarmLevel``: an alarm notifies, an
+    observation does not): first and last round it held, latest message and evidence."""
 
     site: str
     kind: str
     first: int
     last: int
     message: str
+    level: AlarmLevel = AlarmLevel.ALARM
+    evidence: AlarmEvidence | None = None
 
 
 @dataclass(frozen=True)
@@ -275,6 +294,38 @@ class StatusView:
     privacy: PrivacyStatus | None = None  # mechanisms on and ε spent (None: none)
     score: ScoreSpec = SEGMENTATION_SCORE  # what the scores are (Dice per region, SSIM ...)
     synthesis: SynthesisStatus | None = None  # a synthesis run's phase and modality sets
+    observations: list[AlarmSpan] = field(default_factory=list)  # shown, never notified
+
+    def to_json(self) -> dict[str, Any]:
+        """The view as plain JSON data (``fedseg status --json``, the dashboard): nested
+        records as objects (an event as ``{time, level, message}``), enums as their values,
+        a missing or NaN number as null."""
+        out = plain(self)
+        assert isinstance(out, dict)
+        out["last_events"] = [
+            {"time": t, "level": level, "message": m} for t, level, m in out["last_events"]
+        ]
+        return out
+
+
+def plain(v: Any) -> Any:
+    """``v`` as JSON data: dataclasses and pydantic models as objects (field order), enums
+    as values, tuples as lists, NaN and infinities as None, mapping keys as text."""
+    if isinstance(v, BaseModel):
+        return plain(v.model_dump())
+    if is_dataclass(v) and not isinstance(v, type):
+        return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
+    if isinstance(v, Enum):
+        return plain(v.value)
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | set | frozenset):
+        return [plain(x) for x in v]
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if v is None or isinstance(v, str | int | bool):
+        return v
+    return str(v)  # a path
 
 
 def crash_cause(run: Path, store: RunStore, lock: LockState) -> FailureCause:
@@ -302,20 +353,35 @@ def crash_cause(run: Path, store: RunStore, lock: LockState) -> FailureCause:
 
 
 def alarm_spans(alarms: list[Alarm]) -> list[AlarmSpan]:
-    """Group stored alarms by (site, kind) into first/last round spans."""
-    spans: dict[tuple[str, str], AlarmSpan] = {}
+    """Group stored alarms by (site, kind, level) into first/last round spans."""
+    spans: dict[tuple[str, str, str], AlarmSpan] = {}
     for a in sorted(alarms, key=lambda a: a.round):
-        key = (a.site, a.kind)
+        key = (a.site, a.kind, a.level)
         first = spans[key].first if key in spans else a.round
-        spans[key] = AlarmSpan(a.site, a.kind, first, a.round, a.message)
-    return sorted(spans.values(), key=lambda s: (s.site, s.first, s.kind))
+        spans[key] = AlarmSpan(
+            a.site, a.kind, first, a.round, a.message, AlarmLevel(a.level), a.evidence
+        )
+    return sorted(spans.values(), key=lambda s: (s.site, s.first, s.kind, s.level))
+
+
+def split_levels(spans: list[AlarmSpan]) -> tuple[list[AlarmSpan], list[AlarmSpan]]:
+    """``(alarms, observations)`` of ``spans``."""
+    alarms = [sp for sp in spans if sp.level == AlarmLevel.ALARM]
+    return alarms, [sp for sp in spans if sp.level != AlarmLevel.ALARM]
 
 
 def alarm_labels(alarms: list[Alarm]) -> dict[str, str]:
-    """``site -> "kind (since round r), ..."`` for a live table's alarm column."""
+    """``site -> "kind (since round r), ..."`` for a live table's alarm column (alarms;
+    a site with observations only says ``obs``, one with both adds it)."""
     out: dict[str, list[str]] = {}
+    noted: set[str] = set()
     for s in alarm_spans(alarms):
-        out.setdefault(s.site, []).append(f"{s.kind} (since round {s.first})")
+        if s.level == AlarmLevel.ALARM:
+            out.setdefault(s.site, []).append(f"{s.kind} (since round {s.first})")
+        else:
+            noted.add(s.site)
+    for site in noted:
+        out.setdefault(site, []).append(OBSERVATION_MARK)
     return {k: ", ".join(v) for k, v in out.items()}
 
 
@@ -358,8 +424,7 @@ def _collect(run: Path, store: RunStore) -> StatusView:
         state = RunState.DONE
     spec = store_score_spec(store)
     curves = {g: site_curves(store, g) for g in spec.all_groups}
-    alarms = store.alarms()
-    spans = alarm_spans(alarms)
+    spans, noted = split_levels(alarm_spans(store.alarms(observations=True)))
     last_rows: dict[str, Any] = {}
     computes: dict[str, ComputeUsed] = {}
     for r in store.site_rounds():
@@ -383,6 +448,7 @@ def _collect(run: Path, store: RunStore) -> StatusView:
             [s.kind for s in spans if s.site == site],
             live_sites.get(site) if state == RunState.RUNNING else None,
             computes.get(site), r.error if r else None,
+            list(dict.fromkeys(s.kind for s in noted if s.site == site)),
         ))  # fmt: skip
     fed_scores: dict[str, float] = {}
     fed_mr = None
@@ -422,6 +488,7 @@ def _collect(run: Path, store: RunStore) -> StatusView:
         federation_scores=fed_scores,
         federation_model_round=fed_mr,
         alarms=spans,
+        observations=noted,
         last_events=store.events()[-5:],
         models_kept=sorted(store.checkpoints()),
         models_deleted=deleted_model_rounds(store),
@@ -431,8 +498,7 @@ def _collect(run: Path, store: RunStore) -> StatusView:
     )
 
 
-def _f(v: float | None, fmt: str = ".3f") -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+_f = number  # a value in a cell: "0.766", or "-" for none
 
 
 def _rounds(rounds: list[int], most: int = 12) -> str:
@@ -449,8 +515,49 @@ def _rounds(rounds: list[int], most: int = 12) -> str:
 _STATE_STYLE = {RunState.DONE: "green", RunState.FAILED: "red", RunState.CRASHED: "bold red"}
 
 
-def render_status(s: StatusView) -> Group:
-    """Rich renderables for a terminal: header line, site table, alarms table."""
+def render_status(s: StatusView, layout: Layout | None = None) -> Fitted:
+    """Rich renderable for a terminal: header lines, the site table(s) (or one line per
+    site), each site's failure, the alarms; drawn in the layout for the width it is drawn
+    at (``tracking.status_layout``), or in ``layout`` when given."""
+    return Fitted(lambda lay: _status_parts(s, lay), layout)
+
+
+def _status_parts(s: StatusView, lay: Layout) -> list[Any]:
+    if s.synthesis is not None:
+        tables = _synthesis_tables(s, lay)
+    elif lay == Layout.WIDE:
+        tables = [_sites_table(s)]
+    elif lay == Layout.COMPACT:
+        tables = [_compact_sites_table(s)]
+    else:
+        tables = [_site_line(s, x) for x in s.sites]
+    parts: list[Any] = [_header(s), *tables]
+    for x in s.sites:  # why a site's latest round failed: its own one line
+        if x.error:
+            parts.append(Text(f"{x.site} round {x.last_round}: {x.error}", style="red"))
+    if not s.alarms:
+        parts.append(Text("no alarms"))
+    elif lay == Layout.LINES:
+        parts.append(Text("alarms", style="bold"))
+        parts.extend(_alarm_line(sp) for sp in s.alarms)
+    else:
+        parts.append(_alarms_table(s.alarms, lay))
+    if s.observations:
+        parts.append(observations_line(s.observations))
+    return parts
+
+
+#: what heads a run's observations wherever they are listed
+OBSERVATIONS_HEADING = "observations (shown, never notified)"
+
+
+def observations_line(spans: list[AlarmSpan]) -> Text:
+    """``observations (shown, never notified): site1 below_federation (round 3-6), ...``."""
+    said = ", ".join(f"{sp.site} {sp.kind} (round {_span_rounds(sp)})" for sp in spans)
+    return Text.assemble((OBSERVATIONS_HEADING + ": ", "bold"), said)
+
+
+def _header(s: StatusView) -> Text:
     planned = f"/{s.rounds_planned}" if s.rounds_planned is not None else ""
     head = Text.assemble(
         ("run ", "bold"),
@@ -493,22 +600,7 @@ def render_status(s: StatusView) -> Group:
             f"\nmodels on disk: rounds {_rounds(s.models_kept)} ({len(s.models_deleted)} "
             "deleted by the plan's retention; best.pt and `fedseg select` choose among these)"
         )
-    tables = _synthesis_tables(s) if s.synthesis is not None else [_sites_table(s)]
-    parts: list[Any] = [head, *tables]
-    for x in s.sites:  # why a site's latest round failed: its own one line
-        if x.error:
-            parts.append(Text(f"{x.site} round {x.last_round}: {x.error}", style="red"))
-    if s.alarms:
-        a = Table(title="alarms", title_justify="left")
-        for col in ("site", "kind", "rounds", "message"):
-            a.add_column(col)
-        for sp in s.alarms:
-            rounds = f"{sp.first}" if sp.first == sp.last else f"{sp.first}-{sp.last}"
-            a.add_row(sp.site, Text(sp.kind, style="red"), rounds, sp.message)
-        parts.append(a)
-    else:
-        parts.append(Text("no alarms"))
-    return Group(*parts)
+    return head
 
 
 def phase_line(x: SynthesisStatus) -> str:
@@ -525,19 +617,56 @@ def phase_line(x: SynthesisStatus) -> str:
     return f"synthesis phase: {x.phase or '?'} (round {x.round}; {pre})"
 
 
-def _alarm_text(x: SiteStatus) -> Text:
-    return Text(", ".join(x.alarms) or "-", style="bold red" if x.alarms else "")
+def _alarm_text(x: SiteStatus, lay: Layout = Layout.WIDE) -> Text:
+    """A site's alarm kinds (short ones in a narrow layout) and ``obs`` for observations."""
+    if lay != Layout.WIDE:
+        said = short_alarms(x.alarms, x.observations)
+    else:
+        said = ", ".join([*x.alarms, *([OBSERVATION_MARK] if x.observations else [])]) or "-"
+    return Text(said, style="bold red" if x.alarms else "")
+
+
+def _span_rounds(sp: AlarmSpan) -> str:
+    return f"{sp.first}" if sp.first == sp.last else f"{sp.first}-{sp.last}"
+
+
+def _alarms_table(spans: list[AlarmSpan], lay: Layout) -> Table:
+    """Site, kind, rounds and message of each alarm; in the compact layout only the message
+    wraps (site and kind are never cut)."""
+    if lay == Layout.WIDE:
+        a = Table(title="alarms", title_justify="left")
+        for col in ("site", "kind", "rounds", "message"):
+            a.add_column(col)
+    else:
+        a = narrow_table("alarms", [("site", False), ("kind", False), ("rounds", False)])
+        a.add_column("message", overflow="fold")
+    for sp in spans:
+        a.add_row(sp.site, Text(sp.kind, style="red"), _span_rounds(sp), sp.message)
+    return a
+
+
+def _alarm_line(sp: AlarmSpan) -> Text:
+    """``site1 below_federation (rounds 6-8): message`` (the lines layout)."""
+    return Text.assemble(
+        sp.site, " ", (sp.kind, "red"), f" (round {_span_rounds(sp)}): ", sp.message
+    )
+
+
+def _state_word(x: SiteStatus) -> str:
+    """What the site does now (a running run), else its last round's status."""
+    return x.live or x.status
 
 
 def _sites_table(s: StatusView) -> Table:
-    """A segmentation run's site table: state, cases, loss, update, Dice per region."""
+    """A segmentation run's wide site table: state, cases, loss, update, Dice per region,
+    device and precision (every column ``no_wrap``: drawn only where it fits, or asked)."""
     label = s.score.label
     t = Table(title="sites", title_justify="left")
     for col in ("site", "now", "round", "state", "train", "val", "loss", "update dist", "s/round",
                 "model", *(f"{label} {g}" for g in s.score.groups), f"{label} mean", "device",
                 "precision", "alarms"):  # fmt: skip
         left = ("site", "now", "state", "device", "precision", "alarms")
-        t.add_column(col, justify="left" if col in left else "right")
+        t.add_column(col, justify="left" if col in left else "right", no_wrap=True)
     for x in s.sites:
         t.add_row(
             x.site, x.live or "-", _f(x.last_round, "d"), x.status, _f(x.n_train, "d"),
@@ -550,26 +679,92 @@ def _sites_table(s: StatusView) -> Table:
     return t
 
 
-def _synthesis_tables(s: StatusView) -> list[Table]:
-    """A synthesis run's two narrow tables (80 columns): each site's state, modality set
-    and mean SSIM; then SSIM per modality of each site's latest validated model."""
+def _cases(x: SiteStatus) -> str:
+    """``30/8``: training and validation cases."""
+    return f"{_f(x.n_train, 'd')}/{_f(x.n_val, 'd')}"
+
+
+def _compact_sites_table(s: StatusView) -> Table:
+    """A segmentation run's compact site table (about 70 columns): state, round, cases
+    train/val, mean Dice, Dice per region in one cell, short alarm kinds."""
+    label, groups = s.score.label, s.score.groups
+    t = narrow_table("sites", [
+        ("site", False), ("state", False), ("round", True), ("cases", True),
+        (label, True), (scores_header(groups), False), ("alarms", False),
+    ])  # fmt: skip
+    for x in s.sites:
+        t.add_row(
+            x.site, _state_word(x), _f(x.last_round, "d"), _cases(x),
+            _f(x.scores.get("mean")), scores_cell(x.scores, groups),
+            _alarm_text(x, Layout.COMPACT),
+        )  # fmt: skip
+    return t
+
+
+def _site_line(s: StatusView, x: SiteStatus, mods: tuple[str, ...] | None = None) -> Text:
+    """One site on one line: ``site1  ok r6  Dice 0.766 (ET 0.94 TC 0.72 WT 0.64)  30/8
+    cases  below`` (a synthesis run: its modalities, absent ones said so)."""
+    groups = " ".join(
+        f"{g} {_f(x.scores.get(g), '.2f') if mods is None or g in mods else 'absent'}"
+        for g in s.score.groups
+    )
+    line = Text.assemble(
+        (x.site, "bold"),
+        f"  {_state_word(x)} r{_f(x.last_round, 'd')}  {s.score.label} "
+        f"{_f(x.scores.get('mean'))} ({groups})  {_cases(x)} cases  ",
+    )
+    line.append_text(_alarm_text(x, Layout.LINES))
+    return line
+
+
+def _synthesis_tables(s: StatusView, lay: Layout) -> list[Any]:
+    """A synthesis run's site table (state, modality set, mean SSIM) and its SSIM per
+    modality of each site's latest validated model; in the lines layout, one line per site
+    and one for the federation."""
     assert s.synthesis is not None
     mods = s.synthesis.modalities
     label = s.score.label
-    t = Table(title="sites", title_justify="left")
-    for col in ("site", "now", "round", "state", "modalities", "val", "loss", label, "alarms"):
-        left = ("site", "now", "state", "modalities", "alarms")
-        t.add_column(col, justify="left" if col in left else "right")
-    for x in s.sites:
-        t.add_row(
-            x.site, x.live or "-", _f(x.last_round, "d"), x.status,
-            modality_text(mods.get(x.site)), _f(x.n_val, "d"), _f(x.train_loss, ".4f"),
-            _f(x.scores.get("mean")), _alarm_text(x),
-        )  # fmt: skip
-    per = Table(title=f"{label} per modality (each site's latest validated model)",
-                title_justify="left")  # fmt: skip
+    if lay == Layout.LINES:
+        lines: list[Any] = []
+        for x in s.sites:
+            have = mods.get(x.site)
+            line = _site_line(s, x, have)
+            line.append(f"  modalities {modality_text(have)}")
+            lines.append(line)
+        if s.federation_scores:
+            fed = " ".join(f"{g} {_f(s.federation_scores.get(g), '.2f')}" for g in s.score.groups)
+            lines.append(Text(
+                f"federation  model {_f(s.federation_model_round, 'd')}  {label} "
+                f"{_f(s.federation_scores.get('mean'))} ({fed})", style="bold",
+            ))  # fmt: skip
+        return lines
+    if lay == Layout.WIDE:
+        t = Table(title="sites", title_justify="left")
+        for col in ("site", "now", "round", "state", "modalities", "val", "loss", label,
+                    "alarms"):  # fmt: skip
+            left = ("site", "now", "state", "modalities", "alarms")
+            t.add_column(col, justify="left" if col in left else "right", no_wrap=True)
+        for x in s.sites:
+            t.add_row(
+                x.site, x.live or "-", _f(x.last_round, "d"), x.status,
+                modality_text(mods.get(x.site)), _f(x.n_val, "d"), _f(x.train_loss, ".4f"),
+                _f(x.scores.get("mean")), _alarm_text(x),
+            )  # fmt: skip
+        per = Table(title=f"{label} per modality (each site's latest validated model)",
+                    title_justify="left")  # fmt: skip
+    else:
+        t = narrow_table("sites", [
+            ("site", False), ("state", False), ("round", True), ("modalities", False),
+            ("cases", True), (label, True), ("alarms", False),
+        ])  # fmt: skip
+        for x in s.sites:
+            t.add_row(
+                x.site, _state_word(x), _f(x.last_round, "d"), modality_text(mods.get(x.site)),
+                _cases(x), _f(x.scores.get("mean")), _alarm_text(x, lay),
+            )  # fmt: skip
+        per = narrow_table(f"{label} per modality, latest validated model", [])
     for col in ("site", "model", *s.score.all_groups):
-        per.add_column(col, justify="left" if col == "site" else "right")
+        per.add_column(col, justify="left" if col == "site" else "right", no_wrap=True)
     for x in s.sites:
         have = mods.get(x.site)
         per.add_row(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from fedseg.data.labels import ED, NCR, labels_to_regions, regions_to_labels
+from fedseg.data.labels import ED, ET, NCR, labels_to_regions, regions_to_labels
 from fedseg.data.synth.config import BadKind, SiteProfile
 
 
@@ -20,6 +20,18 @@ def _shift(label: np.ndarray, shift: tuple[int, int, int]) -> np.ndarray:
     return out
 
 
+#: BraTS label values a scrambled site writes instead of (1, 2, 4): NCR->ED->ET->NCR.
+SCRAMBLE = {NCR: ED, ED: ET, ET: NCR}
+
+
+def scramble_labels(label: np.ndarray) -> np.ndarray:
+    """``label`` with its tumor labels permuted by ``SCRAMBLE`` (every region wrong)."""
+    out = label.copy()
+    for a, b in SCRAMBLE.items():
+        out[label == a] = b
+    return out
+
+
 def corrupt_label(
     label: np.ndarray, brain: np.ndarray, profile: SiteProfile, spacing: float
 ) -> np.ndarray:
@@ -28,6 +40,8 @@ def corrupt_label(
     kind = profile.bad_kind
     if kind is None:
         return label
+    if kind is BadKind.SCRAMBLE:
+        return scramble_labels(label)
     if kind is BadKind.SWAPPED:
         out = label.copy()
         out[label == NCR] = ED

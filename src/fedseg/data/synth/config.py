@@ -20,6 +20,7 @@ class BadKind(StrEnum):
     ERODED = "eroded"  # every tumor region drawn too small (eroded by a few mm)
     SHIFTED = "shifted"  # the whole label map shifted by a few voxels
     SWAPPED = "swapped"  # necrotic core (1) and edema (2) exchanged
+    SCRAMBLE = "scramble"  # every tumor label permuted: NCR->ED->ET->NCR (annotation.SCRAMBLE)
 
 
 class SiteProfile(BaseModel):
@@ -64,6 +65,11 @@ class SynthConfig(BaseModel):
         description="site name -> modalities it lacks (held back, declared absent)",
     )
     labels_only: bool = Field(False, description="label maps and brain masks only, no image")
+    val_cases: dict[str, int] = Field(
+        default_factory=dict,
+        description="site name -> its validation cases (its split file is written with "
+        "exactly that many); the other sites are split on first use",
+    )
 
     @field_validator("missing")
     @classmethod
@@ -101,6 +107,17 @@ class SynthConfig(BaseModel):
             raise ValueError(f"missing names {unknown[0]}; the sites are site1..site{self.sites}")
         if self.missing and self.labels_only:
             raise ValueError("labels_only writes no image, so no modality can be missing")
+        counts = dict(zip(self.site_names(), self.case_counts(), strict=True))
+        for site, n in self.val_cases.items():
+            if site not in counts:
+                raise ValueError(f"val_cases names {site}; the sites are site1..site{self.sites}")
+            if not 1 <= n < counts[site]:
+                raise ValueError(
+                    f"val_cases {site}:{n}: {site} has {counts[site]} cases, give it "
+                    f"1..{counts[site] - 1} validation cases"
+                )
+        if self.val_cases and self.labels_only:
+            raise ValueError("labels_only writes no labelled case to split")
         return self
 
     def site_names(self) -> list[str]:

@@ -11,6 +11,9 @@ API for other code and tests:
 - ``make_tiny_dataset(out, sites=2, cases_per_site=3, seed=0, spacing=4.0)`` is the quick
   fixture for other layers' tests: 60x60x39 voxels, about a second per case.
 
+``config.val_cases`` (``--val-cases site4:2``): those sites get their split file
+(``data.splits``) with exactly that many validation cases; the others are split on first use.
+
 ``config.missing`` (``--missing site2:flair``): that site's files of the modality are not
 written into its folder but to ``out/heldback/<site>/<case>/<case>_<m>.nii.gz`` (outside the
 site, the ground truth a completion is measured against), and the site gets a
@@ -35,6 +38,7 @@ from fedseg.data import nifti
 from fedseg.data.cases import BRAIN_KEY, FILE_KEYS, MODALITIES, write_case
 from fedseg.data.labels import ED, ET, NCR, Layout
 from fedseg.data.site_config import SITE_CONFIG_FILE
+from fedseg.data.splits import set_validation_cases
 from fedseg.data.synth.anatomy import (
     Anatomy,
     atlas_on_grid,
@@ -213,6 +217,8 @@ def generate_dataset(
             for job, fut in zip(jobs, futures, strict=True):
                 done(job, fut.result())
     _record(out, config, profiles, summary)
+    for site, n_val in config.val_cases.items():
+        set_validation_cases(out / site, n_val)
     return result
 
 

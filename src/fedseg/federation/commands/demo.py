@@ -19,8 +19,9 @@ from pathlib import Path
 from rich.console import Console
 
 from fedseg.data.splits import load_split, make_split
-from fedseg.data.synth.config import SynthConfig, draw_profiles
+from fedseg.data.synth.config import SiteProfile, SynthConfig, draw_profiles
 from fedseg.data.synth.generate import generate_dataset
+from fedseg.data.synth.presets import other_scanner
 from fedseg.errors import FedsegError
 from fedseg.federation.commands.engine_run import RunResult
 from fedseg.federation.commands.simulate import simulate
@@ -68,18 +69,16 @@ def demo_plan(data: Path, rounds: int) -> PlanConfig:
     )
 
 
+def demo_profiles(seed: int = 0) -> list[SiteProfile]:
+    """The demo's three site profiles: drawn from the seed, site3 on another scanner."""
+    profiles = draw_profiles(3, seed, SPACING_MM)
+    profiles[2] = other_scanner(profiles[2])
+    return profiles
+
+
 def make_demo_data(data: Path, seed: int = 0) -> None:
     """Three sites of synthetic cases; site3 differs in scanner and tumor size."""
-    profiles = draw_profiles(3, seed, SPACING_MM)
-    profiles[2] = profiles[2].model_copy(
-        update={
-            "intensity_scale": profiles[2].intensity_scale * 3.0,
-            "slice_thickness_mm": 8.0,
-            "bias_strength": 0.3,
-            "tumor_radius_mm": 22.0,
-            "edema_mm": 18.0,
-        }
-    )
+    profiles = demo_profiles(seed)
     cfg = SynthConfig(
         sites=3, cases_per_site=CASES_PER_SITE, seed=seed, spacing=SPACING_MM, profiles=profiles
     )

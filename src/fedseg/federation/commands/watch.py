@@ -1,7 +1,8 @@
 """Follow a running federation from its run store until it ends.
 
 :func:`watch` reads the store once a second: the live table (:func:`live_table`: each site's
-state, last validation score per region or modality, training cases, alarms) or, without
+state, last validation score per region or modality, training cases, alarms, in the layout
+that fits the terminal: ``tracking.status_layout``) or, without
 it, one line per finished round; it returns when the ServerApp says ``done`` and raises a one-line
 FedsegError when it says ``failed``, never started, or died (:class:`AggregatorDied`; then
 ``fedseg resume`` continues the run). A
@@ -12,19 +13,30 @@ decides what a missing site means).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from fedseg.errors import FedsegError
 from fedseg.federation.engine.launcher import Launcher
 from fedseg.plan import PlanConfig
-from fedseg.run_folder import RunStatus, SiteActivity, SiteRoundStatus
-from fedseg.tracking.curves import store_score_spec
+from fedseg.run_folder import AlarmLevel, RunStatus, SiteActivity, SiteRoundStatus
+from fedseg.tracking.curves import ScoreSpec, store_score_spec
 from fedseg.tracking.status import alarm_labels
-from fedseg.tracking.store import RunStore
+from fedseg.tracking.status_layout import (
+    Fitted,
+    Layout,
+    narrow_table,
+    number,
+    scores_cell,
+    scores_header,
+    short_alarms,
+)
+from fedseg.tracking.store import Alarm, RunStore
 
 #: How long the ServerApp may take to start and say its pid.
 AGGREGATOR_START_S = 240.0
@@ -114,9 +126,12 @@ STATE_STYLE: dict[str, str] = {
 }
 
 
-def live_table(store: RunStore, plan: PlanConfig) -> Table:
+def live_table(store: RunStore, plan: PlanConfig, layout: Layout | None = None) -> Fitted:
     """Round, each site's state, its last validation score per group (Dice ET/TC/WT; a
-    synthesis run's SSIM per modality: ``tracking.curves.ScoreSpec``) and training cases."""
+    synthesis run's SSIM per modality: ``tracking.curves.ScoreSpec``), training cases, loss
+    and alarms; drawn in the layout for the width it gets (``tracking.status_layout``: a
+    column per score from 120 columns, the scores in one cell from 60, else one line per
+    site), or in ``layout`` when given."""
     live = store.meta.live()
     rnd, phase = (live.round, str(live.phase)) if live is not None else (0, "starting")
     best = store.meta.best()
@@ -124,30 +139,82 @@ def live_table(store: RunStore, plan: PlanConfig) -> Table:
     title = f"round {rnd}/{store.meta.planned_rounds() or plan.rounds} - {phase}"
     if best is not None:
         title += f" - best: model {best.model_round}, {spec.label} {best.score:.3f}"
-    table = Table(title=title, title_justify="left")
-    scores = tuple(f"{spec.label} {g}" for g in spec.groups)
-    cols = ("site", "state", "model", *scores, "train cases", "loss")
-    for col in (*cols, "alarms"):
-        table.add_column(col, justify="right" if col in cols[2:] else "left")
-    alarms = alarm_labels(store.alarms())
+    alarms = store.alarms(observations=True)
     last_rows = {}
     for sr in store.site_rounds():
         last_rows[sr.site] = sr
     vals: dict[str, dict[str, tuple[int, float]]] = {}
     for v in store.validation(metric=spec.metric):
         vals.setdefault(v.site, {})[v.region] = (v.model_round, v.mean)
+    rows = []
     for site in plan.site_names:
         state = live.sites.get(site, SiteActivity.WAITING) if live else SiteActivity.WAITING
         v = vals.get(site, {})
-        model = max((m for m, _ in v.values()), default=None)
         sr = last_rows.get(site)
+        rows.append(_LiveRow(
+            site, state, max((m for m, _ in v.values()), default=None),
+            {g: v[g][1] for g in spec.groups if g in v},
+            sr.n_train if sr else None, sr.train_loss if sr else None,
+        ))  # fmt: skip
+    return Fitted(lambda lay: _live_parts(title, spec, rows, alarms, lay), layout)
+
+
+@dataclass(frozen=True)
+class _LiveRow:
+    site: str
+    state: str
+    model: int | None
+    scores: dict[str, float]
+    n_train: int | None
+    loss: float | None
+
+
+def _live_parts(
+    title: str, spec: ScoreSpec, rows: list[_LiveRow], alarms: list[Alarm], lay: Layout
+) -> list[RenderableType]:
+    def state(r: _LiveRow) -> str:
+        return f"[{STATE_STYLE.get(r.state, 'white')}]{r.state}[/]"
+
+    labels = alarm_labels(alarms)  # full kinds: where a line may wrap
+    if lay == Layout.LINES:
+        lines: list[RenderableType] = [Text(title, style="italic")]
+        for r in rows:
+            groups = " ".join(f"{g} {number(r.scores.get(g), '.2f')}" for g in spec.groups)
+            lines.append(Text.from_markup(
+                f"[bold]{r.site}[/]  {state(r)}  model {number(r.model, 'd')}  {spec.label} "
+                f"{groups}  {number(r.n_train, 'd')} cases  loss {number(r.loss)}  "
+                + (f"[red]{labels[r.site]}[/]" if r.site in labels else "-")
+            ))  # fmt: skip
+        return lines
+    if lay == Layout.WIDE:
+        table = Table(title=title, title_justify="left")
+        scores = tuple(f"{spec.label} {g}" for g in spec.groups)
+        cols = ("site", "state", "model", *scores, "train cases", "loss")
+        for col in (*cols, "alarms"):
+            table.add_column(col, justify="right" if col in cols[2:] else "left", no_wrap=True)
+        for r in rows:
+            table.add_row(
+                r.site, state(r), number(r.model, "d"),
+                *[number(r.scores.get(g)) for g in spec.groups],
+                number(r.n_train, "d"), number(r.loss),
+                f"[red]{labels[r.site]}[/]" if r.site in labels else "-",
+            )  # fmt: skip
+        return [table]
+    kinds: dict[str, list[str]] = {}
+    noted: dict[str, list[str]] = {}
+    for a in alarms:
+        (kinds if a.level == AlarmLevel.ALARM else noted).setdefault(a.site, []).append(a.kind)
+    table = narrow_table(title, [
+        ("site", False), ("state", False), ("model", True),
+        (f"{spec.label}\n{scores_header(spec.groups)}", False), ("cases", True),
+        ("loss", True), ("alarms", False),
+    ])  # fmt: skip
+    for r in rows:
         table.add_row(
-            site,
-            f"[{STATE_STYLE.get(state, 'white')}]{state}[/]",
-            "-" if model is None else str(model),
-            *[f"{v[r][1]:.3f}" if r in v else "-" for r in spec.groups],
-            str(sr.n_train) if sr and sr.n_train is not None else "-",
-            f"{sr.train_loss:.3f}" if sr and sr.train_loss is not None else "-",
-            f"[red]{alarms[site]}[/]" if site in alarms else "-",
-        )
-    return table
+            r.site, state(r), number(r.model, "d"), scores_cell(r.scores, spec.groups),
+            number(r.n_train, "d"), number(r.loss),
+            f"[red]{short_alarms(kinds[r.site], noted.get(r.site, []))}[/]"
+            if r.site in kinds
+            else short_alarms([], noted.get(r.site, [])),
+        )  # fmt: skip
+    return [table]

@@ -15,14 +15,11 @@ from pydantic import BaseModel, ConfigDict
 from fedseg.data.cases import discover_cases, load_case, write_case
 from fedseg.data.site_config import SITE_CONFIG_FILE
 from fedseg.data.splits import SPLIT_FILE, load_split
+from fedseg.data.synth.annotation import scramble_labels
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
 from fedseg.model.summary import Summary
 from fedseg.model.weights import Weights
-
-#: BraTS label values a scrambled site writes instead of (1, 2, 4): NCR->ED->ET->NCR.
-SCRAMBLE = {1: 2, 2: 4, 4: 1}
-
 
 #: How many validation cases a ``dice`` liar claims.
 LIE_N_VAL = 10_000
@@ -62,7 +59,8 @@ def scale_update(global_weights: Weights, update: Weights, factor: float) -> Wei
 
 
 def scramble_site(src: Path, dst: Path) -> Path:
-    """A copy of site folder ``src`` in ``dst`` with its labels scrambled (``SCRAMBLE``)
+    """A copy of site folder ``src`` in ``dst`` with its labels scrambled
+    (``data.synth.annotation.scramble_labels``, as the synthetic bad kind ``scramble``)
     and the same train/validation split."""
     if dst.exists():
         shutil.rmtree(dst)
@@ -72,9 +70,7 @@ def scramble_site(src: Path, dst: Path) -> Path:
         vol = load_case(case)
         if vol.label is None:
             raise FedsegError(f"case {case.case_id} in {src} has no label map to scramble")
-        lab = vol.label.copy()
-        for a, b in SCRAMBLE.items():
-            lab[vol.label == a] = b
+        lab = scramble_labels(vol.label)
         write_case(dst, case.case_id, vol.image, lab, vol.affine, modalities=vol.present)
     shutil.copyfile(src / SPLIT_FILE, dst / SPLIT_FILE)
     if (src / SITE_CONFIG_FILE).is_file():  # the copy lacks what its source lacks
