@@ -17,6 +17,7 @@ from fedseg.dashboard.app import TOKEN_COOKIE, _read_only, create_app
 from fedseg.dashboard.serve import check_bind, is_loopback
 from fedseg.errors import FedsegError
 from fedseg.run_folder import STORE_FILE
+from fedseg.tracking.status import read_status
 from fedseg.tracking.store import Alarm, RunStore
 from tests.dashboard.conftest import SITES, add_evidence, add_round, serving
 
@@ -53,27 +54,33 @@ def test_state_has_sites_rounds_curves_and_alarms(seg_run: Path) -> None:
     assert set(s["curves"]) == {"ET", "TC", "WT", "mean"}
     fed = s["curves"]["mean"]["federation"]
     assert fed[-1]["mean"] == pytest.approx((0.7 + 0.6 + 0.75) / 3)  # case-weighted, equal n
-    assert s["federation"]["model_round"] == 2
+    assert s["federation_model_round"] == 2
     assert s["alarms"] == [
         {"site": "site2", "kind": "below_federation", "level": "alarm", "first": 2, "last": 2,
          "message": "mean dice below by 0.1", "evidence": None}
     ]  # fmt: skip
     assert s["cross"] is None  # no cross-site rows: the page hides the heatmap
     assert s["sites"][1]["alarms"] == ["below_federation"]
-    assert s["events"][-1]["message"] == "hello from the aggregator"
+    assert s["last_events"][-1]["message"] == "hello from the aggregator"
+    assert s["name"] == "run" and s["run"] == str(seg_run)  # status's own JSON, and more
     json.dumps(s, allow_nan=False)  # no NaN reaches the page
+    status = read_status(seg_run).to_json()  # what `fedseg status --json` prints
+    assert {k: s[k] for k in status if k != "score"} == {
+        k: v for k, v in status.items() if k != "score"
+    }
 
 
 def test_alarm_evidence_observations_and_the_cross_site_matrix(seg_run: Path) -> None:
     add_evidence(seg_run)
     s = client(seg_run).get("/api/state").json()
-    alarm, obs = s["alarms"]
+    (alarm,), (obs,) = s["alarms"], s["observations"]
     assert (alarm["site"], alarm["kind"], alarm["level"]) == ("site2", "labels_disagree", "alarm")
     assert alarm["evidence"]["text"].startswith("site2's local models lose 0.30")
     assert alarm["evidence"]["evaluators"] == ["site1", "site3"]
     assert alarm["evidence"]["p"] == pytest.approx(1e-5)
     assert (obs["site"], obs["level"], obs["evidence"]) == ("site1", "observation", None)
     assert s["sites"][0]["alarms"] == []  # an observation is no alarm
+    assert s["sites"][0]["observations"] == ["below_federation"]
     cross = s["cross"]
     assert cross["default"] == "mean" and set(cross["regions"]) == {"ET", "mean"}
     m = cross["regions"]["mean"]
@@ -87,18 +94,14 @@ def test_alarm_evidence_observations_and_the_cross_site_matrix(seg_run: Path) ->
 
 
 def test_contributions_from_the_cross_site_evidence(seg_run: Path) -> None:
-    """The per-site table of ``estimate_contributions`` (issue 16 item 3), once the
-    tracking layer has it: the site whose local models lose Dice elsewhere comes first."""
-    from fedseg.tracking import contributions
-
-    if not hasattr(contributions, "estimate_contributions"):
-        pytest.skip("tracking.contributions.estimate_contributions not in this tree yet")
+    """The per-site table of ``estimate_contributions``: the site whose local models lose
+    Dice elsewhere comes first, harmful; none without cross-site rows."""
     assert client(seg_run).get("/api/state").json()["contributions"] is None  # no cross rows
     add_evidence(seg_run)
     rows = client(seg_run).get("/api/state").json()["contributions"]
-    assert rows[0]["site"] == "site2"
-    assert rows[0]["effect"] < 0 and rows[0]["verdict"] in ("harmful", "neutral")
-    assert set(rows[0]["per_region"]) >= {"mean"}
+    assert [r["site"] for r in rows] == ["site2", "site1", "site3"]
+    assert rows[0]["effect"] < 0 and rows[0]["verdict"] == "harmful"
+    assert set(rows[0]["per_region"]) == {"ET", "TC", "WT", "mean"}
 
 
 def test_page_and_plotly_are_served_offline(seg_run: Path) -> None:
@@ -117,14 +120,16 @@ def test_page_and_plotly_are_served_offline(seg_run: Path) -> None:
 def test_synthesis_run_renders_ssim_per_modality(synthesis_run: Path) -> None:
     c = client(synthesis_run)
     s = c.get("/api/state").json()
-    assert s["task"] == "synthesis" and s["score"]["label"] == "SSIM"
+    assert s["score"]["task"] == "synthesis" and s["score"]["label"] == "SSIM"
     assert s["score"]["all_groups"] == ["t1", "t1ce", "t2", "flair", "mean"]
     assert set(s["curves"]) == {"t1", "t1ce", "t2", "flair", "mean"}
     assert set(s["curves"]["flair"]["sites"]) == {"siteA"}  # siteB has no FLAIR
     assert s["curves"]["mean"]["sites"]["siteB"][-1]["mean"] == pytest.approx(0.7)
     assert [x["site"] for x in s["sites"]] == ["siteA", "siteB"]
-    assert [x["modalities"] for x in s["sites"]] == ["all", "t1 t1ce t2"]
-    assert s["sites"][1]["has"] == ["t1", "t1ce", "t2"] and "flair" not in s["sites"][1]["scores"]
+    assert s["synthesis"]["modalities"] == {
+        "siteA": ["t1", "t1ce", "t2", "flair"], "siteB": ["t1", "t1ce", "t2"]
+    }  # fmt: skip
+    assert "flair" not in s["sites"][1]["scores"]
     assert s["round"] == 2 and s["synthesis"] is not None
     assert c.get("/").status_code == 200
 
@@ -132,10 +137,6 @@ def test_synthesis_run_renders_ssim_per_modality(synthesis_run: Path) -> None:
 def test_a_folder_that_is_not_a_run_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(FedsegError, match="no run store"):
         create_app(tmp_path)
-
-
-def _events(url: str) -> httpx.Response:
-    return httpx.stream("GET", url + "/api/events", timeout=httpx.Timeout(10.0))  # type: ignore[return-value]
 
 
 def _next_version(lines: object) -> int:

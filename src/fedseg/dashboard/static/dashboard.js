@@ -43,8 +43,9 @@ async function refresh() {
 }
 
 function render(s) {
-  document.title = `fedseg ${s.run} · ${s.state}`;
-  $("run").textContent = s.run;
+  document.title = `fedseg ${s.name} · ${s.state}`;
+  $("run").textContent = s.name;
+  $("run").title = s.run;
   $("state").textContent = s.state;
   $("state").className = s.state === "done" ? "ok" : (s.state === "failed" || s.state === "crashed") ? "bad" : "warn";
   $("round").textContent = String(s.round);
@@ -52,14 +53,14 @@ function render(s) {
   const phase = s.phase || (s.synthesis && s.synthesis.phase) || null;
   $("phase-box").hidden = !phase;
   $("phase").textContent = phase || "";
-  const fed = s.federation;
-  $("federation").textContent = fed.model_round === null ? "" :
-    `federation ${s.score.label} of model ${fed.model_round}: ` +
-    s.score.all_groups.map(g => `${g} ${num(fed.scores[g])}`).join("  ");
-  $("error").hidden = !s.error;
-  $("error").textContent = s.error ? `${s.cause || "error"}: ${s.error}` : "";
+  $("federation").textContent = s.federation_model_round === null ? "" :
+    `federation ${s.score.label} of model ${s.federation_model_round}: ` +
+    s.score.all_groups.map(g => `${g} ${num(s.federation_scores[g])}`).join("  ");
+  const err = s.cause ? `${s.cause.kind}: ${s.cause.message}` : s.error ? `error: ${s.error}` : "";
+  $("error").hidden = !err;
+  $("error").textContent = err;
   $("privacy").hidden = !s.privacy;
-  if (s.privacy) $("privacy").textContent = "privacy: " + (s.privacy.mechanisms.join("; ") || "none") + (s.privacy.spent ? " · " + s.privacy.spent : "");
+  if (s.privacy) $("privacy").textContent = "privacy: " + (s.privacy.mechanisms.join("; ") || "none") + (s.privacy_spent ? " · " + s.privacy_spent : "");
   renderSites(s);
   renderCharts(s);
   renderAlarms(s);
@@ -68,24 +69,33 @@ function render(s) {
   renderContributions(s);
 }
 
+const MODALITIES = ["t1", "t1ce", "t2", "flair"];
+
+function modalityText(mods) {  // as status says it: all, the ones it has, or - (not joined)
+  if (!mods) return "-";
+  return MODALITIES.every(m => mods.includes(m)) ? "all" : mods.join(" ") || "none";
+}
+
 function renderSites(s) {
   const groups = s.score.all_groups;
-  const synth = s.task === "synthesis";
+  const synth = s.synthesis !== null;
   const cols = ["site", "now", "state", "round", "train", "val", "loss",
                 ...(synth ? ["modalities"] : []), "model",
                 ...groups.map(g => `${s.score.label} ${g}`), "alarms"];
   const head = $("sites-head");
   head.replaceChildren(...cols.map(c => el("th", c, ["site", "now", "state", "modalities", "alarms"].includes(c) ? "text" : "")));
   const rows = s.sites.map(x => {
+    const has = synth ? s.synthesis.modalities[x.site] : null;
     const tr = el("tr");
     tr.dataset.site = x.site;
     const cells = [
       [x.site, "text"], [x.live || "-", "text"], [x.status, "text"], [int(x.last_round)],
       [int(x.n_train)], [int(x.n_val)], [num(x.train_loss, 4)],
-      ...(synth ? [[x.modalities || "-", "text"]] : []), [int(x.model_round)],
+      ...(synth ? [[modalityText(has), "text"]] : []), [int(x.model_round)],
       ...groups.map(g => [x.scores[g] !== undefined ? num(x.scores[g])
-                          : x.has && g !== "mean" && !x.has.includes(g) ? "absent" : "-"]),
-      [x.alarms.join(", ") || "-", x.alarms.length ? "text bad" : "text"],
+                          : has && g !== "mean" && !has.includes(g) ? "absent" : "-"]),
+      [[...x.alarms, ...x.observations.map(k => `${k} (observed)`)].join(", ") || "-",
+       x.alarms.length ? "text bad" : x.observations.length ? "text warn" : "text"],
     ];
     for (const [v, cls] of cells) tr.appendChild(el("td", v, cls));
     if (x.error) tr.title = x.error;
@@ -166,8 +176,8 @@ function alarmItem(a) {
 }
 
 function renderAlarms(s) {
-  const alarms = s.alarms.filter(a => a.level !== "observation");
-  const obs = s.alarms.filter(a => a.level === "observation");
+  const alarms = s.alarms;
+  const obs = s.observations;
   $("alarms").replaceChildren(...(alarms.length ? alarms.map(alarmItem) : [el("li", "no alarms", "muted")]));
   $("observations-box").hidden = !obs.length;
   $("observations").replaceChildren(...obs.map(alarmItem));
@@ -226,7 +236,7 @@ function renderContributions(s) {
 }
 
 function renderEvents(s) {
-  const items = s.events.slice().reverse().map(e => {
+  const items = s.last_events.slice().reverse().map(e => {
     const t = new Date(e.time * 1000).toLocaleTimeString();
     return el("li", `${t} ${e.level} ${e.message}`, e.level);
   });
