@@ -21,7 +21,7 @@ from torch import nn
 
 from fedseg.data.cases import Case
 from fedseg.model.config import NetworkConfig
-from fedseg.model.evaluate import CaseResult, evaluate_case, evaluate_cases
+from fedseg.model.evaluate import METRICS, CaseResult, evaluate_case, evaluate_cases
 from fedseg.model.registry import build_network
 from fedseg.model.segmenter import Member, ModelSet
 from fedseg.model.torch_backend import torch_predictor
@@ -38,9 +38,10 @@ def network_models(net: nn.Module, train: TrainConfig) -> ModelSet:
 
 
 def validate_network(
-    net: nn.Module, train: TrainConfig, cases: Sequence[Case], progress: Progress | None = None
-) -> list[CaseResult]:
-    """Per-case metrics of ``net`` (left in eval mode) on ``cases``."""
+    net: nn.Module, train: TrainConfig, cases: Sequence[Case], progress: Progress | None = None,
+    metrics: Sequence[str] = METRICS,
+) -> list[CaseResult]:  # fmt: skip
+    """Per-case ``metrics`` of ``net`` (left in eval mode) on ``cases``."""
     task = progress.add_task("validation", total=len(cases)) if progress else None
 
     def advance(_: CaseResult) -> None:
@@ -49,7 +50,7 @@ def validate_network(
 
     results = evaluate_cases(
         cases, network_models(net, train), overlap=train.val_overlap,
-        batch_size=train.val_batch_size, on_case=advance, load=VolumeReader(),
+        batch_size=train.val_batch_size, metrics=metrics, on_case=advance, load=VolumeReader(),
     )  # fmt: skip
     if progress is not None and task is not None:
         progress.remove_task(task)
@@ -57,24 +58,27 @@ def validate_network(
 
 
 def validate_cases(
-    network: NetworkConfig, train: TrainConfig, weights: Weights, cases: Sequence[Case]
-) -> list[CaseResult]:
-    """Per-case metrics of ``weights`` (a ``network``) on ``cases``, computed as
+    network: NetworkConfig, train: TrainConfig, weights: Weights, cases: Sequence[Case],
+    metrics: Sequence[str] = METRICS,
+) -> list[CaseResult]:  # fmt: skip
+    """Per-case ``metrics`` of ``weights`` (a ``network``) on ``cases``, computed as
     ``train.compute`` says."""
     check_shapes(network, train)
     net = build_network(network)
     set_weights(net, weights)
     with torch.inference_mode():
-        return validate_network(net, train, cases)
+        return validate_network(net, train, cases, metrics=metrics)
 
 
 def validate_models(
     network: NetworkConfig, train: TrainConfig, models: Mapping[str, Weights],
-    cases: Sequence[Case],
+    cases: Sequence[Case], metrics: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, list[CaseResult]]:  # fmt: skip
     """Per-case metrics of each of ``models`` (label -> weights of a ``network``) on
     ``cases``, as ``validate_cases`` computes them, reading each case once: one network per
-    model is built, and each case, once loaded, is run through all of them."""
+    model is built, and each case, once loaded, is run through all of them. ``metrics``:
+    label -> the metrics to compute for that model (default: all; cross-site checks need
+    only Dice, and the surface distance is the costly one)."""
     check_shapes(network, train)
     sets = {}
     for label, weights in models.items():
@@ -90,5 +94,6 @@ def validate_models(
                 out[label].append(evaluate_case(
                     volumes, models_set, overlap=train.val_overlap,
                     batch_size=train.val_batch_size,
+                    metrics=(metrics or {}).get(label, METRICS),
                 ))  # fmt: skip
     return out

@@ -78,6 +78,8 @@ if TYPE_CHECKING:  # Opacus is imported only when a plan asks for DP-SGD
 SITE_LOG = "site.log"
 #: the received model's key among the models ``validate_models`` runs (never a cross label)
 _GLOBAL = "global"
+#: what a cross-site or home check computes per case: Dice only (what it reports)
+CROSS_METRICS = ("dice",)
 
 
 class TaskFailed(FedsegError):
@@ -187,7 +189,8 @@ def _run(
         def validate() -> list[CaseResult]:
             if not cross:
                 return validate_cases(network, train, req.weights, split.val)
-            per = validate_models(network, train, {_GLOBAL: req.weights, **cross}, split.val)
+            per = validate_models(network, train, {_GLOBAL: req.weights, **cross}, split.val,
+                                  metrics={k: CROSS_METRICS for k in cross})  # fmt: skip
             others.update((k, v) for k, v in per.items() if k != _GLOBAL)
             return per[_GLOBAL]
 
@@ -220,8 +223,8 @@ def _run(
         if req.home and reference and len(split.val) >= floor:
             step.phase = ErrorCategory.VALIDATION
             t0 = time.perf_counter()
-            mine = {cross_label(site, req.round):
-                    validate_cases(network, train, result.weights, split.val)}  # fmt: skip
+            mine = {cross_label(site, req.round): validate_cases(
+                network, train, result.weights, split.val, metrics=CROSS_METRICS)}  # fmt: skip
             reply.home = _cross_summaries(site, ws, floor, mine, reference, None)
             reply.val_wall_s += time.perf_counter() - t0
             step.phase = ErrorCategory.TRAINING
