@@ -82,7 +82,6 @@ def make_data(data: Path, seed: int, cases: int, tiny_val: int) -> None:
     from fedseg.data.synth.config import BadKind, SynthConfig, draw_profiles
     from fedseg.data.synth.generate import generate_dataset
     from fedseg.data.synth.presets import harder, other_scanner
-
     from fedseg.federation.commands.demo import SPACING_MM, VAL_FRACTION
 
     profiles = draw_profiles(len(SITES), seed, SPACING_MM)
@@ -306,8 +305,10 @@ def main() -> None:
     # a kept run is reused (its folder holds roles.json once it finished); delete it to redo
     todo = [] if args.replay else [s for s in seeds if not (folders[s] / ROLES_FILE).is_file()]
     if todo:
-        console.print(f"{len(todo)} federations of 5 sites x {args.cases} cases, "
-                      f"{args.rounds} rounds, {args.workers} at once, into {args.keep}")  # fmt: skip
+        console.print(
+            f"{len(todo)} federations of 5 sites x {args.cases} cases, {args.rounds} rounds, "
+            f"{args.workers} at once, into {args.keep}"
+        )
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         cols = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn())  # fmt: skip

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedseg.model.summary import Summary
 from fedseg.tracking.alarms import (
     BELOW,
     OUTLIER,
@@ -48,13 +49,26 @@ def test_site_015_below_for_6_rounds_is_flagged_clean_noisy_sites_are_not(make_r
     assert "below the other sites by 0.1" in alarms[0].message
 
 
+def _curves(site, others: dict, n: int = 10, sd: float = 0.1) -> dict:
+    """Curves (models 1..L) of site ``s`` and the ``others`` from value arrays."""
+    out = {"s": {i + 1: Summary(float(v), sd, n) for i, v in enumerate(site)}}
+    for name, vals in others.items():
+        out[name] = {i + 1: Summary(float(v), sd, n) for i, v in enumerate(vals)}
+    return out
+
+
 def test_below_federation_needs_min_rounds_and_effect_size() -> None:
     others = np.linspace(0.3, 0.8, 8)
-    assert not below_federation(others[:4] - 0.2, others[:4], CFG).flagged  # too few pairs
-    tiny = below_federation(others - 0.02, others, CFG)  # always below, but only by 0.02
-    assert tiny.p < 0.01 and not tiny.flagged
-    big = below_federation(others - 0.2, others, CFG)
-    assert big.flagged and big.median_gap == pytest.approx(-0.2)
+    two = {"a": others, "b": others + 0.01}
+    few = _curves(others[:4] - 0.2, {k: v[:4] for k, v in two.items()})
+    assert not below_federation(few, "s", CFG).flagged  # too few models
+    tiny = below_federation(_curves(others - 0.02, two), "s", CFG)  # always below by 0.02
+    # rounds collapsed per case: 8 rounds below by 0.02 are not 8 samples (Wilcoxon: p<0.01)
+    assert tiny.p > CFG.alpha and not tiny.flagged
+    assert tiny.median_gap == pytest.approx(-0.025)
+    big = below_federation(_curves(others - 0.2, two), "s", CFG)
+    assert big.flagged and big.median_gap == pytest.approx(-0.205)
+    assert big.test is not None and big.test.n_cases == 10 and big.test.n_others == 20
 
 
 def test_false_alarm_rate_on_clean_sites_is_low() -> None:
@@ -64,8 +78,11 @@ def test_false_alarm_rate_on_clean_sites_is_low() -> None:
     flagged = 0
     for _ in range(100):
         site = base + rng.normal(0, 0.03, base.size)
-        others = base + rng.normal(0, 0.015, base.size)
-        if any(below_federation(site[:k], others[:k], CFG).flagged for k in range(5, 21)):
+        others = {o: base + rng.normal(0, 0.03, base.size) for o in "abc"}
+        curves = _curves(site, others)
+        cut = [{s: {m: v for m, v in c.items() if m <= k} for s, c in curves.items()}
+               for k in range(5, 21)]  # fmt: skip
+        if any(below_federation(c, "s", CFG).flagged for c in cut):
             flagged += 1
     assert flagged <= 2
 

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from fedseg.model.summary import Summary
+from fedseg.plan import AlarmConfig
 from fedseg.tracking.contributions import (
     contributions,
+    estimate_contributions,
     leave_one_site_out,
     loso_contributions,
     round_shares,
@@ -90,3 +92,45 @@ def test_leave_one_site_out_runs_one_federation_per_site(make_run) -> None:
     out = leave_one_site_out(full, run_without)
     assert asked == ["a", "b", "c"]
     assert out["c"] == pytest.approx(0.05) and out["a"] == pytest.approx(0.0)
+
+
+# -- from the cross-site evidence -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["eroded", "shifted", "scramble", "swapped"])
+def test_mislabeled_site_is_the_most_harmful(tmp_path, kind) -> None:
+    from tests.tracking.cross_fixtures import build_cross_run
+    from tests.tracking.test_cross_alarms import federation
+
+    for seed in (0, 1, 3):
+        run = build_cross_run(tmp_path / f"r{seed}", federation(kind), seed=seed)
+        with RunStore(run) as store:
+            est = estimate_contributions(store)
+        by = {e.site: e for e in est}
+        assert est[0].site == "bad" and est[0].verdict == "harmful", (seed, est[:2])
+        assert est[0].effect < 0 and est[0].high < 0 and est[0].low < est[0].effect
+        if kind == "swapped":
+            assert est[0].region == "TC"
+        # the clean, hard and small sites are not harmful; the scanner site may honestly be
+        assert all(by[s].verdict != "harmful" for s in ("c1", "c2", "hard", "tiny"))
+        assert by["hard"].effect > by["bad"].effect and by["hard"].per_region["mean"] > -0.05
+        # first-order terms are centred: with equal weights they sum to zero per region
+        for g in ("ET", "TC", "WT", "mean"):
+            assert sum(e.per_region[g] for e in est) == pytest.approx(0.0, abs=1e-9)
+        assert est[0].n_cases >= 9 and "bad" not in est[0].evaluators
+        assert est[0].model_rounds == tuple(range(1, 9))
+
+
+def test_estimate_uses_rounds_up_to_and_is_empty_without_cross_rows(tmp_path) -> None:
+    from tests.tracking.cross_fixtures import build_cross_run
+    from tests.tracking.test_cross_alarms import federation
+
+    run = build_cross_run(tmp_path / "run", federation("eroded"), seed=0)
+    with RunStore(run) as store:
+        early = estimate_contributions(store, upto_round=4)
+        assert all(e.model_rounds == (1, 2, 3) for e in early)
+        assert estimate_contributions(store, cfg=AlarmConfig(enabled=False)) == []
+    plain = build_cross_run(tmp_path / "plain", federation("eroded"), seed=0, cross=False)
+    with RunStore(plain) as store:
+        assert estimate_contributions(store) == []
+        assert any(c.rounds for c in contributions(store))  # the fallback still works

@@ -59,3 +59,21 @@ def test_plan_alarm_settings_are_used_by_replay(make_run) -> None:
 def test_verbs_refuse_a_folder_without_a_run(verb: str, tmp_path: Path) -> None:
     res = runner.invoke(app, [verb, str(tmp_path)])
     assert isinstance(res.exception, FedsegError) and "no run store" in str(res.exception)
+
+
+def test_contributions_cli_shows_the_cross_site_estimate_or_says_what_it_falls_back_to(
+    tmp_path: Path,
+) -> None:
+    from tests.tracking.cross_fixtures import build_cross_run
+    from tests.tracking.test_cross_alarms import federation
+
+    run = build_cross_run(tmp_path / "run", federation("eroded"), seed=0)
+    res = runner.invoke(app, ["contributions", str(run)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if " harmful " in ln or " neutral " in ln]
+    assert [w for w in lines[0].split() if w != "│"][:2] == ["bad", "harmful"]
+    assert "first-order leave-one-out" in res.output and "ranked by its worst region" in res.output
+    plain = build_cross_run(tmp_path / "plain", federation("eroded"), seed=0, cross=False)
+    res = runner.invoke(app, ["contributions", str(plain)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "no cross-site evidence in this run" in res.output
+    assert "share" in res.output

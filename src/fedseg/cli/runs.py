@@ -177,46 +177,71 @@ def contributions_cmd(
         None, help="Folder for the leave-one-site-out runs [RUN/loso]; finished ones are reused."
     ),
 ) -> None:
-    """Estimate how much each site's data improves the global model (from the store)."""
+    """Estimate how much each site's data improves the global model for the other sites
+    (from the cross-site evidence in the store; --loso re-trains without each site)."""
     from fedseg.federation.commands.leave_one_out import loso_values
     from fedseg.plan import read_run_plan
-    from fedseg.tracking.contributions import contributions, unavailable
+    from fedseg.tracking.contributions import (
+        SHARES_NOTE,
+        contributions,
+        estimate_contributions,
+        unavailable,
+    )
     from fedseg.tracking.curves import store_score_spec
     from fedseg.tracking.status import open_run
 
     plan = read_run_plan(run)
-    why = unavailable(plan.privacy if plan is not None else None)
     store = open_run(run)
     try:
         label = store_score_spec(store).label
-        rows = [] if why else contributions(store)
+        estimates = estimate_contributions(store, cfg=plan.alarms if plan is not None else None)
+        why = None if estimates else unavailable(plan.privacy if plan is not None else None)
+        rows = [] if estimates or why else contributions(store)
     finally:
         store.close()
-    if why:
-        console().print(why)
-    loso_vals: dict[str, float] = {}
-    if loso:
-        loso_vals = loso_values(run, loso_dir, console())
-    if why and not loso:
-        return
-    if why:  # only the leave-one-site-out values
-        t = Table(title="site contributions (leave one site out)")
-        t.add_column("site")
-        t.add_column("leave-one-out", justify="right")
-        for site, v in sorted(loso_vals.items()):
-            t.add_row(site, f"{v:.3f}")
+    loso_vals: dict[str, float] = loso_values(run, loso_dir, console()) if loso else {}
+    extra = ["leave-one-out"] if loso else []
+    if estimates:
+        t = Table(title=f"site contributions: {label} the other sites gain from each site "
+                  "(first-order leave-one-out from the cross-site validation)")  # fmt: skip
+        for col in ["site", "verdict", "region", "effect", "95% interval", "ET", "TC", "WT",
+                    "mean", "cases", "models", *extra]:  # fmt: skip
+            t.add_column(col, justify="left" if col in ("site", "verdict", "region") else "right")
+        for e in estimates:
+            vals = [f"{e.per_region[g]:+.3f}" for g in ("ET", "TC", "WT", "mean")]
+            if loso:
+                vals.append(f"{loso_vals.get(e.site, float('nan')):.3f}")
+            span = f"{e.model_rounds[0]}-{e.model_rounds[-1]}"
+            t.add_row(e.site, e.verdict, e.region, f"{e.effect:+.3f}",
+                      f"{e.low:+.3f}..{e.high:+.3f}", *vals[:4], str(e.n_cases), span,
+                      *vals[4:])  # fmt: skip
         console().print(t)
+        console().print(
+            "negative: the other sites would do better without the site (harmful when the "
+            "whole 95% interval is below 0); ranked by its worst region"
+        )
+    elif why:
+        console().print(why)
+        if loso:  # only the leave-one-site-out values
+            t = Table(title="site contributions (leave one site out)")
+            t.add_column("site")
+            t.add_column("leave-one-out", justify="right")
+            for site, v in sorted(loso_vals.items()):
+                t.add_row(site, f"{v:.3f}")
+            console().print(t)
         return
-    t = Table(title="site contributions (first-order estimate from update sizes)")
-    cols = ["site", "rounds", "weight", "share", "cos", f"{label} gain", "gain on others"]
-    for col in cols + (["leave-one-out"] if loso else []):
-        t.add_column(col, justify="left" if col == "site" else "right")
-    for c in rows:
-        vals = [c.mean_weight, c.mean_share, c.mean_cos, c.dice_gain, c.dice_gain_others]
-        if loso:
-            vals.append(loso_vals.get(c.site, float("nan")))
-        t.add_row(c.site, str(c.rounds), *(f"{v:.3f}" for v in vals))
-    console().print(t)
+    else:
+        console().print(SHARES_NOTE)
+        t = Table(title="site contributions (first-order estimate from update sizes)")
+        cols = ["site", "rounds", "weight", "share", "cos", f"{label} gain", "gain on others"]
+        for col in cols + extra:
+            t.add_column(col, justify="left" if col == "site" else "right")
+        for c in rows:
+            vals = [c.mean_weight, c.mean_share, c.mean_cos, c.dice_gain, c.dice_gain_others]
+            if loso:
+                vals.append(loso_vals.get(c.site, float("nan")))
+            t.add_row(c.site, str(c.rounds), *(f"{v:.3f}" for v in vals))
+        console().print(t)
     if loso:
         console().print(
             f"leave-one-out: best pooled {label} of the other sites with the site minus without it"

@@ -158,6 +158,27 @@ def summarize_cases(results: Sequence[CaseResult]) -> Summaries:
     return out
 
 
+def summarize_paired(results: Sequence[CaseResult], reference: Sequence[CaseResult]) -> Summaries:
+    """Dice of ``results`` and its per-case difference to ``reference`` (the same cases,
+    another model): ``summaries[region]`` with ``dice`` and ``dice_diff`` (results -
+    reference) for ET, TC, WT and ``mean`` (mean Dice over the three). Cases are paired by
+    id; a case missing from ``reference`` is left out of the difference."""
+    ref = {r.case_id: r for r in reference}
+    out: Summaries = {}
+    for region in (*REGIONS, "mean"):
+
+        def dice(r: CaseResult, region: str = region) -> float:
+            return r.mean_dice if region == "mean" else r.metrics[region]["dice"]
+
+        out[region] = {
+            "dice": summarize(dice(r) for r in results),
+            "dice_diff": summarize(
+                dice(r) - dice(ref[r.case_id]) for r in results if r.case_id in ref
+            ),
+        }
+    return out
+
+
 def write_metrics_csv(results: Sequence[CaseResult], path: Path) -> Path:
     """Write one row per case (``case_id`` + ``COLUMNS``); values with full float precision."""
     path = Path(path)

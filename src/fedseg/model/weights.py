@@ -10,7 +10,8 @@ Conventions:
   names each array ``m/<name>``, ``unnest("m", state)`` takes them back out.
 - ``save_arrays``/``load_arrays`` are the one npz format on disk: written to a temp file,
   fsynced and renamed over the target, so a reader (or a killed writer) never sees half a
-  file; read without pickle, shapes (0-d included) and dtypes exactly as saved.
+  file; read without pickle, shapes (0-d included) and dtypes exactly as saved; written
+  and read (``ArraysOnDisk``) one array at a time.
 - State a site carries from round to round (``<stem>_<round>.npz`` in its workspace):
   ``save_round_arrays`` keeps two files at most, ``load_round_arrays`` reads the one a round
   starts from.
@@ -22,7 +23,8 @@ aggregation math built on them) load without it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,8 +70,11 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:  # a file object: numpy adds no ".npz" to the name
-        np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+    with open(tmp, "wb") as fh:  # np.savez's layout, one array in memory at a time
+        with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+            for k, v in arrays.items():
+                with z.open(f"{k}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(v), allow_pickle=False)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -79,6 +84,29 @@ def load_arrays(path: Path) -> Weights:
     """The arrays ``save_arrays`` wrote to ``path``, in their order."""
     with np.load(Path(path), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+class ArraysOnDisk(Mapping[str, np.ndarray]):
+    """The arrays ``save_arrays`` wrote to ``path`` as a read-only mapping that reads an
+    array only when it is accessed (a new array each time), so a whole model file need not
+    be in memory at once; the names are read when it is made."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with np.load(self.path, allow_pickle=False) as z:
+            self._names = list(z.files)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._names:
+            raise KeyError(key)
+        with np.load(self.path, allow_pickle=False) as z:
+            return z[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def _round_files(folder: Path, stem: str) -> dict[int, Path]:

@@ -1,18 +1,35 @@
-"""Automatic alarms from what sites already send: validation summaries and update sizes.
+"""Automatic alarms, each with the evidence it rests on (``run_folder.AlarmEvidence``).
 
-Three checks, each a plain function on arrays, run together by ``check_alarms`` after
-every round (the federation calls it; ``fedseg alarms RUN`` replays it on a finished run):
+Four kinds (``run_folder.AlarmKind``), checked together by ``check_alarms`` after every
+round (the federation calls it; ``fedseg alarms --replay`` replays it on a finished run).
+The statistics are in ``tracking.evidence`` (cases are the unit, rounds are collapsed):
 
-- ``below_federation``: the site's per-model mean Dice is below the mean of the other
-  sites over the validated models so far. One-sided Wilcoxon signed-rank test of the
-  paired per-round differences (as the seed study did by hand), fired only with at least
-  ``min_rounds`` pairs, ``p < alpha`` and a median gap of at least ``min_gap`` Dice (the
-  effect-size floor that keeps clean but slightly harder sites quiet).
+- ``labels_disagree`` (needs cross-site evidence, plan ``cross_site``): in some region
+  (ET/TC/WT, Bonferroni over the three), the site's local models lose more than
+  ``delta_away`` Dice on the other sites' cases beyond the federation's typical loss
+  (one-sided z on the centred away effect, level ``labels_alpha / 3``), **and** its own
+  local model gains more than ``delta_home`` on its own cases beyond the others' home gain
+  (the estimate beyond ``delta_home`` and significantly above 0, one-sided z in the same
+  region at level ``labels_alpha``: a home check rests on the site's own few cases, and
+  a test beyond the margin missed a TC-swapped site with 3 cases in 2 of 10 fixture
+  federations, ``tests/tracking/cross_fixtures``) **or** its training loss is
+  above ``loss_ratio`` times the others' median; holding in ``labels_persist``
+  consecutive checks (rounds that brought away evidence). A site whose data is merely
+  harder loses nothing away; a site with another scanner may lose away but neither gains
+  at home nor trains to a high loss: neither fires.
+- ``below_federation``: the site's own validation score, rounds collapsed per case, is
+  below the other sites' pooled cases plus the spread of their site means (one-sided t,
+  ``p < alpha``), with at least ``min_rounds`` models and a gap of at least ``min_gap``.
+  It is an **alarm** only when the run has no cross-site evidence at all (privacy plans,
+  older runs, synthesis runs) or when the site's away effect corroborates it (significant
+  beyond ``delta_away`` in some region); otherwise an **observation** (``AlarmLevel``):
+  a lower own score of a site whose local models do fine elsewhere is harder or
+  different data, which notifies nobody.
 - ``stalled``: over the last ``stall_window`` models the others improve while the site
   does not: the gap (site - others) falls with a significant linear trend (one-sided
-  ``p < stall_alpha``), by at least ``stall_min_drop`` Dice over the window, and the
-  site's own gain over the window is below ``stall_max_gain``, in ``stall_persist``
-  consecutive rounds.
+  ``p < stall_alpha``), by at least ``stall_min_drop`` over the window, and the site's
+  own gain over the window is below ``stall_max_gain``, in ``stall_persist`` consecutive
+  rounds.
 - ``update_outlier``: the site's update distance to the aggregate (``update_distance``;
   ``update_norm`` when absent) is a robust outlier against the other sites of that round:
   ``(x - median(others)) / scale > outlier_z`` where ``scale`` is ``1.4826 * MAD(others)``
@@ -21,17 +38,23 @@ every round (the federation calls it; ``fedseg alarms RUN`` replays it on a fini
   (measured on synthetic sites), so by default only an update about twice the others' size
   or more is flagged.
 
-The watched metric and region are the plan's ``alarms`` read for the run's task
-(``AlarmConfig.for_task``, the store's meta ``task``): a segmentation run's mean Dice, a
-synthesis run's brain-masked SSIM averaged over the modalities each site validates
-(``curves``); ``min_gap`` and the stall thresholds are in that metric's units.
+The watched metric and region of ``below_federation`` and ``stalled`` are the plan's
+``alarms`` read for the run's task (``AlarmConfig.for_task``, the store's meta ``task``):
+a segmentation run's mean Dice, a synthesis run's brain-masked SSIM averaged over the
+modalities each site validates (``curves``); ``min_gap`` and the stall thresholds are in
+that metric's units.
 
-Each alarm that holds is stored for the round it was checked in (``alarms`` table); the
-notification command runs once per (site, kind), the first time it is stored.
+Each alarm or observation that holds is stored for the round it was checked in (table
+``alarms``, with its level and evidence; its ``message`` is the evidence's text). The
+notification command runs once per (site, kind) the first time an *alarm* of it is
+stored, with ``FEDSEG_ALARM_{RUN,ROUND,SITE,KIND,MESSAGE,LEVEL}`` and
+``FEDSEG_ALARM_EVIDENCE`` (the evidence as JSON) in its environment; observations never
+notify.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 from dataclasses import dataclass
@@ -41,14 +64,31 @@ import numpy as np
 from scipy import stats
 
 from fedseg.plan import AlarmConfig, read_run_plan
-from fedseg.run_folder import RoundStatus, SiteRoundStatus
+from fedseg.run_folder import (
+    AlarmEvidence,
+    AlarmKind,
+    AlarmLevel,
+    RoundStatus,
+    SiteRoundStatus,
+)
 from fedseg.tracking.curves import Curves, site_curves
-from fedseg.tracking.store import Alarm, RunStore
+from fedseg.tracking.evidence import (
+    TESTED_REGIONS,
+    BelowTest,
+    SiteEvidence,
+    below_test,
+    collapse_rounds,
+    has_away_evidence,
+    p_lower,
+    site_evidence,
+)
+from fedseg.tracking.store import CROSS_DICE_DIFF, Alarm, RunStore
 
-BELOW = "below_federation"
-STALLED = "stalled"
-OUTLIER = "update_outlier"
-KINDS: tuple[str, ...] = (BELOW, STALLED, OUTLIER)
+LABELS = AlarmKind.LABELS_DISAGREE.value
+BELOW = AlarmKind.BELOW_FEDERATION.value
+STALLED = AlarmKind.STALLED.value
+OUTLIER = AlarmKind.UPDATE_OUTLIER.value
+KINDS: tuple[str, ...] = tuple(k.value for k in AlarmKind)
 
 
 def run_alarm_config(run: Path) -> AlarmConfig:
@@ -58,14 +98,30 @@ def run_alarm_config(run: Path) -> AlarmConfig:
     return plan.alarms if plan is not None else AlarmConfig()
 
 
+def fmt_p(p: float | None) -> str:
+    """A p-value for text: ``p=0.0123``, ``p<1e-4``."""
+    if p is None or not math.isfinite(p):
+        return "p=-"
+    return "p<1e-4" if p < 1e-4 else f"p={p:.3g}"
+
+
+def _span(rounds) -> str:
+    rs = sorted(rounds)
+    if not rs:
+        return "-"
+    return f"{rs[0]}" if len(rs) == 1 else f"{rs[0]}-{rs[-1]}"
+
+
 @dataclass(frozen=True)
 class BelowResult:
-    """Outcome of ``below_federation``: pairs used, median gap (Dice), one-sided p-value."""
+    """Outcome of ``below_federation``: models used, gap (site - others, metric units),
+    one-sided p, whether it holds, and the test behind it (None: nothing to compare)."""
 
     n: int
-    median_gap: float
+    median_gap: float  # the gap of the rounds-collapsed means (name kept from the old test)
     p: float
     flagged: bool
+    test: BelowTest | None = None
 
 
 @dataclass(frozen=True)
@@ -79,17 +135,72 @@ class StallResult:
     flagged: bool
 
 
-def below_federation(site: np.ndarray, others: np.ndarray, cfg: AlarmConfig) -> BelowResult:
-    """Paired one-sided Wilcoxon test that ``site < others`` (both (n_rounds,), same rounds)."""
-    diff = np.asarray(site, dtype=np.float64) - np.asarray(others, dtype=np.float64)
-    n = int(diff.size)
-    if n == 0:
+@dataclass(frozen=True)
+class LabelsResult:
+    """Outcome of the ``labels_disagree`` rule for one site at one check: whether it
+    holds, the region that decides (the most significant holding one, else the most
+    significant away region), the away z and Bonferroni p, the home p and the loss
+    ratio, and the region's evidence."""
+
+    holds: bool
+    away_significant: bool
+    region: str
+    z: float
+    p: float
+    home_p: float | None
+    loss_ratio: float | None
+    evidence: SiteEvidence
+
+
+def below_federation(curves: Curves, site: str, cfg: AlarmConfig) -> BelowResult:
+    """The site's curve against the other sites' on the model rounds where the site and
+    another site validated (the last ``window`` of them when set), rounds collapsed per
+    case (``evidence.below_test``)."""
+    mine = curves.get(site, {})
+    rounds = sorted(
+        mr for mr, s in mine.items()
+        if s.n > 0 and math.isfinite(s.mean)
+        and any(o != site and mr in c and c[mr].n > 0 for o, c in curves.items())
+    )  # fmt: skip
+    if cfg.window is not None:
+        rounds = rounds[-cfg.window :]
+    own = collapse_rounds(mine, rounds)
+    if own is None:
         return BelowResult(0, float("nan"), 1.0, False)
-    gap = float(np.median(diff))
-    if n < cfg.min_rounds or not np.any(diff != 0):
-        return BelowResult(n, gap, 1.0, False)
-    p = float(stats.wilcoxon(diff, alternative="less", zero_method="wilcox").pvalue)
-    return BelowResult(n, gap, p, p < cfg.alpha and gap <= -cfg.min_gap)
+    others = [collapse_rounds(c, rounds) for o, c in sorted(curves.items()) if o != site]
+    test = below_test(own, [o for o in others if o is not None], tuple(rounds))
+    n = len(rounds)
+    flagged = n >= cfg.min_rounds and test.p < cfg.alpha and test.gap <= -cfg.min_gap
+    return BelowResult(n, test.gap, test.p, flagged, test)
+
+
+def labels_check(
+    ev: dict[tuple[str, str], SiteEvidence], site: str, cfg: AlarmConfig
+) -> LabelsResult | None:
+    """The ``labels_disagree`` rule (module docstring) for ``site`` on one check's
+    evidence; None when the site's local models have no away evidence."""
+    k = len(TESTED_REGIONS)
+    results = []
+    for g in TESTED_REGIONS:
+        e = ev.get((site, g))
+        if e is None or e.away is None or e.centred is None or not e.centred_se:
+            continue
+        z = (e.centred + cfg.delta_away) / e.centred_se
+        p = min(1.0, k * p_lower(z))
+        away_ok = p < cfg.labels_alpha
+        home_p = None
+        if e.home is not None and e.home_centred is not None and e.home_se:
+            home_p = p_lower(-e.home_centred / e.home_se)
+        home_ok = (
+            home_p is not None and home_p < cfg.labels_alpha
+            and e.home_centred is not None and e.home_centred > cfg.delta_home
+        )  # fmt: skip
+        loss_ok = e.loss_ratio is not None and e.loss_ratio > cfg.loss_ratio
+        results.append(LabelsResult(away_ok and (home_ok or loss_ok), away_ok, g, z, p,
+                                    home_p, e.loss_ratio, e))  # fmt: skip
+    if not results:
+        return None
+    return min(results, key=lambda r: (not r.holds, r.p))
 
 
 def stalled(site: np.ndarray, others: np.ndarray, cfg: AlarmConfig) -> StallResult:
@@ -191,31 +302,120 @@ def site_tests(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[SiteTests]:
             for k in range(1, cfg.stall_persist)
         )
         out.append(SiteTests(
-            site, rounds, below_federation(mine, theirs, cfg), st, held,
+            site, rounds, below_federation(curves, site, cfg), st, held,
             volatility(mine), volatility(theirs),
         ))  # fmt: skip
     return out
 
 
+def evidence_rounds(store: RunStore, upto: int) -> list[int]:
+    """The rounds ``<= upto`` that brought away evidence (the checks ``labels_disagree``
+    counts for persistence)."""
+    return sorted({r.round for r in store.cross(metric=CROSS_DICE_DIFF, upto_round=upto)
+                   if not r.home})  # fmt: skip
+
+
+def labels_results(store: RunStore, rnd: int, cfg: AlarmConfig) -> dict[str, LabelsResult]:
+    """Per site, the ``labels_disagree`` rule after round ``rnd``, ``holds`` only when it
+    also held at the previous ``labels_persist - 1`` evidence rounds."""
+    checks = evidence_rounds(store, rnd)
+    if not checks:
+        return {}
+    points = [rnd, *reversed(checks[:-1] if checks[-1] == rnd else checks)]
+    points = points[: cfg.labels_persist]
+    now: dict[str, LabelsResult] = {}
+    held: dict[str, bool] = {}
+    for i, upto in enumerate(points):
+        ev = site_evidence(store, upto, cfg.evidence_window)
+        for site in sorted({s for s, _ in ev}):
+            res = labels_check(ev, site, cfg)
+            if i == 0:
+                if res is not None:
+                    now[site] = res
+                    held[site] = res.holds
+            elif site in held:
+                held[site] = held[site] and res is not None and res.holds
+    if len(points) < cfg.labels_persist:
+        held = dict.fromkeys(held, False)
+    return {
+        s: r if held[s] == r.holds else LabelsResult(False, r.away_significant, r.region, r.z,
+                                                     r.p, r.home_p, r.loss_ratio, r.evidence)
+        for s, r in now.items()
+    }  # fmt: skip
+
+
+def labels_text(site: str, r: LabelsResult, cfg: AlarmConfig) -> str:
+    """The plain sentence of a ``labels_disagree`` alarm."""
+    e, a = r.evidence, r.evidence.away
+    assert a is not None and e.centred is not None
+    verb = "lose" if a.value < 0 else "gain"
+    ref = f"{e.away_reference:+.2f}" if e.away_reference is not None else "n/a"
+    parts = [
+        f"{site} {r.region}: its local models {verb} {abs(a.value):.2f} Dice on {a.n_cases} "
+        f"cases at {len(a.evaluators)} sites vs the federation's {ref} (models "
+        f"{_span(a.model_rounds)}, z={r.z:.1f} beyond a margin of {cfg.delta_away:g}, "
+        f"{fmt_p(r.p)})"
+    ]
+    if e.home is not None:
+        parts.append(f"its own model gains {e.home.value:+.2f} on its {e.home.n_cases} cases "
+                     f"({e.home_centred:+.2f} beyond the others', {fmt_p(r.home_p)})")  # fmt: skip
+    else:
+        parts.append("no home check (too few own validation cases)")
+    if r.loss_ratio is not None:
+        parts.append(f"its training loss is {r.loss_ratio:.2f}x the others' median")
+    return "; ".join(parts)
+
+
 def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
-    """The alarms that hold after round ``rnd``, from data of rounds ``<= rnd`` only."""
+    """The alarms and observations that hold after round ``rnd``, from data of rounds
+    ``<= rnd`` only."""
     if not cfg.enabled:
         return []
     cfg = cfg.for_task(store.meta.task())
     alarms: list[Alarm] = []
+    labels = labels_results(store, rnd, cfg)
+    cross_run = has_away_evidence(store, rnd)
+    for site, r in sorted(labels.items()):
+        if not r.holds:
+            continue
+        a = r.evidence.away
+        assert a is not None
+        text = labels_text(site, r, cfg)
+        alarms.append(Alarm(rnd, site, LABELS, text, AlarmLevel.ALARM, AlarmEvidence(
+            kind=AlarmKind.LABELS_DISAGREE, region=r.region, statistic="z", value=r.z, p=r.p,
+            effect=r.evidence.centred, margin=cfg.delta_away, n_cases=a.n_cases,
+            evaluators=list(a.evaluators), model_rounds=list(a.model_rounds), text=text,
+        )))  # fmt: skip
     for t in site_tests(store, rnd, cfg):
         site, b, st, rounds = t.site, t.below, t.stall, t.models
-        if b.flagged:
-            alarms.append(Alarm(rnd, site, BELOW, (
-                f"{cfg.region} {cfg.metric} below the other sites by {-b.median_gap:.3f} "
-                f"(median over {b.n} models {rounds[0]}-{rounds[-1]}; "
-                f"one-sided Wilcoxon p={b.p:.3g})"
+        if b.flagged and b.test is not None:
+            corroborated = site in labels and labels[site].away_significant
+            level = AlarmLevel.ALARM if corroborated or not cross_run else AlarmLevel.OBSERVATION
+            text = (
+                f"{site} {cfg.region} {cfg.metric} below the other sites by {-b.median_gap:.3f} "
+                f"on its {b.test.n_cases} cases against the others' {b.test.n_others} (models "
+                f"{_span(b.test.models)} collapsed per case, t={b.test.t:.1f}, {fmt_p(b.p)})"
+            )
+            if level == AlarmLevel.OBSERVATION:
+                text += ("; its local models do not lose on the other sites' cases: harder "
+                         "or different data rather than wrong labels?")  # fmt: skip
+            elif corroborated:
+                text += "; its local models also lose on the other sites' cases"
+            alarms.append(Alarm(rnd, site, BELOW, text, level, AlarmEvidence(
+                kind=AlarmKind.BELOW_FEDERATION, region=cfg.region, statistic="welch_t",
+                value=b.test.t, p=b.p, effect=b.median_gap, margin=cfg.min_gap,
+                n_cases=b.test.n_cases, model_rounds=list(b.test.models), text=text,
             )))  # fmt: skip
         if st.flagged and t.stall_held:
-            alarms.append(Alarm(rnd, site, STALLED, (
-                f"{cfg.region} {cfg.metric} changed by {st.site_gain:+.3f} over the last "
+            text = (
+                f"{site} {cfg.region} {cfg.metric} changed by {st.site_gain:+.3f} over the last "
                 f"{cfg.stall_window} models while the other sites gained "
                 f"{st.others_gain:+.3f} (gap trend p={st.p:.3g})"
+            )
+            alarms.append(Alarm(rnd, site, STALLED, text, AlarmLevel.ALARM, AlarmEvidence(
+                kind=AlarmKind.STALLED, region=cfg.region, statistic="slope", value=st.slope,
+                p=st.p, effect=st.site_gain - st.others_gain, margin=cfg.stall_min_drop,
+                model_rounds=rounds[-cfg.stall_window :], text=text,
             )))  # fmt: skip
     if cfg.update_outlier is False:
         return alarms
@@ -227,38 +427,53 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
     for site, z in sorted(update_outliers(dist, cfg).items()):  # type: ignore[arg-type]
         if z > cfg.outlier_z:
             others = [v for s, v in dist.items() if s != site and v is not None]
-            alarms.append(Alarm(rnd, site, OUTLIER, (
-                f"{label} {dist[site]:.4g} vs median {float(np.median(others)):.4g} of the "
-                f"other sites (robust z={z:.1f} > {cfg.outlier_z})"
+            med = float(np.median(others))
+            text = (f"{site} {label} {dist[site]:.4g} vs median {med:.4g} of the other sites "
+                    f"(robust z={z:.1f} > {cfg.outlier_z})")  # fmt: skip
+            alarms.append(Alarm(rnd, site, OUTLIER, text, AlarmLevel.ALARM, AlarmEvidence(
+                kind=AlarmKind.UPDATE_OUTLIER, region="-", statistic="robust_z", value=z,
+                effect=float(dist[site]) - med, margin=cfg.outlier_z,  # type: ignore[arg-type]
+                evaluators=sorted(s for s in dist if s != site), model_rounds=[rnd], text=text,
             )))  # fmt: skip
     return alarms
 
 
 def check_alarms(
-    store: RunStore, rnd: int, cfg: AlarmConfig, *, notify: bool = True
-) -> list[Alarm]:
-    """Evaluate, store and notify the alarms of round ``rnd``; returns those that hold.
+    store: RunStore, rnd: int, cfg: AlarmConfig, *, notify: bool = True,
+    observations: bool = False,
+) -> list[Alarm]:  # fmt: skip
+    """Evaluate, store and notify the alarms of round ``rnd``; returns the alarms that hold
+    (and the observations with ``observations``).
 
-    Call after round ``rnd`` is aggregated and its site rows and validations are stored.
-    A failing notification command is logged in the store's events, never raised.
+    Call after round ``rnd`` is aggregated and its site rows, validations and cross-site
+    rows are stored. A failing notification command is logged in the store's events,
+    never raised; observations are stored and logged, never notified.
     """
-    alarms = evaluate_alarms(store, rnd, cfg)
+    found = evaluate_alarms(store, rnd, cfg)
     known = {(a.site, a.kind) for a in store.alarms() if a.round < rnd}
-    for a in alarms:
+    for a in found:
         stored = store.record_alarm(a)
-        if stored:
-            store.log(f"alarm round {a.round} site {a.site} {a.kind}: {a.message}", "warning")
-        if stored and notify and cfg.notify_command and (a.site, a.kind) not in known:
+        if not stored:
+            continue
+        if a.level == AlarmLevel.OBSERVATION:
+            store.log(f"observation round {a.round} site {a.site} {a.kind}: {a.message}")
+            continue
+        store.log(f"alarm round {a.round} site {a.site} {a.kind}: {a.message}", "warning")
+        if notify and cfg.notify_command and (a.site, a.kind) not in known:
             _notify(store, a, cfg)
-    return alarms
+    return [a for a in found if observations or a.level == AlarmLevel.ALARM]
 
 
-def replay_alarms(store: RunStore, cfg: AlarmConfig, *, notify: bool = False) -> list[Alarm]:
-    """Run ``check_alarms`` for every round of the store in order (post-hoc evaluation)."""
+def replay_alarms(
+    store: RunStore, cfg: AlarmConfig, *, notify: bool = False, observations: bool = False
+) -> list[Alarm]:
+    """Run ``check_alarms`` for every round of the store in order (post-hoc evaluation);
+    returns the alarms (and the observations with ``observations``)."""
     out: list[Alarm] = []
     for r in store.rounds():
         if r["status"] == RoundStatus.DONE:
-            out.extend(check_alarms(store, int(r["round"]), cfg, notify=notify))
+            out.extend(check_alarms(store, int(r["round"]), cfg, notify=notify,
+                                    observations=observations))  # fmt: skip
     return out
 
 
@@ -270,16 +485,23 @@ def first_flagged(alarms: list[Alarm]) -> dict[tuple[str, str], int]:
     return first
 
 
+def notify_env(store: RunStore, a: Alarm) -> dict[str, str]:
+    """The variables the notification command gets besides the inherited environment."""
+    return {
+        "FEDSEG_ALARM_RUN": str(Path(store.path).parent),
+        "FEDSEG_ALARM_ROUND": str(a.round),
+        "FEDSEG_ALARM_SITE": a.site,
+        "FEDSEG_ALARM_KIND": str(a.kind),
+        "FEDSEG_ALARM_MESSAGE": a.message,
+        "FEDSEG_ALARM_LEVEL": AlarmLevel(a.level).value,
+        "FEDSEG_ALARM_EVIDENCE": a.evidence.model_dump_json() if a.evidence else "{}",
+    }
+
+
 def _notify(store: RunStore, a: Alarm, cfg: AlarmConfig) -> None:
     assert cfg.notify_command
     env = dict(os.environ)
-    env.update(
-        FEDSEG_ALARM_RUN=str(Path(store.path).parent),
-        FEDSEG_ALARM_ROUND=str(a.round),
-        FEDSEG_ALARM_SITE=a.site,
-        FEDSEG_ALARM_KIND=a.kind,
-        FEDSEG_ALARM_MESSAGE=a.message,
-    )
+    env.update(notify_env(store, a))
     try:
         done = subprocess.run(
             cfg.notify_command, env=env, capture_output=True, text=True,

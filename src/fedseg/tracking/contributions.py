@@ -1,7 +1,24 @@
-"""How much each site's data improves the global model, from what the run store holds.
+"""How much each site's data improves the global model for the other sites, from what the
+run store holds: no re-training.
 
-Cheap estimate (no extra training, no per-site weights needed). In round r, with site
-updates ``u_i = w_i - g`` (``update_norm`` = |u_i|), the aggregate step
+**From the cross-site evidence** (``estimate_contributions``, the default; needs the
+plan's ``cross_site`` rows). FedAvg: ``g = sum_k p_k w_k``, so the aggregate without site i
+is ``g_{-i} = g - p_i/(1-p_i) (w_i - g)`` and, to first order, what site j's Dice gains
+from including i is ``p_i/(1-p_i) * (Dice_j(w_i) - Dice_j(g))``: the scaled paired
+difference the cross-site rows hold. Every local model is a bit worse than the average of
+all (a curvature term common to all sites), so each round's row effects are centred on
+their ``p``-weighted mean (the first-order terms sum to zero). A site's contribution in a
+region is ``sum_r p_i/(1-p_i) * (a_i^r - sum_k p_k a_k^r)``, ``a_i^r`` the case-weighted
+mean over the evaluators j != i of the local model of round r (``tracking.evidence``):
+negative means the other sites would do better without it. Its SE: the case part of each
+round adds up linearly over rounds (the same cases are re-measured: fully correlated, the
+conservative bound), the between-evaluator part (DerSimonian-Laird) in quadrature. The
+region where a site is worst ranks it; verdict *harmful* when the 95 % interval is below
+0, *helps* above 0, else *neutral*. Under this first-order (additive) utility, Shapley
+values equal these leave-one-out values. It is exact for FedAvg only to first order.
+
+**From update sizes** (``contributions``, the fallback for runs without cross-site rows).
+In round r, with site updates ``u_i = w_i - g`` (``update_norm`` = |u_i|), the aggregate step
 ``D = sum_i p_i u_i`` (``p_i`` = training-case weight) and ``update_distance`` =
 |w_i - a| = |u_i - D|, the store's two norms give the inner products exactly:
 
@@ -11,17 +28,15 @@ updates ``u_i = w_i - g`` (``update_norm`` = |u_i|), the aggregate step
 so each site's share of the step along its own direction, ``s_i = p_i <u_i, D> / |D|^2``
 (the shares sum to 1), and its alignment ``cos_i = <u_i, D> / (|u_i| |D|)``. The round's
 change of the federation's validation Dice (model r vs model r-1, pooled over sites) is
-attributed to sites by share: a first-order (linear) attribution that assumes the Dice
-gain of the step is along D. A site whose update points away from the consensus (bad
-labels, a different scanner) gets a small or negative share. "others" uses only the other
-sites' validation, i.e. what the site's data brings to everyone else.
+attributed to sites by share: it measures alignment with the consensus, not harm (a site
+with another scanner gets a small share too; ``SHARES_NOTE``).
 
 The honest measure is leave-one-site-out: re-run the federation without the site and
 compare the best Dice on the remaining sites (``loso_contributions``).
 
-Under secure aggregation, HE or site-level DP no single update's norm exists in the store
-(the aggregator saw none, or must not keep one): ``unavailable`` says so in one line and
-only the leave-one-site-out measure remains.
+Under secure aggregation, HE or site-level DP no single update or local model exists
+outside its site: ``unavailable`` says so in one line and only the leave-one-site-out
+measure remains.
 """
 
 from __future__ import annotations
@@ -33,11 +48,24 @@ from pathlib import Path
 
 import numpy as np
 
+from fedseg.data.labels import REGIONS
+from fedseg.plan import AlarmConfig
 from fedseg.privacy.config import PrivacyConfig
 from fedseg.privacy.visibility import withheld_by
-from fedseg.run_folder import SiteRoundStatus
+from fedseg.run_folder import SiteRoundStatus, Task
+from fedseg.tracking.cross_matrix import cross_cells
 from fedseg.tracking.curves import Curves, federation_curve, site_curves
-from fedseg.tracking.store import RunStore
+from fedseg.tracking.evidence import ALL_GROUPS, case_variance, dersimonian_laird, with_mean_rows
+from fedseg.tracking.store import CROSS_DICE_DIFF, CrossRow, RunStore
+
+#: what the fallback estimate from update sizes is, in one line
+SHARES_NOTE = (
+    "no cross-site evidence in this run (plan cross_site): estimate from update sizes, "
+    "each site's share of the aggregate step times the pooled Dice change; it measures "
+    "alignment with the other sites, not harm"
+)
+#: the z of the intervals behind a verdict (95 %)
+Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -63,6 +91,129 @@ class SiteContribution:
     dice_gain: float  # federation Dice change attributed to the site (sum over rounds)
     dice_gain_others: float  # same, on the other sites' validation only
     loso: float | None = None  # best Dice of the others with the site minus without it
+
+
+@dataclass(frozen=True)
+class ContributionEstimate:
+    """A site's first-order leave-one-out contribution from the cross-site evidence: the
+    Dice the *other* sites gain from including it (summed over rounds; negative: harmful)
+    in ``region``, the region where it is worst, which ranks it; ``se``, the 95 % interval
+    ``low``-``high`` and the ``verdict`` (harmful, neutral, helps) there; ``per_region``
+    and ``per_region_se`` for ET, TC, WT and mean; ``n_cases`` the evaluators' cases,
+    ``evaluators`` the sites that validated its local models, ``model_rounds`` theirs."""
+
+    site: str
+    effect: float
+    se: float
+    low: float
+    high: float
+    verdict: str
+    region: str
+    per_region: dict[str, float]
+    per_region_se: dict[str, float]
+    n_cases: int
+    evaluators: tuple[str, ...]
+    model_rounds: tuple[int, ...]
+
+
+def _weights(store: RunStore) -> dict[int, dict[str, float]]:
+    """Per round, each ok site's training cases (the FedAvg weight before normalising)."""
+    out: dict[int, dict[str, float]] = {}
+    for r in store.site_rounds():
+        if r.status == SiteRoundStatus.OK and r.n_train:
+            out.setdefault(r.round, {})[r.site] = float(r.n_train)
+    return out
+
+
+def _round_effects(rows: list[CrossRow], region: str) -> dict[str, tuple[float, float, float]]:
+    """Per model site, one round's ``(a, case variance, evaluator variance or -1)``."""
+    out = {}
+    for site in sorted({r.model_site for r in rows}):
+        cells = [c for c in cross_cells([r for r in rows if r.model_site == site],
+                                        region=region, metric=CROSS_DICE_DIFF)
+                 if c.n > 0 and math.isfinite(c.mean)]  # fmt: skip
+        if not cells:
+            continue
+        n = np.array([c.n for c in cells], dtype=np.float64)
+        w = n / n.sum()
+        means = np.array([c.mean for c in cells])
+        v = np.array([case_variance(c.sd, c.n) for c in cells])
+        tau2 = dersimonian_laird(means, v)
+        out[site] = (float(np.sum(w * means)), float(np.sum(w**2 * v)),
+                     -1.0 if tau2 is None else tau2 * float(np.sum(w**2)))  # fmt: skip
+    return out
+
+
+def estimate_contributions(
+    store: RunStore, *, upto_round: int | None = None, cfg: AlarmConfig | None = None
+) -> list[ContributionEstimate]:
+    """Each site's first-order leave-one-out contribution (module docstring) from the
+    cross-site rows made in rounds ``<= upto_round`` (all when None), most harmful first;
+    [] when the run has none (privacy plans, runs without ``cross_site``, older runs,
+    synthesis runs: see ``contributions`` and ``SHARES_NOTE``). ``cfg``: the alarm
+    settings (``enabled: false`` turns the estimate off too; default the plan's)."""
+    if (cfg is not None and not cfg.enabled) or store.meta.task() == Task.SYNTHESIS:
+        return []
+    rows = [r for r in store.cross(metric=CROSS_DICE_DIFF, upto_round=upto_round) if not r.home]
+    if not rows:
+        return []
+    rows = with_mean_rows(rows)
+    weights = _weights(store)
+    by_round: dict[int, list[CrossRow]] = {}
+    for r in rows:
+        by_round.setdefault(r.model_round, []).append(r)
+    sites = sorted({r.model_site for r in rows})
+    effect = {(s, g): 0.0 for s in sites for g in ALL_GROUPS}
+    se_case = dict.fromkeys(effect, 0.0)
+    var_tau = dict.fromkeys(effect, 0.0)
+    cases: dict[str, dict[str, int]] = {s: {} for s in sites}
+    rounds: dict[str, set[int]] = {s: set() for s in sites}
+    for mr, rr in sorted(by_round.items()):
+        for g in ALL_GROUPS:
+            eff = _round_effects([r for r in rr if r.region == g], g)
+            if len(eff) < 2:
+                continue
+            taus = [t for _, _, t in eff.values() if t >= 0]
+            tau_floor = float(np.median(taus)) if taus else 0.0
+            w_round = weights.get(mr, {})
+            raw = {s: w_round.get(s, 0.0) for s in eff}
+            if sum(raw.values()) <= 0:
+                raw = dict.fromkeys(eff, 1.0)
+            total = sum(raw.values())
+            p = {s: v / total for s, v in raw.items()}
+            # FedAvg weight of each site among all the round's trainers (not only those seen)
+            all_total = sum(w_round.values()) or total
+            for s, (a, vc, vt) in eff.items():
+                share = (w_round.get(s, 0.0) or raw[s]) / all_total
+                scale = share / (1 - share) if share < 1 else 0.0
+                centred = a - sum(p[k] * eff[k][0] for k in eff)
+                var_c = (1 - p[s]) ** 2 * vc + sum(p[k] ** 2 * eff[k][1] for k in eff if k != s)
+                var_t = (1 - p[s]) ** 2 * max(vt, tau_floor) + sum(
+                    p[k] ** 2 * max(eff[k][2], tau_floor) for k in eff if k != s
+                )
+                effect[(s, g)] += scale * centred
+                se_case[(s, g)] += scale * math.sqrt(var_c)
+                var_tau[(s, g)] += scale**2 * var_t
+                if g == "mean":
+                    rounds[s].add(mr)
+                    for r in rr:
+                        if r.model_site == s and r.region == g:
+                            cases[s][r.eval_site] = max(cases[s].get(r.eval_site, 0), r.summary.n)
+    out = []
+    for s in sites:
+        if not rounds[s]:
+            continue
+        per = {g: effect[(s, g)] for g in ALL_GROUPS}
+        per_se = {g: math.sqrt(se_case[(s, g)] ** 2 + var_tau[(s, g)]) for g in ALL_GROUPS}
+        region = min(REGIONS, key=lambda g: per[g])
+        e, se = per[region], per_se[region]
+        low, high = e - Z95 * se, e + Z95 * se
+        verdict = "harmful" if high < 0 else "helps" if low > 0 else "neutral"
+        out.append(ContributionEstimate(
+            s, e, se, low, high, verdict, region, per, per_se, sum(cases[s].values()),
+            tuple(sorted(cases[s])), tuple(sorted(rounds[s])),
+        ))  # fmt: skip
+    return sorted(out, key=lambda c: (c.effect, c.site))
 
 
 def unavailable(privacy: PrivacyConfig | None) -> str | None:

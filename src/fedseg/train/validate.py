@@ -1,7 +1,8 @@
 """Validation of a training network on labelled cases, with the recipe's validation settings.
 
 What this adds to ``model.evaluate`` (the one evaluation path) is the recipe: the network
-is built from its config and weights (``validate_cases``) or taken as it is
+is built from its config and weights (``validate_cases``; several on the same cases, each
+case read once: ``validate_models``, cross-site validation) or taken as it is
 (``validate_network``), run in eval mode as a single-model ``ModelSet`` whose tile is
 ``train.val_roi`` exactly (no shrinking), with ``val_overlap`` and ``val_batch_size``,
 computing where and how ``train.compute`` says (device, autocast precision, memory format:
@@ -12,7 +13,7 @@ volumes, unchanged, so the metrics are those of reading the NIfTI files).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from rich.progress import Progress
@@ -20,7 +21,7 @@ from torch import nn
 
 from fedseg.data.cases import Case
 from fedseg.model.config import NetworkConfig
-from fedseg.model.evaluate import CaseResult, evaluate_cases
+from fedseg.model.evaluate import CaseResult, evaluate_case, evaluate_cases
 from fedseg.model.registry import build_network
 from fedseg.model.segmenter import Member, ModelSet
 from fedseg.model.torch_backend import torch_predictor
@@ -65,3 +66,29 @@ def validate_cases(
     set_weights(net, weights)
     with torch.inference_mode():
         return validate_network(net, train, cases)
+
+
+def validate_models(
+    network: NetworkConfig, train: TrainConfig, models: Mapping[str, Weights],
+    cases: Sequence[Case],
+) -> dict[str, list[CaseResult]]:  # fmt: skip
+    """Per-case metrics of each of ``models`` (label -> weights of a ``network``) on
+    ``cases``, as ``validate_cases`` computes them, reading each case once: one network per
+    model is built, and each case, once loaded, is run through all of them."""
+    check_shapes(network, train)
+    sets = {}
+    for label, weights in models.items():
+        net = build_network(network)
+        set_weights(net, weights)
+        sets[label] = network_models(net, train)
+    out: dict[str, list[CaseResult]] = {label: [] for label in models}
+    read = VolumeReader()
+    with torch.inference_mode():
+        for case in cases:
+            volumes = read(case)
+            for label, models_set in sets.items():
+                out[label].append(evaluate_case(
+                    volumes, models_set, overlap=train.val_overlap,
+                    batch_size=train.val_batch_size,
+                ))  # fmt: skip
+    return out

@@ -14,6 +14,10 @@ Weights travel as Flower ``Array``s in numpy's ``.npy`` format, without needless
 - decoding on the aggregator makes no copy: the arrays are read-only views of the
   message's bytes (``record_to_weights(..., writable=False)``; the coordinator only reads
   them and parks them on disk), a site gets writable arrays (one copy: torch loads them);
+- cross-site validation (``TaskRequest.cross``): each other site's local model travels as
+  the record ``cross.<i>`` (the task's ``cross`` lists the labels in that order), encoded
+  once per round and shared by every request that carries it, like the global model; the
+  replies' ``cross`` and ``home`` summaries are two more metric records;
 - with the plan's ``transfer: {weights: float16}`` (``rounds.transfer``) the weights (not
   the optimizer state) travel as float16: the record ``wire`` names the arrays that were
   cast from float32 (``wire[<record>]``) and decoding casts exactly those back.
@@ -40,7 +44,7 @@ from fedseg.federation.rounds.transfer import (
 )
 from fedseg.model.summary import MIN_SUMMARY_CASES, Summary
 from fedseg.privacy.config import PrivacyConfig
-from fedseg.run_folder import ComputeUsed, DeclaredCases, PrivacySpent
+from fedseg.run_folder import ComputeUsed, DeclaredCases, PrivacySpent, parse_cross_label
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
     from fedseg.model.weights import Weights
@@ -176,6 +180,12 @@ def encode_request(
         }
     )
     _put(content, "global", encoded(req.weights, req.transfer))
+    if req.cross:
+        content["task"]["cross"] = list(req.cross)
+        for i, w in enumerate(req.cross.values()):
+            _put(content, f"cross.{i}", encoded(w, req.transfer))
+    if req.home:
+        content["task"]["home"] = True
     if req.synth_step is not None:
         content["task"]["synth_step"] = req.synth_step.to_json()
     if req.optimizer_state is not None:
@@ -205,7 +215,56 @@ def decode_request(content: RecordDict) -> TaskRequest:
         secure=get_payload(content, "secure", writable=True),
         planned_rounds=int(task.get("planned_rounds", 0)),
         synth_step=SynthStep.from_json(str(task["synth_step"])) if "synth_step" in task else None,
+        cross=_cross_models(content),
+        home=bool(task.get("home", False)),
     )
+
+
+def _cross_models(content: RecordDict) -> dict[str, Weights]:
+    """The other sites' local models of a request (label -> weights); a ValueError for a
+    label that is not ``site@round`` or a record that is missing."""
+    labels = [str(x) for x in content["task"].get("cross", [])]  # type: ignore[union-attr]
+    out = {}
+    for i, label in enumerate(labels):
+        parse_cross_label(label)
+        name = f"cross.{i}"
+        if name not in content or label in out:
+            raise ValueError(f"cross-site model {label!r} missing or repeated in the request")
+        out[label] = record_to_weights(content[name], _cast_names(content, name))  # type: ignore[arg-type]
+    return out
+
+
+def _put_summaries(
+    content: RecordDict, name: str, summaries: Mapping[str, Mapping[str, Summary]],
+    prefix: str = "",
+) -> None:  # fmt: skip
+    """``summaries[region][metric]`` as the metric record ``name`` (keys
+    ``<prefix><region>/<metric>/{mean,std,n}``), merged into one already there."""
+    rec = content[name] if name in content else MetricRecord({})
+    for region, by_metric in summaries.items():
+        for metric, s in by_metric.items():
+            rec[f"{prefix}{region}/{metric}/mean"] = float(s.mean)  # type: ignore[index]
+            rec[f"{prefix}{region}/{metric}/std"] = float(s.std)  # type: ignore[index]
+            rec[f"{prefix}{region}/{metric}/n"] = int(s.n)  # type: ignore[index]
+    content[name] = rec
+
+
+def _get_summaries(rec: MetricRecord) -> dict[str, dict[str, dict[str, Summary]]]:
+    """What ``_put_summaries`` wrote, as ``{prefix: {region: {metric: Summary}}}`` (the
+    prefix without its trailing ``/``; "" for a record written without one)."""
+    out: dict[str, dict[str, dict[str, Summary]]] = {}
+    for key in rec:
+        head, _, part = str(key).rpartition("/")
+        if part != "mean":
+            continue
+        rest, _, metric = head.rpartition("/")
+        prefix, _, region = rest.rpartition("/")
+        out.setdefault(prefix, {}).setdefault(region, {})[metric] = Summary(
+            float(rec[f"{head}/mean"]),
+            float(rec[f"{head}/std"]),
+            int(rec[f"{head}/n"]),  # type: ignore[arg-type]
+        )
+    return out
 
 
 def encode_reply(rep: TaskReply, transfer: TransferDtype = DEFAULT_TRANSFER) -> RecordDict:
@@ -243,6 +302,10 @@ def encode_reply(rep: TaskReply, transfer: TransferDtype = DEFAULT_TRANSFER) -> 
         _put(content, "optimizer", weights_to_record(rep.optimizer_state))
     if rep.hidden is not None:
         put_payload(content, "hidden", rep.hidden)
+    for label, summaries in rep.cross.items():
+        _put_summaries(content, "cross", summaries, f"{label}/")
+    if rep.home:
+        _put_summaries(content, "home", rep.home)
     if rep.privacy_spent is not None:
         content["privacy_spent"] = ConfigRecord({"json": rep.privacy_spent.model_dump_json()})
     return content
@@ -277,7 +340,20 @@ def decode_reply(content: RecordDict) -> TaskReply:
         compute=_compute_used(content["site"]),
         hidden=get_payload(content, "hidden", writable=False),
         privacy_spent=_privacy_spent(content),
+        cross=_reply_cross(content),
+        home=_get_summaries(content["home"]).get("", {}) if "home" in content else {},  # type: ignore[arg-type]
     )
+
+
+def _reply_cross(content: RecordDict) -> dict[str, dict[str, dict[str, Summary]]]:
+    """A reply's cross-site summaries by model label (a ValueError for a label that is not
+    ``site@round``); the coordinator bounds the values (``bounds.check_cross``)."""
+    if "cross" not in content:
+        return {}
+    out = _get_summaries(content["cross"])  # type: ignore[arg-type]
+    for label in out:
+        parse_cross_label(label)
+    return out
 
 
 def _privacy_spent(content: RecordDict) -> PrivacySpent | None:

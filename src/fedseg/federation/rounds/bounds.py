@@ -22,6 +22,12 @@ the run. Every later reply is checked against it here (plan key ``bounds``):
 A failed check raises ``UpdateRejected`` (``aggregation``) with a one-line reason: the
 whole reply is ``rejected`` for that round, its validation and weights are not used, and
 the round goes on with the other sites.
+
+A reply's cross-site part (``TaskReply.cross``/``home``, ``check_cross``) must name only the
+models it was asked to validate (and a home check only when asked), regions ET/TC/WT/mean,
+metrics ``dice`` (mean in [0, 1], std in [0, 0.5]) and ``dice_diff`` (mean in [-1, 1], std
+in [0, 1]), each over ``n`` in ``[0, declared n_val]`` cases; otherwise only that part is
+dropped (the coordinator logs why), the reply's validation and update are judged as above.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import math
 
 from fedseg.data.cases import MODALITIES
+from fedseg.data.labels import REGIONS
 from fedseg.federation.rounds.aggregation import UpdateRejected
 from fedseg.model.metrics import METRIC_RANGES
 from fedseg.model.summary import Summary
@@ -126,3 +133,47 @@ def check_report(
     check_counts(n_train, n_val, declared)
     assert declared is not None  # check_counts rejects a missing declaration
     check_validation(validation, declared.n_val, task, declared.modalities)
+
+
+#: the metrics of a cross-site summary and the range of their means
+CROSS_RANGES = {"dice": (0.0, 1.0), "dice_diff": (-1.0, 1.0)}
+
+
+def check_cross(
+    cross: dict[str, dict[str, dict[str, Summary]]],
+    home: dict[str, dict[str, Summary]],
+    declared: DeclaredCases | None,
+    asked: set[str],
+    home_asked: bool,
+) -> None:
+    """Raise ``UpdateRejected`` unless a reply's cross-site summaries (``cross``: per model
+    label) and home summaries are possible answers to what it was asked (module doc)."""
+    if declared is None:
+        raise UpdateRejected("the site declared no case counts when it joined")
+    extra = sorted(set(cross) - asked)
+    if extra:
+        raise UpdateRejected(f"cross-site summaries of {extra[0]}, a model it was not sent")
+    if home and not home_asked:
+        raise UpdateRejected("a home check it was not asked for")
+    parts = [(f"cross-site {label}", by) for label, by in cross.items()] + [("home", home)]
+    for what, by_region in parts:
+        for region, by_metric in by_region.items():
+            if region not in (*REGIONS, "mean"):
+                raise UpdateRejected(f"{what}: unknown region {region!r}")
+            for metric, s in by_metric.items():
+                where = f"{what} {region}/{metric}"
+                rng = CROSS_RANGES.get(metric)
+                if rng is None:
+                    raise UpdateRejected(f"{where}: unknown metric (known: dice, dice_diff)")
+                if not 0 <= s.n <= declared.n_val:
+                    raise UpdateRejected(
+                        f"{where} over {s.n} cases, declared {declared.n_val} validation cases"
+                    )
+                if s.n == 0:
+                    continue
+                lo, hi = rng
+                if not (math.isfinite(s.mean) and lo <= s.mean <= hi):
+                    raise UpdateRejected(f"{where}: mean {s.mean} outside [{lo:g}, {hi:g}]")
+                top = (hi - lo) / 2
+                if not (math.isfinite(s.std) and 0 <= s.std <= top):
+                    raise UpdateRejected(f"{where}: std {s.std} outside [0, {top:g}]")

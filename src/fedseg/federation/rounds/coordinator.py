@@ -52,6 +52,20 @@ bank in pre-training; else it is ``rejected`` with a one-line reason. Each site'
 record says the phase and the groups it was averaged into; the run log says per round
 which sites each group was averaged over.
 
+Cross-site validation (plan ``cross_site``, ``cross_site``: when it runs and who validates
+what): after a cross round's aggregation, the local models it keeps are parked in
+``crossval/round_XXXX/<site>.npz`` (``run_folder.crossval_dir``, written before the spool
+is removed); round r+1's requests carry each evaluator's share (``TaskRequest.cross``, the
+same weights object for every request that carries a model, so an engine encodes it once),
+every training site of a cross round is asked for its home check (``TaskRequest.home``),
+and the last round's models ride on the final validation. The replies' ``cross`` and
+``home`` summaries are checked (``bounds.check_cross``: a failed check drops that reply's
+cross-site part with a logged reason, the rest of the reply is used) and stored as
+``cross_validation`` rows (``tracking.store``: away rows in round r+1 against global r,
+home rows in round r against global r-1). A parked folder is deleted once the round that
+used it is ``done``; a restart keeps only the folder of the last ``done`` round (the
+resumed round's models to validate) and removes the others.
+
 A restart continues after the last ``done`` round (``RunStore.last_done_round``): a round
 is ``done`` only after its model file is written, so a kill loses at most that round.
 """
@@ -64,7 +78,7 @@ import math
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -72,6 +86,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from fedseg.errors import FedsegError
+from fedseg.federation.rounds import cross_site
 from fedseg.federation.rounds.aggregation import (
     UpdateRejected,
     check_update,
@@ -79,7 +94,7 @@ from fedseg.federation.rounds.aggregation import (
     difference_norm,
     norm_bound,
 )
-from fedseg.federation.rounds.bounds import check_declaration, check_report
+from fedseg.federation.rounds.bounds import check_cross, check_declaration, check_report
 from fedseg.federation.rounds.central_dp import NOISE_SHARE_SITES, make_site_dp, noise_share_sites
 from fedseg.federation.rounds.hidden_sum import SECURE_SUM, make_hidden_sum
 from fedseg.federation.rounds.retention import prune_models
@@ -87,13 +102,15 @@ from fedseg.federation.rounds.spool import Spool
 from fedseg.federation.rounds.strategies.base import SiteUpdate, Strategy
 from fedseg.federation.rounds.strategies.modality import PRETRAIN, ModalityFedAvg
 from fedseg.federation.rounds.strategies.registry import make_strategy
+from fedseg.federation.rounds.strategies.sequential import SequentialStrategy
 from fedseg.federation.rounds.task_kind import SynthesisKind, task_kind
 from fedseg.federation.rounds.tasks import Payload, SynthStep, TaskReply, TaskRequest
 from fedseg.federation.rounds.transfer import round_trip
-from fedseg.model.weights import Weights, load_arrays, save_arrays
+from fedseg.model.weights import ArraysOnDisk, Weights, load_arrays, save_arrays
 from fedseg.plan import PlanConfig, load_plan
 from fedseg.run_folder import (
     BEST_MODEL,
+    CROSSVAL_DIR,
     PLAN_FILE,
     SPOOL_DIR,
     BestModel,
@@ -108,13 +125,16 @@ from fedseg.run_folder import (
     SiteRoundStatus,
     Task,
     cause_of,
+    cross_label,
+    crossval_dir,
     model_path,
+    parse_cross_label,
     spool_dir,
     strategy_state_path,
 )
 from fedseg.tracking.alarms import check_alarms
 from fedseg.tracking.selection import best_round
-from fedseg.tracking.store import RunStore, SiteRound
+from fedseg.tracking.store import CrossRow, RunStore, SiteRound
 
 _D = TypeVar("_D")
 
@@ -226,6 +246,10 @@ class Coordinator:
             self.plan = self.site_dp.plan
         #: the plan's mechanism hiding single updates (None: they travel clear)
         self.hidden = make_hidden_sum(self.plan, self.run_dir, self.store)
+        #: cross-site validation settings when it runs (``cross_site.resolve``), else None
+        sequential = isinstance(self.strategy, SequentialStrategy)
+        self.cross = cross_site.resolve(self.plan, sequential)
+        self._cross_off = cross_site.off_reason(self.plan, sequential)
 
     # -- public -----------------------------------------------------------------------
     def run(self) -> None:
@@ -238,6 +262,9 @@ class Coordinator:
             last = store.last_done_round()
             store.discard_after(last)
             shutil.rmtree(self.run_dir / SPOOL_DIR, ignore_errors=True)  # a killed run's
+            self._clean_crossval(keep=last)
+            if self._cross_off is not None and self.plan.cross_site.enabled is not False:
+                store.log(f"cross-site validation off: {self._cross_off}")
             weights = self._load_global(last)
             sites = self._connect()
             self._set_phases()
@@ -246,6 +273,7 @@ class Coordinator:
             if not store.meta.final_validated():
                 self._final_validation(weights, sites)
             store.meta.set_status(RunStatus.DONE)
+            shutil.rmtree(self.run_dir / CROSSVAL_DIR, ignore_errors=True)
             store.log(f"federation done: {plan.rounds} rounds")
         except Exception as exc:
             record_failure(store, self.run_dir, exc)
@@ -359,6 +387,8 @@ class Coordinator:
         if isinstance(self.strategy, ModalityFedAvg):
             self._set_phases()  # a site that declared late
         tasks = self.strategy.configure_round(rnd, sites)
+        cross = self._cross_requests(rnd - 1, [s for s, t in tasks.items() if t.validate])
+        home = self.cross is not None and cross_site.is_cross_round(self.cross, rnd)
         requests = {
             s: TaskRequest(
                 round=rnd,
@@ -377,9 +407,12 @@ class Coordinator:
                 privacy=plan.privacy,
                 planned_rounds=plan.rounds,
                 synth_step=self._synth_step(rnd) if t.epochs > 0 else None,
+                cross=cross.get(s, {}),
+                home=home and t.epochs > 0,
             )
             for s, t in tasks.items()
         }
+        del cross
         refused: dict[str, SiteFailure] = {}
         if self.hidden is not None:
             requests, refused = self._prepare_hidden(rnd, weights, requests)
@@ -394,7 +427,7 @@ class Coordinator:
         norms: dict[str, float] = {}
 
         def take(site: str, ex: Exchanged) -> None:
-            sr, upd = self._site_result(rnd, site, ex, weights, requests[site].epochs > 0)
+            sr, upd = self._site_result(rnd, site, ex, weights, requests[site])
             records[site] = sr
             if upd is not None:
                 norms[site] = difference_norm(upd.weights, weights)
@@ -453,6 +486,7 @@ class Coordinator:
                 update_norm=norms[upd.site],
                 update_distance=difference_norm(upd.weights, new),
             )
+        self._park_cross(rnd, arrived, used)  # before the spool goes: it may hold them
         _remove(spool)  # the round's updates are no longer needed
         for sr in records.values():
             store.record_site_round(sr)
@@ -463,6 +497,7 @@ class Coordinator:
             if self.site_dp is not None:
                 self.site_dp.record(rnd)
         store.finish_round(rnd, n_sites=len(used))
+        shutil.rmtree(crossval_dir(self.run_dir, rnd - 1), ignore_errors=True)  # validated
         store.log(f"round {rnd} done: {len(used)} of {len(tasks)} site updates aggregated")
         self._prune(rnd)
         if plan.alarms.enabled:
@@ -472,6 +507,7 @@ class Coordinator:
     def _final_validation(self, weights: Weights, plan_sites: list[str]) -> None:
         plan, rnd = self.plan, self.plan.rounds
         sites = self.transport.connected_sites(plan.site_names, 0.0) or plan_sites
+        cross = self._cross_requests(rnd, sites)
         requests = {
             s: TaskRequest(
                 round=rnd + 1,
@@ -485,9 +521,11 @@ class Coordinator:
                 min_summary_cases=plan.privacy.min_summary_cases,
                 transfer=plan.transfer.weights,
                 privacy=plan.privacy,
+                cross=cross.get(s, {}),
             )
             for s in sites
         }
+        del cross
         self._set_live(rnd, LivePhase.FINAL_VALIDATION,
                        dict.fromkeys(sites, SiteActivity.VALIDATING))  # fmt: skip
         results: dict[str, Exchanged] = {}
@@ -506,6 +544,7 @@ class Coordinator:
                     self.store.log(f"final validation: site {site} rejected: {exc}", "warning")
                     continue
                 self.store.record_validation(rnd, site, ex.result.validation)
+                self._record_cross(rnd + 1, site, ex.result, requests[site])
             elif ex is not None and isinstance(ex.result, TaskReply) and ex.result.validated:
                 self.store.log(_withheld(site, rnd, ex.result.n_val))
             else:
@@ -514,11 +553,13 @@ class Coordinator:
         self._update_best()
         self._prune(rnd)
         self.store.meta.set_final_validated()
+        shutil.rmtree(crossval_dir(self.run_dir, rnd), ignore_errors=True)
 
     # -- helpers ----------------------------------------------------------------------
     def _site_result(
-        self, rnd: int, site: str, ex: Exchanged, weights: Weights, trains: bool
+        self, rnd: int, site: str, ex: Exchanged, weights: Weights, req: TaskRequest
     ) -> tuple[SiteRound, SiteUpdate | None]:
+        trains = req.epochs > 0
         common = {
             "round": rnd, "site": site, "wall_s": ex.wall_s,
             "bytes_sent": ex.bytes_sent, "bytes_received": ex.bytes_received,
@@ -538,6 +579,7 @@ class Coordinator:
             self.store.record_validation(rnd - 1, site, res.validation)
         elif res.validated:
             self.store.log(f"round {rnd}: {_withheld(site, rnd - 1, res.n_val)}")
+        self._record_cross(rnd, site, res, req)
         base = {"n_train": res.n_train, "n_val": res.n_val, "train_loss": res.train_loss}
         extra = {
             "train_wall_s": res.train_wall_s,
@@ -667,6 +709,82 @@ class Coordinator:
                 records[u.site] = _with(sr, extra={**(sr.extra or {}), "clipped_to": bound})
             out.append(u)
         return out
+
+    # -- cross-site validation ------------------------------------------------------------
+    def _clean_crossval(self, keep: int) -> None:
+        """Remove the parked folders of every round but ``keep`` (the last done round: its
+        models are the ones the resumed round validates)."""
+        root = self.run_dir / CROSSVAL_DIR
+        if not root.is_dir():
+            return
+        for folder in root.iterdir():
+            if folder != crossval_dir(self.run_dir, keep):
+                shutil.rmtree(folder, ignore_errors=True)
+                self.store.log(f"cross-site validation: removed the stale {folder.name}")
+
+    def _park_cross(self, rnd: int, arrived: dict[str, SiteUpdate], used: list[str]) -> None:
+        """Keep round ``rnd``'s chosen local models (of the sites whose update was used) for
+        the next round's cross-site validation (``cross_site.kept_models``)."""
+        if self.cross is None or not cross_site.is_cross_round(self.cross, rnd):
+            return
+        trained = [s for s in used if s in arrived]
+        keep = cross_site.kept_models(self.cross, rnd, trained, self.plan.site_names)
+        folder = crossval_dir(self.run_dir, rnd)
+        shutil.rmtree(folder, ignore_errors=True)
+        for site in keep:
+            save_arrays(folder / f"{site}.npz", arrived[site].weights)
+
+    def _cross_requests(
+        self, model_round: int, sites: list[str]
+    ) -> dict[str, dict[str, Mapping[str, np.ndarray]]]:
+        """Each evaluator's share of round ``model_round``'s parked local models (``cross``
+        of its request): ``{site: {cross_label: weights}}``, each model one mapping that
+        reads its file array by array (``ArraysOnDisk``: the aggregator never holds them
+        all), the same object in every request that carries it; empty when none are
+        parked."""
+        folder = crossval_dir(self.run_dir, model_round)
+        if self.cross is None or not folder.is_dir():
+            return {}
+        models = sorted(p.stem for p in folder.glob("*.npz"))
+        floor = self.plan.privacy.min_summary_cases
+        evals = cross_site.evaluators(self.declared, sites, floor)
+        shares = cross_site.assign(models, evals, self.cross.evaluators_per_model,
+                                   self.plan.seed, model_round)  # fmt: skip
+        loaded = {m: ArraysOnDisk(folder / f"{m}.npz")
+                  for m in sorted({m for ms in shares.values() for m in ms})}  # fmt: skip
+        self.store.log(
+            f"cross-site validation: {len(loaded)} local model(s) of round {model_round} "
+            f"sent to {len(shares)} site(s), {self.cross.evaluators_per_model} each"
+        )
+        return {e: {cross_label(m, model_round): loaded[m] for m in ms}
+                for e, ms in shares.items()}  # fmt: skip
+
+    def _record_cross(self, rnd: int, site: str, res: TaskReply, req: TaskRequest) -> None:
+        """The reply's cross-site and home summaries as ``cross_validation`` rows, after
+        ``bounds.check_cross`` (a failed check drops them, with a logged reason)."""
+        if not res.cross and not res.home:
+            return
+        declared = self.declared.get(site)
+        try:
+            check_cross(res.cross, res.home, declared, set(req.cross), req.home)
+        except UpdateRejected as exc:
+            self.store.log(f"round {rnd}: site {site} cross-site summaries rejected: {exc}",
+                           "warning")  # fmt: skip
+            return
+        rows = []
+        parts = [(label, by_region) for label, by_region in res.cross.items()]
+        if res.home:
+            parts.append((cross_label(site, rnd), res.home))
+        for label, by_region in parts:
+            model_site, model_round = parse_cross_label(label)
+            home = model_site == site
+            ref = model_round - 1 if home else model_round
+            for region, by_metric in by_region.items():
+                for metric, summary in by_metric.items():
+                    if summary.n > 0:
+                        rows.append(CrossRow(rnd, model_site, model_round, site, ref, region,
+                                             metric, summary))  # fmt: skip
+        self.store.record_cross(rows)
 
     def _on_result(self, rnd: int, site: str, ex: Exchanged) -> None:
         res = ex.result

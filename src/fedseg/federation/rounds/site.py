@@ -20,6 +20,15 @@ and ``synth.train.train_bank`` on the modalities the site has (``data.site_confi
 its ``absent_modalities``), with the phase, modality and steps the request names
 (``TaskRequest.synth_step``). The site's discriminators and the generator's Adam state stay
 in its workspace (``train_bank``'s ``discriminators_<round>.npz``), never in a reply.
+
+Cross-site validation (``tasks``; plan ``cross_site``): the other sites' local models a
+request carries (``TaskRequest.cross``) are validated with the received model on the same
+cases, each case read once (``train.validate.validate_models``), and after training the
+site's own local model is validated on its cases when asked (``TaskRequest.home``); what
+leaves is, per model, ``dice`` and ``dice_diff`` (paired per case with the received model:
+``model.evaluate.summarize_paired``) summaries over at least the floor's number of cases,
+as for validation; the per-case values go to the site's own store under the model's
+``cross_label``.
 """
 
 from __future__ import annotations
@@ -53,19 +62,22 @@ from fedseg.federation.rounds.tasks import (
 from fedseg.federation.rounds.update_protection import protect_update, protects
 from fedseg.model.compute import ComputeConfig, ComputeOverrides, compute_used
 from fedseg.model.config import NetworkConfig
-from fedseg.model.evaluate import CaseResult, summarize_cases
+from fedseg.model.evaluate import CaseResult, summarize_cases, summarize_paired
+from fedseg.model.summary import Summary
 from fedseg.model.weights import load_arrays, save_arrays
-from fedseg.run_folder import ComputeUsed
+from fedseg.run_folder import ComputeUsed, cross_label, parse_cross_label
 from fedseg.synth.config import SynthesisConfig
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
 from fedseg.train.local import OptimizerState, train_local
-from fedseg.train.validate import validate_cases
+from fedseg.train.validate import validate_cases, validate_models
 
 if TYPE_CHECKING:  # Opacus is imported only when a plan asks for DP-SGD
     from fedseg.federation.rounds.case_budget import CaseLedger
 
 SITE_LOG = "site.log"
+#: the received model's key among the models ``validate_models`` runs (never a cross label)
+_GLOBAL = "global"
 
 
 class TaskFailed(FedsegError):
@@ -163,10 +175,24 @@ def _run(
     if synthesis is not None:
         _synthesis_work(site, data, req, ws, step, floor, split, synthesis, reply)
         return reply
+    reference: list[CaseResult] = []  # the received model's per-case values
     if req.validate and split.val:
         step.phase = ErrorCategory.VALIDATION
-        _validate(site, req, ws, floor, reply, "model",
-                  lambda: validate_cases(network, train, req.weights, split.val))  # fmt: skip
+        cross = req.cross if len(split.val) >= floor else {}
+        if req.cross and not cross:
+            site_log(ws, f"round {req.round}: {len(split.val)} validation case(s), fewer than "
+                         f"{floor}: the other sites' models were not validated")  # fmt: skip
+        others: dict[str, list[CaseResult]] = {}
+
+        def validate() -> list[CaseResult]:
+            if not cross:
+                return validate_cases(network, train, req.weights, split.val)
+            per = validate_models(network, train, {_GLOBAL: req.weights, **cross}, split.val)
+            others.update((k, v) for k, v in per.items() if k != _GLOBAL)
+            return per[_GLOBAL]
+
+        reference = _validate(site, req, ws, floor, reply, "model", validate)
+        _cross_summaries(site, ws, floor, others, reference, reply)
     if req.epochs > 0:
         step.phase = ErrorCategory.TRAINING
         _require_training_cases(site, data, split)
@@ -191,6 +217,14 @@ def _run(
         # a loss over fewer cases than the floor is as telling as a summary of them
         reply.train_loss = result.train_loss if result.n_train >= floor else None
         reply.train_wall_s = result.wall_s
+        if req.home and reference and len(split.val) >= floor:
+            step.phase = ErrorCategory.VALIDATION
+            t0 = time.perf_counter()
+            mine = {cross_label(site, req.round):
+                    validate_cases(network, train, result.weights, split.val)}  # fmt: skip
+            reply.home = _cross_summaries(site, ws, floor, mine, reference, None)
+            reply.val_wall_s += time.perf_counter() - t0
+            step.phase = ErrorCategory.TRAINING
         if ledger is not None:  # spent once the update may leave, even if this reply is lost
             _spend(ws, req.round, ledger, reply)
         if protects(req):
@@ -202,10 +236,10 @@ def _run(
 def _validate(
     site: str, req: TaskRequest, ws: Path, floor: int, reply: TaskReply, what: str,
     validate: Callable[[], list[CaseResult]],
-) -> None:  # fmt: skip
+) -> list[CaseResult]:  # fmt: skip
     """Validate the received ``what`` (model or generator) on the site's validation cases:
     per-case values into the site's own store, summaries over at least ``floor`` cases into
-    ``reply`` (fewer: only that it validated)."""
+    ``reply`` (fewer: only that it validated); returns the per-case values."""
     t0 = time.perf_counter()
     per_case = validate()
     with RunStore(ws) as local:
@@ -217,6 +251,28 @@ def _validate(
     if not reply.validation:
         site_log(ws, f"round {req.round}: validated {what} {req.model_round} on "
                      f"{len(per_case)} case(s), fewer than {floor}: no numbers sent")  # fmt: skip
+    return per_case
+
+
+def _cross_summaries(
+    site: str, ws: Path, floor: int, models: dict[str, list[CaseResult]],
+    reference: list[CaseResult], reply: TaskReply | None,
+) -> dict[str, dict[str, Summary]]:  # fmt: skip
+    """Cross-site (or home) validation of ``models`` (``cross_label`` -> per-case values),
+    paired per case with the received model's ``reference`` values: the per-case values
+    into the site's own store (site column: the label, model round: the label's round), the
+    summaries over at least ``floor`` cases into ``reply.cross`` (when given); returns the
+    last model's releasable summaries."""
+    out: dict[str, dict[str, Summary]] = {}
+    with RunStore(ws) as local:
+        for label, per_case in models.items():
+            _, model_round = parse_cross_label(label)
+            for c in per_case:
+                local.record_case_metrics(model_round, label, c.case_id, c.metrics)
+            out = releasable(summarize_paired(per_case, reference), floor)
+            if reply is not None and out:
+                reply.cross[label] = out
+    return out
 
 
 def _require_training_cases(site: str, data: Path, split: Split) -> None:

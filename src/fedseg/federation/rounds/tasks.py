@@ -23,6 +23,7 @@ phase, the pre-training's modality, the steps).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -107,8 +108,9 @@ class TaskRequest:
     planned_rounds: int = 0
     #: what to train of the generator (``task: synthesis`` training requests; else None)
     synth_step: SynthStep | None = None
-    #: other sites' local models to validate beside ``weights`` (``cross_label`` -> weights)
-    cross: dict[str, Weights] = field(default_factory=dict)
+    #: other sites' local models to validate beside ``weights`` (``cross_label`` -> weights;
+    #: at the aggregator read from its parked file array by array: ``ArraysOnDisk``)
+    cross: dict[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
     #: validate the site's own local model after training (home check; plan ``cross_site``)
     home: bool = False
 

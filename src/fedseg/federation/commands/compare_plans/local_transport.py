@@ -63,8 +63,13 @@ class LocalTransport:
             arrived, sent = round_trip(req.weights, req.transfer)
             if req.optimizer_state is not None:
                 sent += n_bytes(req.optimizer_state)
+            cross = {}
+            for label, w in req.cross.items():  # other sites' local models, as sent
+                cross[label], size = round_trip(w, req.transfer)
+                sent += size
             try:
-                rep = run_task(site, self.data[site], dataclasses.replace(req, weights=arrived),
+                rep = run_task(site, self.data[site],
+                               dataclasses.replace(req, weights=arrived, cross=cross),
                                self.workspaces[site], self.min_summary_cases,
                                self.compute, self.contexts[site])  # fmt: skip
                 self._poison(site, req, rep)

@@ -1,0 +1,379 @@
+"""The statistics behind the alarms and contributions: what each site's local models do on
+the other sites' cases (away), on its own cases (home), its training loss against the
+others', and its own validation score against the others' (below), with standard errors
+that respect repeated measures.
+
+Conventions (read with ``tracking.store``'s cross-site rows and ``tracking.cross_matrix``):
+
+- **The case is the unit, never the round.** Every round re-measures the same validation
+  cases, so the rounds of a window are collapsed per case first (``cross_matrix.cross_cells``:
+  mean of the per-round means, sd bounded by the mean of the round sds, ``n`` the
+  evaluator's cases). Repeating a round's rows changes no estimate, SE or p-value.
+- **Away effect** ``a_i`` of site i in a region: the case-weighted mean, over the evaluators
+  ``j != i``, of the collapsed paired difference ``Dice(local model of i) - Dice(global)``
+  on j's cases, over the last ``window`` local-model rounds of i with away evidence. Its
+  variance has three parts (``Estimate``): the cases (``sum w_j^2 s_j^2 / (n_j - 1)``,
+  ``w_j = n_j / sum n``), the evaluators (the DerSimonian-Laird between-evaluator variance
+  ``tau^2`` of i's cells, ``sum w_j^2 tau^2``: a column of wrong labels or a lying evaluator
+  widens it) and the local models (the sample variance over rounds of the per-round row
+  effect, divided by the rounds: each round draws a new local model). With too few cells
+  or rounds to estimate a part, and as a floor against a lucky small estimate from 2-3
+  values, the federation's median of that part is used.
+- **Centred**: ``c_i = a_i - median_{k != i} a_k``. Every local model is a little worse
+  than the average of all of them (the curvature of the loss), so what singles out a site
+  is its effect beyond the federation's typical one. The median's own sampling variance
+  (``pi/2 * mean(SE_k^2) / K``) is added to the SE.
+- **Home gain** ``h_i``: the site's own fresh local model against the model it started
+  from, on its own cases (no model moves; absent when the site has too few cases),
+  collapsed and with SE the same way, and centred the same way: early in a run every
+  site's local model gains on its own data.
+- **Loss ratio**: the site's mean training loss (``site_rounds.train_loss``) over the
+  rounds of its window, divided by the median of the other sites' means over those rounds.
+- **Below**: the site's own validation score of the global model, rounds collapsed per
+  case, against the other sites' pooled cases, plus the spread of the other sites' means
+  (a site is compared with what another site typically gets, not with the pooled mean's
+  precision): a t statistic with Welch-Satterthwaite degrees of freedom.
+
+Plain functions on the store's rows; ``site_evidence`` reads a store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from fedseg.data.labels import REGIONS
+from fedseg.model.summary import Summary
+from fedseg.run_folder import SiteRoundStatus
+from fedseg.tracking.cross_matrix import CrossCell, cross_cells
+from fedseg.tracking.store import CROSS_DICE_DIFF, CrossRow, RunStore, SiteRound
+
+#: the regions the away test runs in (a multiplicity correction over them); ``mean`` is shown
+TESTED_REGIONS: tuple[str, ...] = REGIONS
+ALL_GROUPS: tuple[str, ...] = (*REGIONS, "mean")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A case-weighted effect with its standard error and what it rests on: ``var_cases``,
+    ``var_evaluators`` and ``var_models`` are the three parts of ``se**2``; ``n_cases`` the
+    validation cases behind it (each evaluator's cases once), ``evaluators`` whose cases,
+    ``model_rounds`` the rounds of the local models, ``round_effects`` the per-round effect."""
+
+    value: float
+    se: float
+    n_cases: int
+    evaluators: tuple[str, ...]
+    model_rounds: tuple[int, ...]
+    var_cases: float
+    var_evaluators: float
+    var_models: float
+    round_effects: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class SiteEvidence:
+    """One site's evidence in one region after a check. ``away``/``home`` raw estimates
+    (None: no evidence), ``centred``/``centred_se`` the away effect beyond the other sites'
+    median ``away_reference``; ``home_centred``/``home_se`` likewise; ``loss_ratio`` its
+    training loss over the others' median (None: no losses)."""
+
+    site: str
+    region: str
+    away: Estimate | None
+    centred: float | None
+    centred_se: float | None
+    away_reference: float | None
+    home: Estimate | None
+    home_centred: float | None
+    home_se: float | None
+    loss_ratio: float | None
+
+
+@dataclass(frozen=True)
+class BelowTest:
+    """The site's own score (rounds collapsed per case) against the other sites': ``gap`` =
+    site - others (metric units), ``t``/``df``/``p`` one-sided (site lower), ``n_cases``
+    the site's cases, ``n_others`` the others' cases, ``models`` the model rounds used."""
+
+    gap: float
+    t: float
+    df: float
+    p: float
+    n_cases: int
+    n_others: int
+    models: tuple[int, ...]
+
+
+def p_lower(z: float) -> float:
+    """One-sided p of a standard normal statistic (small: the effect is below its margin)."""
+    return float(stats.norm.cdf(z)) if math.isfinite(z) else (0.0 if z < 0 else 1.0)
+
+
+def with_mean_rows(rows: Iterable[CrossRow]) -> list[CrossRow]:
+    """``rows`` plus a ``mean`` row per (model, evaluator, metric) that has ET, TC and WT
+    but no stored ``mean`` (mean of the means, mean of the sds, smallest ``n``: the rule
+    of ``curves``)."""
+    rows = list(rows)
+    have = {
+        (r.model_site, r.model_round, r.eval_site, r.metric) for r in rows if r.region == "mean"
+    }
+    parts: dict[tuple, dict[str, CrossRow]] = defaultdict(dict)
+    for r in rows:
+        if r.region in REGIONS:
+            parts[(r.model_site, r.model_round, r.eval_site, r.metric)][r.region] = r
+    extra = []
+    for key, regs in parts.items():
+        if key in have or len(regs) < len(REGIONS):
+            continue
+        first = next(iter(regs.values()))
+        extra.append(CrossRow(
+            first.round, first.model_site, first.model_round, first.eval_site,
+            first.reference_round, "mean", first.metric,
+            Summary(float(np.mean([regs[g].summary.mean for g in REGIONS])),
+                    float(np.mean([regs[g].summary.std for g in REGIONS])),
+                    min(regs[g].summary.n for g in REGIONS)),
+        ))  # fmt: skip
+    return rows + extra
+
+
+def case_variance(sd: float, n: int) -> float:
+    """Variance of a mean over ``n`` cases with population sd ``sd``."""
+    return float(sd) ** 2 / max(n - 1, 1)
+
+
+def dersimonian_laird(means: np.ndarray, variances: np.ndarray) -> float | None:
+    """Between-study variance tau^2 of ``means`` with within variances ``variances``
+    (DerSimonian-Laird); None with fewer than 2 values."""
+    if means.size < 2:
+        return None
+    w = 1.0 / np.maximum(variances, 1e-8)
+    ybar = float(np.sum(w * means) / np.sum(w))
+    q = float(np.sum(w * (means - ybar) ** 2))
+    c = float(np.sum(w) - np.sum(w**2) / np.sum(w))
+    return max(0.0, (q - (means.size - 1)) / c) if c > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """An estimate before the federation's floors are applied."""
+
+    value: float
+    var_cases: float
+    tau2: float | None
+    weights2: float  # sum w_j^2
+    round_var: float | None
+    rounds: int
+    n_cases: int
+    evaluators: tuple[str, ...]
+    model_rounds: tuple[int, ...]
+    round_effects: tuple[float, ...]
+
+
+def _parts(cells: list[CrossCell], rows: list[CrossRow]) -> _Parts | None:
+    """The collapsed estimate of one site's cells (``rows``: the same evidence per round)."""
+    cells = [c for c in cells if c.n > 0 and math.isfinite(c.mean)]
+    if not cells:
+        return None
+    n = np.array([c.n for c in cells], dtype=np.float64)
+    w = n / n.sum()
+    means = np.array([c.mean for c in cells])
+    v = np.array([case_variance(c.sd, c.n) for c in cells])
+    per_round: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for r in rows:
+        if r.summary.n > 0 and math.isfinite(r.summary.mean):
+            per_round[r.model_round].append((r.summary.n, r.summary.mean))
+    effects = tuple(
+        float(np.average([m for _, m in vals], weights=[k for k, _ in vals]))
+        for _, vals in sorted(per_round.items())
+    )
+    return _Parts(
+        value=float(np.sum(w * means)),
+        var_cases=float(np.sum(w**2 * v)),
+        tau2=dersimonian_laird(means, v),
+        weights2=float(np.sum(w**2)),
+        round_var=float(np.var(effects, ddof=1)) if len(effects) >= 2 else None,
+        rounds=len(effects),
+        n_cases=int(n.sum()),
+        evaluators=tuple(c.eval_site for c in cells),
+        model_rounds=tuple(sorted(per_round)),
+        round_effects=effects,
+    )
+
+
+def _floored(parts: dict[str, _Parts]) -> dict[str, Estimate]:
+    """Estimates with the federation's median of each variance part as its floor (and as
+    the value where a site's own part cannot be estimated)."""
+    taus = [p.tau2 for p in parts.values() if p.tau2 is not None]
+    rvars = [p.round_var for p in parts.values() if p.round_var is not None]
+    tau_floor = float(np.median(taus)) if taus else 0.0
+    rvar_floor = float(np.median(rvars)) if rvars else 0.0
+    out = {}
+    for site, p in parts.items():
+        tau2 = max(p.tau2 if p.tau2 is not None else 0.0, tau_floor)
+        var_e = p.weights2 * tau2
+        var_m = max(p.round_var if p.round_var is not None else 0.0, rvar_floor) / max(p.rounds, 1)
+        se = math.sqrt(p.var_cases + var_e + var_m)
+        out[site] = Estimate(p.value, se, p.n_cases, p.evaluators, p.model_rounds,
+                             p.var_cases, var_e, var_m, p.round_effects)  # fmt: skip
+    return out
+
+
+def last_rounds(rounds: Iterable[int], window: int) -> set[int]:
+    """The last ``window`` distinct values of ``rounds``."""
+    return set(sorted(set(rounds))[-window:])
+
+
+def away_estimates(rows: list[CrossRow], region: str, window: int) -> dict[str, Estimate]:
+    """Per model site: its away effect in ``region`` over its last ``window`` local-model
+    rounds with away evidence (``rows``: cross rows, any metrics and regions)."""
+    diff = [r for r in rows if not r.home and r.metric == CROSS_DICE_DIFF and r.region == region]
+    parts: dict[str, _Parts] = {}
+    for site in sorted({r.model_site for r in diff}):
+        mine = [r for r in diff if r.model_site == site]
+        keep = last_rounds((r.model_round for r in mine), window)
+        mine = [r for r in mine if r.model_round in keep]
+        p = _parts(cross_cells(mine, region=region, metric=CROSS_DICE_DIFF), mine)
+        if p is not None:
+            parts[site] = p
+    return _floored(parts)
+
+
+def home_estimates(rows: list[CrossRow], region: str, window: int) -> dict[str, Estimate]:
+    """Per site: the home gain of its last ``window`` local models in ``region``."""
+    diff = [r for r in rows if r.home and r.metric == CROSS_DICE_DIFF and r.region == region]
+    parts: dict[str, _Parts] = {}
+    for site in sorted({r.model_site for r in diff}):
+        mine = [r for r in diff if r.model_site == site]
+        keep = last_rounds((r.model_round for r in mine), window)
+        mine = [r for r in mine if r.model_round in keep]
+        p = _parts(cross_cells(mine, region=region, metric=CROSS_DICE_DIFF), mine)
+        if p is not None:
+            parts[site] = p
+    return _floored(parts)
+
+
+def centred(est: dict[str, Estimate], site: str) -> tuple[float, float, float | None]:
+    """``(c, se, reference)``: the site's estimate beyond the median of the other sites'
+    (reference None and no centring when no other site has one)."""
+    own = est[site]
+    others = [e for s, e in est.items() if s != site]
+    if not others:
+        return own.value, own.se, None
+    ref = float(np.median([e.value for e in others]))
+    var_ref = math.pi / 2 * float(np.mean([e.se**2 for e in others])) / len(others)
+    return own.value - ref, math.sqrt(own.se**2 + var_ref), ref
+
+
+def loss_ratios(
+    site_rounds: list[SiteRound], rounds_of: dict[str, set[int]], window: int, upto: int
+) -> dict[str, float]:
+    """Per site: mean training loss over its rounds (``rounds_of[site]``, else its last
+    ``window`` rounds with a loss, ``<= upto``) over the median of the other sites' means
+    over the same rounds."""
+    loss: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in site_rounds:
+        if (r.status == SiteRoundStatus.OK and r.train_loss is not None and r.round <= upto
+                and math.isfinite(r.train_loss)):  # fmt: skip
+            loss[r.site][r.round] = float(r.train_loss)
+    out = {}
+    for site, mine in loss.items():
+        rounds = rounds_of.get(site) or last_rounds(mine, window)
+        rounds = {r for r in rounds if r in mine} or last_rounds(mine, window)
+        others = [
+            float(np.mean([v for r, v in c.items() if r in rounds]))
+            for s, c in loss.items()
+            if s != site and any(r in rounds for r in c)
+        ]
+        ref = float(np.median(others)) if others else float("nan")
+        if others and ref > 0:
+            out[site] = float(np.mean([mine[r] for r in rounds])) / ref
+    return out
+
+
+def evidence_from_rows(
+    rows: list[CrossRow],
+    site_rounds: list[SiteRound],
+    *,
+    window: int,
+    upto: int,
+    regions: tuple[str, ...] = ALL_GROUPS,
+) -> dict[tuple[str, str], SiteEvidence]:
+    """``(site, region) -> SiteEvidence`` from cross rows made in rounds ``<= upto`` and the
+    site rounds (training losses) ``<= upto``."""
+    rows = with_mean_rows(r for r in rows if r.round <= upto)
+    out: dict[tuple[str, str], SiteEvidence] = {}
+    away = {g: away_estimates(rows, g, window) for g in regions}
+    home = {g: home_estimates(rows, g, window) for g in regions}
+    windows = {s: set(e.model_rounds) for g in regions for s, e in away[g].items()}
+    ratios = loss_ratios(site_rounds, windows, window, upto)
+    sites = sorted({s for g in regions for s in (*away[g], *home[g])})
+    for g in regions:
+        for site in sites:
+            a = away[g].get(site)
+            c, cse, ref = centred(away[g], site) if a is not None else (None, None, None)
+            h = home[g].get(site)
+            hc, hse, _ = centred(home[g], site) if h is not None else (None, None, None)
+            out[(site, g)] = SiteEvidence(site, g, a, c, cse, ref, h, hc, hse, ratios.get(site))
+    return out
+
+
+def site_evidence(
+    store: RunStore, upto_round: int, window: int, regions: tuple[str, ...] = ALL_GROUPS
+) -> dict[tuple[str, str], SiteEvidence]:
+    """``evidence_from_rows`` of the store after round ``upto_round`` ({} without cross rows)."""
+    rows = store.cross(upto_round=upto_round)
+    if not rows:
+        return {}
+    return evidence_from_rows(rows, store.site_rounds(), window=window, upto=upto_round,
+                              regions=regions)  # fmt: skip
+
+
+def has_away_evidence(store: RunStore, upto_round: int | None = None) -> bool:
+    """Whether any site's local model was validated at another site (rounds ``<= upto``)."""
+    return any(not r.home for r in store.cross(metric=CROSS_DICE_DIFF, upto_round=upto_round))
+
+
+def collapse_rounds(curve: dict[int, Summary], rounds: Iterable[int]) -> Summary | None:
+    """One site's summaries of the same cases over ``rounds``, collapsed: mean of means,
+    the mean of the sds (a bound of the per-case sd of the round-averaged values), the
+    cases ``n`` (never the number of rounds)."""
+    vals = [
+        curve[r] for r in rounds if r in curve and curve[r].n > 0 and math.isfinite(curve[r].mean)
+    ]
+    if not vals:
+        return None
+    return Summary(float(np.mean([v.mean for v in vals])),
+                   float(np.mean([v.std for v in vals])), max(v.n for v in vals))  # fmt: skip
+
+
+def below_test(site: Summary, others: list[Summary], models: tuple[int, ...]) -> BelowTest:
+    """One-sided test that ``site`` (rounds collapsed) is below the other sites' pooled
+    cases: variance = the site's case variance + the pooled others' case variance + the
+    spread of the others' site means; t with Welch-Satterthwaite degrees of freedom."""
+    others = [o for o in others if o.n > 0]
+    if site.n <= 0 or not others:
+        return BelowTest(float("nan"), float("nan"), float("nan"), 1.0, site.n, 0, models)
+    n_o = np.array([o.n for o in others], dtype=np.float64)
+    m_o = np.array([o.mean for o in others])
+    s_o = np.array([o.std for o in others])
+    big_n = float(n_o.sum())
+    pooled = float(np.sum(n_o * m_o) / big_n)
+    within_o = float(np.sum(n_o * (s_o**2 + (m_o - pooled) ** 2)) / big_n)
+    parts = [(case_variance(site.std, site.n), max(site.n - 1, 1)),
+             (within_o / max(big_n - 1, 1), max(big_n - 1, 1))]  # fmt: skip
+    if len(others) >= 2:
+        parts.append((float(np.var(m_o, ddof=1)), len(others) - 1))
+    var = sum(v for v, _ in parts)
+    gap = site.mean - pooled
+    if var <= 0:
+        t = -math.inf if gap < 0 else (math.inf if gap > 0 else 0.0)
+        return BelowTest(gap, t, math.inf, 0.0 if gap < 0 else 1.0, site.n, int(big_n), models)
+    df = var**2 / sum(v**2 / d for v, d in parts if v > 0)
+    t = gap / math.sqrt(var)
+    return BelowTest(gap, t, df, float(stats.t.cdf(t, df)), site.n, int(big_n), models)

@@ -1,0 +1,203 @@
+"""Alarms on cross-site evidence (``tracking.evidence``, ``tracking.alarms``): sites whose
+labels disagree are flagged, sites that are merely harder or from another scanner are not,
+a lower own score is an observation that notifies nobody, rounds are never samples."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedseg.plan import AlarmConfig
+from fedseg.run_folder import AlarmKind, AlarmLevel
+from fedseg.tracking.alarms import (
+    BELOW,
+    LABELS,
+    below_federation,
+    first_flagged,
+    labels_check,
+    replay_alarms,
+)
+from fedseg.tracking.curves import site_curves
+from fedseg.tracking.evidence import evidence_from_rows, site_evidence
+from fedseg.tracking.store import RunStore
+from tests.tracking.conftest import build_run, noisy, rising
+from tests.tracking.cross_fixtures import build_cross_run, copy_round_rows, profile
+
+CFG = AlarmConfig()
+SEEDS = range(4)
+
+
+def federation(bad: str | None = None, **more: object) -> dict[str, object]:
+    """The benchmark's federation: two clean sites, a hard one, another scanner, a site
+    with 2 validation cases, and a mislabeled site of kind ``bad`` (else a third clean)."""
+    sites: dict[str, object] = {"c1": "clean", "c2": "clean", "hard": "hard",
+                                "scan": "scanner", "tiny": profile("clean", n_val=2)}  # fmt: skip
+    sites["bad" if bad else "c3"] = bad or "clean"
+    sites.update(more)
+    return sites
+
+
+def alarms_of(run: Path, cfg: AlarmConfig = CFG, **kw: bool):
+    with RunStore(run) as store:
+        return replay_alarms(store, cfg, **kw)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_hard_scanner_small_and_clean_sites_stay_quiet(tmp_path: Path, seed: int) -> None:
+    run = build_cross_run(tmp_path / "run", federation(), seed=seed)  # type: ignore[arg-type]
+    found = alarms_of(run, observations=True)
+    assert [a for a in found if a.level == AlarmLevel.ALARM] == []
+    # the hard site's lower own score is shown, as an observation
+    assert {(a.site, a.kind) for a in found} <= {("hard", BELOW)}
+
+
+@pytest.mark.parametrize("kind", ["eroded", "shifted", "swapped", "scramble"])
+def test_each_mislabeled_kind_is_flagged_by_round_6(tmp_path: Path, kind: str) -> None:
+    for seed in SEEDS:
+        run = build_cross_run(tmp_path / f"r{seed}", federation(kind), seed=seed)  # type: ignore[arg-type]
+        found = alarms_of(run)
+        first = first_flagged(found)
+        assert first.get(("bad", LABELS), 99) <= 6, (seed, found)
+        assert {a.site for a in found} == {"bad"}, (seed, [a.message for a in found])
+
+
+def test_swapped_site_is_flagged_on_tc(tmp_path: Path) -> None:
+    run = build_cross_run(tmp_path / "run", federation("swapped"), seed=1)  # type: ignore[arg-type]
+    labels = [a for a in alarms_of(run) if a.kind == LABELS]
+    assert labels and {a.evidence.region for a in labels if a.evidence} == {"TC"}
+    ev = labels[0].evidence
+    assert ev is not None and ev.kind == AlarmKind.LABELS_DISAGREE and ev.statistic == "z"
+    assert ev.effect is not None and ev.effect < -0.2 and ev.p is not None and ev.p < 0.01
+    assert ev.n_cases >= 6 and "bad" not in ev.evaluators and ev.model_rounds
+    assert labels[0].message == ev.text
+    assert ev.text.startswith("bad TC: its local models lose ")
+    assert "its own model gains +" in ev.text and "cases at" in ev.text
+
+
+def test_small_site_with_bad_labels_is_flagged_from_away_evidence_and_loss(
+    tmp_path: Path,
+) -> None:
+    """2 validation cases: no home check and no own score, but its local models are
+    validated elsewhere and its training loss is known."""
+    for seed in SEEDS:
+        sites = federation(None, tiny=profile("shifted", n_val=2))
+        run = build_cross_run(tmp_path / f"r{seed}", sites, seed=seed)  # type: ignore[arg-type]
+        found = alarms_of(run)
+        assert {a.site for a in found} == {"tiny"} and found[0].kind == LABELS
+        assert "no home check" in found[0].message and "training loss is" in found[0].message
+
+
+def test_scanner_site_loses_away_but_is_not_flagged(tmp_path: Path) -> None:
+    run = build_cross_run(tmp_path / "run", federation(), seed=0)  # type: ignore[arg-type]
+    with RunStore(run) as store:
+        ev = site_evidence(store, 8, CFG.evidence_window)
+    res = labels_check(ev, "scan", CFG)
+    assert res is not None and res.away_significant and not res.holds
+    hard = labels_check(ev, "hard", CFG)
+    assert hard is not None and not hard.away_significant
+
+
+def test_observations_do_not_notify_alarms_do_with_their_evidence(tmp_path: Path) -> None:
+    log = tmp_path / "notified.jsonl"
+    script = (
+        "import json, os; open(os.environ['LOG'], 'a').write(json.dumps({k: v for k, v in "
+        "os.environ.items() if k.startswith('FEDSEG_ALARM_')}) + '\\n')"
+    )
+    cfg = AlarmConfig(notify_command=[sys.executable, "-c", script])
+    sites = federation("eroded", hard=profile("hard", own=-0.35, n_val=8))
+    run = build_cross_run(tmp_path / "run", sites, seed=0)  # type: ignore[arg-type]
+    import os
+
+    os.environ["LOG"] = str(log)
+    try:
+        with RunStore(run) as store:
+            replay_alarms(store, cfg, notify=True)
+            stored = store.alarms(observations=True)
+    finally:
+        del os.environ["LOG"]
+    observations = [a for a in stored if a.level == AlarmLevel.OBSERVATION]
+    assert observations and {a.site for a in observations} == {"hard"}  # stored, shown
+    sent = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(e["FEDSEG_ALARM_SITE"], e["FEDSEG_ALARM_KIND"]) for e in sent] == [("bad", LABELS)]
+    env = sent[0]
+    assert env["FEDSEG_ALARM_LEVEL"] == "alarm" and env["FEDSEG_ALARM_RUN"] == str(run)
+    evidence = json.loads(env["FEDSEG_ALARM_EVIDENCE"])
+    assert evidence["kind"] == LABELS and evidence["text"] == env["FEDSEG_ALARM_MESSAGE"]
+    assert evidence["n_cases"] > 0 and evidence["evaluators"] and evidence["p"] < 0.01
+
+
+def test_below_federation_is_an_alarm_without_cross_site_evidence(tmp_path: Path) -> None:
+    """The same run without cross rows (a privacy plan): the hard site's lower own
+    score is the only signal there is, and an alarm."""
+    sites = federation(hard=profile("hard", own=-0.35, n_val=8))
+    run = build_cross_run(tmp_path / "run", sites, seed=0, cross=False)  # type: ignore[arg-type]
+    found = alarms_of(run, observations=True)
+    below = [a for a in found if a.kind == BELOW]
+    assert below and {a.site for a in below} == {"hard"}
+    assert all(a.level == AlarmLevel.ALARM for a in below)
+    assert below[0].evidence is not None and below[0].evidence.statistic == "welch_t"
+    assert "collapsed per case" in below[0].message
+
+
+def test_duplicated_rounds_do_not_change_a_p_value(tmp_path: Path) -> None:
+    """The same cases re-measured: a store whose later rounds repeat round 1's evidence
+    gives the same estimates, SEs and p-values as round 1 alone."""
+    sites = federation("eroded")
+    one = build_cross_run(tmp_path / "one", sites, seed=3, rounds=1)  # type: ignore[arg-type]
+    with RunStore(one) as store:
+        rows = [r for r in store.cross() if r.model_round == 1]
+        site_rounds = [r for r in store.site_rounds() if r.round == 1]
+        base = evidence_from_rows(rows, site_rounds, window=3, upto=9)
+        for k in (2, 3):
+            copy_round_rows(store, 1, k)
+        copied = store.cross()
+        more = evidence_from_rows(copied, site_rounds, window=3, upto=9)
+    assert {r.model_round for r in copied} >= {1, 2, 3}
+    for key, e in base.items():
+        d = more[key]
+        if e.away is None:
+            continue
+        assert d.away is not None and d.away.model_rounds == (1, 2, 3)
+        assert d.centred == pytest.approx(e.centred) and d.centred_se == pytest.approx(e.centred_se)
+        assert d.away.n_cases == e.away.n_cases  # cases, not cases x rounds
+        if e.home is not None:
+            assert d.home_se == pytest.approx(e.home_se)
+    p0 = labels_check(base, "bad", CFG)
+    p1 = labels_check(more, "bad", CFG)
+    assert p0 is not None and p1 is not None and p1.p == pytest.approx(p0.p)
+
+    # below_federation: 5 more models that repeat the values of model 1 keep the p-value
+    curve = noisy(rising(3), 0.01, 1)
+    run = build_run(tmp_path / "g", {"a": curve, "b": curve, "c": [v - 0.1 for v in curve]})
+    with RunStore(run) as store:
+        curves = site_curves(store, "mean", upto=2)
+    curves = {s: {m: v for m, v in c.items() if m == 1} for s, c in curves.items()}
+    repeated = {s: {m: c[1] for m in range(1, 7)} for s, c in curves.items()}
+    cfg = AlarmConfig(min_rounds=3)
+    a, b = below_federation(curves, "c", cfg), below_federation(repeated, "c", cfg)
+    assert b.n == 6 and a.n == 1 and b.p == pytest.approx(a.p) and b.test.n_cases == 10  # type: ignore[union-attr]
+
+
+def test_replay_on_a_store_from_before_cross_site_evidence(tmp_path: Path) -> None:
+    """An old store (no cross_validation table, alarms without level/evidence) replays:
+    the curve alarms work, nothing crashes, the columns are added."""
+    base = rising(8)
+    run = build_run(tmp_path / "run", {"a": noisy(base, 0.01, 1), "b": noisy(base, 0.01, 2),
+                                       "bad": [v - 0.2 for v in base]})  # fmt: skip
+    db = sqlite3.connect(run / "run.sqlite")
+    db.executescript(
+        "DROP TABLE cross_validation; CREATE TABLE alarms_old AS SELECT id, round, site, kind,"
+        " message, created FROM alarms; DROP TABLE alarms; ALTER TABLE alarms_old RENAME TO"
+        " alarms;"
+    )
+    db.commit()
+    db.close()
+    with RunStore(run) as store:
+        found = replay_alarms(store, CFG)
+        assert store.cross() == []
+    assert {(a.site, a.kind) for a in found} == {("bad", BELOW)}
+    assert all(a.level == AlarmLevel.ALARM and a.evidence is not None for a in found)
