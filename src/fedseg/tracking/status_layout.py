@@ -27,6 +27,8 @@ from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.table import Table
 
+from fedseg.run_folder import AlarmKind
+
 
 class Layout(StrEnum):
     """How much a status view shows per site (widest first)."""
@@ -115,11 +117,11 @@ def narrow_table(title: str | None, columns: Sequence[tuple[str, bool]]) -> Tabl
 
 
 #: an alarm kind in a narrow cell (the full kind is listed under the table)
-SHORT_KINDS = {
-    "labels_disagree": "labels!",
-    "below_federation": "below",
-    "update_outlier": "outlier",
-    "stalled": "stalled",
+SHORT_KINDS: dict[str, str] = {
+    AlarmKind.LABELS_DISAGREE: "labels!",
+    AlarmKind.BELOW_FEDERATION: "below",
+    AlarmKind.UPDATE_OUTLIER: "outlier",
+    AlarmKind.STALLED: "stalled",
 }
 
 #: a site's observations (level observation: shown, never notified) in a narrow cell
