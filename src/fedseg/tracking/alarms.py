@@ -78,11 +78,11 @@ from fedseg.tracking.evidence import (
     SiteEvidence,
     below_test,
     collapse_rounds,
+    evidence_from_rows,
     has_away_evidence,
     p_lower,
-    site_evidence,
 )
-from fedseg.tracking.store import CROSS_DICE_DIFF, Alarm, RunStore
+from fedseg.tracking.store import CROSS_DICE_DIFF, Alarm, CrossRow, RunStore
 
 LABELS = AlarmKind.LABELS_DISAGREE.value
 BELOW = AlarmKind.BELOW_FEDERATION.value
@@ -308,25 +308,26 @@ def site_tests(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[SiteTests]:
     return out
 
 
-def evidence_rounds(store: RunStore, upto: int) -> list[int]:
-    """The rounds ``<= upto`` that brought away evidence (the checks ``labels_disagree``
+def evidence_rounds(rows: list[CrossRow]) -> list[int]:
+    """The rounds that brought away evidence in ``rows`` (the checks ``labels_disagree``
     counts for persistence)."""
-    return sorted({r.round for r in store.cross(metric=CROSS_DICE_DIFF, upto_round=upto)
-                   if not r.home})  # fmt: skip
+    return sorted({r.round for r in rows if not r.home})
 
 
 def labels_results(store: RunStore, rnd: int, cfg: AlarmConfig) -> dict[str, LabelsResult]:
     """Per site, the ``labels_disagree`` rule after round ``rnd``, ``holds`` only when it
     also held at the previous ``labels_persist - 1`` evidence rounds."""
-    checks = evidence_rounds(store, rnd)
+    rows = store.cross(metric=CROSS_DICE_DIFF, upto_round=rnd)
+    checks = evidence_rounds(rows)
     if not checks:
         return {}
+    site_rounds = store.site_rounds()
     points = [rnd, *reversed(checks[:-1] if checks[-1] == rnd else checks)]
     points = points[: cfg.labels_persist]
     now: dict[str, LabelsResult] = {}
     held: dict[str, bool] = {}
     for i, upto in enumerate(points):
-        ev = site_evidence(store, upto, cfg.evidence_window)
+        ev = evidence_from_rows(rows, site_rounds, window=cfg.evidence_window, upto=upto)
         for site in sorted({s for s, _ in ev}):
             res = labels_check(ev, site, cfg)
             if i == 0:
@@ -374,7 +375,7 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
     cfg = cfg.for_task(store.meta.task())
     alarms: list[Alarm] = []
     labels = labels_results(store, rnd, cfg)
-    cross_run = has_away_evidence(store, rnd)
+    cross_run = bool(labels) or has_away_evidence(store, rnd)
     for site, r in sorted(labels.items()):
         if not r.holds:
             continue
