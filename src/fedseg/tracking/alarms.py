@@ -179,9 +179,16 @@ def labels_check(
 ) -> LabelsResult | None:
     """The ``labels_disagree`` rule (module docstring) for ``site`` on one check's
     evidence; None when the site's local models have no away evidence."""
-    k = len(TESTED_REGIONS)
+
+    def has(g: str) -> bool:
+        e = ev.get((site, g))
+        return e is not None and e.away is not None
+
+    # per region ET/TC/WT; evidence of the mean only (a site that sends no regions): the mean
+    regions = [g for g in TESTED_REGIONS if has(g)] or (["mean"] if has("mean") else [])
+    k = len(TESTED_REGIONS) if regions != ["mean"] else 1
     results = []
-    for g in TESTED_REGIONS:
+    for g in regions:
         e = ev.get((site, g))
         if e is None or e.away is None or e.centred is None or not e.centred_se:
             continue
