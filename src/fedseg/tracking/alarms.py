@@ -98,7 +98,7 @@ def run_alarm_config(run: Path) -> AlarmConfig:
     return plan.alarms if plan is not None else AlarmConfig()
 
 
-def fmt_p(p: float | None) -> str:
+def p_text(p: float | None) -> str:
     """A p-value for text: ``p=0.0123``, ``p<1e-4``."""
     if p is None or not math.isfinite(p):
         return "p=-"
@@ -362,11 +362,11 @@ def labels_text(site: str, r: LabelsResult, cfg: AlarmConfig) -> str:
         f"{site} {r.region}: its local models {verb} {abs(a.value):.2f} Dice on {a.n_cases} "
         f"cases at {len(a.evaluators)} sites vs the federation's {ref} (models "
         f"{_span(a.model_rounds)}, z={r.z:.1f} beyond a margin of {cfg.delta_away:g}, "
-        f"{fmt_p(r.p)})"
+        f"{p_text(r.p)})"
     ]
     if e.home is not None:
         parts.append(f"its own model gains {e.home.value:+.2f} on its {e.home.n_cases} cases "
-                     f"({e.home_centred:+.2f} beyond the others', {fmt_p(r.home_p)})")  # fmt: skip
+                     f"({e.home_centred:+.2f} beyond the others', {p_text(r.home_p)})")  # fmt: skip
     else:
         parts.append("no home check (too few own validation cases)")
     if r.loss_ratio is not None:
@@ -402,7 +402,7 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
             text = (
                 f"{site} {cfg.region} {cfg.metric} below the other sites by {-b.median_gap:.3f} "
                 f"on its {b.test.n_cases} cases against the others' {b.test.n_others} (models "
-                f"{_span(b.test.models)} collapsed per case, t={b.test.t:.1f}, {fmt_p(b.p)})"
+                f"{_span(b.test.models)} collapsed per case, t={b.test.t:.1f}, {p_text(b.p)})"
             )
             if level == AlarmLevel.OBSERVATION:
                 text += ("; its local models do not lose on the other sites' cases: harder "
