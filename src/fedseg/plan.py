@@ -47,9 +47,11 @@ class AlarmConfig(BaseModel):
         "mean", description="ET, TC, WT or mean (of the three); synthesis: a modality or mean"
     )
     skip_initial: bool = Field(True, description="ignore model round 0 (the random init)")
-    min_rounds: int = Field(5, ge=3, description="paired rounds before below_federation fires")
-    alpha: float = Field(0.05, gt=0, lt=1, description="one-sided Wilcoxon level")
-    min_gap: float = Field(0.05, ge=0, description="median gap floor (effect size), metric units")
+    min_rounds: int = Field(5, ge=3, description="models validated before below_federation fires")
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="below_federation one-sided level (cases as units)"
+    )
+    min_gap: float = Field(0.05, ge=0, description="gap floor (effect size), metric units")
     evidence_window: int = Field(
         3, ge=1, description="local-model rounds of cross-site evidence each check pools"
     )
@@ -82,8 +84,9 @@ class AlarmConfig(BaseModel):
     outlier_min_sites: int = Field(3, ge=3, description="sites needed in a round")
     notify_command: list[str] | None = Field(
         None,
-        description="argv run once per new (site, kind); env FEDSEG_ALARM_{RUN,ROUND,SITE,"
-        "KIND,MESSAGE} describe the alarm",
+        description="argv run once per new (site, kind) alarm (never for an observation); env "
+        "FEDSEG_ALARM_{RUN,ROUND,SITE,KIND,MESSAGE,LEVEL} and FEDSEG_ALARM_EVIDENCE (JSON) "
+        "describe it",
     )
     notify_timeout_s: float = Field(30.0, gt=0)
 

@@ -138,7 +138,7 @@ def test_live_table_shows_sites_states_and_dice(tmp_path: Path) -> None:
 
 def test_round_loop_raises_alarm_for_a_site_below_the_federation(tmp_path: Path) -> None:
     # site3 validates at Dice 0.5 - 0.3 = 0.2 every round, the others at 0.6 and 0.62:
-    # after 6 paired rounds (model 0 is skipped) the one-sided Wilcoxon p is 1/64 < 0.05.
+    # rounds collapsed per case, its cases against the others' (model 0 is skipped): flagged.
     offsets = {"site1": 0.1, "site2": 0.12, "site3": -0.3}
     run = write_run(tmp_path / "run", tiny_plan(_sites(tmp_path), rounds=7))
     Coordinator(run, ArrayTransport(offsets, N_TRAIN)).run()

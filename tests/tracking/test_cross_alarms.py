@@ -201,3 +201,48 @@ def test_replay_on_a_store_from_before_cross_site_evidence(tmp_path: Path) -> No
         assert store.cross() == []
     assert {(a.site, a.kind) for a in found} == {("bad", BELOW)}
     assert all(a.level == AlarmLevel.ALARM and a.evidence is not None for a in found)
+
+
+def test_a_lying_evaluator_column_widens_the_interval(tmp_path: Path) -> None:
+    """An evaluator whose differences are all off by -0.4 (wrong labels, or lying) widens
+    every site's between-evaluator variance instead of making them significant."""
+    from dataclasses import replace
+
+    from fedseg.model.summary import Summary
+
+    run = build_cross_run(tmp_path / "run", federation(), seed=2)  # type: ignore[arg-type]
+    with RunStore(run) as store:
+        rows = store.cross()
+        site_rounds = store.site_rounds()
+    honest = evidence_from_rows(rows, site_rounds, window=3, upto=9)
+    lied = [
+        replace(r, summary=Summary(r.summary.mean - 0.4, r.summary.std, r.summary.n))
+        if r.eval_site == "c2" and not r.home and r.metric == "dice_diff" else r
+        for r in rows
+    ]  # fmt: skip
+    lying = evidence_from_rows(lied, site_rounds, window=3, upto=9)
+    for site in ("c1", "hard"):
+        a, b = honest[(site, "TC")].away, lying[(site, "TC")].away
+        assert a is not None and b is not None and "c2" in b.evaluators
+        assert b.var_evaluators > a.var_evaluators and b.se > a.se
+    assert labels_check(lying, "c1", CFG).holds is False  # type: ignore[union-attr]
+
+
+def test_fedseg_alarms_replay_on_an_old_store(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedseg.cli.main import _register, app
+
+    _register()
+    base = rising(8)
+    run = build_run(tmp_path / "run", {"a": noisy(base, 0.01, 1), "b": noisy(base, 0.01, 2),
+                                       "bad": [v - 0.2 for v in base]})  # fmt: skip
+    db = sqlite3.connect(run / "run.sqlite")
+    db.executescript("DROP TABLE cross_validation; ALTER TABLE alarms DROP COLUMN evidence;")
+    db.commit()
+    db.close()
+    res = CliRunner().invoke(app, ["alarms", str(run), "--replay"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "bad" in res.output and "below_federation" in res.output
+    res = CliRunner().invoke(app, ["alarms", str(run)], env={"COLUMNS": "200"})
+    assert "collapsed per case" in res.output

@@ -17,7 +17,7 @@ from fedseg.tracking.report import ReportInputs, build_report, write_report
 from fedseg.tracking.store import RunStore
 from tests.tracking.conftest import chromium, noisy, rising, write_plan
 
-SECTIONS = ("summary", "alarms", "curves", "selection", "contributions", "updates",
+SECTIONS = ("summary", "alarms", "crosssite", "curves", "selection", "contributions", "updates",
             "comparison", "plan", "events")  # fmt: skip
 IMG = re.compile(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
 #: tab10 colours of the first three sites (blue, orange, green).
@@ -77,7 +77,7 @@ def test_report_has_every_section_and_figure(full_run) -> None:
         assert img.width > 500 and img.height > 200
         assert len(img.convert("RGB").getcolors(1 << 20) or []) > 50  # not a blank canvas
     assert "below_federation" in text and "update_outlier" in text  # stored alarms
-    assert "Wilcoxon p" in text and "median gap" in text  # the per-site test table
+    assert "below p (cases)" in text and "gap trend" in text  # the per-site test table
     assert "final vs initial" in text and "min_rounds: 5" in text and "run finished" in text
     assert text.count("<table>") >= 6
 
@@ -149,3 +149,44 @@ def test_text_from_the_run_is_escaped_in_every_table(make_run) -> None:
     for sec in ("summary", "alarms", "contributions"):  # the tables naming sites
         body = text.split(f"<section id='{sec}'>")[1].split("</section>")[0]
         assert "&lt;b&gt;&amp;co" in body, sec
+
+
+def test_report_shows_cross_site_matrix_evidence_observations_and_verdicts(
+    tmp_path: Path,
+) -> None:
+    from tests.tracking.cross_fixtures import build_cross_run, profile
+    from tests.tracking.test_cross_alarms import federation
+
+    sites = federation("eroded", hard=profile("hard", own=-0.35, n_val=8))
+    run = build_cross_run(tmp_path / "run", sites, seed=0)  # type: ignore[arg-type]
+    write_plan(run, sorted(sites), "rounds: 8\n")
+    with RunStore(run) as store:
+        replay_alarms(store, AlarmConfig())
+    # a leave-one-site-out run that `fedseg contributions --loso` left behind
+    from fedseg.run_folder import RunStatus
+
+    without = build_cross_run(run / "loso" / "without_bad", {s: p for s, p in sites.items()
+                                                              if s != "bad"}, seed=0)  # fmt: skip
+    with RunStore(without) as store:
+        store.meta.set_status(RunStatus.DONE)
+    text = build_report(run)
+    pngs = decoded_pngs(text)
+    assert "cross-site matrix" in pngs and pngs["cross-site matrix"].width > 500
+    alarms = text.split("<section id='alarms'>")[1].split("</section>")[0]
+    assert "bad ET: its local models lose" in alarms or "bad TC: its local models lose" in alarms
+    assert "<h3>Observations</h3>" in alarms
+    observed = alarms.split("<h3>Observations</h3>")[1].split("Cross-site evidence after")[0]
+    assert "hard" in observed and "harder or different data" in observed
+    assert "labels_disagree" not in observed and "away effect" in alarms
+    contrib = text.split("<section id='contributions'>")[1].split("</section>")[0]
+    assert "harmful" in contrib and "leave one site out" in contrib
+    first = contrib.split("<tr>")[2]  # the first row after the header: most harmful first
+    assert ">bad<" in first and ">harmful<" in first
+    dom = chromium(_write(text, tmp_path), tmp_path / "c", "--dump-dom")
+    assert "its local models lose" in dom and "Cross-site validation" in dom
+
+
+def _write(text: str, tmp: Path) -> Path:
+    page = tmp / "report.html"
+    page.write_text(text, encoding="utf-8")
+    return page

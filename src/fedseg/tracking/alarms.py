@@ -78,11 +78,11 @@ from fedseg.tracking.evidence import (
     SiteEvidence,
     below_test,
     collapse_rounds,
+    evidence_from_rows,
     has_away_evidence,
     p_lower,
-    site_evidence,
 )
-from fedseg.tracking.store import CROSS_DICE_DIFF, Alarm, RunStore
+from fedseg.tracking.store import CROSS_DICE_DIFF, Alarm, CrossRow, RunStore
 
 LABELS = AlarmKind.LABELS_DISAGREE.value
 BELOW = AlarmKind.BELOW_FEDERATION.value
@@ -98,7 +98,7 @@ def run_alarm_config(run: Path) -> AlarmConfig:
     return plan.alarms if plan is not None else AlarmConfig()
 
 
-def fmt_p(p: float | None) -> str:
+def p_text(p: float | None) -> str:
     """A p-value for text: ``p=0.0123``, ``p<1e-4``."""
     if p is None or not math.isfinite(p):
         return "p=-"
@@ -179,9 +179,16 @@ def labels_check(
 ) -> LabelsResult | None:
     """The ``labels_disagree`` rule (module docstring) for ``site`` on one check's
     evidence; None when the site's local models have no away evidence."""
-    k = len(TESTED_REGIONS)
+
+    def has(g: str) -> bool:
+        e = ev.get((site, g))
+        return e is not None and e.away is not None
+
+    # per region ET/TC/WT; evidence of the mean only (a site that sends no regions): the mean
+    regions = [g for g in TESTED_REGIONS if has(g)] or (["mean"] if has("mean") else [])
+    k = len(TESTED_REGIONS) if regions != ["mean"] else 1
     results = []
-    for g in TESTED_REGIONS:
+    for g in regions:
         e = ev.get((site, g))
         if e is None or e.away is None or e.centred is None or not e.centred_se:
             continue
@@ -308,25 +315,26 @@ def site_tests(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[SiteTests]:
     return out
 
 
-def evidence_rounds(store: RunStore, upto: int) -> list[int]:
-    """The rounds ``<= upto`` that brought away evidence (the checks ``labels_disagree``
+def evidence_rounds(rows: list[CrossRow]) -> list[int]:
+    """The rounds that brought away evidence in ``rows`` (the checks ``labels_disagree``
     counts for persistence)."""
-    return sorted({r.round for r in store.cross(metric=CROSS_DICE_DIFF, upto_round=upto)
-                   if not r.home})  # fmt: skip
+    return sorted({r.round for r in rows if not r.home})
 
 
 def labels_results(store: RunStore, rnd: int, cfg: AlarmConfig) -> dict[str, LabelsResult]:
     """Per site, the ``labels_disagree`` rule after round ``rnd``, ``holds`` only when it
     also held at the previous ``labels_persist - 1`` evidence rounds."""
-    checks = evidence_rounds(store, rnd)
+    rows = store.cross(metric=CROSS_DICE_DIFF, upto_round=rnd)
+    checks = evidence_rounds(rows)
     if not checks:
         return {}
+    site_rounds = store.site_rounds()
     points = [rnd, *reversed(checks[:-1] if checks[-1] == rnd else checks)]
     points = points[: cfg.labels_persist]
     now: dict[str, LabelsResult] = {}
     held: dict[str, bool] = {}
     for i, upto in enumerate(points):
-        ev = site_evidence(store, upto, cfg.evidence_window)
+        ev = evidence_from_rows(rows, site_rounds, window=cfg.evidence_window, upto=upto)
         for site in sorted({s for s, _ in ev}):
             res = labels_check(ev, site, cfg)
             if i == 0:
@@ -354,11 +362,11 @@ def labels_text(site: str, r: LabelsResult, cfg: AlarmConfig) -> str:
         f"{site} {r.region}: its local models {verb} {abs(a.value):.2f} Dice on {a.n_cases} "
         f"cases at {len(a.evaluators)} sites vs the federation's {ref} (models "
         f"{_span(a.model_rounds)}, z={r.z:.1f} beyond a margin of {cfg.delta_away:g}, "
-        f"{fmt_p(r.p)})"
+        f"{p_text(r.p)})"
     ]
     if e.home is not None:
         parts.append(f"its own model gains {e.home.value:+.2f} on its {e.home.n_cases} cases "
-                     f"({e.home_centred:+.2f} beyond the others', {fmt_p(r.home_p)})")  # fmt: skip
+                     f"({e.home_centred:+.2f} beyond the others', {p_text(r.home_p)})")  # fmt: skip
     else:
         parts.append("no home check (too few own validation cases)")
     if r.loss_ratio is not None:
@@ -374,7 +382,7 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
     cfg = cfg.for_task(store.meta.task())
     alarms: list[Alarm] = []
     labels = labels_results(store, rnd, cfg)
-    cross_run = has_away_evidence(store, rnd)
+    cross_run = bool(labels) or has_away_evidence(store, rnd)
     for site, r in sorted(labels.items()):
         if not r.holds:
             continue
@@ -394,7 +402,7 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
             text = (
                 f"{site} {cfg.region} {cfg.metric} below the other sites by {-b.median_gap:.3f} "
                 f"on its {b.test.n_cases} cases against the others' {b.test.n_others} (models "
-                f"{_span(b.test.models)} collapsed per case, t={b.test.t:.1f}, {fmt_p(b.p)})"
+                f"{_span(b.test.models)} collapsed per case, t={b.test.t:.1f}, {p_text(b.p)})"
             )
             if level == AlarmLevel.OBSERVATION:
                 text += ("; its local models do not lose on the other sites' cases: harder "

@@ -61,7 +61,7 @@ from fedseg.tracking.store import CROSS_DICE_DIFF, CrossRow, RunStore
 #: what the fallback estimate from update sizes is, in one line
 SHARES_NOTE = (
     "no cross-site evidence in this run (plan cross_site): estimate from update sizes, "
-    "each site's share of the aggregate step times the pooled Dice change; it measures "
+    "each site's share of the aggregate step times the pooled score's change; it measures "
     "alignment with the other sites, not harm"
 )
 #: the z of the intervals behind a verdict (95 %)

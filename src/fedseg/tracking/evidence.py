@@ -229,33 +229,37 @@ def last_rounds(rounds: Iterable[int], window: int) -> set[int]:
     return set(sorted(set(rounds))[-window:])
 
 
-def away_estimates(rows: list[CrossRow], region: str, window: int) -> dict[str, Estimate]:
-    """Per model site: its away effect in ``region`` over its last ``window`` local-model
-    rounds with away evidence (``rows``: cross rows, any metrics and regions)."""
-    diff = [r for r in rows if not r.home and r.metric == CROSS_DICE_DIFF and r.region == region]
+def _estimates(rows: list[CrossRow], window: int, *, home: bool) -> dict[str, Estimate]:
+    """Per model site, its away (or home) estimate over its last ``window`` local-model
+    rounds with such evidence (``rows``: one region's dice_diff rows)."""
+    by_site: dict[str, list[CrossRow]] = defaultdict(list)
+    for r in rows:
+        if r.home == home:
+            by_site[r.model_site].append(r)
     parts: dict[str, _Parts] = {}
-    for site in sorted({r.model_site for r in diff}):
-        mine = [r for r in diff if r.model_site == site]
+    for site, mine in sorted(by_site.items()):
         keep = last_rounds((r.model_round for r in mine), window)
         mine = [r for r in mine if r.model_round in keep]
+        region = mine[0].region
         p = _parts(cross_cells(mine, region=region, metric=CROSS_DICE_DIFF), mine)
         if p is not None:
             parts[site] = p
     return _floored(parts)
+
+
+def _diff_rows(rows: list[CrossRow], region: str) -> list[CrossRow]:
+    return [r for r in rows if r.metric == CROSS_DICE_DIFF and r.region == region]
+
+
+def away_estimates(rows: list[CrossRow], region: str, window: int) -> dict[str, Estimate]:
+    """Per model site: its away effect in ``region`` over its last ``window`` local-model
+    rounds with away evidence (``rows``: cross rows, any metrics and regions)."""
+    return _estimates(_diff_rows(rows, region), window, home=False)
 
 
 def home_estimates(rows: list[CrossRow], region: str, window: int) -> dict[str, Estimate]:
     """Per site: the home gain of its last ``window`` local models in ``region``."""
-    diff = [r for r in rows if r.home and r.metric == CROSS_DICE_DIFF and r.region == region]
-    parts: dict[str, _Parts] = {}
-    for site in sorted({r.model_site for r in diff}):
-        mine = [r for r in diff if r.model_site == site]
-        keep = last_rounds((r.model_round for r in mine), window)
-        mine = [r for r in mine if r.model_round in keep]
-        p = _parts(cross_cells(mine, region=region, metric=CROSS_DICE_DIFF), mine)
-        if p is not None:
-            parts[site] = p
-    return _floored(parts)
+    return _estimates(_diff_rows(rows, region), window, home=True)
 
 
 def centred(est: dict[str, Estimate], site: str) -> tuple[float, float, float | None]:
@@ -306,10 +310,13 @@ def evidence_from_rows(
 ) -> dict[tuple[str, str], SiteEvidence]:
     """``(site, region) -> SiteEvidence`` from cross rows made in rounds ``<= upto`` and the
     site rounds (training losses) ``<= upto``."""
-    rows = with_mean_rows(r for r in rows if r.round <= upto)
+    rows = with_mean_rows(r for r in rows if r.round <= upto and r.metric == CROSS_DICE_DIFF)
+    by_region: dict[str, list[CrossRow]] = defaultdict(list)
+    for r in rows:
+        by_region[r.region].append(r)
     out: dict[tuple[str, str], SiteEvidence] = {}
-    away = {g: away_estimates(rows, g, window) for g in regions}
-    home = {g: home_estimates(rows, g, window) for g in regions}
+    away = {g: _estimates(by_region[g], window, home=False) for g in regions}
+    home = {g: _estimates(by_region[g], window, home=True) for g in regions}
     windows = {s: set(e.model_rounds) for g in regions for s, e in away[g].items()}
     ratios = loss_ratios(site_rounds, windows, window, upto)
     sites = sorted({s for g in regions for s in (*away[g], *home[g])})
@@ -327,7 +334,7 @@ def site_evidence(
     store: RunStore, upto_round: int, window: int, regions: tuple[str, ...] = ALL_GROUPS
 ) -> dict[tuple[str, str], SiteEvidence]:
     """``evidence_from_rows`` of the store after round ``upto_round`` ({} without cross rows)."""
-    rows = store.cross(upto_round=upto_round)
+    rows = store.cross(metric=CROSS_DICE_DIFF, upto_round=upto_round)
     if not rows:
         return {}
     return evidence_from_rows(rows, store.site_rounds(), window=window, upto=upto_round,

@@ -10,10 +10,12 @@ import io
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from fedseg.model.summary import Summary
-from fedseg.tracking.contributions import SiteContribution
+from fedseg.tracking.contributions import ContributionEstimate, SiteContribution
+from fedseg.tracking.cross_matrix import CrossCell, cross_matrix
 from fedseg.tracking.curves import ALL_REGIONS, METRIC_LABELS, Curves, ci95
 from fedseg.tracking.paired_test import CaseTable, paired_test, values
 
@@ -193,6 +195,73 @@ def contributions_figure(contribs: list[SiteContribution], label: str = "Dice") 
     ax2.set_xticks(x, sites)
     ax2.set_title("Aggregation weight vs share of the aggregate step")
     ax2.legend(frameon=False)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def cross_matrix_figure(cells: dict[str, list[CrossCell]], label: str = "Dice") -> bytes:
+    """Heatmaps of the cross-site matrix, one panel per region: row = whose local models,
+    column = whose validation cases, colour = the local model minus the global model
+    (rounds collapsed; red: worse), the value written in each cell; the home diagonal (a
+    site's own cases) is framed in black, cells without evidence are grey."""
+    regions = [g for g in cells if cells[g]]
+    models = sorted({c.model_site for g in regions for c in cells[g]})
+    evaluators = sorted({c.eval_site for g in regions for c in cells[g]} | set(models))
+    ncols = 2 if len(regions) > 1 else 1
+    nrows = -(-len(regions) // ncols)
+    size = max(3.2, 0.55 * len(evaluators) + 1.6)
+    fig = Figure(
+        figsize=(size * ncols + 1.2, 0.55 * len(models) * nrows + 1.6 * nrows), layout="constrained"
+    )
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    vmax = max([abs(c.mean) for g in regions for c in cells[g]] + [0.05])
+    im = None
+    for ax, region in zip(axes, regions, strict=False):
+        rows, cols, m = cross_matrix(cells[region])
+        full = np.full((len(models), len(evaluators)), np.nan)
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                full[models.index(r), evaluators.index(c)] = m[i, j]
+        ax.set_facecolor("#dddddd")
+        im = ax.imshow(np.ma.masked_invalid(full), cmap="RdBu", vmin=-vmax, vmax=vmax,
+                       aspect="auto")  # fmt: skip
+        for i in range(len(models)):
+            for j in range(len(evaluators)):
+                if np.isfinite(full[i, j]):
+                    ax.text(j, i, f"{full[i, j]:+.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(full[i, j]) > 0.6 * vmax else "black")  # fmt: skip
+                if models[i] == evaluators[j]:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2,
+                                           edgecolor="black"))  # fmt: skip
+        ax.set_xticks(range(len(evaluators)), evaluators, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(models)), models, fontsize=8)
+        ax.set_xlabel("validation cases of")
+        ax.set_ylabel("local models of")
+        ax.set_title(f"{region}: local - global {label}")
+    for ax in axes[len(regions) :]:
+        ax.set_visible(False)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[: len(regions)]), shrink=0.8, label=f"{label} difference")
+    fig.suptitle("Cross-site validation: each site's local models on each site's cases "
+                 "(framed: its own cases)")  # fmt: skip
+    return to_png(fig)
+
+
+def estimates_figure(estimates: list[ContributionEstimate], label: str = "Dice") -> bytes:
+    """Each site's contribution to the other sites in the region that ranks it, with its
+    95 % interval (red: harmful, green: helps, grey: neutral)."""
+    colour = {"harmful": "#d62728", "helps": "#2ca02c", "neutral": "#7f7f7f"}
+    fig = Figure(figsize=(8, 0.45 * len(estimates) + 1.4))
+    ax = fig.subplots()
+    y = np.arange(len(estimates))[::-1]
+    for yi, e in zip(y, estimates, strict=True):
+        ax.errorbar(e.effect, yi, xerr=[[e.effect - e.low], [e.high - e.effect]], fmt="o",
+                    color=colour.get(e.verdict, "black"), capsize=3)  # fmt: skip
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, [f"{e.site} ({e.region})" for e in estimates])
+    ax.set_xlabel(f"{label} the other sites gain from the site (sum over rounds)")
+    ax.set_title("Site contributions (first-order leave-one-out, 95% interval)")
+    ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return to_png(fig)
 

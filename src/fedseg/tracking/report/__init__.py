@@ -1,6 +1,7 @@
 """The run report: one self-contained HTML file (figures embedded as base64 PNG).
 
-Sections: summary, alarms, validation curves (per site and pooled, 95% CI, per region),
+Sections: summary, alarms (with their evidence; observations apart), the cross-site
+matrix (heatmaps), validation curves (per site and pooled, 95% CI, per region),
 final-model selection (singlet and triplet), site contributions, site updates, privacy
 (mechanisms, ε per round and site, what the aggregator could see), model comparison
 (violins and paired Wilcoxon table from site-side per-case CSVs, optional), the plan, and
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from fedseg.errors import FedsegError
 from fedseg.plan import read_run_plan
-from fedseg.run_folder import REPORT_FILE, RoundStatus, Task
+from fedseg.run_folder import REPORT_FILE, AlarmLevel, RoundStatus, Task
 from fedseg.tracking.alarms import AlarmConfig, evaluate_alarms, run_alarm_config
 from fedseg.tracking.curves import federation_curve, site_curves, store_score_spec
 from fedseg.tracking.paired_test import CaseTable, read_case_tables
@@ -32,6 +33,7 @@ from fedseg.tracking.report.sections import (
     alarms_section,
     comparison_section,
     contributions_section,
+    cross_site_section,
     curves_section,
     events_section,
     plan_section,
@@ -71,8 +73,9 @@ def load_case_inputs(inputs: ReportInputs) -> dict[str, CaseTable]:
 
 
 def stored_or_replayed_alarms(store: RunStore, cfg: AlarmConfig) -> tuple[list[Alarm], bool]:
-    """The stored alarms, or (when none were stored) the alarms recomputed round by round."""
-    stored = store.alarms()
+    """The stored alarms and observations, or (when none were stored) both recomputed
+    round by round."""
+    stored = store.alarms(observations=True)
     if stored:
         return stored, False
     out: list[Alarm] = []
@@ -113,7 +116,9 @@ def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
         psnr = {g: site_curves(store, g, "psnr") for g in spec.all_groups}
         if any(psnr.values()):
             more["psnr"] = (psnr, {g: federation_curve(psnr[g]) for g in spec.all_groups})
-    alarms, replayed = stored_or_replayed_alarms(store, cfg)
+    found, replayed = stored_or_replayed_alarms(store, cfg)
+    alarms = [a for a in found if a.level == AlarmLevel.ALARM]
+    observed = alarm_spans([a for a in found if a.level == AlarmLevel.OBSERVATION])
     spans = alarm_spans(alarms)
     flagged: dict[str, int] = {}
     for sp in spans:
@@ -129,7 +134,8 @@ def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
         f"{run.resolve()}; written {written}",
         [
             summary_section(status),
-            alarms_section(store, cfg, spans, replayed),
+            alarms_section(store, cfg, spans, replayed, observed),
+            cross_site_section(store),
             curves_section(by_region, fed, flagged, spec, more),
             *synthesis,
             selection_section(store),

@@ -1,9 +1,9 @@
 """The report's sections, one function each, in the order of the page.
 
-Each returns the HTML of one ``<section id=...>`` (ids: summary, alarms, curves, selection,
-contributions, updates, privacy, comparison, plan, events), built from :mod:`.markup`'s table and
-image helpers; it reads what it needs from the (read-only) run store, or from what the
-report computed once for several sections (status, curves, alarms).
+Each returns the HTML of one ``<section id=...>`` (ids: summary, alarms, crosssite, curves,
+selection, contributions, updates, privacy, comparison, plan, events), built from
+:mod:`.markup`'s table and image helpers; it reads what it needs from the (read-only) run
+store, or from what the report computed once for several sections (status, curves, alarms).
 """
 
 from __future__ import annotations
@@ -12,20 +12,44 @@ import html
 import time
 from pathlib import Path
 
+from fedseg.data.labels import REGIONS
 from fedseg.errors import FedsegError
 from fedseg.model.summary import Summary
 from fedseg.plan import read_run_plan
 from fedseg.privacy.visibility import aggregator_view
-from fedseg.run_folder import PLAN_FILE, SiteRoundStatus, Task
+from fedseg.run_folder import (
+    LOSO_DIR,
+    PLAN_FILE,
+    STORE_FILE,
+    RunStatus,
+    SiteRoundStatus,
+    Task,
+    loso_run,
+)
 from fedseg.tracking import figures
-from fedseg.tracking.alarms import AlarmConfig, site_tests
-from fedseg.tracking.contributions import contributions, unavailable
+from fedseg.tracking.alarms import AlarmConfig, labels_check, site_tests
+from fedseg.tracking.contributions import (
+    SHARES_NOTE,
+    contributions,
+    estimate_contributions,
+    leave_one_site_out,
+    unavailable,
+)
+from fedseg.tracking.cross_matrix import cross_cells
 from fedseg.tracking.curves import SEGMENTATION_SCORE, Curves, ScoreSpec, store_score_spec
+from fedseg.tracking.evidence import site_evidence, with_mean_rows
 from fedseg.tracking.paired_test import CaseTable, compare_tables, fmt_p
 from fedseg.tracking.report.markup import img, section, table
 from fedseg.tracking.selection import choose, deleted_model_rounds
-from fedseg.tracking.status import AlarmSpan, PrivacyStatus, StatusView, phase_line, spent_line
-from fedseg.tracking.store import RunStore
+from fedseg.tracking.status import (
+    AlarmSpan,
+    PrivacyStatus,
+    StatusView,
+    open_run,
+    phase_line,
+    spent_line,
+)
+from fedseg.tracking.store import CROSS_DICE_DIFF, RunStore
 
 
 def summary_section(st: StatusView) -> str:
@@ -58,41 +82,99 @@ def summary_section(st: StatusView) -> str:
 
 
 def alarms_section(
-    store: RunStore, cfg: AlarmConfig, spans: list[AlarmSpan], replayed: bool
+    store: RunStore,
+    cfg: AlarmConfig,
+    spans: list[AlarmSpan],
+    replayed: bool,
+    observations: list[AlarmSpan] | None = None,
 ) -> str:
-    """The alarm spans, and each site's tests against the others after the last round."""
+    """The alarms with their evidence, the observations apart (shown, never notified),
+    each site's cross-site evidence after the last round, and its own-score tests."""
     body: list[str] = []
     if replayed:
         body.append(
             "<p class='note'>No alarm was stored during the run; these were computed now, "
             "round by round, with the plan's alarm settings.</p>"
         )
+    head = ["site", "kind", "first round", "last round", "evidence"]
     if spans:
-        body.append(
-            table(
-                ["site", "kind", "first round", "last round", "message"],
-                [[s.site, s.kind, s.first, s.last, s.message] for s in spans],
-            )
-        )
+        body.append(table(head, [[s.site, s.kind, s.first, s.last, s.message] for s in spans]))
     else:
         body.append("<p>No alarms: no site was flagged.</p>")
+    if observations:
+        body.append(
+            "<h3>Observations</h3><p>Findings that alone do not say something is wrong, "
+            "shown here and never notified: e.g. a lower own score of a site whose local "
+            "models do fine on the other sites' cases (harder or different data).</p>"
+        )
+        body.append(table(head, [[s.site, s.kind, s.first, s.last, s.message]
+                                 for s in observations]))  # fmt: skip
     last = store.last_done_round()
+    ev = site_evidence(store, last, cfg.evidence_window) if last else {}
+    if ev:
+        body.append(
+            f"<p>Cross-site evidence after round {last} (the last {cfg.evidence_window} "
+            "local models of each site, rounds collapsed per case): the away effect is what "
+            "its local models lose (-) or gain on the other sites' cases beyond the other "
+            "sites' median, with its standard error; <i>labels_disagree</i> needs it below "
+            f"-{cfg.delta_away:g} in some region (Bonferroni p &lt; {cfg.labels_alpha:g}) and a "
+            f"home gain beyond +{cfg.delta_home:g} or a training loss above "
+            f"{cfg.loss_ratio:g}x the others' median, in {cfg.labels_persist} consecutive "
+            "checks.</p>"
+        )
+        rows: list[list[object]] = []
+        for site in sorted({s for s, _ in ev}):
+            res = labels_check(ev, site, cfg)
+            if res is None:
+                continue
+            e = res.evidence
+            rows.append([site, res.region, e.centred, e.centred_se, fmt_p(res.p),
+                         e.home_centred, fmt_p(res.home_p) if res.home_p is not None else "-",
+                         e.loss_ratio, "yes" if res.holds else "no"])  # fmt: skip
+        body.append(table(["site", "region", "away effect", "SE", "away p", "home gain",
+                           "home p", "loss ratio", "rule holds now"], rows))  # fmt: skip
     tests = site_tests(store, last, cfg) if last else []
     if tests:
         body.append(
-            f"<p>Each site against the other sites after round {last}: paired one-sided "
-            f"Wilcoxon signed-rank test of the per-model {cfg.region} {cfg.metric} (alarm "
-            f"when p &lt; {cfg.alpha} over at least {cfg.min_rounds} models and the median "
-            f"gap is at least {cfg.min_gap}), and the trend of the gap over the last "
-            f"{cfg.stall_window} models. Volatility: standard deviation of the round-to-round "
-            "change of the curve (the study's bad site had unstable curves).</p>"
+            f"<p>Each site's own {cfg.region} {cfg.metric} against the other sites after round "
+            f"{last}: the models' rounds collapsed per case (the same cases are re-measured "
+            "every round), the site's cases against the others' pooled cases plus the "
+            f"spread of their site means, one-sided (flagged when p &lt; {cfg.alpha} over at "
+            f"least {cfg.min_rounds} models and the gap is at least {cfg.min_gap}); and the "
+            f"trend of the gap over the last {cfg.stall_window} models. Volatility: standard "
+            "deviation of the round-to-round change of the curve.</p>"
         )
-        head = ["site", "models", "median gap", "Wilcoxon p", "gap trend /round", "trend p",
+        head = ["site", "models", "gap", "below p (cases)", "gap trend /round", "trend p",
                 "volatility", "others' volatility"]  # fmt: skip
         rows = [[t.site, t.below.n, t.below.median_gap, fmt_p(t.below.p), t.stall.slope,
                  fmt_p(t.stall.p), t.volatility, t.others_volatility] for t in tests]  # fmt: skip
         body.append(table(head, rows))
     return section("alarms", "Alarms", *body)
+
+
+def cross_site_section(store: RunStore) -> str:
+    """The cross-site matrix as heatmaps per region (whose local models x whose cases)."""
+    rows = with_mean_rows(store.cross(metric=CROSS_DICE_DIFF))
+    if not rows:
+        return section(
+            "crosssite",
+            "Cross-site validation",
+            "<p>No cross-site validation in this run (plan <code>cross_site</code>; it is "
+            "off when the plan's privacy hides single updates).</p>",
+        )
+    cells = {g: cross_cells(rows, region=g) for g in (*REGIONS, "mean")}
+    rounds = sorted({r.model_round for r in rows})
+    return section(
+        "crosssite",
+        "Cross-site validation",
+        "<p>Each site's local models validated on the other sites' cases, paired with the "
+        "global model on the same cases: local minus global Dice, collapsed over the model "
+        f"rounds {rounds[0]}-{rounds[-1]} (the cases are the unit). The framed diagonal is "
+        "a site's own local model on its own cases (the home check). A row that is red on "
+        "the other sites' cases and blue on its own is a site whose labels disagree; a row "
+        "red everywhere is a site with different data.</p>",
+        img(figures.cross_matrix_figure(cells), "cross-site matrix"),
+    )
 
 
 def curves_section(
@@ -180,28 +262,79 @@ def selection_section(store: RunStore) -> str:
     return section("selection", "Model selection", *body)
 
 
+def existing_loso(run: Path) -> dict[str, float]:
+    """The leave-one-site-out values of the finished runs ``fedseg contributions --loso``
+    left in ``RUN/loso`` ({} when none)."""
+    base = Path(run) / LOSO_DIR
+    if not base.is_dir():
+        return {}
+    done = []
+    for folder in sorted(base.glob("without_*")):
+        if (folder / STORE_FILE).is_file():
+            with open_run(folder) as st:
+                if st.meta.status() == RunStatus.DONE:
+                    done.append(folder.name.removeprefix("without_"))
+    if not done:
+        return {}
+    return leave_one_site_out(run, lambda site: loso_run(base, site), done)
+
+
 def contributions_section(store: RunStore, run: Path | None = None) -> str:
-    """Each site's share of the pooled Dice gain, from the stored update sizes (not
-    available when the aggregator saw no single update: ``contributions.unavailable``)."""
+    """Each site's contribution to the other sites from the cross-site evidence, with its
+    verdict (``contributions.estimate_contributions``), the leave-one-site-out values
+    beside it when ``fedseg contributions --loso`` left them; without cross-site rows the
+    share-based estimate with what it is, or why none exists."""
     plan = read_run_plan(run) if run is not None else None
+    estimates = estimate_contributions(store, cfg=plan.alarms if plan is not None else None)
+    label = store_score_spec(store).label
+    loso = existing_loso(run) if run is not None else {}
+    if estimates:
+        head = ["site", "verdict", "region", "effect", "95% low", "95% high", "ET", "TC", "WT",
+                "mean", "cases", "models", *(["leave one site out"] if loso else [])]  # fmt: skip
+        rows = [[e.site, e.verdict, e.region, e.effect, e.low, e.high,
+                 *(e.per_region[g] for g in (*REGIONS, "mean")), e.n_cases,
+                 f"{e.model_rounds[0]}-{e.model_rounds[-1]}",
+                 *([loso.get(e.site, float("nan"))] if loso else [])]
+                for e in estimates]  # fmt: skip
+        return section(
+            "contributions",
+            "Site contributions",
+            f"<p>{label} the other sites gain from including each site, summed over the "
+            "rounds: a first-order leave-one-out from the cross-site validation (each "
+            "round's local model against the global one on the other sites' cases, scaled "
+            "by the site's weight p/(1-p), centred on the round's weighted mean), in the "
+            "region where the site is worst, which ranks it. <b>harmful</b>: the whole 95% "
+            "interval is below 0; <b>helps</b>: above 0."
+            + (" The last column re-trained the federation without the site." if loso else "")
+            + "</p>",
+            table(head, rows),
+            img(figures.estimates_figure(estimates, label), "site contributions"),
+        )
     why = unavailable(plan.privacy if plan is not None else None)
     if why is not None:
-        return section("contributions", "Site contributions", f"<p>{html.escape(why)}.</p>")
+        extra = ""
+        if loso:
+            extra = table(["site", "leave one site out"], [[s, v] for s, v in sorted(loso.items())])
+        return section("contributions", "Site contributions", f"<p>{html.escape(why)}.</p>",
+                       extra)  # fmt: skip
     contribs = contributions(store)
-    label = store_score_spec(store).label
     if not any(c.rounds for c in contribs):
         return section(
             "contributions",
             "Site contributions",
-            "<p>No round has update norms and distances for every site.</p>",
+            "<p>No cross-site validation, and no round has update norms and distances for "
+            "every site.</p>",
         )
     head = ["site", "rounds", "mean weight", "mean share", "mean alignment (cos)",
-            f"{label} gain attributed", f"{label} gain on other sites"]  # fmt: skip
+            f"{label} gain attributed", f"{label} gain on other sites",
+            *(["leave one site out"] if loso else [])]  # fmt: skip
     rows = [[c.site, c.rounds, c.mean_weight, c.mean_share, c.mean_cos, c.dice_gain,
-             c.dice_gain_others] for c in contribs]  # fmt: skip
+             c.dice_gain_others, *([loso.get(c.site, float("nan"))] if loso else [])]
+            for c in contribs]  # fmt: skip
     return section(
         "contributions",
         "Site contributions",
+        f"<p class='note'>{html.escape(SHARES_NOTE)}.</p>"
         "<p>Estimate from the stored update sizes: each round's change of the pooled "
         f"validation {label} (mean) is attributed to sites by their share of the aggregate step "
         "(projection of their update on it; shares sum to 1). A site whose update points "
