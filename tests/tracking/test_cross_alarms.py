@@ -4,6 +4,7 @@ a lower own score is an observation that notifies nobody, rounds are never sampl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import sys
@@ -17,6 +18,7 @@ from fedseg.tracking.alarms import (
     BELOW,
     LABELS,
     below_federation,
+    evaluate_alarms,
     first_flagged,
     labels_check,
     replay_alarms,
@@ -246,3 +248,18 @@ def test_fedseg_alarms_replay_on_an_old_store(tmp_path: Path) -> None:
     assert "bad" in res.output and "below_federation" in res.output
     res = CliRunner().invoke(app, ["alarms", str(run)], env={"COLUMNS": "200"})
     assert "collapsed per case" in res.output
+
+
+@pytest.mark.parametrize("cross", [True, False])
+def test_an_update_outlier_is_an_observation_unless_cross_site_evidence_agrees(
+    tmp_path: Path, cross: bool
+) -> None:
+    run = build_cross_run(tmp_path / "run", federation(), seed=0, cross=cross)  # type: ignore[arg-type]
+    with RunStore(run) as store:
+        row = next(r for r in store.site_rounds() if r.round == 5 and r.site == "c1")
+        store.record_site_round(dataclasses.replace(row, update_distance=5 * row.update_distance))  # type: ignore[operator]
+        found = [a for a in evaluate_alarms(store, 5, CFG) if a.kind == AlarmKind.UPDATE_OUTLIER]
+    assert [a.site for a in found] == ["c1"]
+    # with cross-site evidence that c1's local models do fine elsewhere: shown, not notified
+    assert found[0].level == (AlarmLevel.OBSERVATION if cross else AlarmLevel.ALARM)
+    assert found[0].evidence is not None and found[0].evidence.statistic == "robust_z"

@@ -30,6 +30,10 @@ The statistics are in ``tracking.evidence`` (cases are the unit, rounds are coll
   ``p < stall_alpha``), by at least ``stall_min_drop`` over the window, and the site's
   own gain over the window is below ``stall_max_gain``, in ``stall_persist`` consecutive
   rounds.
+- ``stalled`` and ``update_outlier`` follow ``below_federation``'s rule: alarms without
+  cross-site evidence or when it corroborates them, else observations (an update far from
+  the others' is what another scanner's data gives too: ``benchmarks/monitoring.py``
+  flagged a clean site with 2 validation cases and one more training case that way).
 - ``update_outlier``: the site's update distance to the aggregate (``update_distance``;
   ``update_norm`` when absent) is a robust outlier against the other sites of that round:
   ``(x - median(others)) / scale > outlier_z`` where ``scale`` is ``1.4826 * MAD(others)``
@@ -374,6 +378,14 @@ def labels_text(site: str, r: LabelsResult, cfg: AlarmConfig) -> str:
     return "; ".join(parts)
 
 
+#: what a stalled or outlying site's text adds when cross-site evidence decides its level
+_ASIDE = {
+    AlarmLevel.OBSERVATION: "; its local models do not lose on the other sites' cases: "
+    "different data rather than wrong labels?",
+    AlarmLevel.ALARM: "",
+}
+
+
 def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
     """The alarms and observations that hold after round ``rnd``, from data of rounds
     ``<= rnd`` only."""
@@ -396,9 +408,9 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
         )))  # fmt: skip
     for t in site_tests(store, rnd, cfg):
         site, b, st, rounds = t.site, t.below, t.stall, t.models
+        corroborated = site in labels and labels[site].away_significant
+        level = AlarmLevel.ALARM if corroborated or not cross_run else AlarmLevel.OBSERVATION
         if b.flagged and b.test is not None:
-            corroborated = site in labels and labels[site].away_significant
-            level = AlarmLevel.ALARM if corroborated or not cross_run else AlarmLevel.OBSERVATION
             text = (
                 f"{site} {cfg.region} {cfg.metric} below the other sites by {-b.median_gap:.3f} "
                 f"on its {b.test.n_cases} cases against the others' {b.test.n_others} (models "
@@ -419,8 +431,8 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
                 f"{site} {cfg.region} {cfg.metric} changed by {st.site_gain:+.3f} over the last "
                 f"{cfg.stall_window} models while the other sites gained "
                 f"{st.others_gain:+.3f} (gap trend p={st.p:.3g})"
-            )
-            alarms.append(Alarm(rnd, site, STALLED, text, AlarmLevel.ALARM, AlarmEvidence(
+            ) + _ASIDE[level]
+            alarms.append(Alarm(rnd, site, STALLED, text, level, AlarmEvidence(
                 kind=AlarmKind.STALLED, region=cfg.region, statistic="slope", value=st.slope,
                 p=st.p, effect=st.site_gain - st.others_gain, margin=cfg.stall_min_drop,
                 model_rounds=rounds[-cfg.stall_window :], text=text,
@@ -438,7 +450,10 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
             med = float(np.median(others))
             text = (f"{site} {label} {dist[site]:.4g} vs median {med:.4g} of the other sites "
                     f"(robust z={z:.1f} > {cfg.outlier_z})")  # fmt: skip
-            alarms.append(Alarm(rnd, site, OUTLIER, text, AlarmLevel.ALARM, AlarmEvidence(
+            corroborated = site in labels and labels[site].away_significant
+            level = AlarmLevel.ALARM if corroborated or not cross_run else AlarmLevel.OBSERVATION
+            text += _ASIDE[level]
+            alarms.append(Alarm(rnd, site, OUTLIER, text, level, AlarmEvidence(
                 kind=AlarmKind.UPDATE_OUTLIER, region="-", statistic="robust_z", value=z,
                 effect=float(dist[site]) - med, margin=cfg.outlier_z,  # type: ignore[arg-type]
                 evaluators=sorted(s for s in dist if s != site), model_rounds=[rnd], text=text,
