@@ -7,7 +7,8 @@ the mean round wall time, the sites' training and validation seconds per round (
 over sites; validation includes the other sites' models and the home check), and the bytes
 sent to the sites per round (the model each site receives, plus the other sites' local
 models with cross-site validation). The first round carries no other site's models (none
-are parked yet), so the rounds after it show the steady cost.
+are parked yet), so the rounds after it show the steady cost. A one-round warm-up run
+first fills the sites' case caches, so neither run pays for reading the NIfTI files.
 
     python benchmarks/cross_site_cost.py                          # 4 sites, 3 rounds
     python benchmarks/cross_site_cost.py --sites 3 --rounds 2 --cases 4   # smoke test
@@ -92,6 +93,7 @@ def main() -> None:
         for name in sorted(made):
             sites[name] = (work / "data" / name).resolve()
             make_split(sites[name], val_fraction=0.5)
+        _run(work / "warm-up", sites, 1, False, a.base_filters)  # fills the case caches
         res = {c: _run(work, sites, a.rounds, c, a.base_filters) for c in (False, True)}
     finally:
         shutil.rmtree(work, ignore_errors=True)

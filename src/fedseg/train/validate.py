@@ -13,8 +13,9 @@ volumes, unchanged, so the metrics are those of reading the NIfTI files).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
+import numpy as np
 import torch
 from rich.progress import Progress
 from torch import nn
@@ -22,6 +23,7 @@ from torch import nn
 from fedseg.data.cases import Case
 from fedseg.model.config import NetworkConfig
 from fedseg.model.evaluate import CaseResult, evaluate_case, evaluate_cases
+from fedseg.model.metrics import METRICS
 from fedseg.model.registry import build_network
 from fedseg.model.segmenter import Member, ModelSet
 from fedseg.model.torch_backend import torch_predictor
@@ -38,9 +40,10 @@ def network_models(net: nn.Module, train: TrainConfig) -> ModelSet:
 
 
 def validate_network(
-    net: nn.Module, train: TrainConfig, cases: Sequence[Case], progress: Progress | None = None
-) -> list[CaseResult]:
-    """Per-case metrics of ``net`` (left in eval mode) on ``cases``."""
+    net: nn.Module, train: TrainConfig, cases: Sequence[Case], progress: Progress | None = None,
+    metrics: Sequence[str] = METRICS,
+) -> list[CaseResult]:  # fmt: skip
+    """Per-case ``metrics`` of ``net`` (left in eval mode) on ``cases``."""
     task = progress.add_task("validation", total=len(cases)) if progress else None
 
     def advance(_: CaseResult) -> None:
@@ -49,7 +52,7 @@ def validate_network(
 
     results = evaluate_cases(
         cases, network_models(net, train), overlap=train.val_overlap,
-        batch_size=train.val_batch_size, on_case=advance, load=VolumeReader(),
+        batch_size=train.val_batch_size, metrics=metrics, on_case=advance, load=VolumeReader(),
     )  # fmt: skip
     if progress is not None and task is not None:
         progress.remove_task(task)
@@ -57,24 +60,26 @@ def validate_network(
 
 
 def validate_cases(
-    network: NetworkConfig, train: TrainConfig, weights: Weights, cases: Sequence[Case]
-) -> list[CaseResult]:
-    """Per-case metrics of ``weights`` (a ``network``) on ``cases``, computed as
+    network: NetworkConfig, train: TrainConfig, weights: Weights, cases: Sequence[Case],
+    metrics: Sequence[str] = METRICS,
+) -> list[CaseResult]:  # fmt: skip
+    """Per-case ``metrics`` of ``weights`` (a ``network``) on ``cases``, computed as
     ``train.compute`` says."""
     check_shapes(network, train)
     net = build_network(network)
     set_weights(net, weights)
     with torch.inference_mode():
-        return validate_network(net, train, cases)
+        return validate_network(net, train, cases, metrics=metrics)
 
 
 def validate_models(
-    network: NetworkConfig, train: TrainConfig, models: Mapping[str, Weights],
-    cases: Sequence[Case],
+    network: NetworkConfig, train: TrainConfig, models: Mapping[str, Mapping[str, np.ndarray]],
+    cases: Sequence[Case], dice_only: Collection[str] = (),
 ) -> dict[str, list[CaseResult]]:  # fmt: skip
     """Per-case metrics of each of ``models`` (label -> weights of a ``network``) on
-    ``cases``, as ``validate_cases`` computes them, reading each case once: one network per
-    model is built, and each case, once loaded, is run through all of them."""
+    ``cases``, as ``validate_cases`` computes them (only Dice for the labels in
+    ``dice_only``: the surface distances cost more than the segmentation), reading each case
+    once: one network per model is built, and each case, once loaded, is run through all."""
     check_shapes(network, train)
     sets = {}
     for label, weights in models.items():
@@ -90,5 +95,6 @@ def validate_models(
                 out[label].append(evaluate_case(
                     volumes, models_set, overlap=train.val_overlap,
                     batch_size=train.val_batch_size,
+                    metrics=("dice",) if label in dice_only else METRICS,
                 ))  # fmt: skip
     return out

@@ -187,7 +187,8 @@ def _run(
         def validate() -> list[CaseResult]:
             if not cross:
                 return validate_cases(network, train, req.weights, split.val)
-            per = validate_models(network, train, {_GLOBAL: req.weights, **cross}, split.val)
+            per = validate_models(network, train, {_GLOBAL: req.weights, **cross}, split.val,
+                                  dice_only=set(cross))  # fmt: skip
             others.update((k, v) for k, v in per.items() if k != _GLOBAL)
             return per[_GLOBAL]
 
@@ -220,8 +221,8 @@ def _run(
         if req.home and reference and len(split.val) >= floor:
             step.phase = ErrorCategory.VALIDATION
             t0 = time.perf_counter()
-            mine = {cross_label(site, req.round):
-                    validate_cases(network, train, result.weights, split.val)}  # fmt: skip
+            own = validate_cases(network, train, result.weights, split.val, ("dice",))
+            mine = {cross_label(site, req.round): own}
             reply.home = _cross_summaries(site, ws, floor, mine, reference, None)
             reply.val_wall_s += time.perf_counter() - t0
             step.phase = ErrorCategory.TRAINING
