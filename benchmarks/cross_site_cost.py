@@ -11,6 +11,7 @@ are parked yet), so the rounds after it show the steady cost. A one-round warm-u
 first fills the sites' case caches, so neither run pays for reading the NIfTI files.
 
     python benchmarks/cross_site_cost.py                          # 4 sites, 3 rounds
+    python benchmarks/cross_site_cost.py --demo                   # fedseg demo's data and recipe
     python benchmarks/cross_site_cost.py --sites 3 --rounds 2 --cases 4   # smoke test
 """
 
@@ -32,6 +33,7 @@ from fedseg.data.synth.generate import make_tiny_dataset
 from fedseg.federation.commands.compare_plans.local_transport import (
     LocalTransport,
 )
+from fedseg.federation.commands.demo import demo_plan, make_demo_data
 from fedseg.federation.rounds.coordinator import Coordinator
 from fedseg.model.config import NetworkConfig
 from fedseg.plan import PLAN_FILE, PlanConfig, SiteConfig, save_plan
@@ -39,7 +41,14 @@ from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
 
 
-def _plan(sites: dict[str, Path], rounds: int, cross: bool, filters: int) -> PlanConfig:
+def _plan(sites: dict[str, Path], rounds: int, cross: bool, filters: int, demo: bool) -> PlanConfig:
+    if demo:  # the demo's recipe: 2 local epochs of 6 patches per case, 8 filters
+        plan = demo_plan(Path("."), rounds)
+        return plan.model_copy(update={
+            "sites": {s: SiteConfig(data=p) for s, p in sites.items()},
+            "privacy": plan.privacy.model_copy(update={"min_summary_cases": 3}),
+            "cross_site": plan.cross_site.model_copy(update={"enabled": cross}),
+        })  # fmt: skip
     return PlanConfig.model_validate({
         "name": "cross-cost", "sites": {s: SiteConfig(data=p) for s, p in sites.items()},
         "rounds": rounds, "local_epochs": 1, "min_sites": 2,
@@ -51,10 +60,12 @@ def _plan(sites: dict[str, Path], rounds: int, cross: bool, filters: int) -> Pla
     })  # fmt: skip
 
 
-def _run(work: Path, sites: dict[str, Path], rounds: int, cross: bool, filters: int) -> dict:
+def _run(
+    work: Path, sites: dict[str, Path], rounds: int, cross: bool, filters: int, demo: bool
+) -> dict:
     run = work / ("cross" if cross else "plain")
     run.mkdir(parents=True)
-    save_plan(run / PLAN_FILE, _plan(sites, rounds, cross, filters))
+    save_plan(run / PLAN_FILE, _plan(sites, rounds, cross, filters, demo))
     ws = {s: work / f"ws-{run.name}" / s for s in sites}
     Coordinator(run, LocalTransport(sites, ws, min_summary_cases=3)).run()
     with RunStore(run) as store:
@@ -85,20 +96,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--base-filters", type=int, default=8)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--demo", action="store_true",
+                    help="the demo's 3 sites and recipe (--sites, --cases ignored)")  # fmt: skip
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cross-cost-", dir=a.work))
     try:
-        made = make_tiny_dataset(work / "data", sites=a.sites, cases_per_site=a.cases, seed=5)
-        sites = {}
-        for name in sorted(made):
-            sites[name] = (work / "data" / name).resolve()
-            make_split(sites[name], val_fraction=0.5)
-        _run(work / "warm-up", sites, 1, False, a.base_filters)  # fills the case caches
-        res = {c: _run(work, sites, a.rounds, c, a.base_filters) for c in (False, True)}
+        if a.demo:
+            make_demo_data(work / "data")
+        else:
+            made = make_tiny_dataset(work / "data", sites=a.sites, cases_per_site=a.cases, seed=5)
+            for name in made:
+                make_split(work / "data" / name, val_fraction=0.5)
+        sites = {p.name: p.resolve() for p in sorted((work / "data").iterdir()) if p.is_dir()}
+        _run(work / "warm-up", sites, 1, False, a.base_filters, a.demo)  # fills the case caches
+        res = {c: _run(work, sites, a.rounds, c, a.base_filters, a.demo) for c in (False, True)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    t = Table(title=f"{a.sites} sites x {a.cases} cases, {a.rounds} rounds, "
-                    f"{a.base_filters} base filters (in-process)")  # fmt: skip
+    what = "the demo's data and recipe" if a.demo else (
+        f"{a.sites} sites x {a.cases} cases, {a.base_filters} base filters")  # fmt: skip
+    t = Table(title=f"{what}, {a.rounds} rounds (in-process)")
     for col in ("", "cross_site off", "cross_site on", "on / off"):
         t.add_column(col, justify="right" if col else "left")
     for key in res[False]:
