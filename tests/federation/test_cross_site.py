@@ -266,3 +266,21 @@ def test_with_bounds_off_only_what_was_asked_is_kept(tmp_path: Path) -> None:
         rows = store.cross()
     assert {r.model_site for r in rows} == set(SITES)
     assert {r.round for r in rows if r.home} == {1}
+
+
+def test_parked_models_read_back_array_by_array_as_saved(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fedseg.model.weights import ArraysOnDisk, load_arrays, save_arrays
+
+    arrays = {"b/w": np.arange(6, dtype=np.float16).reshape(2, 3),
+              "a": np.array(7, dtype=np.int64), "c": np.ones((0, 4), np.float32)}  # fmt: skip
+    save_arrays(tmp_path / "m.npz", arrays)
+    lazy = ArraysOnDisk(tmp_path / "m.npz")
+    assert list(lazy) == list(arrays) == list(load_arrays(tmp_path / "m.npz")) and len(lazy) == 3
+    for k, v in arrays.items():
+        assert lazy[k].dtype == v.dtype and lazy[k].shape == v.shape
+        np.testing.assert_array_equal(lazy[k], v)
+    with pytest.raises(KeyError):
+        lazy["d"]
+    assert not list(tmp_path.glob("*.tmp"))

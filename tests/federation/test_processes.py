@@ -179,6 +179,7 @@ def test_resume_after_kill_9_of_the_aggregator(tmp_path: Path, tiny_sites: dict[
         assert f"pid {pid}" in cause.message
     st = read_status(run)
     assert st.state == RunState.CRASHED and st.cause == cause and st.running_round == 2
+    assert (run / "crossval" / "round_0001").is_dir()  # round 1's models, for round 2
     shown = run_fedseg("status", run)
     assert shown.returncode == 0 and "crashed" in shown.stdout and "aggregator died" in shown.stdout
     res = subprocess.run(
@@ -193,7 +194,10 @@ def test_resume_after_kill_9_of_the_aggregator(tmp_path: Path, tiny_sites: dict[
             (r, s) for r in (1, 2) for s in SITES
         }
         assert any("resuming after round 1" in m for _, _, m in store.events())
-    assert model_path(run, 2).is_file()
+        # the redone round 2 validated round 1's parked local models; none is left
+        away = {(r.round, r.model_round) for r in store.cross() if not r.home}
+        assert away == {(2, 1), (3, 2)}
+    assert model_path(run, 2).is_file() and not (run / "crossval").exists()
 
 
 def test_a_crashing_site_is_skipped_and_rejoins(

@@ -265,6 +265,8 @@ def _cross_summaries(
     summaries over at least ``floor`` cases into ``reply.cross`` (when given); returns the
     last model's releasable summaries."""
     out: dict[str, dict[str, Summary]] = {}
+    if not models:
+        return out
     with RunStore(ws) as local:
         for label, per_case in models.items():
             _, model_round = parse_cross_label(label)
