@@ -78,8 +78,8 @@ def validate_models(
 ) -> dict[str, list[CaseResult]]:  # fmt: skip
     """Per-case metrics of each of ``models`` (label -> weights of a ``network``) on
     ``cases``, as ``validate_cases`` computes them (only Dice for the labels in
-    ``dice_only``: the surface distances cost more than the segmentation), reading each case
-    once: one network per model is built, and each case, once loaded, is run through all."""
+    ``dice_only``: all cross-site validation needs), reading each case once: one network
+    per model is built, and each case, once loaded, is run through all of them."""
     check_shapes(network, train)
     sets = {}
     for label, weights in models.items():
