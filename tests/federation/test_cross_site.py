@@ -238,3 +238,49 @@ def test_sequential_plans_skip_it_with_a_log_line(tmp_path: Path) -> None:
         events = " ".join(m for _, _, m in store.events())
         assert store.cross() == []
     assert "cross-site validation off: strategy cyclic trains one site per round" in events
+
+
+def test_every_and_models_per_round_bound_what_travels(tmp_path: Path) -> None:
+    plan = tiny_plan({s: tmp_path / s for s in SITES}, rounds=4,
+                     cross_site={"every": 2, "models_per_round": 1})  # fmt: skip
+    run = write_run(tmp_path / "run", plan)
+    t = CrossArrayTransport(run)
+    Coordinator(run, t).run()
+    # cross rounds 1 and 3: home checks there, one model kept each (site1, then site2)
+    assert [sorted(s for s, r in reqs.items() if r.home) for reqs in t.requests] == [
+        sorted(SITES), [], sorted(SITES), [], []]  # fmt: skip
+    sent = [sorted({label for r in reqs.values() for label in r.cross}) for reqs in t.requests]
+    assert sent == [[], ["site1@1"], [], ["site2@3"], []]
+    assert t.parked == [[], ["round_0001"], [], ["round_0003"], []]
+
+
+def test_with_bounds_off_only_what_was_asked_is_kept(tmp_path: Path) -> None:
+    def lie(site: str, rep: TaskReply) -> None:
+        rep.cross["site9@1"] = _answer(0.0, 2)
+        rep.home = rep.home or _answer(0.3, 2)  # a home check in the final validation
+
+    plan = tiny_plan({s: tmp_path / s for s in SITES}, rounds=1, bounds={"enabled": False})
+    run = write_run(tmp_path / "run", plan)
+    Coordinator(run, CrossArrayTransport(run, lie)).run()
+    with RunStore(run) as store:
+        rows = store.cross()
+    assert {r.model_site for r in rows} == set(SITES)
+    assert {r.round for r in rows if r.home} == {1}
+
+
+def test_parked_models_read_back_array_by_array_as_saved(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fedseg.model.weights import ArraysOnDisk, load_arrays, save_arrays
+
+    arrays = {"b/w": np.arange(6, dtype=np.float16).reshape(2, 3),
+              "a": np.array(7, dtype=np.int64), "c": np.ones((0, 4), np.float32)}  # fmt: skip
+    save_arrays(tmp_path / "m.npz", arrays)
+    lazy = ArraysOnDisk(tmp_path / "m.npz")
+    assert list(lazy) == list(arrays) == list(load_arrays(tmp_path / "m.npz")) and len(lazy) == 3
+    for k, v in arrays.items():
+        assert lazy[k].dtype == v.dtype and lazy[k].shape == v.shape
+        np.testing.assert_array_equal(lazy[k], v)
+    with pytest.raises(KeyError):
+        lazy["d"]
+    assert not list(tmp_path.glob("*.tmp"))

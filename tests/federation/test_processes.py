@@ -99,10 +99,23 @@ def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, P
         for s in srs:
             assert s.status == "ok", s
             assert s.n_train == 3 and s.n_val == 1  # 4 cases per site, 4:1 split
-            # the model travels each way, plus a little framing and metrics
-            assert model_bytes <= s.bytes_sent < model_bytes * 1.1
+            # the model travels each way, plus a little framing and metrics; in round 2 the
+            # two other sites' local models of round 1 too (cross-site validation)
+            sent = 1 if s.round == 1 else 3
+            assert sent * model_bytes <= s.bytes_sent < sent * model_bytes * 1.1
             assert model_bytes <= s.bytes_received < model_bytes * 1.1
             assert s.train_loss is not None and np.isfinite(s.train_loss)
+        # cross-site evidence through the engine: each site's home check in rounds 1 and 2,
+        # each local model at the two other sites in the next round (round 3: the final
+        # validation), summaries only
+        cross = store.cross(metric="dice_diff", region="mean")
+        home = {(r.round, r.model_site, r.model_round, r.reference_round) for r in cross if r.home}
+        assert home == {(r, s, r, r - 1) for r in (1, 2) for s in SITES}
+        away = {(r.round, r.model_site, r.eval_site, r.reference_round)
+                for r in cross if not r.home}  # fmt: skip
+        assert away == {(m + 1, a, b, m) for m in (1, 2) for a in SITES for b in SITES if a != b}
+        assert all(r.summary.n == 1 and -1 <= r.summary.mean <= 1 for r in cross)
+        assert not (run / "crossval").exists()
         dice = store.validation(metric="dice", region="WT")
         assert {(v.model_round, v.site) for v in dice} == {(m, s) for m in (0, 1, 2) for s in SITES}
         assert all(v.n == 1 for v in dice)
@@ -129,6 +142,7 @@ def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, P
         assert local.is_file(), site
         with RunStore(local) as ls:
             assert {r[0] for r in ls.case_metrics()} == {0, 1, 2}
+            assert f"{site}@1" in {r[1] for r in ls.case_metrics()}  # its home check
 
 
 def test_resume_after_kill_9_of_the_aggregator(tmp_path: Path, tiny_sites: dict[str, Path]) -> None:
@@ -165,6 +179,7 @@ def test_resume_after_kill_9_of_the_aggregator(tmp_path: Path, tiny_sites: dict[
         assert f"pid {pid}" in cause.message
     st = read_status(run)
     assert st.state == RunState.CRASHED and st.cause == cause and st.running_round == 2
+    assert (run / "crossval" / "round_0001").is_dir()  # round 1's models, for round 2
     shown = run_fedseg("status", run)
     assert shown.returncode == 0 and "crashed" in shown.stdout and "aggregator died" in shown.stdout
     res = subprocess.run(
@@ -179,7 +194,10 @@ def test_resume_after_kill_9_of_the_aggregator(tmp_path: Path, tiny_sites: dict[
             (r, s) for r in (1, 2) for s in SITES
         }
         assert any("resuming after round 1" in m for _, _, m in store.events())
-    assert model_path(run, 2).is_file()
+        # the redone round 2 validated round 1's parked local models; none is left
+        away = {(r.round, r.model_round) for r in store.cross() if not r.home}
+        assert away == {(2, 1), (3, 2)}
+    assert model_path(run, 2).is_file() and not (run / "crossval").exists()
 
 
 def test_a_crashing_site_is_skipped_and_rejoins(

@@ -13,15 +13,17 @@ volumes, unchanged, so the metrics are those of reading the NIfTI files).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
+import numpy as np
 import torch
 from rich.progress import Progress
 from torch import nn
 
 from fedseg.data.cases import Case
 from fedseg.model.config import NetworkConfig
-from fedseg.model.evaluate import METRICS, CaseResult, evaluate_case, evaluate_cases
+from fedseg.model.evaluate import CaseResult, evaluate_case, evaluate_cases
+from fedseg.model.metrics import METRICS
 from fedseg.model.registry import build_network
 from fedseg.model.segmenter import Member, ModelSet
 from fedseg.model.torch_backend import torch_predictor
@@ -71,14 +73,13 @@ def validate_cases(
 
 
 def validate_models(
-    network: NetworkConfig, train: TrainConfig, models: Mapping[str, Weights],
-    cases: Sequence[Case], metrics: Mapping[str, Sequence[str]] | None = None,
+    network: NetworkConfig, train: TrainConfig, models: Mapping[str, Mapping[str, np.ndarray]],
+    cases: Sequence[Case], dice_only: Collection[str] = (),
 ) -> dict[str, list[CaseResult]]:  # fmt: skip
     """Per-case metrics of each of ``models`` (label -> weights of a ``network``) on
-    ``cases``, as ``validate_cases`` computes them, reading each case once: one network per
-    model is built, and each case, once loaded, is run through all of them. ``metrics``:
-    label -> the metrics to compute for that model (default: all; cross-site checks need
-    only Dice, and the surface distance is the costly one)."""
+    ``cases``, as ``validate_cases`` computes them (only Dice for the labels in
+    ``dice_only``: all cross-site validation needs), reading each case once: one network
+    per model is built, and each case, once loaded, is run through all of them."""
     check_shapes(network, train)
     sets = {}
     for label, weights in models.items():
@@ -94,6 +95,6 @@ def validate_models(
                 out[label].append(evaluate_case(
                     volumes, models_set, overlap=train.val_overlap,
                     batch_size=train.val_batch_size,
-                    metrics=(metrics or {}).get(label, METRICS),
+                    metrics=("dice",) if label in dice_only else METRICS,
                 ))  # fmt: skip
     return out

@@ -52,15 +52,16 @@ bank in pre-training; else it is ``rejected`` with a one-line reason. Each site'
 record says the phase and the groups it was averaged into; the run log says per round
 which sites each group was averaged over.
 
-Cross-site validation (plan ``cross_site``, ``cross_site``: when it runs and who validates
-what): after a cross round's aggregation, the local models it keeps are parked in
+Cross-site validation (plan ``cross_site``; ``rounds.cross_site``: when it runs and who
+validates what): after a cross round's aggregation, the local models it keeps are parked in
 ``crossval/round_XXXX/<site>.npz`` (``run_folder.crossval_dir``, written before the spool
 is removed); round r+1's requests carry each evaluator's share (``TaskRequest.cross``, the
 same weights object for every request that carries a model, so an engine encodes it once),
 every training site of a cross round is asked for its home check (``TaskRequest.home``),
 and the last round's models ride on the final validation. The replies' ``cross`` and
 ``home`` summaries are checked (``bounds.check_cross``: a failed check drops that reply's
-cross-site part with a logged reason, the rest of the reply is used) and stored as
+cross-site part with a logged reason, the rest of the reply is used; with ``bounds`` off
+only what was not asked for is dropped) and stored as
 ``cross_validation`` rows (``tracking.store``: away rows in round r+1 against global r,
 home rows in round r against global r-1). A parked folder is deleted once the round that
 used it is ``done``; a restart keeps only the folder of the last ``done`` round (the
@@ -754,7 +755,8 @@ class Coordinator:
                   for m in sorted({m for ms in shares.values() for m in ms})}  # fmt: skip
         self.store.log(
             f"cross-site validation: {len(loaded)} local model(s) of round {model_round} "
-            f"sent to {len(shares)} site(s), {self.cross.evaluators_per_model} each"
+            f"sent to {len(shares)} site(s), each model to up to "
+            f"{self.cross.evaluators_per_model}"
         )
         return {e: {cross_label(m, model_round): loaded[m] for m in ms}
                 for e, ms in shares.items()}  # fmt: skip
@@ -764,16 +766,18 @@ class Coordinator:
         ``bounds.check_cross`` (a failed check drops them, with a logged reason)."""
         if not res.cross and not res.home:
             return
-        declared = self.declared.get(site)
-        try:
-            check_cross(res.cross, res.home, declared, set(req.cross), req.home)
-        except UpdateRejected as exc:
-            self.store.log(f"round {rnd}: site {site} cross-site summaries rejected: {exc}",
-                           "warning")  # fmt: skip
-            return
+        if self.plan.bounds.enabled:
+            try:
+                check_cross(res.cross, res.home, self.declared.get(site), set(req.cross),
+                            req.home)  # fmt: skip
+            except UpdateRejected as exc:
+                self.store.log(f"round {rnd}: site {site} cross-site summaries rejected: "
+                               f"{exc}", "warning")  # fmt: skip
+                return
         rows = []
-        parts = [(label, by_region) for label, by_region in res.cross.items()]
-        if res.home:
+        parts = [(label, by_region) for label, by_region in res.cross.items()
+                 if label in req.cross]  # fmt: skip
+        if res.home and req.home:
             parts.append((cross_label(site, rnd), res.home))
         for label, by_region in parts:
             model_site, model_round = parse_cross_label(label)

@@ -78,8 +78,6 @@ if TYPE_CHECKING:  # Opacus is imported only when a plan asks for DP-SGD
 SITE_LOG = "site.log"
 #: the received model's key among the models ``validate_models`` runs (never a cross label)
 _GLOBAL = "global"
-#: what a cross-site or home check computes per case: Dice only (what it reports)
-CROSS_METRICS = ("dice",)
 
 
 class TaskFailed(FedsegError):
@@ -190,7 +188,7 @@ def _run(
             if not cross:
                 return validate_cases(network, train, req.weights, split.val)
             per = validate_models(network, train, {_GLOBAL: req.weights, **cross}, split.val,
-                                  metrics={k: CROSS_METRICS for k in cross})  # fmt: skip
+                                  dice_only=set(cross))  # fmt: skip
             others.update((k, v) for k, v in per.items() if k != _GLOBAL)
             return per[_GLOBAL]
 
@@ -223,8 +221,8 @@ def _run(
         if req.home and reference and len(split.val) >= floor:
             step.phase = ErrorCategory.VALIDATION
             t0 = time.perf_counter()
-            mine = {cross_label(site, req.round): validate_cases(
-                network, train, result.weights, split.val, metrics=CROSS_METRICS)}  # fmt: skip
+            own = validate_cases(network, train, result.weights, split.val, ("dice",))
+            mine = {cross_label(site, req.round): own}
             reply.home = _cross_summaries(site, ws, floor, mine, reference, None)
             reply.val_wall_s += time.perf_counter() - t0
             step.phase = ErrorCategory.TRAINING
@@ -267,6 +265,8 @@ def _cross_summaries(
     summaries over at least ``floor`` cases into ``reply.cross`` (when given); returns the
     last model's releasable summaries."""
     out: dict[str, dict[str, Summary]] = {}
+    if not models:
+        return out
     with RunStore(ws) as local:
         for label, per_case in models.items():
             _, model_round = parse_cross_label(label)

@@ -1,5 +1,7 @@
 """``run_compare``: every plan and baseline of a ``CompareConfig`` into one output folder
-(the layout is in the package docstring)."""
+(the layout is in the package docstring). A compared plan runs without cross-site
+validation unless it asks for it (``cross_site.enabled: true``): a comparison scores the
+models, and the extra validations would only add site time to every parallel plan's wall."""
 
 from __future__ import annotations
 
@@ -97,6 +99,10 @@ def _progress(console: Console) -> Progress:
 def _run_plan(cfg: CompareConfig, plan: PlanConfig, run_dir: Path, sites: dict[str, Path],
               bar: Progress) -> RunOutcome:  # fmt: skip
     run_dir.mkdir(parents=True)
+    if plan.cross_site.enabled is None:  # its evidence is not compared: no extra site time
+        plan = plan.model_copy(
+            update={"cross_site": plan.cross_site.model_copy(update={"enabled": False})}
+        )
     save_plan(run_dir / PLAN_FILE, plan)
     with RunStore(run_dir) as store:
         store.meta.set_run_id(f"compare-{plan.name}")
