@@ -437,6 +437,31 @@ bounds:
   # aggregator sees no single norm, or must not use one): the clip_norm takes their place.
   update_norm_ratio: 3.0  # clip each update to 3x the round's median change (null: off)
   reject_norm_ratio: 1000.0  # reject an update over 1000x the median change (null: off)
+# Cross-site validation: each round's local models also travel, with the next round's task,
+# to a few other sites, which validate them on their own cases and send summaries back;
+# each site also checks its own local model on its cases. This is what tells a site whose
+# labels disagree from one with harder data or another scanner (alarms below). A site then
+# sees other sites' single local models: null turns it on unless the privacy hides single
+# updates (secure aggregation, HE, site-level DP); true there is refused; false: off.
+# Cost: each evaluator validates a model per model it gets (demo: ~2x the round time).
+cross_site:
+  enabled: null
+  every: 1             # every k-th round
+  evaluators_per_model: 3
+  models_per_round: null  # cap the local models checked per round (round-robin; 71 sites)
+# Automatic alarms (`fedseg alarms`, status, report, dashboard). labels_disagree: a site's
+# local models lose Dice on the other sites' cases beyond the federation's typical loss
+# while gaining on its own cases or training to a high loss, in 2 consecutive checks.
+# Without that evidence, a lower own score, a stall or an outlying update is shown as an
+# observation and notifies nobody.
+alarms:
+  enabled: true
+  delta_away: 0.1      # Dice lost on the other sites' cases beyond the typical loss
+  delta_home: 0.1      # Dice its own model gains on its own cases beyond the others' gain
+  loss_ratio: 1.3      # or its training loss over the others' median
+  labels_alpha: 0.01   # test level (Bonferroni over ET/TC/WT)
+  evidence_window: 3   # local-model rounds each check pools (cases are the unit, not rounds)
+  notify_command: null # argv run once per new (site, kind) alarm; env FEDSEG_ALARM_*
 # Which round models stay on disk (models/round_XXXX.pt; 121 MB each at FeTS size). After
 # every round the others are deleted, except the rounds `fedseg select` picks (best.pt).
 retention:
