@@ -25,8 +25,8 @@ NO_FLAIR = ["t1", "t1ce", "t2"]
         ("flair", "ssim", Summary(0.6, 0.1, 2), "flair/ssim: not a modality the site declared"),
         ("WT", "dice", Summary(0.6, 0.1, 2), "WT/dice: not a modality the site declared"),
         ("t1", "dice", Summary(0.6, 0.1, 2), "t1/dice: unknown metric (known: ssim, psnr, mae)"),
-        ("t1", "psnr", Summary(140.0, 1.0, 2), "t1/psnr: mean 140.0 outside [0.0, 100.0]"),
-        ("t1", "ssim", Summary(-1.5, 0.1, 2), "t1/ssim: mean -1.5 outside [-1.0, 1.0]"),
+        ("t1", "psnr", Summary(140.0, 1.0, 2), "t1/psnr: mean 140.0 outside [0, 100]"),
+        ("t1", "ssim", Summary(-1.5, 0.1, 2), "t1/ssim: mean -1.5 outside [-1, 1]"),
         ("t1", "mae", Summary(0.1, 0.1, 5), "t1/mae over 5 cases, declared 2 validation cases"),
     ],
 )  # fmt: skip

@@ -98,16 +98,22 @@ def check_summary(
     rng = METRIC_RANGES.get(metric) if metric in known else None
     if rng is None:
         raise UpdateRejected(f"{where}: unknown metric (known: {', '.join(known)})")
+    check_range(where, s, n_val, rng)
+
+
+def check_range(where: str, s: Summary, n_val: int, rng: tuple[float, float]) -> None:
+    """Raise ``UpdateRejected`` unless ``s`` counts at most ``n_val`` cases and its mean lies
+    in ``rng`` with a std of at most half the range (the largest a bounded metric has)."""
     if not 0 <= s.n <= n_val:
         raise UpdateRejected(f"{where} over {s.n} cases, declared {n_val} validation cases")
     if s.n == 0:
         return
     lo, hi = rng
     if not (math.isfinite(s.mean) and lo <= s.mean <= hi):
-        raise UpdateRejected(f"{where}: mean {s.mean} outside [{lo}, {hi}]")
+        raise UpdateRejected(f"{where}: mean {s.mean} outside [{lo:g}, {hi:g}]")
     top_std = (hi - lo) / 2
     if not (math.isfinite(s.std) and 0 <= s.std <= top_std):
-        raise UpdateRejected(f"{where}: std {s.std} outside [0, {top_std}]")
+        raise UpdateRejected(f"{where}: std {s.std} outside [0, {top_std:g}]")
 
 
 def check_validation(
@@ -165,15 +171,4 @@ def check_cross(
                 rng = CROSS_RANGES.get(metric)
                 if rng is None:
                     raise UpdateRejected(f"{where}: unknown metric (known: dice, dice_diff)")
-                if not 0 <= s.n <= declared.n_val:
-                    raise UpdateRejected(
-                        f"{where} over {s.n} cases, declared {declared.n_val} validation cases"
-                    )
-                if s.n == 0:
-                    continue
-                lo, hi = rng
-                if not (math.isfinite(s.mean) and lo <= s.mean <= hi):
-                    raise UpdateRejected(f"{where}: mean {s.mean} outside [{lo:g}, {hi:g}]")
-                top = (hi - lo) / 2
-                if not (math.isfinite(s.std) and 0 <= s.std <= top):
-                    raise UpdateRejected(f"{where}: std {s.std} outside [0, {top:g}]")
+                check_range(where, s, declared.n_val, rng)
