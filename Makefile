@@ -6,7 +6,7 @@ export FEDSEG_CACHE ?= $(CURDIR)/.cache/fedseg
 export FLWR_TELEMETRY_ENABLED := 0
 TORCH := torch==2.13.0
 
-.PHONY: venv demo test test-fast lint bench bench-inference bench-fets bench-synthesis clean
+.PHONY: venv demo test test-fast lint bench bench-inference bench-fets bench-synthesis bench-monitoring clean
 
 # torch first (CPU wheel), then the rest; fail loudly if anything moved torch.
 $(BIN)/.installed: pyproject.toml
@@ -72,6 +72,12 @@ bench-fets: venv
 # (about 1.5 h on 2 cores; BENCH_SYNTHESIS_ARGS=--quick runs every row in under 20 min).
 bench-synthesis: venv
 	$(BIN)/python benchmarks/synthesis.py --out .bench/synthesis $(BENCH_SYNTHESIS_ARGS)
+
+# Can a coordinator trust the alarms? 20 five-site federations (clean, hard, other scanner,
+# 2 validation cases, mislabeled in odd seeds), 8 rounds each, 2 at once: about 2 h on 2
+# cores. Kept in .bench/monitoring; `--replay` rescores them in seconds.
+bench-monitoring: venv
+	$(BIN)/python benchmarks/monitoring.py --seeds 0-19 --workers 2 --keep .bench/monitoring $(BENCH_MONITORING_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache demo .bench
