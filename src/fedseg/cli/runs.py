@@ -122,7 +122,8 @@ def alarms(
             t.add_column(col, overflow="fold")
         for sp in rows:
             t.add_row(sp.site, sp.kind, str(sp.first), str(sp.last), sp.message)
-            if sp.evidence is not None and sp.evidence.text:
+            # the message is the evidence's text since the evidence exists; older runs differ
+            if sp.evidence is not None and sp.evidence.text and sp.evidence.text != sp.message:
                 t.add_row("", "", "", "", Text(f"evidence: {sp.evidence.text}", style="dim"))
         console().print(t)
 
