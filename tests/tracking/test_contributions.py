@@ -134,3 +134,18 @@ def test_estimate_uses_rounds_up_to_and_is_empty_without_cross_rows(tmp_path) ->
     with RunStore(plain) as store:
         assert estimate_contributions(store) == []
         assert any(c.rounds for c in contributions(store))  # the fallback still works
+
+
+@pytest.mark.parametrize("width", [80, 140])
+def test_contributions_cli_fits_the_terminal(tmp_path, width) -> None:
+    from tests.helpers import run_fedseg
+    from tests.tracking.cross_fixtures import build_cross_run
+    from tests.tracking.test_cross_alarms import federation
+
+    run = build_cross_run(tmp_path / "run", federation("eroded"), seed=0)
+    res = run_fedseg("contributions", run, env={"COLUMNS": str(width)})
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert "…" not in res.stdout and max(len(ln) for ln in lines) <= width
+    row = next(ln for ln in lines if "│ bad " in ln)
+    assert "harmful" in row and ("+0." in res.stdout) and (("ET" in lines[3]) == (width > 110))

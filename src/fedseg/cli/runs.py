@@ -205,17 +205,21 @@ def contributions_cmd(
     if estimates:
         t = Table(title=f"site contributions: {label} the other sites gain from each site "
                   "(first-order leave-one-out from the cross-site validation)")  # fmt: skip
-        for col in ["site", "verdict", "region", "effect", "95% interval", "ET", "TC", "WT",
-                    "mean", "cases", "models", *extra]:  # fmt: skip
-            t.add_column(col, justify="left" if col in ("site", "verdict", "region") else "right")
+        # the per-region columns only where they fit: no cell is cut or folded
+        wide = console().width >= 110
+        regions = ["ET", "TC", "WT", "mean"] if wide else []
+        for col in ["site", "verdict", "region", "effect", "95% CI", *regions, "cases",
+                    "models", *extra]:  # fmt: skip
+            t.add_column(col, justify="left" if col in ("site", "verdict", "region") else "right",
+                         no_wrap=col != "site", overflow="fold")  # fmt: skip
         for e in estimates:
-            vals = [f"{e.per_region[g]:+.3f}" for g in ("ET", "TC", "WT", "mean")]
+            vals = [f"{e.per_region[g]:+.3f}" for g in regions]
             if loso:
                 vals.append(f"{loso_vals.get(e.site, float('nan')):.3f}")
             span = f"{e.model_rounds[0]}-{e.model_rounds[-1]}"
             t.add_row(e.site, e.verdict, e.region, f"{e.effect:+.3f}",
-                      f"{e.low:+.3f}..{e.high:+.3f}", *vals[:4], str(e.n_cases), span,
-                      *vals[4:])  # fmt: skip
+                      f"{e.low:+.2f}..{e.high:+.2f}", *vals[: len(regions)], str(e.n_cases),
+                      span, *vals[len(regions) :])  # fmt: skip
         console().print(t)
         console().print(
             "negative: the other sites would do better without the site (harmful when the "
