@@ -160,7 +160,7 @@ function alarmItem(a) {
   li.appendChild(document.createTextNode(` (${rounds}): ${a.message}`));
   const ev = a.evidence;
   if (ev) {
-    if (ev.text) li.appendChild(el("div", ev.text, "evidence"));
+    if (ev.text && ev.text !== a.message) li.appendChild(el("div", ev.text, "evidence"));
     const facts = [`${ev.region}: ${ev.statistic} ${num(ev.value, 2)}`];
     if (ev.p !== null && ev.p !== undefined) facts.push(`p ${Number(ev.p).toPrecision(2)}`);
     if (ev.effect !== null && ev.effect !== undefined) facts.push(`effect ${num(ev.effect)}`);
