@@ -51,8 +51,10 @@ def four_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _plan(tmp_path: Path, name: str, sites: dict[str, Path], **kw: object) -> Path:
+    # 4 local epochs: the victim (3 cases) finishes seconds before the others (8 cases), a
+    # margin the watcher's 0.2 s polls see on a busy machine too (1 epoch: about 1 s)
     return save_plan(tmp_path / f"{name}.yaml", tiny_plan(
-        sites, rounds=1, min_sites=3, round_timeout_s=150, **kw))  # fmt: skip
+        sites, rounds=1, min_sites=3, round_timeout_s=150, local_epochs=4, **kw))  # fmt: skip
 
 
 def _kill_when(run: Path, state: SiteActivity, others_training: bool) -> threading.Thread:
