@@ -1,6 +1,7 @@
 """Secure aggregation with a site killed mid-round, through the real engine (``fedseg
-simulate``: SuperLink, one SuperNode per site). Four sites, one round; the victim (site1)
-has fewer training cases than the others, so it finishes first.
+simulate``: SuperLink, one SuperNode per site). Four sites, one round; to kill the victim
+(site1) after its masked update arrived and before the unmask query, the test stops the
+other sites' processes (SIGSTOP) while the victim trains and continues them after the kill.
 
 - killed (SIGKILL of its whole process group) after its masked update arrived, before the
   unmask query: it stays in the sum (its self-mask seed is rebuilt from the others' shares;
@@ -41,7 +42,7 @@ VICTIM = "site1"
 
 @pytest.fixture(scope="module")
 def four_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """4 sites x 8 cases; the victim keeps 3 (it trains on fewer: it finishes first)."""
+    """4 sites x 8 cases; the victim keeps 3."""
     root = tmp_path_factory.mktemp("four")
     sites = make_tiny_dataset(root, sites=4, cases_per_site=8)
     for case in sorted(sites[VICTIM])[3:]:
@@ -51,33 +52,50 @@ def four_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _plan(tmp_path: Path, name: str, sites: dict[str, Path], **kw: object) -> Path:
-    # 4 local epochs: the victim (3 cases) finishes seconds before the others (8 cases), a
-    # margin the watcher's 0.2 s polls see on a busy machine too (1 epoch: about 1 s)
     return save_plan(tmp_path / f"{name}.yaml", tiny_plan(
-        sites, rounds=1, min_sites=3, round_timeout_s=150, local_epochs=4, **kw))  # fmt: skip
+        sites, rounds=1, min_sites=3, round_timeout_s=150, **kw))  # fmt: skip
 
 
-def _kill_when(run: Path, state: SiteActivity, others_training: bool) -> threading.Thread:
+def _groups(run: Path) -> dict[str, int]:
+    """Site name -> the process group id of its SuperNode (the launcher's pid file)."""
+    pids = json.loads((run / FLWR_HOME / PIDS).read_text())
+    return {p["role"].removeprefix("site:"): p["pid"] for p in pids
+            if p["role"].startswith("site:")}  # fmt: skip
+
+
+def _kill_when(run: Path, state: SiteActivity, hold_others: bool) -> threading.Thread:
     """Kill the victim's site (its process group) once the live state shows it in
-    ``state`` (and, if asked, some other site still training)."""
+    ``state``. With ``hold_others`` the other sites are stopped (SIGSTOP) as soon as the
+    training phase starts and continued after the kill, so the victim's reply is the only
+    one the coordinator can hold when it dies, however busy the machine (no race)."""
 
     def watch() -> None:
         end = time.monotonic() + 900
-        while time.monotonic() < end:
-            time.sleep(0.2)
-            try:
-                with RunStore(run) as store:
-                    live = store.meta.live()
-                pids = json.loads((run / FLWR_HOME / PIDS).read_text())
-            except Exception:
-                continue
-            if live is None or live.round != 1 or live.sites.get(VICTIM) != state:
-                continue
-            if others_training and SiteActivity.TRAINING not in live.sites.values():
-                raise AssertionError("every site finished before the victim could be killed")
-            pid = next(p["pid"] for p in pids if p["role"] == f"site:{VICTIM}")
-            os.killpg(pid, signal.SIGKILL)
-            return
+        held: list[int] = []
+        try:
+            while time.monotonic() < end:
+                time.sleep(0.05)
+                try:
+                    with RunStore(run) as store:
+                        live = store.meta.live()
+                    groups = _groups(run)
+                except Exception:
+                    continue
+                if live is None or live.round != 1:
+                    continue
+                if hold_others and not held and live.sites.get(VICTIM) == SiteActivity.TRAINING:
+                    held = [g for s, g in groups.items() if s != VICTIM]
+                    for g in held:
+                        os.killpg(g, signal.SIGSTOP)
+                if live.sites.get(VICTIM) != state:
+                    continue
+                if hold_others and not held:
+                    raise AssertionError("the victim finished before the others were held")
+                os.killpg(groups[VICTIM], signal.SIGKILL)
+                return
+        finally:
+            for g in held:
+                os.killpg(g, signal.SIGCONT)
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
@@ -100,7 +118,7 @@ def test_killed_after_its_masked_update_stays_in_the_sum(tmp_path, four_sites):
     plain = tmp_path / "plain"
     simulate(_plan(tmp_path, "plain", four_sites), plain, live=False)
     secure = tmp_path / "secure"
-    killer = _kill_when(secure, SiteActivity.DONE, others_training=True)
+    killer = _kill_when(secure, SiteActivity.DONE, hold_others=True)
     simulate(_plan(tmp_path, "secure", four_sites, privacy=SECURE), secure, live=False)
     killer.join(timeout=5)
     logs = _events(secure)
@@ -115,7 +133,7 @@ def test_killed_before_its_masked_update_is_left_out(tmp_path, four_sites):
     plain = tmp_path / "plain3"
     simulate(_plan(tmp_path, "plain3", others), plain, live=False)
     secure = tmp_path / "secure"
-    killer = _kill_when(secure, SiteActivity.TRAINING, others_training=False)
+    killer = _kill_when(secure, SiteActivity.TRAINING, hold_others=False)
     simulate(_plan(tmp_path, "secure", four_sites, privacy=SECURE), secure, live=False)
     killer.join(timeout=5)
     line = next(m for m in _events(secure) if "unmasked the sum" in m)
