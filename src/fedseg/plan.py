@@ -63,10 +63,20 @@ class AlarmConfig(BaseModel):
         0.10, ge=0, description="labels_disagree: Dice its local model must gain on its own cases"
     )
     loss_ratio: float = Field(
-        1.3, gt=1, description="labels_disagree: or its training loss over the others' median"
+        1.5, gt=1, description="labels_disagree: or its training loss over the others' median"
     )
-    labels_alpha: float = Field(0.01, gt=0, lt=1, description="labels_disagree test level")
-    labels_persist: int = Field(2, ge=1, description="consecutive checks labels_disagree holds")
+    delta_inside: float = Field(
+        0.05, ge=0, description="labels_disagree: or its local models lose this much more "
+        "Dice in ET or TC than on the whole tumour (WT) on the other sites' cases",
+    )  # fmt: skip
+    labels_alpha: float = Field(
+        0.1, gt=0, lt=1, description="labels_disagree test level (Bonferroni over ET/TC/WT)"
+    )
+    labels_min_models: int = Field(
+        3, ge=1, description="local-model rounds of away evidence before labels_disagree is "
+        "checked (fewer cannot estimate the model-draw variance)",
+    )  # fmt: skip
+    labels_persist: int = Field(1, ge=1, description="consecutive checks labels_disagree holds")
     window: int | None = Field(None, ge=3, description="only the last N models (None: all)")
     stall_window: int = Field(8, ge=4, description="models in the trend window of `stalled`")
     stall_persist: int = Field(2, ge=1, description="consecutive rounds `stalled` must hold")
@@ -451,15 +461,18 @@ cross_site:
   models_per_round: null  # cap the local models checked per round (round-robin; 71 sites)
 # Automatic alarms (`fedseg alarms`, status, report, dashboard). labels_disagree: a site's
 # local models lose Dice on the other sites' cases beyond the federation's typical loss
-# while gaining on its own cases or training to a high loss, in 2 consecutive checks.
+# and lose it inside the tumour (ET or TC) more than on the whole tumour, or gain on its
+# own cases, or train to a high loss (calibrated: benchmarks/monitoring.py).
 # Without that evidence, a lower own score, a stall or an outlying update is shown as an
 # observation and notifies nobody.
 alarms:
   enabled: true
   delta_away: 0.1      # Dice lost on the other sites' cases beyond the typical loss
-  delta_home: 0.1      # Dice its own model gains on its own cases beyond the others' gain
-  loss_ratio: 1.3      # or its training loss over the others' median
-  labels_alpha: 0.01   # test level (Bonferroni over ET/TC/WT)
+  delta_inside: 0.05   # Dice lost in ET or TC beyond the loss on the whole tumour (WT)
+  delta_home: 0.1      # or Dice its own model gains on its own cases beyond the others'
+  loss_ratio: 1.5      # or its training loss over the others' median
+  labels_alpha: 0.1    # test level (Bonferroni over ET/TC/WT)
+  labels_min_models: 3 # local-model rounds of evidence before the first check
   evidence_window: 3   # local-model rounds each check pools (cases are the unit, not rounds)
   notify_command: null # argv run once per new (site, kind) alarm; env FEDSEG_ALARM_*
 # Which round models stay on disk (models/round_XXXX.pt; 121 MB each at FeTS size). After

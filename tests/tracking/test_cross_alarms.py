@@ -94,7 +94,10 @@ def test_small_site_with_bad_labels_is_flagged_from_away_evidence_and_loss(
 
 
 def test_scanner_site_loses_away_but_is_not_flagged(tmp_path: Path) -> None:
-    run = build_cross_run(tmp_path / "run", federation(), seed=0)  # type: ignore[arg-type]
+    """A scanner twice as far as the benchmark's: its local models lose significantly on
+    the other sites' cases, most on the whole tumour; no sign says its labels differ."""
+    far = profile("scanner", away={"ET": -0.15, "TC": -0.30, "WT": -0.40})
+    run = build_cross_run(tmp_path / "run", federation(scan=far), seed=0)  # type: ignore[arg-type]
     with RunStore(run) as store:
         ev = site_evidence(store, 8, CFG.evidence_window)
     res = labels_check(ev, "scan", CFG)
@@ -129,7 +132,7 @@ def test_observations_do_not_notify_alarms_do_with_their_evidence(tmp_path: Path
     assert env["FEDSEG_ALARM_LEVEL"] == "alarm" and env["FEDSEG_ALARM_RUN"] == str(run)
     evidence = json.loads(env["FEDSEG_ALARM_EVIDENCE"])
     assert evidence["kind"] == LABELS and evidence["text"] == env["FEDSEG_ALARM_MESSAGE"]
-    assert evidence["n_cases"] > 0 and evidence["evaluators"] and evidence["p"] < 0.01
+    assert evidence["n_cases"] > 0 and evidence["evaluators"] and evidence["p"] < cfg.labels_alpha
 
 
 def test_below_federation_is_an_alarm_without_cross_site_evidence(tmp_path: Path) -> None:
@@ -168,8 +171,9 @@ def test_duplicated_rounds_do_not_change_a_p_value(tmp_path: Path) -> None:
         assert d.away.n_cases == e.away.n_cases  # cases, not cases x rounds
         if e.home is not None:
             assert d.home_se == pytest.approx(e.home_se)
-    p0 = labels_check(base, "bad", CFG)
-    p1 = labels_check(more, "bad", CFG)
+    one_model = CFG.model_copy(update={"labels_min_models": 1})  # base has model 1 only
+    p0 = labels_check(base, "bad", one_model)
+    p1 = labels_check(more, "bad", one_model)
     assert p0 is not None and p1 is not None and p1.p == pytest.approx(p0.p)
 
     # below_federation: 5 more models that repeat the values of model 1 keep the p-value
@@ -263,3 +267,24 @@ def test_an_update_outlier_is_an_observation_unless_cross_site_evidence_agrees(
     # with cross-site evidence that c1's local models do fine elsewhere: shown, not notified
     assert found[0].level == (AlarmLevel.OBSERVATION if cross else AlarmLevel.ALARM)
     assert found[0].evidence is not None and found[0].evidence.statistic == "robust_z"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_loss_inside_the_tumour_and_not_on_the_whole_tumour_flags(
+    tmp_path: Path, seed: int
+) -> None:
+    """Scrambled labels (no home gain, a normal loss): their local models lose in ET/TC and
+    not on WT, which flags them; the same ET/TC losses with WT lost as much (what another
+    scanner does) are significant away but do not."""
+    inside = profile("scramble")
+    whole = profile("scramble", away={"ET": -0.47, "TC": -0.36, "WT": -0.45})
+    run = build_cross_run(tmp_path / "in", federation(inside), seed=seed)  # type: ignore[arg-type]
+    labels = [a for a in alarms_of(run) if a.kind == LABELS]
+    assert labels and {a.site for a in labels} == {"bad"}
+    assert "more there than on the whole tumour" in labels[0].message
+    run = build_cross_run(tmp_path / "wt", federation(whole), seed=seed)  # type: ignore[arg-type]
+    assert [a for a in alarms_of(run) if a.kind == LABELS] == []
+    with RunStore(run) as store:
+        res = labels_check(site_evidence(store, 8, CFG.evidence_window), "bad", CFG)
+    assert res is not None and res.away_significant and not res.holds
+    assert res.inside_p is None or res.inside_p > CFG.labels_alpha

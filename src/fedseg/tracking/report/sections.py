@@ -117,10 +117,11 @@ def alarms_section(
             "local models of each site, rounds collapsed per case): the away effect is what "
             "its local models lose (-) or gain on the other sites' cases beyond the other "
             "sites' median, with its standard error; <i>labels_disagree</i> needs it below "
-            f"-{cfg.delta_away:g} in some region (Bonferroni p &lt; {cfg.labels_alpha:g}) and a "
-            f"home gain beyond +{cfg.delta_home:g} or a training loss above "
+            f"-{cfg.delta_away:g} in some region (Bonferroni p &lt; {cfg.labels_alpha:g}) and "
+            f"a loss in ET or TC beyond the WT loss by {cfg.delta_inside:g} (inside), or a "
+            f"home gain beyond +{cfg.delta_home:g}, or a training loss above "
             f"{cfg.loss_ratio:g}x the others' median, in {cfg.labels_persist} consecutive "
-            "checks.</p>"
+            f"check(s) on at least {cfg.labels_min_models} local-model rounds.</p>"
         )
         rows: list[list[object]] = []
         for site in sorted({s for s, _ in ev}):
@@ -129,10 +130,12 @@ def alarms_section(
                 continue
             e = res.evidence
             rows.append([site, res.region, e.centred, e.centred_se, fmt_p(res.p),
+                         res.inside, fmt_p(res.inside_p) if res.inside_p is not None else "-",
                          e.home_centred, fmt_p(res.home_p) if res.home_p is not None else "-",
                          e.loss_ratio, "yes" if res.holds else "no"])  # fmt: skip
-        body.append(table(["site", "region", "away effect", "SE", "away p", "home gain",
-                           "home p", "loss ratio", "rule holds now"], rows))  # fmt: skip
+        body.append(table(["site", "region", "away effect", "SE", "away p", "inside",
+                           "inside p", "home gain", "home p", "loss ratio", "rule holds now"],
+                          rows))  # fmt: skip
     tests = site_tests(store, last, cfg) if last else []
     if tests:
         body.append(
