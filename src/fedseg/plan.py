@@ -56,7 +56,7 @@ class AlarmConfig(BaseModel):
         3, ge=1, description="local-model rounds of cross-site evidence each check pools"
     )
     delta_away: float = Field(
-        0.10, ge=0, description="labels_disagree: Dice the site's local models must lose on "
+        0.05, ge=0, description="labels_disagree: Dice the site's local models must lose on "
         "the other sites' cases beyond the federation's typical loss",
     )  # fmt: skip
     delta_home: float = Field(
@@ -70,7 +70,7 @@ class AlarmConfig(BaseModel):
         "Dice in ET or TC than on the whole tumour (WT) on the other sites' cases",
     )  # fmt: skip
     labels_alpha: float = Field(
-        0.1, gt=0, lt=1, description="labels_disagree test level (Bonferroni over ET/TC/WT)"
+        0.05, gt=0, lt=1, description="labels_disagree test level (Bonferroni over ET/TC/WT)"
     )
     labels_min_models: int = Field(
         3, ge=1, description="local-model rounds of away evidence before labels_disagree is "
@@ -467,11 +467,11 @@ cross_site:
 # observation and notifies nobody.
 alarms:
   enabled: true
-  delta_away: 0.1      # Dice lost on the other sites' cases beyond the typical loss
+  delta_away: 0.05     # Dice lost on the other sites' cases beyond the typical loss
   delta_inside: 0.05   # Dice lost in ET or TC beyond the loss on the whole tumour (WT)
   delta_home: 0.1      # or Dice its own model gains on its own cases beyond the others'
   loss_ratio: 1.5      # or its training loss over the others' median
-  labels_alpha: 0.1    # test level (Bonferroni over ET/TC/WT)
+  labels_alpha: 0.05   # test level (Bonferroni over ET/TC/WT)
   labels_min_models: 3 # local-model rounds of evidence before the first check
   evidence_window: 3   # local-model rounds each check pools (cases are the unit, not rounds)
   notify_command: null # argv run once per new (site, kind) alarm; env FEDSEG_ALARM_*

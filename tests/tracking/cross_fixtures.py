@@ -50,27 +50,27 @@ class SiteProfile:
 PROFILES: dict[str, SiteProfile] = {
     "clean": SiteProfile(),
     # smaller tumours, noisier scanner: low own score, its local model fine elsewhere
-    "hard": SiteProfile(away=_r(0.02, 0.04, 0.05), home=_r(0.05, 0.09, 0.10), own=-0.15, loss=0.21),
+    "hard": SiteProfile(away=_r(0.03, 0.06, 0.05), home=_r(0.05, 0.09, 0.10), own=-0.15, loss=0.21),
     # another scanner: its local models lose elsewhere, most on the whole tumour (WT), no
     # home gain, normal loss
     "scanner": SiteProfile(
-        away=_r(-0.06, -0.14, -0.19), home=_r(-0.06, -0.10, -0.14), own=0.05, loss=0.22
+        away=_r(-0.11, -0.14, -0.21), home=_r(-0.06, -0.10, -0.14), own=0.05, loss=0.22
     ),
     # eroded labels: lose away (ET most, WT not), a home gain in ET, high loss
     "eroded": SiteProfile(
-        away=_r(-0.47, -0.16, 0.02), home=_r(0.16, -0.03, 0.12), own=-0.12, loss=0.31
+        away=_r(-0.48, -0.12, -0.01), home=_r(0.16, -0.03, 0.12), own=-0.12, loss=0.31
     ),
     # shifted labels: lose away in ET, no home gain, high loss
     "shifted": SiteProfile(
-        away=_r(-0.30, -0.15, 0.05), home=_r(-0.04, 0.03, 0.01), own=-0.15, loss=0.31
+        away=_r(-0.30, -0.12, 0.05), home=_r(-0.04, 0.03, 0.01), own=-0.15, loss=0.31
     ),
     # NCR<->ED swapped: TC only; a small home gain on TC, normal loss
     "swapped": SiteProfile(
-        away=_r(-0.04, -0.35, 0.02), home=_r(-0.01, 0.11, -0.02), own=-0.08, loss=0.20
+        away=_r(-0.06, -0.38, 0.02), home=_r(-0.01, 0.11, -0.02), own=-0.08, loss=0.20
     ),
     # scrambled labels: lose away everywhere but WT, no home gain, normal loss
     "scramble": SiteProfile(
-        away=_r(-0.47, -0.36, 0.07), home=_r(-0.04, -0.17, 0.04), own=-0.25, loss=0.20
+        away=_r(-0.61, -0.51, 0.07), home=_r(-0.04, -0.17, 0.04), own=-0.25, loss=0.20
     ),
 }
 
@@ -96,9 +96,13 @@ def build_cross_run(
     model_sd: float = 0.08,
     case_sd: float = 0.12,
     heterogeneity_sd: float = 0.04,
+    evaluator_shift: dict[str, dict[str, float]] | None = None,
 ) -> Path:
     """Write a finished run of ``rounds`` rounds to ``run`` (see the module docstring);
-    ``cross=False`` writes no cross-site rows (a run without cross-site validation)."""
+    ``cross=False`` writes no cross-site rows (a run without cross-site validation);
+    ``evaluator_shift`` adds, per evaluator and region, a shift to every local model's
+    away effect on that evaluator's cases (e.g. cases without enhancing tumour)."""
+    shift = evaluator_shift or {}
     rng = np.random.default_rng(seed)
     prof = {s: PROFILES[p] if isinstance(p, str) else p for s, p in sites.items()}
     names = sorted(prof)
@@ -136,7 +140,9 @@ def build_cross_run(
                     chosen = [e for e in perm[start + 1 :] + perm[: start + 1] if e != s]
                     chosen = chosen[: min(evaluators_per_model, len(order))]
                     for e in chosen:
-                        rows += _cell(rnd, s, mr, e, mr, prof[s].away, curvature,
+                        away = {g: v + shift.get(e, {}).get(g, 0.0)
+                                for g, v in prof[s].away.items()}  # fmt: skip
+                        rows += _cell(rnd, s, mr, e, mr, away, curvature,
                                       model_draw[(s, mr)], diff_case, rng, heterogeneity_sd,
                                       base[mr] + prof[e].own)  # fmt: skip
                 store.record_cross(rows)

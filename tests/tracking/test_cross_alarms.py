@@ -277,7 +277,7 @@ def test_a_loss_inside_the_tumour_and_not_on_the_whole_tumour_flags(
     not on WT, which flags them; the same ET/TC losses with WT lost as much (what another
     scanner does) are significant away but do not."""
     inside = profile("scramble")
-    whole = profile("scramble", away={"ET": -0.47, "TC": -0.36, "WT": -0.45})
+    whole = profile("scramble", away={"ET": -0.61, "TC": -0.51, "WT": -0.58})
     run = build_cross_run(tmp_path / "in", federation(inside), seed=seed)  # type: ignore[arg-type]
     labels = [a for a in alarms_of(run) if a.kind == LABELS]
     assert labels and {a.site for a in labels} == {"bad"}
@@ -288,3 +288,23 @@ def test_a_loss_inside_the_tumour_and_not_on_the_whole_tumour_flags(
         res = labels_check(site_evidence(store, 8, CFG.evidence_window), "bad", CFG)
     assert res is not None and res.away_significant and not res.holds
     assert res.inside_p is None or res.inside_p > CFG.labels_alpha
+
+
+def test_an_evaluator_that_moves_every_model_neither_hides_nor_fakes_a_site(
+    tmp_path: Path,
+) -> None:
+    """One evaluator's cases make every local model 'gain' 0.5 Dice in ET (benchmark seed
+    7 had such an evaluator): the away effects are compared on the same evaluator's cases,
+    so no interval widens much, the scrambled site is still flagged and nobody else is."""
+    sites = federation("scramble")
+    plain = build_cross_run(tmp_path / "plain", sites, seed=2)  # type: ignore[arg-type]
+    moved = build_cross_run(tmp_path / "moved", sites, seed=2,  # type: ignore[arg-type]
+                            evaluator_shift={"c1": {"ET": 0.5}})  # fmt: skip
+    with RunStore(plain) as a, RunStore(moved) as b:
+        ev_a = site_evidence(a, 8, CFG.evidence_window)
+        ev_b = site_evidence(b, 8, CFG.evidence_window)
+    for site in ("c2", "hard", "scan", "tiny", "bad"):
+        sa, sb = ev_a[(site, "ET")].centred_se, ev_b[(site, "ET")].centred_se
+        assert sa is not None and sb is not None and sb < 1.25 * sa, (site, sa, sb)
+    found = alarms_of(moved)
+    assert {a.site for a in found} == {"bad"} and found[0].kind == LABELS

@@ -18,8 +18,8 @@ The statistics are in ``tracking.evidence`` (cases are the unit, rounds are coll
     scrambled sub-regions, an eroded or shifted enhancing rim) leave the union of the
     labels, WT, nearly intact; another scanner or intensity profile moves the whole
     tumour's boundary first. Measured on the benchmark's 20 calibration seeds after round
-    6 (centred away effect ET/TC/WT, medians): another scanner -0.06/-0.14/-0.19, the
-    mislabeled kinds -0.04..-0.47 / -0.15..-0.36 / +0.02..+0.07;
+    6 (centred away effect ET/TC/WT, medians): another scanner -0.11/-0.14/-0.21, the
+    mislabeled kinds -0.06..-0.61 / -0.12..-0.51 / -0.01..+0.07;
   - *home gain*: its own local model gains more than ``delta_home`` on its own cases
     beyond the others' home gain (significantly above 0: the site's few cases);
   - *loss*: its training loss is above ``loss_ratio`` times the others' median (labels
