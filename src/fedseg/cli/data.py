@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True)
 
+#: Above this many sites `fedseg data synth` prints one summary line, not one per site.
+MANY_SITES = 12
+
 
 # --- fedseg data check / fedseg data split ---------------------------------------------------
 # Imports are local to each command so that `fedseg --help` stays fast.
@@ -168,8 +171,28 @@ def synth(
     out: Path = typer.Argument(
         ..., help="Folder to write site1/, site2/, ... and synth.yaml into."
     ),
-    sites: int = typer.Option(3, "--sites", min=1, help="Number of sites."),
-    cases_per_site: int = typer.Option(8, "--cases-per-site", min=1, help="Cases per site."),
+    sites: int | None = typer.Option(None, "--sites", min=1, help="Number of sites (default 3)."),
+    cases_per_site: int | None = typer.Option(
+        None, "--cases-per-site", min=1, help="Cases at every site (default 8)."
+    ),
+    cases: int | None = typer.Option(
+        None, "--cases", min=1, help="Total cases, drawn over the sites by --sizes."
+    ),
+    sizes: str | None = typer.Option(
+        None,
+        "--sizes",
+        help="How --cases is shared: equal (default), lognormal:SIGMA (e.g. lognormal:1.2: a "
+        "few large sites, many with a handful), zipf:S; or a FILE of one count per line.",
+    ),
+    partition: Path | None = typer.Option(
+        None,
+        "--partition",
+        help="FeTS challenge partition CSV (Partition_ID,Subject_ID): its institutions "
+        "become sites inst<ID> with its subject ids as case names.",
+    ),
+    held_out: int = typer.Option(
+        0, "--held-out", min=0, help="Sites drawn by the seed to hold out (synth.yaml held_out)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
     spacing: float = typer.Option(
         2.0, "--spacing", help="Voxel size in mm: 2 -> 120x120x78, 1 -> 240x240x155 (BraTS)."
@@ -228,6 +251,7 @@ def synth(
     (the config and every site's scanner profile, enough to repeat the data set).
     A heterogeneous federation for monitoring: e.g. --sites 5 --hard-site 2
     --scanner-site 3 --val-cases site4:2 --bad-site 5 --bad-kind shifted.
+    The study's scale: --sites 71 --cases 600 --sizes lognormal:1.2 --held-out 6.
     """
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -235,7 +259,9 @@ def synth(
     from fedseg.data.synth import BadKind, SynthConfig, generate_dataset
     from fedseg.data.synth.generate import HELDBACK, prepare_output
     from fedseg.data.synth.presets import customized
+    from fedseg.data.synth.sizes import few_validation_sites, synth_counts
     from fedseg.errors import FedsegError
+    from fedseg.model.summary import MIN_SUMMARY_CASES
 
     kinds = [k.value for k in BadKind]
     if bad_kind not in kinds:
@@ -252,10 +278,20 @@ def synth(
         if not sep or not site or not count.strip().isdigit():
             raise FedsegError(f"--val-cases {item}: give SITE:N, e.g. site4:2")
         n_val[site] = int(count)
+    counts = synth_counts(
+        sites=sites,
+        cases_per_site=cases_per_site,
+        cases=cases,
+        sizes=sizes,
+        partition=partition,
+        seed=seed,
+    )
     try:
         config = SynthConfig(
-            sites=sites,
-            cases_per_site=cases_per_site,
+            sites=counts.sites,
+            cases_per_site=counts.cases_per_site,
+            partition=counts.partition,
+            held_out=held_out,
             seed=seed,
             spacing=spacing,
             bad_sites=bad_site,
@@ -287,13 +323,55 @@ def synth(
             workers=workers,
             overwrite=overwrite,
         )
-    for site, folders in result.items():
-        what = "label-only cases" if labels_only else "cases"
-        lacks = f" (lacks {', '.join(config.missing[site])})" if site in config.missing else ""
-        typer.echo(f"{site}: {len(folders)} {what} in {Path(out) / site}{lacks}")
+    held = config.held_out_sites()
+    what = "label-only cases" if labels_only else "cases"
+    if len(result) > MANY_SITES:
+        n = sorted(len(f) for f in result.values())
+        typer.echo(
+            f"{len(result)} sites, {sum(n)} {what} in {Path(out)}/{{{config.names_hint()}}}: "
+            f"{n[0]}..{n[-1]} per site, median {n[len(n) // 2]}"
+        )
+    else:
+        for site, folders in result.items():
+            lacks = f" (lacks {', '.join(config.missing[site])})" if site in config.missing else ""
+            tag = " (held out)" if site in held else ""
+            typer.echo(f"{site}: {len(folders)} {what} in {Path(out) / site}{lacks}{tag}")
+    few = [] if labels_only else few_validation_sites(config)
+    if few:
+        typer.echo(
+            f"{len(few)} of {config.sites} sites have fewer than {MIN_SUMMARY_CASES} "
+            f"validation cases: they train but send no validation summary"
+        )
+    if held:
+        typer.echo(f"held-out sites (synth.yaml held_out): {', '.join(held)}")
     if config.missing:
         typer.echo(f"held-back images: {Path(out) / HELDBACK}")
     typer.echo(f"config and site profiles: {Path(out) / 'synth.yaml'}")
+
+
+@app.command("partition")
+def partition_cmd(
+    csv_file: Path = typer.Argument(
+        ..., help="FeTS challenge partition CSV (Partition_ID,Subject_ID)."
+    ),
+    cases: Path = typer.Option(
+        ..., "--cases", help="Folder holding one case folder per subject id (real data)."
+    ),
+    out: Path = typer.Option(..., "--out", help="New or empty folder for the site folders."),
+) -> None:
+    """Lay out real cases into one site folder per institution of a partition file.
+
+    OUT/inst<ID>/<subject> are symlinks to CASES/<subject> (nothing is copied); each
+    OUT/inst<ID> is a site folder for `fedseg data check` and a site's data_dir.
+    """
+    from fedseg.data.partition import link_partition
+
+    result = link_partition(csv_file, cases, out)
+    n = sorted(len(v) for v in result.values())
+    typer.echo(
+        f"{out}: {len(result)} institution folders, {sum(n)} cases linked from {cases} "
+        f"({n[0]}..{n[-1]} per site)"
+    )
 
 
 @app.command("show")

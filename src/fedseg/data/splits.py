@@ -88,13 +88,18 @@ def case_score(case_id: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def first_split(case_ids: list[str], seed: int, val_fraction: float) -> dict[str, Side]:
-    """Split a new folder: the lowest-score fraction (rounded half up; >= 1 when n >= 2, and
-    never every case) goes to validation."""
-    n = len(case_ids)
+def validation_count(n: int, val_fraction: float = DEFAULT_VAL_FRACTION) -> int:
+    """Validation cases of a first split of ``n`` cases: ``n * val_fraction`` rounded half
+    up, at least 1 when ``n >= 2``, and never every case."""
     n_val = math.floor(n * val_fraction + 0.5)
     if n >= 2:
         n_val = min(max(n_val, 1), n - 1)
+    return n_val
+
+
+def first_split(case_ids: list[str], seed: int, val_fraction: float) -> dict[str, Side]:
+    """Split a new folder: the lowest-score ``validation_count`` cases go to validation."""
+    n_val = validation_count(len(case_ids), val_fraction)
     ranked = sorted(case_ids, key=lambda c: (case_score(c, seed), c))
     val = set(ranked[:n_val])
     return {c: Side.VAL if c in val else Side.TRAIN for c in sorted(case_ids)}

@@ -5,6 +5,7 @@ from fedseg.data.synth.generate import (
     SynthCase,
     generate_dataset,
     make_tiny_dataset,
+    read_held_out,
     read_record,
     synth_case,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "SynthConfig",
     "generate_dataset",
     "make_tiny_dataset",
+    "read_held_out",
     "read_record",
     "synth_case",
 ]

@@ -46,13 +46,17 @@ class SiteProfile(BaseModel):
     bad_shift_vox: tuple[int, int, int] = (0, 0, 0)
 
 
+#: The most sites one synthetic data set may have (the study federated 71).
+MAX_SITES = 1024
+
+
 class SynthConfig(BaseModel):
     """What `fedseg data synth` generates. ``spacing`` in mm picks the grid: the BraTS
     240x240x155 mm field of view at that voxel size (2 mm -> 120x120x78)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    sites: int = Field(3, ge=1, le=64)
+    sites: int = Field(3, ge=1, le=MAX_SITES)
     cases_per_site: int | list[int] = 8
     seed: int = 0
     spacing: float = Field(2.0, ge=1.0, le=8.0)
@@ -69,6 +73,14 @@ class SynthConfig(BaseModel):
         default_factory=dict,
         description="site name -> its validation cases (its split file is written with "
         "exactly that many); the other sites are split on first use",
+    )
+    partition: dict[str, list[str]] | None = Field(
+        None,
+        description="site folder name -> its case ids (a challenge partition file, "
+        "data.partition.read_partition); None: site1..siteN with cases <site>_000...",
+    )
+    held_out: int = Field(
+        0, ge=0, description="sites drawn by the seed to hold out (synth.yaml held_out)"
     )
 
     @field_validator("missing")
@@ -96,6 +108,13 @@ class SynthConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> SynthConfig:
+        if self.partition is not None:
+            sizes = [len(v) for v in self.partition.values()]
+            if len(sizes) != self.sites or sizes != self.case_counts():
+                raise ValueError(
+                    f"partition has {len(sizes)} sites of {sizes} cases; set sites and "
+                    f"cases_per_site from it (synth.sizes.partition_config)"
+                )
         if isinstance(self.cases_per_site, list) and len(self.cases_per_site) != self.sites:
             raise ValueError(
                 f"cases_per_site lists {len(self.cases_per_site)} sites, not {self.sites}"
@@ -104,13 +123,13 @@ class SynthConfig(BaseModel):
             raise ValueError(f"profiles lists {len(self.profiles)} sites, not {self.sites}")
         unknown = sorted(set(self.missing) - set(self.site_names()))
         if unknown:
-            raise ValueError(f"missing names {unknown[0]}; the sites are site1..site{self.sites}")
+            raise ValueError(f"missing names {unknown[0]}; the sites are {self.names_hint()}")
         if self.missing and self.labels_only:
             raise ValueError("labels_only writes no image, so no modality can be missing")
         counts = dict(zip(self.site_names(), self.case_counts(), strict=True))
         for site, n in self.val_cases.items():
             if site not in counts:
-                raise ValueError(f"val_cases names {site}; the sites are site1..site{self.sites}")
+                raise ValueError(f"val_cases names {site}; the sites are {self.names_hint()}")
             if not 1 <= n < counts[site]:
                 raise ValueError(
                     f"val_cases {site}:{n}: {site} has {counts[site]} cases, give it "
@@ -118,10 +137,36 @@ class SynthConfig(BaseModel):
                 )
         if self.val_cases and self.labels_only:
             raise ValueError("labels_only writes no labelled case to split")
+        if self.held_out >= self.sites:
+            raise ValueError(
+                f"held_out {self.held_out}: hold out 0..{self.sites - 1} of the {self.sites} "
+                f"sites (at least one site must train)"
+            )
         return self
 
     def site_names(self) -> list[str]:
+        if self.partition is not None:
+            return list(self.partition)
         return [f"site{i + 1}" for i in range(self.sites)]
+
+    def names_hint(self) -> str:
+        """``site1..site71`` (first..last site name), for error messages."""
+        names = self.site_names()
+        return names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
+
+    def case_ids(self, site_index: int) -> list[str]:
+        """The case folder names of site ``site_index`` (0-based): the partition's subject
+        ids, else ``<site>_000``, ``<site>_001``, ..."""
+        site = self.site_names()[site_index]
+        if self.partition is not None:
+            return list(self.partition[site])
+        return [f"{site}_{i:03d}" for i in range(self.case_counts()[site_index])]
+
+    def held_out_sites(self) -> list[str]:
+        """The ``held_out`` sites, drawn by the seed (``synth.sizes.held_out_sites``)."""
+        from fedseg.data.synth.sizes import held_out_sites
+
+        return held_out_sites(self.site_names(), self.held_out, self.seed)
 
     def case_counts(self) -> list[int]:
         c = self.cases_per_site
@@ -139,9 +184,12 @@ class SynthConfig(BaseModel):
                 raise FedsegError(f"--bad-site {s}: sites are numbered 1..{self.sites}")
         profiles = self.profiles or draw_profiles(self.sites, self.seed, self.spacing)
         out = []
-        for i, p in enumerate(profiles):
+        for i, (p, name) in enumerate(zip(profiles, self.site_names(), strict=True)):
             bad = self.bad_kind if (i + 1) in self.bad_sites else p.bad_kind
-            out.append(p.model_copy(update={"bad_kind": bad}))
+            update: dict[str, object] = {"bad_kind": bad}
+            if self.partition is not None:
+                update["name"] = name
+            out.append(p.model_copy(update=update))
         return out
 
 

@@ -8,6 +8,13 @@ API for other code and tests:
   profiles, cases). Same config -> identical files; ``read_record(out)`` gives the config back.
 - ``synth_case(config, profiles, site_index, case_index) -> SynthCase`` makes one case in
   memory (image, written label, the clean label before a bad site's errors, affine).
+- ``read_held_out(out) -> list[str]``: the sites ``--held-out K`` drew (synth.yaml
+  ``held_out``), for a benchmark that evaluates on them.
+
+Site and case names: ``site1..siteN`` with cases ``site1_000, ...``; with
+``config.partition`` (``--partition FILE.csv``, a FeTS challenge partition) the
+institutions ``inst<ID>`` with the subject ids as case names, as ``fedseg data partition``
+lays out real cases.
 - ``make_tiny_dataset(out, sites=2, cases_per_site=3, seed=0, spacing=4.0)`` is the quick
   fixture for other layers' tests: 60x60x39 voxels, about a second per case.
 
@@ -54,6 +61,8 @@ from fedseg.data.synth.tumor import TumorPlan, draw_tumor, plan_tumor
 from fedseg.errors import FedsegError
 
 SYNTH_YAML = "synth.yaml"
+#: synth.yaml's list of held-out site names (``--held-out K``; ``read_held_out``).
+HELD_OUT_KEY = "held_out"
 #: Where the held-back images of ``config.missing`` go, inside the output folder.
 HELDBACK = "heldback"
 
@@ -71,10 +80,6 @@ class SynthCase:
     affine: np.ndarray
     plan: TumorPlan
     anatomy: Anatomy
-
-
-def case_id(site: str, index: int) -> str:
-    return f"{site}_{index:03d}"
 
 
 def synth_case(
@@ -95,7 +100,7 @@ def synth_case(
     clean = draw_tumor(anat, plan, rng)
     images = acquire(synthesize(anat, clean, rng), anat.brain, profile, config.spacing, rng)
     label = corrupt_label(clean, anat.brain, profile, config.spacing)
-    name = case_id(config.site_names()[site_index], case_index)
+    name = config.case_ids(site_index)[case_index]
     return SynthCase(name, images, label, clean, anat.affine, plan, anat)
 
 
@@ -160,6 +165,7 @@ def _record(
         "grid_shape": list(config.grid_shape()),
         "profiles": [p.model_dump(mode="json") for p in profiles],
         "cases": cases,
+        HELD_OUT_KEY: config.held_out_sites(),
     }
     (out / SYNTH_YAML).write_text(yaml.safe_dump(doc, sort_keys=False))
 
@@ -176,6 +182,21 @@ def read_record(out: Path) -> SynthConfig:
         return SynthConfig(**doc["config"], profiles=profiles)
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise FedsegError(f"{path}: not a valid synth record ({exc}); regenerate it") from None
+
+
+def read_held_out(out: Path) -> list[str]:
+    """The held-out site names recorded in ``out/synth.yaml`` (``--held-out K``; [] when
+    none): a benchmark evaluates on them, and no plan lists them."""
+    path = Path(out) / SYNTH_YAML
+    config = read_record(out)
+    doc = yaml.safe_load(path.read_text())
+    names = doc.get(HELD_OUT_KEY) or []
+    if not isinstance(names, list) or not set(map(str, names)) <= set(config.site_names()):
+        raise FedsegError(
+            f"{path}: {HELD_OUT_KEY} must list site names of the data set, not {names!r}; "
+            f"regenerate it with `fedseg data synth --held-out K`"
+        )
+    return [str(n) for n in names]
 
 
 def generate_dataset(

@@ -143,8 +143,9 @@ def customized(
     for item in edits:
         site, key, value = parse_edit(item)
         if site not in names:
-            raise FedsegError(f"--profile {item}: no site {site!r}; the sites are site1..site"
-                              f"{config.sites}")  # fmt: skip
+            raise FedsegError(
+                f"--profile {item}: no site {site!r}; the sites are {config.names_hint()}"
+            )
         i = names.index(site)
         profiles[i] = edit_profile(profiles[i], key, value)
     return config.model_copy(update={"profiles": profiles})
