@@ -155,3 +155,20 @@ def test_partition_config_names_sites_and_cases(tmp_path: Path) -> None:
         SynthConfig(sites=2, cases_per_site=[1, 2], partition=table)
     with pytest.raises(ValueError, match=r"the sites are inst1\.\.inst10"):
         SynthConfig(sites=2, cases_per_site=[2, 1], partition=table, missing={"site1": ["t1"]})
+
+
+def test_read_held_out_checks_the_record(tmp_path: Path) -> None:
+    import yaml
+
+    config = SynthConfig(sites=3, cases_per_site=1, spacing=8, labels_only=True)
+    generate_dataset(tmp_path, config)
+    assert read_held_out(tmp_path) == []  # none drawn
+    path = tmp_path / "synth.yaml"
+    doc = yaml.safe_load(path.read_text())
+    del doc["held_out"]
+    path.write_text(yaml.safe_dump(doc))
+    assert read_held_out(tmp_path) == []  # a record written before --held-out existed
+    doc["held_out"] = ["site9"]
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(FedsegError, match="held_out must list site names of the data set"):
+        read_held_out(tmp_path)
