@@ -3,12 +3,18 @@
 The baseline of benchmarks/federation.py: what a round costs in Flower alone (messages,
 process start-up, polling), with no training, validation, checks or bookkeeping. The
 ServerApp polls replies every 0.25 s as fedseg's does (Flower's send_and_receive sleeps 3 s).
+It runs on plain SuperNodes (Flower's own isolation): a fedseg site's app guard refuses it.
+
+The ServerApp writes its result to run-config ``result``: ``{"rounds": [...], "sent_bytes":
+N}``, or ``{"error": "<one line>"}`` as soon as a node answers with an error instead of the
+arrays, or when ``timeout_s`` passes before the nodes connect or reply.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
@@ -17,19 +23,39 @@ from flwr.serverapp import Grid, ServerApp
 
 serverapp = ServerApp()
 clientapp = ClientApp()
+POLL_S = 0.25
 
 
-@serverapp.main()
-def main(grid: Grid, context: Context) -> None:
-    cfg = context.run_config
-    with np.load(str(cfg["arrays"]), allow_pickle=False) as z:
-        record = ArrayRecord(array_dict={k: Array(z[k]) for k in z.files})
-    n_nodes = int(cfg["nodes"])
-    while len(list(grid.get_node_ids())) < n_nodes:
-        time.sleep(0.25)
-    nodes = list(grid.get_node_ids())
-    rounds = []
-    for r in range(int(cfg["rounds"])):
+class BareExchangeError(RuntimeError):
+    """The exchange cannot go on (the message says why, on one line)."""
+
+
+def reply_bytes(reply: Message) -> int:
+    """Bytes of the arrays a node echoed; a :class:`BareExchangeError` if its reply carries
+    an error instead (a SuperNode that refused or failed the task)."""
+    if reply.has_error():
+        err = reply.error
+        reason = " ".join(str(err.reason).split())[:300]
+        raise BareExchangeError(
+            f"node {reply.metadata.src_node_id} replied with Flower error {err.code} "
+            f"instead of the arrays: {reason}"
+        )
+    return int(reply.content["w"].count_bytes())
+
+
+def exchange(grid: Grid, record: ArrayRecord, rounds: int, n_nodes: int,
+             timeout_s: float) -> list[dict[str, object]]:  # fmt: skip
+    """Wait for ``n_nodes`` nodes, then ``rounds`` rounds of send-and-echo; per round its
+    wall time and the bytes each reply carried."""
+    end = time.monotonic() + timeout_s
+    while len(nodes := list(grid.get_node_ids())) < n_nodes:
+        if time.monotonic() > end:
+            raise BareExchangeError(
+                f"only {len(nodes)} of {n_nodes} SuperNodes connected within {timeout_s:.0f} s"
+            )
+        time.sleep(POLL_S)
+    out: list[dict[str, object]] = []
+    for r in range(rounds):
         t0 = time.monotonic()
         msgs = [grid.create_message(RecordDict({"w": record}), "train", n, str(r)) for n in nodes]
         pending = set(grid.push_messages(msgs))
@@ -37,12 +63,33 @@ def main(grid: Grid, context: Context) -> None:
         while pending:
             for m in grid.pull_messages(list(pending)):
                 pending.discard(m.metadata.reply_to_message_id)
-                nbytes.append(m.content["w"].count_bytes())
+                nbytes.append(reply_bytes(m))
             if pending:
-                time.sleep(0.25)
-        rounds.append({"round": r + 1, "wall_s": time.monotonic() - t0, "bytes": nbytes})
-    with open(str(cfg["result"]), "w") as fh:
-        json.dump({"rounds": rounds, "sent_bytes": record.count_bytes()}, fh)
+                if time.monotonic() > end:
+                    raise BareExchangeError(
+                        f"round {r + 1}: {len(pending)} of {len(nodes)} replies missing "
+                        f"after {timeout_s:.0f} s"
+                    )
+                time.sleep(POLL_S)
+        out.append({"round": r + 1, "wall_s": time.monotonic() - t0, "bytes": nbytes})
+    return out
+
+
+@serverapp.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    with np.load(str(cfg["arrays"]), allow_pickle=False) as z:
+        record = ArrayRecord(array_dict={k: Array(z[k]) for k in z.files})
+    try:
+        rounds = exchange(grid, record, int(cfg["rounds"]), int(cfg["nodes"]),
+                          float(cfg["timeout_s"]))  # fmt: skip
+        result: dict[str, object] = {"rounds": rounds, "sent_bytes": record.count_bytes()}
+    except BareExchangeError as e:
+        result = {"error": str(e)}
+    path = Path(str(cfg["result"]))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)  # whole or absent: the benchmark polls for it
 
 
 @clientapp.train()
