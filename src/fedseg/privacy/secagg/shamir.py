@@ -13,7 +13,8 @@ polynomial's value at x = 0, ``sum_j y_j c_j`` with the Lagrange coefficients
 indices. ``Shamir.combine`` computes them again for every 16-byte block of every secret,
 O(t^2) multiplications per block; in a round every secret is rebuilt from the same answering
 sites' shares, so ``combine_many`` computes them once per distinct index set and spends t
-multiplications per block. The only hand-written part is that reuse: the coefficients are
+multiplications per block (each a pure-Python loop over 128 bits in pycryptodome: that is
+what remains of the cost). The only hand-written part is that reuse: the coefficients are
 computed exactly as ``Shamir.combine`` computes them, with pycryptodome's own GF(2^128)
 element (``_Element``: its multiplication, addition and inverse), and no field arithmetic is
 written here. ``combine_secret`` is ``Shamir.combine`` block by block, the reference that
