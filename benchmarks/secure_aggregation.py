@@ -11,12 +11,18 @@ In process, with the real code of both sides (``secure_aggregation_site`` handle
 - bytes per site: what each stage's payload weighs (arrays' bytes plus bytes values),
   against the plain update (float32 weights).
 
+With ``--compare``, the aggregator's Shamir reconstruction of the same round (``rebuild``
+on the sites' real unmask answers) side by side: per secret with pycryptodome's
+``Shamir.combine`` on each block (the path before ``combine_many``) against ``combine_many``
+(Lagrange coefficients once per index set), with the ratio; the secrets must be equal.
+
 Optionally (``--simulate``), one real ``fedseg simulate`` of 3 tiny synthetic sites, one
 round, plain then secure, with each run's round wall time and bytes per site from its store.
 
     python benchmarks/secure_aggregation.py                        # demo net and FeTS (30.2 M)
     python benchmarks/secure_aggregation.py --models tiny --sites 3    # smoke test, seconds
     python benchmarks/secure_aggregation.py --models demo --simulate   # + a real 3-site round
+    python benchmarks/secure_aggregation.py --models demo --sites 24 --compare
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import numpy as np
 from rich.console import Console
@@ -33,6 +41,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import fedseg.federation.rounds.secure_aggregation as secure_aggregation_module
 from fedseg.federation.rounds.aggregation import n_bytes, weighted_average
 from fedseg.federation.rounds.coordinator import SiteFailure
 from fedseg.federation.rounds.secure_aggregation import SecureAggregation
@@ -44,6 +53,8 @@ from fedseg.model.config import NetworkConfig
 from fedseg.model.registry import new_network
 from fedseg.model.weights import Weights, get_weights
 from fedseg.plan import PlanConfig, SiteConfig
+from fedseg.privacy.secagg import protocol
+from fedseg.privacy.secagg.shamir import combine_secret
 from fedseg.run_folder import DeclaredCases
 from fedseg.tracking.store import RunStore
 
@@ -79,7 +90,27 @@ class Timed:
         return out
 
 
-def bench(name: str, net: NetworkConfig, n: int, drop: bool, work: Path) -> dict[str, float]:
+def per_secret(shares: dict[Any, dict[int, bytes]], threshold: int) -> dict[Any, bytes]:
+    """``combine_many``'s job done the old way: ``Shamir.combine`` per block per secret."""
+    return {k: combine_secret(s, threshold) for k, s in shares.items()}
+
+
+def compare_rebuild(args: tuple[Any, ...]) -> dict[str, float]:
+    """``rebuild`` on one round's captured arguments, per secret then with ``combine_many``."""
+    with mock.patch.object(protocol, "combine_many", per_secret):
+        t0 = time.perf_counter()
+        old = protocol.rebuild(*args)
+        old_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    new = protocol.rebuild(*args)
+    new_s = time.perf_counter() - t0
+    assert old == new, "combine_many and the per-secret combine disagree"
+    return {"rebuild_per_secret_s": old_s, "rebuild_combine_many_s": new_s}
+
+
+def bench(
+    name: str, net: NetworkConfig, n: int, drop: bool, work: Path, compare: bool = False
+) -> dict[str, float]:
     g = get_weights(new_network(net, None, 0))
     sites = [f"s{i}" for i in range(n)]
     creds = throwaway_site_creds(work / f"ca-{name}", sites)
@@ -122,8 +153,15 @@ def bench(name: str, net: NetworkConfig, n: int, drop: bool, work: Path) -> dict
             out["bytes_secure_part"] = payload_bytes(secure[s])
             agg.take(s, rep.hidden, 10)
         out["site_mask_s"] = float(np.mean(mask_s))
+        captured: list[tuple[Any, ...]] = []
+
+        def capture(*args: Any) -> protocol.Rebuilt:
+            captured.append(args)
+            return protocol.rebuild(*args)
+
         t0 = time.perf_counter()
-        mean = agg.combine(1, g, t)
+        with mock.patch.object(secure_aggregation_module, "rebuild", capture):
+            mean = agg.combine(1, g, t)
         out["site_unmask_s"] = t.site_s["secagg_unmask"]
         out["agg_unmask_s"] = time.perf_counter() - t0 - t.site_s["secagg_unmask"] * len(masked)
         out["bytes_unmask"] = t.bytes["secagg_unmask"]
@@ -137,6 +175,8 @@ def bench(name: str, net: NetworkConfig, n: int, drop: bool, work: Path) -> dict
         err = [np.abs(mean.weights[k].astype(np.float64) - plain[k]).max() for k in plain
                if plain[k].dtype.kind == "f"]  # fmt: skip
         out["max_abs_err"] = float(max(err))
+        if compare:
+            out |= compare_rebuild(captured[0])
     return out
 
 
@@ -176,11 +216,13 @@ def main() -> None:
     ap.add_argument("--sites", type=int, default=4)
     ap.add_argument("--drop", action="store_true", help="the last site drops before masking")
     ap.add_argument("--simulate", action="store_true", help="plus a real 3-site round")
+    ap.add_argument("--compare", action="store_true",
+                    help="Shamir rebuild per secret against combine_many")  # fmt: skip
     args = ap.parse_args()
     console = Console()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            r = bench(name, MODELS[name], args.sites, args.drop, Path(tmp))
+            r = bench(name, MODELS[name], args.sites, args.drop, Path(tmp), args.compare)
             dropped = ", one dropped" if args.drop else ""
             title = f"{name} network ({r.pop('params'):.0f} parameters), {args.sites} sites"
             tab = Table(title=f"secure aggregation, {title}{dropped}")
@@ -189,6 +231,12 @@ def main() -> None:
             for k, v in r.items():
                 tab.add_row(k, f"{v:.4g}")
             console.print(tab)
+            if args.compare:
+                old, new = r["rebuild_per_secret_s"], r["rebuild_combine_many_s"]
+                console.print(f"{name}, {args.sites} sites: Shamir rebuild per secret "
+                              f"{old:.3f} s, combine_many {new:.3f} s, "
+                              f"{old / new:.1f}x; unmask with combine_many "
+                              f"{r['agg_unmask_s']:.3f} s")  # fmt: skip
         if args.simulate:
             for label, row in simulate_rounds(Path(tmp)).items():
                 console.print(label, row)

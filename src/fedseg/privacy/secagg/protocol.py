@@ -50,7 +50,7 @@ from fedseg.privacy.secagg.keys import (
     verify_keys,
 )
 from fedseg.privacy.secagg.prg import SEED_BYTES, mask
-from fedseg.privacy.secagg.shamir import combine_secret, split_secret
+from fedseg.privacy.secagg.shamir import combine_many, split_secret
 
 #: fewest sites a secure sum may have: with two, each learns the other's update from it
 MIN_SITES = 3
@@ -300,15 +300,18 @@ def rebuild(
             f"only {len(answers)} site(s) answered the unmask request, {threshold} needed"
         )
     index = {s: i + 1 for i, s in enumerate(sites)}
-
-    def secret(of: str, part: int) -> bytes:
-        shares = {index[a]: ans[part][of] for a, ans in answers.items() if of in ans[part]}
-        return combine_secret(shares, threshold)
-
-    seeds = {u: secret(u, 0) for u in included}
+    wanted = [(u, 0) for u in included] + [(v, 1) for v in dropped]
+    shares = {
+        (of, part): {index[a]: ans[part][of] for a, ans in answers.items() if of in ans[part]}
+        for of, part in wanted
+    }
+    # one call: the answering sites' Lagrange coefficients are computed once for all secrets
+    secrets = combine_many(shares, threshold)
+    seeds = {of: sk for (of, part), sk in secrets.items() if part == 0}
     keys = {}
-    for v in dropped:
-        sk = secret(v, 1)
+    for (v, part), sk in secrets.items():
+        if part == 0:
+            continue
         if public_of(sk) != mask_pubs[v]:
             raise FedsegError(f"the shares of site {v!r}'s mask key do not rebuild it: a site "
                               "sent a bad share")  # fmt: skip
