@@ -182,35 +182,44 @@ class _Parts:
     round_effects: tuple[float, ...]
 
 
-def _parts(cells: list[CrossCell], rows: list[CrossRow]) -> _Parts | None:
-    """The collapsed estimate of one site's cells (``rows``: the same evidence per round)."""
-    cells = [c for c in cells if c.n > 0 and math.isfinite(c.mean)]
-    if not cells:
-        return None
-    n = np.array([c.n for c in cells], dtype=np.float64)
-    w = n / n.sum()
-    means = np.array([c.mean for c in cells])
-    v = np.array([case_variance(c.sd, c.n) for c in cells])
-    per_round: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    for r in rows:
-        if r.summary.n > 0 and math.isfinite(r.summary.mean):
-            per_round[r.model_round].append((r.summary.n, r.summary.mean))
+def _pool(means: list[float], variances: list[float], n: list[int], evaluators: list[str],
+          per_round: dict[int, list[tuple[int, float]]]) -> _Parts:  # fmt: skip
+    """One site's estimate from its evaluator cells (``means`` with their case
+    ``variances``, ``n`` cases each) and its per-round values (model round -> ``(n, value)``
+    per evaluator): case-weighted mean, its case variance, DerSimonian-Laird between the
+    cells, and the variance of the per-round case-weighted means over rounds."""
+    n_arr = np.array(n, dtype=np.float64)
+    w = n_arr / n_arr.sum()
+    m_arr, v_arr = np.array(means), np.array(variances)
     effects = tuple(
         float(np.average([m for _, m in vals], weights=[k for k, _ in vals]))
         for _, vals in sorted(per_round.items())
     )
     return _Parts(
-        value=float(np.sum(w * means)),
-        var_cases=float(np.sum(w**2 * v)),
-        tau2=dersimonian_laird(means, v),
+        value=float(np.sum(w * m_arr)),
+        var_cases=float(np.sum(w**2 * v_arr)),
+        tau2=dersimonian_laird(m_arr, v_arr),
         weights2=float(np.sum(w**2)),
         round_var=float(np.var(effects, ddof=1)) if len(effects) >= 2 else None,
         rounds=len(effects),
-        n_cases=int(n.sum()),
-        evaluators=tuple(c.eval_site for c in cells),
+        n_cases=int(n_arr.sum()),
+        evaluators=tuple(evaluators),
         model_rounds=tuple(sorted(per_round)),
         round_effects=effects,
     )
+
+
+def _parts(cells: list[CrossCell], rows: list[CrossRow]) -> _Parts | None:
+    """The collapsed estimate of one site's cells (``rows``: the same evidence per round)."""
+    cells = [c for c in cells if c.n > 0 and math.isfinite(c.mean)]
+    if not cells:
+        return None
+    per_round: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for r in rows:
+        if r.summary.n > 0 and math.isfinite(r.summary.mean):
+            per_round[r.model_round].append((r.summary.n, r.summary.mean))
+    return _pool([c.mean for c in cells], [case_variance(c.sd, c.n) for c in cells],
+                 [c.n for c in cells], [c.eval_site for c in cells], per_round)  # fmt: skip
 
 
 def _floored(parts: dict[str, _Parts]) -> dict[str, Estimate]:
@@ -315,7 +324,7 @@ def centred_away(rows: list[CrossRow], window: int,
                            for r in rs}  # fmt: skip
     parts: dict[str, _Parts] = {}
     for site, own in cells.items():
-        xs, vs, ns = [], [], []
+        xs, vs, ns, used = [], [], [], []
         for j, cell in own.items():
             others = [c[j] for k, c in cells.items() if k != site and j in c]
             if not others:
@@ -324,6 +333,7 @@ def centred_away(rows: list[CrossRow], window: int,
             xs.append(cell.mean - _median_ref([o.mean for o in others]))
             vs.append(case_variance(cell.sd, cell.n) + ref_var / len(others))
             ns.append(cell.n)
+            used.append(j)
         if not xs:
             continue
         by_round: dict[int, list[tuple[int, float]]] = defaultdict(list)
@@ -332,23 +342,7 @@ def centred_away(rows: list[CrossRow], window: int,
                         if k != site and (j, r) in pr]  # fmt: skip
             if others_r:
                 by_round[r].append((n, m - _median_ref(others_r)))
-        effects = tuple(float(np.average([x for _, x in v], weights=[n for n, _ in v]))
-                        for _, v in sorted(by_round.items()))  # fmt: skip
-        n_arr = np.array(ns, dtype=np.float64)
-        w = n_arr / n_arr.sum()
-        x_arr, v_arr = np.array(xs), np.array(vs)
-        parts[site] = _Parts(
-            value=float(np.sum(w * x_arr)),
-            var_cases=float(np.sum(w**2 * v_arr)),
-            tau2=dersimonian_laird(x_arr, v_arr),
-            weights2=float(np.sum(w**2)),
-            round_var=float(np.var(effects, ddof=1)) if len(effects) >= 2 else None,
-            rounds=len(effects),
-            n_cases=int(n_arr.sum()),
-            evaluators=tuple(own),
-            model_rounds=tuple(sorted(by_round)),
-            round_effects=effects,
-        )
+        parts[site] = _pool(xs, vs, ns, used, by_round)
     out = {}
     for site, e in _floored(parts).items():
         raw = est.get(site)
