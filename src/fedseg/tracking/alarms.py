@@ -447,9 +447,11 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
             effect=r.evidence.centred, margin=cfg.delta_away, n_cases=a.n_cases,
             evaluators=list(a.evaluators), model_rounds=list(a.model_rounds), text=text,
         )))  # fmt: skip
+    # with cross-site evidence, the other kinds notify only for a site whose labels it flags
+    flagged = {s for s, r in labels.items() if r.holds}
     for t in site_tests(store, rnd, cfg):
         site, b, st, rounds = t.site, t.below, t.stall, t.models
-        corroborated = site in labels and labels[site].holds
+        corroborated = site in flagged
         level = AlarmLevel.ALARM if corroborated or not cross_run else AlarmLevel.OBSERVATION
         if b.flagged and b.test is not None:
             text = (
@@ -491,7 +493,7 @@ def evaluate_alarms(store: RunStore, rnd: int, cfg: AlarmConfig) -> list[Alarm]:
             med = float(np.median(others))
             text = (f"{site} {label} {dist[site]:.4g} vs median {med:.4g} of the other sites "
                     f"(robust z={z:.1f} > {cfg.outlier_z})")  # fmt: skip
-            corroborated = site in labels and labels[site].holds
+            corroborated = site in flagged
             level = AlarmLevel.ALARM if corroborated or not cross_run else AlarmLevel.OBSERVATION
             text += _ASIDE[level]
             alarms.append(Alarm(rnd, site, OUTLIER, text, level, AlarmEvidence(

@@ -245,17 +245,25 @@ def last_rounds(rounds: Iterable[int], window: int) -> set[int]:
     return set(sorted(set(rounds))[-window:])
 
 
-def _estimates(rows: list[CrossRow], window: int, *, home: bool) -> dict[str, Estimate]:
-    """Per model site, its away (or home) estimate over its last ``window`` local-model
-    rounds with such evidence (``rows``: one region's dice_diff rows)."""
+def _windowed(rows: list[CrossRow], window: int, *, home: bool) -> dict[str, list[CrossRow]]:
+    """Per model site (sorted), its away (or home) rows of its last ``window`` local-model
+    rounds with such evidence."""
     by_site: dict[str, list[CrossRow]] = defaultdict(list)
     for r in rows:
         if r.home == home:
             by_site[r.model_site].append(r)
-    parts: dict[str, _Parts] = {}
+    out = {}
     for site, mine in sorted(by_site.items()):
         keep = last_rounds((r.model_round for r in mine), window)
-        mine = [r for r in mine if r.model_round in keep]
+        out[site] = [r for r in mine if r.model_round in keep]
+    return out
+
+
+def _estimates(rows: list[CrossRow], window: int, *, home: bool) -> dict[str, Estimate]:
+    """Per model site, its away (or home) estimate over its last ``window`` local-model
+    rounds with such evidence (``rows``: one region's dice_diff rows)."""
+    parts: dict[str, _Parts] = {}
+    for site, mine in _windowed(rows, window, home=home).items():
         region = mine[0].region
         p = _parts(cross_cells(mine, region=region, metric=CROSS_DICE_DIFF), mine)
         if p is not None:
@@ -290,10 +298,6 @@ def centred(est: dict[str, Estimate], site: str) -> tuple[float, float, float | 
     return own.value - ref, math.sqrt(own.se**2 + var_ref), ref
 
 
-def _median_ref(values: list[float]) -> float:
-    return float(np.median(values))
-
-
 def centred_away(rows: list[CrossRow], window: int,
                  est: dict[str, Estimate]) -> dict[str, tuple[float, float, float]]:  # fmt: skip
     """Per model site ``i``: ``(c, se, reference)``, its away effect beyond the other
@@ -308,15 +312,10 @@ def centred_away(rows: list[CrossRow], window: int,
     variance over rounds of the same contrast per round. Both are floored by the
     federation's median, as in ``_floored``. Sites with no evaluator shared with another
     model are left out (``centred`` applies)."""
-    mine: dict[str, list[CrossRow]] = defaultdict(list)
-    for r in rows:
-        if not r.home and r.summary.n > 0 and math.isfinite(r.summary.mean):
-            mine[r.model_site].append(r)
     cells: dict[str, dict[str, CrossCell]] = {}
     per_round: dict[str, dict[tuple[str, int], tuple[int, float]]] = {}
-    for site, rs in mine.items():
-        keep = last_rounds((r.model_round for r in rs), window)
-        rs = [r for r in rs if r.model_round in keep]
+    measured = [r for r in rows if r.summary.n > 0 and math.isfinite(r.summary.mean)]
+    for site, rs in _windowed(measured, window, home=False).items():
         region = rs[0].region
         cells[site] = {c.eval_site: c for c in cross_cells(rs, region=region,
                                                             metric=CROSS_DICE_DIFF)}  # fmt: skip
@@ -330,7 +329,7 @@ def centred_away(rows: list[CrossRow], window: int,
             if not others:
                 continue
             ref_var = math.pi / 2 * float(np.mean([case_variance(o.sd, o.n) for o in others]))
-            xs.append(cell.mean - _median_ref([o.mean for o in others]))
+            xs.append(cell.mean - float(np.median([o.mean for o in others])))
             vs.append(case_variance(cell.sd, cell.n) + ref_var / len(others))
             ns.append(cell.n)
             used.append(j)
@@ -341,7 +340,7 @@ def centred_away(rows: list[CrossRow], window: int,
             others_r = [pr[(j, r)][1] for k, pr in per_round.items()
                         if k != site and (j, r) in pr]  # fmt: skip
             if others_r:
-                by_round[r].append((n, m - _median_ref(others_r)))
+                by_round[r].append((n, m - float(np.median(others_r))))
         parts[site] = _pool(xs, vs, ns, used, by_round)
     out = {}
     for site, e in _floored(parts).items():

@@ -113,7 +113,7 @@ class SynthConfig(BaseModel):
             if len(sizes) != self.sites or sizes != self.case_counts():
                 raise ValueError(
                     f"partition has {len(sizes)} sites of {sizes} cases; set sites and "
-                    f"cases_per_site from it (synth.sizes.partition_config)"
+                    f"cases_per_site from it (synth.sizes.synth_counts)"
                 )
         if isinstance(self.cases_per_site, list) and len(self.cases_per_site) != self.sites:
             raise ValueError(
