@@ -29,7 +29,7 @@ from fedseg.federation.commands.simulate import simulate
 from fedseg.federation.engine.launcher import PIDS
 from fedseg.model.model_file import load_model
 from fedseg.plan import save_plan
-from fedseg.run_folder import FLWR_HOME, SiteActivity, model_path
+from fedseg.run_folder import FLWR_HOME, STORE_FILE, SiteActivity, model_path
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import float_keys, tiny_plan
 
@@ -75,6 +75,8 @@ def _kill_when(run: Path, state: SiteActivity, hold_others: bool) -> threading.T
         try:
             while time.monotonic() < end:
                 time.sleep(0.05)
+                if not (run / STORE_FILE).is_file():  # the run folder is not made yet
+                    continue
                 try:
                     with RunStore(run) as store:
                         live = store.meta.live()

@@ -1,10 +1,10 @@
-"""The run store's privacy ledger (``privacy_ledger`` table)."""
+"""The run store: where it is opened, and its privacy ledger (``privacy_ledger`` table)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fedseg.run_folder import PrivacySpent
+from fedseg.run_folder import STORE_FILE, PrivacySpent
 from fedseg.tracking.store import RunStore
 
 
@@ -21,3 +21,13 @@ def test_privacy_ledger_rows_round_trip_and_go_with_discarded_rounds(tmp_path: P
         assert [r for r, _, _ in store.privacy_ledger("a")] == [1, 2]
         store.discard_after(1)
         assert [(r, s) for r, s, _ in store.privacy_ledger()] == [(1, "a")]
+
+
+def test_a_run_folder_not_made_yet_is_made_as_a_folder(tmp_path: Path) -> None:
+    """A reader polling a run before it starts must not leave a file where the folder goes."""
+    run = tmp_path / "run"
+    with RunStore(run) as store:
+        store.meta.set_round_bytes(1)
+    assert run.is_dir() and (run / STORE_FILE).is_file()
+    with RunStore(run / STORE_FILE) as store:  # the store file itself opens the same store
+        assert store.path == run / STORE_FILE

@@ -228,11 +228,13 @@ class CrossRow:
 
 
 class RunStore:
-    """Read/write access to ``<run>/run.sqlite``. Each write is its own transaction."""
+    """Read/write access to ``<run>/run.sqlite``. Each write is its own transaction.
+    ``path`` is the run folder (made when missing) or the store file itself (``*.sqlite``)."""
 
     def __init__(self, path: Path) -> None:
         path = Path(path)
-        if path.is_dir():
+        # a folder not made yet is a folder too: never a database file named like the run
+        if path.is_dir() or (path.suffix != Path(STORE_FILE).suffix and not path.is_file()):
             path = path / STORE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
