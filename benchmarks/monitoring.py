@@ -101,8 +101,10 @@ def make_data(data: Path, seed: int, cases: int, tiny_val: int) -> None:
             make_split(data / site, val_fraction=VAL_FRACTION)
 
 
-def run_seed(seed: int, folder: Path, rounds: int, cases: int, tiny_val: int) -> float:
-    """Make seed's data and run its federation into ``folder/run``; the wall seconds."""
+def run_seed(seed: int, folder: Path, rounds: int, cases: int, tiny_val: int,
+             evaluators: int) -> float:  # fmt: skip
+    """Make seed's data and run its federation into ``folder/run`` (each local model
+    validated at ``evaluators`` other sites); the wall seconds."""
     import torch
 
     from fedseg.federation.commands.compare_plans.local_transport import LocalTransport
@@ -121,6 +123,8 @@ def run_seed(seed: int, folder: Path, rounds: int, cases: int, tiny_val: int) ->
         "name": f"monitoring-{seed}", "seed": seed, "min_sites": 3,
         "sites": {s: SiteConfig(data=(data / s).resolve()) for s in SITES},
     })  # fmt: skip
+    plan = plan.model_copy(update={"cross_site": plan.cross_site.model_copy(
+        update={"evaluators_per_model": evaluators})})  # fmt: skip
     run.mkdir(parents=True)
     save_plan(run / PLAN_FILE, plan)
     sites = {s: (data / s).resolve() for s in SITES}
@@ -281,6 +285,8 @@ def _figure(results: list[SeedResult], by_role: dict, detect_by: int, path: Path
 
 
 def main() -> None:
+    from fedseg.plan import CrossSiteConfig
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0-19", help="e.g. 0-19 or 100-119 or 1,3,5")
     ap.add_argument("--rounds", type=int, default=8)
@@ -292,6 +298,8 @@ def main() -> None:
                     help="score the kept runs of --seeds again, no training")  # fmt: skip
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an alarms plan key for the scoring (repeatable)")  # fmt: skip
+    ap.add_argument("--evaluators", type=int, default=CrossSiteConfig().evaluators_per_model,
+                    help="sites validating each local model (cross_site.evaluators_per_model)")  # fmt: skip
     ap.add_argument("--detect-by", type=int, default=6)
     ap.add_argument("--quick", action="store_true", help="2 seeds, 3 rounds: a smoke test")
     args = ap.parse_args()
@@ -315,7 +323,7 @@ def main() -> None:
         with Progress(*cols, console=console) as bar, ProcessPoolExecutor(args.workers) as pool:
             task = bar.add_task("federations", total=len(todo))
             futs = {pool.submit(run_seed, s, folders[s], args.rounds, args.cases,
-                                args.tiny_val): s for s in todo}  # fmt: skip
+                                args.tiny_val, args.evaluators): s for s in todo}  # fmt: skip
             for fut in as_completed(futs):
                 wall = fut.result()
                 bar.console.print(f"seed {futs[fut]}: {wall:.0f} s")
