@@ -6,7 +6,7 @@ export FEDSEG_CACHE ?= $(CURDIR)/.cache/fedseg
 export FLWR_TELEMETRY_ENABLED := 0
 TORCH := torch==2.13.0
 
-.PHONY: venv demo test test-fast lint bench bench-inference bench-fets bench-synthesis bench-monitoring clean
+.PHONY: venv demo test test-fast lint offline-bundle bench bench-inference bench-fets bench-synthesis bench-monitoring clean
 
 # torch first (CPU wheel), then the rest; fail loudly if anything moved torch.
 $(BIN)/.installed: pyproject.toml
@@ -40,6 +40,11 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+
+# Every wheel the site, coordinator and user roles need, the atlas and install.sh, for
+# machines without a network (README: Deploying across machines).
+offline-bundle: venv
+	$(BIN)/fedseg bundle offline-bundle --roles site,coordinator,user
 
 # Step time fp32 vs bf16 (fp16 on CUDA), contiguous vs channels-last, CPU preset and FeTS
 # 128^3 (the FeTS rows take minutes per step on a 2-core CPU); case cache cold vs warm; the

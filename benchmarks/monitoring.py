@@ -298,8 +298,12 @@ def main() -> None:
                     help="score the kept runs of --seeds again, no training")  # fmt: skip
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an alarms plan key for the scoring (repeatable)")  # fmt: skip
-    ap.add_argument("--evaluators", type=int, default=CrossSiteConfig().evaluators_per_model,
-                    help="sites validating each local model (cross_site.evaluators_per_model)")  # fmt: skip
+    ap.add_argument(
+        "--evaluators",
+        type=int,
+        default=CrossSiteConfig().evaluators_per_model,
+        help="validators per local model (cross_site.evaluators_per_model)",
+    )
     ap.add_argument("--detect-by", type=int, default=6)
     ap.add_argument("--quick", action="store_true", help="2 seeds, 3 rounds: a smoke test")
     args = ap.parse_args()

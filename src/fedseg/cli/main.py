@@ -33,6 +33,7 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `fedseg --help` stays fast and each area owns its own verbs.
+    from fedseg.cli import bundle as bundle_cli
     from fedseg.cli import compare_plans as compare_plans_cli
     from fedseg.cli import dashboard as dashboard_cli
     from fedseg.cli import data as data_cli
@@ -55,6 +56,7 @@ def _register() -> None:
     synthesis_cli.register(app)  # complete, sample (a trained generator)
     app.command("evaluate")(evaluate_cli.evaluate)
     app.command("export")(export_cli.export)
+    app.command("bundle")(bundle_cli.bundle)
     federate_cli.register(app)
     compare_plans_cli.register(app)
     app.add_typer(pki_cli.app, name="pki", help="Consortium CA, server certificate, site keys.")
