@@ -14,7 +14,7 @@ from fedseg.intake.config import (
     load_mapping,
     load_pacs_config,
 )
-from fedseg.intake.dicom_series import classify
+from fedseg.intake.series_classifier import description_matches
 
 DEFAULTS = MappingConfig()
 
@@ -42,16 +42,16 @@ DEFAULTS = MappingConfig()
     ],
 )
 def test_default_rules(description: str, expected: list[str]) -> None:
-    assert classify(description, DEFAULTS) == expected
+    assert description_matches(description, DEFAULTS) == expected
 
 
 def test_mapping_file_overrides_one_rule(tmp_path: Path) -> None:
     path = tmp_path / "mapping.yaml"
     path.write_text("salt: s3cret\nrules:\n  flair:\n    include: 'dark ?fluid'\n")
     cfg = load_mapping(path)
-    assert classify("DARK FLUID AX", cfg) == ["flair"]
-    assert classify("FLAIR AX", cfg) == []
-    assert classify("T1 AX", cfg) == ["t1"]  # other defaults kept
+    assert description_matches("DARK FLUID AX", cfg) == ["flair"]
+    assert description_matches("FLAIR AX", cfg) == []
+    assert description_matches("T1 AX", cfg) == ["t1"]  # other defaults kept
     assert cfg.resolved_salt() == "s3cret"
 
 

@@ -1,6 +1,8 @@
-"""Find the MR series of each study in a DICOM folder and map them to T1, T1Gd, T2, FLAIR.
+"""Find the MR series of each study in a DICOM folder, with the header facts that classify them.
 
-Only headers are read (pydicom, no pixel data), so scanning thousands of files is quick.
+Only headers are read (pydicom, no pixel data), so scanning thousands of files is quick. The
+acquisition parameters of a series (``Acquisition``) come from its first file; times in ms,
+as DICOM stores them. Which modality a series is: ``fedseg.intake.series_classifier``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-
-from fedseg.intake.config import MappingConfig
+from pydicom.multival import MultiValue
 
 _TAGS = [
     "StudyInstanceUID",
@@ -28,7 +29,72 @@ _TAGS = [
     "ImagePositionPatient",
     "NumberOfFrames",
     "InstanceNumber",
+    "ImageType",
+    "RepetitionTime",
+    "EchoTime",
+    "InversionTime",
+    "FlipAngle",
+    "ScanningSequence",
+    "SequenceVariant",
+    "ScanOptions",
+    "MRAcquisitionType",
+    "SequenceName",
+    "MagneticFieldStrength",
+    "ContrastBolusAgent",
+    "ContrastBolusRoute",
+    "ContrastBolusVolume",
+    "ContrastBolusTotalDose",
+    "ContrastBolusIngredient",
 ]
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """Standard acquisition tags of a series (no vendor private tags).
+
+    Times in ms; multi-valued codes as upper-case tuples (ScanningSequence ``("SE", "IR")``);
+    ``contrast_agent`` is the first set of ContrastBolusAgent / -Ingredient, or a volume or
+    dose above 0 written as such, else ``""``.
+    """
+
+    repetition_time: float | None = None
+    echo_time: float | None = None
+    inversion_time: float | None = None
+    flip_angle: float | None = None
+    scanning_sequence: tuple[str, ...] = ()
+    sequence_variant: tuple[str, ...] = ()
+    scan_options: tuple[str, ...] = ()
+    acquisition_type: str = ""
+    sequence_name: str = ""
+    field_strength: float | None = None
+    image_type: tuple[str, ...] = ()
+    contrast_agent: str = ""
+
+    @property
+    def is_3d(self) -> bool:
+        return self.acquisition_type == "3D"
+
+    @property
+    def is_derived(self) -> bool:
+        return bool(self.image_type) and self.image_type[0] == "DERIVED"
+
+    def facts(self) -> dict[str, object]:
+        """The values that are set, under their DICOM keywords (for logs and ``--json``)."""
+        out = {
+            "RepetitionTime": self.repetition_time,
+            "EchoTime": self.echo_time,
+            "InversionTime": self.inversion_time,
+            "FlipAngle": self.flip_angle,
+            "ScanningSequence": "\\".join(self.scanning_sequence),
+            "SequenceVariant": "\\".join(self.sequence_variant),
+            "ScanOptions": "\\".join(self.scan_options),
+            "MRAcquisitionType": self.acquisition_type,
+            "SequenceName": self.sequence_name,
+            "MagneticFieldStrength": self.field_strength,
+            "ImageType": "\\".join(self.image_type),
+            "ContrastBolusAgent": self.contrast_agent,
+        }
+        return {k: v for k, v in out.items() if v not in (None, "")}
 
 
 @dataclass
@@ -44,6 +110,7 @@ class Series:
     geometries: set[tuple] = field(default_factory=set)
     positions: list[tuple[Path, tuple[float, ...] | None, int]] = field(default_factory=list)
     is_image: bool = True
+    acquisition: Acquisition = field(default_factory=Acquisition)
 
     @property
     def label(self) -> str:
@@ -81,6 +148,54 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str:
     return str(value).strip() if value is not None else ""
 
 
+def _number(ds: pydicom.Dataset, keyword: str) -> float | None:
+    value = ds.get(keyword)
+    if isinstance(value, MultiValue):
+        value = value[0] if len(value) else None
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _codes(ds: pydicom.Dataset, keyword: str) -> tuple[str, ...]:
+    value = ds.get(keyword)
+    if value in (None, ""):
+        return ()
+    values = value if isinstance(value, MultiValue) else str(value).split("\\")
+    return tuple(str(v).strip().upper() for v in values if str(v).strip())
+
+
+def _contrast_agent(ds: pydicom.Dataset) -> str:
+    for keyword in ("ContrastBolusAgent", "ContrastBolusIngredient"):
+        text = _text(ds, keyword)
+        if text and text.lower() not in {"none", "no", "n", "0", "-", "n/a", "na"}:
+            return text
+    for keyword in ("ContrastBolusVolume", "ContrastBolusTotalDose"):
+        amount = _number(ds, keyword)
+        if amount:
+            return f"{keyword} {amount:g}"
+    return ""
+
+
+def read_acquisition(ds: pydicom.Dataset) -> Acquisition:
+    """The acquisition facts of one file's header."""
+    return Acquisition(
+        repetition_time=_number(ds, "RepetitionTime"),
+        echo_time=_number(ds, "EchoTime"),
+        inversion_time=_number(ds, "InversionTime"),
+        flip_angle=_number(ds, "FlipAngle"),
+        scanning_sequence=_codes(ds, "ScanningSequence"),
+        sequence_variant=_codes(ds, "SequenceVariant"),
+        scan_options=_codes(ds, "ScanOptions"),
+        acquisition_type=_text(ds, "MRAcquisitionType").upper(),
+        sequence_name=_text(ds, "SequenceName"),
+        field_strength=_number(ds, "MagneticFieldStrength"),
+        image_type=_codes(ds, "ImageType"),
+        contrast_agent=_contrast_agent(ds),
+    )
+
+
 def scan_dicom(root: Path) -> ScanResult:
     """Group every DICOM file under ``root`` by StudyInstanceUID / SeriesInstanceUID."""
     series: dict[tuple[str, str], Series] = {}
@@ -104,6 +219,7 @@ def scan_dicom(root: Path) -> ScanResult:
                 int(number) if number not in (None, "") else None,
                 _text(ds, "Modality").upper(),
                 _text(ds, "SeriesDescription") or _text(ds, "ProtocolName"),
+                acquisition=read_acquisition(ds),
             )
         s = series[key]
         s.files.append(path)
@@ -129,8 +245,3 @@ def scan_dicom(root: Path) -> ScanResult:
         for uid, ss in sorted(by_study.items())
     ]
     return ScanResult(studies, not_dicom)
-
-
-def classify(description: str, mapping: MappingConfig) -> list[str]:
-    """Modalities whose rule matches a series description (empty, one, or ambiguous many)."""
-    return [m for m, rule in mapping.rules.items() if rule.matches(description)]
