@@ -80,7 +80,7 @@ _PRECONTRAST = (
 # diffusion, susceptibility, angiography, perfusion, spectroscopy, STIR, reformats for display.
 _IGNORE = (
     r"(?<![a-z])loc(?:ali[sz]er)?(?![a-z])|localizer|scout|survey|(?<![a-z])cal(?:ibration)?"
-    r"(?![a-z])|asset|sense[-_ ]?ref|(?<![a-z])dwi|diff|(?<![a-z])adc(?![a-z])|trace|(?<![a-z])dti"
+    r"(?![a-z])|sense[-_ ]?ref|(?<![a-z])dwi|diff|(?<![a-z])adc(?![a-z])|trace|(?<![a-z])dti"
     r"|(?<![a-z])fa(?![a-z])|(?<![a-z])swi|swan|suscept|(?<![a-z])tof(?![a-z])|angio"
     r"|(?<![a-z])mra(?![a-z])|perf|(?<![a-z])dsc(?![a-z])|(?<![a-z])dce(?![a-z])"
     r"|(?<![a-z])p?c?asl(?![a-z])|bold|fmri|(?<![a-z])mip(?![a-z])|(?<![a-z])stir(?![a-z])"

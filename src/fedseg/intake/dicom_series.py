@@ -16,6 +16,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from fedseg.errors import FedsegError
+
 _TAGS = [
     "StudyInstanceUID",
     "SeriesInstanceUID",
@@ -197,7 +199,12 @@ def read_acquisition(ds: pydicom.Dataset) -> Acquisition:
 
 
 def scan_dicom(root: Path) -> ScanResult:
-    """Group every DICOM file under ``root`` by StudyInstanceUID / SeriesInstanceUID."""
+    """Group every DICOM file under ``root`` by StudyInstanceUID / SeriesInstanceUID.
+
+    A FedsegError when ``root`` is not a folder or holds no DICOM instance.
+    """
+    if not Path(root).is_dir():
+        raise FedsegError(f"{root}: not a folder; give the folder that holds the DICOM files")
     series: dict[tuple[str, str], Series] = {}
     not_dicom = 0
     for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
@@ -244,4 +251,6 @@ def scan_dicom(root: Path) -> ScanResult:
         Study(uid, sorted(ss, key=lambda s: (s.number is None, s.number or 0, s.description)))
         for uid, ss in sorted(by_study.items())
     ]
+    if not studies:
+        raise FedsegError(f"{root}: no DICOM instances found (searched {not_dicom} files)")
     return ScanResult(studies, not_dicom)

@@ -129,12 +129,8 @@ def convert_dicom(
     Studies whose case folder is already complete are left alone, so a rerun resumes.
     """
     root, out = Path(root), Path(out)
-    if not root.is_dir():
-        raise FedsegError(f"{root}: not a folder; give the folder that holds the DICOM files")
     salt = mapping.resolved_salt()
     scan = scan_dicom(root)
-    if not scan.studies:
-        raise FedsegError(f"{root}: no DICOM instances found (searched {scan.not_dicom} files)")
     out.mkdir(parents=True, exist_ok=True)
     if on_start:
         on_start(len(scan.studies))

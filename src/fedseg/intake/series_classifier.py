@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fedseg.data.cases import MODALITIES
+from fedseg.errors import FedsegError
 from fedseg.intake.config import MappingConfig, ParameterRules
-from fedseg.intake.dicom_series import Acquisition, Series, Study
+from fedseg.intake.deidentify import pseudonym
+from fedseg.intake.dicom_series import Acquisition, Series, Study, scan_dicom
 
 #: ImageType values of series that are none of the four (maps, projections, localizers).
 IGNORED_IMAGE_TYPES = frozenset(
@@ -63,16 +66,22 @@ class SeriesVerdict:
 
 @dataclass
 class StudyVerdict:
-    """A study's verdicts, the series chosen per modality, and notes on what was left out."""
+    """A study's verdicts, the series chosen per modality, and notes per modality (missing,
+    ambiguous, a preference that decided)."""
 
     study: Study
     verdicts: list[SeriesVerdict]
     chosen: dict[str, Series]
-    notes: list[str] = field(default_factory=list)
+    study_notes: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
         return len(self.chosen) == len(MODALITIES)
+
+    @property
+    def notes(self) -> list[str]:
+        """The skip log: each series left out, then the study notes."""
+        return [v.note() for v in self.verdicts if v.taken_as is None] + self.study_notes
 
 
 def description_matches(description: str, mapping: MappingConfig) -> list[str]:
@@ -90,35 +99,39 @@ def _inversion(acq: Acquisition) -> bool:
 
 
 def weighting_from_parameters(acq: Acquisition, rules: ParameterRules) -> tuple[str | None, str]:
-    """``("t1" | "t2" | "flair" | None, why)`` from the acquisition tags (``ParameterRules``)."""
+    """``("t1" | "t2" | "flair" | None, why)`` from the acquisition tags (``ParameterRules``);
+    ``why`` quotes the values the rule used."""
     tr, te, ti = acq.repetition_time, acq.echo_time, acq.inversion_time
     missing = [k for k, v in (("RepetitionTime", tr), ("EchoTime", te)) if v is None]
     if missing:
         return None, f"parameters do not decide: no {' or '.join(missing)}"
     assert tr is not None and te is not None
-    kind = f"{acq.acquisition_type} " if acq.acquisition_type else ""
     if "EP" in acq.scanning_sequence:
         return None, "parameters do not decide: echo-planar (ScanningSequence EP)"
+    head = " ".join(x for x in (acq.acquisition_type, "\\".join(acq.scanning_sequence)) if x)
+    times = f"TR {_ms(tr)}, TE {_ms(te)}"
     if _inversion(acq):
         if not ti:
             return None, "parameters do not decide: inversion recovery without InversionTime"
-        values = f"TI {_ms(ti)}, TR {_ms(tr)}, TE {_ms(te)}"
+        values = ", ".join(x for x in (head, f"TI {_ms(ti)}", times) if x)
         if ti >= rules.flair_min_ti_ms and tr >= rules.flair_min_tr_ms and te >= rules.long_te_ms:
-            return "flair", f"{kind}inversion recovery with long TI ({values}): fluid-attenuated"
+            return "flair", f"long-TI inversion recovery ({values}): fluid-attenuated"
         if rules.t1_min_ti_ms <= ti <= rules.t1_max_ti_ms and te <= rules.t1_max_te_ms:
-            return "t1", f"{kind}inversion-prepared, short TI and TE ({values}): T1-weighted"
-        return None, f"parameters do not decide: inversion recovery with {values}"
+            return "t1", f"inversion-prepared, short TI and TE ({values}): T1-weighted"
+        return (
+            None,
+            f"parameters do not decide: inversion recovery ({values}) is neither FLAIR nor T1",
+        )
     if not acq.scanning_sequence:
         return None, "parameters do not decide: no ScanningSequence (inversion not ruled out)"
-    seq = "\\".join(acq.scanning_sequence)
-    values = f"{seq}, TR {_ms(tr)}, TE {_ms(te)}"
+    values = f"{head}, {times}"
     if tr >= rules.t2_min_tr_ms and te >= rules.long_te_ms:
-        return "t2", f"{kind}no inversion, long TR and TE ({values}): T2-weighted"
+        return "t2", f"no inversion, long TR and TE ({values}): T2-weighted"
     gradient = "GR" in acq.scanning_sequence and "SE" not in acq.scanning_sequence
     max_te = rules.t1_gradient_max_te_ms if gradient else rules.t1_max_te_ms
     if tr <= rules.t1_max_tr_ms and te <= max_te:
-        return "t1", f"{kind}no inversion, short TR and TE ({values}): T1-weighted"
-    return None, f"parameters do not decide: {values} (neither T1, T2 nor FLAIR weighting)"
+        return "t1", f"no inversion, short TR and TE ({values}): T1-weighted"
+    return None, f"parameters do not decide: {values} is neither T1, T2 nor FLAIR weighting"
 
 
 def _search(pattern: str | None, text: str) -> bool:
@@ -129,9 +142,9 @@ def _contrast(series: Series, mapping: MappingConfig, matched: list[str]) -> tup
     """Whether a T1-weighted series is post-contrast, and the evidence."""
     desc, agent = series.description, series.acquisition.contrast_agent
     if _search(mapping.precontrast, desc):
-        return False, "pre-contrast by description"
+        return False, "pre-contrast word in the description"
     if "t1ce" in matched or _search(mapping.contrast, desc):
-        return True, "contrast by description"
+        return True, "contrast word in the description"
     if agent:
         return True, f"contrast agent tag ({agent})"
     return False, "no contrast word or agent tag"
@@ -203,7 +216,7 @@ def _prefer(found: list[SeriesVerdict]) -> tuple[list[SeriesVerdict], str]:
 def classify_study(study: Study, mapping: MappingConfig) -> StudyVerdict:
     """Classify every series and pick one per modality; notes say what was left out and why."""
     verdicts = [classify_series(s, mapping) for s in study.series]
-    notes = [v.note() for v in verdicts if v.taken_as is None]
+    notes: list[str] = []
     chosen: dict[str, Series] = {}
     for m in MODALITIES:
         found = [v for v in verdicts if v.taken_as == m]
@@ -225,3 +238,58 @@ def classify_study(study: Study, mapping: MappingConfig) -> StudyVerdict:
             " nor parameters tell them apart"
         )
     return StudyVerdict(study, verdicts, chosen, notes)
+
+
+@dataclass
+class ClassifyReport:
+    """The dry run of ``fedseg intake dicom``: each study's verdicts under the id it would get
+    (its pseudonym when a salt is set, else ``study <n>``); nothing is written."""
+
+    studies: list[tuple[str, StudyVerdict]]
+    not_dicom: int
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data for ``--json`` (series by number and description; no UIDs)."""
+        studies = []
+        for study_id, sv in self.studies:
+            used = {s.series_uid: m for m, s in sv.chosen.items()}
+            series = [
+                {
+                    "number": v.series.number,
+                    "description": v.series.description,
+                    "modality": v.series.modality,
+                    "taken_as": v.taken_as,
+                    "used_as": used.get(v.series.series_uid),
+                    "source": v.source,
+                    "reason": v.reason,
+                    "candidates": list(v.candidates),
+                    "parameters": v.series.acquisition.facts(),
+                }
+                for v in sv.verdicts
+            ]
+            studies.append(
+                {
+                    "study": study_id,
+                    "status": "complete" if sv.complete else "skipped",
+                    "notes": sv.study_notes,
+                    "series": series,
+                }
+            )
+        return {"studies": studies, "not_dicom": self.not_dicom}
+
+
+def classify_folder(root: Path, mapping: MappingConfig) -> ClassifyReport:
+    """Classify every study under ``root`` as ``fedseg intake dicom`` would, writing nothing."""
+    scan = scan_dicom(root)
+    try:
+        salt: str | None = mapping.resolved_salt()
+    except FedsegError:
+        salt = None
+    studies = [
+        (
+            pseudonym(study.study_uid, salt, mapping.case_prefix) if salt else f"study {i}",
+            classify_study(study, mapping),
+        )
+        for i, study in enumerate(scan.studies, 1)
+    ]
+    return ClassifyReport(studies, scan.not_dicom)
