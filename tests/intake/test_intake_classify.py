@@ -15,7 +15,7 @@ from fedseg.cli.main import _register, app
 from fedseg.errors import FedsegError
 from fedseg.intake.config import MappingConfig, ParameterRules, SeriesRule, load_mapping
 from fedseg.intake.deidentify import pseudonym
-from fedseg.intake.dicom_series import Series, Study, read_acquisition
+from fedseg.intake.dicom_series import Series, Study, read_acquisition, scan_dicom
 from fedseg.intake.dicom_to_nifti import convert_dicom
 from fedseg.intake.series_classifier import (
     BOTH,
@@ -414,3 +414,56 @@ def test_classify_bad_input_is_one_line(tmp_path: Path) -> None:
     proc = run_fedseg("intake", "classify", tmp_path / "nope")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
+
+
+def enhanced(tr: float, te: float, ti: float | None, pulse: str, **top: object) -> dict:
+    """Enhanced MR header: timing in functional groups, pulse sequence at the top level."""
+    timing, echo, modifier = Dataset(), Dataset(), Dataset()
+    timing.RepetitionTime, timing.FlipAngle = tr, 90
+    echo.EffectiveEchoTime = te
+    modifier.InversionRecovery = "YES" if ti else "NO"
+    if ti:
+        modifier.InversionTimes = [ti]
+    shared = Dataset()
+    shared.MRTimingAndRelatedParametersSequence = [timing]
+    shared.MRModifierSequence = [modifier]
+    frame = Dataset()
+    frame.MREchoSequence = [echo]
+    return {
+        "SharedFunctionalGroupsSequence": [shared],
+        "PerFrameFunctionalGroupsSequence": [frame],
+        "EchoPulseSequence": pulse,
+        "MRAcquisitionType": "3D",
+        **top,
+    }
+
+
+def test_enhanced_mr_headers(tmp_path: Path) -> None:
+    flair = series("", enhanced(4800, 340, 1650, "SPIN"))
+    assert flair.acquisition.scanning_sequence == ("SE", "IR")
+    assert (flair.acquisition.repetition_time, flair.acquisition.echo_time) == (4800, 340)
+    assert classify_series(flair, SALT).taken_as == "flair"
+    agent = Dataset()
+    agent.CodeValue, agent.CodeMeaning = "C-17800", "Gadolinium"
+    t1ce = series("", enhanced(8.1, 3.7, None, "GRADIENT", ContrastBolusAgentSequence=[agent]))
+    verdict = classify_series(t1ce, SALT)
+    assert verdict.taken_as == "t1ce" and "Gadolinium" in verdict.reason
+    assert classify_series(series("", enhanced(5000, 100, None, "SPIN")), SALT).taken_as == "t2"
+    # The scanner's own label decides where the times cannot; diffusion is left out.
+    stated = series("", {"AcquisitionContrast": "FLUID_ATTENUATED"})
+    assert classify_series(stated, SALT).taken_as == "flair"
+    assert "AcquisitionContrast FLUID_ATTENUATED" in classify_series(stated, SALT).reason
+    diffusion = classify_series(series("", {"AcquisitionContrast": "DIFFUSION"}), SALT)
+    assert diffusion.source == "ignored"
+    # scan_dicom reads the same places from files.
+    write_series(
+        tmp_path / "e",
+        blob_volume(SHAPE, 0, 100.0),
+        study_uid=generate_uid(),
+        description="",
+        number=3,
+        tags=enhanced(9000, 120, 2250, "SPIN"),
+    )
+    (scanned,) = scan_dicom(tmp_path).studies[0].series
+    assert scanned.acquisition.inversion_time == 2250
+    assert classify_series(scanned, SALT).taken_as == "flair"

@@ -47,6 +47,14 @@ _TAGS = [
     "ContrastBolusVolume",
     "ContrastBolusTotalDose",
     "ContrastBolusIngredient",
+    # Enhanced MR (one multi-frame file): the same facts in other places.
+    "AcquisitionContrast",
+    "EchoPulseSequence",
+    "EchoPlanarPulseSequence",
+    "PulseSequenceName",
+    "ContrastBolusAgentSequence",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
 ]
 
 
@@ -56,7 +64,10 @@ class Acquisition:
 
     Times in ms; multi-valued codes as upper-case tuples (ScanningSequence ``("SE", "IR")``);
     ``contrast_agent`` is the first set of ContrastBolusAgent / -Ingredient, or a volume or
-    dose above 0 written as such, else ``""``.
+    dose above 0 written as such, else ``""``. Enhanced MR files keep these facts in
+    functional groups and pulse-sequence attributes; ``read_acquisition`` reads them from
+    there when the classic tags are absent, and ``acquisition_contrast`` is their
+    AcquisitionContrast (0008,9209: T1, T2, FLUID_ATTENUATED, ...).
     """
 
     repetition_time: float | None = None
@@ -71,6 +82,7 @@ class Acquisition:
     field_strength: float | None = None
     image_type: tuple[str, ...] = ()
     contrast_agent: str = ""
+    acquisition_contrast: str = ""
 
     @property
     def is_3d(self) -> bool:
@@ -95,6 +107,7 @@ class Acquisition:
             "MagneticFieldStrength": self.field_strength,
             "ImageType": "\\".join(self.image_type),
             "ContrastBolusAgent": self.contrast_agent,
+            "AcquisitionContrast": self.acquisition_contrast,
         }
         return {k: v for k, v in out.items() if v not in (None, "")}
 
@@ -151,12 +164,18 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str:
 
 
 def _number(ds: pydicom.Dataset, keyword: str) -> float | None:
-    value = ds.get(keyword)
+    return _as_float(ds.get(keyword))
+
+
+def _as_float(value: object) -> float | None:
+    """A DICOM number (DS, IS, FD, the first of several) as float; None when absent or bad."""
     if isinstance(value, MultiValue):
         value = value[0] if len(value) else None
+    if not isinstance(value, int | float | str) or value == "":
+        return None
     try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+        return float(value)
+    except ValueError:
         return None
 
 
@@ -168,6 +187,30 @@ def _codes(ds: pydicom.Dataset, keyword: str) -> tuple[str, ...]:
     return tuple(str(v).strip().upper() for v in values if str(v).strip())
 
 
+def _functional(ds: pydicom.Dataset, group: str, keyword: str) -> object:
+    """``keyword`` in functional group ``group`` of an enhanced file (shared, else frame 1)."""
+    for holder in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        items = ds.get(holder)
+        inner = items[0].get(group) if items else None
+        if inner and keyword in inner[0]:
+            return inner[0].get(keyword)
+    return None
+
+
+def _enhanced_sequence(ds: pydicom.Dataset) -> tuple[str, ...]:
+    """ScanningSequence codes from an enhanced file's EchoPulseSequence and modifiers."""
+    pulse = _text(ds, "EchoPulseSequence").upper()
+    codes = {"SPIN": ("SE",), "GRADIENT": ("GR",), "BOTH": ("SE", "GR")}.get(pulse, ())
+    if not codes:
+        return ()
+    inversion = str(_functional(ds, "MRModifierSequence", "InversionRecovery") or "").upper()
+    if inversion == "YES":
+        codes += ("IR",)
+    if _text(ds, "EchoPlanarPulseSequence").upper() == "YES":
+        codes += ("EP",)
+    return codes
+
+
 def _contrast_agent(ds: pydicom.Dataset) -> str:
     for keyword in ("ContrastBolusAgent", "ContrastBolusIngredient"):
         text = _text(ds, keyword)
@@ -177,24 +220,34 @@ def _contrast_agent(ds: pydicom.Dataset) -> str:
         amount = _number(ds, keyword)
         if amount:
             return f"{keyword} {amount:g}"
+    coded = ds.get("ContrastBolusAgentSequence")
+    if coded:
+        return str(coded[0].get("CodeMeaning") or coded[0].get("CodeValue") or "coded agent")
     return ""
 
 
 def read_acquisition(ds: pydicom.Dataset) -> Acquisition:
-    """The acquisition facts of one file's header."""
+    """The acquisition facts of one file's header (classic MR, else enhanced MR places)."""
+
+    def first(keyword: str, group: str, inner: str) -> float | None:
+        value = _number(ds, keyword)
+        return value if value is not None else _as_float(_functional(ds, group, inner))
+
+    timing = "MRTimingAndRelatedParametersSequence"
     return Acquisition(
-        repetition_time=_number(ds, "RepetitionTime"),
-        echo_time=_number(ds, "EchoTime"),
-        inversion_time=_number(ds, "InversionTime"),
-        flip_angle=_number(ds, "FlipAngle"),
-        scanning_sequence=_codes(ds, "ScanningSequence"),
+        repetition_time=first("RepetitionTime", timing, "RepetitionTime"),
+        echo_time=first("EchoTime", "MREchoSequence", "EffectiveEchoTime"),
+        inversion_time=first("InversionTime", "MRModifierSequence", "InversionTimes"),
+        flip_angle=first("FlipAngle", timing, "FlipAngle"),
+        scanning_sequence=_codes(ds, "ScanningSequence") or _enhanced_sequence(ds),
         sequence_variant=_codes(ds, "SequenceVariant"),
         scan_options=_codes(ds, "ScanOptions"),
         acquisition_type=_text(ds, "MRAcquisitionType").upper(),
-        sequence_name=_text(ds, "SequenceName"),
+        sequence_name=_text(ds, "SequenceName") or _text(ds, "PulseSequenceName"),
         field_strength=_number(ds, "MagneticFieldStrength"),
         image_type=_codes(ds, "ImageType"),
         contrast_agent=_contrast_agent(ds),
+        acquisition_contrast=_text(ds, "AcquisitionContrast").upper(),
     )
 
 

@@ -34,6 +34,11 @@ IGNORED_IMAGE_TYPES = frozenset(
      "SUBTRACTION", "SUB", "PHASE", "PROJECTION IMAGE", "SWI"}
 )  # fmt: skip
 
+#: AcquisitionContrast (0008,9209) values of series that are none of the four.
+IGNORED_CONTRASTS = frozenset({"DIFFUSION", "PERFUSION", "FLOW_ENCODED", "TOF", "TAGGING"})
+#: AcquisitionContrast values that name one of the four weightings.
+STATED_CONTRASTS = {"T1": "t1", "T2": "t2", "FLUID_ATTENUATED": "flair"}
+
 #: How a series' class was reached.
 DESCRIPTION, PARAMETERS, BOTH = "description", "parameters", "description+parameters"
 
@@ -100,7 +105,16 @@ def _inversion(acq: Acquisition) -> bool:
 
 def weighting_from_parameters(acq: Acquisition, rules: ParameterRules) -> tuple[str | None, str]:
     """``("t1" | "t2" | "flair" | None, why)`` from the acquisition tags (``ParameterRules``);
-    ``why`` quotes the values the rule used."""
+    ``why`` quotes the values the rule used. Where the times do not decide, an enhanced
+    file's AcquisitionContrast (T1, T2, FLUID_ATTENUATED: the scanner's own label) does."""
+    weighting, why = _weighting_by_times(acq, rules)
+    stated = STATED_CONTRASTS.get(acq.acquisition_contrast)
+    if weighting is None and stated and "EP" not in acq.scanning_sequence:
+        return stated, f"AcquisitionContrast {acq.acquisition_contrast} ({why})"
+    return weighting, why
+
+
+def _weighting_by_times(acq: Acquisition, rules: ParameterRules) -> tuple[str | None, str]:
     tr, te, ti = acq.repetition_time, acq.echo_time, acq.inversion_time
     missing = [k for k, v in (("RepetitionTime", tr), ("EchoTime", te)) if v is None]
     if missing:
@@ -166,13 +180,14 @@ def classify_series(series: Series, mapping: MappingConfig) -> SeriesVerdict:
             "no mapping rule matches; the description names none of the four (ignore)",
         )
     odd = sorted(IGNORED_IMAGE_TYPES.intersection(acq.image_type))
-    if odd:
-        return SeriesVerdict(
-            series,
-            None,
-            "ignored",
-            f"no mapping rule matches; ImageType {'/'.join(odd)} is none of the four",
+    if odd or acq.acquisition_contrast in IGNORED_CONTRASTS:
+        what = (
+            f"ImageType {'/'.join(odd)}"
+            if odd
+            else f"AcquisitionContrast {acq.acquisition_contrast}"
         )
+        why = f"no mapping rule matches; {what} is none of the four"
+        return SeriesVerdict(series, None, "ignored", why)
     matched = description_matches(desc, mapping)
     weighting, why = (
         weighting_from_parameters(acq, mapping.parameters)
