@@ -209,6 +209,11 @@ def test_reasons_name_rules_and_values() -> None:
     assert "contrast agent tag (Gadovist)" in agent.reason
     both = classify_series(series("t2_tse_tra", TSE), SALT)
     assert both.reason.startswith("rule t2; ") and "T2-weighted" in both.reason
+    tagged = classify_series(series("T1 AX", SIEMENS_T1_SE | GD), SALT)
+    assert (tagged.taken_as, tagged.source) == ("t1ce", BOTH)
+    assert tagged.reason.startswith("rule t1; ") and tagged.reason.endswith("(Gadovist)")
+    words = classify_series(series("T1 POST GAD", {}), SALT)
+    assert words.reason == "rule t1ce; parameters do not decide: no RepetitionTime or EchoTime"
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,9 @@ IGNORED_CONTRASTS = frozenset({"DIFFUSION", "PERFUSION", "FLOW_ENCODED", "TOF", 
 #: AcquisitionContrast values that name one of the four weightings.
 STATED_CONTRASTS = {"T1": "t1", "T2": "t2", "FLUID_ATTENUATED": "flair"}
 
+#: The weighting of each modality (T1Gd is T1-weighted; contrast is decided apart).
+_WEIGHTING = {"t1": "t1", "t1ce": "t1", "t2": "t2", "flair": "flair"}
+
 #: How a series' class was reached.
 DESCRIPTION, PARAMETERS, BOTH = "description", "parameters", "description+parameters"
 
@@ -202,13 +205,13 @@ def classify_series(series: Series, mapping: MappingConfig) -> SeriesVerdict:
         taken, reason = matched[0], f"rule {matched[0]}"
         if taken == "t1" and acq.contrast_agent and not _search(mapping.precontrast, desc):
             taken, reason = "t1ce", f"rule t1, contrast agent tag ({acq.contrast_agent})"
-        return SeriesVerdict(series, taken, DESCRIPTION, reason)
+        return SeriesVerdict(series, taken, DESCRIPTION, f"{reason}; {why}")
     taken = weighting
     if weighting == "t1":
         post, evidence = _contrast(series, mapping, matched)
         taken, why = ("t1ce" if post else "t1"), f"{why}; {evidence}"
-    if matched == [taken]:
-        return SeriesVerdict(series, taken, BOTH, f"rule {taken}; {why}")
+    if len(matched) == 1 and _WEIGHTING[matched[0]] == weighting:
+        return SeriesVerdict(series, taken, BOTH, f"rule {matched[0]}; {why}")
     if matched:
         why = f"{why} (overrules description rule {', '.join(matched)})"
     return SeriesVerdict(series, taken, PARAMETERS, why)
