@@ -388,6 +388,7 @@ def test_classify_command(tmp_path: Path) -> None:
     assert "t2_tirm_tra_dark-fluid" in out and "fluid-attenuated" in out and "TI 2500 ms" in out
     assert "ambiguous mapping: 2 series match t2" in out
     assert "1 of 2 studies complete" in out and "nothing written" in out
+    assert "set the salt" in out
     assert sorted(p for p in tmp_path.rglob("*")) == files  # a dry run
 
     result = CliRunner().invoke(

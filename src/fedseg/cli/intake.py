@@ -121,6 +121,12 @@ def classify(
         + (f"; {report.not_dicom} file(s) not DICOM instances" if report.not_dicom else ""),
         highlight=False,
     )
+    if not report.pseudonyms:
+        console.print(
+            "studies are numbered: set the salt (--mapping or $FEDSEG_INTAKE_SALT) to see the"
+            " case ids `intake dicom` will give them",
+            highlight=False,
+        )
 
 
 @app.command("preprocess")

@@ -265,6 +265,7 @@ class ClassifyReport:
 
     studies: list[tuple[str, StudyVerdict]]
     not_dicom: int
+    pseudonyms: bool = True
 
     def to_dict(self) -> dict[str, object]:
         """Plain data for ``--json`` (series by number and description; no UIDs)."""
@@ -310,4 +311,4 @@ def classify_folder(root: Path, mapping: MappingConfig) -> ClassifyReport:
         )
         for i, study in enumerate(scan.studies, 1)
     ]
-    return ClassifyReport(studies, scan.not_dicom)
+    return ClassifyReport(studies, scan.not_dicom, pseudonyms=salt is not None)
