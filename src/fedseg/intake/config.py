@@ -125,15 +125,17 @@ class ParameterRules(_Strict):
     - Anything else (PD, T2*, STIR with TI < ``t1_min_ti_ms``) is not decided by parameters.
     """
 
-    flair_min_ti_ms: float = Field(default=1500.0, gt=0, description="ms")
-    flair_min_tr_ms: float = Field(default=4000.0, gt=0, description="ms")
-    long_te_ms: float = Field(default=60.0, gt=0, description="ms; T2 and FLAIR at least")
-    t1_min_ti_ms: float = Field(default=300.0, gt=0, description="ms")
-    t1_max_ti_ms: float = Field(default=1300.0, gt=0, description="ms")
-    t1_max_te_ms: float = Field(default=30.0, gt=0, description="ms")
-    t1_gradient_max_te_ms: float = Field(default=10.0, gt=0, description="ms")
-    t1_max_tr_ms: float = Field(default=1000.0, gt=0, description="ms; T1 without inversion")
-    t2_min_tr_ms: float = Field(default=2000.0, gt=0, description="ms")
+    flair_min_ti_ms: float = Field(default=1500.0, gt=0, description="FLAIR: least TI, ms")
+    flair_min_tr_ms: float = Field(default=4000.0, gt=0, description="FLAIR: least TR, ms")
+    long_te_ms: float = Field(default=60.0, gt=0, description="T2 and FLAIR: least TE, ms")
+    t1_min_ti_ms: float = Field(default=300.0, gt=0, description="IR-prepared T1: least TI, ms")
+    t1_max_ti_ms: float = Field(default=1300.0, gt=0, description="IR-prepared T1: most TI, ms")
+    t1_max_te_ms: float = Field(default=30.0, gt=0, description="T1: most TE, ms")
+    t1_gradient_max_te_ms: float = Field(
+        default=10.0, gt=0, description="gradient-echo T1: most TE, ms"
+    )
+    t1_max_tr_ms: float = Field(default=1000.0, gt=0, description="T1 without IR: most TR, ms")
+    t2_min_tr_ms: float = Field(default=2000.0, gt=0, description="T2: least TR, ms")
 
     @field_validator("t1_max_ti_ms")
     @classmethod
