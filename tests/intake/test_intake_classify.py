@@ -224,6 +224,7 @@ def test_reasons_name_rules_and_values() -> None:
         ("3 Plane Loc", LOCALIZER, "ignored", "ignore"),
         ("ASSET Calibration", LOCALIZER, "ignored", "ignore"),
         ("SURVEY", LOCALIZER, "ignored", "ignore"),
+        ("t2_spc_DIR_sag_p2_iso", SPACE_FLAIR | {"InversionTime": 3400}, "ignored", "ignore"),
         ("ep2d_diff_tra", DWI, "ignored", "ignore"),
         ("Ax DWI", DWI, "ignored", "ignore"),
         ("t2_swi_tra", {}, "ignored", "ignore"),

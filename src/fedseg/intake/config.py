@@ -77,7 +77,8 @@ _PRECONTRAST = (
     r"|non[-_ ]?(?:contrast|con|gd|gad)|w/o|without"
 )
 # Series that are none of the four whatever their parameters say: localizers, calibration,
-# diffusion, susceptibility, angiography, perfusion, spectroscopy, STIR, reformats for display.
+# diffusion, susceptibility, angiography, perfusion, spectroscopy, STIR, double inversion
+# recovery (DIR: a long TI like FLAIR's), projections and subtractions for display.
 _IGNORE = (
     r"(?<![a-z])loc(?:ali[sz]er)?(?![a-z])|localizer|scout|survey|(?<![a-z])cal(?:ibration)?"
     r"(?![a-z])|sense[-_ ]?ref|(?<![a-z])dwi|diff|(?<![a-z])adc(?![a-z])|trace|(?<![a-z])dti"
@@ -85,6 +86,7 @@ _IGNORE = (
     r"|(?<![a-z])mra(?![a-z])|perf|(?<![a-z])dsc(?![a-z])|(?<![a-z])dce(?![a-z])"
     r"|(?<![a-z])p?c?asl(?![a-z])|bold|fmri|(?<![a-z])mip(?![a-z])|(?<![a-z])stir(?![a-z])"
     r"|(?<![a-z])sub(?:tract\w*)?(?![a-z])|phase|spectro|(?<![a-z])svs(?![a-z])|(?<![a-z])csi(?![a-z])"
+    r"|(?<![a-z])dir(?![a-z])|double[-_ ]?(?:ir|inversion)"
 )
 
 
