@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,12 @@ def write_series(
     spacing: tuple[float, float, float] = (2.0, 2.0, 3.0),
     modality: str = "MR",
     patient: dict[str, str] | None = None,
+    tags: dict[str, object] | None = None,
 ) -> list[Path]:
-    """Write an (X, Y, Z) int16 volume as one axial DICOM series, one file per z slice."""
+    """Write an (X, Y, Z) int16 volume as one axial DICOM series, one file per z slice.
+
+    ``tags``: more header values by keyword (acquisition parameters: RepetitionTime, ...).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     series_uid, frame_uid = generate_uid(), generate_uid()
     nx, ny, nz = volume.shape
@@ -59,7 +64,7 @@ def write_series(
         meta.MediaStorageSOPClassUID = MRImageStorage
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        path = folder / f"{description.replace(' ', '_')}_{k:03d}.dcm"
+        path = folder / f"{re.sub(r'[^A-Za-z0-9_-]', '_', description)}_{k:03d}.dcm"
         ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
         for key, value in (patient or PATIENT).items():
             setattr(ds, key, value)
@@ -84,6 +89,8 @@ def write_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
         ds.PixelRepresentation = 1
         ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        for key, value in (tags or {}).items():
+            setattr(ds, key, value)
         ds.PixelData = np.ascontiguousarray(volume[:, :, k].T).tobytes()  # rows = y
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

@@ -14,7 +14,7 @@ from fedseg.intake.config import (
     load_mapping,
     load_pacs_config,
 )
-from fedseg.intake.dicom_series import classify
+from fedseg.intake.series_classifier import description_matches
 
 DEFAULTS = MappingConfig()
 
@@ -39,19 +39,29 @@ DEFAULTS = MappingConfig()
         ("LOCALIZER", []),
         ("DWI b1000", []),
         ("T12 something", []),
+        # issue 18: vendor naming and fixes of the earlier rules
+        ("t2_tirm_tra_dark-fluid", ["flair"]),  # was t2: Siemens names FLAIR "dark fluid"
+        ("Ax T1 FLAIR", ["t1"]),  # was unmatched: T1-FLAIR is T1-weighted
+        ("T1 pre-contrast", ["t1"]),  # was t1ce: "contrast" after "pre" is no contrast
+        ("T1 POSTERIOR FOSSA", ["t1"]),  # was t1ce: "post" of "posterior"
+        ("sT1W_3D_TFE", ["t1"]),  # was unmatched: Philips' SENSE prefix
+        ("Sag 3D BRAVO", ["t1"]),  # was unmatched: GE's 3D T1
+        ("t1_mprage_tra_KM", ["t1ce"]),  # was t1: German "Kontrastmittel"
+        ("AX T1 C+", ["t1ce"]),  # was t1
+        ("3D_Brain_VIEW_FLAIR", ["flair"]),
     ],
 )
 def test_default_rules(description: str, expected: list[str]) -> None:
-    assert classify(description, DEFAULTS) == expected
+    assert description_matches(description, DEFAULTS) == expected
 
 
 def test_mapping_file_overrides_one_rule(tmp_path: Path) -> None:
     path = tmp_path / "mapping.yaml"
     path.write_text("salt: s3cret\nrules:\n  flair:\n    include: 'dark ?fluid'\n")
     cfg = load_mapping(path)
-    assert classify("DARK FLUID AX", cfg) == ["flair"]
-    assert classify("FLAIR AX", cfg) == []
-    assert classify("T1 AX", cfg) == ["t1"]  # other defaults kept
+    assert description_matches("DARK FLUID AX", cfg) == ["flair"]
+    assert description_matches("FLAIR AX", cfg) == []
+    assert description_matches("T1 AX", cfg) == ["t1"]  # other defaults kept
     assert cfg.resolved_salt() == "s3cret"
 
 

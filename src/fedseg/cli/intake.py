@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -74,6 +75,58 @@ def dicom(
 ) -> None:
     """Convert each MR study to one de-identified case (<case>/<case>_{t1,t1ce,t2,flair})."""
     _convert(dicom_dir, out, mapping)
+
+
+@app.command("classify")
+def classify(
+    dicom_dir: Path = typer.Argument(..., help="Folder with DICOM files (searched recursively)."),
+    mapping: Path | None = typer.Option(
+        None, "--mapping", help="YAML with series rules, parameter thresholds and the salt."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
+) -> None:
+    """Dry run of `intake dicom`: what each series is taken as and why; writes nothing."""
+    _require()
+    import json
+
+    from fedseg.intake.config import load_mapping
+    from fedseg.intake.series_classifier import classify_folder
+
+    report = classify_folder(dicom_dir, load_mapping(mapping))
+    data = report.to_dict()
+    if json_out:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    for study in data["studies"]:
+        title = f"{study['study']}: {study['status']}"
+        table = Table("series", "description", "taken as", "used", title=title)
+        table.add_column("by", no_wrap=True)
+        table.add_column("why")
+        for s in study["series"]:
+            table.add_row(
+                str(s["number"] if s["number"] is not None else "?"),
+                escape(s["description"]),
+                s["taken_as"] or "-",
+                s["used_as"] or "",
+                s["source"],
+                escape(s["reason"]),
+            )
+        console.print(table)
+        for note in study["notes"]:
+            console.print(f"  {note}", highlight=False, markup=False)
+    complete = sum(s["status"] == "complete" for s in data["studies"])
+    console.print(
+        f"{complete} of {len(data['studies'])} stud{'y' if len(data['studies']) == 1 else 'ies'}"
+        " complete (would be converted by `fedseg intake dicom`); nothing written"
+        + (f"; {report.not_dicom} file(s) not DICOM instances" if report.not_dicom else ""),
+        highlight=False,
+    )
+    if not report.pseudonyms:
+        console.print(
+            "studies are numbered: set the salt (--mapping or $FEDSEG_INTAKE_SALT) to see the"
+            " case ids `intake dicom` will give them",
+            highlight=False,
+        )
 
 
 @app.command("preprocess")

@@ -1,7 +1,8 @@
 """``fedseg intake dicom``: one de-identified BraTS-2021 case folder per DICOM study.
 
 Each study needs exactly one series per modality (T1, T1Gd, T2, FLAIR) after the mapping
-rules; anything else is skipped with a reason. Output files carry only voxels and geometry:
+rules and acquisition parameters (``series_classifier.classify_study``); anything else is
+skipped with a reason. Output files carry only voxels and geometry:
 the case id is a keyed pseudonym and no DICOM text is copied into a NIfTI header.
 """
 
@@ -27,7 +28,8 @@ from fedseg.intake.deidentify import (
     identifier_strings,
     pseudonym,
 )
-from fedseg.intake.dicom_series import Series, Study, classify, scan_dicom
+from fedseg.intake.dicom_series import Series, Study, scan_dicom
+from fedseg.intake.series_classifier import classify_study
 
 PARTIAL = ".partial"
 
@@ -64,41 +66,6 @@ def case_paths(folder: Path, case_id: str) -> dict[str, Path]:
     """The BraTS-2021 file of each modality in a case folder."""
     keys = FILE_KEYS[Layout.BRATS2021]
     return {m: folder / f"{case_id}{keys[m]}.nii.gz" for m in MODALITIES}
-
-
-def select_series(study: Study, mapping: MappingConfig) -> tuple[dict[str, Series], list[str]]:
-    """Pick one series per modality; returns the choice and notes on everything left out.
-
-    The choice is incomplete (a FedsegError-free signal) when a modality has no or several
-    candidates; the notes then say which.
-    """
-    notes: list[str] = []
-    candidates: dict[str, list[Series]] = {m: [] for m in MODALITIES}
-    for s in study.series:
-        if s.modality not in mapping.modalities:
-            notes.append(f"skipped {s.label}: modality {s.modality or 'unknown'}, not MR")
-            continue
-        if not s.is_image:
-            notes.append(f"skipped {s.label}: no image pixels")
-            continue
-        matched = classify(s.description, mapping)
-        if not matched:
-            notes.append(f"skipped {s.label}: no mapping rule matches")
-        elif len(matched) > 1:
-            notes.append(f"skipped {s.label}: ambiguous mapping ({', '.join(matched)})")
-        else:
-            candidates[matched[0]].append(s)
-    chosen: dict[str, Series] = {}
-    for m in MODALITIES:
-        found = candidates[m]
-        if not found:
-            notes.append(f"missing sequence {m}")
-        elif len(found) > 1:
-            names = ", ".join(s.label for s in found)
-            notes.append(f"ambiguous mapping: {len(found)} series match {m} ({names})")
-        else:
-            chosen[m] = found[0]
-    return chosen, notes
 
 
 def read_series(series: Series) -> sitk.Image:
@@ -162,20 +129,17 @@ def convert_dicom(
     Studies whose case folder is already complete are left alone, so a rerun resumes.
     """
     root, out = Path(root), Path(out)
-    if not root.is_dir():
-        raise FedsegError(f"{root}: not a folder; give the folder that holds the DICOM files")
     salt = mapping.resolved_salt()
     scan = scan_dicom(root)
-    if not scan.studies:
-        raise FedsegError(f"{root}: no DICOM instances found (searched {scan.not_dicom} files)")
     out.mkdir(parents=True, exist_ok=True)
     if on_start:
         on_start(len(scan.studies))
     outcomes = []
     for study in scan.studies:
         case_id = pseudonym(study.study_uid, salt, mapping.case_prefix)
-        chosen, notes = select_series(study, mapping)
-        if len(chosen) < len(MODALITIES):
+        verdict = classify_study(study, mapping)
+        chosen, notes = verdict.chosen, verdict.notes
+        if not verdict.complete:
             outcome = StudyOutcome(case_id, "skipped", notes)
         elif all(p.exists() for p in case_paths(out / case_id, case_id).values()):
             outcome = StudyOutcome(case_id, "exists", notes)
