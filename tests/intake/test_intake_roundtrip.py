@@ -146,7 +146,10 @@ def test_round_trip_through_the_pacs(orthanc: Orthanc, atlas: Atlas, tmp_path: P
     np.testing.assert_allclose(k, [0, 0, np.round(k[2])], atol=1e-3)
 
     # No identifying value in anything else fedseg wrote; the linkage holds the identity.
-    assert_phi_free(work, study_uid)
+    uids = [t1ce.FrameOfReferenceUID, str(seg.SeriesInstanceUID), str(seg.SOPInstanceUID)]
+    for s in linkage.series.values():
+        uids += [s.series_uid, *s.instance_uids]
+    assert_phi_free(work, study_uid, uids)
     linkage_text = (site / "linkage" / case.name / "linkage.json").read_text()
     assert study_uid in linkage_text
     print(f"round trip: {commands_s:.1f} s for the six commands")

@@ -19,11 +19,12 @@ from fedseg.cli.main import _register, app
 from fedseg.data import nifti
 from fedseg.data.cases import discover_cases, load_case
 from fedseg.errors import FedsegError
-from fedseg.intake.config import load_mapping
+from fedseg.intake.config import PacsConfig, PacsPeer, load_mapping
 from fedseg.intake.deidentify import pseudonym
 from fedseg.intake.dicom_seg import SEGMENTS, write_seg
 from fedseg.intake.dicom_to_nifti import convert_dicom
 from fedseg.intake.linkage import REFERENCE, read_linkage
+from fedseg.intake.pacs import store
 from fedseg.intake.preprocess import SIDE_DIR, SUMMARY_FILE, transform_path
 from fedseg.model.identity import model_id
 from tests.intake.intake_synth import PATIENT, assert_phi_free, write_study
@@ -72,7 +73,7 @@ def intaken(tmp_path: Path) -> tuple[str, Path, Path, Path]:
 def test_linkage_is_kept_only_where_the_mapping_says(
     intaken: tuple[str, Path, Path, Path], tmp_path: Path
 ) -> None:
-    study_uid, _, case, linkage_dir = intaken
+    study_uid, mapping, case, linkage_dir = intaken
     case_id = case.name
     linkage = read_linkage(linkage_dir, case_id)
     assert linkage.study_uid == study_uid and set(linkage.series) == {"t1", "t1ce", "t2", "flair"}
@@ -82,7 +83,13 @@ def test_linkage_is_kept_only_where_the_mapping_says(
     headers = linkage.reference_headers()
     assert str(headers[0].PatientName) == PATIENT["PatientName"] and "PixelData" not in headers[0]
     # The linkage is the one place holding the study's identity; the cases stay clean.
-    assert_phi_free(tmp_path / "nifti", study_uid)
+    uids = [u for s in linkage.series.values() for u in (s.series_uid, *s.instance_uids)]
+    assert_phi_free(tmp_path / "nifti", study_uid, uids)
+    # A case converted before the linkage existed gets it on a rerun, without converting.
+    shutil.rmtree(linkage_dir)
+    again = convert_dicom(tmp_path / "dicom", tmp_path / "nifti", load_mapping(mapping))
+    assert [o.status for o in again.outcomes] == ["exists"]
+    assert read_linkage(linkage_dir, case_id).series[REFERENCE].instance_uids == ref.instance_uids
     # Without `linkage:` nothing is kept anywhere (the old behaviour).
     plain = tmp_path / "plain.yaml"
     plain.write_text("salt: site-secret\n")
@@ -206,3 +213,12 @@ def test_cli_seg_needs_a_linkage_and_names_the_model(
     result = CliRunner().invoke(app, [*args, "--mapping", str(mapping), "-o", str(tmp_path / "z")])
     assert f"case {case.name} has no linkage" in str(result.exception)
     assert case.name == pseudonym(intaken[0], "site-secret")
+
+
+def test_store_refuses_a_file_that_is_not_dicom(tmp_path: Path) -> None:
+    cfg = PacsConfig(peer=PacsPeer(host="127.0.0.1", port=9, ae_title="PACS"))
+    text = tmp_path / "notes.txt"
+    text.write_text("not dicom")
+    with pytest.raises(FedsegError, match=r"notes\.txt: not a DICOM file") as err:
+        store(cfg, [text])  # refused before any connection is tried
+    assert "\n" not in str(err.value)
