@@ -1,4 +1,4 @@
-"""`fedseg intake ...`: DICOM to de-identified NIfTI, harmonized preprocessing, PACS access."""
+"""`fedseg intake ...`: DICOM to de-identified NIfTI, harmonized preprocessing, DICOM SEG, PACS."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def _convert(dicom_dir: Path, out: Path, mapping: Path | None) -> None:
     for line in report.lines():
         console.print(line, highlight=False, markup=False)
     console.print(
-        f"{len(report.converted)} case(s) written to {out}; log in {out / 'intake_dicom.log'}",
+        f"{len(report.converted)} case(s) written to {out}; log in {out / 'intake_dicom.log'}"
+        + (f"; linkage (site-private) in {cfg.linkage}" if cfg.linkage else ""),
         highlight=False,
     )
 
