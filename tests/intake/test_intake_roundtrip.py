@@ -85,10 +85,10 @@ def test_round_trip_through_the_pacs(orthanc: Orthanc, atlas: Atlas, tmp_path: P
 
     fedseg("intake", "pacs", "retrieve", "--config", pacs, "--study-uid", study_uid,
            "--out", site / "dicom", "--convert", work / "nifti", "--mapping", mapping)  # fmt: skip
-    fedseg("intake", "preprocess", work / "nifti", "--out", work / "brats", "--spacing", 6)
+    fedseg("intake", "preprocess", work / "nifti", "--out", work / "brats", "--spacing", 8)
     (case,) = [p for p in (work / "brats").iterdir() if p.is_dir()]
     labels = work / "results" / "seg.nii.gz"
-    fedseg("segment", "-m", model, case, "-o", labels)
+    fedseg("segment", "-m", model, case, "-o", labels, "--overlap", 0.25)
     seg_file = tmp_path / "to-pacs" / "seg.dcm"
     fedseg("intake", "seg", labels, "--case", case, "--mapping", mapping, "-m", model,
            "-o", seg_file)  # fmt: skip
