@@ -8,7 +8,10 @@ transform per sequence and resample each original image once onto the atlas grid
 found with the case is taken to lie on the T1Gd grid and follows T1Gd (nearest neighbour).
 
 Each case is written to ``OUT/.partial/<case>`` and renamed into place when complete, so an
-interrupted run resumes by skipping the cases already there.
+interrupted run resumes by skipping the cases already there. Beside the images,
+``<case>/intake/`` keeps each sequence's transform (``<m>_to_atlas.tfm``: case-grid points to
+input-image points) and ``summary.json`` with the input grids they map to, by which a label
+map goes back to the source series (``intake.dicom_seg``).
 """
 
 from __future__ import annotations
