@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -135,10 +136,11 @@ def sitk_of(volume: np.ndarray, spacing: tuple[float, float, float]) -> sitk.Ima
     return img
 
 
-def assert_phi_free(root: Path, study_uid: str) -> None:
+def assert_phi_free(root: Path, study_uid: str, more: Iterable[str] = ()) -> None:
     """No identifying value in any file name under ``root``, nor anywhere in any file's
-    (decompressed) bytes: NIfTI headers, voxels, logs."""
-    needles = [*PATIENT.values(), "DOE", "JANE", "STUDY42", study_uid]
+    (decompressed) bytes: NIfTI headers, voxels, logs. ``more``: further values (e.g. the
+    series and instance UIDs a linkage records)."""
+    needles = [*PATIENT.values(), "DOE", "JANE", "STUDY42", study_uid, *more]
     files = [p for p in root.rglob("*") if p.is_file()]
     assert files
     for path in root.rglob("*"):

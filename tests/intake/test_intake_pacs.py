@@ -1,5 +1,6 @@
 """`fedseg intake pacs` against a real Orthanc: echo, find, retrieve (C-GET and C-MOVE),
-then conversion; patient data must not reach any output name or NIfTI header."""
+store (C-STORE, over TLS too), then conversion; patient data must not reach any output name
+or NIfTI header."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from fedseg.cli.main import _register, app
 from fedseg.data.cases import discover_cases, load_case
 from fedseg.errors import FedsegError
 from fedseg.intake.config import load_pacs_config
-from fedseg.intake.pacs import StudyQuery, echo, find, retrieve
+from fedseg.intake.pacs import StudyQuery, echo, find, retrieve, store
 from tests.intake.conftest import Orthanc, make_pki, start_orthanc, stop_orthanc
 from tests.intake.intake_synth import (
     PATIENT,
@@ -163,6 +164,16 @@ def test_tls_echo_find_and_get(tmp_path: Path) -> None:
         assert [s.study_uid for s in find(cfg, StudyQuery(patient_id="PAT-0001"))] == [uid]
         got = retrieve(cfg, find(cfg, StudyQuery(study_uid=uid)), tmp_path / "dcm")
         assert got.received == 24 and got.failed == 0
+        # C-STORE goes over the same TLS association settings (`intake pacs store`).
+        extra = write_series(
+            tmp_path / "new",
+            blob_volume((16, 16, 2), 4, 100.0),
+            study_uid=uid,
+            description="T2 AX REPEAT",
+            number=9,
+        )
+        assert store(cfg, extra).stored == 2
+        assert len(server.rest("GET", "/instances")) == 24 + 2  # type: ignore[arg-type]
         # Without TLS the PACS does not speak to us: a clear one-line error, not a traceback.
         plain = load_pacs_config(server.pacs_yaml(tmp_path / "plain.yaml", timeout_s=5))
         with pytest.raises(FedsegError, match="aborted the association") as err:

@@ -1,4 +1,4 @@
-"""`fedseg intake ...`: DICOM to de-identified NIfTI, harmonized preprocessing, PACS access."""
+"""`fedseg intake ...`: DICOM to de-identified NIfTI, harmonized preprocessing, DICOM SEG, PACS."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ if TYPE_CHECKING:  # the intake modules need the `intake` extra: import them laz
 
 app = typer.Typer(no_args_is_help=True)
 pacs_app = typer.Typer(no_args_is_help=True)
-app.add_typer(pacs_app, name="pacs", help="Talk to a PACS: echo, find and retrieve studies.")
+app.add_typer(
+    pacs_app, name="pacs", help="Talk to a PACS: echo, find and retrieve studies, store results."
+)
 console = Console()
 
 
@@ -27,7 +29,8 @@ def _require() -> None:
 
     from fedseg.errors import FedsegError
 
-    missing = [m for m in ("SimpleITK", "pydicom", "pynetdicom") if not importlib.util.find_spec(m)]
+    wanted = ("SimpleITK", "pydicom", "pynetdicom", "highdicom")
+    missing = [m for m in wanted if not importlib.util.find_spec(m)]
     if missing:
         raise FedsegError(f"fedseg intake needs {', '.join(missing)}: pip install 'fedseg[intake]'")
 
@@ -60,7 +63,8 @@ def _convert(dicom_dir: Path, out: Path, mapping: Path | None) -> None:
     for line in report.lines():
         console.print(line, highlight=False, markup=False)
     console.print(
-        f"{len(report.converted)} case(s) written to {out}; log in {out / 'intake_dicom.log'}",
+        f"{len(report.converted)} case(s) written to {out}; log in {out / 'intake_dicom.log'}"
+        + (f"; linkage (site-private) in {cfg.linkage}" if cfg.linkage else ""),
         highlight=False,
     )
 
@@ -173,6 +177,68 @@ def preprocess(
         raise typer.Exit(1)
 
 
+@app.command("seg")
+def seg(
+    labels: Path = typer.Argument(..., help="Label map from `fedseg segment` (.nii.gz)."),
+    case: Path = typer.Option(
+        ..., "--case", help="The case folder it was segmented from (intake dicom or preprocess)."
+    ),
+    mapping: Path = typer.Option(
+        ..., "--mapping", help="Mapping YAML of the intake (salt and `linkage:` folder)."
+    ),
+    model: list[Path] = typer.Option(
+        ..., "--model", "-m", help="The model(s) `segment` used (ids recorded in the SEG)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="DICOM SEG file to write (.dcm)."),
+) -> None:
+    """Write a label map as a DICOM SEG on the source T1Gd series (for `intake pacs store`).
+
+    The SEG references the series the case came from, on its grid, and carries the real
+    patient's identifiers: it is for the site's own PACS only."""
+    _require()
+    import numpy as np
+
+    from fedseg.data import nifti
+    from fedseg.data.cases import discover_cases
+    from fedseg.errors import FedsegError
+    from fedseg.intake.config import load_mapping
+    from fedseg.intake.deidentify import pseudonym
+    from fedseg.intake.dicom_seg import write_seg
+    from fedseg.intake.linkage import REFERENCE, read_linkage
+    from fedseg.model.identity import models_id
+    from fedseg.output_paths import check_output_file
+    from fedseg.tracking.selection import expand_selection
+
+    cfg = load_mapping(mapping)
+    if cfg.linkage is None:
+        raise FedsegError(
+            f"{mapping}: no `linkage:` folder, so intake kept no way back to the studies; set "
+            "one and rerun `fedseg intake dicom` on the DICOM folder"
+        )
+    check_output_file(out, "DICOM SEG")
+    cases = discover_cases(case)
+    if len(cases) != 1:
+        raise FedsegError(f"{case} holds {len(cases)} cases; give the one case folder segmented")
+    linkage = read_linkage(cfg.linkage, cases[0].case_id)
+    if pseudonym(linkage.study_uid, cfg.resolved_salt(), cfg.case_prefix) != linkage.case_id:
+        raise FedsegError(
+            f"{cfg.linkage}: the linkage of {linkage.case_id} was made with another salt or "
+            "prefix than this mapping YAML's; use the mapping YAML of that intake"
+        )
+    files, _ = expand_selection(model, "mean")
+    label_map = nifti.load_array(labels, dtype=np.int32)
+    affine = np.asarray(nifti.load_header(labels).affine)
+    folder = cases[0].folder or case
+    written = write_seg(label_map, affine, folder, linkage, models_id(files), out)
+    src = linkage.series[REFERENCE]
+    console.print(
+        f"wrote {written}: DICOM SEG of {linkage.case_id} on series {src.number} "
+        f"'{src.description}' (patient identifiers included: for this site's PACS only)",
+        highlight=False,
+        markup=False,
+    )
+
+
 def _query(
     patient_id: str, study_date: str, modality: str, series_description: str, study_uid: str
 ) -> StudyQuery:
@@ -277,3 +343,22 @@ def pacs_retrieve(
     if convert is not None:
         # The whole folder: studies converted on an earlier run are reported as "exists".
         _convert(out, convert, mapping)
+
+
+@pacs_app.command("store")
+def pacs_store(
+    files: list[Path] = typer.Argument(..., help="DICOM files to send, e.g. a SEG."),
+    config: Path = _CONFIG,
+) -> None:
+    """C-STORE files to the PACS (same AE titles and TLS as retrieve)."""
+    _require()
+    from fedseg.intake.config import load_pacs_config
+    from fedseg.intake.pacs import store
+
+    cfg = load_pacs_config(config)
+    result = store(cfg, files)
+    console.print(
+        f"C-STORE ok: {result.stored} of {result.sent} file(s) stored at "
+        f"{cfg.peer.ae_title}@{cfg.peer.host}:{cfg.peer.port}",
+        highlight=False,
+    )

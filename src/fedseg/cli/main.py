@@ -65,7 +65,9 @@ def _register() -> None:
     app.add_typer(runs_cli.app)  # status, alarms, select, contributions, report, ...
     dashboard_cli.register(app)
     app.add_typer(
-        intake_cli.app, name="intake", help="DICOM/PACS intake and harmonized preprocessing."
+        intake_cli.app,
+        name="intake",
+        help="DICOM/PACS intake, preprocessing, DICOM SEG back to the PACS.",
     )
 
 

@@ -167,6 +167,9 @@ class MappingConfig(_Strict):
     ``salt`` is a site secret: case ids are a keyed hash of the StudyInstanceUID, so the same
     study always gets the same pseudonym at this site and no one without the salt can link it
     back. Keep the salt off anything that leaves the site.
+    ``linkage`` (relative to the YAML's folder) is where intake keeps the site's private
+    linkage from each case back to its study (``intake.linkage``; needed for a DICOM SEG);
+    None: none is kept.
     """
 
     rules: dict[str, SeriesRule] = Field(default_factory=_default_rules)
@@ -177,6 +180,7 @@ class MappingConfig(_Strict):
     ignore: str | None = _IGNORE
     prefer_original_3d: bool = True
     salt: str | None = None
+    linkage: Path | None = None
     case_prefix: str = "case"
     modalities: tuple[str, ...] = ("MR",)
 
@@ -255,6 +259,8 @@ def load_mapping(path: Path | None) -> MappingConfig:
     rules = data.get("rules")
     if isinstance(rules, dict):
         data["rules"] = {**_default_rules(), **rules}
+    if isinstance(data.get("linkage"), str):
+        data["linkage"] = Path(path).parent / data["linkage"]  # absolute paths stay as given
     try:
         return MappingConfig.model_validate(data)
     except ValidationError as exc:

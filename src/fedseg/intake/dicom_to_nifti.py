@@ -3,7 +3,9 @@
 Each study needs exactly one series per modality (T1, T1Gd, T2, FLAIR) after the mapping
 rules and acquisition parameters (``series_classifier.classify_study``); anything else is
 skipped with a reason. Output files carry only voxels and geometry:
-the case id is a keyed pseudonym and no DICOM text is copied into a NIfTI header.
+the case id is a keyed pseudonym and no DICOM text is copied into a NIfTI header. When the
+mapping names a ``linkage`` folder, each case's way back to its study is kept there, and
+only there (``intake.linkage``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import SimpleITK as sitk
 
@@ -29,6 +32,7 @@ from fedseg.intake.deidentify import (
     pseudonym,
 )
 from fedseg.intake.dicom_series import Series, Study, scan_dicom
+from fedseg.intake.linkage import write_linkage
 from fedseg.intake.series_classifier import classify_study
 
 PARTIAL = ".partial"
@@ -117,6 +121,27 @@ def convert_study(study: Study, chosen: dict[str, Series], out: Path, case_id: s
     return final
 
 
+def _link(root: Path, out: Path, case_id: str, study: Study, chosen: dict[str, Series]) -> None:
+    """Keep the site's private linkage of a written case (also for one written before)."""
+    grids = {}
+    for m, path in case_paths(out / case_id, case_id).items():
+        header = nifti.load_header(path)
+        grids[m] = (np.asarray(header.affine), tuple(int(v) for v in header.shape[:3]))
+    write_linkage(root, case_id, study.study_uid, chosen, grids)
+
+
+def _check_linkage_place(linkage: Path, root: Path, out: Path) -> None:
+    """The linkage holds patient data: never inside the de-identified output (which must be
+    free of it) nor the DICOM input (its headers would be scanned as instances)."""
+    place = linkage.resolve()
+    for folder, what in ((out, "the output folder"), (root, "the DICOM folder")):
+        if place == folder.resolve() or folder.resolve() in place.parents:
+            raise FedsegError(
+                f"linkage {linkage} is inside {what} {folder}: give it a folder of its own "
+                "(it holds patient identifiers and stays at the site)"
+            )
+
+
 def convert_dicom(
     root: Path,
     out: Path,
@@ -130,6 +155,8 @@ def convert_dicom(
     """
     root, out = Path(root), Path(out)
     salt = mapping.resolved_salt()
+    if mapping.linkage is not None:
+        _check_linkage_place(mapping.linkage, root, out)
     scan = scan_dicom(root)
     out.mkdir(parents=True, exist_ok=True)
     if on_start:
@@ -149,6 +176,8 @@ def convert_dicom(
                 outcome = StudyOutcome(case_id, "converted", notes)
             except FedsegError as exc:
                 outcome = StudyOutcome(case_id, "skipped", [*notes, str(exc)])
+        if mapping.linkage is not None and outcome.status in ("converted", "exists"):
+            _link(mapping.linkage, out, case_id, study, chosen)
         outcomes.append(outcome)
         if on_study:
             on_study(outcome)

@@ -1,4 +1,4 @@
-"""``fedseg intake pacs``: C-ECHO, C-FIND and C-GET/C-MOVE against a PACS (pynetdicom).
+"""``fedseg intake pacs``: C-ECHO, C-FIND, C-GET/C-MOVE and C-STORE against a PACS (pynetdicom).
 
 Queries use the Study Root information model. Retrieved instances are written as
 ``DEST/<n>/<SOPInstanceUID>.dcm`` (one numbered folder per study), ready for
@@ -45,6 +45,7 @@ from pynetdicom.sop_class import (
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
     RawDataStorage,
     SecondaryCaptureImageStorage,
+    SegmentationStorage,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -81,6 +82,7 @@ GET_STORAGE_CLASSES = [
     BasicTextSRStorage,
     EnhancedSRStorage,
     RawDataStorage,
+    SegmentationStorage,
 ]
 _DATE_RANGE = re.compile(r"^(\d{8})?(-(\d{8})?)?$")
 
@@ -433,3 +435,53 @@ def retrieve(cfg: PacsConfig, studies: list[StudyMatch], dest: Path) -> Retrieve
                 server.shutdown()
     folders = sorted({f for f in folder_of.values() if f.exists()})
     return RetrieveResult(store.received, failed, folders)
+
+
+@dataclass
+class StoreResult:
+    """Instances the PACS accepted (warnings included) out of those sent."""
+
+    stored: int
+    sent: int
+
+
+def store(cfg: PacsConfig, files: list[Path]) -> StoreResult:
+    """C-STORE DICOM files (e.g. a DICOM SEG from ``fedseg intake seg``) to the PACS, over
+    the same association settings (AE titles, TLS) as retrieve; a FedsegError names the
+    first file the PACS refused."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    datasets = []
+    for f in files:
+        try:
+            datasets.append((Path(f), dcmread(f)))
+        except (InvalidDicomError, OSError) as exc:
+            raise FedsegError(f"{f}: not a DICOM file that can be sent ({exc})") from None
+    contexts = sorted(
+        {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds in datasets}
+    )
+    if len(contexts) > 128:
+        raise FedsegError(f"{len(contexts)} kinds of instance in one call; send at most 128")
+    ae = _ae(cfg)
+    for sop_class, syntax in contexts:
+        ae.add_requested_context(sop_class, [syntax])
+    stored = 0
+    with _association(cfg, ae) as assoc:
+        for path, ds in datasets:
+            try:
+                status = _status(assoc.send_c_store(ds))
+            except ValueError:  # no accepted presentation context for its SOP class
+                raise FedsegError(
+                    f"{_where(cfg)} does not accept {path.name}'s kind of instance "
+                    f"(SOP class {ds.SOPClassUID.name}) in its transfer syntax"
+                ) from None
+            if status is None:
+                raise FedsegError(f"{_where(cfg)} stopped answering the C-STORE of {path.name}")
+            if status != 0x0000 and not 0xB000 <= status <= 0xBFFF:  # B...: stored, warning
+                raise FedsegError(
+                    f"{_where(cfg)} refused {path.name} (C-STORE status 0x{status:04X}); "
+                    f"{stored} file(s) stored before it"
+                )
+            stored += 1
+    return StoreResult(stored, len(datasets))

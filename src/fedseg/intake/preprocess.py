@@ -8,7 +8,10 @@ transform per sequence and resample each original image once onto the atlas grid
 found with the case is taken to lie on the T1Gd grid and follows T1Gd (nearest neighbour).
 
 Each case is written to ``OUT/.partial/<case>`` and renamed into place when complete, so an
-interrupted run resumes by skipping the cases already there.
+interrupted run resumes by skipping the cases already there. Beside the images,
+``<case>/intake/`` keeps each sequence's transform (``<m>_to_atlas.tfm``: case-grid points to
+input-image points) and ``summary.json`` with the input grids they map to, by which a label
+map goes back to the source series (``intake.dicom_seg``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,14 @@ from fedseg.intake.registration import (
 PARTIAL = ".partial"
 #: Side files of a harmonized case live here, inside the case folder.
 SIDE_DIR = "intake"
+#: The case's record of its harmonization, in SIDE_DIR.
+SUMMARY_FILE = "summary.json"
+
+
+def transform_path(case_folder: Path, m: str) -> Path:
+    """Where a harmonized case keeps modality ``m``'s transform: case-grid points to the
+    points of its input image (ITK, readable with ``sitk.ReadTransform``)."""
+    return Path(case_folder) / SIDE_DIR / f"{m}_to_atlas.tfm"
 
 
 @dataclass
@@ -104,8 +115,14 @@ def _read(case: Case, m: str, orientation: str) -> sitk.Image:
     return sitk.DICOMOrient(image, orientation)
 
 
+def _grid(case: Case, m: str) -> dict[str, list]:
+    """The grid of a case's input image as stored (RAS affine and shape, before reorienting)."""
+    header = nifti.load_header(case.images[m].path)
+    return {"affine": np.asarray(header.affine).tolist(), "shape": list(header.shape[:3])}
+
+
 def _complete(folder: Path, case_id: str) -> bool:
-    return (folder / SIDE_DIR / "summary.json").exists() and all(
+    return (folder / SIDE_DIR / SUMMARY_FILE).exists() and all(
         p.exists() for p in case_paths(folder, case_id).values()
     )
 
@@ -158,7 +175,7 @@ def preprocess_case(case: Case, out: Path, space: AtlasSpace, cfg: PreprocessCon
     side = staging / SIDE_DIR
     side.mkdir()
     for m in MODALITIES:
-        sitk.WriteTransform(composed[m], str(side / f"{m}_to_atlas.tfm"))
+        sitk.WriteTransform(composed[m], str(transform_path(staging, m)))
     qc.registration_png(
         side / "qc.png",
         registered[MODALITIES.index("t1ce")],
@@ -177,8 +194,10 @@ def preprocess_case(case: Case, out: Path, space: AtlasSpace, cfg: PreprocessCon
         "brain_extractor": cfg.brain_extractor,
         "config": cfg.model_dump(mode="json"),
         "transforms_output_to_input": transforms,
+        # The grids the transforms map to (``<m>_to_atlas.tfm``): a DICOM SEG checks them.
+        "input_grids": {m: _grid(case, m) for m in MODALITIES},
     }
-    (side / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (side / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     final = out / case.case_id
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
