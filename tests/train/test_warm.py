@@ -62,6 +62,8 @@ def test_an_unchanged_site_is_reused_with_what_it_holds(sites: dict[str, Path]) 
     # held volumes are read-only: a caller writing into one would change the next task's
     assert not vol.image.flags.writeable and not vol.label.flags.writeable  # type: ignore[union-attr]
     assert cache.get(sites["site1"], sites["site1"] / "fedseg_split.json") is warm
+    other, held = warm.split.train[0], warm.held()  # not a validation case: read, not kept
+    assert warm.read(other) is not warm.read(other) and warm.held() == held
 
 
 def test_a_case_added_or_removed_rebuilds_that_site_only(sites: dict[str, Path]) -> None:

@@ -122,11 +122,12 @@ class WarmSite:
         ``case_cache.VolumeReader`` gives them, kept (read-only) for the next task when it
         is one of the split's validation cases and the budget allows."""
         with self._owner.lock:
-            held = self._volumes.get(case.case_id)
+            ours = self._val.get(case.case_id) == case
+            held = self._volumes.get(case.case_id) if ours else None
             if held is not None:
                 return held
             vol = self._reader(case)
-            if self._val.get(case.case_id) == case and self._owner.fit(self, _volume_bytes(vol)):
+            if ours and self._owner.fit(self, _volume_bytes(vol)):
                 for arr in (vol.image, vol.label, vol.affine):
                     if arr is not None:
                         arr.setflags(write=False)
