@@ -17,7 +17,7 @@ from fedseg.federation.rounds.tasks import TaskRequest, recipe_json
 from fedseg.model.compute import ComputeConfig, ComputeOverrides
 from fedseg.run_folder import ComputeUsed, cross_label
 from fedseg.tracking.store import RunStore
-from fedseg.train.warm import SiteCache
+from fedseg.train.warm import SiteCache, process_cache
 from tests.federation.fed_helpers import tiny_plan
 
 
@@ -157,3 +157,18 @@ def test_a_site_sees_a_case_added_between_two_tasks(tmp_path: Path) -> None:
     shutil.move(data["site2"] / "site2_000", data["site1"] / "site2_000")
     after = run_task("site1", data["site1"], req, tmp_path / "ws", 1, sites=sites)
     assert after.n_train + after.n_val == 5 and sites.builds == 2
+
+
+def test_run_task_keeps_the_site_warm_in_its_process(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    """Without a cache of its own, ``run_task`` (a Flower ClientApp, ``compare``'s
+    transport) uses the process's: its next task on the site reuses the entry."""
+    plan = tiny_plan(tiny_sites)
+    req = TaskRequest(1, 0, True, 0, 7, "run-p", recipe_json(plan.network, plan.train),
+                      initial_weights(plan), min_summary_cases=1)  # fmt: skip
+    run_task("site2", tiny_sites["site2"], req, tmp_path / "ws", 1)
+    cache = process_cache()
+    warm, hits = cache.get(tiny_sites["site2"]), cache.hits
+    run_task("site2", tiny_sites["site2"], req, tmp_path / "ws", 1)
+    assert cache.hits == hits + 1 and cache.get(tiny_sites["site2"]) is warm
