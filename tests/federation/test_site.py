@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fedseg.data.synth.generate import make_tiny_dataset
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.coordinator import initial_weights
 from fedseg.federation.rounds.disclosure import ErrorCategory
 from fedseg.federation.rounds.site import TaskFailed, run_task, site_workspace
 from fedseg.federation.rounds.tasks import TaskRequest, recipe_json
 from fedseg.model.compute import ComputeConfig, ComputeOverrides
-from fedseg.run_folder import ComputeUsed
+from fedseg.run_folder import ComputeUsed, cross_label
 from fedseg.tracking.store import RunStore
+from fedseg.train.warm import SiteCache, process_cache
 from tests.federation.fed_helpers import tiny_plan
 
 
@@ -110,3 +113,62 @@ def test_site_keeps_two_optimizer_states_and_redoes_a_round_from_the_right_one(
     assert sorted(p.name for p in ws.glob("optimizer_*.npz")) == [
         "optimizer_0004.npz", "optimizer_0005.npz"
     ]  # fmt: skip
+
+
+def test_a_warm_site_gives_the_numbers_of_a_cold_one(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    """A process's second task on a site reuses its warm data (``train.warm``): the same
+    split, prepared cases and validation volumes, so the same weights and metrics as the
+    first task, which built them (validation with another site's model, training and the
+    home check: every path that reads the site's cases)."""
+    plan = tiny_plan(tiny_sites)
+    w0 = initial_weights(plan)
+    other = {k: v * 0.5 for k, v in w0.items()}
+    req = TaskRequest(1, 0, True, 1, 7, "run-w", recipe_json(plan.network, plan.train), w0,
+                      min_summary_cases=1, cross={cross_label("site2", 0): other},
+                      home=True)  # fmt: skip
+    sites = SiteCache()
+    cold = run_task("site1", tiny_sites["site1"], req, tmp_path / "ws", 1, sites=sites)
+    warm = sites.get(tiny_sites["site1"])
+    assert (sites.builds, sites.hits) == (1, 1) and warm.held()[0] > 0  # volumes held
+    again = run_task("site1", tiny_sites["site1"], req, tmp_path / "ws", 1, sites=sites)
+    assert (sites.builds, sites.hits) == (1, 2) and sites.get(tiny_sites["site1"]) is warm
+    assert cold.weights is not None and again.weights is not None
+    for k in w0:
+        np.testing.assert_array_equal(again.weights[k], cold.weights[k])
+    assert again.validation == cold.validation and again.validation
+    assert again.cross == cold.cross and again.cross
+    assert again.home == cold.home and again.home
+    assert again.train_loss == cold.train_loss
+
+
+def test_a_site_sees_a_case_added_between_two_tasks(tmp_path: Path) -> None:
+    """The issue's check at the round level: the process's warm site is rebuilt when a case
+    is added to its data folder, and the next task counts it."""
+    make_tiny_dataset(tmp_path / "data", sites=2, cases_per_site=4)
+    data = {s: tmp_path / "data" / s for s in ("site1", "site2")}
+    plan = tiny_plan(data)
+    req = TaskRequest(1, 0, True, 0, 7, "run-a", recipe_json(plan.network, plan.train),
+                      initial_weights(plan), min_summary_cases=1)  # fmt: skip
+    sites = SiteCache()
+    before = run_task("site1", data["site1"], req, tmp_path / "ws", 1, sites=sites)
+    assert before.n_train + before.n_val == 4
+    shutil.move(data["site2"] / "site2_000", data["site1"] / "site2_000")
+    after = run_task("site1", data["site1"], req, tmp_path / "ws", 1, sites=sites)
+    assert after.n_train + after.n_val == 5 and sites.builds == 2
+
+
+def test_run_task_keeps_the_site_warm_in_its_process(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    """Without a cache of its own, ``run_task`` (a Flower ClientApp, ``compare``'s
+    transport) uses the process's: its next task on the site reuses the entry."""
+    plan = tiny_plan(tiny_sites)
+    req = TaskRequest(1, 0, True, 0, 7, "run-p", recipe_json(plan.network, plan.train),
+                      initial_weights(plan), min_summary_cases=1)  # fmt: skip
+    run_task("site2", tiny_sites["site2"], req, tmp_path / "ws", 1)
+    cache = process_cache()
+    warm, hits = cache.get(tiny_sites["site2"]), cache.hits
+    run_task("site2", tiny_sites["site2"], req, tmp_path / "ws", 1)
+    assert cache.hits == hits + 1 and cache.get(tiny_sites["site2"]) is warm

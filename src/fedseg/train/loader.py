@@ -118,6 +118,14 @@ class CaseStore:
     def get(self, i: int) -> PreparedCase:
         return self._cache[i] if i in self._cache else self._prepare(i)
 
+    def held(self) -> tuple[int, int]:
+        """What the store holds: (bytes of prepared cases in memory, memory-mapped arrays).
+        A memory-mapped array costs no memory of its own (its pages are the OS page
+        cache's) but one open file."""
+        arrays = [a for p in self._cache.values() for a in (p.image, p.regions, p.tumor)]
+        mapped = sum(isinstance(a, np.memmap) for a in arrays)
+        return sum(a.nbytes for a in arrays if not isinstance(a, np.memmap)), mapped
+
 
 def epoch_order(n_cases: int, per_case: int, seed: int, epoch: int) -> np.ndarray:
     """Case index of each sample of ``epoch``: every case ``per_case`` times, shuffled."""

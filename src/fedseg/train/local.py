@@ -242,7 +242,7 @@ def train_local(
     train: TrainConfig,
     weights: Weights | None,
     optimizer_state: OptimizerState | None,
-    cases: Sequence[Case],
+    cases: Sequence[Case] | CaseStore,
     epochs: int,
     *,
     seed: int,
@@ -255,14 +255,16 @@ def train_local(
     dp: CaseDp | None = None,
 ) -> LocalResult:
     """Train on ``cases`` for ``epochs`` epochs starting from ``weights`` (None: fresh init
-    from ``seed``) and ``optimizer_state`` (None: fresh Adam).
+    from ``seed``) and ``optimizer_state`` (None: fresh Adam). ``cases`` may come prepared,
+    as a ``CaseStore`` of ``train.patch_size`` (a warm site's: ``train.warm``).
 
     Epochs are numbered from ``first_epoch`` for the data order, so continuing a run with
     ``first_epoch=k`` gives the same batches as the straight run's epoch k.
     ``proximal_mu > 0`` adds FedProx's term pulling towards ``reference`` (default: ``weights``).
     The device, precision, memory format and compilation are ``train.compute``'s.
     ``case_cache``: read the cases from the site's case cache (``fedseg.train.case_cache``),
-    making the missing entries; False prepares them in memory (up to ``train.cache_mb``).
+    making the missing entries; False prepares them in memory (up to ``train.cache_mb``);
+    ignored for a ``CaseStore``.
     ``dp``: train with DP-SGD (``train.dp``: Poisson-drawn cases, per-case clipping and
     noise; fp32, not compiled), else plain minibatches.
     """
@@ -281,7 +283,12 @@ def train_local(
     opt = new_optimizer(net, train)
     if optimizer_state is not None:
         load_optimizer_state(opt, net, optimizer_state)
-    store = CaseStore(cases, train.patch_size, train.cache_mb, disk=case_cache)
+    if isinstance(cases, CaseStore):
+        if cases.patch_size != train.patch_size:
+            raise ValueError(f"cases prepared for {cases.patch_size}, not {train.patch_size}")
+        store = cases
+    else:
+        store = CaseStore(cases, train.patch_size, train.cache_mb, disk=case_cache)
     prox = None
     if proximal_mu > 0:
         ref = reference if reference is not None else weights

@@ -29,6 +29,10 @@ leaves is, per model, ``dice`` and ``dice_diff`` (paired per case with the recei
 ``model.evaluate.summarize_paired``) summaries over at least the floor's number of cases,
 as for validation; the per-case values go to the site's own store under the model's
 ``cross_label``.
+
+The site's data (its cases, split, prepared training cases and validation volumes) come
+from the process's warm cache (``train.warm.SiteCache``): a process that serves many tasks
+reads them once, and again only when a case or the split changed on disk.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedseg.data.splits import Split, load_split
+from fedseg.data.splits import Split
 from fedseg.errors import FedsegError
 from fedseg.federation.rounds.disclosure import (
     MIN_SUMMARY_CASES,
@@ -71,6 +75,7 @@ from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
 from fedseg.train.local import OptimizerState, train_local
 from fedseg.train.validate import validate_cases, validate_models
+from fedseg.train.warm import SiteCache, process_cache
 
 if TYPE_CHECKING:  # Opacus is imported only when a plan asks for DP-SGD
     from fedseg.federation.rounds.case_budget import CaseLedger
@@ -118,6 +123,7 @@ def run_task(
     min_summary_cases: int = MIN_SUMMARY_CASES,
     compute: ComputeOverrides | None = None,
     ctx: SiteContext | None = None,
+    sites: SiteCache | None = None,
 ) -> TaskReply:
     """Do ``req`` on the site's data folder: validate (per-case values kept locally, summaries
     over at least ``summary_floor(req.min_summary_cases, min_summary_cases)`` cases
@@ -128,12 +134,16 @@ def run_task(
     validates and trains; the reply says which device and precision that was
     (``TaskReply.compute``). ``ctx``: the site's private protocol state and credentials,
     with which the update is protected as the plan's ``privacy`` asks
-    (``update_protection``; default: a fresh, empty one). Any failure is logged in full
-    at the site and raised as ``TaskFailed``, whose line is all that may travel."""
+    (``update_protection``; default: a fresh, empty one). ``sites``: where the site's data
+    stay warm between tasks (default: this process's ``train.warm.process_cache``). Any
+    failure is logged in full at the site and raised as ``TaskFailed``, whose line is all
+    that may travel."""
     step = _Step(Path(data))
     try:
         ctx = ctx if ctx is not None else SiteContext(site, Path(data), workspace)
-        return _run(site, Path(data), req, workspace, min_summary_cases, compute, step, ctx)
+        sites = sites if sites is not None else process_cache()
+        return _run(site, Path(data), req, workspace, min_summary_cases, compute, step, ctx,
+                    sites)  # fmt: skip
     except Exception as exc:
         line = public_error(exc, step.phase, step.secrets)
         site_log(
@@ -146,7 +156,7 @@ def run_task(
 
 def _run(
     site: str, data: Path, req: TaskRequest, workspace: Path | None, site_min: int,
-    compute: ComputeOverrides | None, step: _Step, ctx: SiteContext,
+    compute: ComputeOverrides | None, step: _Step, ctx: SiteContext, sites: SiteCache,
 ) -> TaskReply:  # fmt: skip
     ws = site_workspace(data, req.run_id, workspace)
     step.secrets += [str(data.resolve()), str(ws)]
@@ -159,11 +169,13 @@ def _run(
             "the site's data folder is missing",
             f"site {site}: data folder {data} not found or not a folder",
         )
-    split = load_split(data)
+    warm = sites.get(data)
+    split = warm.split
     step.secrets += [c.case_id for c in (*split.train, *split.val)]
     step.phase = ErrorCategory.INTERNAL
     network, train = recipe_from_json(req.recipe)
     train = train.with_compute(compute)  # the plan's defaults, this machine's choices
+    sites.budget_mb = train.cache_mb  # the process's budget: the latest task's
     ledger: CaseLedger | None = None
     if req.privacy.dp.level == "case":  # DP-SGD: budget first, a refusal costs nothing
         step.phase = ErrorCategory.PRIVACY
@@ -186,9 +198,9 @@ def _run(
 
         def validate() -> list[CaseResult]:
             if not cross:
-                return validate_cases(network, train, req.weights, split.val)
+                return validate_cases(network, train, req.weights, split.val, load=warm.read)
             per = validate_models(network, train, {_GLOBAL: req.weights, **cross}, split.val,
-                                  dice_only=set(cross))  # fmt: skip
+                                  dice_only=set(cross), load=warm.read)  # fmt: skip
             others.update((k, v) for k, v in per.items() if k != _GLOBAL)
             return per[_GLOBAL]
 
@@ -205,8 +217,11 @@ def _run(
         elif mode == "keep-local":
             state = _load_optimizer(ws, req.round)
         dp = ledger.case_dp(req.privacy.dp.max_physical_batch) if ledger is not None else None
+        t0 = time.perf_counter()
+        store = warm.store(train)  # prepared on the site's first training task
+        prep_s = time.perf_counter() - t0
         result = train_local(
-            network, train, req.weights, state, split.train, req.epochs,
+            network, train, req.weights, state, store, req.epochs,
             seed=req.seed, proximal_mu=req.proximal_mu, dp=dp,
         )  # fmt: skip
         if mode == "keep-local":
@@ -217,11 +232,12 @@ def _run(
         reply.n_train = result.n_train
         # a loss over fewer cases than the floor is as telling as a summary of them
         reply.train_loss = result.train_loss if result.n_train >= floor else None
-        reply.train_wall_s = result.wall_s
+        reply.train_wall_s = prep_s + result.wall_s
         if req.home and reference and len(split.val) >= floor:
             step.phase = ErrorCategory.VALIDATION
             t0 = time.perf_counter()
-            own = validate_cases(network, train, result.weights, split.val, ("dice",))
+            own = validate_cases(network, train, result.weights, split.val, ("dice",),
+                                 load=warm.read)  # fmt: skip
             mine = {cross_label(site, req.round): own}
             reply.home = _cross_summaries(site, ws, floor, mine, reference, None)
             reply.val_wall_s += time.perf_counter() - t0
