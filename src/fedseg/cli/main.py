@@ -43,6 +43,7 @@ def _register() -> None:
     from fedseg.cli import federate as federate_cli
     from fedseg.cli import intake as intake_cli
     from fedseg.cli import pki as pki_cli
+    from fedseg.cli import release as release_cli
     from fedseg.cli import runs as runs_cli
     from fedseg.cli import segment as segment_cli
     from fedseg.cli import synthesis as synthesis_cli
@@ -55,6 +56,7 @@ def _register() -> None:
     synthesis_cli.register(app)  # complete, sample (a trained generator)
     app.command("evaluate")(evaluate_cli.evaluate)
     app.command("export")(export_cli.export)
+    app.command("release")(release_cli.release)
     federate_cli.register(app)
     compare_plans_cli.register(app)
     app.add_typer(pki_cli.app, name="pki", help="Consortium CA, server certificate, site keys.")
