@@ -160,3 +160,6 @@ def test_brats2023_labels_change_et_4_to_3_and_nothing_else(
     np.testing.assert_allclose(nib.load(b).affine, nib.load(a).affine)
     with pytest.raises(FedsegError, match="use brats2021 or brats2023"):
         output_labels("msd")
+    out = tmp_path / "c.nii.gz"
+    proc = run_fedseg("segment", "-m", tmp_path / "none.pt", case_dir, "-o", out, "--labels", "msd")
+    assert proc.returncode != 0 and "use brats2021 or brats2023" in proc.stderr

@@ -1,6 +1,7 @@
 """What a released MONAI bundle runs besides MONAI's own transforms (``model.monai_bundle``).
 
 - ``case_files``: the four image files of a BraTS case folder (2017-2021 or 2023 names);
+- ``label_values``: the values NCR, ED, ET take in the label convention asked for;
 - ``WholeCaseInferer``: `fedseg segment`'s whole-case inference (crop the all-zero planes,
   z-score the non-zero voxels, fedseg's tiles, Gaussian blending: ``predict_cropped``) as a
   MONAI ``Inferer`` over a network that returns logits; it returns the ET, TC, WT
@@ -57,6 +58,14 @@ def case_files(case_dir: str | Path, file_keys: Mapping[str, Mapping[str, str]])
         f"{folder.name}{k}.nii.gz" for k in next(iter(file_keys.values())).values()
     )
     raise FedsegError(f"{folder}: not a complete BraTS case folder (expected {expected})")
+
+
+def label_values(labels: str, conventions: Mapping[str, Sequence[int]]) -> list[int]:
+    """The label values of NCR, ED, ET in the convention named ``labels`` (a key of
+    ``conventions``, e.g. ``{"brats2021": [1, 2, 4], "brats2023": [1, 2, 3]}``)."""
+    if labels not in conventions:
+        raise FedsegError(f"unknown labels {labels!r}; use --labels {' or '.join(conventions)}")
+    return [int(v) for v in conventions[labels]]
 
 
 def module_predictor(network: Callable[[torch.Tensor], torch.Tensor]) -> Predictor:

@@ -210,6 +210,11 @@ def inference_config(mf: ModelFile, labels: Layout) -> dict[str, Any]:
         "case_id": "$pathlib.Path(@case_dir).resolve().name",
         "device": "$torch.device('cpu')",
         "network": "$torch.export.load(@bundle_root + '/models/model.pt2').module()",
+        "target_labels": {
+            "_target_": f"{RUNTIME}.label_values",
+            "labels": "@labels",
+            "conventions": "@label_values",
+        },
         "image_files": {
             "_target_": f"{RUNTIME}.case_files",
             "case_dir": "@case_dir",
@@ -252,7 +257,7 @@ def inference_config(mf: ModelFile, labels: Layout) -> dict[str, Any]:
                     "_target_": "MapLabelValued",
                     "keys": "pred",
                     "orig_labels": f"@label_values#{Layout.BRATS2021.value}",
-                    "target_labels": "$@label_values[@labels]",
+                    "target_labels": "@target_labels",
                     "dtype": "$numpy.uint8",
                 },
             ],
