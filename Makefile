@@ -44,7 +44,7 @@ lint: venv
 # Every wheel the site, coordinator and user roles need, the atlas and install.sh, for
 # machines without a network (README: Deploying across machines).
 offline-bundle: venv
-	$(BIN)/fedseg bundle offline-bundle --roles site,coordinator,user
+	$(BIN)/fedseg offline-bundle offline-bundle --roles site,coordinator,user
 
 # Step time fp32 vs bf16 (fp16 on CUDA), contiguous vs channels-last, CPU preset and FeTS
 # 128^3 (the FeTS rows take minutes per step on a 2-core CPU); case cache cold vs warm; the

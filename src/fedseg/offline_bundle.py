@@ -1,6 +1,6 @@
 """An offline installation bundle: every wheel a role needs, the SRI24 atlas, an installer.
 
-Hospital machines are often cut off from the internet. ``fedseg bundle OUT`` (run on a
+Hospital machines are often cut off from the internet. ``fedseg offline-bundle OUT`` (run on a
 machine with a package index, from a source checkout) writes::
 
     OUT/wheels/*.whl        fedseg's own wheel and every dependency, as wheels (pip wheel)
@@ -74,8 +74,8 @@ def project_root() -> Path:
     root = Path(fedseg.__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file():
         raise FedsegError(
-            "fedseg bundle builds from a source checkout, and this fedseg was installed from "
-            "a wheel: run it from a clone (`pip install -e .` there)"
+            "fedseg offline-bundle builds from a source checkout, and this fedseg was installed "
+            "from a wheel: run it from a clone (`pip install -e .` there)"
         )
     return root
 

@@ -51,7 +51,7 @@ def test_a_non_empty_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "old.txt").write_text("x")
     with pytest.raises(FedsegError, match="exists and is not an empty folder"):
         build_bundle(tmp_path, ["user"])
-    result = run_fedseg("bundle", tmp_path / "b", "--roles", "nurse")
+    result = run_fedseg("offline-bundle", tmp_path / "b", "--roles", "nurse")
     assert result.returncode != 0
     assert "unknown role(s) nurse" in result.stderr and "Traceback" not in result.stderr
 
@@ -70,7 +70,7 @@ def test_bundle_installs_without_an_index_and_segments_like_this_checkout(
     tmp_path: Path,
 ) -> None:
     bundle = tmp_path / "bundle"
-    built = run_fedseg("bundle", bundle, "--roles", "user", timeout=900)
+    built = run_fedseg("offline-bundle", bundle, "--roles", "user", timeout=900)
     assert built.returncode == 0, built.stderr[-2000:]
     manifest = json.loads((bundle / MANIFEST).read_text())
     assert manifest["extras"] == ["openvino"] and "+cpu" in manifest["torch_wheel"]

@@ -14,6 +14,7 @@ from fedseg.model.inference import probabilities_to_labels
 from fedseg.model.segmenter import (
     Member,
     ModelSet,
+    output_labels,
     probability_paths,
     resolve_case,
     segment_case,
@@ -144,3 +145,21 @@ def test_cli_errors_are_one_line_exit_2(case_dir: Path, model_file: Path, tmp_pa
     assert not out.exists()
     proc = run_fedseg("segment", "--model", model_file, case_dir, "--out", tmp_path / "seg.png")
     assert proc.returncode == 2 and "must be a NIfTI file name" in proc.stderr
+
+
+def test_brats2023_labels_change_et_4_to_3_and_nothing_else(
+    case_dir: Path, oracle: Member, tmp_path: Path
+) -> None:
+    seg = segment_case(resolve_case([case_dir]), ModelSet((oracle,)))
+    assert set(np.unique(seg.labels)) == {0, 1, 2, 4}
+    a = write_segmentation(seg, tmp_path / "a.nii.gz")[0]
+    b = write_segmentation(seg, tmp_path / "b.nii.gz", labels=output_labels("brats2023"))[0]
+    old, new = np.asarray(nib.load(a).dataobj), np.asarray(nib.load(b).dataobj)
+    np.testing.assert_array_equal(new, np.where(old == 4, 3, old))
+    assert set(np.unique(new)) == {0, 1, 2, 3}
+    np.testing.assert_allclose(nib.load(b).affine, nib.load(a).affine)
+    with pytest.raises(FedsegError, match="use brats2021 or brats2023"):
+        output_labels("msd")
+    out = tmp_path / "c.nii.gz"
+    proc = run_fedseg("segment", "-m", tmp_path / "none.pt", case_dir, "-o", out, "--labels", "msd")
+    assert proc.returncode != 0 and "use brats2021 or brats2023" in proc.stderr

@@ -33,7 +33,6 @@ def _root(
 
 def _register() -> None:
     # Imported here so that `fedseg --help` stays fast and each area owns its own verbs.
-    from fedseg.cli import bundle as bundle_cli
     from fedseg.cli import compare_plans as compare_plans_cli
     from fedseg.cli import dashboard as dashboard_cli
     from fedseg.cli import data as data_cli
@@ -43,7 +42,9 @@ def _register() -> None:
     from fedseg.cli import export as export_cli
     from fedseg.cli import federate as federate_cli
     from fedseg.cli import intake as intake_cli
+    from fedseg.cli import offline_bundle as offline_bundle_cli
     from fedseg.cli import pki as pki_cli
+    from fedseg.cli import release as release_cli
     from fedseg.cli import runs as runs_cli
     from fedseg.cli import segment as segment_cli
     from fedseg.cli import synthesis as synthesis_cli
@@ -56,7 +57,8 @@ def _register() -> None:
     synthesis_cli.register(app)  # complete, sample (a trained generator)
     app.command("evaluate")(evaluate_cli.evaluate)
     app.command("export")(export_cli.export)
-    app.command("bundle")(bundle_cli.bundle)
+    app.command("offline-bundle")(offline_bundle_cli.offline_bundle)
+    app.command("release")(release_cli.release)
     federate_cli.register(app)
     compare_plans_cli.register(app)
     app.add_typer(pki_cli.app, name="pki", help="Consortium CA, server certificate, site keys.")

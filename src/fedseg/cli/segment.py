@@ -16,12 +16,14 @@ from fedseg.cli.compute_options import (
     compute_overrides,
 )
 from fedseg.data.cases import MODALITIES, Case, load_case
+from fedseg.data.labels import Layout
 from fedseg.model.compute import ComputeConfig, check_device
 from fedseg.model.segmenter import (
     Combine,
     ModelSet,
     Segmentation,
     check_output,
+    output_labels,
     resolve_case,
     segment_volumes,
     write_segmentation,
@@ -60,12 +62,18 @@ def segment(
         "two passes (absent channel zero, complete it from that label map, segment again); "
         "outside the ModalityBank paper.",
     ),
+    labels: str = typer.Option(
+        "brats2021",
+        "--labels",
+        help="Label values written: brats2021 (NCR 1, ED 2, ET 4) or brats2023 (ET 3).",
+    ),
     device: str | None = DEVICE,
     precision: str | None = PRECISION,
     channels_last: bool | None = CHANNELS_LAST,
     compile_: bool | None = COMPILE,
 ) -> None:
-    """Segment a case into BraTS 2021 labels (ET 4, NCR 1, ED 2) on the input's own grid.
+    """Segment a case into BraTS 2021 labels (ET 4, NCR 1, ED 2; --labels brats2023: ET 3) on
+    the input's own grid.
 
     Runs on CUDA when present, else the CPU, in fp32 unless --device/--precision say
     otherwise (a model file carries no compute choices)."""
@@ -74,6 +82,7 @@ def segment(
     if combine not in ("mean", "triplet"):
         raise typer.BadParameter("use 'mean' or 'triplet'", param_hint="--combine")
     mode: Combine = "triplet" if combine == "triplet" else "mean"
+    convention = output_labels(labels)
     check_output(out)
     if probabilities is not None:
         check_output_folder(probabilities, "--probabilities folder")
@@ -84,7 +93,7 @@ def segment(
     if lacking:
         assert generator is not None  # resolve_case refused the case otherwise
         seg = _segment_two_pass(case, models, generator, lacking, overlap, batch_size)
-        _write(seg, out, probabilities)
+        _write(seg, out, probabilities, convention)
         return
     with Progress(
         TextColumn(f"segmenting {case.case_id}"), BarColumn(), MofNCompleteColumn(),
@@ -99,7 +108,7 @@ def segment(
         seg = segment_volumes(
             volumes, models, overlap=overlap, batch_size=batch_size, on_tiles=advance
         )
-    _write(seg, out, probabilities)
+    _write(seg, out, probabilities, convention)
 
 
 def _segment_two_pass(
@@ -136,10 +145,11 @@ def _segment_two_pass(
     return result.segmentation
 
 
-def _write(seg: Segmentation, out: Path, probabilities: Path | None) -> None:
-    written = write_segmentation(seg, out, probabilities)
-    counts = {v: int((seg.labels == v).sum()) for v in (1, 2, 4)}
+def _write(seg: Segmentation, out: Path, probabilities: Path | None, labels: Layout) -> None:
+    written = write_segmentation(seg, out, probabilities, labels=labels)
+    counts = {v: int((seg.labels == v).sum()) for v in (1, 2, 4)}  # BraTS 2021 values
     console.print(
-        f"wrote {written[0]} (NCR {counts[1]}, ED {counts[2]}, ET {counts[4]} voxels)"
+        f"wrote {written[0]} ({labels.value} labels: NCR {counts[1]}, ED {counts[2]}, "
+        f"ET {counts[4]} voxels)"
         + (f" and {len(written) - 1} probability maps in {probabilities}" if probabilities else "")
     )

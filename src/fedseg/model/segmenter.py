@@ -27,7 +27,7 @@ from fedseg.data.cases import (
     load_case,
     require_all_modalities,
 )
-from fedseg.data.labels import REGIONS
+from fedseg.data.labels import REGIONS, Layout, from_brats2021
 from fedseg.data.preprocess import nonzero_box
 from fedseg.errors import FedsegError
 from fedseg.model.inference import CroppedProbabilities, Predictor, predict_cropped, tile_plan
@@ -273,13 +273,33 @@ def check_output(out: Path) -> Path:
     return check_output_file(out, "label map")
 
 
+#: Label conventions a label map can be written in (``fedseg segment --labels``).
+OUTPUT_LABELS: tuple[Layout, ...] = (Layout.BRATS2021, Layout.BRATS2023)
+
+
+def output_labels(name: str) -> Layout:
+    """The label convention named ``name`` (``brats2021``: ET 4; ``brats2023``: ET 3)."""
+    names = [layout.value for layout in OUTPUT_LABELS]
+    if name not in names:
+        raise FedsegError(f"unknown label convention {name!r}; use {' or '.join(names)}")
+    return Layout(name)
+
+
 def write_segmentation(
-    seg: Segmentation, out: Path, probabilities_dir: Path | None = None
+    seg: Segmentation,
+    out: Path,
+    probabilities_dir: Path | None = None,
+    *,
+    labels: Layout = Layout.BRATS2021,
 ) -> list[Path]:
-    """Write the label map to ``out`` (uint8) and, if asked, the three probability maps
+    """Write the label map to ``out`` (uint8) in the ``labels`` convention (BraTS 2021: ET 4,
+    or BraTS 2023+: ET 3; NCR 1 and ED 2 in both) and, if asked, the three probability maps
     (float32) into ``probabilities_dir``. Returns the files written."""
     out = check_output(out)
-    nifti.save(out, seg.labels, seg.affine, label=True)
+    written_labels = (
+        seg.labels if labels is Layout.BRATS2021 else from_brats2021(seg.labels, labels)
+    )
+    nifti.save(out, written_labels, seg.affine, label=True)
     written = [out]
     if probabilities_dir is not None:
         for i, path in enumerate(probability_paths(probabilities_dir, seg.case_id).values()):

@@ -1,4 +1,4 @@
-"""`fedseg bundle`: an offline installation folder (wheels, atlas, installer) for the roles."""
+"""`fedseg offline-bundle`: an installation folder (wheels, atlas, installer) for the roles."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.console import Console
 console = Console(stderr=True)
 
 
-def bundle(
+def offline_bundle(
     out: Path = typer.Argument(..., help="New (or empty) folder to write the bundle into."),
     roles: str = typer.Option(
         "site,coordinator,user",
