@@ -47,7 +47,7 @@ class SecureArrayTransport(ArrayTransport):
         self.queries.append(kind)
         return answer_here(kind, self.contexts, payloads)
 
-    def exchange(self, requests, timeout_s, on_result) -> None:
+    def exchange(self, requests, timeout_s, on_result, stop_when=None) -> None:
         def protected(site: str, ex: Exchanged) -> None:
             req = requests[site]
             if isinstance(ex.result, TaskReply) and req.epochs > 0:
@@ -56,7 +56,7 @@ class SecureArrayTransport(ArrayTransport):
                 protect_update(self.contexts[site], req, ex.result)
             on_result(site, ex)
 
-        super().exchange(requests, timeout_s, protected)
+        super().exchange(requests, timeout_s, protected, stop_when)
 
 
 @pytest.fixture(scope="module")
