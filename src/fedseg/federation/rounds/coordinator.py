@@ -25,6 +25,14 @@ here and lands in the run store:
   own floor) replies ``validated`` without numbers: an event, no ``validation`` rows, so
   the round-score rule counts it as a site that did not validate; a failed site's error is
   the category and scrubbed line it sent (``rounds.disclosure``);
+- who is asked: the strategy's tasks of the round (partial participation: the drawn sites
+  train; ``validators`` says which others validate); a connected site without a task gets
+  no message and a ``not asked`` row (not expected to validate model r-1: the round-score
+  rule). With plan ``straggler`` (``rounds.straggler``) the exchange stops once the quorum
+  of trainers delivered and the grace passed: the sites still out are ``timeout`` ("cut
+  after quorum (n of m)") and *busy* (``self.busy``, not persisted across restarts) until
+  the transport pulls their late reply (``Transport.pull_late``); the next draws pass
+  them over;
 - after the last round, model R is validated once more (``model_round = R``);
 - ``best.pt``: after every round, the best model round over the whole store by the one
   round-score rule (``tracking.curves``: mean Dice over ET/TC/WT per case, sites weighted
