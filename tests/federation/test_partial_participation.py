@@ -219,3 +219,29 @@ def test_cut_model_is_the_mean_of_the_delivered_updates(tmp_path: Path) -> None:
     step = np.mean([0.001 * SITES.index(s) for s in used])
     k = next(k for k, v in w0.items() if v.dtype.kind == "f")
     np.testing.assert_allclose(w1[k], w0[k] + step, atol=1e-6)
+
+
+def test_cross_site_and_alarms_with_validators_trainers(tmp_path: Path) -> None:
+    """Cross-site validation asks only the round's validators to evaluate (the others get no
+    message), each kept model still to ``evaluators_per_model`` of them; the alarms run
+    every round on the sparse curves and flag nobody for not being asked."""
+    plan = _plan(tmp_path, rounds=3, params={"validators": "trainers"})
+    plan = plan.model_copy(update={
+        "cross_site": plan.cross_site.model_copy(update={"enabled": True, "models_per_round": 4}),
+        "alarms": plan.alarms.model_copy(update={"enabled": True}),
+    })  # fmt: skip
+    run = write_run(tmp_path / "run", plan)
+    t = _transport()
+    Coordinator(run, t).run()
+    for rnd in (2, 3):
+        asked = t.requests[rnd - 1]
+        carried = {s for s, r in asked.items() if r.cross}
+        assert carried and carried <= set(_drawn(rnd))
+        per_model: dict[str, int] = {}
+        for r in asked.values():
+            for label in r.cross:
+                per_model[label] = per_model.get(label, 0) + 1
+        assert len(per_model) == 4 and set(per_model.values()) == {3}  # 3 evaluators each
+    with RunStore(run) as store:  # (ArrayTransport's sites send no cross summaries back)
+        assert store.alarms(observations=True) == []
+        assert [r["status"] for r in store.rounds()] == ["done"] * 3
