@@ -145,6 +145,23 @@ class CrossSiteConfig(BaseModel):
     )  # fmt: skip
 
 
+class StragglerConfig(BaseModel):
+    """The straggler cut-off (plan key ``straggler``; ``federation.rounds.straggler``): a
+    round stops waiting once ``quorum`` (a share, 0-1] of its trainers delivered an update
+    and ``grace_s`` seconds have passed since, or at ``round_timeout_s``. The sites still
+    out are recorded ``timeout`` ("cut after quorum (n of m)") and are given nothing until
+    their late reply has come. ``quorum: null`` (the default): no cut, a round waits for
+    every site or ``round_timeout_s``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quorum: float | None = Field(
+        None, gt=0, le=1, description="share of a round's trainers whose updates end the "
+        "wait (after grace_s); null: wait for all (or round_timeout_s)",
+    )  # fmt: skip
+    grace_s: float = Field(30.0, ge=0, description="seconds waited after the quorum")
+
+
 class BoundsConfig(BaseModel):
     """What a site's reports may claim (plan key ``bounds``; ``federation.rounds.bounds``).
 
@@ -266,6 +283,7 @@ class PlanConfig(BaseModel):
     initial_model: InitialModel = InitialModel()
     min_sites: int = Field(1, ge=1, description="fewest answering sites for a round to count")
     round_timeout_s: float = Field(3600.0, gt=0, description="a site slower than this is skipped")
+    straggler: StragglerConfig = StragglerConfig()
     connect_timeout_s: float = Field(300.0, gt=0, description="wait this long for all sites")
     seed: int = 0
     strategy: StrategyConfig = StrategyConfig()
@@ -390,6 +408,9 @@ rounds: 3              # training rounds (FeTS study: dozens)
 local_epochs: 1        # epochs each site trains per round (FeTS: 1)
 min_sites: 2           # a round counts when at least this many sites answered
 round_timeout_s: 1800  # a site slower than this in a round is skipped for that round
+straggler:             # stop waiting once `quorum` of a round's trainers sent their update
+  quorum: null         # and `grace_s` passed (e.g. 0.8); null: wait for all (or the timeout)
+  grace_s: 30          # a site cut is not drawn again until its late reply has come
 connect_timeout_s: 300 # give up when a site has not connected after this long
 seed: 0
 initial_model:         # path: a fedseg model file (e.g. a public initial model)
@@ -397,7 +418,8 @@ initial_model:         # path: a fedseg model file (e.g. a public initial model)
   seed: null
 strategy:
   name: fedavg         # FedAvg: average of the site updates weighted by training cases
-  params: {{}}
+  params: {{}}         # many sites: sites_per_round: 10 (drawn per round), validators:
+                       # all | trainers | every:K (who validates each round's model)
 privacy:
   # A site sends a validation summary or training loss only when it covers at least this
   # many cases (else it says only that it validated). A deployed site never goes below its

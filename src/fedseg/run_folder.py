@@ -165,12 +165,21 @@ class RoundStatus(StrEnum):
 
 
 class SiteRoundStatus(StrEnum):
-    """``site_rounds.status``: what became of one site in one round."""
+    """``site_rounds.status``: what became of one site in one round. A site the round's
+    strategy gave no task (partial participation with ``validators`` other than ``all``,
+    or still busy with a reply cut after quorum) is ``not asked``: it was not expected to
+    validate that round's model (``tracking.curves``' round-score rule). A ``timeout`` row
+    whose ``extra`` has ``CUT_AFTER_QUORUM`` was cut by the plan's ``straggler`` rule."""
 
     OK = "ok"
     FAILED = "failed"  # it raised or crashed
-    TIMEOUT = "timeout"  # no reply within the round's time
+    TIMEOUT = "timeout"  # no reply within the round's time (or cut after quorum)
     REJECTED = "rejected"  # its update failed the checks
+    NOT_ASKED = "not asked"  # no task this round: not expected to validate
+
+
+#: ``site_rounds.extra`` key of a site cut after quorum: ``[replied, requested]`` trainers
+CUT_AFTER_QUORUM = "cut_after_quorum"
 
 
 class LivePhase(StrEnum):

@@ -53,6 +53,20 @@ def write_run(run_dir: Path, plan: PlanConfig) -> Path:
     return run_dir
 
 
+class FakeClock:
+    """A clock that moves only when told (``advance``): the time of the straggler tests,
+    shared by ``ArrayTransport`` and the ``Coordinator`` (its ``clock``)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
 class ArrayTransport:
     """An in-process transport whose sites answer with hand-made arrays: each site returns
     the global weights plus a constant ``offsets[site]`` (and what ``tamper`` makes of it),
@@ -60,7 +74,14 @@ class ArrayTransport:
     validation Dice 0.5 + offset over ``n_val[site]`` cases (default 2). Each site declares
     ``n_train[site]`` and its ``n_val`` in its hello (``declare`` overrides that). Every
     request is kept for the test to inspect. It tests the round loop and the math, not
-    training."""
+    training.
+
+    Slow sites: ``delays[site]`` is the time a site's reply takes on ``clock`` (default 0;
+    ``math.inf``: it never answers). An exchange hands over the replies that are due, asks
+    ``stop_when``, then moves the clock on by ``tick`` until every reply came, ``stop_when``
+    says stop, or ``timeout_s`` passed: deterministic, no sleeping. The replies still out
+    are late: ``pull_late`` frees a site once the clock passed its reply's time. ``elapsed``
+    keeps each exchange's duration on the clock."""
 
     def __init__(
         self,
@@ -69,11 +90,20 @@ class ArrayTransport:
         tamper: Callable[[str, Weights], Weights] | None = None,
         fail: dict[str, SiteFailure] | None = None,
         n_val: dict[str, int] | None = None,
+        delays: dict[str, float] | None = None,
+        clock: FakeClock | None = None,
+        tick: float = 1.0,
     ) -> None:
         self.offsets, self.n_train = offsets, n_train
         self.n_val = {s: (n_val or {}).get(s, 2) for s in offsets}
         self.tamper = tamper
         self.fail = fail or {}
+        self.delays = delays or {}
+        self.clock = clock or FakeClock()
+        self.tick = tick
+        #: site -> the time its late reply comes (inf: never)
+        self.late: dict[str, float] = {}
+        self.elapsed: list[float] = []
         self.requests: list[dict[str, TaskRequest]] = []
         #: what each site declares in its hello (default: its counts)
         self.declare: dict[str, DeclaredCases] = {
@@ -91,33 +121,56 @@ class ArrayTransport:
         requests: dict[str, TaskRequest],
         timeout_s: float,
         on_result: Callable[[str, Exchanged], None],
+        stop_when: Callable[[set[str]], bool] | None = None,
     ) -> None:
         self.requests.append(requests)
-        for site, req in requests.items():
-            if site in self.fail:
-                ex = Exchanged(self.fail[site], 10, 0, 0.1)
-            else:
-                w = opt = None
-                off = self.offsets[site]
-                if req.epochs > 0:
-                    w = {
-                        k: v + np.asarray(off).astype(v.dtype) if v.dtype.kind == "f"
-                        else v.copy() for k, v in req.weights.items()
-                    }  # fmt: skip
-                    opt = {"step": np.array(10 * self.n_train[site], np.int64),
-                           "exp_avg/w": np.full(2, off, np.float32)}  # fmt: skip
-                    if self.tamper is not None:
-                        w = self.tamper(site, w)
-                n_val = self.n_val[site]
-                rep = TaskReply(
-                    site=site, weights=w, n_train=self.n_train[site], n_val=n_val,
-                    train_loss=0.5,
-                    validation={r: {"dice": Summary(0.5 + off, 0.1, n_val)}
-                                for r in ("ET", "TC", "WT", "mean")},
-                    optimizer_state=opt,
-                )  # fmt: skip
-                ex = Exchanged(rep, 10, 20, 0.1)
-            on_result(site, ex)
+        t0 = self.clock()
+        due = {s: t0 + self.delays.get(s, 0.0) for s in requests}
+        received: set[str] = set()
+        while True:
+            for site, req in requests.items():
+                if site not in received and due[site] <= self.clock():
+                    received.add(site)
+                    on_result(site, self._reply(site, req))
+            if len(received) == len(requests):
+                break
+            if stop_when is not None and stop_when(set(received)):
+                break
+            if self.clock() - t0 >= timeout_s:
+                break
+            self.clock.advance(self.tick)
+        self.late.update({s: due[s] for s in requests if s not in received})
+        self.elapsed.append(self.clock() - t0)
+
+    def pull_late(self) -> set[str]:
+        free = {s for s, t in self.late.items() if t <= self.clock()}
+        for s in free:
+            del self.late[s]
+        return free
+
+    def _reply(self, site: str, req: TaskRequest) -> Exchanged:
+        if site in self.fail:
+            return Exchanged(self.fail[site], 10, 0, 0.1)
+        w = opt = None
+        off = self.offsets[site]
+        if req.epochs > 0:
+            w = {
+                k: v + np.asarray(off).astype(v.dtype) if v.dtype.kind == "f"
+                else v.copy() for k, v in req.weights.items()
+            }  # fmt: skip
+            opt = {"step": np.array(10 * self.n_train[site], np.int64),
+                   "exp_avg/w": np.full(2, off, np.float32)}  # fmt: skip
+            if self.tamper is not None:
+                w = self.tamper(site, w)
+        n_val = self.n_val[site]
+        rep = TaskReply(
+            site=site, weights=w, n_train=self.n_train[site], n_val=n_val,
+            train_loss=0.5,
+            validation={r: {"dice": Summary(0.5 + off, 0.1, n_val)}
+                        for r in ("ET", "TC", "WT", "mean")},
+            optimizer_state=opt,
+        )  # fmt: skip
+        return Exchanged(rep, 10, 20, 0.1)
 
 
 def float_keys(w: Weights) -> list[str]:
@@ -155,10 +208,12 @@ class Dies:
         requests: dict[str, TaskRequest],
         timeout_s: float,
         on_result: Callable[[str, Exchanged], None],
+        stop_when: Callable[[set[str]], bool] | None = None,
     ) -> None:
         if next(iter(requests.values())).round == self.dies_in:
             raise RuntimeError("aggregator killed")
-        super().exchange(requests, timeout_s, on_result)  # type: ignore[misc]
+        more = {} if stop_when is None else {"stop_when": stop_when}  # as the coordinator
+        super().exchange(requests, timeout_s, on_result, **more)  # type: ignore[misc]
 
 
 class DyingTransport(Dies, ArrayTransport):

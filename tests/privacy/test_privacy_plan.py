@@ -67,6 +67,13 @@ REFUSED = [
     (_plan(privacy={**SECAGG, "secagg": {"threshold": 4}}),
      "privacy.secagg.threshold 4 exceeds the 3 sites training per round: lower it (null: "
      "ceil(2n/3))"),
+    (_plan(10, privacy=SECAGG, straggler={"quorum": 0.5}),
+     "straggler.quorum 0.5 may cut a round to 5 of its 10 training sites, fewer than the 7 "
+     "secure aggregation needs to unmask the sum: raise the quorum to at least 0.70 or "
+     "lower privacy.secagg.threshold"),
+    (_plan(straggler={"quorum": 0.5}, **_strategy("cyclic")),
+     "straggler.quorum: strategy cyclic trains one site per round, there is no quorum to "
+     "reach; remove the straggler key (round_timeout_s bounds a slow site)"),
     (_plan(privacy=CASE_DP, network={"base_filters": 4, "depth": 2, "norm": "batch"}),
      "privacy.dp level case: DP-SGD cannot keep batch statistics private: use network.norm "
      "instance or group"),
@@ -99,6 +106,7 @@ def test_refused_combinations_say_why_in_one_line(
         _plan(privacy={"dp": {"level": "site", "noise_multiplier": 5.0}}, rounds=2),
         _plan(privacy=CASE_DP, **_strategy("median")),  # case-level DP keeps single updates
         _plan(privacy=SECAGG, alarms={"update_outlier": False}),
+        _plan(10, privacy=SECAGG, straggler={"quorum": 0.7}),  # 7 of 10 keep t = 7
     ],
 )
 def test_sensible_combinations_pass(tmp_path: Path, plan: PlanConfig) -> None:

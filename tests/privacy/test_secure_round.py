@@ -47,7 +47,7 @@ class SecureArrayTransport(ArrayTransport):
         self.queries.append(kind)
         return answer_here(kind, self.contexts, payloads)
 
-    def exchange(self, requests, timeout_s, on_result) -> None:
+    def exchange(self, requests, timeout_s, on_result, stop_when=None) -> None:
         def protected(site: str, ex: Exchanged) -> None:
             req = requests[site]
             if isinstance(ex.result, TaskReply) and req.epochs > 0:
@@ -56,7 +56,7 @@ class SecureArrayTransport(ArrayTransport):
                 protect_update(self.contexts[site], req, ex.result)
             on_result(site, ex)
 
-        super().exchange(requests, timeout_s, protected)
+        super().exchange(requests, timeout_s, protected, stop_when)
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +190,36 @@ def test_site_level_dp_weighs_every_site_equally(tmp_path, creds):
         value_range(
             PrivacyConfig.model_validate({"secure_aggregation": True, "dp": {"level": "site"}})
         )
+
+
+def test_site_cut_after_quorum_is_a_dropped_peer(tmp_path, creds):
+    """Plan ``straggler``: site3 answers the key stages, then is cut after the quorum (2 of
+    3, secure aggregation's threshold 2): the unmask stage rebuilds its masks as a dropped
+    peer's and the model is the case-weighted mean of site1 and site2's updates."""
+    from fedseg.federation.rounds.coordinator import initial_weights
+    from fedseg.run_folder import SiteRoundStatus
+    from tests.federation.fed_helpers import FakeClock
+
+    clip = _clip(write_run(tmp_path / "probe", tiny_plan(_sites(tmp_path), rounds=1)))
+    privacy = {"min_summary_cases": 1, "secure_aggregation": True,
+               "secagg": {"clip_norm": clip}}  # fmt: skip
+    cut = {"quorum": 0.6, "grace_s": 5}
+    run = write_run(tmp_path / "cut", tiny_plan(_sites(tmp_path), rounds=1, privacy=privacy,
+                                                straggler=cut))  # fmt: skip
+    clock = FakeClock()
+    t = SecureArrayTransport(creds, OFFSETS, N_TRAIN, delays={"site3": 100.0}, clock=clock)
+    Coordinator(run, t, clock=clock).run()
+    assert t.elapsed[0] == 5.0  # quorum at once, then the grace
+    assert t.queries == ["secagg_keys", "secagg_shares", "secagg_unmask"]
+    w0 = initial_weights(load_plan(run / PLAN_FILE))
+    w1 = load_model(model_path(run, 1)).weights
+    step = (1 * 0.1 + 2 * 0.2) / 3  # site3 (5 cases, offset 0.4) is not in the sum
+    for k in float_keys(w0):
+        np.testing.assert_allclose(w1[k], w0[k] + step, atol=1e-5)
+    with RunStore(run) as store:
+        rows = {r.site: r for r in store.site_rounds()}
+        logs = [e[2] for e in store.events()]
+    assert rows["site3"].status == SiteRoundStatus.TIMEOUT
+    assert rows["site3"].error == "cut after quorum (2 of 3)"
+    assert any("unmasked the sum of 2 site(s) (site1, site2); dropped after the key stages: "
+               "site3" in m for m in logs)  # fmt: skip

@@ -112,3 +112,62 @@ def test_round_score_follows_the_runs_task(tmp_path: Path) -> None:
         )
         assert best_round(store, require_checkpoint=False)[0] == 0  # type: ignore[index]
         assert round_scores(store, metric="dice") == {}  # modalities are its groups
+
+
+# Issue 19 (decision D5): a site the round did not ask, or cut after quorum, is not expected
+# to validate that round's model. (what the sites reported, excused per model round,
+# expected model_round -> score)
+EXCUSED_CASES: list[tuple[str, Curves, dict[int, set[str]], dict[int, float]]] = [
+    ("a round scored on the sites asked (validators: trainers)",
+     {"a": {0: _s(0.5), 1: _s(0.7)}, "b": {0: _s(0.3), 2: _s(0.1)}, "c": {0: _s(0.4)}},
+     {1: {"b", "c"}, 2: {"a", "c"}}, {0: 0.4, 1: 0.7, 2: 0.1}),
+    ("a site asked that did not validate still makes the round ineligible",
+     {"a": {0: _s(0.5), 1: _s(0.9)}, "b": {0: _s(0.5)}, "c": {0: _s(0.5)}},
+     {1: {"c"}}, {0: 0.5}),
+    ("every:K: the rounds between are scored on the trainers, the K-th on everyone",
+     {"a": {0: _s(0.2), 1: _s(0.6), 2: _s(0.4)}, "b": {0: _s(0.4), 2: _s(0.8, 3)}},
+     {1: {"b"}}, {0: 0.3, 1: 0.6, 2: 0.7}),
+    ("excusing every site of a round nobody validated makes no candidate",
+     {"a": {0: _s(0.5)}, "b": {0: _s(0.5)}}, {1: {"a", "b"}}, {0: 0.5}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("curves", "excused", "expected"),
+    [c[1:] for c in EXCUSED_CASES],
+    ids=[c[0] for c in EXCUSED_CASES],
+)
+def test_round_score_rule_excuses_sites_not_asked(
+    curves: Curves, excused: dict[int, set[str]], expected: dict[int, float]
+) -> None:
+    got = federation_curve(curves, excused=excused)
+    assert list(got) == sorted(expected)
+    assert {m: s.mean for m, s in got.items()} == pytest.approx(expected)
+    # without the excuses every site is expected every round: the rule before issue 19
+    strict = federation_curve(curves)
+    common = set.intersection(*(set(c) for c in curves.values() if c))
+    assert list(strict) == sorted(common)
+
+
+def test_round_scores_read_who_was_asked_from_the_store(tmp_path: Path) -> None:
+    """``not asked`` rows and a timeout cut after quorum excuse a site from model round
+    ``round - 1``; a plain timeout does not."""
+    from fedseg.run_folder import CUT_AFTER_QUORUM, SiteRoundStatus
+    from fedseg.tracking.curves import excused_sites
+    from fedseg.tracking.store import SiteRound
+
+    rows = {(0, "a"): 0.5, (0, "b"): 0.5, (0, "c"): 0.5, (1, "a"): 0.7, (2, "a"): 0.9,
+            (3, "a"): 0.2, (3, "b"): 0.4}  # fmt: skip
+    with _store(tmp_path, rows, []) as store:
+        store.record_site_round(SiteRound(2, "b", SiteRoundStatus.NOT_ASKED))
+        store.record_site_round(SiteRound(2, "c", SiteRoundStatus.TIMEOUT,
+                                          error="cut after quorum (1 of 2)",
+                                          extra={CUT_AFTER_QUORUM: [1, 2]}))  # fmt: skip
+        store.record_site_round(SiteRound(3, "b", SiteRoundStatus.NOT_ASKED))
+        store.record_site_round(SiteRound(3, "c", SiteRoundStatus.TIMEOUT, error="no reply"))
+        store.record_site_round(SiteRound(4, "c", SiteRoundStatus.NOT_ASKED))
+        assert excused_sites(store) == {1: {"b", "c"}, 2: {"b"}, 3: {"c"}}
+        got = round_scores(store)
+        # model 1: b, c excused; model 2: c timed out (expected); model 3: c not asked
+        assert {m: s.mean for m, s in got.items()} == pytest.approx({0: 0.5, 1: 0.7, 3: 0.3})
+        assert best_round(store, require_checkpoint=False)[0] == 1  # type: ignore[index]

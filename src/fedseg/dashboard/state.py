@@ -30,7 +30,7 @@ from typing import Any
 from fedseg.model.summary import Summary
 from fedseg.tracking.contributions import estimate_contributions
 from fedseg.tracking.cross_matrix import cross_cells, cross_matrix
-from fedseg.tracking.curves import ALL_REGIONS, ci95, federation_curve, site_curves
+from fedseg.tracking.curves import ALL_REGIONS, ci95, excused_sites, federation_curve, site_curves
 from fedseg.tracking.status import plain, read_status, spent_line
 from fedseg.tracking.store import RunStore
 
@@ -40,6 +40,7 @@ def run_state(run: Path, store: RunStore) -> dict[str, Any]:
     view = read_status(run, store)
     spec = view.score
     curves = {g: site_curves(store, g) for g in spec.all_groups}
+    excused = excused_sites(store)
     out = view.to_json()
     out["score"]["all_groups"] = list(spec.all_groups)
     out.update(
@@ -49,7 +50,7 @@ def run_state(run: Path, store: RunStore) -> dict[str, Any]:
         curves={
             g: {
                 "sites": {s: _points(c) for s, c in by_site.items()},
-                "federation": _points(federation_curve(by_site)),
+                "federation": _points(federation_curve(by_site, excused=excused)),
             }
             for g, by_site in curves.items()
         },

@@ -54,7 +54,7 @@ from fedseg.privacy.config import PrivacyConfig
 from fedseg.privacy.visibility import withheld_by
 from fedseg.run_folder import SiteRoundStatus, Task
 from fedseg.tracking.cross_matrix import cross_cells
-from fedseg.tracking.curves import Curves, federation_curve, site_curves
+from fedseg.tracking.curves import Curves, excused_sites, federation_curve, site_curves
 from fedseg.tracking.evidence import ALL_GROUPS, case_variance, dersimonian_laird, with_mean_rows
 from fedseg.tracking.store import CROSS_DICE_DIFF, CrossRow, RunStore
 
@@ -276,8 +276,10 @@ def contributions(
     curves = site_curves(store, region, metric)
     shares = store_shares(store)
     sites = sorted(set(curves) | {s for rs in shares for s in rs.share})
-    fed = federation_curve(curves)
-    others = {s: federation_curve(curves, [o for o in curves if o != s]) for s in sites}
+    excused = excused_sites(store)
+    fed = federation_curve(curves, excused=excused)
+    others = {s: federation_curve(curves, [o for o in curves if o != s], excused)
+              for s in sites}  # fmt: skip
     out = []
     for site in sites:
         w, sh, cs, gain, gain_o, k = [], [], [], 0.0, 0.0, 0

@@ -22,18 +22,31 @@ same everywhere a round is ranked or plotted: ``fedseg select``, the coordinator
 
 1. a site's value with no cases (``n = 0``) or a non-finite mean is no validation: absent;
 2. the population is every site (of those asked, default all) that validated any model
-   round; a model round is a candidate only when every site of the population validated
-   it, so every score is measured on the same sites' cases (a site that validates late
-   makes the earlier rounds ineligible);
-3. the score is the case-weighted mean over the population, ``sum n_s m_s / sum n_s``,
-   with the pooled population std of the union of the sites' cases and ``n = sum n_s``;
+   round; a model round is a candidate only when every site of the population that was
+   expected to validate it did, so a failed, timed-out or rejected site, or one that
+   validates late, makes the rounds it missed ineligible. A site is *not expected* to
+   validate model m when the round that validated it (m + 1) gave it no task (its
+   ``site_rounds`` row is ``not asked``: partial participation with ``validators:
+   trainers`` or ``every:K``, or busy after a cut) or cut it after quorum (plan
+   ``straggler``: ``run_folder.CUT_AFTER_QUORUM``): the coordinator chose not to ask or
+   not to wait (``excused_sites``). Without such rows every site is expected every round,
+   and every score is measured on the same sites' cases;
+3. the score is the case-weighted mean over the population sites that validated the
+   round, ``sum n_s m_s / sum n_s``, with the pooled population std of the union of the
+   sites' cases and ``n = sum n_s``;
 4. the best round (``selection.best_round``) has the highest score, the earliest on ties.
+
+Rule 2's "not expected" (issue 19) is the one choice between making most rounds of a
+partial plan ineligible (``every:K``: only one round in K would be a candidate; ``trainers``
+with fewer trainers than sites: none but the final validation) and comparing rounds
+scored on different sites: it takes the second, as the FeTS challenge scores each round on
+the sites that validated it; ``validators: all`` keeps every score on the same sites.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,11 +54,13 @@ import numpy as np
 from fedseg.data.cases import MODALITIES
 from fedseg.data.labels import REGIONS
 from fedseg.model.summary import Summary
-from fedseg.run_folder import Task
+from fedseg.run_folder import CUT_AFTER_QUORUM, SiteRoundStatus, Task
 from fedseg.tracking.store import RunStore, ValidationRow
 
 #: Site -> model_round -> Summary.
 Curves = dict[str, dict[int, Summary]]
+#: model_round -> the sites not expected to validate it (rule 2 of the module doc).
+Excused = Mapping[int, Collection[str]]
 
 ALL_REGIONS: tuple[str, ...] = (*REGIONS, "mean")
 
@@ -160,10 +175,24 @@ def pooled(parts: list[Summary]) -> Summary:
     return Summary(float(mean), float(math.sqrt(max(var, 0.0))), n)
 
 
-def federation_curve(curves: Curves, sites: Sequence[str] | None = None) -> dict[int, Summary]:
+def excused_sites(store: RunStore) -> dict[int, frozenset[str]]:
+    """``model_round -> sites`` not expected to validate it (rule 2 of the module doc):
+    round ``m + 1`` recorded them ``not asked`` or cut after quorum."""
+    out: dict[int, set[str]] = {}
+    for r in store.site_rounds():
+        cut = r.status == SiteRoundStatus.TIMEOUT and CUT_AFTER_QUORUM in (r.extra or {})
+        if r.status == SiteRoundStatus.NOT_ASKED or cut:
+            out.setdefault(r.round - 1, set()).add(r.site)
+    return {m: frozenset(s) for m, s in out.items()}
+
+
+def federation_curve(
+    curves: Curves, sites: Sequence[str] | None = None, excused: Excused | None = None
+) -> dict[int, Summary]:
     """The score of every candidate model round by the rule of this module's docstring:
     ``model_round -> Summary`` (case-weighted mean, pooled std, cases) over ``sites``
-    (default: all sites of ``curves``), in round order."""
+    (default: all sites of ``curves``), in round order. ``excused``: per model round, the
+    sites not expected to validate it (``excused_sites``; None: every site expected)."""
     valid = {
         s: {m: v for m, v in curves.get(s, {}).items() if _counts(v)}
         for s in (sorted(curves) if sites is None else sites)
@@ -171,8 +200,13 @@ def federation_curve(curves: Curves, sites: Sequence[str] | None = None) -> dict
     population = [s for s, c in valid.items() if c]
     if not population:
         return {}
-    common = set.intersection(*(set(valid[s]) for s in population))
-    return {m: pooled([valid[s][m] for s in population]) for m in sorted(common)}
+    excused = excused or {}
+    out = {}
+    for m in sorted({m for s in population for m in valid[s]}):
+        free = excused.get(m, ())
+        if all(m in valid[s] or s in free for s in population):
+            out[m] = pooled([valid[s][m] for s in population if m in valid[s]])
+    return out
 
 
 def round_scores(
@@ -183,8 +217,9 @@ def round_scores(
     sites: Sequence[str] | None = None,
 ) -> dict[int, Summary]:
     """``federation_curve`` of ``metric`` (default: the store's task's) in ``region`` from
-    ``store``'s validation rows: the score of every candidate model round."""
-    return federation_curve(site_curves(store, region, metric), sites)
+    ``store``'s validation rows, the sites it did not ask excused: the score of every
+    candidate model round."""
+    return federation_curve(site_curves(store, region, metric), sites, excused_sites(store))
 
 
 def ci95(s: Summary) -> tuple[float, float]:

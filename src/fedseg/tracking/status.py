@@ -60,6 +60,7 @@ from fedseg.run_folder import (
     PrivacySpent,
     RoundStatus,
     RunStatus,
+    SiteRoundStatus,
     Task,
     folder_problem,
     probe_lock,
@@ -67,6 +68,7 @@ from fedseg.run_folder import (
 from fedseg.tracking.curves import (
     SEGMENTATION_SCORE,
     ScoreSpec,
+    excused_sites,
     federation_curve,
     site_curves,
     store_score_spec,
@@ -428,6 +430,8 @@ def _collect(run: Path, store: RunStore) -> StatusView:
     last_rows: dict[str, Any] = {}
     computes: dict[str, ComputeUsed] = {}
     for r in store.site_rounds():
+        if r.status == SiteRoundStatus.NOT_ASKED:  # shows the last task it was given
+            continue
         last_rows[r.site] = r  # ordered by round: keeps the latest
         if r.compute is not None:  # a failed round says none: the last one that did
             computes[r.site] = r.compute
@@ -452,11 +456,12 @@ def _collect(run: Path, store: RunStore) -> StatusView:
         ))  # fmt: skip
     fed_scores: dict[str, float] = {}
     fed_mr = None
-    fed_mean = federation_curve(curves["mean"])
+    excused = excused_sites(store)
+    fed_mean = federation_curve(curves["mean"], excused=excused)
     if fed_mean:
         fed_mr = max(fed_mean)
         for g in spec.all_groups:
-            fc = federation_curve(curves[g])
+            fc = federation_curve(curves[g], excused=excused)
             if fed_mr in fc:
                 fed_scores[g] = fc[fed_mr].mean
     synthesis = None

@@ -58,17 +58,7 @@ def _one_of(column: str, values: type[StrEnum]) -> str:
     return f"CHECK ({column} IN ({', '.join(repr(v.value) for v in values)}))"
 
 
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS rounds (
-    round INTEGER PRIMARY KEY,
-    status TEXT NOT NULL {_one_of("status", RoundStatus)},
-    started REAL NOT NULL,
-    finished REAL,
-    wall_s REAL,
-    n_sites INTEGER,                   -- sites whose update was aggregated
-    note TEXT
-);
+SITE_ROUNDS = f"""
 CREATE TABLE IF NOT EXISTS site_rounds (
     round INTEGER NOT NULL,
     site TEXT NOT NULL,
@@ -85,6 +75,20 @@ CREATE TABLE IF NOT EXISTS site_rounds (
     extra TEXT,                        -- JSON for plan-specific values
     PRIMARY KEY (round, site)
 );
+"""
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    status TEXT NOT NULL {_one_of("status", RoundStatus)},
+    started REAL NOT NULL,
+    finished REAL,
+    wall_s REAL,
+    n_sites INTEGER,                   -- sites whose update was aggregated
+    note TEXT
+);
+{SITE_ROUNDS}
 CREATE TABLE IF NOT EXISTS validation (
     model_round INTEGER NOT NULL,
     site TEXT NOT NULL,
@@ -245,7 +249,18 @@ class RunStore:
         self._migrate()
 
     def _migrate(self) -> None:
-        """Add the columns later versions added to a store written by an earlier one."""
+        """Add the columns later versions added to a store written by an earlier one, and
+        widen the ``site_rounds`` status check to the statuses added since (a table is
+        rebuilt: SQLite cannot alter a CHECK)."""
+        row = self._db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'site_rounds'"
+        ).fetchone()
+        if row and any(repr(v.value) not in row[0] for v in SiteRoundStatus):
+            with self._tx():
+                self._db.execute("ALTER TABLE site_rounds RENAME TO site_rounds_before")
+                self._db.execute(SITE_ROUNDS)
+                self._db.execute("INSERT INTO site_rounds SELECT * FROM site_rounds_before")
+                self._db.execute("DROP TABLE site_rounds_before")
         have = self._columns("alarms")
         if "level" not in have:
             self._db.execute("ALTER TABLE alarms ADD COLUMN level TEXT NOT NULL DEFAULT 'alarm'")

@@ -13,7 +13,9 @@ The rules, by what the aggregator may see:
   to the round's median set to a value of one's own are refused with them (a bound left at
   its default is not applied: the mechanism's clip takes its place, one run-log line);
 - secure aggregation needs at least ``MIN_SECAGG_SITES`` training sites per round (with
-  two, each learns the other's update from the sum) and a threshold no larger than them;
+  two, each learns the other's update from the sum), a threshold no larger than them,
+  and a straggler quorum (``rounds.straggler``) that keeps at least the threshold: a cut
+  site is a dropped peer, and a sum of fewer than the threshold cannot be unmasked;
 - case-level DP (DP-SGD): no batch norm (its running statistics are not private), one
   patch per case (a case would be several records);
 - a DP budget: a plan that gives its noise multiplier must fit its planned rounds in the
@@ -28,6 +30,7 @@ import importlib.util
 from fedseg.errors import PlanError
 from fedseg.federation.rounds.central_dp import secagg_threshold
 from fedseg.federation.rounds.participation import n_participants
+from fedseg.federation.rounds.straggler import quorum_count
 from fedseg.federation.rounds.strategies.base import Strategy
 from fedseg.federation.rounds.strategies.registry import STRATEGIES
 from fedseg.plan import BoundsConfig, PlanConfig
@@ -98,6 +101,13 @@ def check_privacy(plan: PlanConfig, strategy: Strategy) -> None:  # type: ignore
             raise PlanError(
                 f"privacy.secagg.threshold {t} exceeds the {n} sites training per round: "
                 "lower it (null: ceil(2n/3))"
+            )
+        q = quorum_count(plan.straggler, n)
+        if q is not None and q < t:
+            raise PlanError(
+                f"straggler.quorum {plan.straggler.quorum:g} may cut a round to {q} of its {n} "
+                f"training sites, fewer than the {t} secure aggregation needs to unmask the "
+                f"sum: raise the quorum to at least {t / n:.2f} or lower privacy.secagg.threshold"
             )
     if p.dp.level == "case":
         if plan.network.norm == "batch":

@@ -8,7 +8,8 @@ contract in ``fedseg.run_folder``.
 :func:`check_plan_runs` is the whole plan check that runs before any engine process starts
 (a new run and every restart): the strategy and its parameters, the task's combinations
 (``check_task``: what ``task: synthesis`` cannot run with, one line each), cross-site
-validation asked for where it cannot run (``rounds.cross_site.check_cross_site``), the privacy
+validation asked for where it cannot run (``rounds.cross_site.check_cross_site``), a straggler
+cut of a sequential plan (``rounds.straggler.check_straggler``), the privacy
 mechanisms' combinations (``privacy_refusals``), the initial model (or generator), a
 writable run folder (or the folder it will be made in) that has the free space a round's
 model files take (:func:`round_bytes`: parameters x 4 bytes x ``ROUND_FILES``, and a
@@ -27,8 +28,10 @@ import torch
 from fedseg.errors import FedsegError, PlanError
 from fedseg.federation.commands.privacy_refusals import check_privacy
 from fedseg.federation.rounds.cross_site import check_cross_site
+from fedseg.federation.rounds.straggler import check_straggler
 from fedseg.federation.rounds.strategies.base import Strategy
 from fedseg.federation.rounds.strategies.registry import make_strategy
+from fedseg.federation.rounds.strategies.sequential import SequentialStrategy
 from fedseg.model.config import NetworkConfig
 from fedseg.model.generator import GeneratorConfig, new_generator_weights
 from fedseg.model.registry import build_network
@@ -80,6 +83,7 @@ def check_plan_runs(plan: PlanConfig, run_dir: Path) -> int:
     strategy = make_strategy(plan.strategy, plan.local_epochs)
     check_task(plan, strategy)
     check_cross_site(plan)
+    check_straggler(plan, isinstance(strategy, SequentialStrategy))
     check_privacy(plan, strategy)
     init = plan.initial_model.path
     if init is not None and not init.is_file():

@@ -123,6 +123,7 @@ STATE_STYLE: dict[str, str] = {
     SiteActivity.TRAINING: "yellow",
     SiteActivity.VALIDATING: "yellow",
     SiteActivity.WAITING: "dim",
+    SiteRoundStatus.NOT_ASKED: "dim",
 }
 
 
@@ -142,7 +143,8 @@ def live_table(store: RunStore, plan: PlanConfig, layout: Layout | None = None) 
     alarms = store.alarms(observations=True)
     last_rows = {}
     for sr in store.site_rounds():
-        last_rows[sr.site] = sr
+        if sr.status != SiteRoundStatus.NOT_ASKED:  # the last task it was given
+            last_rows[sr.site] = sr
     vals: dict[str, dict[str, tuple[int, float]]] = {}
     for v in store.validation(metric=spec.metric):
         vals.setdefault(v.site, {})[v.region] = (v.model_round, v.mean)

@@ -66,6 +66,9 @@ class FlowerTransport:
         #: site -> the case counts its latest hello declared
         self.declared: dict[str, DeclaredCases] = {}
         self._asked: set[int] = set()
+        #: message id -> (site, node) of the training messages an exchange stopped
+        #: waiting for
+        self._late: dict[str, tuple[str, int]] = {}
 
     def connected_sites(self, wanted: Sequence[str], wait_s: float) -> list[str]:
         deadline = time.monotonic() + wait_s
@@ -130,11 +133,14 @@ class FlowerTransport:
         requests: dict[str, TaskRequest],
         timeout_s: float,
         on_result: Callable[[str, Exchanged], None],
+        stop_when: Callable[[set[str]], bool] | None = None,
     ) -> None:
         """``coordinator.Transport.exchange``: the round's model is encoded once for all
         sites (``messages.encode_requests``); each reply is decoded and handed over as it
         is pulled, and nothing of it is kept here (replies pulled in the same poll, every
-        ``POLL_S``, are in memory together until each is handed over)."""
+        ``POLL_S``, are in memory together until each is handed over). ``stop_when`` is
+        asked after each poll; the messages still out when it stops the exchange, or at
+        the timeout, are kept for ``pull_late``."""
         site_node = {s: n for n, s in self.node_site.items()}
         for site in [s for s in requests if s not in site_node]:
             on_result(
@@ -152,6 +158,7 @@ class FlowerTransport:
         t0 = time.monotonic()
         pending = dict(zip(self.grid.push_messages(msgs), sites, strict=True))
         del msgs  # the encoded model is Flower's now
+        received: set[str] = set(requests) - set(sites)  # the not connected: handed over
         while pending and time.monotonic() - t0 < timeout_s:
             replies = list(self.grid.pull_messages(list(pending)))
             while replies:
@@ -159,12 +166,37 @@ class FlowerTransport:
                 site = pending.pop(reply.metadata.reply_to_message_id, None)
                 if site is not None:
                     on_result(site, _exchanged(reply, sizes[site], time.monotonic() - t0))
+                    received.add(site)
                 del reply  # its bytes go as soon as the coordinator has parked them
+            if pending and stop_when is not None and stop_when(set(received)):
+                self._late.update({m: (s, site_node[s]) for m, s in pending.items()})
+                return  # the coordinator records the sites still out
             if pending:
                 time.sleep(POLL_S)
+        self._late.update({m: (s, site_node[s]) for m, s in pending.items()})
         for site in pending.values():
             late = SiteFailure(SiteRoundStatus.TIMEOUT, f"no reply within {timeout_s:.0f} s")
             on_result(site, Exchanged(late, sizes[site], 0, time.monotonic() - t0))
+
+    def pull_late(self) -> set[str]:
+        """``coordinator.Transport.pull_late``: pulls the replies to the messages earlier
+        exchanges stopped waiting for, drops them (errors too: the site is free either
+        way) and returns their sites. A message to a node that has gone since (a
+        restarted site comes back as a new node) is given up: its site is free."""
+        if not self._late:
+            return set()
+        free = set()
+        for reply in self.grid.pull_messages(list(self._late)):
+            late = self._late.pop(reply.metadata.reply_to_message_id, None)
+            if late is not None:
+                free.add(late[0])
+            del reply
+        alive = set(self.grid.get_node_ids())
+        for mid, (site, node) in list(self._late.items()):
+            if node not in alive:
+                del self._late[mid]
+                free.add(site)
+        return free - {site for site, _ in self._late.values()}
 
     def query(
         self, kind: str, payloads: dict[str, Payload], timeout_s: float

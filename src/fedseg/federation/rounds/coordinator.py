@@ -25,6 +25,14 @@ here and lands in the run store:
   own floor) replies ``validated`` without numbers: an event, no ``validation`` rows, so
   the round-score rule counts it as a site that did not validate; a failed site's error is
   the category and scrubbed line it sent (``rounds.disclosure``);
+- who is asked: the strategy's tasks of the round (partial participation: the drawn sites
+  train; ``validators`` says which others validate); a connected site without a task gets
+  no message and a ``not asked`` row (not expected to validate model r-1: the round-score
+  rule). With plan ``straggler`` (``rounds.straggler``) the exchange stops once the quorum
+  of trainers delivered and the grace passed: the sites still out are ``timeout`` ("cut
+  after quorum (n of m)") and *busy* (``self.busy``, not persisted across restarts) until
+  the transport pulls their late reply (``Transport.pull_late``); the next draws pass
+  them over;
 - after the last round, model R is validated once more (``model_round = R``);
 - ``best.pt``: after every round, the best model round over the whole store by the one
   round-score rule (``tracking.curves``: mean Dice over ET/TC/WT per case, sites weighted
@@ -100,6 +108,7 @@ from fedseg.federation.rounds.central_dp import NOISE_SHARE_SITES, make_site_dp,
 from fedseg.federation.rounds.hidden_sum import SECURE_SUM, make_hidden_sum
 from fedseg.federation.rounds.retention import prune_models
 from fedseg.federation.rounds.spool import Spool
+from fedseg.federation.rounds.straggler import StopRule, check_straggler, quorum_count
 from fedseg.federation.rounds.strategies.base import SiteUpdate, Strategy
 from fedseg.federation.rounds.strategies.modality import PRETRAIN, ModalityFedAvg
 from fedseg.federation.rounds.strategies.registry import make_strategy
@@ -112,6 +121,7 @@ from fedseg.plan import PlanConfig, load_plan
 from fedseg.run_folder import (
     BEST_MODEL,
     CROSSVAL_DIR,
+    CUT_AFTER_QUORUM,
     PLAN_FILE,
     SPOOL_DIR,
     BestModel,
@@ -171,12 +181,22 @@ class Transport(Protocol):
         requests: dict[str, TaskRequest],
         timeout_s: float,
         on_result: Callable[[str, Exchanged], None],
+        stop_when: Callable[[set[str]], bool] | None = None,
     ) -> None:
         """Send each site its request and hand each site's result to ``on_result`` as it
         comes, until all came or ``timeout_s``: at most once per site (a site never handed
         over has not replied). The result is the coordinator's from then on: the transport
         keeps no reference to it, so its weights are freed once the coordinator is done
-        with them (a streaming round parks them on disk at once)."""
+        with them (a streaming round parks them on disk at once). ``stop_when`` (passed
+        only when the plan has a straggler cut, ``rounds.straggler``): called with the
+        sites handed over so far after each result and at each poll; once it returns
+        true the exchange returns at once, the sites still out are not handed over, and
+        their replies, when they come, are left for ``pull_late``."""
+        ...
+
+    def pull_late(self) -> set[str]:
+        """The sites whose reply to an earlier exchange, left out by ``stop_when`` or the
+        timeout, has come since (its content is dropped): they are free again."""
         ...
 
     def declared_cases(self) -> dict[str, DeclaredCases]:
@@ -219,7 +239,11 @@ def reference_modality(
 class Coordinator:
     """Runs (or continues) the federation of the run folder ``run_dir`` over ``transport``."""
 
-    def __init__(self, run_dir: Path, transport: Transport, run_id: str | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, transport: Transport, run_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        """``clock``: the straggler cut's time (``rounds.straggler``; a test's own clock)."""
         self.run_dir = Path(run_dir)
         self.plan = load_plan(self.run_dir / PLAN_FILE)
         self.transport = transport
@@ -251,6 +275,10 @@ class Coordinator:
         sequential = isinstance(self.strategy, SequentialStrategy)
         self.cross = cross_site.resolve(self.plan, sequential)
         self._cross_off = cross_site.off_reason(self.plan, sequential)
+        check_straggler(self.plan, sequential)
+        self.clock = clock
+        #: sites cut after quorum whose late reply has not come yet: given nothing
+        self.busy: dict[str, int] = {}
 
     # -- public -----------------------------------------------------------------------
     def run(self) -> None:
@@ -387,7 +415,9 @@ class Coordinator:
         self._record_declarations(sites)
         if isinstance(self.strategy, ModalityFedAvg):
             self._set_phases()  # a site that declared late
-        tasks = self.strategy.configure_round(rnd, sites)
+        self._free_busy(rnd)
+        tasks = self.strategy.configure_round(rnd, sites, frozenset(self.busy))
+        self._record_not_asked(rnd, [s for s in sites if s not in tasks])
         cross = self._cross_requests(rnd - 1, [s for s, t in tasks.items() if t.validate])
         home = self.cross is not None and cross_site.is_cross_round(self.cross, rnd)
         requests = {
@@ -438,9 +468,21 @@ class Coordinator:
             self._on_result(rnd, site, ex)
             take(site, ex)
 
-        self.transport.exchange(requests, plan.round_timeout_s, on_result)
+        stop = self._stop_rule(requests, records)
+        if stop is None:
+            self.transport.exchange(requests, plan.round_timeout_s, on_result)
+        else:
+            self.transport.exchange(requests, plan.round_timeout_s, on_result, stop_when=stop)
         for site in requests:
-            if site not in records:
+            if site in records:
+                continue
+            if stop is not None and stop.fired:  # still working on it: busy until it replies
+                self.busy[site] = rnd
+                cut = SiteFailure(SiteRoundStatus.TIMEOUT, stop.message)
+                take(site, Exchanged(cut, 0, 0, 0.0))
+                records[site] = _with(records[site], extra={
+                    CUT_AFTER_QUORUM: [stop.replied, len(stop.trainers)]})  # fmt: skip
+            else:
                 take(site, Exchanged(SiteFailure(SiteRoundStatus.TIMEOUT, "no reply"), 0, 0, 0.0))
         for site, failure in refused.items():
             take(site, Exchanged(failure, 0, 0, 0.0))
@@ -504,6 +546,40 @@ class Coordinator:
         if plan.alarms.enabled:
             check_alarms(store, rnd, plan.alarms)  # stores, logs and notifies; never raises
         return new
+
+    def _free_busy(self, rnd: int) -> None:
+        """Forget the busy sites whose late reply the transport has pulled since."""
+        if not self.busy:
+            return
+        for site in sorted(self.transport.pull_late() & set(self.busy)):
+            self.store.log(f"round {rnd}: site {site} answered its round {self.busy.pop(site)} "
+                           "task late (dropped); it can be drawn again")  # fmt: skip
+
+    def _record_not_asked(self, rnd: int, sites: Sequence[str]) -> None:
+        """A ``not asked`` row for each connected site the round gives no task: not
+        expected to validate model ``rnd - 1`` (``tracking.curves``)."""
+        for site in sites:
+            why = None
+            if site in self.busy:
+                why = f"busy with its round {self.busy[site]} task (cut after quorum)"
+            self.store.record_site_round(SiteRound(rnd, site, SiteRoundStatus.NOT_ASKED,
+                                                   error=why))  # fmt: skip
+        busy = [s for s in sites if s in self.busy]
+        if busy:
+            self.store.log(f"round {rnd}: not asked, still busy: {', '.join(busy)}")
+
+    def _stop_rule(
+        self, requests: dict[str, TaskRequest], records: Mapping[str, SiteRound]
+    ) -> StopRule | None:
+        """The round's straggler rule (``rounds.straggler``), None without a cut."""
+        trainers = [s for s, r in requests.items() if r.epochs > 0]
+        need = quorum_count(self.plan.straggler, len(trainers))
+        if need is None:
+            return None
+        return StopRule(
+            trainers, need, self.plan.straggler.grace_s,
+            lambda s: s in records and records[s].status == SiteRoundStatus.OK, self.clock,
+        )  # fmt: skip
 
     def _final_validation(self, weights: Weights, plan_sites: list[str]) -> None:
         plan, rnd = self.plan, self.plan.rounds

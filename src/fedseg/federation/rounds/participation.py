@@ -1,12 +1,15 @@
 """Partial participation: which sites train in a round, drawn from a seed.
 
 The draw depends only on (seed, round, the set of site names), not on the order the sites
-are listed or connected in, so a restarted aggregator draws the same sites again.
+are listed or connected in, so a restarted aggregator draws the same sites again. A busy
+site (still working on a task cut after quorum: ``rounds.straggler``) is passed over: the
+next site in the round's draw order takes its place, so the count stays the same while
+enough sites are free.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -29,15 +32,20 @@ def n_participants(n_sites: int, fraction: float | None, count: int | None) -> i
 
 def sample_sites(
     sites: Sequence[str], rnd: int, seed: int, fraction: float | None = None,
-    count: int | None = None,
+    count: int | None = None, busy: Collection[str] = (),
 ) -> list[str]:  # fmt: skip
-    """The sites of ``sites`` that train in round ``rnd``, in the order of ``sites``."""
+    """The sites of ``sites`` that train in round ``rnd``, in the order of ``sites``: the
+    first ``k`` of the round's draw order (``k`` from all of ``sites``) that are not
+    ``busy`` (fewer when fewer are free)."""
     k = n_participants(len(sites), fraction, count)
-    if k >= len(sites):
-        return list(sites)
+    taken = set(busy)
+    free = [s for s in sites if s not in taken]
+    if k >= len(free):
+        return free
     pool = sorted(sites)
     # The k smallest of one uniform key per site. (Generator.choice/integers drawn from
     # consecutive round seeds repeat the same pick for runs of rounds; float keys do not.)
     keys = np.random.default_rng(np.random.SeedSequence([seed, rnd])).random(len(pool))
-    chosen = {pool[i] for i in np.argsort(keys, kind="stable")[:k]}
+    order = [pool[i] for i in np.argsort(keys, kind="stable")]
+    chosen = set([s for s in order if s not in taken][:k])
     return [s for s in sites if s in chosen]

@@ -26,7 +26,7 @@ from fedseg.errors import FedsegError
 from fedseg.plan import read_run_plan
 from fedseg.run_folder import REPORT_FILE, AlarmLevel, RoundStatus, Task
 from fedseg.tracking.alarms import AlarmConfig, evaluate_alarms, run_alarm_config
-from fedseg.tracking.curves import federation_curve, site_curves, store_score_spec
+from fedseg.tracking.curves import excused_sites, federation_curve, site_curves, store_score_spec
 from fedseg.tracking.paired_test import CaseTable, read_case_tables
 from fedseg.tracking.report import markup
 from fedseg.tracking.report.sections import (
@@ -110,12 +110,14 @@ def _build(run: Path, store: RunStore, inputs: ReportInputs) -> str:
     spec = store_score_spec(store)
     cfg = run_alarm_config(run).for_task(spec.task)
     by_region = {g: site_curves(store, g) for g in spec.all_groups}
-    fed = {g: federation_curve(by_region[g]) for g in spec.all_groups}
+    excused = excused_sites(store)
+    fed = {g: federation_curve(by_region[g], excused=excused) for g in spec.all_groups}
     more = {}
     if spec.task == Task.SYNTHESIS:
         psnr = {g: site_curves(store, g, "psnr") for g in spec.all_groups}
         if any(psnr.values()):
-            more["psnr"] = (psnr, {g: federation_curve(psnr[g]) for g in spec.all_groups})
+            more["psnr"] = (psnr, {g: federation_curve(psnr[g], excused=excused)
+                                   for g in spec.all_groups})  # fmt: skip
     found, replayed = stored_or_replayed_alarms(store, cfg)
     alarms = [a for a in found if a.level == AlarmLevel.ALARM]
     observed = alarm_spans([a for a in found if a.level == AlarmLevel.OBSERVATION])

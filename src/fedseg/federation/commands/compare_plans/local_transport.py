@@ -44,6 +44,8 @@ class LocalTransport:
         #: its consortium credentials (``creds``: simulated ones, ``pki.throwaway_site_creds``)
         self.contexts = {s: SiteContext(s, d, workspaces.get(s), creds=(creds or {}).get(s))
                          for s, d in data.items()}  # fmt: skip
+        #: sites an exchange stopped before running (``stop_when``): never started, free
+        self._late: set[str] = set()
 
     def connected_sites(self, wanted: Sequence[str], wait_s: float) -> list[str]:
         return [s for s in wanted if s in self.data]
@@ -57,8 +59,17 @@ class LocalTransport:
         return out
 
     def exchange(self, requests: dict[str, TaskRequest], timeout_s: float,
-                 on_result: Callable[[str, Exchanged], None]) -> None:  # fmt: skip
+                 on_result: Callable[[str, Exchanged], None],
+                 stop_when: Callable[[set[str]], bool] | None = None) -> None:  # fmt: skip
+        """``coordinator.Transport.exchange``, one site after the other in ``requests``'
+        order; ``stop_when`` is asked after each site, and the sites not run when it stops
+        the exchange are left out (free at once: ``pull_late``)."""
+        done: set[str] = set()
         for site, req in requests.items():
+            if stop_when is not None and done and stop_when(set(done)):
+                self._late.update(s for s in requests if s not in done)
+                return
+            done.add(site)
             t0 = time.perf_counter()
             arrived, sent = round_trip(req.weights, req.transfer)
             if req.optimizer_state is not None:
@@ -88,6 +99,11 @@ class LocalTransport:
             del ex
             if self.on_site is not None:
                 self.on_site(site)
+
+    def pull_late(self) -> set[str]:
+        """``coordinator.Transport.pull_late``: the sites a stopped exchange never ran."""
+        free, self._late = self._late, set()
+        return free
 
     def query(
         self, kind: str, payloads: dict[str, Payload], timeout_s: float

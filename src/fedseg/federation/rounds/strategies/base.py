@@ -28,7 +28,7 @@ The strategies are listed by name in ``strategies.registry``; this module import
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
@@ -130,8 +130,12 @@ class Strategy(Generic[P]):
         """How many rounds the federation runs (sequential plans: one round per visit)."""
         return plan_rounds
 
-    def configure_round(self, rnd: int, sites: Sequence[str]) -> dict[str, SiteTask]:
-        """Tasks of round ``rnd`` (from 1) for the connected ``sites``."""
+    def configure_round(
+        self, rnd: int, sites: Sequence[str], busy: Collection[str] = ()
+    ) -> dict[str, SiteTask]:
+        """Tasks of round ``rnd`` (from 1) for the connected ``sites``; a site without a
+        task is not asked this round. ``busy``: sites still working on an earlier task
+        (cut after quorum), to be given none where the strategy can do without them."""
         raise NotImplementedError
 
     def proximal_mu(self) -> float:

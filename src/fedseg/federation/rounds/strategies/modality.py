@@ -21,7 +21,7 @@ group it does not train (``frozen_groups``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from fedseg.federation.rounds.aggregation import grouped_average
 from fedseg.federation.rounds.strategies.base import SiteTask, SiteUpdate
@@ -87,8 +87,10 @@ class ModalityFedAvg(ParallelStrategy[ParallelParams]):
         groups = [KERNEL, SHARED, *(bank_group(m) for m in self.modalities)]
         return [g for g in groups if g not in trained]
 
-    def configure_round(self, rnd: int, sites: Sequence[str]) -> dict[str, SiteTask]:
-        tasks = super().configure_round(rnd, sites)
+    def configure_round(
+        self, rnd: int, sites: Sequence[str], busy: Collection[str] = ()
+    ) -> dict[str, SiteTask]:
+        tasks = super().configure_round(rnd, sites, busy)
         if self.phase(rnd) == PRETRAIN and self.reference is not None:
             ref = self.reference  # a site without the reference modality has nothing to train
             idle = SiteTask(validate=True, epochs=0)

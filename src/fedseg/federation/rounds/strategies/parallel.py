@@ -8,11 +8,12 @@ base class's (``strategies.base``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Collection, Sequence
 from typing import TypeVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from fedseg.federation.rounds.aggregation import _cast_like, weighted_average
 from fedseg.federation.rounds.participation import sample_sites
@@ -25,19 +26,44 @@ from fedseg.federation.rounds.strategies.base import (
 )
 from fedseg.model.weights import Weights
 
+#: ``validators`` values: everyone, the round's trainers, or the others every K-th round
+_VALIDATORS = re.compile(r"^(all|trainers|every:([1-9][0-9]*))$")
+
 
 class ParallelParams(StrategyParams):
     """Parameters every parallel plan takes. ``fraction`` or ``sites_per_round`` (not both)
-    draw the sites that train each round from ``participation_seed``; the others only
-    validate."""
+    draw the sites that train each round from ``participation_seed``. ``validators`` says
+    which of the others validate the round's model: ``all`` (every site, every round),
+    ``trainers`` (none: only the trainers validate), ``every:K`` (all in rounds 1, 1 + K,
+    1 + 2K, ..., i.e. models 0, K, 2K, ...; only the trainers in the rounds between). A
+    site that neither trains nor validates gets no message that round (``not asked``)."""
 
     fraction: float | None = Field(None, gt=0, le=1, description="share of sites per round")
     sites_per_round: int | None = Field(None, ge=1, description="sites per round")
     participation_seed: int = 0
+    validators: str = Field(
+        "all", description="who validates each round's model: all, trainers, or every:K "
+        "(the sites that do not train validate every K-th round)",
+    )  # fmt: skip
+
+    @field_validator("validators")
+    @classmethod
+    def _validators(cls, v: str) -> str:
+        if not _VALIDATORS.match(v):
+            raise ValueError(f"{v!r}: use all, trainers or every:K with K a whole number >= 1")
+        return v
 
     def model_post_init(self, __context: object) -> None:
         if self.fraction is not None and self.sites_per_round is not None:
             raise ValueError("give fraction or sites_per_round, not both")
+
+    def others_validate(self, rnd: int) -> bool:
+        """Whether the sites that do not train in round ``rnd`` validate its model."""
+        m = _VALIDATORS.match(self.validators)
+        assert m is not None
+        if m.group(2) is not None:
+            return (rnd - 1) % int(m.group(2)) == 0
+        return self.validators == "all"
 
 
 PP = TypeVar("PP", bound=ParallelParams)
@@ -62,13 +88,21 @@ def fedavg_weights(updates: Sequence[SiteUpdate], weighted: bool = True) -> Weig
 
 
 class ParallelStrategy(Strategy[PP]):
-    """Base of the parallel plans: every site validates each round; the sites drawn by the
-    participation parameters train ``local_epochs`` epochs."""
+    """Base of the parallel plans: the sites drawn by the participation parameters (never a
+    busy one while enough are free) validate and train ``local_epochs`` epochs; the other
+    free sites validate when ``validators`` says so and are otherwise not asked."""
 
-    def configure_round(self, rnd: int, sites: Sequence[str]) -> dict[str, SiteTask]:
+    def configure_round(
+        self, rnd: int, sites: Sequence[str], busy: Collection[str] = ()
+    ) -> dict[str, SiteTask]:
         p = self.params
         trainers = set(
-            sample_sites(sites, rnd, p.participation_seed, p.fraction, p.sites_per_round)
+            sample_sites(sites, rnd, p.participation_seed, p.fraction, p.sites_per_round, busy)
         )
         train = self.training_task(self.local_epochs)
-        return {s: train if s in trainers else SiteTask(validate=True, epochs=0) for s in sites}
+        others = p.others_validate(rnd)
+        return {
+            s: train if s in trainers else SiteTask(validate=True, epochs=0)
+            for s in sites
+            if s in trainers or (others and s not in set(busy))
+        }

@@ -14,7 +14,7 @@ aggregator holds one update in memory (no streaming needed).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -74,7 +74,10 @@ class SequentialStrategy(Strategy[SP]):
     def planned_rounds(self, plan_rounds: int, n_sites: int) -> int:
         return self.cycles * n_sites
 
-    def configure_round(self, rnd: int, sites: Sequence[str]) -> dict[str, SiteTask]:
+    def configure_round(
+        self, rnd: int, sites: Sequence[str], busy: Collection[str] = ()
+    ) -> dict[str, SiteTask]:
+        # ``busy`` never happens: a straggler cut is refused for sequential plans
         p = self.params
         site, _ = visited_site(sites, rnd, p.order, p.seed)
         tasks = {site: self.training_task(p.epochs_per_visit or self.local_epochs)}
