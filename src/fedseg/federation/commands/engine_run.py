@@ -30,7 +30,9 @@ all go through :func:`run_federation`.
 3. ``flwr run`` of the app bundle, recorded in the run store (meta ``flower_run_id`` and an
    event);
 4. :func:`~fedseg.federation.commands.watch.watch` until the ServerApp says done or failed;
-5. every process stopped, whatever happened; a run that ended badly without the
+5. a simulation's Flower log of the run kept (``logs/flower-run-<id>.log``: the ServerApp's
+   output, and under the simulation engine Ray's and the ClientApps'); every process
+   stopped, whatever happened; a run that ended badly without the
    ServerApp saying so gets its cause recorded (meta ``cause``: ``crashed`` when the
    aggregator died without a word, else ``failed``); the :class:`RunResult` read from the
    store.
@@ -224,6 +226,7 @@ def run_federation(
                 store.meta.set_engine(sites.engine)
         launcher.kill_leftovers()
         sim_nodes: Path | None = None
+        flower_run: int | None = None
         ended = False
         try:
             app = write_app(run_dir)
@@ -259,6 +262,8 @@ def run_federation(
                 raise FedsegError(cause.message) from None  # the specific line (a full disk)
             raise
         finally:  # a run that ended lets flwr-simulation shut Ray down first
+            if flower_run is not None and isinstance(sites, LocalSites):
+                launcher.save_run_log(flower_run)
             launcher.stop(simulation_exit_s=SIMULATION_EXIT_S if ended else 0.0)
         return run_result(run_dir, t0)
 
@@ -368,7 +373,8 @@ def _check_same_engine(run_dir: Path, engine: Engine) -> None:
         recorded = store.meta.engine() or Engine.DEPLOYMENT
     if recorded != engine:
         raise FedsegError(
-            f"{run_dir} was started on the {recorded} engine: continue it with --engine {recorded}"
+            f"{run_dir} was started on the {recorded} engine and continues only on it: "
+            f"`fedseg resume {run_dir}` does"
         )
 
 
