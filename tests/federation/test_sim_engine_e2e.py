@@ -23,7 +23,7 @@ import pytest
 from fedseg.federation.engine.launcher import ray_tmpdir
 from fedseg.federation.engine.processes import marked_pids
 from fedseg.plan import save_plan
-from fedseg.run_folder import FLWR_HOME, SIM_NODES_FILE, Engine
+from fedseg.run_folder import FLWR_HOME, LOGS_DIR, SIM_NODES_FILE, Engine
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import tiny_plan
 from tests.helpers import fedseg_env
@@ -111,6 +111,9 @@ def test_twenty_sites_on_two_workers(tmp_path: Path, tiny_sites: dict[str, Path]
         assert store.meta.is_complete()
     assert [r["n_sites"] for r in rounds] == [SITES, SITES]
     assert (home / SIM_NODES_FILE).is_file()
+    # Flower's log of the run is kept (the simulation's output lives nowhere else)
+    (flower_log,) = (run / LOGS_DIR).glob("flower-run-*.log")
+    assert "Starting Flower Simulation" in flower_log.read_text()
     # bounded by the workers, not the sites
     assert sampler.samples > 10
     assert 8 <= sampler.max_procs <= MAX_PROCESSES, sampler.max_procs
