@@ -31,7 +31,7 @@ all go through :func:`run_federation`.
    event);
 4. :func:`~fedseg.federation.commands.watch.watch` until the ServerApp says done or failed;
 5. a simulation's Flower log of the run kept (``logs/flower-run-<id>.log``: the ServerApp's
-   output, and under the simulation engine Ray's and the ClientApps'); every process
+   output, and the simulation runtime's under the simulation engine); every process
    stopped, whatever happened; a run that ended badly without the
    ServerApp saying so gets its cause recorded (meta ``cause``: ``crashed`` when the
    aggregator died without a word, else ``failed``); the :class:`RunResult` read from the

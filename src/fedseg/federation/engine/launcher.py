@@ -320,8 +320,9 @@ class Launcher:
 
     def save_run_log(self, run_id: int, timeout_s: float = 30.0) -> Path | None:
         """Keep what Flower's run ``run_id`` logged (the ServerApp's output; under the
-        simulation engine also Ray's and the ClientApps', which no other log holds) in
-        ``logs/flower-run-<id>.log`` (``flwr log --show``); None if Flower did not answer."""
+        simulation engine the simulation runtime's too, e.g. why it stopped, which no other
+        log holds) in ``logs/flower-run-<id>.log`` (``flwr log --show``); None if Flower
+        did not answer."""
         path = self.logs / f"flower-run-{run_id}.log"
         try:
             res = self.flwr("log", str(run_id), CONNECTION, "--show", timeout_s=timeout_s)
