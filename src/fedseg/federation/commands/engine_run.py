@@ -251,8 +251,8 @@ def run_federation(
             flower_run = launcher.submit(app, run_config(run_dir, run_id, sim_nodes))
             with RunStore(run_dir) as store:
                 store.meta.set_flower_run_id(flower_run)
-                how = (f" ({sites.engine} engine)" if isinstance(sites, LocalSites)
-                       else " (deployment)")  # fmt: skip
+                how = (" (deployment)" if isinstance(sites, ServerOptions)
+                       else " (simulation engine)" if sim_nodes is not None else "")  # fmt: skip
                 store.log(f"Flower run {flower_run} submitted{how}")
             watch(run_dir, plan, launcher, console, live)
             ended = True
