@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,openvino,intake,privacy]'
+	$(BIN)/pip install -q -e '.[dev,openvino,intake,privacy,simulation]'
 	@$(BIN)/python -c "import torch, sys; v = torch.__version__.split('+')[0]; \
 	  sys.exit(0 if v == '2.13.0' else f'torch was changed to {torch.__version__}; pin torch==2.13.0')"
 	touch $@

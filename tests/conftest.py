@@ -43,6 +43,7 @@ def tiny_sites(tiny_dataset: tuple[Path, dict[str, list[Path]]]) -> dict[str, Pa
 #: test file (or folder) -> its group under ``--dist loadgroup`` (see the module docstring).
 XDIST_GROUPS = {
     "tests/federation/test_processes.py": "engine",
+    "tests/federation/test_sim_engine_e2e.py": "engine",
     "tests/federation/test_demo.py": "engine",
     "tests/deploy/test_deploy_plan.py": "engine",
     "tests/deploy/test_deployment.py": "engine",

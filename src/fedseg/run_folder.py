@@ -12,6 +12,8 @@ its errors and ``output_paths``). A federation's run folder holds::
     models/round_XXXX.strategy.npz   strategy_state_path(model): the strategy's state then
     best.pt                   BEST_MODEL: copy of the best-scoring round model
     logs/, flwr-home/         LOGS_DIR, FLWR_HOME: engine logs and Flower's home
+    flwr-home/sim_nodes.json  SIM_NODES_FILE: simulation engine only, the simulated sites'
+                              node settings by partition id (``client_app.node_settings``)
     flwr-app/                 APP_DIR: the Flower app bundle
     enrolled-nodes.json       ENROLLED_NODES_FILE: deployment only, site -> node id and key
     report.html               REPORT_FILE: ``fedseg report``'s default output
@@ -73,6 +75,7 @@ MODELS_DIR = "models"
 BEST_MODEL = "best.pt"
 LOGS_DIR = "logs"
 FLWR_HOME = "flwr-home"
+SIM_NODES_FILE = "sim_nodes.json"
 APP_DIR = "flwr-app"
 ENROLLED_NODES_FILE = "enrolled-nodes.json"
 REPORT_FILE = "report.html"
@@ -208,6 +211,17 @@ class RunKind(StrEnum):
     CENTRALIZED = "centralized"
 
 
+class Engine(StrEnum):
+    """Meta ``engine``: which Flower engine runs a simulated federation (``fedseg simulate
+    --engine``); ``resume`` continues with the same one. A run that never recorded it ran on
+    the deployment engine."""
+
+    #: Flower's simulation engine (Ray): a bounded pool of site workers, virtual nodes
+    SIMULATION = "simulation"
+    #: Flower's deployment engine: one SuperNode (and app process per message) per site
+    DEPLOYMENT = "deployment"
+
+
 # -- meta -------------------------------------------------------------------------------
 class Task(StrEnum):
     """What a federation trains (plan ``task``): the validation rows' ``region`` is an
@@ -229,6 +243,7 @@ class MetaKey(StrEnum):
     FINAL_VALIDATED = "final_validated"  # the last model was validated
     AGGREGATOR_PID = "aggregator_pid"  # the ServerApp's pid (None until it starts)
     FLOWER_RUN_ID = "flower_run_id"
+    ENGINE = "engine"  # Engine: the Flower engine of a simulated run (None: deployment)
     LIVE = "live"  # LiveState
     BEST = "best"  # BestModel
     LAST_TRAINED = "last_trained"  # LastTrained
@@ -555,6 +570,13 @@ class RunMeta:
 
     def set_flower_run_id(self, run_id: int) -> None:
         self._t.set_meta(MetaKey.FLOWER_RUN_ID, run_id)
+
+    def engine(self) -> Engine | None:
+        """The engine a simulated run was started on (None: not recorded)."""
+        return _enum(Engine, MetaKey.ENGINE, self._t.get_meta(MetaKey.ENGINE))
+
+    def set_engine(self, engine: Engine) -> None:
+        self._t.set_meta(MetaKey.ENGINE, Engine(engine).value)
 
     # -- progress -----------------------------------------------------------------------
     def live(self) -> LiveState | None:

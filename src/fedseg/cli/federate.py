@@ -47,11 +47,25 @@ def plan_init(
     typer.echo(f"wrote {plan}; edit it, then run `fedseg simulate {plan} --out RUN`")
 
 
+WORKERS = typer.Option(
+    None, "--workers",
+    help="Simulation engine: site workers (processes) running the sites' tasks; memory grows "
+    "with them, not with the sites (default: min(cores, sites)).",
+)  # fmt: skip
+
+
 def simulate(
     plan: Path = typer.Argument(..., help="Federation plan (YAML)."),
     out: Path = typer.Option(..., "--out", help="New run folder."),
     no_live: bool = typer.Option(False, "--no-live", help="No live table (logs only)."),
     threads: int = typer.Option(1, "--threads", help="Torch threads per site process."),
+    engine: str = typer.Option(
+        "deployment",
+        "--engine",
+        help="deployment: one SuperNode per site; simulation: Flower's simulation engine "
+        "(Ray), --workers site workers for all sites (pip install 'fedseg[simulation]').",
+    ),
+    workers: int | None = WORKERS,
     device: str | None = DEVICE,
     precision: str | None = PRECISION,
     channels_last: bool | None = CHANNELS_LAST,
@@ -59,14 +73,20 @@ def simulate(
     dashboard: bool = DASHBOARD,
     dashboard_port: int = DASHBOARD_PORT,
 ) -> None:
-    """Run the whole federation on this machine (one SuperLink, one SuperNode per site).
+    """Run the whole federation on this machine (one SuperLink, one SuperNode per site;
+    --engine simulation: Flower's simulation engine with --workers site workers).
 
     --device/--precision apply to every site (one machine)."""
     compute = compute_overrides(device, precision, channels_last, compile_)
+    from fedseg.errors import FedsegError
     from fedseg.federation.commands.simulate import simulate as run
+    from fedseg.run_folder import Engine
 
+    if engine not in tuple(Engine):
+        raise FedsegError(f"--engine {engine}: use {' or '.join(Engine)}")
     with dashboard_or_not(dashboard, out, dashboard_port):
-        res = run(plan, out, live=not no_live, threads_per_site=threads, compute=compute)
+        res = run(plan, out, live=not no_live, threads_per_site=threads, compute=compute,
+                  engine=Engine(engine), workers=workers)  # fmt: skip
     _print_result(res)
 
 
@@ -74,17 +94,19 @@ def resume(
     run: Path = typer.Argument(..., help="Run folder of a stopped federation."),
     no_live: bool = typer.Option(False, "--no-live", help="No live table (logs only)."),
     threads: int = typer.Option(1, "--threads", help="Torch threads per site process."),
+    workers: int | None = WORKERS,
     device: str | None = DEVICE,
     precision: str | None = PRECISION,
     channels_last: bool | None = CHANNELS_LAST,
     compile_: bool | None = COMPILE,
 ) -> None:
-    """Continue a federation from its last completed round (--device/--precision: as for
-    simulate; not kept from the first start)."""
+    """Continue a federation from its last completed round, on the engine it started on
+    (--device/--precision: as for simulate; not kept from the first start)."""
     compute = compute_overrides(device, precision, channels_last, compile_)
     from fedseg.federation.commands.resume import resume as run_resume
 
-    res = run_resume(run, live=not no_live, threads_per_site=threads, compute=compute)
+    res = run_resume(run, live=not no_live, threads_per_site=threads, compute=compute,
+                     workers=workers)  # fmt: skip
     _print_result(res)
 
 

@@ -1,5 +1,5 @@
-"""One federation run over Flower's deployment engine: ``simulate``, ``resume`` and
-``server start`` all go through :func:`run_federation`.
+"""One federation run over a Flower engine: ``simulate``, ``resume`` and ``server start``
+all go through :func:`run_federation`.
 
 1. the run folder: created from a plan file (a new run) or continued (``resume``); the plan
    is read once and checked whole before any process starts
@@ -9,8 +9,18 @@
    line) and held, with its heartbeat, until this function returns;
 2. the SuperLink, with the security of where the sites are:
 
-   * :class:`LocalSites` (a simulation): plain HTTP on loopback, and one SuperNode per plan
-     site started here, reading the plan's data folder;
+   * :class:`LocalSites` (a simulation): plain HTTP on loopback, and the plan's sites on
+     this machine, reading the plan's data folders, on one of two engines
+     (:class:`~fedseg.run_folder.Engine`, recorded in the run store so that ``resume``
+     continues on the same one):
+
+     - ``deployment``: one SuperNode per plan site, started here;
+     - ``simulation``: Flower's simulation runtime, one virtual node per site and a Ray
+       pool of ``workers`` site workers (memory and processes bounded by the workers, not
+       the sites); each virtual node reads its site's settings from the node table
+       ``flwr-home/sim_nodes.json`` (``client_app.node_settings``), which holds exactly
+       what a SuperNode of the deployment engine gets on its command line;
+
    * :class:`ServerOptions` (a deployment): TLS with the coordinator's server certificate,
      SuperNode authentication with the enrolled keys only
      (:mod:`fedseg.federation.security.enrollment`), and the Fleet API alone on the
@@ -20,7 +30,9 @@
 3. ``flwr run`` of the app bundle, recorded in the run store (meta ``flower_run_id`` and an
    event);
 4. :func:`~fedseg.federation.commands.watch.watch` until the ServerApp says done or failed;
-5. every process stopped, whatever happened; a run that ended badly without the
+5. a simulation's Flower log of the run kept (``logs/flower-run-<id>.log``: the ServerApp's
+   output, and the simulation runtime's under the simulation engine); every process
+   stopped, whatever happened; a run that ended badly without the
    ServerApp saying so gets its cause recorded (meta ``cause``: ``crashed`` when the
    aggregator died without a word, else ``failed``); the :class:`RunResult` read from the
    store.
@@ -29,6 +41,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -44,7 +59,7 @@ from fedseg.federation.commands.run_folder import (
     round_bytes,
 )
 from fedseg.federation.commands.watch import AggregatorDied, watch
-from fedseg.federation.engine.app_bundle import run_config, write_app
+from fedseg.federation.engine.app_bundle import ConfigValue, run_config, write_app
 from fedseg.federation.engine.client_app import (
     NODE_CREDS_DIR,
     NODE_DATA_DIR,
@@ -57,7 +72,7 @@ from fedseg.federation.engine.fleet_gateway import (
     DEFAULT_FLEET_PORT,
     FleetGateway,
 )
-from fedseg.federation.engine.launcher import Launcher
+from fedseg.federation.engine.launcher import SIMULATION_EXIT_S, Launcher, SimulationOptions
 from fedseg.federation.security.enrollment import (
     check_server_creds,
     server_security,
@@ -70,8 +85,10 @@ from fedseg.run_folder import (
     BEST_MODEL,
     FLWR_HOME,
     PLAN_FILE,
+    SIM_NODES_FILE,
     STORE_FILE,
     CauseKind,
+    Engine,
     FailureCause,
     RunLock,
     RunStatus,
@@ -82,13 +99,42 @@ from fedseg.tracking.status import open_run
 from fedseg.tracking.store import RunStore
 
 
+def default_workers(n_sites: int) -> int:
+    """``min(cores, sites)``: one site worker per core this process may use."""
+    return max(1, min(len(os.sched_getaffinity(0)), n_sites))
+
+
+def require_ray() -> None:
+    """A one-line error unless Ray (Flower's simulation backend) is importable."""
+    if importlib.util.find_spec("ray") is None:
+        raise FedsegError(
+            "--engine simulation needs Ray (Flower's simulation backend): "
+            "pip install 'fedseg[simulation]', or use --engine deployment"
+        )
+
+
 @dataclass(frozen=True)
 class LocalSites:
-    """A simulation: one SuperNode per plan site on this machine, plain HTTP on loopback.
+    """A simulation: the plan's sites on this machine, plain HTTP on loopback, on ``engine``
+    (``workers``: the simulation engine's site workers, default :func:`default_workers`).
     ``compute``: this machine's device and precision choices, the same for every site."""
 
     threads_per_site: int = 1
     compute: ComputeOverrides = field(default_factory=ComputeOverrides)
+    engine: Engine = Engine.DEPLOYMENT
+    workers: int | None = None
+
+    def check(self) -> None:
+        """Refuse what cannot start, in one line, before anything is made."""
+        if self.workers is not None and self.workers < 1:
+            raise FedsegError(f"--workers {self.workers}: give at least 1 site worker")
+        if self.engine == Engine.DEPLOYMENT and self.workers is not None:
+            raise FedsegError(
+                "--workers sizes the simulation engine's pool: use it with --engine simulation"
+                " (the deployment engine runs one SuperNode per site)"
+            )
+        if self.engine == Engine.SIMULATION:
+            require_ray()
 
 
 class ServerOptions(BaseModel):
@@ -154,9 +200,12 @@ def run_federation(
         plan = _run_folder(run_dir, plan_path, enrolled=[s.name for s in enrolled])
     else:
         enrolled = None
+        sites.check()
         # the sites are here: a GPU this machine lacks is one line before they start
         if sites.compute.device is not None:
             resolve_device(sites.compute.device)  # before the run folder is made
+        if plan_path is None:
+            _check_same_engine(run_dir, sites.engine)
         plan = _run_folder(run_dir, plan_path, enrolled=None)
         resolve_device(plan.train.with_compute(sites.compute).compute.device)
     with RunLock.acquire(run_dir):
@@ -173,10 +222,22 @@ def run_federation(
             store.meta.set_status(RunStatus.STARTING)
             store.meta.set_live(None)
             store.meta.set_round_bytes(round_bytes(plan))
+            if isinstance(sites, LocalSites):
+                store.meta.set_engine(sites.engine)
         launcher.kill_leftovers()
+        sim_nodes: Path | None = None
+        flower_run: int | None = None
+        ended = False
         try:
             app = write_app(run_dir)
-            if isinstance(sites, LocalSites):
+            if isinstance(sites, LocalSites) and sites.engine == Engine.SIMULATION:
+                sim_nodes = _write_sim_nodes(plan, sites, run_dir)
+                workers = sites.workers or default_workers(len(plan.sites))
+                with console.status(f"starting the simulation engine ({workers} site workers)"):
+                    launcher.start_superlink(
+                        simulation=SimulationOptions(nodes=len(plan.sites), workers=workers)
+                    )
+            elif isinstance(sites, LocalSites):
                 with console.status("starting the SuperLink and the sites"):
                     launcher.start_superlink()
                     _start_local_sites(launcher, plan, sites, run_dir)
@@ -187,19 +248,23 @@ def run_federation(
                     f"SuperLink up: sites connect to {sites.fleet_host}:{sites.fleet_port} "
                     f"(Fleet API only); enrolled: {', '.join(s.name for s in enrolled)}"
                 )
-            flower_run = launcher.submit(app, run_config(run_dir, run_id))
+            flower_run = launcher.submit(app, run_config(run_dir, run_id, sim_nodes))
             with RunStore(run_dir) as store:
                 store.meta.set_flower_run_id(flower_run)
-                how = "" if isinstance(sites, LocalSites) else " (deployment)"
+                how = (" (deployment)" if isinstance(sites, ServerOptions)
+                       else " (simulation engine)" if sim_nodes is not None else "")  # fmt: skip
                 store.log(f"Flower run {flower_run} submitted{how}")
             watch(run_dir, plan, launcher, console, live)
+            ended = True
         except BaseException as exc:
             cause = _record_end(run_dir, exc)
             if cause is not None and not isinstance(exc, KeyboardInterrupt):
                 raise FedsegError(cause.message) from None  # the specific line (a full disk)
             raise
-        finally:
-            launcher.stop()
+        finally:  # a run that ended lets flwr-simulation shut Ray down first
+            if flower_run is not None and isinstance(sites, LocalSites):
+                launcher.save_run_log(flower_run)
+            launcher.stop(simulation_exit_s=SIMULATION_EXIT_S if ended else 0.0)
         return run_result(run_dir, t0)
 
 
@@ -260,24 +325,57 @@ def _repeats(run_dir: Path) -> str:
     return ""
 
 
-def _start_local_sites(
-    launcher: Launcher, plan: PlanConfig, sites: LocalSites, run_dir: Path
-) -> None:
-    """Simulated sites: one operator holds all the data, so the plan's summary floor rules
-    (a deployed site keeps its own, ``fedseg site start --min-summary-cases``); one
-    machine, so every site takes its compute choices. Under secure aggregation each site
-    gets consortium credentials from a throwaway CA of the run (``pki.throwaway_site_creds``
-    in ``flwr-home/secagg-pki``),
-    so the simulated sites sign and check their round keys as deployed ones do."""
+def local_node_configs(
+    plan: PlanConfig, sites: LocalSites, run_dir: Path
+) -> dict[str, dict[str, ConfigValue]]:
+    """Each simulated site's node settings, in plan order (both engines: a SuperNode's
+    ``--node-config``, or its entry of the simulation's node table). One operator holds all
+    the data, so the plan's summary floor rules (a deployed site keeps its own, ``fedseg
+    site start --min-summary-cases``); one machine, so every site takes its compute choices.
+    Under secure aggregation each site gets consortium credentials from a throwaway CA of
+    the run (``pki.throwaway_site_creds`` in ``flwr-home/secagg-pki``), so the simulated
+    sites sign and check their round keys as deployed ones do."""
     creds = {}
     if plan.privacy.secure_aggregation:
         creds = throwaway_site_creds(run_dir / FLWR_HOME / SIMULATED_PKI, list(plan.sites))
+    out: dict[str, dict[str, ConfigValue]] = {}
     for name, site in plan.sites.items():
         extra = {NODE_CREDS_DIR: str(creds[name])} if name in creds else {}
-        launcher.start_site(name, {NODE_SITE_NAME: name, NODE_DATA_DIR: str(site.data),
-                                   "threads": sites.threads_per_site,
-                                   NODE_MIN_SUMMARY_CASES: 1,
-                                   **compute_node_config(sites.compute), **extra})  # fmt: skip
+        out[name] = {NODE_SITE_NAME: name, NODE_DATA_DIR: str(site.data),
+                     "threads": sites.threads_per_site, NODE_MIN_SUMMARY_CASES: 1,
+                     **compute_node_config(sites.compute), **extra}  # fmt: skip
+    return out
+
+
+def _start_local_sites(
+    launcher: Launcher, plan: PlanConfig, sites: LocalSites, run_dir: Path
+) -> None:
+    """The deployment engine's simulated sites: one SuperNode each."""
+    for name, node_config in local_node_configs(plan, sites, run_dir).items():
+        launcher.start_site(name, node_config)
+
+
+def _write_sim_nodes(plan: PlanConfig, sites: LocalSites, run_dir: Path) -> Path:
+    """The simulation engine's node table: partition id i -> the i-th plan site's settings
+    (``client_app.node_settings`` reads it)."""
+    path = Path(run_dir) / FLWR_HOME / SIM_NODES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(list(local_node_configs(plan, sites, run_dir).values()), indent=1))
+    return path
+
+
+def _check_same_engine(run_dir: Path, engine: Engine) -> None:
+    """A continued run keeps the engine it was started on (a run that recorded none ran on
+    the deployment engine)."""
+    if not (Path(run_dir) / STORE_FILE).is_file():
+        return
+    with RunStore(run_dir) as store:
+        recorded = store.meta.engine() or Engine.DEPLOYMENT
+    if recorded != engine:
+        raise FedsegError(
+            f"{run_dir} was started on the {recorded} engine and continues only on it: "
+            f"`fedseg resume {run_dir}` does"
+        )
 
 
 def run_result(run_dir: Path, t0: float) -> RunResult:

@@ -18,6 +18,9 @@ from fedseg.run_folder import APP_DIR
 SERVER_MODULE = "fedseg_serverapp"
 CLIENT_MODULE = "fedseg_clientapp"
 ConfigValue = str | int | float | bool
+#: run-config key: path of the simulation engine's node table (``SIM_NODES_FILE``); ""
+#: (the bundle's default) under the deployment engine
+SIM_NODES_KEY = "sim-nodes"
 
 _PYPROJECT = """\
 [build-system]
@@ -41,6 +44,7 @@ clientapp = "{client}:app"
 [tool.flwr.app.config]
 run-dir = ""
 run-id = ""
+{sim_nodes} = ""
 """
 
 _SHIM = '''\
@@ -58,16 +62,23 @@ def write_app(run_dir: Path) -> Path:
     app.mkdir(parents=True, exist_ok=True)
     version = __version__.split("+")[0]
     (app / "pyproject.toml").write_text(
-        _PYPROJECT.format(version=version, server=SERVER_MODULE, client=CLIENT_MODULE)
+        _PYPROJECT.format(
+            version=version, server=SERVER_MODULE, client=CLIENT_MODULE, sim_nodes=SIM_NODES_KEY
+        )
     )
     (app / f"{SERVER_MODULE}.py").write_text(_SHIM.format(what="ServerApp", module="server_app"))
     (app / f"{CLIENT_MODULE}.py").write_text(_SHIM.format(what="ClientApp", module="client_app"))
     return app
 
 
-def run_config(run_dir: Path, run_id: str) -> dict[str, ConfigValue]:
-    """The run config the ServerApp reads: where the run folder is and the run's name."""
-    return {"run-dir": str(Path(run_dir).resolve()), "run-id": run_id}
+def run_config(run_dir: Path, run_id: str, sim_nodes: Path | None = None) -> dict[str, ConfigValue]:
+    """The run config: where the run folder is and the run's name (the ServerApp), and
+    under the simulation engine the simulated sites' node table (``sim-nodes``, read by the
+    ClientApp's ``node_settings``; every key must be declared in the bundle's pyproject)."""
+    cfg: dict[str, ConfigValue] = {"run-dir": str(Path(run_dir).resolve()), "run-id": run_id}
+    if sim_nodes is not None:
+        cfg[SIM_NODES_KEY] = str(Path(sim_nodes).resolve())
+    return cfg
 
 
 def toml_value(value: ConfigValue) -> str:

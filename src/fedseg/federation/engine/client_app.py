@@ -9,12 +9,21 @@ default ``<data-dir>/.fedseg/<run-id>``), ``threads`` (torch CPU threads, 0: def
 machine's ``ComputeOverrides`` over the recipe's ``train.compute``; ``compute_node_config``
 writes them, ``node_compute_overrides`` reads them back).
 
+Under Flower's simulation engine a node is virtual and its node config holds only
+``partition-id`` and ``num-partitions``; :func:`node_settings` then takes that partition's
+entry of the run's node table (run-config key ``sim-nodes``: ``flwr-home/sim_nodes.json``,
+written by ``engine_run`` with the same settings a SuperNode gets on its command line).
+A node whose own config names its site (every SuperNode: a deployment) never reads the
+table, whatever the run config says: the aggregator chooses the run config, not who a site
+is. Every handler reads the site's settings through :func:`node_settings`.
+
 A failed task is answered with an error whose reason is ``TaskFailed``'s line (category and
 scrubbed text), never the exception's own text; the full traceback is in the site's log.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 
+from fedseg.errors import FedsegError
+from fedseg.federation.engine.app_bundle import SIM_NODES_KEY, ConfigValue
 from fedseg.federation.engine.messages import (
     decode_payload,
     decode_request,
@@ -34,7 +45,6 @@ from fedseg.federation.rounds.site_queries import SiteContext, answer, queries
 from fedseg.federation.rounds.tasks import declared_cases
 
 if TYPE_CHECKING:  # torch-free at run time: a site's hello must start fast
-    from fedseg.federation.engine.app_bundle import ConfigValue
     from fedseg.model.compute import ComputeOverrides
 
 #: Node-config keys, shared with ``fedseg site start`` (federation.deploy).
@@ -53,6 +63,10 @@ NODE_COMPUTE = {
 }  # fmt: skip
 #: Flower's error code of a ClientApp that raised (``flwr.common.constant.ErrorCode``)
 CLIENT_APP_RAISED_EXCEPTION = 2
+#: a virtual node's own node config under Flower's simulation engine
+#: (``flwr.common.constant.PARTITION_ID_KEY``, ``NUM_PARTITIONS_KEY``)
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
 
 app = ClientApp()
 
@@ -73,8 +87,41 @@ def node_compute_overrides(node_config: Mapping[str, Any]) -> ComputeOverrides:
     )
 
 
+def simulated(context: Context) -> bool:
+    """Whether this node is a simulation engine's virtual node (no site name of its own)."""
+    return NODE_SITE_NAME not in context.node_config
+
+
+def node_settings(context: Context) -> Mapping[str, ConfigValue]:
+    """The site's settings (site-name, data-dir, threads, ...): the node's own config when
+    it names its site (a SuperNode; the run config's ``sim-nodes`` is then ignored), else
+    entry ``partition-id`` of the simulation's node table, which must have exactly
+    ``num-partitions`` entries."""
+    own = context.node_config
+    if NODE_SITE_NAME in own:
+        return own
+    table = str(context.run_config.get(SIM_NODES_KEY, "") or "")
+    part, total = own.get(PARTITION_ID), own.get(NUM_PARTITIONS)
+    if not table or not isinstance(part, int) or not isinstance(total, int):
+        return own  # no site name: the handlers say so
+    try:
+        nodes = json.loads(Path(table).read_text())
+    except (OSError, ValueError) as exc:
+        raise FedsegError(f"the simulation's node table {table} is not readable: {exc}") from None
+    if not isinstance(nodes, list) or len(nodes) != total or not 0 <= part < total:
+        n = len(nodes) if isinstance(nodes, list) else "no"
+        raise FedsegError(
+            f"the simulation has {total} nodes but its node table {table} lists {n} sites: "
+            "start the run again with `fedseg simulate --engine simulation`"
+        )
+    entry = nodes[part]
+    if not isinstance(entry, dict) or not entry.get(NODE_SITE_NAME):
+        raise FedsegError(f"entry {part} of the simulation's node table {table} names no site")
+    return entry
+
+
 def _site(context: Context) -> str:
-    site = context.node_config.get(NODE_SITE_NAME)
+    site = node_settings(context).get(NODE_SITE_NAME)
     if not site:
         raise ValueError(
             f"this site process has no name: start it with --node-config {NODE_SITE_NAME}=NAME"
@@ -85,7 +132,7 @@ def _site(context: Context) -> str:
 def site_context(context: Context) -> SiteContext:
     """The site as its protocol steps see it; ``state`` is a copy of the run's private
     state (``save_state`` writes it back into Flower's ``context.state``)."""
-    cfg = context.node_config
+    cfg = node_settings(context)
     rec = context.state.get(STATE_RECORD)
     state = {str(k): bytes(v) for k, v in rec.items()} if rec is not None else {}  # type: ignore[union-attr, arg-type]
     data, ws, creds = cfg.get(NODE_DATA_DIR), cfg.get("workspace"), cfg.get(NODE_CREDS_DIR)
@@ -125,7 +172,7 @@ for _kind in queries():
 
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
-    data = context.node_config.get(NODE_DATA_DIR)
+    data = node_settings(context).get(NODE_DATA_DIR)
     declared = declared_cases(Path(str(data))) if data else None
     return Message(encode_hello_reply(_site(context), declared), reply_to=msg)
 
@@ -142,8 +189,9 @@ def process_age_s() -> float:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    startup_s = process_age_s()
-    cfg = context.node_config
+    # a simulation's worker is long-lived: its age is not this task's start-up
+    startup_s = 0.0 if simulated(context) else process_age_s()
+    cfg = node_settings(context)
     threads = int(cfg.get("threads", 0) or 0)
     if threads > 0:
         import torch

@@ -1,4 +1,8 @@
-"""Start and stop Flower's deployment engine: one SuperLink, one SuperNode per site.
+"""Start and stop Flower's engines: one SuperLink, and one SuperNode per site (deployment
+engine) or the SuperLink's simulation runtime (simulation engine: ``start_superlink(
+simulation=SimulationOptions(...))``; Flower then starts ``flwr-simulation``, which runs
+the ServerApp and a Ray pool of ``workers`` actors that run every virtual node's ClientApp
+messages, so processes and memory grow with the workers, not the sites).
 
 Only Flower's command-line programs are used here (``flower-superlink``,
 ``flower-supernode``, ``flwr run``), so a Flower upgrade touches their flags, not our code.
@@ -25,14 +29,23 @@ the launcher), and the launcher's reaper kills the processes Flower starts in tu
 the launcher dies (all of them carry this run's Flower home in their environment, the
 marker); a later start in the same run folder kills whatever is still left with the same
 scan. ``<home>/pids.json`` lists the running processes for people.
+
+Ray (simulation engine) keeps its sockets, session and logs in a short per-run folder,
+``RAY_TMPDIR`` = ``/tmp/fedseg-ray-<hash of the Flower home>`` (unix socket paths are
+limited to 107 bytes; a run folder's path may be longer); its usage statistics are off.
+Ray's DashboardAgent and RuntimeEnvAgent do not carry the Flower home in their
+environment but do carry ``RAY_TMPDIR``, so both are the run's markers. Stopping first
+lets ``flwr-simulation`` end by itself (it shuts Ray down), then signals what is left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import ssl
 import subprocess
@@ -57,6 +70,7 @@ from fedseg.federation.engine.processes import (
     start_reaper,
     stop_all,
     stop_reaper,
+    wait_marked_exit,
 )
 from fedseg.run_folder import FLWR_HOME, LOGS_DIR
 
@@ -65,6 +79,33 @@ PIDS = "pids.json"
 CONTROL_TOKEN = "control.token"
 #: SuperExec's task polling (Flower default 1 s); it is one of several polls in a round.
 TASK_POLL_S = "0.2"
+#: Flower's simulation runtime process (it runs the ServerApp and drives Ray)
+SIMULATION_PROGRAM = "flwr-simulation"
+#: how long ``stop`` lets ``flwr-simulation`` end by itself (it shuts Ray down) before
+#: signalling the engine
+SIMULATION_EXIT_S = 30.0
+
+
+@dataclass(frozen=True)
+class SimulationOptions:
+    """Flower's simulation engine for one run: ``nodes`` virtual SuperNodes served by a Ray
+    pool of ``workers`` actors of ``cpus_per_worker`` CPUs each (the connection options
+    ``options.*`` that ``flwr run`` sends; ``flwr/cli/flower_config.py``)."""
+
+    nodes: int
+    workers: int
+    cpus_per_worker: int = 1
+    #: Ray's own log level (``ray.init(logging_level=...)``)
+    logging_level: str = "WARNING"
+
+    def connection_lines(self) -> list[str]:
+        return [
+            f"options.num-supernodes = {self.nodes}",
+            f"options.backend.client-resources.num-cpus = {self.cpus_per_worker}",
+            "options.backend.client-resources.num-gpus = 0.0",
+            f"options.backend.init-args.num-cpus = {self.workers * self.cpus_per_worker}",
+            f'options.backend.init-args.logging-level = "{self.logging_level}"',
+        ]
 
 
 @dataclass(frozen=True)
@@ -109,6 +150,13 @@ def json_output(stdout: str) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
+def ray_tmpdir(home: Path) -> Path:
+    """Ray's temp folder for the engine of Flower home ``home``: short (unix sockets live
+    there) and its own per run (two runs never share a Ray instance)."""
+    digest = hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"fedseg-ray-{digest}"
+
+
 def flower_env(home: Path) -> dict[str, str]:
     """Environment of every Flower process: home in the run folder, nothing phoned home,
     nothing installed, and this fedseg importable by the app processes Flower spawns."""
@@ -116,6 +164,8 @@ def flower_env(home: Path) -> dict[str, str]:
     src = str(Path(fedseg.__file__).resolve().parents[1])
     env.update(
         FLWR_HOME=str(Path(home).resolve()),
+        RAY_TMPDIR=str(ray_tmpdir(home)),
+        RAY_USAGE_STATS_ENABLED="0",
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
@@ -149,6 +199,8 @@ class Launcher:
         self.persistent_state = persistent_state
         self.procs: list[Proc] = []
         self.reaper: subprocess.Popen[bytes] | None = None
+        #: set by ``start_superlink(simulation=...)``
+        self.simulation: SimulationOptions | None = None
         self.home.mkdir(parents=True, exist_ok=True)
         self.home.chmod(0o700)  # the Control API token and Flower's credentials live here
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -167,13 +219,20 @@ class Launcher:
     # -- processes --------------------------------------------------------------------
     @property
     def marker(self) -> bytes:
-        """``FLWR_HOME=<home>``: in the environment of every process of this run's engine."""
+        """``FLWR_HOME=<home>``: in the environment of every Flower process of this run's
+        engine (Ray's agents aside: :attr:`markers`)."""
         return f"FLWR_HOME={self.env['FLWR_HOME']}".encode()
+
+    @property
+    def markers(self) -> list[bytes]:
+        """Every marker of this run's engine processes: the Flower home and Ray's temp
+        folder (Ray's DashboardAgent and RuntimeEnvAgent carry only the latter)."""
+        return [self.marker, f"RAY_TMPDIR={self.env['RAY_TMPDIR']}".encode()]
 
     def _spawn(self, role: str, cmd: list[str], log_name: str) -> Proc:
         if self.reaper is None:
-            env = {k: v for k, v in self.env.items() if k != "FLWR_HOME"}
-            self.reaper = start_reaper(self.marker, env)
+            env = {k: v for k, v in self.env.items() if k not in ("FLWR_HOME", "RAY_TMPDIR")}
+            self.reaper = start_reaper(self.markers, env)
         proc = spawn(role, cmd, self.env, self.logs / log_name)
         self.procs.append(proc)
         self._write_pids()
@@ -200,10 +259,17 @@ class Launcher:
             args.append("--enable-supernode-auth")
         return args
 
-    def start_superlink(self, timeout_s: float = 120.0) -> Proc:
+    def start_superlink(
+        self, timeout_s: float = 120.0, simulation: SimulationOptions | None = None
+    ) -> Proc:
         """Start the SuperLink behind the gateway, with a new Control API token; wait until
-        it answers."""
-        cmd = self.gateway.command(self.superlink_args(), self._new_control_token())
+        it answers. With ``simulation``, it runs Flower's simulation runtime (``--simulation``)
+        and the connection asks for that many virtual nodes and Ray workers."""
+        self.simulation = simulation
+        args = self.superlink_args()
+        if simulation is not None:
+            args.append("--simulation")
+        cmd = self.gateway.command(args, self._new_control_token())
         self._write_connection()
         proc = self._spawn("superlink", cmd, "superlink.log")
         self._wait_healthy(proc, timeout_s)
@@ -252,12 +318,30 @@ class Launcher:
             timeout=timeout_s, check=False,
         )  # fmt: skip
 
+    def save_run_log(self, run_id: int, timeout_s: float = 30.0) -> Path | None:
+        """Keep what Flower's run ``run_id`` logged (the ServerApp's output; under the
+        simulation engine the simulation runtime's too, e.g. why it stopped, which no other
+        log holds) in ``logs/flower-run-<id>.log`` (``flwr log --show``); None if Flower
+        did not answer."""
+        path = self.logs / f"flower-run-{run_id}.log"
+        try:
+            res = self.flwr("log", str(run_id), CONNECTION, "--show", timeout_s=timeout_s)
+        except (subprocess.TimeoutExpired, OSError):
+            return None
+        path.write_text(res.stdout + res.stderr)
+        return path
+
     def dead(self) -> list[Proc]:
         """Processes that have exited."""
         return [p for p in self.procs if not p.alive()]
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM every process group, SIGKILL what is left after ``timeout_s``."""
+    def stop(self, timeout_s: float = 10.0, simulation_exit_s: float = SIMULATION_EXIT_S) -> None:
+        """Under the simulation engine, first wait up to ``simulation_exit_s`` for
+        ``flwr-simulation`` to end by itself (the run over, it shuts Ray down); then SIGTERM
+        every process group, SIGKILL what is left after ``timeout_s``, and sweep what is
+        still marked (Ray's agents included); Ray's temp folder goes last."""
+        if self.simulation is not None and simulation_exit_s > 0:
+            wait_marked_exit(self.markers, SIMULATION_PROGRAM.encode(), simulation_exit_s)
         stop_all(self.procs, timeout_s)
         self.procs.clear()
         if self.reaper is not None:  # sweeps what Flower started and outlived its parent
@@ -265,12 +349,13 @@ class Launcher:
             self.reaper = None
         with contextlib.suppress(OSError):
             (self.home / PIDS).unlink()
+        shutil.rmtree(self.env["RAY_TMPDIR"], ignore_errors=True)
 
     def kill_leftovers(self) -> int:
         """SIGKILL every process left over from an earlier launcher of this run folder (one
-        killed with -9 whose reaper could not run): those whose environment carries this
-        run's marker. How many."""
-        n = kill_marked(self.marker)
+        killed with -9 whose reaper could not run): those whose environment carries one of
+        this run's markers. How many."""
+        n = kill_marked(self.markers)
         (self.home / PIDS).unlink(missing_ok=True)
         return n
 
@@ -307,6 +392,8 @@ class Launcher:
             lines.append("insecure = true")
         else:
             lines.append(f'root-certificates = "{Path(str(self.security.ca_cert)).resolve()}"')
+        if self.simulation is not None:
+            lines += self.simulation.connection_lines()
         (self.home / "config.toml").write_text("\n".join(lines) + "\n")
 
     def _wait_healthy(self, proc: Proc, timeout_s: float) -> None:

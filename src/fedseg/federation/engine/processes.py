@@ -7,8 +7,10 @@ starts in turn (the SuperLink's SuperExec and its ServerApp, a SuperNode's Super
 ClientApps) outlive a SuperLink killed that way. So a launcher also starts a reaper
 (:func:`start_reaper`): a small process of its own session that waits on a pipe only the
 launcher holds; when the launcher exits, however it exits (``kill -9`` included), the pipe
-closes and the reaper kills every process whose environment carries the run's marker
-(:func:`kill_marked`, the same scan a later launcher uses for leftovers). Stopping signals
+closes and the reaper kills every process whose environment carries one of the run's
+markers (:func:`kill_marked`, the same scan a later launcher uses for leftovers: the run's
+Flower home, and its Ray temp folder, which Ray's own agents carry when they do not carry
+the Flower home). Stopping signals
 the whole process group (a SuperNode's SuperExec and app processes stop with it): SIGTERM,
 then SIGKILL for what is left after a grace period.
 
@@ -117,26 +119,47 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def kill_marked(marker: bytes, skip: Collection[int] = ()) -> int:
-    """SIGKILL every process whose environment holds ``marker`` (``NAME=value``), scanning
-    again until none is left (a parent killed mid-fork may just have started a child);
-    ``skip`` and this process are spared. How many were killed."""
-    entry = marker + b"\0"
+Markers = bytes | Collection[bytes]
+
+
+def _markers(markers: Markers) -> list[bytes]:
+    return [markers] if isinstance(markers, bytes) else list(markers)
+
+
+def marked_pids(
+    markers: Markers, name: bytes | None = None, skip: Collection[int] = ()
+) -> list[int]:
+    """Processes whose environment holds any of ``markers`` (``NAME=value``); with ``name``,
+    only those whose command line contains it; ``skip`` and this process left out."""
+    entries = [m + b"\0" for m in _markers(markers)]
     spared = {os.getpid(), *skip}
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) in spared:
+            continue
+        try:
+            env = (d / "environ").read_bytes()
+            if not any(env.startswith(e) or b"\0" + e in env for e in entries):
+                continue
+            if name is not None and name not in (d / "cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
+        pids.append(int(d.name))
+    return pids
+
+
+def kill_marked(markers: Markers, skip: Collection[int] = ()) -> int:
+    """SIGKILL every process whose environment holds one of ``markers`` (``NAME=value``),
+    scanning again until none is left (a parent killed mid-fork may just have started a
+    child); ``skip`` and this process are spared. How many were killed."""
     killed = 0
     for _ in range(10):
         found = 0
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit() or int(d.name) in spared:
-                continue
-            try:
-                env = (d / "environ").read_bytes()
-            except OSError:
-                continue
-            if env.startswith(entry) or b"\0" + entry in env:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(int(d.name), signal.SIGKILL)
-                    found += 1
+        for pid in marked_pids(markers, skip=skip):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                found += 1
         killed += found
         if not found:
             break
@@ -144,13 +167,25 @@ def kill_marked(marker: bytes, skip: Collection[int] = ()) -> int:
     return killed
 
 
-def start_reaper(marker: bytes, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """Start the reaper of ``marker`` (see the module docstring): it kills the marked
+def wait_marked_exit(markers: Markers, name: bytes, timeout_s: float) -> bool:
+    """Wait until no marked process with ``name`` in its command line is left; whether
+    none is (False: still there after ``timeout_s``)."""
+    end = time.monotonic() + timeout_s
+    while marked_pids(markers, name):
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def start_reaper(markers: Markers, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Start the reaper of ``markers`` (see the module docstring): it kills the marked
     processes once our end of its stdin closes (:func:`stop_reaper`, or our death). ``env``
-    must not carry the marker itself."""
+    must not carry the markers themselves."""
     code = "from fedseg.federation.engine.processes import _reap; _reap()"
+    args = [m.decode() for m in _markers(markers)]
     return subprocess.Popen(
-        [sys.executable, "-c", code, marker.decode()], env=dict(env), stdin=subprocess.PIPE,
+        [sys.executable, "-c", code, *args], env=dict(env), stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
 
@@ -169,4 +204,4 @@ def stop_reaper(reaper: subprocess.Popen[bytes], timeout_s: float = 10.0) -> Non
 
 def _reap() -> None:  # pragma: no cover - the reaper process's body
     sys.stdin.buffer.read()  # returns at EOF: the launcher closed it or died
-    kill_marked(sys.argv[1].encode())
+    kill_marked([m.encode() for m in sys.argv[1:]])

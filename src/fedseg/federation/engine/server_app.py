@@ -1,7 +1,8 @@
 """The Flower ServerApp: runs ``Coordinator`` with Flower's Grid as the transport.
 
 Run config keys (``flwr run ... --run-config``): ``run-dir`` (absolute path of the run
-folder, holding ``plan.yaml``) and ``run-id`` (our run's name, shared with the sites).
+folder, holding ``plan.yaml``), ``run-id`` (our run's name, shared with the sites) and,
+under the simulation engine, ``sim-nodes`` (then replies are polled every ``SIM_POLL_S``).
 Sites are found by asking every new node its name (a ``query.hello`` message answered
 from the node's ``--node-config site-name=NAME``); the answer also declares the site's
 split case counts, which bound its reports (``rounds.bounds``).
@@ -18,6 +19,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedseg.federation.engine.app_bundle import SIM_NODES_KEY
 from fedseg.federation.engine.messages import (
     HELLO,
     QUERY,
@@ -44,6 +46,9 @@ from fedseg.tracking.store import RunStore
 #: How often replies are polled. Flower's own send_and_receive sleeps 3 s between polls;
 #: polling ourselves keeps the aggregator's share of a round's latency small.
 POLL_S = 0.25
+#: The same under Flower's simulation engine (run-config ``sim-nodes`` set): replies sit in
+#: the SuperLink's in-process state, so a poll is cheap and the round's latency is ours.
+SIM_POLL_S = 0.05
 HELLO_TIMEOUT_S = 120.0
 
 
@@ -55,11 +60,14 @@ class FlowerTransport:
         grid: Grid,
         log: Callable[[str], None] = print,
         enrolled: dict[int, str] | None = None,
+        poll_s: float = POLL_S,
     ) -> None:
         """``enrolled`` (deployment): node id -> site name, as registered with the node's
         key. When given, a node's site is its enrolled name, never the name it claims, and
-        nodes not enrolled are ignored, so one site cannot take another's place."""
+        nodes not enrolled are ignored, so one site cannot take another's place.
+        ``poll_s``: how often replies are pulled."""
         self.grid = grid
+        self.poll_s = poll_s
         self.log = log
         self.enrolled = enrolled
         self.node_site: dict[int, str] = {}
@@ -123,7 +131,7 @@ class FlowerTransport:
                 else:
                     self.declared.pop(site, None)
             if ids:
-                time.sleep(POLL_S)
+                time.sleep(self.poll_s)
 
     def declared_cases(self) -> dict[str, DeclaredCases]:
         return dict(self.declared)
@@ -138,7 +146,7 @@ class FlowerTransport:
         """``coordinator.Transport.exchange``: the round's model is encoded once for all
         sites (``messages.encode_requests``); each reply is decoded and handed over as it
         is pulled, and nothing of it is kept here (replies pulled in the same poll, every
-        ``POLL_S``, are in memory together until each is handed over). ``stop_when`` is
+        ``poll_s``, are in memory together until each is handed over). ``stop_when`` is
         asked after each poll; the messages still out when it stops the exchange, or at
         the timeout, are kept for ``pull_late``."""
         site_node = {s: n for n, s in self.node_site.items()}
@@ -172,7 +180,7 @@ class FlowerTransport:
                 self._late.update({m: (s, site_node[s]) for m, s in pending.items()})
                 return  # the coordinator records the sites still out
             if pending:
-                time.sleep(POLL_S)
+                time.sleep(self.poll_s)
         self._late.update({m: (s, site_node[s]) for m, s in pending.items()})
         for site in pending.values():
             late = SiteFailure(SiteRoundStatus.TIMEOUT, f"no reply within {timeout_s:.0f} s")
@@ -202,7 +210,7 @@ class FlowerTransport:
         self, kind: str, payloads: dict[str, Payload], timeout_s: float
     ) -> dict[str, Payload | SiteFailure]:
         """``coordinator.Transport.query``: one ``query.<kind>`` message per site, the
-        answers pulled every ``POLL_S`` until all came or ``timeout_s``."""
+        answers pulled every ``poll_s`` until all came or ``timeout_s``."""
         site_node = {s: n for n, s in self.node_site.items()}
         out: dict[str, Payload | SiteFailure] = {
             s: SiteFailure(SiteRoundStatus.FAILED, "not connected")
@@ -227,7 +235,7 @@ class FlowerTransport:
                 except (KeyError, ValueError, TypeError) as exc:
                     out[site] = SiteFailure(SiteRoundStatus.FAILED, f"malformed answer: {exc}")
             if pending:
-                time.sleep(POLL_S)
+                time.sleep(self.poll_s)
         for site in pending.values():
             out[site] = SiteFailure(
                 SiteRoundStatus.TIMEOUT, f"no answer to {kind} within {timeout_s:.0f} s"
@@ -267,12 +275,15 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     run_dir = Path(str(context.run_config["run-dir"]))
     run_id = str(context.run_config.get("run-id", run_dir.name))
+    poll_s = SIM_POLL_S if context.run_config.get(SIM_NODES_KEY) else POLL_S
     with RunStore(run_dir) as store:
         # The launcher watches this pid: a killed aggregator is noticed at once.
         store.meta.set_aggregator_pid(os.getpid())
         try:  # the launcher checked the plan; a run folder edited since is still told
             coordinator = Coordinator(
-                run_dir, FlowerTransport(grid, enrolled=enrolled_nodes(run_dir)), run_id=run_id
+                run_dir,
+                FlowerTransport(grid, enrolled=enrolled_nodes(run_dir), poll_s=poll_s),
+                run_id=run_id,
             )
         except Exception as exc:
             record_failure(store, run_dir, exc)
