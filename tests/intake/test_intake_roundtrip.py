@@ -88,10 +88,10 @@ def test_round_trip_through_the_pacs(orthanc: Orthanc, atlas: Atlas, tmp_path: P
     fedseg("intake", "preprocess", work / "nifti", "--out", work / "brats", "--spacing", 8)
     (case,) = [p for p in (work / "brats").iterdir() if p.is_dir()]
     labels = work / "results" / "seg.nii.gz"
-    fedseg("segment", "-m", model, case, "-o", labels, "--overlap", 0.25)
     seg_file = tmp_path / "to-pacs" / "seg.dcm"
-    fedseg("intake", "seg", labels, "--case", case, "--mapping", mapping, "-m", model,
-           "-o", seg_file)  # fmt: skip
+    # segment writes the label map and, through the site's linkage, the DICOM SEG
+    fedseg("segment", "-m", model, case, "-o", labels, "--overlap", 0.25,
+           "--dicom-seg", seg_file, "--mapping", mapping)  # fmt: skip
     stored = fedseg("intake", "pacs", "store", seg_file, "--config", pacs)
     assert "1 of 1 file(s) stored" in stored
     commands_s = time.perf_counter() - start

@@ -215,6 +215,25 @@ def test_cli_seg_needs_a_linkage_and_names_the_model(
     assert case.name == pseudonym(intaken[0], "site-secret")
 
 
+def test_segment_dicom_seg_checks_the_way_back_before_any_work(
+    intaken: tuple[str, Path, Path, Path], tmp_path: Path
+) -> None:
+    case = intaken[2]
+    model = tiny_model(tmp_path / "tiny.pt")
+    out = tmp_path / "seg.nii.gz"
+    args = ["segment", str(case), "-m", str(model), "-o", str(out)]
+    alone = CliRunner().invoke(app, [*args, "--dicom-seg", str(tmp_path / "s.dcm")])
+    assert "--dicom-seg and --mapping go together" in str(alone.exception)
+    no_link = tmp_path / "site" / "nolink.yaml"
+    no_link.parent.mkdir(exist_ok=True)
+    no_link.write_text("salt: site-secret\n")
+    refused = CliRunner().invoke(
+        app, [*args, "--dicom-seg", str(tmp_path / "s.dcm"), "--mapping", str(no_link)]
+    )
+    assert "no `linkage:` folder" in str(refused.exception)
+    assert not out.exists()  # refused before segmenting: nothing half done
+
+
 def test_store_refuses_a_file_that_is_not_dicom(tmp_path: Path) -> None:
     cfg = PacsConfig(peer=PacsPeer(host="127.0.0.1", port=9, ae_title="PACS"))
     text = tmp_path / "notes.txt"

@@ -11,6 +11,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedseg.intake import require_intake
+
 if TYPE_CHECKING:  # the intake modules need the `intake` extra: import them lazily
     from fedseg.intake.pacs import StudyQuery
     from fedseg.intake.preprocess import CaseResult
@@ -21,18 +23,6 @@ app.add_typer(
     pacs_app, name="pacs", help="Talk to a PACS: echo, find and retrieve studies, store results."
 )
 console = Console()
-
-
-def _require() -> None:
-    """A one-line error instead of an ImportError when the intake extra is not installed."""
-    import importlib.util
-
-    from fedseg.errors import FedsegError
-
-    wanted = ("SimpleITK", "pydicom", "pynetdicom", "highdicom")
-    missing = [m for m in wanted if not importlib.util.find_spec(m)]
-    if missing:
-        raise FedsegError(f"fedseg intake needs {', '.join(missing)}: pip install 'fedseg[intake]'")
 
 
 def _progress() -> Progress:
@@ -46,7 +36,7 @@ def _progress() -> Progress:
 
 
 def _convert(dicom_dir: Path, out: Path, mapping: Path | None) -> None:
-    _require()
+    require_intake()
     from fedseg.intake.config import load_mapping
     from fedseg.intake.dicom_to_nifti import convert_dicom
 
@@ -90,7 +80,7 @@ def classify(
     json_out: bool = typer.Option(False, "--json", help="Print the verdicts as JSON."),
 ) -> None:
     """Dry run of `intake dicom`: what each series is taken as and why; writes nothing."""
-    _require()
+    require_intake()
     import json
 
     from fedseg.intake.config import load_mapping
@@ -148,7 +138,7 @@ def preprocess(
     ),
 ) -> None:
     """Co-register to T1Gd and SRI24, resample to the atlas grid, skull-strip; resumable."""
-    _require()
+    require_intake()
     from fedseg.intake.config import PreprocessConfig
     from fedseg.intake.preprocess import preprocess_cases
 
@@ -195,48 +185,11 @@ def seg(
 
     The SEG references the series the case came from, on its grid, and carries the real
     patient's identifiers: it is for the site's own PACS only."""
-    _require()
-    import numpy as np
+    require_intake()
+    from fedseg.intake.dicom_seg import seg_for_case, seg_written_line
 
-    from fedseg.data import nifti
-    from fedseg.data.cases import discover_cases
-    from fedseg.errors import FedsegError
-    from fedseg.intake.config import load_mapping
-    from fedseg.intake.deidentify import pseudonym
-    from fedseg.intake.dicom_seg import write_seg
-    from fedseg.intake.linkage import REFERENCE, read_linkage
-    from fedseg.model.identity import models_id
-    from fedseg.output_paths import check_output_file
-    from fedseg.tracking.selection import expand_selection
-
-    cfg = load_mapping(mapping)
-    if cfg.linkage is None:
-        raise FedsegError(
-            f"{mapping}: no `linkage:` folder, so intake kept no way back to the studies; set "
-            "one and rerun `fedseg intake dicom` on the DICOM folder"
-        )
-    check_output_file(out, "DICOM SEG")
-    cases = discover_cases(case)
-    if len(cases) != 1:
-        raise FedsegError(f"{case} holds {len(cases)} cases; give the one case folder segmented")
-    linkage = read_linkage(cfg.linkage, cases[0].case_id)
-    if pseudonym(linkage.study_uid, cfg.resolved_salt(), cfg.case_prefix) != linkage.case_id:
-        raise FedsegError(
-            f"{cfg.linkage}: the linkage of {linkage.case_id} was made with another salt or "
-            "prefix than this mapping YAML's; use the mapping YAML of that intake"
-        )
-    files, _ = expand_selection(model, "mean")
-    label_map = nifti.load_array(labels, dtype=np.int32)
-    affine = np.asarray(nifti.load_header(labels).affine)
-    folder = cases[0].folder or case
-    written = write_seg(label_map, affine, folder, linkage, models_id(files), out)
-    src = linkage.series[REFERENCE]
-    console.print(
-        f"wrote {written}: DICOM SEG of {linkage.case_id} on series {src.number} "
-        f"'{src.description}' (patient identifiers included: for this site's PACS only)",
-        highlight=False,
-        markup=False,
-    )
+    written, linkage = seg_for_case(labels, case, mapping, model, out)
+    console.print(seg_written_line(written, linkage), highlight=False, markup=False)
 
 
 def _query(
@@ -270,7 +223,7 @@ _UID = typer.Option("", "--study-uid", help="One StudyInstanceUID.")
 @pacs_app.command("echo")
 def pacs_echo(config: Path = _CONFIG) -> None:
     """C-ECHO: check that the PACS accepts us."""
-    _require()
+    require_intake()
     from fedseg.intake.config import load_pacs_config
     from fedseg.intake.pacs import echo
 
@@ -292,7 +245,7 @@ def pacs_find(
     study_uid: str = _UID,
 ) -> None:
     """C-FIND: list the studies (and matching series) that fit the query."""
-    _require()
+    require_intake()
     from fedseg.intake.config import load_pacs_config
     from fedseg.intake.pacs import find
 
@@ -321,7 +274,7 @@ def pacs_retrieve(
     mapping: Path | None = typer.Option(None, "--mapping", help="Mapping YAML for --convert."),
 ) -> None:
     """C-GET or C-MOVE the matching studies into a local DICOM folder (then convert)."""
-    _require()
+    require_intake()
     from fedseg.errors import FedsegError
     from fedseg.intake.config import load_pacs_config
     from fedseg.intake.pacs import find, retrieve
@@ -351,7 +304,7 @@ def pacs_store(
     config: Path = _CONFIG,
 ) -> None:
     """C-STORE files to the PACS (same AE titles and TLS as retrieve)."""
-    _require()
+    require_intake()
     from fedseg.intake.config import load_pacs_config
     from fedseg.intake.pacs import store
 

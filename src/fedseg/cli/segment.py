@@ -17,6 +17,7 @@ from fedseg.cli.compute_options import (
 )
 from fedseg.data.cases import MODALITIES, Case, load_case
 from fedseg.data.labels import Layout
+from fedseg.errors import FedsegError
 from fedseg.model.compute import ComputeConfig, check_device
 from fedseg.model.segmenter import (
     Combine,
@@ -67,6 +68,15 @@ def segment(
         "--labels",
         help="Label values written: brats2021 (NCR 1, ED 2, ET 4) or brats2023 (ET 3).",
     ),
+    dicom_seg: Path | None = typer.Option(
+        None,
+        "--dicom-seg",
+        help="Also write the result as a DICOM SEG on the source series (a case from `fedseg "
+        "intake`; needs --mapping). It carries the patient's identifiers: for the site's PACS.",
+    ),
+    mapping: Path | None = typer.Option(
+        None, "--mapping", help="The intake's mapping YAML (salt, `linkage:`), for --dicom-seg."
+    ),
     device: str | None = DEVICE,
     precision: str | None = PRECISION,
     channels_last: bool | None = CHANNELS_LAST,
@@ -86,15 +96,36 @@ def segment(
     check_output(out)
     if probabilities is not None:
         check_output_folder(probabilities, "--probabilities folder")
+    if (dicom_seg is None) != (mapping is None):
+        raise FedsegError("--dicom-seg and --mapping go together: give both (or neither)")
     case = resolve_case(inputs, allow_lacking=generator is not None)
+    if dicom_seg is not None:
+        from fedseg.intake import require_intake
+
+        require_intake()
+        if case.folder is None:
+            raise FedsegError("--dicom-seg needs the case folder as input, not four files")
+        from fedseg.intake.dicom_seg import case_linkage
+
+        case_linkage(case.folder, mapping, dicom_seg)  # the way back exists: before any work
     files, mode = expand_selection(model, mode)  # a `fedseg select` folder -> its models
     models = ModelSet.from_files(files, mode, compute=compute)
     lacking = tuple(m for m in MODALITIES if m not in case.images)
     if lacking:
         assert generator is not None  # resolve_case refused the case otherwise
         seg = _segment_two_pass(case, models, generator, lacking, overlap, batch_size)
-        _write(seg, out, probabilities, convention)
-        return
+    else:
+        seg = _segment(case, models, overlap, batch_size)
+    _write(seg, out, probabilities, convention)
+    if dicom_seg is not None and mapping is not None and case.folder is not None:
+        from fedseg.intake.dicom_seg import seg_for_case, seg_written_line
+
+        written, linkage = seg_for_case(out, case.folder, mapping, list(model), dicom_seg)
+        console.print(seg_written_line(written, linkage), highlight=False, markup=False)
+
+
+def _segment(case: Case, models: ModelSet, overlap: float, batch_size: int) -> Segmentation:
+    """One pass over the case's tiles, with a progress bar."""
     with Progress(
         TextColumn(f"segmenting {case.case_id}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console, transient=True,
@@ -105,10 +136,9 @@ def segment(
         def advance(n: int) -> None:
             progress.advance(task, n)
 
-        seg = segment_volumes(
+        return segment_volumes(
             volumes, models, overlap=overlap, batch_size=batch_size, on_tiles=advance
         )
-    _write(seg, out, probabilities, convention)
 
 
 def _segment_two_pass(

@@ -198,3 +198,59 @@ def write_seg(
     seg.save_as(partial)
     partial.replace(out)
     return out
+
+
+def case_linkage(case: Path, mapping: Path, out: Path) -> tuple[CaseLinkage, Path]:
+    """The linkage of the one case in folder ``case`` through the intake's mapping YAML
+    ``mapping`` (its salt and ``linkage:`` folder), and the case folder, after checking that
+    the SEG file ``out`` can be written; one-line ``FedsegError`` when the way back is
+    missing (no linkage folder, a case intaken without it, another salt)."""
+    from fedseg.data.cases import discover_cases
+    from fedseg.intake.config import load_mapping
+    from fedseg.intake.deidentify import pseudonym
+    from fedseg.intake.linkage import read_linkage
+    from fedseg.output_paths import check_output_file
+
+    cfg = load_mapping(mapping)
+    if cfg.linkage is None:
+        raise FedsegError(
+            f"{mapping}: no `linkage:` folder, so intake kept no way back to the studies; set "
+            "one and rerun `fedseg intake dicom` on the DICOM folder"
+        )
+    check_output_file(out, "DICOM SEG")
+    cases = discover_cases(case)
+    if len(cases) != 1:
+        raise FedsegError(f"{case} holds {len(cases)} cases; give the one case folder segmented")
+    linkage = read_linkage(cfg.linkage, cases[0].case_id)
+    if pseudonym(linkage.study_uid, cfg.resolved_salt(), cfg.case_prefix) != linkage.case_id:
+        raise FedsegError(
+            f"{cfg.linkage}: the linkage of {linkage.case_id} was made with another salt or "
+            "prefix than this mapping YAML's; use the mapping YAML of that intake"
+        )
+    return linkage, cases[0].folder or case
+
+
+def seg_for_case(
+    labels: Path, case: Path, mapping: Path, models: list[Path], out: Path
+) -> tuple[Path, CaseLinkage]:
+    """The label map file ``labels`` of the case folder ``case`` as DICOM SEG ``out``
+    (``case_linkage`` finds the way back); ``models`` are the model files or selections
+    that made it (their id goes into the SEG). Returns the file written and the linkage."""
+    from fedseg.data import nifti
+    from fedseg.model.identity import models_id
+    from fedseg.tracking.selection import expand_selection
+
+    linkage, folder = case_linkage(case, mapping, out)
+    files, _ = expand_selection(models, "mean")
+    label_map = nifti.load_array(labels, dtype=np.int32)
+    affine = np.asarray(nifti.load_header(labels).affine)
+    return write_seg(label_map, affine, folder, linkage, models_id(files), out), linkage
+
+
+def seg_written_line(written: Path, linkage: CaseLinkage) -> str:
+    """What the CLI says after writing a SEG."""
+    src = linkage.series[REFERENCE]
+    return (
+        f"wrote {written}: DICOM SEG of {linkage.case_id} on series {src.number} "
+        f"'{src.description}' (patient identifiers included: for this site's PACS only)"
+    )
