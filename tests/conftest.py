@@ -4,8 +4,9 @@ Session-scoped data is written once per test process (once per xdist worker): te
 use it only read it or write run-specific files beside it (``fedseg_split.json``, which
 every reader computes identically, and ``.fedseg/<run id>/``).
 
-``make test`` runs two xdist workers with ``--dist loadgroup``; ``XDIST_GROUPS`` is the one
-place that says which test modules stay together on one worker, in order:
+``make test`` runs three xdist workers on the two cores (engine tests wait on polls) with
+``--dist loadgroup``; ``XDIST_GROUPS`` is the one place that says which test modules stay
+together on one worker, in order:
 
 - ``engine``: the tests that run the Flower engine in real processes (SuperLink,
   SuperNodes, app processes). Each already keeps the two cores busy and waits on rounds and

@@ -8,7 +8,7 @@ import pytest
 
 from fedseg.federation.commands.simulate import simulate
 from fedseg.plan import save_plan
-from fedseg.run_folder import LOGS_DIR, LastTrained, RunStatus
+from fedseg.run_folder import LOGS_DIR, LastTrained, RunStatus, SiteRoundStatus
 from fedseg.tracking.store import RunStore
 from tests.strategies.strategy_helpers import tiny_plan
 
@@ -27,9 +27,13 @@ def test_single_pass_over_flower_skips_a_broken_site(
     assert res.rounds_done == 2
     with RunStore(tmp_path / "run") as store:
         assert store.meta.status() == RunStatus.DONE
-        by = {(sr.round, sr.site): sr for sr in store.site_rounds()}
-        # one visit per round, in plan order, each a message to that site alone
+        rows = store.site_rounds()
+        by = {(sr.round, sr.site): sr for sr in rows if sr.status != SiteRoundStatus.NOT_ASKED}
+        # one visit per round, in plan order, each a message to that site alone; the site
+        # not visited is recorded as not asked (it got no message)
         assert set(by) == {(1, "site1"), (2, "broken")}
+        idle = {(sr.round, sr.site) for sr in rows if sr.status == SiteRoundStatus.NOT_ASKED}
+        assert idle == {(1, "broken"), (2, "site1")}
         assert by[(1, "site1")].status == "ok" and by[(1, "site1")].train_loss is not None
         assert by[(2, "broken")].status == "failed"
         assert (by[(2, "broken")].error or "").startswith("data: the site's data could not be read")
