@@ -161,9 +161,10 @@ def build_bundle(
             f"({', '.join(torch_wheels)}); expected one: pick one --torch-index"
         )
     step("atlas")
-    (out / CACHE / "sri24").mkdir(parents=True)
+    atlas, kept = atlas_dir(), out / CACHE / "sri24"
+    kept.mkdir(parents=True)
     for name in ATLAS_FILES:
-        shutil.copy2(atlas_dir() / name, out / CACHE / "sri24" / name)
+        shutil.copy2(atlas / name, kept / name)
     (out / INSTALLER).write_text(installer_text(extras))
     os.chmod(out / INSTALLER, 0o755)
     from importlib.metadata import version
