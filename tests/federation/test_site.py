@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def test_site_validates_trains_and_keeps_cases_private(
     assert set(rep.weights) == set(w0)
     assert any(not np.array_equal(rep.weights[k], w0[k]) for k in w0)
     assert rep.train_loss is not None and 0 < rep.train_loss < 2
+    assert rep.worker == os.getpid()  # the process that did the work
     assert set(rep.validation) == {"ET", "TC", "WT", "mean"}
     assert rep.validation["WT"]["dice"].n == 1
     with RunStore(ws) as local:  # per-case values stay in the site's own store

@@ -662,6 +662,7 @@ class Coordinator:
             "train_wall_s": res.train_wall_s,
             "val_wall_s": res.val_wall_s,
             "startup_s": res.startup_s,
+            **({"worker": res.worker} if res.worker is not None else {}),
             **(res.compute.extra() if res.compute is not None else {}),  # device, precision
         }
         if not trains:

@@ -38,6 +38,7 @@ reads them once, and again only when a case or the split changed on disk.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import traceback
@@ -182,7 +183,7 @@ def _run(
         train, ledger = _case_dp(ws, req, network, train, len(split.train))
     floor = summary_floor(req.min_summary_cases, site_min)
     reply = TaskReply(site=site, n_train=len(split.train), n_val=len(split.val),
-                      compute=_compute_used(train.compute))  # fmt: skip
+                      compute=_compute_used(train.compute), worker=os.getpid())  # fmt: skip
     synthesis = recipe_synthesis(req.recipe)
     if synthesis is not None:
         _synthesis_work(site, data, req, ws, step, floor, split, synthesis, reply)
