@@ -32,7 +32,10 @@ as for validation; the per-case values go to the site's own store under the mode
 
 The site's data (its cases, split, prepared training cases and validation volumes) come
 from the process's warm cache (``train.warm.SiteCache``): a process that serves many tasks
-reads them once, and again only when a case or the split changed on disk.
+reads them once, and again only when a case or the split changed on disk; the Adam state a
+task saved is held there too, so the site's next task in the process does not read its
+file back (the file is still written first, and read when it changed or the process is new).
+A reply names the process that did the work (``TaskReply.worker``: its pid).
 """
 
 from __future__ import annotations
