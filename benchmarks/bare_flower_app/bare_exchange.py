@@ -2,8 +2,10 @@
 
 The baseline of benchmarks/federation.py: what a round costs in Flower alone (messages,
 process start-up, polling), with no training, validation, checks or bookkeeping. The
-ServerApp polls replies every 0.25 s as fedseg's does (Flower's send_and_receive sleeps 3 s).
-It runs on plain SuperNodes (Flower's own isolation): a fedseg site's app guard refuses it.
+ServerApp polls replies every run-config ``poll_s`` seconds, which the benchmark sets to
+fedseg's own poll on the same engine (Flower's send_and_receive sleeps 3 s). It runs on
+plain SuperNodes (Flower's own isolation; a fedseg site's app guard refuses it) or on
+Flower's simulation engine.
 
 The ServerApp writes its result to run-config ``result``: ``{"rounds": [...], "sent_bytes":
 N}``, or ``{"error": "<one line>"}`` as soon as a node answers with an error instead of the
@@ -23,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 
 serverapp = ServerApp()
 clientapp = ClientApp()
+#: the default reply poll (fedseg's ServerApp on the deployment engine)
 POLL_S = 0.25
 
 
@@ -44,16 +47,16 @@ def reply_bytes(reply: Message) -> int:
 
 
 def exchange(grid: Grid, record: ArrayRecord, rounds: int, n_nodes: int,
-             timeout_s: float) -> list[dict[str, object]]:  # fmt: skip
-    """Wait for ``n_nodes`` nodes, then ``rounds`` rounds of send-and-echo; per round its
-    wall time and the bytes each reply carried."""
+             timeout_s: float, poll_s: float = POLL_S) -> list[dict[str, object]]:  # fmt: skip
+    """Wait for ``n_nodes`` nodes, then ``rounds`` rounds of send-and-echo, replies pulled
+    every ``poll_s``; per round its wall time and the bytes each reply carried."""
     end = time.monotonic() + timeout_s
     while len(nodes := list(grid.get_node_ids())) < n_nodes:
         if time.monotonic() > end:
             raise BareExchangeError(
                 f"only {len(nodes)} of {n_nodes} SuperNodes connected within {timeout_s:.0f} s"
             )
-        time.sleep(POLL_S)
+        time.sleep(poll_s)
     out: list[dict[str, object]] = []
     for r in range(rounds):
         t0 = time.monotonic()
@@ -70,7 +73,7 @@ def exchange(grid: Grid, record: ArrayRecord, rounds: int, n_nodes: int,
                         f"round {r + 1}: {len(pending)} of {len(nodes)} replies missing "
                         f"after {timeout_s:.0f} s"
                     )
-                time.sleep(POLL_S)
+                time.sleep(poll_s)
         out.append({"round": r + 1, "wall_s": time.monotonic() - t0, "bytes": nbytes})
     return out
 
@@ -82,7 +85,7 @@ def main(grid: Grid, context: Context) -> None:
         record = ArrayRecord(array_dict={k: Array(z[k]) for k in z.files})
     try:
         rounds = exchange(grid, record, int(cfg["rounds"]), int(cfg["nodes"]),
-                          float(cfg["timeout_s"]))  # fmt: skip
+                          float(cfg["timeout_s"]), float(cfg.get("poll_s", POLL_S)))  # fmt: skip
         result: dict[str, object] = {"rounds": rounds, "sent_bytes": record.count_bytes()}
     except BareExchangeError as e:
         result = {"error": str(e)}

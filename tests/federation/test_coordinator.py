@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from fedseg.errors import FedsegError
-from fedseg.federation.rounds.coordinator import Coordinator, SiteFailure, initial_weights
+from fedseg.federation.rounds.coordinator import (
+    Coordinator,
+    Exchanged,
+    SiteFailure,
+    initial_weights,
+)
+from fedseg.federation.rounds.tasks import TaskReply
 from fedseg.model.model_file import load_model, weights_hash
 from fedseg.plan import load_plan
 from fedseg.run_folder import BEST_MODEL, RunStatus, SiteRoundStatus, model_path
@@ -53,6 +59,28 @@ def test_rounds_store_models_and_best(tmp_path: Path) -> None:
     assert t.requests[2]["site1"].epochs == 0 and t.requests[2]["site1"].model_round == 2
     # validation Dice is constant per site here, so the first model validated is the best
     assert best is not None and best.model_round == 0 and (run / BEST_MODEL).is_file()
+
+
+class _WorkerTransport(ArrayTransport):
+    """Sites that say which process did their work: site i's worker is 100 + i."""
+
+    def exchange(self, requests, timeout_s, on_result, stop_when=None):  # type: ignore[no-untyped-def]
+        def said(site: str, ex: Exchanged) -> None:
+            if isinstance(ex.result, TaskReply):
+                ex.result.worker = 100 + SITES.index(site)
+            on_result(site, ex)
+
+        super().exchange(requests, timeout_s, said, stop_when)
+
+
+def test_a_site_round_records_the_worker_that_did_it(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", tiny_plan(_sites(tmp_path), rounds=1))
+    Coordinator(run, _WorkerTransport(OFFSETS, N_TRAIN)).run()
+    with RunStore(run) as store:
+        srs = store.site_rounds()
+    assert {s.site: (s.extra or {}).get("worker") for s in srs} == {
+        s: 100 + i for i, s in enumerate(SITES)
+    }
 
 
 def test_rejected_and_failed_sites_are_recorded_and_left_out(tmp_path: Path) -> None:

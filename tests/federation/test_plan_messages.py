@@ -111,6 +111,13 @@ def test_request_and_reply_round_trip_keep_dtypes() -> None:
     assert decode_reply(encode_reply(TaskReply("s", None))).weights is None
 
 
+def test_a_reply_says_which_process_did_the_work() -> None:
+    """The worker's pid travels (the benchmark's critical path: tasks of one worker ran one
+    after the other); a reply without one says nothing."""
+    assert decode_reply(encode_reply(TaskReply("site1", None, worker=4242))).worker == 4242
+    assert decode_reply(encode_reply(TaskReply("site1", None))).worker is None
+
+
 def test_a_reply_says_which_device_and_precision_the_site_used() -> None:
     used = ComputeUsed(device="cuda:0 (NVIDIA H200)", precision="bf16")
     content = encode_reply(TaskReply("site1", None, compute=used))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def test_site_validates_trains_and_keeps_cases_private(
     assert set(rep.weights) == set(w0)
     assert any(not np.array_equal(rep.weights[k], w0[k]) for k in w0)
     assert rep.train_loss is not None and 0 < rep.train_loss < 2
+    assert rep.worker == os.getpid()  # the process that did the work
     assert set(rep.validation) == {"ET", "TC", "WT", "mean"}
     assert rep.validation["WT"]["dice"].n == 1
     with RunStore(ws) as local:  # per-case values stay in the site's own store
@@ -172,3 +174,24 @@ def test_run_task_keeps_the_site_warm_in_its_process(
     warm, hits = cache.get(tiny_sites["site2"]), cache.hits
     run_task("site2", tiny_sites["site2"], req, tmp_path / "ws", 1)
     assert cache.hits == hits + 1 and cache.get(tiny_sites["site2"]) is warm
+
+
+def test_a_site_s_next_task_starts_from_its_held_optimizer_state(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    """keep-local: the state a task saved is held in the process for the site's next task,
+    which trains exactly as from the file (a cold process)."""
+    plan = tiny_plan(tiny_sites)
+    w0 = initial_weights(plan)
+    recipe = recipe_json(plan.network, plan.train)
+    r1 = TaskRequest(1, 0, False, 1, 7, "run-o", recipe, w0, min_summary_cases=1)
+    warm_sites = SiteCache()
+    first = run_task("site1", tiny_sites["site1"], r1, tmp_path / "ws", 1, sites=warm_sites)
+    r2 = TaskRequest(2, 1, False, 1, 8, "run-o", recipe, first.weights, min_summary_cases=1)
+    warm = run_task("site1", tiny_sites["site1"], r2, tmp_path / "ws", 1, sites=warm_sites)
+    assert warm_sites.optimizer_hits == 1
+    shutil.copytree(tmp_path / "ws", tmp_path / "ws-cold")
+    (tmp_path / "ws-cold" / "optimizer_0002.npz").unlink()  # as before round 2
+    cold = run_task("site1", tiny_sites["site1"], r2, tmp_path / "ws-cold", 1, sites=SiteCache())
+    for k in w0:
+        np.testing.assert_array_equal(warm.weights[k], cold.weights[k])  # type: ignore[index]

@@ -159,3 +159,33 @@ def test_the_open_memory_maps_are_bounded_too(sites: dict[str, Path]) -> None:
     assert one.held() == (0, 9) and one in cache  # 3 cases x 3 arrays; in use: kept
     two = cache.get(sites["site2"])
     assert one not in cache and two in cache
+
+
+def test_the_optimizer_state_is_held_while_its_file_is_unchanged(
+    sites: dict[str, Path], tmp_path: Path
+) -> None:
+    """The state saved here is given back without reading its file, read-only and equal to
+    the file's; a file changed on disk (another process, a restart) is read again; other
+    files are read; what is held counts against the budget."""
+    from fedseg.model.weights import load_arrays, save_arrays
+
+    cache = SiteCache()
+    warm = cache.get(sites["site1"])
+    state = {"step": np.array(3, np.int64), "exp_avg/w": np.arange(6, dtype=np.float32)}
+    path = tmp_path / "ws" / "optimizer_0001.npz"
+    before = warm.held()[0]
+    warm.save_optimizer(path, state)
+    assert warm.held()[0] == before + 8 + 24
+    got = warm.optimizer(path)
+    assert cache.optimizer_hits == 1 and got["exp_avg/w"] is state["exp_avg/w"]
+    assert not got["exp_avg/w"].flags.writeable
+    disk = load_arrays(path)
+    assert list(got) == list(disk) and all(np.array_equal(got[k], disk[k]) for k in disk)
+    # the file replaced on disk: the next task reads it
+    save_arrays(path, {"step": np.array(4, np.int64), "exp_avg/w": np.ones(6, np.float32)})
+    again = warm.optimizer(path)
+    assert cache.optimizer_hits == 1 and int(again["step"]) == 4
+    assert warm.optimizer(path) is again and cache.optimizer_hits == 2  # now held
+    other = tmp_path / "ws" / "optimizer_0000.npz"
+    save_arrays(other, state)
+    assert int(warm.optimizer(other)["step"]) == 3 and cache.optimizer_hits == 2

@@ -65,8 +65,11 @@ def unnest(prefix: str, state: Mapping[str, np.ndarray]) -> Weights:
     return {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
 
 
-def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` as one npz, atomically (temp file, fsync, rename)."""
+def save_arrays(path: Path, arrays: Mapping[str, np.ndarray], sync: bool = True) -> None:
+    """Write ``arrays`` to ``path`` as one npz, atomically (temp file, fsync, rename).
+    ``sync=False`` skips the fsync: the file is whole or absent after a killed process, but
+    a crash of the machine may leave it torn (for files their reader can do without:
+    ``arrays_intact`` tells)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -76,8 +79,19 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
                 with z.open(f"{k}.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asanyarray(v), allow_pickle=False)
         fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def arrays_intact(path: Path) -> bool:
+    """Whether ``path`` is a whole ``save_arrays`` file: a readable zip whose every member's
+    CRC matches (a torn file after a machine crash is not)."""
+    try:
+        with zipfile.ZipFile(Path(path)) as z:
+            return z.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
 
 
 def load_arrays(path: Path) -> Weights:

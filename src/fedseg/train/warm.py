@@ -25,6 +25,14 @@ process's limit). The site a task is using is never evicted; a validation volume
 not fit even after evicting every other site is read and not kept. Held volumes are made
 read-only (a caller that wrote into one would change the next task's numbers).
 
+The site's optimizer state (``keep-local``: the file ``run_task`` saves after each
+training task in the site's workspace) is held too, one file per site: ``optimizer(path)``
+gives the arrays that file holds when its (size, mtime_ns, inode) are those it had when
+they were saved or read here, else it reads the file again (``model.weights.load_arrays``).
+The file stays the authority (a restarted process, or another process, reads it); what is
+held only spares reading it back. Its bytes count against the budget like the rest, and its
+arrays are read-only.
+
 What a warm site gives is exactly what the cold path gives (the same split, the same
 arrays), so a round's weights and metrics are the same with or without it.
 """
@@ -35,11 +43,15 @@ import os
 import resource
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from fedseg.data.cases import Case, CaseVolumes, discover_cases
 from fedseg.data.splits import SPLIT_FILE, Split, load_split
+from fedseg.model.weights import load_arrays, save_arrays
 from fedseg.train.case_cache import VolumeReader, source_key
 from fedseg.train.config import Shape3, TrainConfig
 from fedseg.train.loader import CaseStore
@@ -84,6 +96,10 @@ def site_key(root: Path, split_file: Path) -> SiteKey | None:
     return SiteKey(cases, sources, _stat(split_file))
 
 
+def _arrays_bytes(arrays: Mapping[str, np.ndarray]) -> int:
+    return sum(int(a.nbytes) for a in arrays.values())
+
+
 def _volume_bytes(vol: CaseVolumes) -> int:
     label = vol.label.nbytes if vol.label is not None else 0
     return vol.image.nbytes + label + vol.affine.nbytes
@@ -103,6 +119,9 @@ class WarmSite:
         self._val = {c.case_id: c for c in split.val}
         self._volumes: dict[str, CaseVolumes] = {}
         self._reader = VolumeReader()
+        #: the optimizer state file last saved or read here: (path, its stat then, arrays)
+        self._optimizer: tuple[Path, tuple[int, int, int] | None, dict[str, np.ndarray]] | None
+        self._optimizer = None
 
     def store(self, train: TrainConfig) -> CaseStore:
         """The training split's ``CaseStore`` for ``train.patch_size`` (memory-mapped from the
@@ -134,10 +153,40 @@ class WarmSite:
                 self._volumes[case.case_id] = vol
             return vol
 
+    def optimizer(self, path: Path) -> dict[str, np.ndarray]:
+        """The arrays of the optimizer state file ``path``: those held here when the file is
+        unchanged since they were saved or read here (size, mtime_ns, inode), else read from
+        it (and held, read-only, when the budget allows)."""
+        path = Path(path)
+        with self._owner.lock:
+            held, now = self._optimizer, _stat(path)
+            if held is not None and held[0] == path and now is not None and held[1] == now:
+                self._owner.optimizer_hits += 1
+                return held[2]
+        return self._hold_optimizer(path, load_arrays(path))
+
+    def save_optimizer(self, path: Path, state: Mapping[str, np.ndarray]) -> None:
+        """Write ``state`` to ``path`` (``model.weights.save_arrays``: atomic, synced) and
+        hold it for the next ``optimizer(path)``."""
+        save_arrays(path, state)
+        self._hold_optimizer(Path(path), dict(state))
+
+    def _hold_optimizer(self, path: Path, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        stat = _stat(path)
+        with self._owner.lock:
+            self._optimizer = None
+            if stat is not None and self._owner.fit(self, _arrays_bytes(state)):
+                for arr in state.values():
+                    arr.setflags(write=False)
+                self._optimizer = (path, stat, state)
+        return state
+
     def held(self) -> tuple[int, int]:
         """(bytes held in memory, memory-mapped arrays held)."""
         stores = [s.held() for s in self._stores.values()]
         nbytes = sum(b for b, _ in stores) + sum(map(_volume_bytes, self._volumes.values()))
+        if self._optimizer is not None:
+            nbytes += _arrays_bytes(self._optimizer[2])
         return nbytes, sum(f for _, f in stores)
 
 
@@ -145,13 +194,14 @@ class SiteCache:
     """The warm sites of one process, least recently used first (see the module's
     docstring for the key and the bounds; ``run_task`` sets ``budget_mb`` to each task's
     ``train.cache_mb``, applied from the next store or volume held). ``hits``/``builds``:
-    how many ``get``s reused an entry or built one."""
+    how many ``get``s reused an entry or built one; ``optimizer_hits``: how many optimizer
+    states were given without reading their file."""
 
     def __init__(self, budget_mb: int = DEFAULT_BUDGET_MB, max_files: int | None = None) -> None:
         self.budget_mb = budget_mb
         self.max_files = max_files if max_files is not None else _file_bound()
         self.lock = threading.RLock()
-        self.hits = self.builds = 0
+        self.hits = self.builds = self.optimizer_hits = 0
         self._sites: OrderedDict[tuple[Path, Path], WarmSite] = OrderedDict()
 
     def get(self, data_dir: Path, split_file: Path | None = None) -> WarmSite:

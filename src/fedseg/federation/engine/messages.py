@@ -280,6 +280,8 @@ def encode_reply(rep: TaskReply, transfer: TransferDtype = DEFAULT_TRANSFER) -> 
     }
     if rep.train_loss is not None:
         metrics["train_loss"] = float(rep.train_loss)
+    if rep.worker is not None:
+        metrics["worker"] = int(rep.worker)
     val: dict[str, float | int] = {}
     for region, by_metric in rep.validation.items():
         for metric, s in by_metric.items():
@@ -334,6 +336,7 @@ def decode_reply(content: RecordDict) -> TaskReply:
         train_wall_s=float(m["train_wall_s"]),
         val_wall_s=float(m["val_wall_s"]),
         startup_s=float(m.get("startup_s", 0.0)),
+        worker=int(m["worker"]) if "worker" in m else None,  # type: ignore[arg-type]
         validation=validation,
         validated=bool(m.get("validated", bool(validation))),
         optimizer_state=_reply_arrays(content, "optimizer"),

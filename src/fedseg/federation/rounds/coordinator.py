@@ -63,7 +63,8 @@ which sites each group was averaged over.
 Cross-site validation (plan ``cross_site``; ``rounds.cross_site``: when it runs and who
 validates what): after a cross round's aggregation, the local models it keeps are parked in
 ``crossval/round_XXXX/<site>.npz`` (``run_folder.crossval_dir``, written before the spool
-is removed); round r+1's requests carry each evaluator's share (``TaskRequest.cross``, the
+is removed, atomically but without an fsync each: a parked model is a check's input, not
+the run's state); round r+1's requests carry each evaluator's share (``TaskRequest.cross``, the
 same weights object for every request that carries a model, so an engine encodes it once),
 every training site of a cross round is asked for its home check (``TaskRequest.home``),
 and the last round's models ride on the final validation. The replies' ``cross`` and
@@ -73,7 +74,8 @@ only what was not asked for is dropped) and stored as
 ``cross_validation`` rows (``tracking.store``: away rows in round r+1 against global r,
 home rows in round r against global r-1). A parked folder is deleted once the round that
 used it is ``done``; a restart keeps only the folder of the last ``done`` round (the
-resumed round's models to validate) and removes the others.
+resumed round's models to validate) and removes the others, and in the kept one a parked
+model a machine crash tore (one warning line: only that model's cross rows are lost).
 
 A restart continues after the last ``done`` round (``RunStore.last_done_round``): a round
 is ``done`` only after its model file is written, so a kill loses at most that round.
@@ -116,7 +118,13 @@ from fedseg.federation.rounds.strategies.sequential import SequentialStrategy
 from fedseg.federation.rounds.task_kind import SynthesisKind, task_kind
 from fedseg.federation.rounds.tasks import Payload, SynthStep, TaskReply, TaskRequest
 from fedseg.federation.rounds.transfer import round_trip
-from fedseg.model.weights import ArraysOnDisk, Weights, load_arrays, save_arrays
+from fedseg.model.weights import (
+    ArraysOnDisk,
+    Weights,
+    arrays_intact,
+    load_arrays,
+    save_arrays,
+)
 from fedseg.plan import PlanConfig, load_plan
 from fedseg.run_folder import (
     BEST_MODEL,
@@ -662,6 +670,7 @@ class Coordinator:
             "train_wall_s": res.train_wall_s,
             "val_wall_s": res.val_wall_s,
             "startup_s": res.startup_s,
+            **({"worker": res.worker} if res.worker is not None else {}),
             **(res.compute.extra() if res.compute is not None else {}),  # device, precision
         }
         if not trains:
@@ -790,7 +799,9 @@ class Coordinator:
     # -- cross-site validation ------------------------------------------------------------
     def _clean_crossval(self, keep: int) -> None:
         """Remove the parked folders of every round but ``keep`` (the last done round: its
-        models are the ones the resumed round validates)."""
+        models are the ones the resumed round validates), and in ``keep`` a parked model
+        that is not whole (parked without an fsync: a machine crash may have torn it; that
+        model's cross rows are lost, nothing else)."""
         root = self.run_dir / CROSSVAL_DIR
         if not root.is_dir():
             return
@@ -798,6 +809,13 @@ class Coordinator:
             if folder != crossval_dir(self.run_dir, keep):
                 shutil.rmtree(folder, ignore_errors=True)
                 self.store.log(f"cross-site validation: removed the stale {folder.name}")
+                continue
+            for path in sorted(folder.glob("*.npz")):
+                if not arrays_intact(path):
+                    path.unlink(missing_ok=True)
+                    self.store.log(f"cross-site validation: {folder.name}/{path.name} is not "
+                                   "whole (torn by a crash); that model is not validated",
+                                   "warning")  # fmt: skip
 
     def _park_cross(self, rnd: int, arrived: dict[str, SiteUpdate], used: list[str]) -> None:
         """Keep round ``rnd``'s chosen local models (of the sites whose update was used) for
@@ -808,8 +826,8 @@ class Coordinator:
         keep = cross_site.kept_models(self.cross, rnd, trained, self.plan.site_names)
         folder = crossval_dir(self.run_dir, rnd)
         shutil.rmtree(folder, ignore_errors=True)
-        for site in keep:
-            save_arrays(folder / f"{site}.npz", arrived[site].weights)
+        for site in keep:  # no fsync each: a torn one is dropped on restart
+            save_arrays(folder / f"{site}.npz", arrived[site].weights, sync=False)
 
     def _cross_requests(
         self, model_round: int, sites: list[str]

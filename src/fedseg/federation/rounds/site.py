@@ -32,12 +32,16 @@ as for validation; the per-case values go to the site's own store under the mode
 
 The site's data (its cases, split, prepared training cases and validation volumes) come
 from the process's warm cache (``train.warm.SiteCache``): a process that serves many tasks
-reads them once, and again only when a case or the split changed on disk.
+reads them once, and again only when a case or the split changed on disk; the Adam state a
+task saved is held there too, so the site's next task in the process does not read its
+file back (the file is still written first, and read when it changed or the process is new).
+A reply names the process that did the work (``TaskReply.worker``: its pid).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import traceback
@@ -75,7 +79,7 @@ from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
 from fedseg.train.local import OptimizerState, train_local
 from fedseg.train.validate import validate_cases, validate_models
-from fedseg.train.warm import SiteCache, process_cache
+from fedseg.train.warm import SiteCache, WarmSite, process_cache
 
 if TYPE_CHECKING:  # Opacus is imported only when a plan asks for DP-SGD
     from fedseg.federation.rounds.case_budget import CaseLedger
@@ -182,7 +186,7 @@ def _run(
         train, ledger = _case_dp(ws, req, network, train, len(split.train))
     floor = summary_floor(req.min_summary_cases, site_min)
     reply = TaskReply(site=site, n_train=len(split.train), n_val=len(split.val),
-                      compute=_compute_used(train.compute))  # fmt: skip
+                      compute=_compute_used(train.compute), worker=os.getpid())  # fmt: skip
     synthesis = recipe_synthesis(req.recipe)
     if synthesis is not None:
         _synthesis_work(site, data, req, ws, step, floor, split, synthesis, reply)
@@ -215,7 +219,7 @@ def _run(
         if mode == "average":
             state = req.optimizer_state
         elif mode == "keep-local":
-            state = _load_optimizer(ws, req.round)
+            state = _load_optimizer(ws, req.round, warm)
         dp = ledger.case_dp(req.privacy.dp.max_physical_batch) if ledger is not None else None
         t0 = time.perf_counter()
         store = warm.store(train)  # prepared on the site's first training task
@@ -225,7 +229,7 @@ def _run(
             seed=req.seed, proximal_mu=req.proximal_mu, dp=dp,
         )  # fmt: skip
         if mode == "keep-local":
-            _save_optimizer(ws, req.round, result.optimizer_state)
+            _save_optimizer(ws, req.round, result.optimizer_state, warm)
         elif mode == "average":
             reply.optimizer_state = result.optimizer_state
         reply.weights = result.weights
@@ -400,14 +404,20 @@ def _optimizer_files(ws: Path) -> dict[int, Path]:
     return out
 
 
-def _load_optimizer(ws: Path, rnd: int) -> OptimizerState | None:
+def _load_optimizer(ws: Path, rnd: int, warm: WarmSite | None = None) -> OptimizerState | None:
     """Adam state after the latest round before ``rnd`` (a redone round, after the aggregator
-    was restarted, starts from the same state as the first attempt)."""
+    was restarted, starts from the same state as the first attempt); from ``warm`` when it
+    holds that file unchanged (``train.warm``: the arrays it was saved with)."""
     files = {r: p for r, p in _optimizer_files(ws).items() if r < rnd}
-    return load_arrays(files[max(files)]) if files else None
+    if not files:
+        return None
+    path = files[max(files)]
+    return warm.optimizer(path) if warm is not None else load_arrays(path)
 
 
-def _save_optimizer(ws: Path, rnd: int, state: OptimizerState) -> None:
+def _save_optimizer(
+    ws: Path, rnd: int, state: OptimizerState, warm: WarmSite | None = None
+) -> None:
     """Save the state after round ``rnd`` and prune the older copies: a site keeps at most
     two, the new one and the one round ``rnd`` started from (the site's latest before
     ``rnd``, which is ``rnd - 1`` unless the site sat rounds out: cyclic or sampled plans).
@@ -415,7 +425,11 @@ def _save_optimizer(ws: Path, rnd: int, state: OptimizerState) -> None:
     last done one; ``_load_optimizer``), the same bound as the aggregator's model
     retention with ``keep_last: 1``; older copies are deleted."""
     started_from = max((r for r in _optimizer_files(ws) if r < rnd), default=None)
-    save_arrays(ws / f"optimizer_{rnd:04d}.npz", state)
+    path = ws / f"optimizer_{rnd:04d}.npz"
+    if warm is not None:  # held for the site's next task in this process
+        warm.save_optimizer(path, state)
+    else:
+        save_arrays(path, state)
     for r, p in _optimizer_files(ws).items():
         if r != rnd and r != started_from:
             p.unlink(missing_ok=True)

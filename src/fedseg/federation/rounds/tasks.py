@@ -131,6 +131,10 @@ class TaskReply:
     val_wall_s: float = 0.0
     #: seconds from the start of the site's app process to the start of the work
     startup_s: float = 0.0
+    #: the process that did the work (its pid at the site; None: not said): tasks with the
+    #: same worker ran one after the other, which bounds a round from below (the critical
+    #: path of ``benchmarks/federation.py``)
+    worker: int | None = None
     validation: dict[str, dict[str, Summary]] = field(default_factory=dict)
     validated: bool = False
     #: the site's optimizer state after training, sent only when the plan averages it
