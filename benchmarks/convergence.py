@@ -12,8 +12,9 @@ drawn from ``--seed``):
 - a round's simulated time is its slowest trainer's download + validation of the global
   model + training + validation of its local model + upload (the issue's rule; the
   challenge also counts the validation-only sites' download and validation, left out
-  here: every site validates every round's model so that every plan is scored on the same
-  cases, ``validators: all``, and that measurement is kept off the clock);
+  here unless ``--clock-validators``: every site validates every round's model so that
+  every plan is scored on the same cases, ``validators: all``, and that measurement is
+  kept off the clock);
 - a plan stops when its clock has passed the budget (one simulated week) before a round,
   or after ``--rounds`` rounds (cyclic: visits); a plan stopped that way never validates
   its last model, as in the challenge;
@@ -136,6 +137,8 @@ class SimClock:
     seed: int
     budget_s: float
     max_rounds: int
+    #: count the validation-only sites' download and validation too (the challenge's rule)
+    validators: bool = False
     t: float = 0.0
     rounds: list[tuple[int, float, list[str]]] = field(default_factory=list)
     speeds: dict[str, Any] = field(default_factory=dict)
@@ -175,6 +178,9 @@ class ClockedTransport:
             epochs = requests[trainers[0]].epochs
             times = [site_round_time(c.speeds[s], declared[s].n_train, declared[s].n_val,
                                      epochs) for s in trainers]  # fmt: skip
+            if c.validators:
+                times += [site_round_time(c.speeds[s], declared[s].n_train, declared[s].n_val, 0)
+                          for s, r in requests.items() if r.epochs == 0]  # fmt: skip
             rnd = next(iter(requests.values())).round
             c.t += round_time(times)
             c.rounds.append((rnd, c.t, sorted(trainers)))
@@ -221,7 +227,7 @@ class Outcome:
 
 def run_plan(label: str, plan_json: str, run_dir: Path, sites: dict[str, Path],
              held: dict[str, Path], seed: int, budget_s: float, max_rounds: int,
-             threads: int) -> Outcome:  # fmt: skip
+             threads: int, clock_validators: bool = False) -> Outcome:  # fmt: skip
     """One plan under the simulated clock, its score and its best model on the held-out
     sites (runs in a worker process)."""
     import torch
@@ -241,7 +247,7 @@ def run_plan(label: str, plan_json: str, run_dir: Path, sites: dict[str, Path],
     save_plan(run_dir / PLAN_FILE, plan)
     with RunStore(run_dir) as store:
         store.meta.set_run_id(f"convergence-{label}")
-    clock = SimClock(seed, budget_s, max_rounds)
+    clock = SimClock(seed, budget_s, max_rounds, clock_validators)
     inner = LocalTransport(sites, {s: run_dir / "sites" / s for s in sites})
     transport = ClockedTransport(inner, clock, run_dir / PROGRESS_FILE)
     t0 = time.perf_counter()
@@ -365,6 +371,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="data, training and speeds")
     ap.add_argument("--workers", type=int, default=1, help="plans run side by side")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    ap.add_argument(
+        "--clock-validators",
+        action="store_true",
+        help="the round also waits for the validation-only sites (the challenge)",
+    )
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: tmp)")
     args = ap.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 150)
@@ -388,7 +399,8 @@ def main() -> None:
         tasks = {label: bar.add_task(label, total=args.rounds) for label in plans}
         futures = {
             label: pool.submit(run_plan, label, plan.model_dump_json(), runs / label, sites,
-                               held, args.seed, budget_s, args.rounds, args.threads)
+                               held, args.seed, budget_s, args.rounds, args.threads,
+                               args.clock_validators)
             for label, plan in plans.items()
         }  # fmt: skip
         while futures:

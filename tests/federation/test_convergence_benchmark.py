@@ -40,13 +40,14 @@ def bench() -> ModuleType:
 
 
 def _array_run(tmp_path: Path, bench: ModuleType, budget_s: float, max_rounds: int,
-               strategy: dict) -> tuple[object, bool]:  # fmt: skip
+               strategy: dict, validators: bool = False) -> tuple[object, bool]:  # fmt: skip
     plan = tiny_plan({s: tmp_path / s for s in CASES}, rounds=4, min_sites=1,
                      strategy=strategy, cross_site={"enabled": False})  # fmt: skip
     run = write_run(tmp_path / "run", plan)
     inner = ArrayTransport(dict.fromkeys(CASES, 0.0), {s: c[0] for s, c in CASES.items()},
                            n_val={s: c[1] for s, c in CASES.items()})  # fmt: skip
-    clock = bench.SimClock(seed=0, budget_s=budget_s, max_rounds=max_rounds)
+    clock = bench.SimClock(seed=0, budget_s=budget_s, max_rounds=max_rounds,
+                           validators=validators)  # fmt: skip
     transport = bench.ClockedTransport(inner, clock, tmp_path / "progress.txt")
     try:
         Coordinator(run, transport).run()
@@ -78,6 +79,10 @@ def test_clock_adds_the_slowest_trainer_and_stops_at_the_budget(
     assert all(trainers == two for _, _, trainers in clock.rounds)
     assert clock.rounds[0][1] == pytest.approx(max(times[s] for s in two))
     assert clock.rounds[0][1] < full
+    # the challenge's rule: the validation-only sites' download and validation count too
+    clock, _ = _array_run(tmp_path / "5", bench, 1e9, 1, k2, validators=True)
+    others = [site_round_time(speeds[s], *CASES[s], 0) for s in CASES if s not in two]
+    assert clock.rounds[0][1] == pytest.approx(max(times[two[0]], times[two[1]], *others))
 
 
 def test_outputs_of_hand_made_outcomes(tmp_path: Path, bench: ModuleType) -> None:
