@@ -97,7 +97,9 @@ def short_labels(plan_args: list[PlanArg]) -> list[PlanArg]:
 
 
 # -- the data --------------------------------------------------------------------------
-def make_data(out: Path, args: argparse.Namespace, console: Console) -> tuple[dict, dict]:
+def make_data(
+    out: Path, args: argparse.Namespace, console: Console
+) -> tuple[dict[str, Path], dict[str, Path]]:
     """``fedseg data synth``'s data set in ``out`` (kept when it is there): (training sites,
     held-out sites), name -> folder."""
     from fedseg.data.synth.config import SynthConfig

@@ -25,7 +25,8 @@ each site's measured round time.
   given the plan's seed; the other slots go to the seen sites of highest utility (ties by
   name); slots one kind cannot fill go to the other. Oort's staleness bonus and its
   adaptive deadline are left out. The losses seen survive a restart (``state_dict``
-  namespace ``utility/``).
+  namespace ``utility/``). Under secure aggregation no single site's loss is known, so
+  every slot explores: the plan is then partial participation's draw.
 """
 
 from __future__ import annotations
