@@ -107,7 +107,6 @@ def test_outputs_of_hand_made_outcomes(tmp_path: Path, bench: ModuleType) -> Non
     assert table.columns[0]._cells[0] == "fedavg"  # best score first
 
 
-@pytest.mark.slow
 def test_one_tiny_plan_end_to_end(
     tmp_path: Path, bench: ModuleType, tiny_sites: dict[str, Path]
 ) -> None:
