@@ -125,7 +125,7 @@ def test_state_round_trips_for_every_strategy(name: str, tmp_path: Path) -> None
         x = strat.aggregate(rnd, x, _updates(x, rnd))
     state = strat.state_dict()
     assert unnest("optimizer", state), name  # every plan keeps its optimizer average
-    assert {k.split("/", 1)[0] for k in state} <= {"optimizer", "m", "v"}
+    assert {k.split("/", 1)[0] for k in state} <= {"optimizer", "m", "v", "utility"}
     save_arrays(tmp_path / "s.strategy.npz", state)
     again = make_strategy(cfg, 1)
     again.load_state_dict(load_arrays(tmp_path / "s.strategy.npz"))

@@ -424,6 +424,7 @@ class Coordinator:
         if isinstance(self.strategy, ModalityFedAvg):
             self._set_phases()  # a site that declared late
         self._free_busy(rnd)
+        self.strategy.set_site_cases({s: (d.n_train, d.n_val) for s, d in self.declared.items()})
         tasks = self.strategy.configure_round(rnd, sites, frozenset(self.busy))
         self._record_not_asked(rnd, [s for s in sites if s not in tasks])
         cross = self._cross_requests(rnd - 1, [s for s, t in tasks.items() if t.validate])

@@ -5,6 +5,7 @@
 ``fedprox``), ``server_opt`` (``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad``),
 ``robust`` (``median``, ``trimmed-mean``, ``krum``), ``sequential`` (``cyclic``,
 ``single-pass``), ``modality`` (``modality-fedavg``: the ModalityBank generator, per
-weight group), and ``registry`` (name -> class, ``make_strategy``). Each module holds
+weight group), ``site_selection`` (``fastest-k``, ``select-utility``: trainers chosen by
+simulated speed and utility), and ``registry`` (name -> class, ``make_strategy``). Each module holds
 its math as plain functions on ``Weights`` and small classes that call it.
 """

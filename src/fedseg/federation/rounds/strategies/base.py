@@ -138,6 +138,11 @@ class Strategy(Generic[P]):
         (cut after quorum), to be given none where the strategy can do without them."""
         raise NotImplementedError
 
+    def set_site_cases(self, cases: Mapping[str, tuple[int, int]]) -> None:
+        """The (training, validation) cases each site declared when it joined, given before
+        each round's ``configure_round`` (a strategy that chooses by site size or speed
+        keeps them; the others ignore them)."""
+
     def proximal_mu(self) -> float:
         """The proximal term strength the training tasks carry (FedProx; 0: none)."""
         return 0.0

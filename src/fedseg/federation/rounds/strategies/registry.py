@@ -17,6 +17,7 @@ from fedseg.federation.rounds.strategies.modality import ModalityFedAvg
 from fedseg.federation.rounds.strategies.robust import Krum, Median, TrimmedMean
 from fedseg.federation.rounds.strategies.sequential import Cyclic, SinglePass
 from fedseg.federation.rounds.strategies.server_opt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from fedseg.federation.rounds.strategies.site_selection import FastestK, SelectUtility
 from fedseg.plan import StrategyConfig
 
 STRATEGIES: dict[str, type[Strategy[Any]]] = {
@@ -32,6 +33,8 @@ STRATEGIES: dict[str, type[Strategy[Any]]] = {
     "cyclic": Cyclic,
     "single-pass": SinglePass,
     "modality-fedavg": ModalityFedAvg,
+    "fastest-k": FastestK,
+    "select-utility": SelectUtility,
 }
 
 
