@@ -664,6 +664,8 @@ class Coordinator:
             "startup_s": res.startup_s,
             **(res.compute.extra() if res.compute is not None else {}),  # device, precision
         }
+        if res.lr is not None and math.isfinite(res.lr):  # the lr it trained with
+            extra["lr"] = res.lr
         if not trains:
             return SiteRound(status=SiteRoundStatus.OK, extra=extra, **base, **common), None  # type: ignore[arg-type]
         if self.hidden is not None:  # its update joins the hidden sum, never the strategy alone
