@@ -16,7 +16,7 @@ from fedseg.federation.rounds.disclosure import ErrorCategory
 from fedseg.federation.rounds.site import TaskFailed, run_task, site_workspace
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_json
 from fedseg.model.compute import ComputeConfig, ComputeOverrides
-from fedseg.run_folder import ComputeUsed, cross_label
+from fedseg.run_folder import LR_USED, ComputeUsed, cross_label
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import LrScheduleConfig, TrainConfig
 from fedseg.train.lr_schedule import round_lr
@@ -223,7 +223,7 @@ def test_the_round_loop_records_each_sites_lr(tmp_path: Path, tiny_sites: dict[s
     transport = LocalTransport(sites, {s: tmp_path / "ws" / s for s in sites})
     Coordinator(run, transport).run()
     with RunStore(run) as store:
-        got = {(r.round, r.site): (r.extra or {}).get("lr") for r in store.site_rounds()}
+        got = {(r.round, r.site): (r.extra or {}).get(LR_USED) for r in store.site_rounds()}
     assert got == {
         (r, s): pytest.approx(plan.train.lr * 0.5 ** (r - 1)) for r in (1, 2, 3) for s in sites
     }

@@ -13,6 +13,7 @@ from fedseg.federation.commands.compare_plans.arguments import CompareConfig, Pl
 from fedseg.federation.commands.compare_plans.run import run_compare
 from fedseg.model.config import NetworkConfig
 from fedseg.plan import StrategyConfig
+from fedseg.run_folder import LR_USED
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import LrScheduleConfig, TrainConfig
 from fedseg.train.lr_schedule import round_lr
@@ -37,5 +38,5 @@ def test_plans_and_central_train_at_the_schedule_without_single_sites(
     expected = [pytest.approx(round_lr(train.lr, sched, r, 3)) for r in (1, 2, 3)]
     for run, per_round in (("fedavg", 2), ("central", 1)):
         with RunStore(out / "runs" / run) as store:
-            lrs = [(sr.extra or {}).get("lr") for sr in store.site_rounds()]
+            lrs = [(sr.extra or {}).get(LR_USED) for sr in store.site_rounds()]
         assert lrs == [e for e in expected for _ in range(per_round)], run

@@ -15,6 +15,7 @@ from fedseg.federation.commands.central_training import SiteData, run_training
 from fedseg.federation.rounds.tasks import recipe_from_json, recipe_json
 from fedseg.model.config import NetworkConfig
 from fedseg.plan import example_plan, load_plan
+from fedseg.run_folder import LR_USED
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import LrScheduleConfig, RecipeConfig, TrainConfig
 from fedseg.train.lr_schedule import round_lr
@@ -103,11 +104,11 @@ def test_a_centralized_run_trains_each_epoch_at_the_schedules_lr(
     sites = [SiteData("a", site[:2], site[4:])]
     run_training(tmp_path / "run", sites, 3, recipe=recipe, progress=False)
     with RunStore(tmp_path / "run") as store:
-        lrs = [(s.extra or {}).get("lr") for s in store.site_rounds()]
+        lrs = [(s.extra or {}).get(LR_USED) for s in store.site_rounds()]
     assert lrs == pytest.approx([round_lr(train.lr, sched, e, 3) for e in (1, 2, 3)])
     assert lrs[0] == pytest.approx(train.lr / 2) and lrs[1] == pytest.approx(train.lr)
     # a resumed run continues the same schedule (the lr of epoch e depends on e only)
     run_training(tmp_path / "run", sites, 4, resume=True, progress=False)
     with RunStore(tmp_path / "run") as store:
         last = store.site_rounds()[-1]
-    assert (last.extra or {})["lr"] == pytest.approx(round_lr(train.lr, sched, 4, 4))
+    assert (last.extra or {})[LR_USED] == pytest.approx(round_lr(train.lr, sched, 4, 4))

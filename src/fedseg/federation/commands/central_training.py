@@ -52,6 +52,7 @@ from fedseg.run_folder import (
     BEST_MODEL,
     CHECKPOINT,
     LAST_MODEL,
+    LR_USED,
     RECIPE_FILE,
     STORE_FILE,
     ComputeUsed,
@@ -304,7 +305,7 @@ def _loop(
                     epoch, CENTRAL, SiteRoundStatus.OK, n_train=len(case_store), n_val=n_val,
                     train_loss=stats.loss, wall_s=wall,
                     extra={"steps": stats.steps, "data_wait_s": stats.data_wait_s,
-                           "compute_s": stats.compute_s, "lr": lr, **used.extra()},
+                           "compute_s": stats.compute_s, LR_USED: lr, **used.extra()},
                 )
             )  # fmt: skip
             _record_checkpoints(store, out, epoch, state.best_epoch)
