@@ -508,6 +508,9 @@ network:
   depth: 3
 train:
   lr: 0.001
+  # The lr over the rounds, the same at every site: constant | cosine | step, e.g.
+  # {{kind: cosine, warmup_rounds: 1}} or {{kind: step, step_every: 10, step_factor: 0.5}}.
+  lr_schedule: constant
   patch_size: [32, 32, 32]
   sampler: tumor
   num_workers: 0

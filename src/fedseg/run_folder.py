@@ -183,6 +183,9 @@ class SiteRoundStatus(StrEnum):
 
 #: ``site_rounds.extra`` key of a site cut after quorum: ``[replied, requested]`` trainers
 CUT_AFTER_QUORUM = "cut_after_quorum"
+#: ``site_rounds.extra`` key: the lr the site trained with in that round (the plan's
+#: ``train.lr_schedule``; a centralized run's epoch likewise); absent: it did not train
+LR_USED = "lr"
 
 
 class LivePhase(StrEnum):

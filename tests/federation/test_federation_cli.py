@@ -15,6 +15,9 @@ def test_plan_init_writes_a_loadable_commented_plan(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "# " in plan.read_text()
     assert {k: v.data for k, v in load_plan(plan).sites.items()} == {"a": a, "b": b}
+    # the lr schedule is written out where a user sees it (today's constant lr)
+    assert "lr_schedule: constant" in plan.read_text()
+    assert load_plan(plan).train.lr_schedule.kind == "constant"
     again = run_fedseg("plan", "init", str(plan))
     assert again.returncode == 2 and "--force" in again.stderr
 

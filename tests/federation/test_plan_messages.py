@@ -98,7 +98,8 @@ def test_request_and_reply_round_trip_keep_dtypes() -> None:
     assert net.base_filters == 4 and train == TrainConfig.cpu()
 
     val = {"ET": {"dice": Summary(0.5, 0.1, 3), "hd95": Summary(4.0, 1.0, 3)}}
-    rep = TaskReply("site1", weights, n_train=8, n_val=3, train_loss=0.4, validation=val)
+    rep = TaskReply("site1", weights, n_train=8, n_val=3, train_loss=0.4, validation=val,
+                    lr=2.5e-4)  # fmt: skip
     content = encode_reply(rep)
     # only weights and summaries travel: no case ids, no per-case values
     assert set(content) == {"site", "metrics", "validation", "weights"}
@@ -107,6 +108,7 @@ def test_request_and_reply_round_trip_keep_dtypes() -> None:
     }
     got = decode_reply(content)
     assert got.validation == val and got.n_train == 8 and got.train_loss == pytest.approx(0.4)
+    assert got.lr == 2.5e-4 and decode_reply(encode_reply(TaskReply("s", None))).lr is None
     assert got.weights is not None and got.weights["c"].dtype == np.int64
     assert decode_reply(encode_reply(TaskReply("s", None))).weights is None
 

@@ -11,15 +11,18 @@ import pytest
 
 from fedseg.data.synth.generate import make_tiny_dataset
 from fedseg.errors import FedsegError
-from fedseg.federation.rounds.coordinator import initial_weights
+from fedseg.federation.commands.compare_plans.local_transport import LocalTransport
+from fedseg.federation.rounds.coordinator import Coordinator, initial_weights
 from fedseg.federation.rounds.disclosure import ErrorCategory
 from fedseg.federation.rounds.site import TaskFailed, run_task, site_workspace
-from fedseg.federation.rounds.tasks import TaskRequest, recipe_json
+from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_json
 from fedseg.model.compute import ComputeConfig, ComputeOverrides
-from fedseg.run_folder import ComputeUsed, cross_label
+from fedseg.run_folder import LR_USED, ComputeUsed, cross_label
 from fedseg.tracking.store import RunStore
+from fedseg.train.config import LrScheduleConfig, TrainConfig
+from fedseg.train.lr_schedule import round_lr
 from fedseg.train.warm import SiteCache, process_cache
-from tests.federation.fed_helpers import tiny_plan
+from tests.federation.fed_helpers import tiny_plan, write_run
 
 
 def test_site_validates_trains_and_keeps_cases_private(
@@ -195,3 +198,55 @@ def test_a_site_s_next_task_starts_from_its_held_optimizer_state(
     cold = run_task("site1", tiny_sites["site1"], r2, tmp_path / "ws-cold", 1, sites=SiteCache())
     for k in w0:
         np.testing.assert_array_equal(warm.weights[k], cold.weights[k])  # type: ignore[index]
+
+
+def test_site_trains_round_r_at_the_plans_schedule(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    """The lr a site trains with in round r is ``round_lr(lr, schedule, r, planned)``: the
+    reply says it (read from the optimizer that stepped), and the weights are exactly those
+    of a constant-lr recipe at that lr; rounds and planned rounds come from the request."""
+    sched = LrScheduleConfig(kind="cosine", warmup_rounds=1)
+    plan = tiny_plan(tiny_sites)
+    train = plan.train.model_copy(update={"lr_schedule": sched})
+    w0 = initial_weights(plan)
+
+    def task(rnd: int, recipe_train: TrainConfig, planned: int = 5) -> TaskReply:
+        recipe = recipe_json(plan.network, recipe_train)
+        req = TaskRequest(rnd, rnd - 1, False, 1, 11, "run-lr", recipe, w0,
+                          optimizer_mode="reset", planned_rounds=planned)  # fmt: skip
+        return run_task("site1", tiny_sites["site1"], req, tmp_path / f"ws{rnd}")
+
+    for rnd in (1, 2, 4):
+        rep = task(rnd, train)
+        assert rep.lr == pytest.approx(round_lr(plan.train.lr, sched, rnd, 5))
+    assert task(1, train).lr == pytest.approx(plan.train.lr / 2)  # warmup
+    assert task(2, train).lr == pytest.approx(plan.train.lr)  # the cosine's start
+    lr3 = round_lr(plan.train.lr, sched, 3, 5)
+    scheduled, fixed = task(3, train), task(3, plan.train.model_copy(update={"lr": lr3}))
+    assert scheduled.weights is not None and fixed.weights is not None and fixed.lr == lr3
+    for k in w0:
+        np.testing.assert_array_equal(scheduled.weights[k], fixed.weights[k])
+    # the constant schedule is today's: the recipe's lr in every round
+    assert task(4, plan.train, planned=0).lr == plan.train.lr
+    # a site that validates only trains at no lr
+    req = TaskRequest(1, 0, True, 0, 1, "run-lr", recipe_json(plan.network, train), w0,
+                      min_summary_cases=1, planned_rounds=5)  # fmt: skip
+    assert run_task("site1", tiny_sites["site1"], req, tmp_path / "v", 1).lr is None
+
+
+def test_the_round_loop_records_each_sites_lr(tmp_path: Path, tiny_sites: dict[str, Path]) -> None:
+    """Real sites (``LocalTransport``) under a step schedule: ``site_rounds.extra["lr"]``
+    is the formula's lr of the round, for every site that trained."""
+    sites = dict(list(tiny_sites.items())[:2])
+    plan = tiny_plan(sites, rounds=3)
+    sched = LrScheduleConfig(kind="step", step_every=1, step_factor=0.5)
+    plan = plan.model_copy(update={"train": plan.train.model_copy(update={"lr_schedule": sched})})
+    run = write_run(tmp_path / "run", plan)
+    transport = LocalTransport(sites, {s: tmp_path / "ws" / s for s in sites})
+    Coordinator(run, transport).run()
+    with RunStore(run) as store:
+        got = {(r.round, r.site): (r.extra or {}).get(LR_USED) for r in store.site_rounds()}
+    assert got == {
+        (r, s): pytest.approx(plan.train.lr * 0.5 ** (r - 1)) for r in (1, 2, 3) for s in sites
+    }

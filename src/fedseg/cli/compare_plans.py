@@ -53,6 +53,9 @@ def compare(
     no_baselines: bool = typer.Option(
         False, "--no-baselines", help="Skip the centralized and single-site models."
     ),
+    no_single_sites: bool = typer.Option(
+        False, "--no-single-sites", help="Of the baselines, the centralized model only."
+    ),
     device: str | None = DEVICE,
     precision: str | None = PRECISION,
     channels_last: bool | None = CHANNELS_LAST,
@@ -88,6 +91,7 @@ def compare(
         poison=parse_poison(poison) if poison else None,
         bounds=not no_bounds,
         baselines=not no_baselines,
+        single_sites=not no_single_sites,
         threads=threads,
         compute=compute,
     )

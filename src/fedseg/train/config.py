@@ -33,6 +33,37 @@ class AugmentConfig(BaseModel):
         return cls(noise_p=0.0, rot90_p=0.0, rot180_p=0.0, flip_p=0.0)
 
 
+class LrScheduleConfig(BaseModel):
+    """The learning rate over a federation's global rounds (``train.lr_schedule``), the same
+    for every site; in a centralized run (``fedseg train``, compare's baselines) a round is
+    an epoch. ``kind``: ``constant`` (``lr`` throughout), ``cosine`` (from ``lr`` down
+    towards 0 over the rounds after the warmup, never 0 in the last round) or ``step``
+    (``lr`` times ``step_factor`` every ``step_every`` rounds after the warmup).
+    ``warmup_rounds`` W: round r <= W trains at ``lr * r / (W + 1)`` (linear). The formula
+    is ``train.lr_schedule.round_lr``. In a plan, ``lr_schedule: cosine`` is short for
+    ``lr_schedule: {kind: cosine}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["constant", "cosine", "step"] = "constant"
+    warmup_rounds: int = Field(0, ge=0, description="rounds of linear warmup before the schedule")
+    step_every: int | None = Field(None, ge=1, description="step: rounds between two decays")
+    step_factor: float = Field(0.5, gt=0.0, le=1.0, description="step: the lr's factor per step")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_only(cls, raw: object) -> object:
+        return {"kind": raw} if isinstance(raw, str) else raw
+
+    @model_validator(mode="after")
+    def _step_keys(self) -> LrScheduleConfig:
+        if self.kind == "step" and self.step_every is None:
+            raise ValueError("kind step needs step_every (rounds between two decays)")
+        if self.kind != "step" and (self.step_every is not None or self.step_factor != 0.5):
+            raise ValueError(f"step_every and step_factor apply to kind step, not {self.kind}")
+        return self
+
+
 class TrainConfig(BaseModel):
     """How a site trains and validates (FeTS defaults: Adam 5e-5, one 128^3 patch per case).
 
@@ -43,7 +74,11 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    lr: float = Field(5e-5, gt=0.0, description="Adam learning rate")
+    lr: float = Field(5e-5, gt=0.0, description="Adam learning rate (before the schedule)")
+    lr_schedule: LrScheduleConfig = Field(
+        default_factory=LrScheduleConfig,
+        description="the lr over the rounds (constant | cosine | step, warmup_rounds)",
+    )
     weight_decay: float = Field(0.0, ge=0.0)
     patch_size: Shape3 = (128, 128, 128)
     patches_per_case: int = Field(1, ge=1, description="patches drawn per case per epoch")

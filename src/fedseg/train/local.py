@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 class LocalResult:
     """What a local round returns. ``train_loss`` is the mean loss over all its steps;
     ``data_wait_s`` is the time the training loop waited for batches, ``compute_s`` the
-    time of forward + backward + step; ``device`` where it trained (``describe_device``)."""
+    time of forward + backward + step; ``device`` where it trained (``describe_device``);
+    ``lr`` the learning rate its optimizer stepped with."""
 
     weights: Weights
     optimizer_state: OptimizerState
@@ -78,6 +79,7 @@ class LocalResult:
     data_wait_s: float = 0.0
     compute_s: float = 0.0
     device: str = "cpu"
+    lr: float = 0.0
 
 
 @dataclass
@@ -329,4 +331,5 @@ def train_local(
         data_wait_s=sum(s.data_wait_s for s in stats),
         compute_s=sum(s.compute_s for s in stats),
         device=describe_device(setup.device),
+        lr=float(opt.param_groups[0]["lr"]),
     )

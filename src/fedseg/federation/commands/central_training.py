@@ -8,7 +8,9 @@ Run folder::
                          says the device and precision of the epoch, as a federation's
                          rows do; meta ``compute`` the latest); validation summaries and
                          per-case metrics per data folder (plus "central" pooled when
-                         there are several); model_round = epoch trained
+                         there are several); model_round = epoch trained; the row's
+                         extra also says the epoch's lr (``train.lr_schedule`` with an
+                         epoch as its round, over the run's ``epochs``)
     checkpoints/last.ckpt  training state after the last finished epoch (weights, Adam
                          state, epoch, best score, seed), one npz (``save_arrays``) with
                          the weights under ``weights/``, the Adam state under
@@ -50,6 +52,7 @@ from fedseg.run_folder import (
     BEST_MODEL,
     CHECKPOINT,
     LAST_MODEL,
+    LR_USED,
     RECIPE_FILE,
     STORE_FILE,
     ComputeUsed,
@@ -68,6 +71,7 @@ from fedseg.train.local import (
     place_for_training,
     train_progress,
 )
+from fedseg.train.lr_schedule import round_lr
 from fedseg.train.validate import validate_network
 
 CENTRAL = "central"
@@ -270,6 +274,9 @@ def _loop(
         for epoch in range(state.epoch + 1, epochs + 1):
             t0 = time.perf_counter()
             store.start_round(epoch)
+            lr = round_lr(train.lr, train.lr_schedule, epoch, epochs)
+            for group in opt.param_groups:  # the recipe's schedule, a round being an epoch
+                group["lr"] = lr
             stats = fit_epoch(net, opt, data, epoch=epoch - 1, progress=bar, setup=setup)
             pooled: list[CaseResult] = []
             with torch.inference_mode():
@@ -298,7 +305,7 @@ def _loop(
                     epoch, CENTRAL, SiteRoundStatus.OK, n_train=len(case_store), n_val=n_val,
                     train_loss=stats.loss, wall_s=wall,
                     extra={"steps": stats.steps, "data_wait_s": stats.data_wait_s,
-                           "compute_s": stats.compute_s, **used.extra()},
+                           "compute_s": stats.compute_s, LR_USED: lr, **used.extra()},
                 )
             )  # fmt: skip
             _record_checkpoints(store, out, epoch, state.best_epoch)

@@ -282,6 +282,8 @@ def encode_reply(rep: TaskReply, transfer: TransferDtype = DEFAULT_TRANSFER) -> 
         metrics["train_loss"] = float(rep.train_loss)
     if rep.worker is not None:
         metrics["worker"] = int(rep.worker)
+    if rep.lr is not None:
+        metrics["lr"] = float(rep.lr)
     val: dict[str, float | int] = {}
     for region, by_metric in rep.validation.items():
         for metric, s in by_metric.items():
@@ -333,6 +335,7 @@ def decode_reply(content: RecordDict) -> TaskReply:
         n_train=int(m["n_train"]),
         n_val=int(m["n_val"]),
         train_loss=float(m["train_loss"]) if "train_loss" in m else None,
+        lr=float(m["lr"]) if "lr" in m else None,
         train_wall_s=float(m["train_wall_s"]),
         val_wall_s=float(m["val_wall_s"]),
         startup_s=float(m.get("startup_s", 0.0)),

@@ -130,6 +130,7 @@ from fedseg.run_folder import (
     BEST_MODEL,
     CROSSVAL_DIR,
     CUT_AFTER_QUORUM,
+    LR_USED,
     PLAN_FILE,
     SPOOL_DIR,
     BestModel,
@@ -674,6 +675,8 @@ class Coordinator:
             **({"worker": res.worker} if res.worker is not None else {}),
             **(res.compute.extra() if res.compute is not None else {}),  # device, precision
         }
+        if res.lr is not None and math.isfinite(res.lr):  # the lr it trained with
+            extra[LR_USED] = res.lr
         if not trains:
             return SiteRound(status=SiteRoundStatus.OK, extra=extra, **base, **common), None  # type: ignore[arg-type]
         if self.hidden is not None:  # its update joins the hidden sum, never the strategy alone

@@ -7,6 +7,8 @@ copies, the latest and the one it started from) and never sent.
 What leaves is ``disclosure``'s: summaries and a training loss over at least the floor's
 number of cases, and, when the task fails, ``TaskFailed``'s category and scrubbed line;
 the full traceback goes to the site's console and its log, ``<workspace>/site.log``.
+A site trains round r at the lr of the plan's schedule (``train.lr_schedule.round_lr`` of
+``TaskRequest.round`` and ``planned_rounds``) and says which lr that was (``TaskReply.lr``).
 The site's prepared training cases are kept beside the workspaces, in
 ``<data>/.fedseg/cache/`` (``train.case_cache``), from round to round and run to run.
 Under DP-SGD (plan ``privacy.dp.level: case``) the workspace also holds the site's privacy
@@ -78,6 +80,7 @@ from fedseg.synth.config import SynthesisConfig
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
 from fedseg.train.local import OptimizerState, train_local
+from fedseg.train.lr_schedule import round_lr
 from fedseg.train.validate import validate_cases, validate_models
 from fedseg.train.warm import SiteCache, WarmSite, process_cache
 
@@ -221,6 +224,8 @@ def _run(
         elif mode == "keep-local":
             state = _load_optimizer(ws, req.round, warm)
         dp = ledger.case_dp(req.privacy.dp.max_physical_batch) if ledger is not None else None
+        lr = round_lr(train.lr, train.lr_schedule, req.round, req.planned_rounds)
+        train = train.model_copy(update={"lr": lr})  # the plan's schedule, this round
         t0 = time.perf_counter()
         store = warm.store(train)  # prepared on the site's first training task
         prep_s = time.perf_counter() - t0
@@ -237,6 +242,7 @@ def _run(
         # a loss over fewer cases than the floor is as telling as a summary of them
         reply.train_loss = result.train_loss if result.n_train >= floor else None
         reply.train_wall_s = prep_s + result.wall_s
+        reply.lr = result.lr
         if req.home and reference and len(split.val) >= floor:
             step.phase = ErrorCategory.VALIDATION
             t0 = time.perf_counter()

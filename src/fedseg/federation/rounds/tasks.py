@@ -103,8 +103,9 @@ class TaskRequest:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     #: this site's part of the round's hiding protocol (secure aggregation, HE), if any
     secure: Payload | None = None
-    #: the rounds the run plans (0: not said); a site derives its DP-SGD noise from them
-    #: when the plan leaves ``privacy.dp.noise_multiplier`` null (``case_budget``)
+    #: the rounds the run plans (0: not said); a site derives its lr from them and ``round``
+    #: (``train.lr_schedule``), and its DP-SGD noise when the plan leaves
+    #: ``privacy.dp.noise_multiplier`` null (``case_budget``)
     planned_rounds: int = 0
     #: what to train of the generator (``task: synthesis`` training requests; else None)
     synth_step: SynthStep | None = None
@@ -129,6 +130,9 @@ class TaskReply:
     train_loss: float | None = None
     train_wall_s: float = 0.0
     val_wall_s: float = 0.0
+    #: the learning rate the site trained with this round (``train.lr_schedule``; None: it
+    #: did not train)
+    lr: float | None = None
     #: seconds from the start of the site's app process to the start of the work
     startup_s: float = 0.0
     #: the process that did the work (its pid at the site; None: not said): tasks with the

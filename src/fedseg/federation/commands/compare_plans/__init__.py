@@ -21,7 +21,9 @@ Budget: ``budget`` local epochs per site. A parallel plan runs
 ``ceil(budget * sites / (local_epochs * sites_per_round))`` rounds; ``cyclic`` runs
 ``budget / epochs_per_visit`` cycles; ``single-pass`` trains ``budget`` epochs per visit;
 the centralized model trains ``budget`` epochs over the pooled cases (the same case-epochs);
-a single-site model trains ``budget`` epochs on its site.
+a single-site model trains ``budget`` epochs on its site. The recipe's lr schedule
+(``train.lr_schedule``) runs over each plan's rounds and over the baselines' epochs.
+``single_sites`` false (``--no-single-sites``) leaves the single-site models out.
 
 ``--poison`` makes one site lie or poison its data (``attacks``); the plans keep their
 report and norm bounds (plan ``bounds``) unless ``--no-bounds`` switches them off to

@@ -95,6 +95,8 @@ class CompareConfig(BaseModel):
     #: the plans' report bounds and norm bound (plan ``bounds``); off only to measure them
     bounds: bool = True
     baselines: bool = True
+    #: with ``baselines``: the single-site models too (False: the centralized model only)
+    single_sites: bool = True
     threads: int = Field(1, ge=1, description="torch CPU threads")
     compute: ComputeOverrides = Field(
         default_factory=ComputeOverrides,

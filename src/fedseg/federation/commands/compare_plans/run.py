@@ -60,7 +60,8 @@ def run_compare(cfg: CompareConfig, out: Path, console: Console | None = None) -
             outcomes.append(_run_plan(cfg, plan, out / "runs" / plan.name, train_sites, bar))
         if cfg.baselines:
             outcomes.append(_run_central(cfg, out / "runs" / "central", train_sites, bar))
-            for site, path in train_sites.items():
+            singles = train_sites.items() if cfg.single_sites else ()
+            for site, path in singles:
                 outcomes.append(
                     _run_central(cfg, out / "runs" / f"single-{site}", {site: path}, bar)
                 )
