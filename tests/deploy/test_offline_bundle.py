@@ -56,6 +56,9 @@ def test_a_non_empty_folder_is_refused(tmp_path: Path) -> None:
     assert "unknown role(s) nurse" in result.stderr and "Traceback" not in result.stderr
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def _offline_prefix() -> list[str]:
     """``unshare -n`` when this machine lets us drop the network, else nothing."""
     if shutil.which("unshare") is None:
@@ -100,6 +103,8 @@ def test_bundle_installs_without_an_index_and_segments_like_this_checkout(
 
     offline_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
                    "FEDSEG_CACHE": str(cache), "NO_COLOR": "1"}  # fmt: skip
+    # the same thread settings as this checkout's run below (tests/conftest.py sets them)
+    offline_env |= {k: os.environ[k] for k in THREAD_VARS if k in os.environ}
     data = tmp_path / "data"
     synth = subprocess.run(
         [*_offline_prefix(), str(fedseg), "data", "synth", str(data), "--sites", "1",
