@@ -92,13 +92,17 @@ class ParallelStrategy(Strategy[PP]):
     busy one while enough are free) validate and train ``local_epochs`` epochs; the other
     free sites validate when ``validators`` says so and are otherwise not asked."""
 
+    def trainers(self, rnd: int, sites: Sequence[str], busy: Collection[str]) -> list[str]:
+        """The round's training sites: the participation draw (a selection strategy
+        overrides this and keeps the round's task layout)."""
+        p = self.params
+        return sample_sites(sites, rnd, p.participation_seed, p.fraction, p.sites_per_round, busy)
+
     def configure_round(
         self, rnd: int, sites: Sequence[str], busy: Collection[str] = ()
     ) -> dict[str, SiteTask]:
         p = self.params
-        trainers = set(
-            sample_sites(sites, rnd, p.participation_seed, p.fraction, p.sites_per_round, busy)
-        )
+        trainers = set(self.trainers(rnd, sites, busy))
         train = self.training_task(self.local_epochs)
         others = p.others_validate(rnd)
         return {

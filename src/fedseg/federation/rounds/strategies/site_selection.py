@@ -40,7 +40,7 @@ from pydantic import Field
 
 from fedseg.federation.rounds.participation import n_participants, sample_sites
 from fedseg.federation.rounds.sim_time import site_round_time, site_speeds
-from fedseg.federation.rounds.strategies.base import SiteTask, SiteUpdate
+from fedseg.federation.rounds.strategies.base import SiteUpdate
 from fedseg.federation.rounds.strategies.fedavg import FedAvgParams
 from fedseg.federation.rounds.strategies.parallel import ParallelStrategy, fedavg_weights
 from fedseg.model.weights import Weights, nest, unnest
@@ -119,8 +119,8 @@ SP = TypeVar("SP", bound=FastestKParams)
 
 
 class _SpeedAware(ParallelStrategy[SP]):
-    """Base of the two: the declared case counts, the trainers' expected times, the round's
-    tasks from ``trainers``, FedAvg's aggregation."""
+    """Base of the two: the declared case counts, the trainers' expected times (each
+    overrides ``trainers``), FedAvg's aggregation."""
 
     streams = True
 
@@ -131,22 +131,6 @@ class _SpeedAware(ParallelStrategy[SP]):
 
     def set_site_cases(self, cases: Mapping[str, tuple[int, int]]) -> None:
         self.cases = dict(cases)
-
-    def trainers(self, rnd: int, sites: Sequence[str], busy: Collection[str]) -> list[str]:
-        raise NotImplementedError
-
-    def configure_round(
-        self, rnd: int, sites: Sequence[str], busy: Collection[str] = ()
-    ) -> dict[str, SiteTask]:
-        p = self.params
-        chosen = set(self.trainers(rnd, sites, busy))
-        train = self.training_task(self.local_epochs)
-        others = p.others_validate(rnd)
-        return {
-            s: train if s in chosen else SiteTask(validate=True, epochs=0)
-            for s in sites
-            if s in chosen or (others and s not in set(busy))
-        }
 
     def k(self, n_sites: int) -> int:
         return n_participants(n_sites, self.params.fraction, self.params.sites_per_round)
