@@ -1,5 +1,6 @@
 """Many sites on Flower's simulation engine, through the CLI as a user types it
-(``fedseg simulate --engine simulation --workers 2``): 20 tiny sites, 2 rounds.
+(``fedseg simulate --engine simulation --workers 2``): 20 tiny sites, 2 rounds; then the
+same sites with partial participation and a straggler cut on that engine.
 
 While it runs, the engine's processes are the ones whose environment carries the run's
 Flower home or its Ray temp folder (the launcher's markers); they are counted and their
@@ -23,7 +24,14 @@ import pytest
 from fedseg.federation.engine.launcher import ray_tmpdir
 from fedseg.federation.engine.processes import marked_pids
 from fedseg.plan import save_plan
-from fedseg.run_folder import FLWR_HOME, LOGS_DIR, SIM_NODES_FILE, Engine
+from fedseg.run_folder import (
+    CUT_AFTER_QUORUM,
+    FLWR_HOME,
+    LOGS_DIR,
+    SIM_NODES_FILE,
+    Engine,
+    SiteRoundStatus,
+)
 from fedseg.tracking.store import RunStore
 from tests.federation.fed_helpers import tiny_plan
 from tests.helpers import fedseg_env
@@ -127,3 +135,43 @@ def test_twenty_sites_on_two_workers(tmp_path: Path, tiny_sites: dict[str, Path]
         f"{SITES} sites, {WORKERS} workers: {wall:.0f} s, at most {sampler.max_procs} engine "
         f"processes, peak {sampler.max_pss_mb:.0f} MB PSS"
     )
+
+
+def test_partial_participation_and_a_straggler_cut_on_the_engine(
+    tmp_path: Path, tiny_sites: dict[str, Path]
+) -> None:
+    """8 of 20 sites train each round and only they validate; the round stops waiting once
+    half of them delivered (no grace). Two workers run the 8 tasks two at a time, so when 4
+    replies are in, the others are still queued or running: they are cut, their late replies
+    are pulled later, and the run completes with the delivered updates."""
+    k, quorum = 8, 0.5
+    sites = _many_sites(tmp_path / "data", tiny_sites, SITES)
+    plan = save_plan(
+        tmp_path / "plan.yaml",
+        tiny_plan(sites, rounds=2, min_sites=1, cross_site={"enabled": False},
+                  alarms={"enabled": False},
+                  strategy={"name": "fedavg",
+                            "params": {"sites_per_round": k, "validators": "trainers"}},
+                  straggler={"quorum": quorum, "grace_s": 0}),
+    )  # fmt: skip
+    run = (tmp_path / "run").resolve()
+    cmd = [sys.executable, "-m", "fedseg", "simulate", str(plan), "--out", str(run),
+           "--no-live", "--engine", "simulation", "--workers", str(WORKERS)]  # fmt: skip
+    res = subprocess.run(cmd, env=fedseg_env(), capture_output=True, text=True, timeout=800,
+                         check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    with RunStore(run) as store:
+        assert store.meta.is_complete()
+        rows = store.site_rounds()
+        rounds = store.rounds()
+    for rnd in (1, 2):
+        mine = [r for r in rows if r.round == rnd]
+        by = {st: [r for r in mine if r.status == st] for st in SiteRoundStatus}
+        asked = len(mine) - len(by[SiteRoundStatus.NOT_ASKED])
+        # at most k trainers (a site busy with a late reply is not drawn), nobody else asked
+        assert asked <= k and len(mine) == SITES, [(r.site, r.status) for r in mine]
+        ok, cut = by[SiteRoundStatus.OK], by[SiteRoundStatus.TIMEOUT]
+        assert len(ok) >= k * quorum and len(ok) + len(cut) == asked
+        assert cut, "two workers cannot have run all 8 tasks by the 4th reply"
+        assert all(CUT_AFTER_QUORUM in (r.extra or {}) for r in cut)
+        assert rounds[rnd - 1]["n_sites"] == len(ok)
