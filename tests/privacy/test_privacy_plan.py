@@ -16,7 +16,7 @@ from fedseg.plan import PlanConfig, example_plan, load_plan
 from fedseg.privacy.accounting import epsilon
 from tests.federation.fed_helpers import tiny_plan
 
-STREAMING = "fedavg, fedprox, fedavgm, fedadam, fedyogi or fedadagrad"
+STREAMING = "fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad, fastest-k or select-utility"
 SECAGG = {"secure_aggregation": True}
 HE = {"he": "ckks"}
 SITE_DP = {"dp": {"level": "site"}}
