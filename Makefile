@@ -32,7 +32,7 @@ demo: venv
 # with module-scoped fixtures; every other test goes to whichever worker is free.
 # The export tests used to need their own process (a SIGSEGV blamed on OpenVINO's thread
 # pool + DataLoader forks); it does not reproduce with the pinned versions (see git log).
-PYTEST_N := $(BIN)/python -m pytest -q -n 3 --dist loadgroup
+PYTEST_N := $(BIN)/python -m pytest -q -n 4 --dist loadgroup
 test: venv
 	$(PYTEST_N)
 

@@ -4,13 +4,15 @@ Session-scoped data is written once per test process (once per xdist worker): te
 use it only read it or write run-specific files beside it (``fedseg_split.json``, which
 every reader computes identically, and ``.fedseg/<run id>/``).
 
-``make test`` runs three xdist workers on the two cores (engine tests wait on polls) with
+``make test`` runs four xdist workers on the two cores (engine tests wait on polls) with
 ``--dist loadgroup``; ``XDIST_GROUPS`` is the one place that says which test modules stay
 together on one worker, in order:
 
-- ``engine``: the tests that run the Flower engine in real processes (SuperLink,
-  SuperNodes, app processes). Each already keeps the two cores busy and waits on rounds and
-  connections; one at a time they never compete with each other for the cores.
+- ``engine`` and ``engine-b``: the tests that run the Flower engine in real processes
+  (SuperLink, SuperNodes, app processes). They wait on rounds and connections more than they
+  compute; each group runs one test at a time, the two groups side by side (one group alone
+  was the suite's tail: 41 min of a 42 min run). They are the largest work units, which
+  xdist hands out first (largest first), so two workers take them at the start.
 - ``openvino``: the export tests share one trained model and its exports (session fixtures).
 - a module with a module-scoped fixture is its own group, so the fixture is built once.
 
@@ -57,15 +59,15 @@ XDIST_GROUPS = {
     "tests/federation/test_processes.py": "engine",
     "tests/federation/test_sim_engine_e2e.py": "engine",
     "tests/federation/test_demo.py": "engine",
-    "tests/deploy/test_deploy_plan.py": "engine",
-    "tests/deploy/test_deployment.py": "engine",
-    "tests/strategies/test_sequential_flower.py": "engine",
-    "tests/tracking/test_end_to_end.py": "engine",
+    "tests/deploy/test_deploy_plan.py": "engine-b",
+    "tests/deploy/test_deployment.py": "engine-b",
+    "tests/strategies/test_sequential_flower.py": "engine-b",
+    "tests/tracking/test_end_to_end.py": "engine-b",
     "tests/dashboard/test_dashboard_simulate.py": "engine",
-    "tests/privacy/test_he_e2e.py": "engine",
-    "tests/privacy/test_secagg_e2e.py": "engine",
-    "tests/privacy/test_secagg_dropout_e2e.py": "engine",
-    "tests/synthesis/test_synthesis_e2e.py": "engine",
+    "tests/privacy/test_he_e2e.py": "engine-b",
+    "tests/privacy/test_secagg_e2e.py": "engine-b",
+    "tests/privacy/test_secagg_dropout_e2e.py": "engine-b",
+    "tests/synthesis/test_synthesis_e2e.py": "engine-b",
     "tests/export/": "openvino",
     "tests/data/test_data_cli.py": "data_cli",
 }
