@@ -32,6 +32,6 @@ def test_xdist_groups_keep_engine_and_export_tests_together() -> None:
     from tests.conftest import xdist_group
 
     assert xdist_group("tests/federation/test_processes.py::test_x") == "engine"
-    assert xdist_group("tests/deploy/test_deployment.py::test_y[a]") == "engine"
+    assert xdist_group("tests/deploy/test_deployment.py::test_y[a]") == "engine-b"
     assert xdist_group("tests/export/test_tiling.py::test_z") == "openvino"
     assert xdist_group("tests/data/test_labels.py::test_w") == "tests/data/test_labels.py::test_w"
