@@ -276,7 +276,7 @@ class PlanConfig(BaseModel):
         "ModalityBank generator (key `synthesis`)",
     )
     sites: dict[str, SiteConfig]
-    rounds: int = Field(10, ge=1)
+    rounds: int = Field(10, ge=1, description="training rounds (with `train.plateau`: at most)")
     local_epochs: int = Field(1, ge=1, description="epochs each site trains per round")
     network: NetworkConfig = NetworkConfig()
     train: TrainConfig = TrainConfig()
@@ -511,6 +511,9 @@ train:
   # The lr over the rounds, the same at every site: constant | cosine | step, e.g.
   # {{kind: cosine, warmup_rounds: 1}} or {{kind: step, step_every: 10, step_factor: 0.5}}.
   lr_schedule: constant
+  # Stop before `rounds` once the round score (mean validation Dice) has gained no more
+  # than min_delta in this many validated rounds (null: train every round).
+  plateau: {{rounds: null, min_delta: 0.001}}
   patch_size: [32, 32, 32]
   sampler: tumor
   num_workers: 0

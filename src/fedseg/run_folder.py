@@ -244,6 +244,7 @@ class MetaKey(StrEnum):
     ERROR = "error"  # one line, when status is failed
     PLANNED_ROUNDS = "planned_rounds"  # rounds the strategy runs (cyclic: cycles x sites)
     FINAL_VALIDATED = "final_validated"  # the last model was validated
+    PLATEAU = "plateau"  # PlateauStop: training stopped early, its curve had plateaued
     AGGREGATOR_PID = "aggregator_pid"  # the ServerApp's pid (None until it starts)
     FLOWER_RUN_ID = "flower_run_id"
     ENGINE = "engine"  # Engine: the Flower engine of a simulated run (None: deployment)
@@ -321,6 +322,15 @@ class BestModel(_MetaValue):
     score: float
     n_val: int
     time: float
+
+
+class PlateauStop(_MetaValue):
+    """Meta ``plateau``: training stopped after ``last_round`` of at most ``cap`` rounds (or
+    epochs), the score not having gained since ``best_round`` (``train.plateau``)."""
+
+    last_round: int
+    best_round: int
+    cap: int
 
 
 class LiveState(_MetaValue):
@@ -552,6 +562,15 @@ class RunMeta:
 
     def set_planned_rounds(self, rounds: int) -> None:
         self._t.set_meta(MetaKey.PLANNED_ROUNDS, int(rounds))
+
+    def plateau(self) -> PlateauStop | None:
+        return _model(PlateauStop, MetaKey.PLATEAU, self._t.get_meta(MetaKey.PLATEAU))
+
+    def set_plateau(self, stop: PlateauStop) -> None:
+        """Training stopped early: the run's rounds (``planned_rounds``) become the rounds
+        it trained, so the run reads as done, not as stopped."""
+        self._t.set_meta(MetaKey.PLATEAU, stop.model_dump(mode="json"))
+        self.set_planned_rounds(stop.last_round)
 
     def final_validated(self) -> bool:
         return bool(self._t.get_meta(MetaKey.FINAL_VALIDATED, False))

@@ -13,10 +13,11 @@ from fedseg.federation.commands.compare_plans.arguments import CompareConfig, Pl
 from fedseg.federation.commands.compare_plans.run import run_compare
 from fedseg.model.config import NetworkConfig
 from fedseg.plan import StrategyConfig
-from fedseg.run_folder import LR_USED
+from fedseg.run_folder import LR_USED, model_path
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import LrScheduleConfig, TrainConfig
 from fedseg.train.lr_schedule import round_lr
+from fedseg.train.plateau import PlateauConfig
 
 
 @pytest.mark.slow
@@ -40,3 +41,27 @@ def test_plans_and_central_train_at_the_schedule_without_single_sites(
         with RunStore(out / "runs" / run) as store:
             lrs = [(sr.extra or {}).get(LR_USED) for sr in store.site_rounds()]
         assert lrs == [e for e in expected for _ in range(per_round)], run
+
+
+@pytest.mark.timeout(300)
+def test_until_plateau_stops_the_plans_and_central_and_reports_what_they_trained(
+    tmp_path: Path, four_sites: dict[str, Path]
+) -> None:
+    # no gain can exceed 1: each run stops once one scored round followed its first
+    plateau = PlateauConfig(rounds=1, min_delta=1.0)
+    train = TrainConfig.cpu(patch_size=(16, 16, 16), val_roi=(32, 32, 32), val_overlap=0.0,
+                            cache_mb=64, plateau=plateau)  # fmt: skip
+    sites = {s: four_sites[s] for s in ("site1", "site2")}
+    plan = PlanArg(label="fedavg", strategy=StrategyConfig(name="fedavg"))
+    cfg = CompareConfig(plans=[plan], sites=sites, budget=6, single_sites=False,
+                        network=NetworkConfig(base_filters=4, depth=2), train=train)  # fmt: skip
+    out = tmp_path / "cmp"
+    outcomes = run_compare(cfg, out, Console(quiet=True))
+    by = {o.label: o for o in outcomes}
+    assert by["fedavg"].epochs == 2.0 and by["central"].epochs == 2.0  # of 6
+    assert by["fedavg"].final == model_path(out / "runs" / "fedavg", 2)
+    assert max(x for x, _ in by["fedavg"].curve) <= 2.0
+    for run in ("fedavg", "central"):
+        with RunStore(out / "runs" / run) as store:
+            assert [r["round"] for r in store.rounds()] == [1, 2], run
+    assert "at most, each run stopped once" in (out / "results.md").read_text()

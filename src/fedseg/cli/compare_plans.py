@@ -32,6 +32,16 @@ def compare(
         None, "--holdout", help="Site folders that never train: all their cases test the models."
     ),
     budget: int = typer.Option(4, "--budget", min=1, help="Local epochs per site, every run."),
+    until_plateau: int | None = typer.Option(
+        None,
+        "--until-plateau",
+        min=1,
+        help="Stop each run once its validation Dice has gained no more than --min-delta in "
+        "this many rounds (the centralized model: epochs); --budget is then the cap.",
+    ),
+    min_delta: float = typer.Option(
+        0.001, "--min-delta", min=0.0, help="With --until-plateau: the gain that counts."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial model, data order, draws."),
     recipe: Path = typer.Option(
         None, "--recipe", help="Recipe YAML (network + train); default: the CPU demo recipe."
@@ -77,8 +87,14 @@ def compare(
     )
     from fedseg.federation.commands.compare_plans.run import run_compare
     from fedseg.train.config import RecipeConfig
+    from fedseg.train.plateau import PlateauConfig
 
     rec = RecipeConfig.from_yaml(recipe) if recipe else RecipeConfig.cpu()
+    train = rec.train
+    if until_plateau is not None:
+        train = train.model_copy(
+            update={"plateau": PlateauConfig(rounds=until_plateau, min_delta=min_delta)}
+        )
     held = list(holdout or [])
     cfg = CompareConfig(
         plans=[parse_plan_arg(p) for p in plans],
@@ -87,7 +103,7 @@ def compare(
         budget=budget,
         seed=seed,
         network=rec.network,
-        train=rec.train,
+        train=train,
         poison=parse_poison(poison) if poison else None,
         bounds=not no_bounds,
         baselines=not no_baselines,

@@ -59,6 +59,16 @@ def train(
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue the run in this folder from its last checkpoint."
     ),
+    until_plateau: int | None = typer.Option(
+        None,
+        "--until-plateau",
+        min=1,
+        help="Stop once the validation Dice has gained no more than --min-delta in this many "
+        "epochs (recipe train.plateau); --epochs is then the cap.",
+    ),
+    min_delta: float = typer.Option(
+        0.001, "--min-delta", min=0.0, help="With --until-plateau: the gain that counts."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     device: str | None = DEVICE,
     precision: str | None = PRECISION,
@@ -76,8 +86,11 @@ def train(
     from fedseg.federation.commands.central_training import run_training
 
     if resume is not None:
-        if out is not None or config is not None:
-            raise FedsegError("--resume takes the run's own recipe and folder; drop --out/--config")
+        if out is not None or config is not None or until_plateau is not None:
+            raise FedsegError(
+                "--resume takes the run's own recipe and folder; drop --out, --config "
+                "and --until-plateau"
+            )
         if not (resume / RECIPE_FILE).is_file() or not (resume / STORE_FILE).is_file():
             raise FedsegError(f"{resume}: no run to resume (no {RECIPE_FILE} / {STORE_FILE} there)")
         with RunStore(resume) as store:
@@ -94,5 +107,13 @@ def train(
         raise FedsegError("give at least one --data DIR (a site folder with a split)")
     if out is None:
         raise FedsegError("give the run folder with --out RUN")
-    run_training(out, _sites(data), epochs or 10, recipe=_recipe(config), progress=progress,
+    recipe = _recipe(config)
+    if until_plateau is not None:
+        from fedseg.train.plateau import PlateauConfig
+
+        plateau = PlateauConfig(rounds=until_plateau, min_delta=min_delta)
+        recipe = recipe.model_copy(
+            update={"train": recipe.train.model_copy(update={"plateau": plateau})}
+        )
+    run_training(out, _sites(data), epochs or 10, recipe=recipe, progress=progress,
                  compute=compute)  # fmt: skip

@@ -12,6 +12,7 @@ from fedseg.config_files import first_error, read_yaml_mapping
 from fedseg.errors import FedsegError
 from fedseg.model.compute import ComputeConfig, ComputeOverrides
 from fedseg.model.config import NetworkConfig
+from fedseg.train.plateau import PlateauConfig
 
 Shape3 = tuple[int, int, int]
 
@@ -78,6 +79,11 @@ class TrainConfig(BaseModel):
     lr_schedule: LrScheduleConfig = Field(
         default_factory=LrScheduleConfig,
         description="the lr over the rounds (constant | cosine | step, warmup_rounds)",
+    )
+    plateau: PlateauConfig = Field(
+        default_factory=PlateauConfig,
+        description="stop early once the validation score stops rising (rounds; "
+        "centralized: epochs); the run's rounds or epochs stay the cap",
     )
     weight_decay: float = Field(0.0, ge=0.0)
     patch_size: Shape3 = (128, 128, 128)

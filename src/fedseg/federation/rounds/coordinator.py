@@ -138,6 +138,7 @@ from fedseg.run_folder import (
     LastTrained,
     LivePhase,
     LiveState,
+    PlateauStop,
     PrivacySpent,
     RoundStatus,
     RunStatus,
@@ -153,8 +154,10 @@ from fedseg.run_folder import (
     strategy_state_path,
 )
 from fedseg.tracking.alarms import check_alarms
+from fedseg.tracking.curves import round_scores
 from fedseg.tracking.selection import best_round
 from fedseg.tracking.store import CrossRow, RunStore, SiteRound
+from fedseg.train.plateau import plateau_best
 
 _D = TypeVar("_D")
 
@@ -306,13 +309,17 @@ class Coordinator:
             weights = self._load_global(last)
             sites = self._connect()
             self._set_phases()
+            trained = last
             for rnd in range(last + 1, plan.rounds + 1):
+                if self._plateaued(trained):  # checked from the store: a resume agrees
+                    break
                 weights = self._round(rnd, weights, sites)
+                trained = rnd
             if not store.meta.final_validated():
-                self._final_validation(weights, sites)
+                self._final_validation(weights, sites, trained)
             store.meta.set_status(RunStatus.DONE)
             shutil.rmtree(self.run_dir / CROSSVAL_DIR, ignore_errors=True)
-            store.log(f"federation done: {plan.rounds} rounds")
+            store.log(f"federation done: {trained} rounds")
         except Exception as exc:
             record_failure(store, self.run_dir, exc)
             raise
@@ -591,8 +598,29 @@ class Coordinator:
             lambda s: s in records and records[s].status == SiteRoundStatus.OK, self.clock,
         )  # fmt: skip
 
-    def _final_validation(self, weights: Weights, plan_sites: list[str]) -> None:
-        plan, rnd = self.plan, self.plan.rounds
+    def _plateaued(self, trained: int) -> bool:
+        """The plan's ``train.plateau`` rule over the validated model rounds after ``trained``
+        rounds (a synthesis run's pre-training rounds excluded); records the stop."""
+        cfg = self.plan.train.plateau
+        if cfg.rounds is None or trained <= self.pretrain_rounds:
+            return False
+        scores = {m: s.mean for m, s in round_scores(self.store).items()
+                  if s.n > 0 and m >= self.pretrain_rounds}  # fmt: skip
+        best = plateau_best(scores, cfg)
+        if best is None:
+            return False
+        self.store.meta.set_plateau(PlateauStop(last_round=trained, best_round=best,
+                                                cap=self.plan.rounds))  # fmt: skip
+        self.store.log(
+            f"stopped after round {trained} of {self.plan.rounds}: the validation score has "
+            f"not gained more than {cfg.min_delta:g} since model {best} in {cfg.rounds} "
+            "validated round(s) (train.plateau)"
+        )
+        return True
+
+    def _final_validation(self, weights: Weights, plan_sites: list[str], rnd: int) -> None:
+        """Validate model ``rnd``, the last trained one, at every connected site."""
+        plan = self.plan
         sites = self.transport.connected_sites(plan.site_names, 0.0) or plan_sites
         cross = self._cross_requests(rnd, sites)
         requests = {

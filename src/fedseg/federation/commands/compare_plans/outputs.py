@@ -90,7 +90,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], cfg: CompareConfig) -> str:
     lines = [
         f"Dice on the {len(cfg.sites)} sites' validation cases"
         + (f" and on held-out {', '.join(cfg.holdout)}" if held else "")
-        + f"; budget {cfg.budget} local epochs per site, seed {cfg.seed}"
+        + f"; budget {cfg.budget} local epochs per site"
+        + (
+            f" at most, each run stopped once its validation Dice gained no more than "
+            f"{cfg.train.plateau.min_delta:g} in {cfg.train.plateau.rounds} rounds (epochs)"
+            if cfg.train.plateau.rounds
+            else ""
+        )
+        + f", seed {cfg.seed}"
         + (f", poisoned: {cfg.poison.site} ({cfg.poison.kind})" if cfg.poison else "")
         + ".",
         "",
