@@ -55,3 +55,23 @@ def test_bad_recipe_is_one_line(tmp_path: Path, site: list[Case]) -> None:
     )
     assert res.returncode == 2 and "multiples of 4" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_until_plateau_stops_the_run_and_is_kept_in_its_recipe(
+    tmp_path: Path, site: list[Case], tiny_net: NetworkConfig, tiny_train: TrainConfig
+) -> None:
+    root = site[0].folder.parent  # type: ignore[union-attr]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RecipeConfig(network=tiny_net, train=tiny_train).to_yaml())
+    out = tmp_path / "run"
+    # no gain can exceed 1: epoch 1 stays the best, epoch 2 is the one round without
+    res = _train_cli("train", "--data", str(root), "--out", str(out), "--config", str(recipe),
+                     "--epochs", "6", "--until-plateau", "1", "--min-delta", "1",
+                     "--no-progress")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "stopped after epoch 2 of 6" in res.stdout and "epoch 3/6" not in res.stdout
+    kept = RecipeConfig.from_yaml(out / "recipe.yaml").train.plateau
+    assert (kept.rounds, kept.min_delta) == (1, 1.0)
+    again = _train_cli("train", "--resume", str(out), "--until-plateau", "3")
+    assert again.returncode == 2 and "drop --out, --config and --until-plateau" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1

@@ -14,6 +14,7 @@ from fedseg.cli.compute_options import (
     PRECISION,
     compute_overrides,
 )
+from fedseg.cli.plateau_options import MIN_DELTA, UNTIL_PLATEAU, with_plateau
 
 
 def compare(
@@ -32,16 +33,8 @@ def compare(
         None, "--holdout", help="Site folders that never train: all their cases test the models."
     ),
     budget: int = typer.Option(4, "--budget", min=1, help="Local epochs per site, every run."),
-    until_plateau: int | None = typer.Option(
-        None,
-        "--until-plateau",
-        min=1,
-        help="Stop each run once its validation Dice has gained no more than --min-delta in "
-        "this many rounds (the centralized model: epochs); --budget is then the cap.",
-    ),
-    min_delta: float = typer.Option(
-        0.001, "--min-delta", min=0.0, help="With --until-plateau: the gain that counts."
-    ),
+    until_plateau: int | None = UNTIL_PLATEAU,
+    min_delta: float = MIN_DELTA,
     seed: int = typer.Option(0, "--seed", help="Seed of the initial model, data order, draws."),
     recipe: Path = typer.Option(
         None, "--recipe", help="Recipe YAML (network + train); default: the CPU demo recipe."
@@ -87,14 +80,9 @@ def compare(
     )
     from fedseg.federation.commands.compare_plans.run import run_compare
     from fedseg.train.config import RecipeConfig
-    from fedseg.train.plateau import PlateauConfig
 
     rec = RecipeConfig.from_yaml(recipe) if recipe else RecipeConfig.cpu()
-    train = rec.train
-    if until_plateau is not None:
-        train = train.model_copy(
-            update={"plateau": PlateauConfig(rounds=until_plateau, min_delta=min_delta)}
-        )
+    train = with_plateau(rec.train, until_plateau, min_delta)
     held = list(holdout or [])
     cfg = CompareConfig(
         plans=[parse_plan_arg(p) for p in plans],

@@ -14,6 +14,7 @@ from fedseg.cli.compute_options import (
     PRECISION,
     compute_overrides,
 )
+from fedseg.cli.plateau_options import MIN_DELTA, UNTIL_PLATEAU, with_plateau
 from fedseg.data.splits import load_split
 from fedseg.errors import FedsegError
 from fedseg.run_folder import RECIPE_FILE, STORE_FILE
@@ -59,16 +60,8 @@ def train(
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue the run in this folder from its last checkpoint."
     ),
-    until_plateau: int | None = typer.Option(
-        None,
-        "--until-plateau",
-        min=1,
-        help="Stop once the validation Dice has gained no more than --min-delta in this many "
-        "epochs (recipe train.plateau); --epochs is then the cap.",
-    ),
-    min_delta: float = typer.Option(
-        0.001, "--min-delta", min=0.0, help="With --until-plateau: the gain that counts."
-    ),
+    until_plateau: int | None = UNTIL_PLATEAU,
+    min_delta: float = MIN_DELTA,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     device: str | None = DEVICE,
     precision: str | None = PRECISION,
@@ -108,12 +101,8 @@ def train(
     if out is None:
         raise FedsegError("give the run folder with --out RUN")
     recipe = _recipe(config)
-    if until_plateau is not None:
-        from fedseg.train.plateau import PlateauConfig
-
-        plateau = PlateauConfig(rounds=until_plateau, min_delta=min_delta)
-        recipe = recipe.model_copy(
-            update={"train": recipe.train.model_copy(update={"plateau": plateau})}
-        )
+    recipe = recipe.model_copy(
+        update={"train": with_plateau(recipe.train, until_plateau, min_delta)}
+    )
     run_training(out, _sites(data), epochs or 10, recipe=recipe, progress=progress,
                  compute=compute)  # fmt: skip
