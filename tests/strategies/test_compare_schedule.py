@@ -20,18 +20,25 @@ from fedseg.train.lr_schedule import round_lr
 from fedseg.train.plateau import PlateauConfig
 
 
+def _fedavg_and_central(four_sites: dict[str, Path], budget: int, **train: object) -> CompareConfig:
+    """FedAvg and the centralized model (no single sites) on two tiny sites, the tiny recipe
+    with ``train``'s changes."""
+    recipe = TrainConfig.cpu(patch_size=(16, 16, 16), val_roi=(32, 32, 32), val_overlap=0.0,
+                             cache_mb=64, **train)  # fmt: skip
+    sites = {s: four_sites[s] for s in ("site1", "site2")}
+    plan = PlanArg(label="fedavg", strategy=StrategyConfig(name="fedavg"))
+    return CompareConfig(plans=[plan], sites=sites, budget=budget, single_sites=False,
+                         network=NetworkConfig(base_filters=4, depth=2), train=recipe)  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_plans_and_central_train_at_the_schedule_without_single_sites(
     tmp_path: Path, four_sites: dict[str, Path]
 ) -> None:
     sched = LrScheduleConfig(kind="cosine", warmup_rounds=1)
-    train = TrainConfig.cpu(patch_size=(16, 16, 16), val_roi=(32, 32, 32), val_overlap=0.0,
-                            cache_mb=64, lr_schedule=sched)  # fmt: skip
-    sites = {s: four_sites[s] for s in ("site1", "site2")}
-    plan = PlanArg(label="fedavg", strategy=StrategyConfig(name="fedavg"))
-    cfg = CompareConfig(plans=[plan], sites=sites, budget=3, single_sites=False,
-                        network=NetworkConfig(base_filters=4, depth=2), train=train)  # fmt: skip
+    cfg = _fedavg_and_central(four_sites, 3, lr_schedule=sched)
+    train = cfg.train
     out = tmp_path / "cmp"
     outcomes = run_compare(cfg, out, Console(quiet=True))
     assert [(o.label, o.kind) for o in outcomes] == [("fedavg", "plan"), ("central", "central")]
@@ -48,13 +55,7 @@ def test_until_plateau_stops_the_plans_and_central_and_reports_what_they_trained
     tmp_path: Path, four_sites: dict[str, Path]
 ) -> None:
     # no gain can exceed 1: each run stops once one scored round followed its first
-    plateau = PlateauConfig(rounds=1, min_delta=1.0)
-    train = TrainConfig.cpu(patch_size=(16, 16, 16), val_roi=(32, 32, 32), val_overlap=0.0,
-                            cache_mb=64, plateau=plateau)  # fmt: skip
-    sites = {s: four_sites[s] for s in ("site1", "site2")}
-    plan = PlanArg(label="fedavg", strategy=StrategyConfig(name="fedavg"))
-    cfg = CompareConfig(plans=[plan], sites=sites, budget=6, single_sites=False,
-                        network=NetworkConfig(base_filters=4, depth=2), train=train)  # fmt: skip
+    cfg = _fedavg_and_central(four_sites, 6, plateau=PlateauConfig(rounds=1, min_delta=1.0))
     out = tmp_path / "cmp"
     outcomes = run_compare(cfg, out, Console(quiet=True))
     by = {o.label: o for o in outcomes}

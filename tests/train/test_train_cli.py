@@ -19,13 +19,19 @@ def _train_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return run_fedseg(*args, env={"OMP_NUM_THREADS": "1"})
 
 
+def _site_and_recipe(tmp_path: Path, site: list[Case], net: NetworkConfig,
+                     train: TrainConfig) -> tuple[Path, Path]:  # fmt: skip
+    """The tiny site's folder and a recipe file of the tiny network and training."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RecipeConfig(network=net, train=train).to_yaml())
+    return site[0].folder.parent, recipe  # type: ignore[union-attr]
+
+
 @pytest.mark.slow
 def test_fedseg_train_writes_the_run_and_resumes(
     tmp_path: Path, site: list[Case], tiny_net: NetworkConfig, tiny_train: TrainConfig
 ) -> None:
-    root = site[0].folder.parent  # type: ignore[union-attr]
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RecipeConfig(network=tiny_net, train=tiny_train).to_yaml())
+    root, recipe = _site_and_recipe(tmp_path, site, tiny_net, tiny_train)
     out = tmp_path / "run"
     first = _train_cli("train", "--data", str(root), "--out", str(out), "--config", str(recipe),
                     "--epochs", "1", "--no-progress")  # fmt: skip
@@ -60,9 +66,7 @@ def test_bad_recipe_is_one_line(tmp_path: Path, site: list[Case]) -> None:
 def test_until_plateau_stops_the_run_and_is_kept_in_its_recipe(
     tmp_path: Path, site: list[Case], tiny_net: NetworkConfig, tiny_train: TrainConfig
 ) -> None:
-    root = site[0].folder.parent  # type: ignore[union-attr]
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RecipeConfig(network=tiny_net, train=tiny_train).to_yaml())
+    root, recipe = _site_and_recipe(tmp_path, site, tiny_net, tiny_train)
     out = tmp_path / "run"
     # no gain can exceed 1: epoch 1 stays the best, epoch 2 is the one round without
     res = _train_cli("train", "--data", str(root), "--out", str(out), "--config", str(recipe),
