@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import Console
+
 from fedseg.federation.rounds.coordinator import Coordinator
 from fedseg.run_folder import PlateauStop, RunStatus
-from fedseg.tracking.status import RunState, read_status
+from fedseg.tracking.status import RunState, read_status, render_status
 from fedseg.tracking.store import RunStore
 from fedseg.train.plateau import PlateauConfig
 from tests.federation.fed_helpers import SITES, ArrayTransport, tiny_plan, write_run
@@ -31,7 +33,12 @@ def test_a_flat_curve_stops_the_run_early_and_a_resume_trains_no_more(tmp_path: 
         validated = {r.model_round for r in store.validation(metric="dice", region="ET")}
     assert validated == {0, 1, 2, 3}  # the last model too (the final validation)
     assert [r["site1"].epochs for r in t.requests] == [1, 1, 1, 0]
-    assert read_status(run).state == RunState.DONE  # not "stopped": 3 of 3 rounds
+    view = read_status(run)
+    assert view.state == RunState.DONE  # not "stopped": 3 of 3 rounds
+    console = Console(width=80, record=True, color_system=None)
+    console.print(render_status(view))
+    shown = " ".join(console.export_text().split())
+    assert "rounds done 3/3" in shown and "stopped early: no gain since model 0" in shown
     again = ArrayTransport(t.offsets, t.n_train)
     Coordinator(run, again).run()  # a resume reaches the same stop from the store
     assert again.requests == []

@@ -57,6 +57,7 @@ from fedseg.run_folder import (
     ComputeUsed,
     FailureCause,
     LockState,
+    PlateauStop,
     PrivacySpent,
     RoundStatus,
     RunStatus,
@@ -297,6 +298,7 @@ class StatusView:
     score: ScoreSpec = SEGMENTATION_SCORE  # what the scores are (Dice per region, SSIM ...)
     synthesis: SynthesisStatus | None = None  # a synthesis run's phase and modality sets
     observations: list[AlarmSpan] = field(default_factory=list)  # shown, never notified
+    plateau: PlateauStop | None = None  # training stopped early: the curve had plateaued
 
     def to_json(self) -> dict[str, Any]:
         """The view as plain JSON data (``fedseg status --json``, the dashboard): nested
@@ -498,6 +500,7 @@ def _collect(run: Path, store: RunStore) -> StatusView:
         models_kept=sorted(store.checkpoints()),
         models_deleted=deleted_model_rounds(store),
         privacy=privacy_status(plan, store),
+        plateau=store.meta.plateau(),
         score=spec,
         synthesis=synthesis,
     )
@@ -580,6 +583,12 @@ def _header(s: StatusView) -> Text:
             else ""
         ),
         (f"  phase: {s.phase}" if s.phase else ""),
+        (
+            f"  (stopped early: no gain since model {s.plateau.best_round}; at most "
+            f"{s.plateau.cap})"
+            if s.plateau is not None
+            else ""
+        ),
     )
     if s.cause is not None:
         head.append(f"\n{s.cause.kind}: {s.cause.message}", style="red")
