@@ -136,3 +136,8 @@ def test_result_rows_share_of_central_and_single_site_check() -> None:
     assert rows["fedavg"]["beats_all_single"] and not rows["krum"]["beats_all_single"]
     md = markdown_table(list(rows.values()), _cfg("fedavg"))
     assert "| fedavg | plan | 4 | 0.600 | 0.600 | 0.600 | 0.600 | 0.610 | 75.0% | yes |" in md
+    # without single-site models there is nothing to beat: "-", not "no"
+    alone = {r["run"]: r for r in result_rows(outs[:3])}
+    assert alone["fedavg"]["beats_all_single"] is None
+    md = markdown_table(list(alone.values()), _cfg("fedavg"))
+    assert "| fedavg | plan | 4 | 0.600 | 0.600 | 0.600 | 0.600 | 0.610 | 75.0% | - |" in md

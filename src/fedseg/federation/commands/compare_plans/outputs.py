@@ -51,8 +51,9 @@ def result_rows(outcomes: Sequence[RunOutcome]) -> list[dict[str, Any]]:
                     row[f"{which}_{part}_{r}"] = v
         mean = row["final_val_mean"]
         row["share_of_central"] = mean / ref if ref and mean is not None else None
+        # None: no single-site model to beat (--no-single-sites, --no-baselines)
         row["beats_all_single"] = (
-            bool(singles) and mean is not None and all(mean > s for s in singles)
+            None if not singles else mean is not None and all(mean > s for s in singles)
         )
         row["wall_s"] = round(o.wall_s, 1)
         rows.append(row)
@@ -109,8 +110,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], cfg: CompareConfig) -> str:
                  *(_f(r[f"final_val_{c}"]) for c in COLUMNS), _f(r["best_val_mean"])]  # fmt: skip
         if held:
             cells += [*(_f(r[f"final_holdout_{c}"]) for c in COLUMNS), _f(r["best_holdout_mean"])]
-        cells += [_f(r["share_of_central"], pct=True),
-                  "yes" if r["beats_all_single"] else "no", f"{r['wall_s']:g}"]  # fmt: skip
+        beats = {True: "yes", False: "no", None: "-"}[r["beats_all_single"]]
+        cells += [_f(r["share_of_central"], pct=True), beats, f"{r['wall_s']:g}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
