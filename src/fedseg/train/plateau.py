@@ -1,11 +1,11 @@
-"""When a validation curve has stopped rising: the one rule behind a federation's plan key
-``plateau`` and centralized training's ``--until-plateau``.
+"""When a validation curve has stopped rising: the one rule behind ``train.plateau`` (a
+federation's rounds, a centralized run's epochs; ``--until-plateau`` on train and compare).
 
 A curve is its scores in order of round (or epoch), a higher score being better (the
-round score: mean Dice over ET, TC, WT). The best so far moves only when a score beats it
-by more than ``min_delta``; the curve has plateaued once ``rounds`` scored rounds have
-followed the best without moving it. Unscored rounds (no validation came back) do not
-count either way.
+round score: mean Dice over ET, TC, WT; a synthesis run's: mean SSIM). The best so far
+moves only when a score beats it by more than ``min_delta``; the curve has plateaued once
+``rounds`` scored rounds have followed the best without moving it. Unscored rounds (no
+validation came back) do not count either way.
 """
 
 from __future__ import annotations
