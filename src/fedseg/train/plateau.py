@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class PlateauConfig(BaseModel):
-    """Stop training once the validation score has stopped rising (plan key ``plateau``).
+    """Stop training once the validation score stops rising (``train.plateau``: plan, recipe).
     ``rounds``: scored rounds after the best without a gain of more than ``min_delta``
     (null: never stop early; the run's ``rounds`` or epochs are always the cap)."""
 
