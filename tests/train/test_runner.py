@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -157,12 +156,22 @@ def test_checkpoint_is_one_npz_that_round_trips_exactly(tmp_path: Path) -> None:
 
 KILL_SCRIPT = """
 import sys
+import time
 from pathlib import Path
 from fedseg.data.cases import discover_cases
 from fedseg.train.config import RecipeConfig
+import fedseg.federation.commands.central_training as central
 from fedseg.federation.commands.central_training import SiteData, run_training
 cases = discover_cases(Path(sys.argv[1]))
 resume = sys.argv[4] == "resume"
+if sys.argv[4] == "cut":  # epoch 2 has started (its round row): say so, wait to be killed
+    fit = central.fit_epoch
+    def fit_or_hang(*args, **kwargs):
+        if kwargs["epoch"] == 1:
+            (Path(sys.argv[2]) / "in_epoch_2").touch()
+            time.sleep(600)
+        return fit(*args, **kwargs)
+    central.fit_epoch = fit_or_hang
 recipe = None if resume else RecipeConfig.from_yaml(Path(sys.argv[3]))
 run_training(Path(sys.argv[2]), [SiteData("s", cases[:4], cases[4:])], 2, recipe=recipe,
              resume=resume, progress=False)
@@ -185,18 +194,12 @@ def test_kill_9_in_the_middle_of_an_epoch_then_resume(
         return subprocess.Popen([*cmd, str(tmp_path / "recipe.yaml"), mode], env=env)
 
     assert launch("straight", "new").wait(timeout=300) == 0
-    proc = launch("cut", "new")
-    db = tmp_path / "cut" / "run.sqlite"
+    # epoch 2 hangs once under way: the kill lands inside it, however fast the epochs are
+    # (a poll of the store for round 2 raced a tiny epoch to its checkpoint)
+    proc = launch("cut", "cut")
     deadline = time.time() + 300
-    while time.time() < deadline:  # wait until epoch 2 is under way, then kill -9
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as con:
-                    row = con.execute("SELECT status FROM rounds WHERE round = 2").fetchone()
-            except sqlite3.Error:
-                row = None
-            if row:
-                break
+    while time.time() < deadline and not (tmp_path / "cut" / "in_epoch_2").exists():
+        assert proc.poll() is None, "the cut run ended before epoch 2"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
