@@ -56,11 +56,10 @@ from fedseg.run_folder import (
     RECIPE_FILE,
     STORE_FILE,
     ComputeUsed,
-    PlateauStop,
     RoundStatus,
     SiteRoundStatus,
 )
-from fedseg.tracking.curves import round_scores
+from fedseg.tracking.plateau_stop import plateau_stop
 from fedseg.tracking.store import RunStore, SiteRound
 from fedseg.train.config import RecipeConfig
 from fedseg.train.loader import CaseStore, EpochLoader
@@ -74,7 +73,7 @@ from fedseg.train.local import (
     train_progress,
 )
 from fedseg.train.lr_schedule import round_lr
-from fedseg.train.plateau import PlateauConfig, plateau_best
+from fedseg.train.plateau import PlateauConfig
 from fedseg.train.validate import validate_network
 
 CENTRAL = "central"
@@ -250,18 +249,15 @@ def _record_checkpoints(store: RunStore, out: Path, epoch: int, best_epoch: int)
 
 def _plateaued(store: RunStore, cfg: PlateauConfig, sites: Sequence[SiteData], trained: int,
                epochs: int, console: Console) -> bool:  # fmt: skip
-    """``train.plateau`` over the epochs' scores in the store (the pooled ones with several
-    sites); records the stop."""
-    if cfg.rounds is None or trained == 0:
+    """``train.plateau`` over the epochs' scores (the pooled ones with several sites); a
+    stop is recorded, logged and printed."""
+    pooled = [CENTRAL] if len(sites) > 1 else None
+    stop = plateau_stop(store, cfg, trained, epochs, sites=pooled)
+    if stop is None:
         return False
-    scores = round_scores(store, sites=[CENTRAL] if len(sites) > 1 else None)
-    best = plateau_best({e: s.mean for e, s in scores.items() if s.n > 0}, cfg)
-    if best is None:
-        return False
-    store.meta.set_plateau(PlateauStop(last_round=trained, best_round=best, cap=epochs))
     line = (f"stopped after epoch {trained} of {epochs}: the validation score has not gained "
-            f"more than {cfg.min_delta:g} since epoch {best} in {cfg.rounds} epochs "
-            "(train.plateau)")  # fmt: skip
+            f"more than {cfg.min_delta:g} since epoch {stop.best_round} in {cfg.rounds} "
+            "epochs (train.plateau)")  # fmt: skip
     store.log(line)
     console.print(line, highlight=False)
     return True

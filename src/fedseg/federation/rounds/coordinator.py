@@ -138,7 +138,6 @@ from fedseg.run_folder import (
     LastTrained,
     LivePhase,
     LiveState,
-    PlateauStop,
     PrivacySpent,
     RoundStatus,
     RunStatus,
@@ -154,10 +153,9 @@ from fedseg.run_folder import (
     strategy_state_path,
 )
 from fedseg.tracking.alarms import check_alarms
-from fedseg.tracking.curves import round_scores
+from fedseg.tracking.plateau_stop import plateau_stop
 from fedseg.tracking.selection import best_round
 from fedseg.tracking.store import CrossRow, RunStore, SiteRound
-from fedseg.train.plateau import plateau_best
 
 _D = TypeVar("_D")
 
@@ -599,22 +597,17 @@ class Coordinator:
         )  # fmt: skip
 
     def _plateaued(self, trained: int) -> bool:
-        """The plan's ``train.plateau`` rule over the validated model rounds after ``trained``
-        rounds (a synthesis run's pre-training rounds excluded); records the stop."""
+        """The plan's ``train.plateau`` rule after ``trained`` rounds (a synthesis run's
+        pre-training rounds excluded); a stop is recorded and logged."""
         cfg = self.plan.train.plateau
-        if cfg.rounds is None or trained <= self.pretrain_rounds:
+        stop = plateau_stop(self.store, cfg, trained, self.plan.rounds,
+                            first_round=self.pretrain_rounds)  # fmt: skip
+        if stop is None:
             return False
-        scores = {m: s.mean for m, s in round_scores(self.store).items()
-                  if s.n > 0 and m >= self.pretrain_rounds}  # fmt: skip
-        best = plateau_best(scores, cfg)
-        if best is None:
-            return False
-        self.store.meta.set_plateau(PlateauStop(last_round=trained, best_round=best,
-                                                cap=self.plan.rounds))  # fmt: skip
         self.store.log(
             f"stopped after round {trained} of {self.plan.rounds}: the validation score has "
-            f"not gained more than {cfg.min_delta:g} since model {best} in {cfg.rounds} "
-            "validated round(s) (train.plateau)"
+            f"not gained more than {cfg.min_delta:g} since model {stop.best_round} in "
+            f"{cfg.rounds} validated round(s) (train.plateau)"
         )
         return True
 

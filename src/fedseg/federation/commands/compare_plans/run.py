@@ -123,8 +123,7 @@ def _run_plan(cfg: CompareConfig, plan: PlanConfig, run_dir: Path, sites: dict[s
     bar.update(task, completed=steps)
     with RunStore(run_dir) as store:
         scores = round_scores(store)
-        stop = store.meta.plateau()
-    last = rounds if stop is None else stop.last_round  # train.plateau may stop it early
+        last = store.last_done_round()  # before `rounds` when train.plateau stopped it
     curve = [(xs[m], s.mean) for m, s in scores.items() if m <= last]
     best = run_dir / BEST_MODEL
     return RunOutcome(plan.name, "plan", run_dir, xs[last], curve, model_path(run_dir, last),
@@ -151,10 +150,9 @@ def _run_central(cfg: CompareConfig, run_dir: Path, sites: dict[str, Path],
     bar.update(task, completed=cfg.budget)
     with RunStore(run_dir) as store:  # several sites: their pooled rows, stored as CENTRAL
         scores = round_scores(store, sites=[CENTRAL] if len(sites) > 1 else None)
-        stop = store.meta.plateau()
+        epochs = store.last_done_round()  # before the budget when train.plateau stopped it
     curve = [(float(e), s.mean) for e, s in scores.items()]
     best = run_dir / BEST_MODEL
     kind = "central" if len(sites) > 1 else "single"
-    epochs = cfg.budget if stop is None else stop.last_round  # train.plateau may stop it early
     return RunOutcome(label, kind, run_dir, float(epochs), curve, run_dir / LAST_MODEL,
                       best if best.is_file() else None, wall)  # fmt: skip
