@@ -183,9 +183,10 @@ class ClockedTransport:
             declared = self.inner.declared_cases()
             if not c.speeds:
                 c.speeds = site_speeds({s: d.n_train for s, d in declared.items()}, c.seed)
-            epochs = requests[trainers[0]].epochs
+            first = requests[trainers[0]]
             times = [site_round_time(c.speeds[s], declared[s].n_train, declared[s].n_val,
-                                     epochs) for s in trainers]  # fmt: skip
+                                     first.epochs, steps=first.steps)
+                     for s in trainers]  # fmt: skip
             if c.validators:
                 times += [site_round_time(c.speeds[s], declared[s].n_train, declared[s].n_val, 0)
                           for s, r in requests.items() if r.epochs == 0]  # fmt: skip
@@ -201,7 +202,7 @@ def make_plan(arg: PlanArg, sites: dict[str, Path], args: argparse.Namespace) ->
     """The plan of one compared run: the shared recipe; cyclic gets enough cycles for
     ``--rounds`` visits; the selecting plans take the clock's seed."""
     params = dict(arg.strategy.params)
-    strat = make_strategy(arg.strategy, arg.local_epochs)
+    strat = make_strategy(arg.strategy, arg.local_epochs, arg.local_steps)
     if isinstance(strat, SequentialStrategy) and "cycles" in strat.params_model.model_fields:
         params.setdefault("cycles", max(1, math.ceil(args.rounds / len(sites))))
     if "speed_seed" in strat.params_model.model_fields:
@@ -209,7 +210,8 @@ def make_plan(arg: PlanArg, sites: dict[str, Path], args: argparse.Namespace) ->
     patch = (args.patch,) * 3
     return PlanConfig(
         name=arg.label, sites={s: SiteConfig(data=p) for s, p in sites.items()},
-        rounds=args.rounds, local_epochs=arg.local_epochs, min_sites=1, seed=args.seed,
+        rounds=args.rounds, local_epochs=arg.local_epochs, local_steps=arg.local_steps,
+        min_sites=1, seed=args.seed,
         round_timeout_s=86400, network=NetworkConfig(base_filters=args.base_filters, depth=2),
         train=TrainConfig.cpu(lr=args.lr, patch_size=patch, val_roi=patch, val_overlap=0.0,
                               val_batch_size=4, cache_mb=256),

@@ -278,6 +278,10 @@ class PlanConfig(BaseModel):
     sites: dict[str, SiteConfig]
     rounds: int = Field(10, ge=1, description="training rounds (with `train.plateau`: at most)")
     local_epochs: int = Field(1, ge=1, description="epochs each site trains per round")
+    local_steps: int | None = Field(
+        None, ge=1, description="optimizer steps each site trains per round (per visit on a "
+        "sequential plan), whatever its size, instead of local_epochs epochs; null: epochs",
+    )  # fmt: skip
     network: NetworkConfig = NetworkConfig()
     train: TrainConfig = TrainConfig()
     initial_model: InitialModel = InitialModel()
@@ -318,6 +322,13 @@ class PlanConfig(BaseModel):
             self.alarms.for_task(self.task)
         except FedsegError as exc:
             raise ValueError(str(exc)) from None
+        if self.local_steps is not None and self.task != "segmentation":
+            raise ValueError("local_steps: a synthesis plan sets synthesis.steps_per_round")
+        if self.local_steps is not None and self.privacy.dp.level == "case":
+            raise ValueError(
+                "local_steps: DP-SGD (privacy.dp.level: case) accounts whole epochs; "
+                "use local_epochs"
+            )
 
     @property
     def site_names(self) -> list[str]:
@@ -406,6 +417,7 @@ sites:
 {site_lines}
 rounds: 3              # training rounds (FeTS study: dozens)
 local_epochs: 1        # epochs each site trains per round (FeTS: 1)
+local_steps: null      # or N: every site trains N optimizer steps per round, whatever its size
 min_sites: 2           # a round counts when at least this many sites answered
 round_timeout_s: 1800  # a site slower than this in a round is skipped for that round
 straggler:             # stop waiting once `quorum` of a round's trainers sent their update

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from fedseg.data.cases import Case
 from fedseg.data.labels import REGIONS
@@ -123,3 +124,30 @@ def test_validate_cases_returns_metrics_per_case(
     expected = np.mean([r.metrics["WT"]["dice"] for r in results])
     assert abs(summary["WT"]["dice"].mean - expected) < 1e-12
     assert set(summary) == {*REGIONS, "mean"}
+
+
+def test_a_fixed_number_of_steps_cuts_the_last_epoch_and_equals_the_straight_run(
+    site: list[Case], tiny_net: NetworkConfig, tiny_train: TrainConfig
+) -> None:
+    """``steps``: 7 steps over 2 cases (2 steps an epoch) take epochs 0-2 and one step of
+    epoch 3, the very batches of a 4-epoch run's first 7 steps; one case gets as many."""
+    cases = site[:2]
+    seven = train_local(tiny_net, tiny_train, None, None, cases, 1, seed=3, steps=7)
+    assert seven.steps == 7 and seven.optimizer_state["step"] == 7
+    assert len(seven.epoch_losses) == 4
+    # the same 7 steps as whole epochs 0-2 and then one step: weights match exactly
+    three = train_local(tiny_net, tiny_train, None, None, cases, 3, seed=3)
+    one = train_local(tiny_net, tiny_train, three.weights, three.optimizer_state, cases, 1,
+                      seed=3, first_epoch=3, steps=1)  # fmt: skip
+    _assert_weights_close(seven.weights, one.weights, atol=0)
+    four = train_local(tiny_net, tiny_train, None, None, cases, 4, seed=3)
+    assert any(not np.array_equal(four.weights[k], seven.weights[k]) for k in four.weights)
+    small = train_local(tiny_net, tiny_train, None, None, site[:1], 1, seed=3, steps=7)
+    assert small.steps == 7 and len(small.epoch_losses) == 7  # 1 step an epoch
+
+
+def test_zero_steps_are_refused(
+    site: list[Case], tiny_net: NetworkConfig, tiny_train: TrainConfig
+) -> None:
+    with pytest.raises(ValueError, match="steps"):
+        train_local(tiny_net, tiny_train, None, None, site[:1], 1, seed=3, steps=0)

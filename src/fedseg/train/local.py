@@ -1,4 +1,4 @@
-"""The federation unit: train one site's model for some epochs, as a plain function.
+"""The federation unit: train one site's model for some epochs (or steps), as a plain function.
 
 Nothing global: the network, optimizer and data come in as arguments and go out in
 ``LocalResult``; weights and Adam state are plain named numpy arrays (``Weights``) so that
@@ -140,9 +140,11 @@ def fit_epoch(
     progress: Progress | None = None,
     proximal: Callable[[], torch.Tensor] | None = None,
     setup: StepSetup | None = None,
+    max_steps: int | None = None,
 ) -> EpochStats:
     """One pass over the patches of ``epoch`` (0-based); order and augmentation from
-    ``data``'s seed, which also seeds the epoch's dropout.
+    ``data``'s seed, which also seeds the epoch's dropout. ``max_steps``: stop after that
+    many optimizer steps (the first batches of the pass; None: the whole pass).
 
     ``setup``: where ``net`` was placed (``place_for_training``); None places ``net`` and
     ``opt`` by ``data.train.compute`` now."""
@@ -151,12 +153,15 @@ def fit_epoch(
     net.train()
     cuda = setup.device.type == "cuda"
     loader = data.epoch(epoch)
-    task = progress.add_task(f"epoch {epoch + 1}", total=len(loader)) if progress else None
+    total = len(loader) if max_steps is None else min(max_steps, len(loader))
+    task = progress.add_task(f"epoch {epoch + 1}", total=total) if progress else None
     # Seed torch's generators for this epoch (dropout), restoring the caller's state after.
     rng_devices = [setup.device.index or 0] if cuda else []
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(epoch_seed(data.seed, epoch))
-        losses, wait, compute = _run_steps(net, opt, loader, setup, progress, task, epoch, proximal)
+        losses, wait, compute = _run_steps(
+            net, opt, loader, setup, progress, task, epoch, proximal, max_steps
+        )
     if progress is not None and task is not None:
         progress.remove_task(task)
     return EpochStats(float(np.mean(losses)), len(losses), wait, compute)
@@ -195,15 +200,17 @@ def _run_steps(
     task: TaskID | None,
     epoch: int,
     proximal: Callable[[], torch.Tensor] | None = None,
+    max_steps: int | None = None,
 ) -> tuple[list[float], float, float]:
-    """Optimizer steps over ``loader``: (losses, seconds waiting for data, seconds computing).
+    """Optimizer steps over ``loader`` (at most ``max_steps``): (losses, seconds waiting for
+    data, seconds computing).
     ``proximal()`` (if given) is added to each step's loss; the losses reported exclude it.
     Reading each loss back (``float``) waits for the device, so ``compute`` is honest on
     CUDA too. A step the fp16 scaler skips (inf gradients) still counts as a step."""
     losses: list[float] = []
     wait = compute = 0.0
     it = iter(loader)
-    while True:
+    while max_steps is None or len(losses) < max_steps:
         t0 = time.perf_counter()
         batch = next(it, None)
         t1 = time.perf_counter()
@@ -239,6 +246,14 @@ def train_progress() -> Progress:
     )  # fmt: skip
 
 
+def _more(done: int, epochs: int, steps: int | None, stats: Sequence[EpochStats]) -> bool:
+    """Whether another epoch follows ``done`` of them: ``epochs`` in all, or (``steps``) until
+    that many optimizer steps are taken (an epoch without a step would never end the loop)."""
+    if steps is None:
+        return done < epochs
+    return sum(s.steps for s in stats) < steps and not any(s.steps == 0 for s in stats)
+
+
 def train_local(
     network: NetworkConfig,
     train: TrainConfig,
@@ -255,10 +270,13 @@ def train_local(
     reference: Weights | None = None,
     case_cache: bool = True,
     dp: CaseDp | None = None,
+    steps: int | None = None,
 ) -> LocalResult:
-    """Train on ``cases`` for ``epochs`` epochs starting from ``weights`` (None: fresh init
-    from ``seed``) and ``optimizer_state`` (None: fresh Adam). ``cases`` may come prepared,
-    as a ``CaseStore`` of ``train.patch_size`` (a warm site's: ``train.warm``).
+    """Train on ``cases`` for ``epochs`` epochs, or for exactly ``steps`` optimizer steps
+    when given (as many epochs as they take, the last one cut short), starting from
+    ``weights`` (None: fresh init from ``seed``) and ``optimizer_state`` (None: fresh Adam).
+    ``cases`` may come prepared, as a ``CaseStore`` of ``train.patch_size`` (a warm site's:
+    ``train.warm``).
 
     Epochs are numbered from ``first_epoch`` for the data order, so continuing a run with
     ``first_epoch=k`` gives the same batches as the straight run's epoch k.
@@ -268,9 +286,12 @@ def train_local(
     making the missing entries; False prepares them in memory (up to ``train.cache_mb``);
     ignored for a ``CaseStore``.
     ``dp``: train with DP-SGD (``train.dp``: Poisson-drawn cases, per-case clipping and
-    noise; fp32, not compiled), else plain minibatches.
+    noise; fp32, not compiled), else plain minibatches; it counts whole epochs, so not
+    with ``steps``.
     """
     t0 = time.perf_counter()
+    if steps is not None and (steps < 1 or dp is not None):
+        raise ValueError("steps must be >= 1 and cannot be combined with DP-SGD (whole epochs)")
     check_shapes(network, train)
     net = new_network(network, weights, seed)
     if dp is not None:
@@ -306,15 +327,19 @@ def train_local(
     if private is None:
         data = EpochLoader(store, train, seed, pin_memory=setup.device.type == "cuda")
     try:
-        for e in range(first_epoch, first_epoch + epochs):
+        e = first_epoch
+        while _more(e - first_epoch, epochs, steps, stats):
             if private is not None:
                 s = private.fit_epoch(e, prox, bar)
             else:
                 assert data is not None
-                s = fit_epoch(net, opt, data, epoch=e, progress=bar, proximal=prox, setup=setup)
+                left = None if steps is None else steps - sum(x.steps for x in stats)
+                s = fit_epoch(net, opt, data, epoch=e, progress=bar, proximal=prox,
+                              setup=setup, max_steps=left)  # fmt: skip
             stats.append(s)
             if on_epoch is not None:
                 on_epoch(e, s)
+            e += 1
     finally:
         (private or data).close()  # type: ignore[union-attr]
         if bar is not None:

@@ -30,7 +30,7 @@ from fedseg.federation.commands.privacy_refusals import check_privacy
 from fedseg.federation.rounds.cross_site import check_cross_site
 from fedseg.federation.rounds.straggler import check_straggler
 from fedseg.federation.rounds.strategies.base import Strategy
-from fedseg.federation.rounds.strategies.registry import make_strategy
+from fedseg.federation.rounds.strategies.registry import plan_strategy
 from fedseg.federation.rounds.strategies.sequential import SequentialStrategy
 from fedseg.model.config import NetworkConfig
 from fedseg.model.generator import GeneratorConfig, new_generator_weights
@@ -66,7 +66,7 @@ def round_bytes(plan: PlanConfig) -> int:
         model = generator_parameters(plan.synthesis.generator) * 4
     else:
         model = network_parameters(plan.network) * 4
-    strategy = make_strategy(plan.strategy, plan.local_epochs)
+    strategy = plan_strategy(plan)
     spool = 0
     if strategy.streams:
         per_site = 3 if strategy.params.optimizer_state == "average" else 1
@@ -80,7 +80,7 @@ def check_plan_runs(plan: PlanConfig, run_dir: Path) -> int:
     writable run folder (or the folder it will be made in) with room for a round. Returns
     :func:`round_bytes`; raises a one-line ``PlanError`` (the plan) or ``FedsegError`` (the
     folder)."""
-    strategy = make_strategy(plan.strategy, plan.local_epochs)
+    strategy = plan_strategy(plan)
     check_task(plan, strategy)
     check_cross_site(plan)
     check_straggler(plan, isinstance(strategy, SequentialStrategy))

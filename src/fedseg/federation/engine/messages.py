@@ -186,6 +186,8 @@ def encode_request(
             _put(content, f"cross.{i}", encoded(w, req.transfer))
     if req.home:
         content["task"]["home"] = True
+    if req.steps:
+        content["task"]["steps"] = int(req.steps)
     if req.synth_step is not None:
         content["task"]["synth_step"] = req.synth_step.to_json()
     if req.optimizer_state is not None:
@@ -217,6 +219,7 @@ def decode_request(content: RecordDict) -> TaskRequest:
         synth_step=SynthStep.from_json(str(task["synth_step"])) if "synth_step" in task else None,
         cross=_cross_models(content),
         home=bool(task.get("home", False)),
+        steps=int(task.get("steps", 0)),
     )
 
 

@@ -113,7 +113,7 @@ from fedseg.federation.rounds.spool import Spool
 from fedseg.federation.rounds.straggler import StopRule, check_straggler, quorum_count
 from fedseg.federation.rounds.strategies.base import SiteUpdate, Strategy
 from fedseg.federation.rounds.strategies.modality import PRETRAIN, ModalityFedAvg
-from fedseg.federation.rounds.strategies.registry import make_strategy
+from fedseg.federation.rounds.strategies.registry import plan_strategy
 from fedseg.federation.rounds.strategies.sequential import SequentialStrategy
 from fedseg.federation.rounds.task_kind import SynthesisKind, task_kind
 from fedseg.federation.rounds.tasks import Payload, SynthStep, TaskReply, TaskRequest
@@ -259,7 +259,7 @@ class Coordinator:
         self.transport = transport
         self.store = RunStore(self.run_dir)
         self.run_id = run_id or self.store.meta.run_id() or self.run_dir.name
-        self.strategy: Strategy[Any] = make_strategy(self.plan.strategy, self.plan.local_epochs)
+        self.strategy: Strategy[Any] = plan_strategy(self.plan)
         self.kind = task_kind(self.plan)
         #: rounds of generator pre-training before the bank rounds (``task: synthesis``)
         self.pretrain_rounds = 0
@@ -441,6 +441,7 @@ class Coordinator:
                 model_round=rnd - 1,
                 validate=t.validate,
                 epochs=t.epochs,
+                steps=t.steps,
                 seed=site_seed(plan.seed, rnd, s),
                 run_id=self.run_id,
                 recipe=self.recipe,

@@ -18,8 +18,8 @@ round-to-round noise: a site's time is a function of its speed and its work.
 A site's time in a round (``site_round_time``), the challenge's sum of its steps::
 
     download + validate the global model (n_val x val_s)
-    [trainers: + train (n_train x epochs x train_s) + validate the local model (n_val x val_s)
-               + upload]
+    [trainers: + train (n_train x epochs x train_s; with a fixed number of local steps,
+               steps x train_s) + validate the local model (n_val x val_s) + upload]
 
 The round's time (``round_time``) is the slowest of its trainers; under a straggler cut
 (plan ``straggler``, ``rounds.straggler``) the time at which ``ceil(quorum x m)`` of its
@@ -98,17 +98,20 @@ def site_speeds(
 
 
 def site_round_time(
-    speed: SiteSpeed, n_train: int, n_val: int, epochs: int, validate: bool = True
-) -> float:
+    speed: SiteSpeed, n_train: int, n_val: int, epochs: int, validate: bool = True,
+    steps: int = 0,
+) -> float:  # fmt: skip
     """One site's seconds in a round (the module's sum): a site with ``epochs`` 0 only
-    downloads and validates the global model (nothing when ``validate`` is false too)."""
+    downloads and validates the global model (nothing when ``validate`` is false too); a
+    trainer with ``steps`` > 0 trains that many steps (one case's worth each) instead of
+    its epochs."""
     t = 0.0
     if validate or epochs > 0:
         t += speed.download_s
     if validate:
         t += n_val * speed.val_s_per_case
     if epochs > 0:
-        t += n_train * epochs * speed.train_s_per_case
+        t += (steps if steps > 0 else n_train * epochs) * speed.train_s_per_case
         t += n_val * speed.val_s_per_case + speed.upload_s
     return t
 

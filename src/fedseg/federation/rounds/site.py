@@ -231,7 +231,7 @@ def _run(
         prep_s = time.perf_counter() - t0
         result = train_local(
             network, train, req.weights, state, store, req.epochs,
-            seed=req.seed, proximal_mu=req.proximal_mu, dp=dp,
+            seed=req.seed, proximal_mu=req.proximal_mu, dp=dp, steps=req.steps or None,
         )  # fmt: skip
         if mode == "keep-local":
             _save_optimizer(ws, req.round, result.optimizer_state, warm)

@@ -78,7 +78,8 @@ class SynthStep:
 @dataclass
 class TaskRequest:
     """One site's work in one round: validate ``weights`` (global model ``model_round``)
-    and/or train it for ``epochs`` epochs. ``recipe`` is the plan's network and train
+    and/or train it for ``epochs`` epochs (``steps`` > 0: that many optimizer steps
+    instead, plan ``local_steps``). ``recipe`` is the plan's network and train
     configs as JSON (the site has no plan file in a deployment)."""
 
     round: int
@@ -114,6 +115,9 @@ class TaskRequest:
     cross: dict[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
     #: validate the site's own local model after training (home check; plan ``cross_site``)
     home: bool = False
+    #: train this many optimizer steps instead of ``epochs`` whole epochs (0: epochs;
+    #: plan ``local_steps``); training still needs ``epochs`` > 0
+    steps: int = 0
 
 
 @dataclass

@@ -43,17 +43,19 @@ def parse_poison(text: str) -> Poison:
 
 
 class PlanArg(BaseModel):
-    """One plan to compare: a label and its strategy (local epochs from the plan file)."""
+    """One plan to compare: a label and its strategy (local epochs or steps from the plan
+    file)."""
 
     model_config = ConfigDict(extra="forbid")
 
     label: str
     strategy: StrategyConfig
     local_epochs: int = Field(1, ge=1)
+    local_steps: int | None = Field(None, ge=1)
 
 
 def parse_plan_arg(text: str) -> PlanArg:
-    """A plan file (its strategy and local_epochs are used) or ``NAME[:k=v,k=v]``, e.g.
+    """A plan file (its strategy, local_epochs and local_steps are used) or ``NAME[:k=v,k=v]``, e.g.
     ``fedprox:mu=0.01`` or ``cyclic:order=shuffled,epochs_per_visit=2``."""
     path = Path(text)
     if path.suffix in (".yaml", ".yml") or path.is_file():
@@ -62,7 +64,8 @@ def parse_plan_arg(text: str) -> PlanArg:
         plan = load_plan(path)
         if plan.task != "segmentation":
             raise FedsegError(f"{path}: compare needs segmentation plans (task: {plan.task})")
-        return PlanArg(label=path.stem, strategy=plan.strategy, local_epochs=plan.local_epochs)
+        return PlanArg(label=path.stem, strategy=plan.strategy, local_epochs=plan.local_epochs,
+                       local_steps=plan.local_steps)  # fmt: skip
     name, _, rest = text.partition(":")
     if name not in STRATEGIES:
         raise FedsegError(

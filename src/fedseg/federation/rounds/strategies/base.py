@@ -61,8 +61,9 @@ P = TypeVar("P", bound=StrategyParams)
 @dataclass(frozen=True)
 class SiteTask:
     """What one site does in a round, in this order: validate the global model it receives
-    (``validate``), then train ``epochs`` epochs on it (``train``; 0 epochs: no training)
-    with the plan's optimizer treatment and proximal term."""
+    (``validate``), then train ``epochs`` epochs on it (``train``; 0 epochs: no training;
+    ``steps`` > 0: that many optimizer steps instead of whole epochs) with the plan's
+    optimizer treatment and proximal term."""
 
     validate: bool = True
     epochs: int = 1
@@ -71,6 +72,8 @@ class SiteTask:
     proximal_mu: float = 0.0
     #: optimizer state to start from (``optimizer_mode`` average)
     optimizer_state: OptimizerState | None = None
+    #: optimizer steps instead of ``epochs`` whole epochs (0: epochs; plan ``local_steps``)
+    steps: int = 0
 
     @property
     def train(self) -> bool:
@@ -122,6 +125,9 @@ class Strategy(Generic[P]):
     def __init__(self, params: P, local_epochs: int) -> None:
         self.params = params
         self.local_epochs = local_epochs
+        #: plan ``local_steps``: every training task takes this many optimizer steps
+        #: instead of its epochs (None: whole epochs; ``make_strategy`` sets it)
+        self.local_steps: int | None = None
         #: the last average of the sites' optimizer states (``optimizer_state: average``)
         self.optimizer_average: OptimizerState | None = None
 
@@ -148,11 +154,13 @@ class Strategy(Generic[P]):
         return 0.0
 
     def training_task(self, epochs: int) -> SiteTask:
-        """Validate, then train ``epochs`` epochs with the plan's optimizer treatment."""
+        """Validate, then train ``epochs`` epochs (or the plan's ``local_steps`` steps) with
+        the plan's optimizer treatment."""
         mode = self.params.optimizer_state
         return SiteTask(
             validate=True, epochs=epochs, optimizer_mode=mode, proximal_mu=self.proximal_mu(),
             optimizer_state=self.optimizer_average if mode == "average" else None,
+            steps=self.local_steps or 0,
         )  # fmt: skip
 
     def combine(self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]) -> Weights:

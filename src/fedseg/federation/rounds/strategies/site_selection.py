@@ -62,10 +62,12 @@ class SelectUtilityParams(FastestKParams):
 
 
 def expected_times(
-    sites: Sequence[str], cases: Mapping[str, tuple[int, int]], epochs: int, seed: int
-) -> dict[str, float]:
+    sites: Sequence[str], cases: Mapping[str, tuple[int, int]], epochs: int, seed: int,
+    steps: int = 0,
+) -> dict[str, float]:  # fmt: skip
     """Each site's expected simulated round time as a trainer (``sim_time``), from its
-    declared (n_train, n_val); an undeclared site counts as the median declared one."""
+    declared (n_train, n_val) and its local work (``epochs``, or ``steps`` when > 0); an
+    undeclared site counts as the median declared one."""
     known = [cases[s] for s in sites if s in cases]
     median = (
         (int(np.median([c[0] for c in known])), int(np.median([c[1] for c in known])))
@@ -73,7 +75,7 @@ def expected_times(
     )  # fmt: skip
     counts = {s: cases.get(s, median) for s in sites}
     speeds = site_speeds({s: c[0] for s, c in counts.items()}, seed)
-    return {s: site_round_time(speeds[s], *counts[s], epochs) for s in sites}
+    return {s: site_round_time(speeds[s], *counts[s], epochs, steps=steps) for s in sites}
 
 
 def fastest(times: Mapping[str, float], k: int, busy: Collection[str] = ()) -> list[str]:
@@ -136,7 +138,8 @@ class _SpeedAware(ParallelStrategy[SP]):
         return n_participants(n_sites, self.params.fraction, self.params.sites_per_round)
 
     def times(self, sites: Sequence[str]) -> dict[str, float]:
-        return expected_times(sites, self.cases, self.local_epochs, self.params.speed_seed)
+        return expected_times(sites, self.cases, self.local_epochs, self.params.speed_seed,
+                              self.local_steps or 0)  # fmt: skip
 
     def combine(self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]) -> Weights:
         return fedavg_weights(updates, self.params.weighted)
