@@ -99,12 +99,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             data[name] = root / f"data-{name}"
             data[name].mkdir()
             site_creds = creds / "sites" / name  # the bundle handed to the site
-            if name == "alpha":  # one site through the CLI, as a site admin starts it
+            if name == "alpha":  # one site through the CLI, as a site admin starts it,
+                # its tasks each in a fresh process (the others': their warm workers)
                 sites[name] = _cli(
                     "site", "start", "--server", server, "--data", str(data[name]),
                     "--creds", str(site_creds), "--work-dir", str(root / f"work-{name}"),
                     "--runtime-port", str(free_port()), "--retry-wait", "2",
-                    home=root / f"work-{name}",
+                    "--fresh-process-per-task", home=root / f"work-{name}",
                 )  # fmt: skip
             else:
                 sites[name] = deploy.start_site(

@@ -1,7 +1,7 @@
 """End to end through real Flower processes (one SuperLink, one SuperNode per site).
 
-Each test starts the engine on loopback; on this shared 2-core machine a round costs
-tens of seconds of process start-up (Flower starts a fresh app process per message).
+Each test starts the engine on loopback; each site's tasks run in its warm worker (one
+process per site, ``engine.task_worker``).
 """
 
 from __future__ import annotations
@@ -95,6 +95,9 @@ def test_simulate_three_sites_two_rounds(tmp_path: Path, tiny_sites: dict[str, P
         ]
         srs = store.site_rounds()
         assert {(s.round, s.site) for s in srs} == {(r, s) for r in (1, 2) for s in SITES}
+        # each site's warm worker did its rounds: one process per site, loaded once
+        workers = {(s.site, (s.extra or {})["worker"]) for s in srs}
+        assert len(workers) == len(SITES) == len({w for _, w in workers})
         model_bytes = sum(v.nbytes for v in load_model(model_path(run, 0)).weights.values())
         for s in srs:
             assert s.status == "ok", s

@@ -84,6 +84,12 @@ def site_start(
         help="Send no validation summary or training loss computed from fewer cases than "
         "this (a plan can raise it, never lower it).",
     ),
+    fresh_process_per_task: bool = typer.Option(
+        False,
+        "--fresh-process-per-task",
+        help="Run each of the aggregator's tasks in a new process (imports and data loaded "
+        "again each time) instead of one warm worker that keeps them between tasks.",
+    ),
     device: str | None = DEVICE,
     precision: str | None = PRECISION,
     channels_last: bool | None = CHANNELS_LAST,
@@ -108,6 +114,7 @@ def site_start(
         max_retries=max_retries,
         min_summary_cases=min_summary_cases,
         compute=compute,
+        warm_tasks=not fresh_process_per_task,
     )
     # A service manager stops us with SIGTERM: leave through `finally` to stop the SuperNode.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))

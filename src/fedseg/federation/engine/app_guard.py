@@ -10,7 +10,7 @@ installation instead:
   process, under this guard (``python -m fedseg.federation.engine.app_guard site --
   flower-supernode ...``: one process group, see :func:`site_command`), the only taker
   of its ClientApp tasks;
-* for each task a fresh process pulls the task's input (message, context, run, FAB) from
+* for each task a process pulls the task's input (message, context, run, FAB) from
   the SuperNode's loopback Runtime API and compares the FAB's files with the app this
   site's own fedseg writes (:func:`~fedseg.federation.engine.app_bundle.write_app`, bundled
   with Flower's own builder): the same file names and, file by file, the same bytes
@@ -21,8 +21,12 @@ installation instead:
   runs or any site file is read: one ``REFUSED`` line in the site's log (app name and
   version, FAB sha256, content digest), an ``INVALID_FAB`` error reply to the aggregator.
 
-Tasks of other kinds (Flower's AgentApp, ...) are never taken. The task token reaches the
-task process in its environment (``FEDSEG_TASK_TOKEN``), not on its command line.
+Tasks of other kinds (Flower's AgentApp, ...) are never taken. The task process is the
+site's warm worker (``task_worker``: one long-lived process that runs the tasks one after
+another, its imports and the site's data loaded once) when it is free, else a fresh
+process (``--fresh-process-per-task``: always). The task token reaches the worker through
+its private stdin pipe, a fresh process in its environment (``FEDSEG_TASK_TOKEN``),
+never a command line.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from typing import TYPE_CHECKING
 
 from fedseg.federation.engine.app_bundle import write_app
 from fedseg.federation.engine.processes import die_with_parent
+from fedseg.federation.engine.task_worker import TASK_T0_ENV, TaskWorker
 
 if TYPE_CHECKING:
     from flwr.supercore.runtime import RuntimeHttpClient
@@ -172,12 +177,14 @@ def refusal_line(site: str, run_id: int, fab: bytes, reason: str) -> str:
 # --- the processes -----------------------------------------------------------------------
 
 
-def site_command(supernode_cmd: list[str], runtime_port: int) -> list[str]:
+def site_command(supernode_cmd: list[str], runtime_port: int, warm: bool = True) -> list[str]:
     """A site's SuperNode (``supernode_cmd``, which must say ``--isolation process``) under
-    this guard, which takes its ClientApp tasks from ``127.0.0.1:runtime_port``."""
+    this guard, which takes its ClientApp tasks from ``127.0.0.1:runtime_port`` and runs
+    them in its warm worker (``warm`` false: each in a fresh process)."""
     if "--isolation" not in supernode_cmd:
         supernode_cmd = [*supernode_cmd, "--isolation", "process"]
-    return [sys.executable, "-m", "fedseg.federation.engine.app_guard", "site",
+    fresh = [] if warm else ["--fresh-process-per-task"]
+    return [sys.executable, "-m", "fedseg.federation.engine.app_guard", "site", *fresh,
             "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--", *supernode_cmd]  # fmt: skip
 
 
@@ -203,9 +210,10 @@ def _runtime_client(address: str, token: str | None = None) -> RuntimeHttpClient
     )  # fmt: skip
 
 
-def run_site(supernode_cmd: list[str], runtime_api_address: str) -> int:
-    """Start the SuperNode, then take its ClientApp tasks one by one (each in a
-    :func:`run_task` process) until it exits; its exit code."""
+def run_site(supernode_cmd: list[str], runtime_api_address: str, warm: bool = True) -> int:
+    """Start the SuperNode, then take its ClientApp tasks one by one until it exits; its
+    exit code. Each task runs :func:`run_task` in the warm worker when it is free (and
+    ``warm``), else in a fresh process."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
 
@@ -213,6 +221,10 @@ def run_site(supernode_cmd: list[str], runtime_api_address: str) -> int:
     supernode = subprocess.Popen(supernode_cmd, preexec_fn=die_with_parent)
     client = _runtime_client(runtime_api_address)
     me = str(os.getpid())
+    worker = TaskWorker(
+        [sys.executable, "-m", "fedseg.federation.engine.app_guard", "worker",
+         "--runtime-api-address", runtime_api_address, "--parent-pid", me]
+    ) if warm else None  # fmt: skip
     try:
         while supernode.poll() is None:
             try:
@@ -222,7 +234,8 @@ def run_site(supernode_cmd: list[str], runtime_api_address: str) -> int:
             except Exception:  # the SuperNode's API is not up (yet)
                 time.sleep(POLL_S)
                 continue
-            if res.HasField("task") and res.token:
+            taken = res.HasField("task") and bool(res.token)
+            if taken and (worker is None or not worker.take(res.token)):
                 subprocess.Popen(
                     [sys.executable, "-m", "fedseg.federation.engine.app_guard", "task",
                      "--runtime-api-address", runtime_api_address, "--parent-pid", me],
@@ -232,8 +245,28 @@ def run_site(supernode_cmd: list[str], runtime_api_address: str) -> int:
     finally:
         if supernode.poll() is None:
             supernode.terminate()
+        if worker is not None:
+            worker.close()
         client.close()
     return int(supernode.wait())
+
+
+def run_worker(runtime_api_address: str, parent_pid: int | None) -> int:
+    """The warm worker (``task_worker``): a task per token line on stdin, in order, each
+    reported by a line with its exit code on the original stdout; everything the tasks
+    print goes to stderr. Returns at the end of stdin."""
+    from flwr.supercore.app_utils import start_parent_process_monitor
+
+    if parent_pid is not None:
+        start_parent_process_monitor(parent_pid)
+    report = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # a task's print must not be taken for a report
+    for line in sys.stdin:
+        token = line.strip()
+        if token:
+            os.environ[TASK_T0_ENV] = repr(time.time())
+            report.write(f"{run_task(runtime_api_address, token, None)}\n".encode())
+    return 0
 
 
 def run_task(runtime_api_address: str, token: str, parent_pid: int | None) -> int:
@@ -294,9 +327,10 @@ def main(argv: list[str] | None = None) -> None:
     supernode = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(prog="app_guard", description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["site", "task", "digest"])
+    parser.add_argument("mode", choices=["site", "task", "worker", "digest"])
     parser.add_argument("--runtime-api-address", default="127.0.0.1:9094")
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--fresh-process-per-task", action="store_true")
     args = parser.parse_args(argv)
     if args.mode == "digest":
         exp = expected_app()
@@ -304,7 +338,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.mode == "site":
         if not supernode:
             sys.exit("app_guard site: give the SuperNode command after --")
-        sys.exit(run_site(supernode, args.runtime_api_address))
+        warm = not args.fresh_process_per_task
+        sys.exit(run_site(supernode, args.runtime_api_address, warm))
+    elif args.mode == "worker":
+        sys.exit(run_worker(args.runtime_api_address, args.parent_pid))
     else:
         token = os.environ.pop(TOKEN_ENV, "")
         if not token:

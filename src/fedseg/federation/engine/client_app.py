@@ -23,8 +23,10 @@ scrubbed text), never the exception's own text; the full traceback is in the sit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,7 @@ from fedseg.federation.engine.messages import (
     encode_payload,
     encode_reply,
 )
+from fedseg.federation.engine.task_worker import TASK_T0_ENV
 from fedseg.federation.rounds.site_queries import SiteContext, answer, queries
 from fedseg.federation.rounds.tasks import declared_cases
 
@@ -187,10 +190,20 @@ def process_age_s() -> float:
     return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
+def task_startup_s() -> float:
+    """Seconds since this task was taken: since the warm worker took it (``TASK_T0_ENV``),
+    else since this fresh process started (its imports are the task's start-up)."""
+    t0 = os.environ.get(TASK_T0_ENV)
+    if t0:
+        with contextlib.suppress(ValueError):
+            return max(0.0, time.time() - float(t0))
+    return process_age_s()
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     # a simulation's worker is long-lived: its age is not this task's start-up
-    startup_s = 0.0 if simulated(context) else process_age_s()
+    startup_s = 0.0 if simulated(context) else task_startup_s()
     cfg = node_settings(context)
     threads = int(cfg.get("threads", 0) or 0)
     if threads > 0:
