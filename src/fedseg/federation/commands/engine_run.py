@@ -117,12 +117,15 @@ def require_ray() -> None:
 class LocalSites:
     """A simulation: the plan's sites on this machine, plain HTTP on loopback, on ``engine``
     (``workers``: the simulation engine's site workers, default :func:`default_workers`).
-    ``compute``: this machine's device and precision choices, the same for every site."""
+    ``compute``: this machine's device and precision choices, the same for every site.
+    ``fresh_process_per_task``: the deployment engine's sites run each task in a new
+    process instead of their warm worker (``engine.task_worker``)."""
 
     threads_per_site: int = 1
     compute: ComputeOverrides = field(default_factory=ComputeOverrides)
     engine: Engine = Engine.DEPLOYMENT
     workers: int | None = None
+    fresh_process_per_task: bool = False
 
     def check(self) -> None:
         """Refuse what cannot start, in one line, before anything is made."""
@@ -352,7 +355,7 @@ def _start_local_sites(
 ) -> None:
     """The deployment engine's simulated sites: one SuperNode each."""
     for name, node_config in local_node_configs(plan, sites, run_dir).items():
-        launcher.start_site(name, node_config)
+        launcher.start_site(name, node_config, warm=not sites.fresh_process_per_task)
 
 
 def _write_sim_nodes(plan: PlanConfig, sites: LocalSites, run_dir: Path) -> Path:

@@ -33,9 +33,12 @@ def simulate(
     compute: ComputeOverrides | None = None,
     engine: Engine = Engine.DEPLOYMENT,
     workers: int | None = None,
+    fresh_process_per_task: bool = False,
 ) -> RunResult:
     """``fedseg simulate PLAN --out RUN``: a new run folder, then the federation on
     ``engine`` (``workers``: the simulation engine's site workers); every site computes with
-    ``compute`` over the plan's ``train.compute`` (one machine)."""
-    sites = LocalSites(threads_per_site, compute or ComputeOverrides(), Engine(engine), workers)
+    ``compute`` over the plan's ``train.compute`` (one machine). ``fresh_process_per_task``:
+    see ``LocalSites``."""
+    sites = LocalSites(threads_per_site, compute or ComputeOverrides(), Engine(engine), workers,
+                       fresh_process_per_task)  # fmt: skip
     return run_federation(out, sites, plan_path=plan_path, console=console, live=live)
