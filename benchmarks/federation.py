@@ -64,7 +64,7 @@ from fedseg.data.synth.generate import make_tiny_dataset
 from fedseg.federation.commands.engine_run import default_workers
 from fedseg.federation.commands.simulate import simulate
 from fedseg.federation.engine.app_bundle import config_arg
-from fedseg.federation.engine.launcher import Launcher, SimulationOptions, free_port
+from fedseg.federation.engine.launcher import TASK_POLL_S, Launcher, SimulationOptions, free_port
 from fedseg.federation.engine.processes import Proc, flower_program, spawn, stop_all
 from fedseg.federation.engine.server_app import POLL_S, SIM_POLL_S
 from fedseg.federation.rounds.aggregation import n_bytes
@@ -282,8 +282,7 @@ def print_floor(console: Console, f: EngineFloor, fed: Side, bare: Side) -> None
         f"alone took {f.clientapp_import_s:.1f} s here. fedseg's sites hand their tasks to "
         "their warm worker instead (one process per site, started on its first message);",
         f"  - plus polls of up to 0.5 s (SuperNode reply wait), {POLL_S} s (ServerApp), "
-        "0.2 s (SuperExec), and the site's guard's task poll (FLWR_SUPEREXEC_TASK_POLL_INTERVAL, "
-        "1 s).",
+        f"{TASK_POLL_S} s (a fedseg site's guard taking its tasks; bare Flower's SuperExec).",
         f"  floor ~ {f.floor_s:.1f} s per round for bare Flower, {f.idle_sleep_s or 0.0:.1f} s "
         f"with a warm worker; measured: bare Flower {bare.wall_s:.1f} s, fedseg "
         f"{fed.wall_s:.1f} s - {fed.path_s:.1f} s critical path = {fed.overhead_s:.1f} s.",
