@@ -263,9 +263,16 @@ def run_worker(runtime_api_address: str, parent_pid: int | None) -> int:
     os.dup2(2, 1)  # a task's print must not be taken for a report
     for line in sys.stdin:
         token = line.strip()
-        if token:
-            os.environ[TASK_T0_ENV] = repr(time.time())
-            report.write(f"{run_task(runtime_api_address, token, None)}\n".encode())
+        if not token:
+            continue
+        os.environ[TASK_T0_ENV] = repr(time.time())
+        try:
+            code = run_task(runtime_api_address, token, None)
+        except Exception as err:  # before its own handling began: the worker stays
+            print(f"fedseg site: ClientApp task failed to start: {type(err).__name__}: {err}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            code = 1
+        report.write(f"{code}\n".encode())
     return 0
 
 
