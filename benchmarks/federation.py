@@ -322,8 +322,8 @@ def compare_table(title: str, rows: Sequence[tuple[Side, Side]]) -> Table:
               "round - critical path", "of it: exchange - c.p.", "of it: outside the exchange",
               "fedseg / bare (round - c.p.)", "fedseg / bare (round)"):  # fmt: skip
         t.add_column(c, justify="right")
-    for fed, bare in rows:
-        for s in (fed, bare) if rows.index((fed, bare)) == _first_of(rows, bare) else (fed,):
+    for i, (fed, bare) in enumerate(rows):
+        for s in (fed, bare) if i == _first_of(rows, bare) else (fed,):
             ratio = raw = ""
             if s is fed:
                 ratio = f"{fed.overhead_s / bare.wall_s:.2f}x"

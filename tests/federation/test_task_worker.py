@@ -75,5 +75,5 @@ def test_one_process_runs_the_tasks_in_turn_and_is_replaced_when_it_dies(
 def test_the_guard_runs_a_warm_worker_unless_told_not_to() -> None:
     warm = site_command(["flower-supernode"], 9099)
     assert "--fresh-process-per-task" not in warm
-    fresh = site_command(["flower-supernode"], 9099, warm=False)
+    fresh = site_command(["flower-supernode"], 9099, fresh_process_per_task=True)
     assert "--fresh-process-per-task" in fresh[: fresh.index("--")]

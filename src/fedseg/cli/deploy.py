@@ -114,7 +114,7 @@ def site_start(
         max_retries=max_retries,
         min_summary_cases=min_summary_cases,
         compute=compute,
-        warm_tasks=not fresh_process_per_task,
+        fresh_process_per_task=fresh_process_per_task,
     )
     # A service manager stops us with SIGTERM: leave through `finally` to stop the SuperNode.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))

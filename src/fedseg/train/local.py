@@ -246,14 +246,6 @@ def train_progress() -> Progress:
     )  # fmt: skip
 
 
-def _more(done: int, epochs: int, steps: int | None, stats: Sequence[EpochStats]) -> bool:
-    """Whether another epoch follows ``done`` of them: ``epochs`` in all, or (``steps``) until
-    that many optimizer steps are taken (an epoch without a step would never end the loop)."""
-    if steps is None:
-        return done < epochs
-    return sum(s.steps for s in stats) < steps and not any(s.steps == 0 for s in stats)
-
-
 def train_local(
     network: NetworkConfig,
     train: TrainConfig,
@@ -327,31 +319,32 @@ def train_local(
     if private is None:
         data = EpochLoader(store, train, seed, pin_memory=setup.device.type == "cuda")
     try:
-        e = first_epoch
-        while _more(e - first_epoch, epochs, steps, stats):
+        e, taken = first_epoch, 0
+        while taken < steps if steps is not None else e < first_epoch + epochs:
             if private is not None:
                 s = private.fit_epoch(e, prox, bar)
             else:
                 assert data is not None
-                left = None if steps is None else steps - sum(x.steps for x in stats)
+                left = None if steps is None else steps - taken
                 s = fit_epoch(net, opt, data, epoch=e, progress=bar, proximal=prox,
                               setup=setup, max_steps=left)  # fmt: skip
             stats.append(s)
             if on_epoch is not None:
                 on_epoch(e, s)
-            e += 1
+            e, taken = e + 1, taken + s.steps
+            if steps is not None and s.steps == 0:  # no data: more epochs never reach `steps`
+                break
     finally:
         (private or data).close()  # type: ignore[union-attr]
         if bar is not None:
             bar.stop()
-    steps = sum(s.steps for s in stats)
     return LocalResult(
         weights=get_weights(net),
         optimizer_state=optimizer_state_dict(opt, net),
         n_train=len(store),
-        train_loss=float(sum(s.loss * s.steps for s in stats) / max(steps, 1)),
+        train_loss=float(sum(s.loss * s.steps for s in stats) / max(taken, 1)),
         wall_s=time.perf_counter() - t0,
-        steps=steps,
+        steps=taken,
         epoch_losses=[s.loss for s in stats],
         data_wait_s=sum(s.data_wait_s for s in stats),
         compute_s=sum(s.compute_s for s in stats),

@@ -88,8 +88,8 @@ class SiteOptions(BaseModel):
         description="this machine's device and precision over the recipe's train.compute",
     )
     node_config: dict[str, ConfigValue] = Field(default_factory=dict)
-    warm_tasks: bool = Field(
-        True, description="tasks run in one warm worker (app_guard); false: a fresh process each"
+    fresh_process_per_task: bool = Field(
+        False, description="each task in a new process, not the site's warm worker (app_guard)"
     )
 
 
@@ -145,7 +145,9 @@ def start_site(options: SiteOptions, env: Mapping[str, str] | None = None) -> Pr
     if not options.data_dir.is_dir():
         raise FedsegError(f"data folder {options.data_dir} not found")
     check_site_compute(options.compute)
-    cmd = site_command(supernode_command(options), options.runtime_port, options.warm_tasks)
+    cmd = site_command(
+        supernode_command(options), options.runtime_port, options.fresh_process_per_task
+    )
     home = options.work_dir / FLWR_HOME
     home.mkdir(parents=True, exist_ok=True)
     return spawn(

@@ -355,7 +355,7 @@ def _start_local_sites(
 ) -> None:
     """The deployment engine's simulated sites: one SuperNode each."""
     for name, node_config in local_node_configs(plan, sites, run_dir).items():
-        launcher.start_site(name, node_config, warm=not sites.fresh_process_per_task)
+        launcher.start_site(name, node_config, sites.fresh_process_per_task)
 
 
 def _write_sim_nodes(plan: PlanConfig, sites: LocalSites, run_dir: Path) -> Path:

@@ -177,15 +177,24 @@ def refusal_line(site: str, run_id: int, fab: bytes, reason: str) -> str:
 # --- the processes -----------------------------------------------------------------------
 
 
-def site_command(supernode_cmd: list[str], runtime_port: int, warm: bool = True) -> list[str]:
+def site_command(
+    supernode_cmd: list[str], runtime_port: int, fresh_process_per_task: bool = False
+) -> list[str]:
     """A site's SuperNode (``supernode_cmd``, which must say ``--isolation process``) under
     this guard, which takes its ClientApp tasks from ``127.0.0.1:runtime_port`` and runs
-    them in its warm worker (``warm`` false: each in a fresh process)."""
+    them in its warm worker (or each in a fresh process)."""
     if "--isolation" not in supernode_cmd:
         supernode_cmd = [*supernode_cmd, "--isolation", "process"]
-    fresh = [] if warm else ["--fresh-process-per-task"]
+    fresh = ["--fresh-process-per-task"] if fresh_process_per_task else []
     return [sys.executable, "-m", "fedseg.federation.engine.app_guard", "site", *fresh,
             "--runtime-api-address", f"127.0.0.1:{runtime_port}", "--", *supernode_cmd]  # fmt: skip
+
+
+def _guard_command(mode: str, runtime_api_address: str, parent_pid: str) -> list[str]:
+    """This module in ``mode`` (``task`` or ``worker``), a child of the site's guard: no
+    task token on it (a token travels in the environment or through the worker's stdin)."""
+    return [sys.executable, "-m", "fedseg.federation.engine.app_guard", mode,
+            "--runtime-api-address", runtime_api_address, "--parent-pid", parent_pid]  # fmt: skip
 
 
 def _runtime_client(address: str, token: str | None = None) -> RuntimeHttpClient:
@@ -210,10 +219,12 @@ def _runtime_client(address: str, token: str | None = None) -> RuntimeHttpClient
     )  # fmt: skip
 
 
-def run_site(supernode_cmd: list[str], runtime_api_address: str, warm: bool = True) -> int:
+def run_site(
+    supernode_cmd: list[str], runtime_api_address: str, fresh_process_per_task: bool = False
+) -> int:
     """Start the SuperNode, then take its ClientApp tasks one by one until it exits; its
-    exit code. Each task runs :func:`run_task` in the warm worker when it is free (and
-    ``warm``), else in a fresh process."""
+    exit code. Each task runs :func:`run_task` in the warm worker when it is free, else
+    (and always with ``fresh_process_per_task``) in a fresh process."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
 
@@ -221,10 +232,9 @@ def run_site(supernode_cmd: list[str], runtime_api_address: str, warm: bool = Tr
     supernode = subprocess.Popen(supernode_cmd, preexec_fn=die_with_parent)
     client = _runtime_client(runtime_api_address)
     me = str(os.getpid())
-    worker = TaskWorker(
-        [sys.executable, "-m", "fedseg.federation.engine.app_guard", "worker",
-         "--runtime-api-address", runtime_api_address, "--parent-pid", me]
-    ) if warm else None  # fmt: skip
+    worker: TaskWorker | None = None
+    if not fresh_process_per_task:
+        worker = TaskWorker(_guard_command("worker", runtime_api_address, me))
     try:
         while supernode.poll() is None:
             try:
@@ -237,10 +247,9 @@ def run_site(supernode_cmd: list[str], runtime_api_address: str, warm: bool = Tr
             taken = res.HasField("task") and bool(res.token)
             if taken and (worker is None or not worker.take(res.token)):
                 subprocess.Popen(
-                    [sys.executable, "-m", "fedseg.federation.engine.app_guard", "task",
-                     "--runtime-api-address", runtime_api_address, "--parent-pid", me],
+                    _guard_command("task", runtime_api_address, me),
                     env={**os.environ, TOKEN_ENV: res.token},
-                )  # fmt: skip
+                )
             time.sleep(POLL_S)
     finally:
         if supernode.poll() is None:
@@ -345,8 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.mode == "site":
         if not supernode:
             sys.exit("app_guard site: give the SuperNode command after --")
-        warm = not args.fresh_process_per_task
-        sys.exit(run_site(supernode, args.runtime_api_address, warm))
+        sys.exit(run_site(supernode, args.runtime_api_address, args.fresh_process_per_task))
     elif args.mode == "worker":
         sys.exit(run_worker(args.runtime_api_address, args.parent_pid))
     else:

@@ -276,11 +276,12 @@ class Launcher:
         return proc
 
     def start_site(
-        self, site: str, node_config: Mapping[str, ConfigValue], warm: bool = True
-    ) -> Proc:
+        self, site: str, node_config: Mapping[str, ConfigValue],
+        fresh_process_per_task: bool = False,
+    ) -> Proc:  # fmt: skip
         """Start a SuperNode for ``site`` with ``node_config`` (site-name, data-dir, ...),
         under the site's app guard (:mod:`app_guard`: it runs only the fedseg app), which
-        runs its tasks in its warm worker (``warm`` false: each in a fresh process)."""
+        runs its tasks in its warm worker (or each in a fresh process)."""
         sec = self.security
         runtime_port = free_port()
         cmd = [flower_program("flower-supernode"), "--superlink", self.site_address,
@@ -295,9 +296,8 @@ class Launcher:
             if key is None:
                 raise FedsegError(f"SuperNode authentication is on but site {site} has no key")
             cmd += ["--auth-supernode-private-key", str(key)]
-        return self._spawn(
-            f"site:{site}", site_command(cmd, runtime_port, warm), f"site-{site}.log"
-        )
+        cmd = site_command(cmd, runtime_port, fresh_process_per_task)
+        return self._spawn(f"site:{site}", cmd, f"site-{site}.log")
 
     def submit(self, app_dir: Path, run_config: Mapping[str, ConfigValue],
                timeout_s: float = 180.0) -> int:  # fmt: skip

@@ -44,7 +44,7 @@ def plan_for(cfg: CompareConfig, arg: PlanArg, sites: dict[str, Path]) -> PlanCo
     params = dict(arg.strategy.params)
     rounds = 1
     steps = arg.local_steps
-    # the budget in steps, and one visit's (a round's) steps at a site, with local_steps
+    # with local_steps: the budget in steps, budget epochs at every site (module doc)
     budget_steps = cfg.budget * sum(epoch_steps(sites, cfg.train).values()) if steps else 0
     if isinstance(strat, SinglePass):
         if steps:
