@@ -6,6 +6,7 @@ site scaling its masked input is caught by the sum check, and a lying weight is 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -165,19 +166,25 @@ def test_site_level_dp_weighs_every_site_equally(tmp_path, creds):
     """Under ``dp.level: site`` each site's whole contribution is what DP protects: the
     secure sum weighs the sites 1 each. The sites' noise shares (the DP step's, tested in
     test_central_dp) are made small here and bound the tolerance."""
+    from fedseg.federation.rounds.central_dp import noise_share_sites, share_std
     from fedseg.federation.rounds.coordinator import initial_weights
     from fedseg.federation.rounds.secure_aggregation import value_range
     from fedseg.privacy.config import PrivacyConfig
 
     clip = _clip(write_run(tmp_path / "probe", tiny_plan(_sites(tmp_path), rounds=1)))
-    sigma = 1e-6  # each site's share: std sigma C / sqrt(3); the mean's: sigma C / 3
+    sigma = 1e-6
     dp = {"level": "site", "clip_norm": clip, "noise_multiplier": sigma, "epsilon": 1e12}
     privacy = {"min_summary_cases": 1, "secure_aggregation": True, "dp": dp}
     run = write_run(tmp_path / "dp", tiny_plan(_sites(tmp_path), rounds=1, privacy=privacy))
     Coordinator(run, SecureArrayTransport(creds, OFFSETS, N_TRAIN)).run()
     w0 = initial_weights(load_plan(run / PLAN_FILE))
     w1 = load_model(model_path(run, 1)).weights
-    tol = 6 * sigma * clip / 3 + 1e-6
+    # each site's share has std sigma C / sqrt(m_min), m_min = 2 here (secure aggregation's
+    # threshold for 3 sites); the mean of 3 shares has sqrt(3) / 3 of that. 8 stds: no element
+    # of the model strays that far by chance
+    m_min = noise_share_sites(load_plan(run / PLAN_FILE), 3)
+    assert m_min == 2
+    tol = 8 * share_std(sigma, clip, m_min) * math.sqrt(3) / 3 + 1e-6
     for k in float_keys(w0):  # case-weighted it would be (0.1*n1 + 0.2*n2 + 0.4*n3) / N
         np.testing.assert_allclose(w1[k], w0[k] + (0.1 + 0.2 + 0.4) / 3, atol=tol)
     # the fixed-point range keeps room for the noise; without a multiplier it cannot be sized
