@@ -54,6 +54,9 @@ from fedseg.federation.engine.processes import die_with_parent
 from fedseg.federation.engine.task_worker import TASK_T0_ENV, TaskWorker
 
 if TYPE_CHECKING:
+    from flwr.app import Context, Message
+    from flwr.supercore.fab import Fab
+    from flwr.supercore.run import Run
     from flwr.supercore.runtime import RuntimeHttpClient
 
 #: Flower's manifest inside a FAB (derived from the other files: not compared).
@@ -285,6 +288,57 @@ def run_worker(runtime_api_address: str, parent_pid: int | None) -> int:
     return 0
 
 
+#: First retry and cap (s) of a task's pull of a message object its SuperNode has not
+#: stored yet. Flower's are 1 s and 10 s: its SuperNode makes the task before it has pulled
+#: the message's objects from the SuperLink, so a warm worker that takes the task at once
+#: found them missing and slept 1 s, then 2 s (measured: 1-3.6 s per task on loopback).
+PULL_BACKOFF_S = (0.02, 0.25)
+
+
+def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, Fab]:
+    """A task's message, context, run and FAB from the SuperNode's Runtime API: Flower's
+    ``run_clientapp.pull_task_input`` with :data:`PULL_BACKOFF_S` for the message's objects."""
+    from flwr.app import Message
+    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+    from flwr.proto.node_pb2 import Node
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf,
+        make_pull_object_fn_protobuf,
+    )
+    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+    from flwr.supercore.task_identity import TaskIdentity
+
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id = res.task_id
+    TaskIdentity.run_id = res.run.run_id
+    TaskIdentity.node_id = res.context.node_id
+    context = context_from_proto(res.context)
+    run = run_from_proto(res.run)
+    fab = fab_from_proto(res.fab)
+    msgs = client.PullMessages(PullAppMessagesRequest())
+    if not msgs.messages_list:
+        raise RuntimeError("no message for this task on the SuperNode's Runtime API")
+    node = Node(node_id=context.node_id)
+    tree = msgs.message_object_trees[0]
+    first, cap = PULL_BACKOFF_S
+    pull = make_pull_object_fn_protobuf(client.PullObject, node, context.run_id)
+    confirm = make_confirm_message_received_fn_protobuf(
+        client.ConfirmMessageReceived, node, context.run_id
+    )
+    message = pull_and_inflate_object_from_tree(
+        tree,
+        pull,
+        confirm,
+        return_type=Message,
+        initial_backoff=first,
+        backoff_cap=cap,
+        max_tries_per_object=None,  # bounded by Flower's max_time, not by a count of fast tries
+    )
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower sets it
+    return message, context, run, fab
+
+
 def run_task(runtime_api_address: str, token: str, parent_pid: int | None) -> int:
     """One ClientApp task: check the FAB, then run fedseg's ClientApp or refuse. Exit code."""
     from flwr.app import Message
@@ -292,11 +346,7 @@ def run_task(runtime_api_address: str, token: str, parent_pid: int | None) -> in
     from flwr.common.constant import ErrorCode, SubStatus
     from flwr.supercore.app_utils import start_parent_process_monitor
     from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-    from flwr.supernode.runtime.run_clientapp import (
-        pull_task_input,
-        push_message,
-        push_task_output,
-    )
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
     if parent_pid is not None:
         start_parent_process_monitor(parent_pid)
