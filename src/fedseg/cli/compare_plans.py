@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from click.core import ParameterSource
 
 from fedseg.cli.compute_options import (
     CHANNELS_LAST,
@@ -15,20 +16,31 @@ from fedseg.cli.compute_options import (
     compute_overrides,
 )
 from fedseg.cli.plateau_options import MIN_DELTA, UNTIL_PLATEAU, with_plateau
+from fedseg.errors import FedsegError
 
 
 def compare(
+    ctx: typer.Context,
     plans: list[str] = typer.Argument(
-        ...,
+        None,
         help="Plan files, or strategies by name with parameters NAME:k=v,k=v (e.g. fedavg "
         "fedprox:mu=0.01 krum:f=1 cyclic:order=shuffled single-pass).",
+        show_default=False,
     ),
     data: list[Path] = typer.Option(
-        ...,
+        None,
         "--data",
         help="Site data folders that train (repeat the option); the folder name is the site name.",
+        show_default=False,
     ),
-    out: Path = typer.Option(..., "--out", help="New output folder."),
+    out: Path = typer.Option(None, "--out", help="New output folder.", show_default=False),
+    resume: Path = typer.Option(
+        None,
+        "--resume",
+        help="Continue the comparison in this folder (a run that died) with its recorded "
+        "settings (compare.yaml): every run goes on after its last finished round.",
+        show_default=False,
+    ),
     holdout: list[Path] = typer.Option(
         None, "--holdout", help="Site folders that never train: all their cases test the models."
     ),
@@ -71,6 +83,18 @@ def compare(
     cyclic:order=shuffled single-pass. Writes results.csv/.md, per_site.csv and curves.png.
     --device/--precision apply to every run (one machine).
     """
+    from fedseg.federation.commands.compare_plans.run import load_compare, run_compare
+
+    if resume is not None:
+        if given := _given(ctx, but="resume"):
+            raise FedsegError(f"--resume takes the comparison's recorded settings; leave out "
+                              f"{', '.join(given)}")  # fmt: skip
+        run_compare(load_compare(resume), resume, resume=True)
+        _wrote(resume)
+        return
+    if not plans or not data or out is None:
+        raise FedsegError("name the plans, at least one --data site folder and --out "
+                          "(or --resume DIR to continue a comparison)")  # fmt: skip
     compute = compute_overrides(device, precision, channels_last, compile_)
     from fedseg.federation.commands.central_training import site_names
     from fedseg.federation.commands.compare_plans.arguments import (
@@ -78,7 +102,6 @@ def compare(
         parse_plan_arg,
         parse_poison,
     )
-    from fedseg.federation.commands.compare_plans.run import run_compare
     from fedseg.train.config import RecipeConfig
 
     rec = RecipeConfig.from_yaml(recipe) if recipe else RecipeConfig.cpu()
@@ -100,7 +123,19 @@ def compare(
         compute=compute,
     )
     run_compare(cfg, out)
+    _wrote(out)
+
+
+def _wrote(out: Path) -> None:
     typer.echo(f"wrote {out / 'results.md'}, {out / 'results.csv'} and {out / 'curves.png'}")
+
+
+def _given(ctx: typer.Context, but: str) -> list[str]:
+    """The arguments and options given on the command line, other than ``but``."""
+    cli = ParameterSource.COMMANDLINE
+    given = [n for n in ctx.params if n != but and ctx.get_parameter_source(n) == cli]
+    return sorted("PLANS" if n == "plans" else f"--{n.rstrip('_').replace('_', '-')}"
+                  for n in given)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

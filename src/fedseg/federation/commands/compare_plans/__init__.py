@@ -34,7 +34,9 @@ ones, even when a site was poisoned) and on the held-out sites' cases (sites tha
 trained). A run's curve is its validation score per model round by the one round-score
 rule (``tracking.curves.round_scores``). Output folder::
 
-    compare.yaml       the settings          runs/<label>/     each run's folder
+    compare.yaml       the settings (``--resume DIR`` reads them and continues every run
+                       after its last finished round)
+    runs/<label>/      each run's folder
     results.csv        one row per run       results.md        the same as a markdown table
     per_site.csv       Dice per run, model, site and region
     curves.png         mean validation Dice against local epochs per site, every run

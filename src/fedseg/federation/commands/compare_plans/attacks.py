@@ -72,7 +72,7 @@ def scramble_site(src: Path, dst: Path) -> Path:
             raise FedsegError(f"case {case.case_id} in {src} has no label map to scramble")
         lab = scramble_labels(vol.label)
         write_case(dst, case.case_id, vol.image, lab, vol.affine, modalities=vol.present)
-    shutil.copyfile(src / SPLIT_FILE, dst / SPLIT_FILE)
     if (src / SITE_CONFIG_FILE).is_file():  # the copy lacks what its source lacks
         shutil.copyfile(src / SITE_CONFIG_FILE, dst / SITE_CONFIG_FILE)
+    shutil.copyfile(src / SPLIT_FILE, dst / SPLIT_FILE)  # last: a copy with it is whole
     return dst

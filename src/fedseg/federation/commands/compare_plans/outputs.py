@@ -30,7 +30,7 @@ class RunOutcome:
     curve: list[tuple[float, float]]
     final: Path
     best: Path | None
-    wall_s: float
+    wall_s: float  #: its finished rounds' (epochs') walls summed, over every session
     scores: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     per_site: list[dict[str, Any]] = field(default_factory=list)
 
