@@ -103,6 +103,12 @@ def critical_path(site_rounds: Iterable[SiteRound]) -> float:
     return max(per.values(), default=0.0)
 
 
+def later_startups(site_rounds: Iterable[SiteRound]) -> list[float]:
+    """Each task's start-up (``startup_s``: hand-over to training) in the rounds after the
+    first, which pays the worker's own start."""
+    return [(s.extra or {}).get("startup_s", 0.0) for s in site_rounds if s.round > 1]
+
+
 def round_walls(rounds: Sequence[Mapping[str, Any]]) -> dict[int, float]:
     """Per done round, its wall time from its start to the next round's start (what the
     coordinator does between rounds counts), the last round from its start to its end."""
@@ -468,16 +474,12 @@ def main() -> None:
                          bare_walls)  # fmt: skip
         rows.append((fed, bare_side))
         if engine == Engine.DEPLOYMENT:
-            startup["fedseg, warm worker per site"] = [
-                (s.extra or {}).get("startup_s", 0.0) for s in srs if s.round > 1
-            ]
+            startup["fedseg, warm worker per site"] = later_startups(srs)
             console.print(f"{engine} engine: fedseg simulate, a fresh process per site task ...")
             fresh, fresh_srs = fedseg_side(plan_path, work / f"run-{engine}-fresh", engine,
                                            None, console, fresh=True)  # fmt: skip
             rows.append((fresh, bare_side))
-            startup[FRESH] = [
-                (s.extra or {}).get("startup_s", 0.0) for s in fresh_srs if s.round > 1
-            ]
+            startup[FRESH] = later_startups(fresh_srs)
 
     console.print(per_round_table(rows))
     console.print(compare_table(

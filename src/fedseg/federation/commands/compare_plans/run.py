@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedseg.config_files import first_error, read_yaml_mapping
 from fedseg.data.splits import SPLIT_FILE, load_split
 from fedseg.errors import FedsegError
 from fedseg.federation.commands.compare_plans.arguments import CompareConfig
@@ -94,11 +95,11 @@ def load_compare(out: Path) -> CompareConfig:
     path = Path(out) / COMPARE_FILE
     if not path.is_file():
         raise FedsegError(f"{out}: no comparison to resume (no {COMPARE_FILE} there)")
+    raw = read_yaml_mapping(path, "comparison's settings")
     try:
-        return CompareConfig.model_validate(yaml.safe_load(path.read_text()))
-    except (ValidationError, yaml.YAMLError) as err:
-        first = str(err).splitlines()[0]
-        raise FedsegError(f"{path}: not a comparison's settings ({first})") from None
+        return CompareConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise FedsegError(f"{path}: not a comparison's settings ({first_error(exc)})") from None
 
 
 def _check_sites(cfg: CompareConfig) -> None:
@@ -133,12 +134,13 @@ def _run_plan(cfg: CompareConfig, plan: PlanConfig, run_dir: Path, sites: dict[s
         plan = plan.model_copy(
             update={"cross_site": plan.cross_site.model_copy(update={"enabled": False})}
         )
-    if not (run_dir / PLAN_FILE).is_file():  # else a resumed run: its plan and store stay
+    new = not (run_dir / PLAN_FILE).is_file()  # else a resumed run: its plan and store stay
+    if new:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_plan(run_dir / PLAN_FILE, plan)
-        with RunStore(run_dir) as store:
-            store.meta.set_run_id(f"compare-{plan.name}")
     with RunStore(run_dir) as store:
+        if new:
+            store.meta.set_run_id(f"compare-{plan.name}")
         done = store.last_done_round()
     xs = epochs_axis(plan)
     rounds = len(xs) - 1
