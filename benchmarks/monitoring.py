@@ -285,7 +285,10 @@ def _figure(results: list[SeedResult], by_role: dict, detect_by: int, path: Path
 
 
 def main() -> None:
-    from fedseg.plan import CrossSiteConfig
+    from pydantic import ValidationError
+
+    from fedseg.config_files import first_error
+    from fedseg.plan import AlarmConfig, CrossSiteConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0-19", help="e.g. 0-19 or 100-119 or 1,3,5")
@@ -312,6 +315,11 @@ def main() -> None:
     seeds = parse_seeds(args.seeds)
     overrides = dict(kv.split("=", 1) for kv in args.set)
     console = Console()
+    try:
+        AlarmConfig.model_validate(overrides)
+    except ValidationError as exc:
+        console.print(f"--set {first_error(exc, top='alarms')}")
+        raise SystemExit(2) from None
     args.keep.mkdir(parents=True, exist_ok=True)
     folders = {s: args.keep / f"seed_{s:04d}" for s in seeds}
     # a kept run is reused (its folder holds roles.json once it finished); delete it to redo

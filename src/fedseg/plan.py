@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedseg.config_files import first_error, read_yaml_mapping
 from fedseg.data.cases import MODALITIES
@@ -77,6 +84,11 @@ class AlarmConfig(BaseModel):
         "checked (fewer cannot estimate the model-draw variance)",
     )  # fmt: skip
     labels_persist: int = Field(1, ge=1, description="consecutive checks labels_disagree holds")
+    labels_between: Literal["site", "federation"] = Field(
+        "site", description="labels_disagree: the between-evaluator variance of a site's "
+        "away interval: its own (DerSimonian-Laird, floored by the federation's median) or "
+        "the one pooled over the other sites (tracking.evidence.Between)",
+    )  # fmt: skip
     window: int | None = Field(None, ge=3, description="only the last N models (None: all)")
     stall_window: int = Field(8, ge=4, description="models in the trend window of `stalled`")
     stall_persist: int = Field(2, ge=1, description="consecutive rounds `stalled` must hold")
@@ -99,6 +111,18 @@ class AlarmConfig(BaseModel):
         "describe it",
     )
     notify_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _evidence_fits_the_window(self) -> AlarmConfig:
+        # a check pools at most evidence_window local-model rounds: more is never reached
+        if self.labels_min_models > self.evidence_window:
+            raise ValueError(
+                f"labels_min_models {self.labels_min_models} is above evidence_window "
+                f"{self.evidence_window}: a check pools at most evidence_window local-model "
+                "rounds, so labels_disagree could never fire; raise evidence_window or lower "
+                "labels_min_models"
+            )
+        return self
 
     def for_task(self, task: str) -> AlarmConfig:
         """The settings a run of ``task`` (plan ``task``) uses. Segmentation: these. A
@@ -508,6 +532,8 @@ alarms:
   labels_alpha: 0.05   # test level (Bonferroni over ET/TC/WT)
   labels_min_models: 3 # local-model rounds of evidence before the first check
   evidence_window: 3   # local-model rounds each check pools (cases are the unit, not rounds)
+  labels_between: site # between-evaluator variance of the away test: the site's own, or
+                       # federation (pooled over the other sites: README, monitoring)
   notify_command: null # argv run once per new (site, kind) alarm; env FEDSEG_ALARM_*
 # Which round models stay on disk (models/round_XXXX.pt; 121 MB each at FeTS size). After
 # every round the others are deleted, except the rounds `fedseg select` picks (best.pt).

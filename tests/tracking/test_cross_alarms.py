@@ -10,6 +10,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedseg.plan import AlarmConfig
@@ -24,7 +25,13 @@ from fedseg.tracking.alarms import (
     replay_alarms,
 )
 from fedseg.tracking.curves import site_curves
-from fedseg.tracking.evidence import evidence_from_rows, site_evidence
+from fedseg.tracking.evidence import (
+    dersimonian_laird,
+    evidence_from_rows,
+    heterogeneity,
+    site_evidence,
+    tau2_of,
+)
 from fedseg.tracking.store import RunStore
 from tests.tracking.conftest import build_run, noisy, rising
 from tests.tracking.cross_fixtures import build_cross_run, copy_round_rows, profile
@@ -308,3 +315,48 @@ def test_an_evaluator_that_moves_every_model_neither_hides_nor_fakes_a_site(
         assert sa is not None and sb is not None and sb < 1.25 * sa, (site, sa, sb)
     found = alarms_of(moved)
     assert {a.site for a in found} == {"bad"} and found[0].kind == LABELS
+
+
+#: a mislabeled site whose TC loss depends on the evaluator's cases (benchmark seed 21:
+#: centred cells -0.62, -0.35, -0.14 at its three evaluators, all of them negative)
+UNEVEN = {("bad", "c1"): {"TC": -0.25}, ("bad", "hard"): {"TC": 0.22}, ("bad", "scan"): {"TC": 0.1}}
+
+
+def test_an_uneven_loss_across_evaluators_is_judged_against_the_federations_spread(
+    tmp_path: Path,
+) -> None:
+    """With its own between-evaluator variance (2-3 evaluators: 1-2 degrees of freedom)
+    the site's interval is wide and it is missed; with the federation's, which is what a
+    site like the others would show, it is flagged by round 6 and nobody else is."""
+    bad = profile("swapped", away={"ET": -0.06, "TC": -0.30, "WT": 0.02})
+    run = build_cross_run(tmp_path / "run", federation(bad), seed=0, pair_shift=UNEVEN)  # type: ignore[arg-type]
+    own = AlarmConfig(labels_between="site")
+    federations = AlarmConfig(labels_between="federation")
+    with RunStore(run) as store:
+        ev_own = site_evidence(store, 6, 3, between="site")
+        ev_fed = site_evidence(store, 6, 3, between="federation")
+        assert ev_fed[("bad", "TC")].centred == ev_own[("bad", "TC")].centred
+        assert ev_fed[("bad", "TC")].centred_se < 0.6 * ev_own[("bad", "TC")].centred_se  # type: ignore[operator]
+        assert labels_check(ev_own, "bad", own).holds is False  # type: ignore[union-attr]
+        assert labels_check(ev_fed, "bad", federations).holds is True  # type: ignore[union-attr]
+    assert first_flagged(alarms_of(run, own)).get(("bad", LABELS), 99) > 6
+    found = alarms_of(run, federations)
+    assert first_flagged(found).get(("bad", LABELS), 99) <= 6
+    assert {a.site for a in found} == {"bad"}
+
+
+def test_the_pooled_between_evaluator_variance_is_the_within_group_spread_beyond_the_cases() -> (
+    None
+):
+    """Summed DerSimonian-Laird moments of groups with equal case variances ``v`` give one
+    shared tau^2: the pooled within-group variance of the means minus ``v``."""
+    v = 0.001
+    groups = [np.array([0.10, 0.16, 0.04]), np.array([-0.2, -0.26]), np.array([0.3, 0.35, 0.2])]
+    moments = [heterogeneity(g, np.full(g.size, v)) for g in groups]
+    q, df, c = (sum(m[i] for m in moments) for i in range(3))
+    spread = sum(float(np.sum((g - g.mean()) ** 2)) for g in groups) / sum(
+        g.size - 1 for g in groups
+    )
+    assert tau2_of(q, int(df), c) == pytest.approx(spread - v)
+    # one group alone is DerSimonian-Laird's own estimate
+    assert tau2_of(*moments[0]) == pytest.approx(dersimonian_laird(groups[0], np.full(3, v)))

@@ -10,7 +10,9 @@ The statistics are in ``tracking.evidence`` (cases are the unit, rounds are coll
   checks on 1-2 rounds): in some region (ET/TC/WT, Bonferroni over the three), the site's
   local models lose more than ``delta_away`` Dice on the other sites' cases beyond the
   federation's typical loss (one-sided z on the centred away effect, level
-  ``labels_alpha / 3``), **and** one of three signs that the labels, not the images,
+  ``labels_alpha / 3``; the interval's between-evaluator variance is the site's own or,
+  with ``labels_between: federation``, the one pooled over the others:
+  ``tracking.evidence.Between``), **and** one of three signs that the labels, not the images,
   differ, each at level ``labels_alpha``:
 
   - *inside the tumour* (ET or TC): the loss there exceeds the loss on the whole tumour
@@ -377,7 +379,8 @@ def labels_results(store: RunStore, rnd: int, cfg: AlarmConfig) -> dict[str, Lab
     now: dict[str, LabelsResult] = {}
     held: dict[str, bool] = {}
     for i, upto in enumerate(points):
-        ev = evidence_from_rows(rows, site_rounds, window=cfg.evidence_window, upto=upto)
+        ev = evidence_from_rows(rows, site_rounds, window=cfg.evidence_window, upto=upto,
+                                between=cfg.labels_between)  # fmt: skip
         for site in sorted({s for s, _ in ev}):
             res = labels_check(ev, site, cfg)
             if i == 0:

@@ -50,6 +50,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import stats
@@ -63,6 +64,13 @@ from fedseg.tracking.store import CROSS_DICE_DIFF, CrossRow, RunStore, SiteRound
 #: the regions the away test runs in (a multiplicity correction over them); ``mean`` is shown
 TESTED_REGIONS: tuple[str, ...] = REGIONS
 ALL_GROUPS: tuple[str, ...] = (*REGIONS, "mean")
+#: whose between-evaluator variance (tau^2) an away interval uses: ``site``, the site's own
+#: DerSimonian-Laird estimate floored by the federation's median; ``federation``, one tau^2
+#: pooled over the other sites (their Q, df and C summed), the spread a site like the
+#: others would show under the test's null. A site's own estimate rests on its 2-3
+#: evaluators (1-2 degrees of freedom): a bad model that hurts one evaluator much more
+#: than another widens its own interval (benchmark hold-out seed 21, swapped, missed)
+Between = Literal["site", "federation"]
 
 
 @dataclass(frozen=True)
@@ -154,16 +162,28 @@ def case_variance(sd: float, n: int) -> float:
     return float(sd) ** 2 / max(n - 1, 1)
 
 
+def heterogeneity(means: np.ndarray, variances: np.ndarray) -> tuple[float, int, float]:
+    """``(Q, df, C)`` of DerSimonian-Laird's moment estimator over ``means`` with within
+    variances ``variances``: tau^2 = max(0, (Q - df) / C). Sums of them over groups give the
+    pooled tau^2 of groups assumed to share one between-study variance."""
+    w = 1.0 / np.maximum(variances, 1e-8)
+    ybar = float(np.sum(w * means) / np.sum(w))
+    q = float(np.sum(w * (means - ybar) ** 2))
+    c = float(np.sum(w) - np.sum(w**2) / np.sum(w))
+    return q, int(means.size) - 1, c
+
+
+def tau2_of(q: float, df: int, c: float) -> float:
+    """DerSimonian-Laird's tau^2 from the moments of ``heterogeneity`` (summed or not)."""
+    return max(0.0, (q - df) / c) if c > 0 else 0.0
+
+
 def dersimonian_laird(means: np.ndarray, variances: np.ndarray) -> float | None:
     """Between-study variance tau^2 of ``means`` with within variances ``variances``
     (DerSimonian-Laird); None with fewer than 2 values."""
     if means.size < 2:
         return None
-    w = 1.0 / np.maximum(variances, 1e-8)
-    ybar = float(np.sum(w * means) / np.sum(w))
-    q = float(np.sum(w * (means - ybar) ** 2))
-    c = float(np.sum(w) - np.sum(w**2) / np.sum(w))
-    return max(0.0, (q - (means.size - 1)) / c) if c > 0 else 0.0
+    return tau2_of(*heterogeneity(means, variances))
 
 
 @dataclass(frozen=True)
@@ -173,6 +193,7 @@ class _Parts:
     value: float
     var_cases: float
     tau2: float | None
+    moments: tuple[float, int, float] | None  # heterogeneity(): (Q, df, C); None: 1 cell
     weights2: float  # sum w_j^2
     round_var: float | None
     rounds: int
@@ -199,6 +220,7 @@ def _pool(means: list[float], variances: list[float], n: list[int], evaluators: 
         value=float(np.sum(w * m_arr)),
         var_cases=float(np.sum(w**2 * v_arr)),
         tau2=dersimonian_laird(m_arr, v_arr),
+        moments=heterogeneity(m_arr, v_arr) if m_arr.size >= 2 else None,
         weights2=float(np.sum(w**2)),
         round_var=float(np.var(effects, ddof=1)) if len(effects) >= 2 else None,
         rounds=len(effects),
@@ -222,16 +244,32 @@ def _parts(cells: list[CrossCell], rows: list[CrossRow]) -> _Parts | None:
                  [c.n for c in cells], [c.eval_site for c in cells], per_round)  # fmt: skip
 
 
-def _floored(parts: dict[str, _Parts]) -> dict[str, Estimate]:
+def _others_tau2(parts: dict[str, _Parts], site: str) -> float | None:
+    """tau^2 pooled over the other sites' cells (their Q, df and C summed: one
+    between-evaluator variance shared by the sites, ``Between``); None: no other site has
+    2 evaluators."""
+    moments = [p.moments for s, p in parts.items() if s != site and p.moments is not None]
+    if not moments:
+        return None
+    q, df, c = (sum(m[i] for m in moments) for i in range(3))
+    return tau2_of(q, int(df), c)
+
+
+def _floored(parts: dict[str, _Parts], between: Between = "site") -> dict[str, Estimate]:
     """Estimates with the federation's median of each variance part as its floor (and as
-    the value where a site's own part cannot be estimated)."""
+    the value where a site's own part cannot be estimated). ``between="federation"``: the
+    between-evaluator variance is the one pooled over the other sites (``Between``)."""
     taus = [p.tau2 for p in parts.values() if p.tau2 is not None]
     rvars = [p.round_var for p in parts.values() if p.round_var is not None]
     tau_floor = float(np.median(taus)) if taus else 0.0
     rvar_floor = float(np.median(rvars)) if rvars else 0.0
     out = {}
     for site, p in parts.items():
-        tau2 = max(p.tau2 if p.tau2 is not None else 0.0, tau_floor)
+        if between == "federation":
+            pooled = _others_tau2(parts, site)
+            tau2 = tau_floor if pooled is None else pooled
+        else:
+            tau2 = max(p.tau2 if p.tau2 is not None else 0.0, tau_floor)
         var_e = p.weights2 * tau2
         var_m = max(p.round_var if p.round_var is not None else 0.0, rvar_floor) / max(p.rounds, 1)
         se = math.sqrt(p.var_cases + var_e + var_m)
@@ -259,7 +297,8 @@ def _windowed(rows: list[CrossRow], window: int, *, home: bool) -> dict[str, lis
     return out
 
 
-def _estimates(rows: list[CrossRow], window: int, *, home: bool) -> dict[str, Estimate]:
+def _estimates(rows: list[CrossRow], window: int, *, home: bool,
+               between: Between = "site") -> dict[str, Estimate]:  # fmt: skip
     """Per model site, its away (or home) estimate over its last ``window`` local-model
     rounds with such evidence (``rows``: one region's dice_diff rows)."""
     parts: dict[str, _Parts] = {}
@@ -268,22 +307,7 @@ def _estimates(rows: list[CrossRow], window: int, *, home: bool) -> dict[str, Es
         p = _parts(cross_cells(mine, region=region, metric=CROSS_DICE_DIFF), mine)
         if p is not None:
             parts[site] = p
-    return _floored(parts)
-
-
-def _diff_rows(rows: list[CrossRow], region: str) -> list[CrossRow]:
-    return [r for r in rows if r.metric == CROSS_DICE_DIFF and r.region == region]
-
-
-def away_estimates(rows: list[CrossRow], region: str, window: int) -> dict[str, Estimate]:
-    """Per model site: its away effect in ``region`` over its last ``window`` local-model
-    rounds with away evidence (``rows``: cross rows, any metrics and regions)."""
-    return _estimates(_diff_rows(rows, region), window, home=False)
-
-
-def home_estimates(rows: list[CrossRow], region: str, window: int) -> dict[str, Estimate]:
-    """Per site: the home gain of its last ``window`` local models in ``region``."""
-    return _estimates(_diff_rows(rows, region), window, home=True)
+    return _floored(parts, between)
 
 
 def centred(est: dict[str, Estimate], site: str) -> tuple[float, float, float | None]:
@@ -298,8 +322,8 @@ def centred(est: dict[str, Estimate], site: str) -> tuple[float, float, float | 
     return own.value - ref, math.sqrt(own.se**2 + var_ref), ref
 
 
-def centred_away(rows: list[CrossRow], window: int,
-                 est: dict[str, Estimate]) -> dict[str, tuple[float, float, float]]:  # fmt: skip
+def centred_away(rows: list[CrossRow], window: int, est: dict[str, Estimate],
+                 between: Between = "site") -> dict[str, tuple[float, float, float]]:  # fmt: skip
     """Per model site ``i``: ``(c, se, reference)``, its away effect beyond the other
     sites' local models **on the same evaluator's cases** (``rows``: one region's away
     dice_diff rows; ``est``: the raw estimates, for the reference ``a_i - c``).
@@ -343,7 +367,7 @@ def centred_away(rows: list[CrossRow], window: int,
                 by_round[r].append((n, m - float(np.median(others_r))))
         parts[site] = _pool(xs, vs, ns, used, by_round)
     out = {}
-    for site, e in _floored(parts).items():
+    for site, e in _floored(parts, between).items():
         raw = est.get(site)
         out[site] = (e.value, e.se, (raw.value - e.value) if raw is not None else float("nan"))
     return out
@@ -382,20 +406,22 @@ def evidence_from_rows(
     window: int,
     upto: int,
     regions: tuple[str, ...] = ALL_GROUPS,
+    between: Between = "site",
 ) -> dict[tuple[str, str], SiteEvidence]:
     """``(site, region) -> SiteEvidence`` from cross rows made in rounds ``<= upto`` and the
-    site rounds (training losses) ``<= upto``."""
+    site rounds (training losses) ``<= upto``; ``between``: whose between-evaluator
+    variance the away intervals use (``Between``)."""
     rows = with_mean_rows(r for r in rows if r.round <= upto and r.metric == CROSS_DICE_DIFF)
     by_region: dict[str, list[CrossRow]] = defaultdict(list)
     for r in rows:
         by_region[r.region].append(r)
     out: dict[tuple[str, str], SiteEvidence] = {}
-    away = {g: _estimates(by_region[g], window, home=False) for g in regions}
+    away = {g: _estimates(by_region[g], window, home=False, between=between) for g in regions}
     home = {g: _estimates(by_region[g], window, home=True) for g in regions}
     windows = {s: set(e.model_rounds) for g in regions for s, e in away[g].items()}
     ratios = loss_ratios(site_rounds, windows, window, upto)
     sites = sorted({s for g in regions for s in (*away[g], *home[g])})
-    within = {g: centred_away(by_region[g], window, away[g]) for g in regions}
+    within = {g: centred_away(by_region[g], window, away[g], between) for g in regions}
     for g in regions:
         for site in sites:
             a = away[g].get(site)
@@ -409,14 +435,18 @@ def evidence_from_rows(
 
 
 def site_evidence(
-    store: RunStore, upto_round: int, window: int, regions: tuple[str, ...] = ALL_GROUPS
+    store: RunStore,
+    upto_round: int,
+    window: int,
+    regions: tuple[str, ...] = ALL_GROUPS,
+    between: Between = "site",
 ) -> dict[tuple[str, str], SiteEvidence]:
     """``evidence_from_rows`` of the store after round ``upto_round`` ({} without cross rows)."""
     rows = store.cross(metric=CROSS_DICE_DIFF, upto_round=upto_round)
     if not rows:
         return {}
     return evidence_from_rows(rows, store.site_rounds(), window=window, upto=upto_round,
-                              regions=regions)  # fmt: skip
+                              regions=regions, between=between)  # fmt: skip
 
 
 def has_away_evidence(store: RunStore, upto_round: int | None = None) -> bool:
