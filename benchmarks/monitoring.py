@@ -40,10 +40,14 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from fedseg.plan import AlarmConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -149,9 +153,10 @@ class SeedResult:
     rounds: int = 0
 
 
-def score_seed(folder: Path, overrides: dict[str, str]) -> SeedResult:
-    """Alarms per round and the contribution ranking of one kept run."""
-    from fedseg.plan import AlarmConfig
+def score_seed(folder: Path, cfg: AlarmConfig) -> SeedResult:
+    """Alarms per round and the contribution ranking of one kept run, scored with ``cfg``:
+    this code's alarm defaults plus ``--set``, not the settings the kept run recorded (a
+    replay scores the rule as it is now; the demo plan sets no alarm keys)."""
     from fedseg.run_folder import AlarmLevel, RoundStatus
     from fedseg.tracking.alarms import evaluate_alarms
     from fedseg.tracking.contributions import estimate_contributions
@@ -159,9 +164,6 @@ def score_seed(folder: Path, overrides: dict[str, str]) -> SeedResult:
 
     info = json.loads((folder / ROLES_FILE).read_text())
     run = folder / "run"
-    # this code's alarm defaults, not the ones the kept run recorded: a replay scores the
-    # rule as it is now (the demo plan sets no alarm keys)
-    cfg = AlarmConfig.model_validate(overrides)
     res = SeedResult(int(info["seed"]), info["roles"], wall_s=float(info.get("wall_s", 0.0)))
     store = open_run(run)
     try:
@@ -316,9 +318,9 @@ def main() -> None:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     console = Console()
     try:
-        AlarmConfig.model_validate(overrides)
+        cfg = AlarmConfig.model_validate(overrides)
     except ValidationError as exc:
-        console.print(f"--set {first_error(exc, top='alarms')}")
+        console.print(f"--set {first_error(exc, top='alarms')}", soft_wrap=True)
         raise SystemExit(2) from None
     args.keep.mkdir(parents=True, exist_ok=True)
     folders = {s: args.keep / f"seed_{s:04d}" for s in seeds}
@@ -344,7 +346,7 @@ def main() -> None:
     if not kept:
         console.print(f"no kept runs of seeds {args.seeds} in {args.keep}")
         raise SystemExit(1)
-    results = [score_seed(folders[s], overrides) for s in kept]
+    results = [score_seed(folders[s], cfg) for s in kept]
     if overrides:
         console.print(f"alarm settings changed for scoring: {overrides}")
     report(results, args.detect_by, console, args.keep)

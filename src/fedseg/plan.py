@@ -34,6 +34,10 @@ from fedseg.train.config import TrainConfig, check_shapes
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+#: whose between-evaluator variance (tau^2) the labels_disagree away interval uses: the
+#: site's own (DerSimonian-Laird, floored by the federation's median) or one pooled over the
+#: other sites (``tracking.evidence``)
+Between = Literal["site", "federation"]
 #: what a synthesis run's alarms may watch (validated per modality, higher is better)
 SYNTHESIS_ALARM_METRICS = ("ssim", "psnr")
 
@@ -84,10 +88,10 @@ class AlarmConfig(BaseModel):
         "checked (fewer cannot estimate the model-draw variance)",
     )  # fmt: skip
     labels_persist: int = Field(1, ge=1, description="consecutive checks labels_disagree holds")
-    labels_between: Literal["site", "federation"] = Field(
+    labels_between: Between = Field(
         "site", description="labels_disagree: the between-evaluator variance of a site's "
         "away interval: its own (DerSimonian-Laird, floored by the federation's median) or "
-        "the one pooled over the other sites (tracking.evidence.Between)",
+        "the one pooled over the other sites (Between)",
     )  # fmt: skip
     window: int | None = Field(None, ge=3, description="only the last N models (None: all)")
     stall_window: int = Field(8, ge=4, description="models in the trend window of `stalled`")

@@ -11,9 +11,9 @@ The statistics are in ``tracking.evidence`` (cases are the unit, rounds are coll
   local models lose more than ``delta_away`` Dice on the other sites' cases beyond the
   federation's typical loss (one-sided z on the centred away effect, level
   ``labels_alpha / 3``; the interval's between-evaluator variance is the site's own or,
-  with ``labels_between: federation``, the one pooled over the others:
-  ``tracking.evidence.Between``), **and** one of three signs that the labels, not the images,
-  differ, each at level ``labels_alpha``:
+  with ``labels_between: federation``, the one pooled over the others: ``plan.Between``),
+  **and** one of three signs that the labels, not the images, differ, each at level
+  ``labels_alpha``:
 
   - *inside the tumour* (ET or TC): the loss there exceeds the loss on the whole tumour
     (WT) by more than ``delta_inside``. Label errors inside the tumour (swapped or

@@ -50,13 +50,13 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from scipy import stats
 
 from fedseg.data.labels import REGIONS
 from fedseg.model.summary import Summary
+from fedseg.plan import Between
 from fedseg.run_folder import SiteRoundStatus
 from fedseg.tracking.cross_matrix import CrossCell, cross_cells
 from fedseg.tracking.store import CROSS_DICE_DIFF, CrossRow, RunStore, SiteRound
@@ -64,13 +64,6 @@ from fedseg.tracking.store import CROSS_DICE_DIFF, CrossRow, RunStore, SiteRound
 #: the regions the away test runs in (a multiplicity correction over them); ``mean`` is shown
 TESTED_REGIONS: tuple[str, ...] = REGIONS
 ALL_GROUPS: tuple[str, ...] = (*REGIONS, "mean")
-#: whose between-evaluator variance (tau^2) an away interval uses: ``site``, the site's own
-#: DerSimonian-Laird estimate floored by the federation's median; ``federation``, one tau^2
-#: pooled over the other sites (their Q, df and C summed), the spread a site like the
-#: others would show under the test's null. A site's own estimate rests on its 2-3
-#: evaluators (1-2 degrees of freedom): a bad model that hurts one evaluator much more
-#: than another widens its own interval (benchmark hold-out seed 21, swapped, missed)
-Between = Literal["site", "federation"]
 
 
 @dataclass(frozen=True)
@@ -192,7 +185,6 @@ class _Parts:
 
     value: float
     var_cases: float
-    tau2: float | None
     moments: tuple[float, int, float] | None  # heterogeneity(): (Q, df, C); None: 1 cell
     weights2: float  # sum w_j^2
     round_var: float | None
@@ -201,6 +193,11 @@ class _Parts:
     evaluators: tuple[str, ...]
     model_rounds: tuple[int, ...]
     round_effects: tuple[float, ...]
+
+    @property
+    def tau2(self) -> float | None:
+        """The site's own DerSimonian-Laird tau^2 between its cells (None: 1 cell)."""
+        return None if self.moments is None else tau2_of(*self.moments)
 
 
 def _pool(means: list[float], variances: list[float], n: list[int], evaluators: list[str],
@@ -219,7 +216,6 @@ def _pool(means: list[float], variances: list[float], n: list[int], evaluators: 
     return _Parts(
         value=float(np.sum(w * m_arr)),
         var_cases=float(np.sum(w**2 * v_arr)),
-        tau2=dersimonian_laird(m_arr, v_arr),
         moments=heterogeneity(m_arr, v_arr) if m_arr.size >= 2 else None,
         weights2=float(np.sum(w**2)),
         round_var=float(np.var(effects, ddof=1)) if len(effects) >= 2 else None,
@@ -246,8 +242,11 @@ def _parts(cells: list[CrossCell], rows: list[CrossRow]) -> _Parts | None:
 
 def _others_tau2(parts: dict[str, _Parts], site: str) -> float | None:
     """tau^2 pooled over the other sites' cells (their Q, df and C summed: one
-    between-evaluator variance shared by the sites, ``Between``); None: no other site has
-    2 evaluators."""
+    between-evaluator variance shared by the sites), the spread a site like the others
+    would show under the away test's null; None: no other site has 2 evaluators. A site's
+    own estimate rests on its 2-3 evaluators (1-2 degrees of freedom): a bad model that
+    hurts one evaluator much more than another widens its own interval (the monitoring
+    benchmark's seed 21, swapped, was missed so)."""
     moments = [p.moments for s, p in parts.items() if s != site and p.moments is not None]
     if not moments:
         return None
