@@ -98,15 +98,19 @@ def build_cross_run(
     heterogeneity_sd: float = 0.04,
     evaluator_shift: dict[str, dict[str, float]] | None = None,
     pair_shift: dict[tuple[str, str], dict[str, float]] | None = None,
+    round_shift: dict[tuple[str, int], dict[str, float]] | None = None,
 ) -> Path:
     """Write a finished run of ``rounds`` rounds to ``run`` (see the module docstring);
     ``cross=False`` writes no cross-site rows (a run without cross-site validation);
     ``evaluator_shift`` adds, per evaluator and region, a shift to every local model's
     away effect on that evaluator's cases (e.g. cases without enhancing tumour);
     ``pair_shift`` per (model site, evaluator) and region, a shift of that site's local
-    models on that evaluator's cases only (wrong labels that hurt more on some cases)."""
+    models on that evaluator's cases only (wrong labels that hurt more on some cases);
+    ``round_shift`` per (model site, model round) and region, a shift of that local model
+    on every evaluator's cases (a model that breaks a region in some rounds only)."""
     shift = evaluator_shift or {}
     pair = pair_shift or {}
+    by_round = round_shift or {}
     rng = np.random.default_rng(seed)
     prof = {s: PROFILES[p] if isinstance(p, str) else p for s, p in sites.items()}
     names = sorted(prof)
@@ -146,6 +150,7 @@ def build_cross_run(
                     for e in chosen:
                         away = {g: v + shift.get(e, {}).get(g, 0.0)
                                 + pair.get((s, e), {}).get(g, 0.0)
+                                + by_round.get((s, mr), {}).get(g, 0.0)
                                 for g, v in prof[s].away.items()}  # fmt: skip
                         rows += _cell(rnd, s, mr, e, mr, away, curvature,
                                       model_draw[(s, mr)], diff_case, rng, heterogeneity_sd,

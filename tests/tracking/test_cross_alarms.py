@@ -360,3 +360,62 @@ def test_the_pooled_between_evaluator_variance_is_the_within_group_spread_beyond
     assert tau2_of(q, int(df), c) == pytest.approx(spread - v)
     # one group alone is DerSimonian-Laird's own estimate
     assert tau2_of(*moments[0]) == pytest.approx(dersimonian_laird(groups[0], np.full(3, v)))
+
+
+#: an eroded site whose local model breaks the enhancing tumour in every other round only
+#: (benchmark seeds 41 and 57: round effects -0.47, -0.01, -0.68)
+ALTERNATING = {("bad", r): {"ET": -0.4 if r % 2 == 0 else 0.4} for r in range(1, 9)}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_site_that_breaks_a_region_every_other_round_is_judged_against_the_others_draws(
+    tmp_path: Path, seed: int
+) -> None:
+    """Its own model-draw variance (3 rounds that swing by 0.8) hides a mean loss of 0.3 in
+    ET; with the others' pooled over them, what a site like them shows, it is flagged by
+    round 6 and nobody else is."""
+    bad = profile("eroded", away={"ET": -0.30, "TC": -0.08, "WT": -0.01})
+    run = build_cross_run(tmp_path / "run", federation(bad), seed=seed, round_shift=ALTERNATING)  # type: ignore[arg-type]
+    with RunStore(run) as store:
+        own = site_evidence(store, 6, 3, between="site", first_model=2)[("bad", "ET")].away
+        pooled = site_evidence(store, 6, 3, first_model=2)[("bad", "ET")].away
+    assert own is not None and pooled is not None
+    assert pooled.var_models < own.var_models / 4
+    found = alarms_of(run)
+    assert first_flagged(found).get(("bad", LABELS), 99) <= 6
+    assert {a.site for a in found if a.kind == LABELS} == {"bad"}
+    if seed != 2:  # one seed's draws happen to leave its own interval narrow enough
+        own_rule = AlarmConfig(labels_between="site")
+        assert ("bad", LABELS) not in first_flagged(alarms_of(run, own_rule))
+
+
+def test_the_others_model_draw_variance_is_their_pooled_variance_over_rounds(
+    tmp_path: Path,
+) -> None:
+    """With ``federation`` a site's model-draw part is the others' per-round effects'
+    variances pooled by degrees of freedom, over its own rounds; its own swings add
+    nothing."""
+    run = build_cross_run(tmp_path / "run", federation("eroded"), seed=1, round_shift=ALTERNATING)  # type: ignore[arg-type]
+    with RunStore(run) as store:
+        own = site_evidence(store, 7, 3, between="site")
+        pooled = site_evidence(store, 7, 3)
+    others = [e.away for (s, g), e in own.items() if g == "WT" and s != "bad"]
+    assert len(others) == 5 and all(e is not None and len(e.round_effects) == 3 for e in others)
+    want = float(np.mean([np.var(e.round_effects, ddof=1) for e in others if e]))
+    got = pooled[("bad", "WT")].away
+    assert got is not None
+    assert got.var_models == pytest.approx(want / 3)
+
+
+def test_the_first_local_models_are_no_evidence(tmp_path: Path) -> None:
+    """A clean site whose first local model (from a near-random global model) breaks ET
+    and TC is flagged at round 4 when model round 1 counts, and never by default."""
+    blow = {("c1", 1): {"ET": -0.9, "TC": -0.6}}
+    run = build_cross_run(tmp_path / "run", federation(), seed=0, round_shift=blow)  # type: ignore[arg-type]
+    with_first = first_flagged(alarms_of(run, AlarmConfig(evidence_first_model=1)))
+    assert with_first.get(("c1", LABELS)) == 4
+    assert not [k for k in first_flagged(alarms_of(run)) if k[1] == LABELS]
+    with RunStore(run) as store:
+        ev = site_evidence(store, 5, 3, first_model=2)
+    assert ev[("c1", "ET")].away is not None
+    assert ev[("c1", "ET")].away.model_rounds == (2, 3, 4)  # type: ignore[union-attr]

@@ -10,8 +10,9 @@ The statistics are in ``tracking.evidence`` (cases are the unit, rounds are coll
   checks on 1-2 rounds): in some region (ET/TC/WT, Bonferroni over the three), the site's
   local models lose more than ``delta_away`` Dice on the other sites' cases beyond the
   federation's typical loss (one-sided z on the centred away effect, level
-  ``labels_alpha / 3``; the interval's between-evaluator variance is the site's own or,
-  with ``labels_between: federation``, the one pooled over the others: ``plan.Between``),
+  ``labels_alpha / 3``; the interval's between-evaluator and model-draw variances are
+  the ones pooled over the other sites or, with ``labels_between: site``, the site's own:
+  ``plan.Between``; local models of rounds before ``evidence_first_model`` are left out),
   **and** one of three signs that the labels, not the images, differ, each at level
   ``labels_alpha``:
 
@@ -380,7 +381,8 @@ def labels_results(store: RunStore, rnd: int, cfg: AlarmConfig) -> dict[str, Lab
     held: dict[str, bool] = {}
     for i, upto in enumerate(points):
         ev = evidence_from_rows(rows, site_rounds, window=cfg.evidence_window, upto=upto,
-                                between=cfg.labels_between)  # fmt: skip
+                                between=cfg.labels_between,
+                                first_model=cfg.evidence_first_model)  # fmt: skip
         for site in sorted({s for s, _ in ev}):
             res = labels_check(ev, site, cfg)
             if i == 0:

@@ -16,9 +16,14 @@ Conventions (read with ``tracking.store``'s cross-site rows and ``tracking.cross
   ``w_j = n_j / sum n``), the evaluators (the DerSimonian-Laird between-evaluator variance
   ``tau^2`` of i's cells, ``sum w_j^2 tau^2``: a column of wrong labels or a lying evaluator
   widens it) and the local models (the sample variance over rounds of the per-round row
-  effect, divided by the rounds: each round draws a new local model). With too few cells
-  or rounds to estimate a part, and as a floor against a lucky small estimate from 2-3
-  values, the federation's median of that part is used.
+  effect, divided by the rounds: each round draws a new local model). By default
+  (``Between``: ``federation``) the evaluator and model parts are the ones pooled over the
+  other sites, what a site like them shows under the away test's null; with ``site`` they
+  are the site's own, floored by the federation's median (a lucky small estimate from 2-3
+  values) and replaced by it where they cannot be estimated.
+- **First models**: local models of rounds before ``first_model`` are no evidence: they
+  start from a near-random global model and swing every site's effect (every false alarm
+  of ``benchmarks/monitoring.py``'s 40 seeds came from a check that included model round 1).
 - **Centred**: every local model is a little worse than the average of all of them (the
   curvature of the loss), so what singles out a site is its effect beyond the
   federation's typical one. For the away effect the comparison is made on the same
@@ -242,11 +247,7 @@ def _parts(cells: list[CrossCell], rows: list[CrossRow]) -> _Parts | None:
 
 def _others_tau2(parts: dict[str, _Parts], site: str) -> float | None:
     """tau^2 pooled over the other sites' cells (their Q, df and C summed: one
-    between-evaluator variance shared by the sites), the spread a site like the others
-    would show under the away test's null; None: no other site has 2 evaluators. A site's
-    own estimate rests on its 2-3 evaluators (1-2 degrees of freedom): a bad model that
-    hurts one evaluator much more than another widens its own interval (the monitoring
-    benchmark's seed 21, swapped, was missed so)."""
+    between-evaluator variance shared by the sites); None: no other site has 2 evaluators."""
     moments = [p.moments for s, p in parts.items() if s != site and p.moments is not None]
     if not moments:
         return None
@@ -254,10 +255,27 @@ def _others_tau2(parts: dict[str, _Parts], site: str) -> float | None:
     return tau2_of(q, int(df), c)
 
 
+def _others_round_var(parts: dict[str, _Parts], site: str) -> float | None:
+    """The variance over rounds of the per-round effect pooled over the other sites (their
+    sample variances weighted by degrees of freedom, ``rounds - 1``); None: no other site
+    has 2 rounds."""
+    pairs = [(p.rounds - 1, p.round_var) for s, p in parts.items()
+             if s != site and p.round_var is not None and p.rounds >= 2]  # fmt: skip
+    if not pairs:
+        return None
+    return sum(d * v for d, v in pairs) / sum(d for d, _ in pairs)
+
+
 def _floored(parts: dict[str, _Parts], between: Between = "site") -> dict[str, Estimate]:
-    """Estimates with the federation's median of each variance part as its floor (and as
-    the value where a site's own part cannot be estimated). ``between="federation"``: the
-    between-evaluator variance is the one pooled over the other sites (``Between``)."""
+    """Estimates with their between-evaluator and model-draw variances (``Between``).
+
+    ``site``: the site's own, with the federation's median of each part as its floor (and
+    as the value where a site's own part cannot be estimated). ``federation``: the ones
+    pooled over the other sites, the spread a site like them would show under the away
+    test's null. A site's own parts rest on 2-3 evaluators and 3 rounds (1-2 degrees of
+    freedom each): a bad model that hurts one evaluator much more than another (benchmark
+    seed 21, swapped) or that breaks the enhancing tumour in every other round (seeds 41
+    and 57, eroded: round effects -0.47, -0.01, -0.68) widens its own interval."""
     taus = [p.tau2 for p in parts.values() if p.tau2 is not None]
     rvars = [p.round_var for p in parts.values() if p.round_var is not None]
     tau_floor = float(np.median(taus)) if taus else 0.0
@@ -265,12 +283,14 @@ def _floored(parts: dict[str, _Parts], between: Between = "site") -> dict[str, E
     out = {}
     for site, p in parts.items():
         if between == "federation":
-            pooled = _others_tau2(parts, site)
-            tau2 = tau_floor if pooled is None else pooled
+            pooled_tau2, pooled_rvar = _others_tau2(parts, site), _others_round_var(parts, site)
+            tau2 = tau_floor if pooled_tau2 is None else pooled_tau2
+            round_var = rvar_floor if pooled_rvar is None else pooled_rvar
         else:
             tau2 = max(p.tau2 if p.tau2 is not None else 0.0, tau_floor)
+            round_var = max(p.round_var if p.round_var is not None else 0.0, rvar_floor)
         var_e = p.weights2 * tau2
-        var_m = max(p.round_var if p.round_var is not None else 0.0, rvar_floor) / max(p.rounds, 1)
+        var_m = round_var / max(p.rounds, 1)
         se = math.sqrt(p.var_cases + var_e + var_m)
         out[site] = Estimate(p.value, se, p.n_cases, p.evaluators, p.model_rounds,
                              p.var_cases, var_e, var_m, p.round_effects)  # fmt: skip
@@ -405,12 +425,14 @@ def evidence_from_rows(
     window: int,
     upto: int,
     regions: tuple[str, ...] = ALL_GROUPS,
-    between: Between = "site",
+    between: Between = "federation",
+    first_model: int = 1,
 ) -> dict[tuple[str, str], SiteEvidence]:
-    """``(site, region) -> SiteEvidence`` from cross rows made in rounds ``<= upto`` and the
-    site rounds (training losses) ``<= upto``; ``between``: whose between-evaluator
-    variance the away intervals use (``Between``)."""
-    rows = with_mean_rows(r for r in rows if r.round <= upto and r.metric == CROSS_DICE_DIFF)
+    """``(site, region) -> SiteEvidence`` from cross rows made in rounds ``<= upto`` about
+    local models of rounds ``>= first_model``, and the site rounds (training losses)
+    ``<= upto``; ``between``: whose variance parts the away intervals use (``Between``)."""
+    rows = with_mean_rows(r for r in rows if r.round <= upto and r.metric == CROSS_DICE_DIFF
+                          and r.model_round >= first_model)  # fmt: skip
     by_region: dict[str, list[CrossRow]] = defaultdict(list)
     for r in rows:
         by_region[r.region].append(r)
@@ -438,14 +460,16 @@ def site_evidence(
     upto_round: int,
     window: int,
     regions: tuple[str, ...] = ALL_GROUPS,
-    between: Between = "site",
+    between: Between = "federation",
+    first_model: int = 1,
 ) -> dict[tuple[str, str], SiteEvidence]:
     """``evidence_from_rows`` of the store after round ``upto_round`` ({} without cross rows)."""
     rows = store.cross(metric=CROSS_DICE_DIFF, upto_round=upto_round)
     if not rows:
         return {}
     return evidence_from_rows(rows, store.site_rounds(), window=window, upto=upto_round,
-                              regions=regions, between=between)  # fmt: skip
+                              regions=regions, between=between,
+                              first_model=first_model)  # fmt: skip
 
 
 def has_away_evidence(store: RunStore, upto_round: int | None = None) -> bool:

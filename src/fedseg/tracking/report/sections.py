@@ -110,7 +110,11 @@ def alarms_section(
         body.append(table(head, [[s.site, s.kind, s.first, s.last, s.message]
                                  for s in observations]))  # fmt: skip
     last = store.last_done_round()
-    ev = site_evidence(store, last, cfg.evidence_window, between=cfg.labels_between) if last else {}
+    ev = (
+        site_evidence(store, last, cfg.evidence_window, between=cfg.labels_between,
+                      first_model=cfg.evidence_first_model)
+        if last else {}
+    )  # fmt: skip
     if ev:
         body.append(
             f"<p>Cross-site evidence after round {last} (the last {cfg.evidence_window} "
