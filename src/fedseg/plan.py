@@ -64,7 +64,7 @@ class AlarmConfig(BaseModel):
     )
     min_gap: float = Field(0.05, ge=0, description="gap floor (effect size), metric units")
     evidence_window: int = Field(
-        3, ge=1, description="local-model rounds of cross-site evidence each check pools"
+        4, ge=1, description="local-model rounds of cross-site evidence each check pools"
     )
     evidence_first_model: int = Field(
         2, ge=1, description="the earliest local-model round that is evidence (the first "
@@ -539,7 +539,7 @@ alarms:
   loss_ratio: 1.5      # or its training loss over the others' median
   labels_alpha: 0.05   # test level (Bonferroni over ET/TC/WT)
   labels_min_models: 3 # local-model rounds of evidence before the first check
-  evidence_window: 3   # local-model rounds each check pools (cases are the unit, not rounds)
+  evidence_window: 4   # local-model rounds each check pools (cases are the unit, not rounds)
   # local models of earlier rounds start from a near-random model: they are no evidence
   evidence_first_model: 2
   # the away test's between-evaluator and model-draw variances: pooled over the other

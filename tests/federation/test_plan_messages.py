@@ -63,7 +63,7 @@ def test_example_plan_loads_and_resolves_paths(tmp_path: Path) -> None:
         ("- just\n- a list\n", "a plan is a mapping"),
         ("sites: {a: {}}\nbounds: {max_case: 3}\n", "bounds.max_case: Extra inputs"),
         ("sites: {a: {}}\nbounds: {update_norm_ratio: 0}\n", "bounds.update_norm_ratio"),
-        ("sites: {a: {}}\nalarms: {labels_min_models: 4}\n", "alarms: labels_min_models 4 is abov"),
+        ("sites: {a: {}}\nalarms: {labels_min_models: 5}\n", "alarms: labels_min_models 5 is abov"),
     ],
 )
 def test_bad_plans_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:

@@ -371,7 +371,7 @@ ALTERNATING = {("bad", r): {"ET": -0.4 if r % 2 == 0 else 0.4} for r in range(1,
 def test_a_site_that_breaks_a_region_every_other_round_is_judged_against_the_others_draws(
     tmp_path: Path, seed: int
 ) -> None:
-    """Its own model-draw variance (3 rounds that swing by 0.8) hides a mean loss of 0.3 in
+    """Its own model-draw variance (rounds that swing by 0.8) hides a mean loss of 0.3 in
     ET; with the others' pooled over them, what a site like them shows, it is flagged by
     round 6 and nobody else is."""
     bad = profile("eroded", away={"ET": -0.30, "TC": -0.08, "WT": -0.01})
@@ -384,9 +384,8 @@ def test_a_site_that_breaks_a_region_every_other_round_is_judged_against_the_oth
     found = alarms_of(run)
     assert first_flagged(found).get(("bad", LABELS), 99) <= 6
     assert {a.site for a in found if a.kind == LABELS} == {"bad"}
-    if seed != 2:  # one seed's draws happen to leave its own interval narrow enough
-        own_rule = AlarmConfig(labels_between="site")
-        assert ("bad", LABELS) not in first_flagged(alarms_of(run, own_rule))
+    own_rule = AlarmConfig(labels_between="site")
+    assert first_flagged(alarms_of(run, own_rule)).get(("bad", LABELS), 99) > 6
 
 
 def test_the_others_model_draw_variance_is_their_pooled_variance_over_rounds(
