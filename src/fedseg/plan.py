@@ -64,14 +64,14 @@ class AlarmConfig(BaseModel):
     )
     min_gap: float = Field(0.05, ge=0, description="gap floor (effect size), metric units")
     evidence_window: int = Field(
-        4, ge=1, description="local-model rounds of cross-site evidence each check pools"
+        3, ge=1, description="local-model rounds of cross-site evidence each check pools"
     )
     evidence_first_model: int = Field(
-        2, ge=1, description="the earliest local-model round that is evidence (the first "
+        1, ge=1, description="the earliest local-model round that is evidence (the first "
         "local models start from a near-random global model and swing every site's effect)",
     )  # fmt: skip
     delta_away: float = Field(
-        0.03, ge=0, description="labels_disagree: Dice the site's local models must lose on "
+        0.05, ge=0, description="labels_disagree: Dice the site's local models must lose on "
         "the other sites' cases beyond the federation's typical loss",
     )  # fmt: skip
     delta_home: float = Field(
@@ -93,9 +93,9 @@ class AlarmConfig(BaseModel):
     )  # fmt: skip
     labels_persist: int = Field(1, ge=1, description="consecutive checks labels_disagree holds")
     labels_between: Between = Field(
-        "federation", description="labels_disagree: the between-evaluator and model-draw "
-        "variances of a site's away interval: pooled over the other sites (what a site like "
-        "them shows) or its own, floored by the federation's median (Between)",
+        "site", description="labels_disagree: the between-evaluator and model-draw "
+        "variances of a site's away interval: its own, floored by the federation's median, "
+        "or pooled over the other sites (what a site like them shows) (Between)",
     )  # fmt: skip
     window: int | None = Field(None, ge=3, description="only the last N models (None: all)")
     stall_window: int = Field(8, ge=4, description="models in the trend window of `stalled`")
@@ -533,18 +533,19 @@ cross_site:
 # observation and notifies nobody.
 alarms:
   enabled: true
-  delta_away: 0.03     # Dice lost on the other sites' cases beyond the typical loss
+  delta_away: 0.05     # Dice lost on the other sites' cases beyond the typical loss
   delta_inside: 0.05   # Dice lost in ET or TC beyond the loss on the whole tumour (WT)
   delta_home: 0.1      # or Dice its own model gains on its own cases beyond the others'
   loss_ratio: 1.5      # or its training loss over the others' median
   labels_alpha: 0.05   # test level (Bonferroni over ET/TC/WT)
   labels_min_models: 3 # local-model rounds of evidence before the first check
-  evidence_window: 4   # local-model rounds each check pools (cases are the unit, not rounds)
-  # local models of earlier rounds start from a near-random model: they are no evidence
-  evidence_first_model: 2
-  # the away test's between-evaluator and model-draw variances: pooled over the other
-  # sites (what a site like them shows), or the site's own (site)
-  labels_between: federation
+  evidence_window: 3   # local-model rounds each check pools (cases are the unit, not rounds)
+  # local models of earlier rounds are no evidence (those of round 1 start from a
+  # near-random model)
+  evidence_first_model: 1
+  # the away test's between-evaluator and model-draw variances: the site's own, or
+  # pooled over the other sites (federation: what a site like them shows)
+  labels_between: site
   notify_command: null # argv run once per new (site, kind) alarm; env FEDSEG_ALARM_*
 # Which round models stay on disk (models/round_XXXX.pt; 121 MB each at FeTS size). After
 # every round the others are deleted, except the rounds `fedseg select` picks (best.pt).

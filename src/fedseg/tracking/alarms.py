@@ -11,8 +11,9 @@ The statistics are in ``tracking.evidence`` (cases are the unit, rounds are coll
   local models lose more than ``delta_away`` Dice on the other sites' cases beyond the
   federation's typical loss (one-sided z on the centred away effect, level
   ``labels_alpha / 3``; the interval's between-evaluator and model-draw variances are
-  the ones pooled over the other sites or, with ``labels_between: site``, the site's own:
-  ``plan.Between``; local models of rounds before ``evidence_first_model`` are left out),
+  the site's own or, with ``labels_between: federation``, the ones pooled over the other
+  sites: ``plan.Between``; local models of rounds before ``evidence_first_model`` are left
+  out),
   **and** one of three signs that the labels, not the images, differ, each at level
   ``labels_alpha``:
 

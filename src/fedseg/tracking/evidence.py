@@ -17,13 +17,12 @@ Conventions (read with ``tracking.store``'s cross-site rows and ``tracking.cross
   ``tau^2`` of i's cells, ``sum w_j^2 tau^2``: a column of wrong labels or a lying evaluator
   widens it) and the local models (the sample variance over rounds of the per-round row
   effect, divided by the rounds: each round draws a new local model). By default
-  (``Between``: ``federation``) the evaluator and model parts are the ones pooled over the
-  other sites, what a site like them shows under the away test's null; with ``site`` they
-  are the site's own, floored by the federation's median (a lucky small estimate from 2-3
-  values) and replaced by it where they cannot be estimated.
-- **First models**: local models of rounds before ``first_model`` are no evidence: they
-  start from a near-random global model and swing every site's effect (every false alarm
-  of ``benchmarks/monitoring.py``'s 40 seeds came from a check that included model round 1).
+  (``Between``: ``site``) they are the site's own, floored by the federation's median (a
+  lucky small estimate from 2-3 values) and replaced by it where they cannot be
+  estimated; with ``federation`` the evaluator and model parts are the ones pooled over the
+  other sites, what a site like them shows under the away test's null.
+- **First models**: local models of rounds before ``first_model`` can be left out (those
+  of round 1 start from a near-random global model and swing every site's effect).
 - **Centred**: every local model is a little worse than the average of all of them (the
   curvature of the loss), so what singles out a site is its effect beyond the
   federation's typical one. For the away effect the comparison is made on the same
@@ -425,7 +424,7 @@ def evidence_from_rows(
     window: int,
     upto: int,
     regions: tuple[str, ...] = ALL_GROUPS,
-    between: Between = "federation",
+    between: Between = "site",
     first_model: int = 1,
 ) -> dict[tuple[str, str], SiteEvidence]:
     """``(site, region) -> SiteEvidence`` from cross rows made in rounds ``<= upto`` about
@@ -460,7 +459,7 @@ def site_evidence(
     upto_round: int,
     window: int,
     regions: tuple[str, ...] = ALL_GROUPS,
-    between: Between = "federation",
+    between: Between = "site",
     first_model: int = 1,
 ) -> dict[tuple[str, str], SiteEvidence]:
     """``evidence_from_rows`` of the store after round ``upto_round`` ({} without cross rows)."""
