@@ -365,7 +365,7 @@ def test_the_pooled_between_evaluator_variance_is_the_within_group_spread_beyond
 #: an eroded site whose local model breaks the enhancing tumour in every other round only
 #: (benchmark seeds 41 and 57: round effects -0.47, -0.01, -0.68)
 ALTERNATING = {("bad", r): {"ET": -0.4 if r % 2 == 0 else 0.4} for r in range(1, 9)}
-#: the rule of 5150d89/9ba00a4 (not the default: fresh benchmark seeds did not confirm it)
+#: the pooled rule (not the default: the benchmark's fresh seeds did not confirm it, README)
 POOLED = AlarmConfig(labels_between="federation", evidence_first_model=2, delta_away=0.03,
                      evidence_window=4)  # fmt: skip
 
@@ -411,7 +411,7 @@ def test_the_others_model_draw_variance_is_their_pooled_variance_over_rounds(
 
 def test_the_first_local_models_are_no_evidence(tmp_path: Path) -> None:
     """A clean site whose first local model (from a near-random global model) breaks ET
-    and TC is flagged at round 4 when model round 1 counts, and never by default."""
+    and TC is flagged at round 4 when model round 1 counts, and never from round 2 on."""
     blow = {("c1", 1): {"ET": -0.9, "TC": -0.6}}
     run = build_cross_run(tmp_path / "run", federation(), seed=0, round_shift=blow)  # type: ignore[arg-type]
     every_model = POOLED.model_copy(update={"evidence_first_model": 1})

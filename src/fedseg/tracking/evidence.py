@@ -271,7 +271,7 @@ def _floored(parts: dict[str, _Parts], between: Between = "site") -> dict[str, E
     ``site``: the site's own, with the federation's median of each part as its floor (and
     as the value where a site's own part cannot be estimated). ``federation``: the ones
     pooled over the other sites, the spread a site like them would show under the away
-    test's null. A site's own parts rest on 2-3 evaluators and 3-4 rounds (1-3 degrees of
+    test's null. A site's own parts rest on 2-3 evaluators and 3 rounds by default (1-2 degrees of
     freedom each): a bad model that hurts one evaluator much more than another (benchmark
     seed 21, swapped) or that breaks the enhancing tumour in every other round (seeds 41
     and 57, eroded: round effects -0.47, -0.01, -0.68) widens its own interval."""
