@@ -17,7 +17,10 @@ A site-run is flagged when an alarm (level ``alarm``, any kind) holds for it aft
 round (``alarms.evaluate_alarms``, replayed per round from the stored evidence); the
 mislabeled site counts as detected when flagged by round ``--detect-by`` (6). Contributions
 are ``contributions.estimate_contributions`` after the last round: the mislabeled site
-should be ranked most harmful. Targets (issue 16): at most 1 % false alarms on clean
+should be ranked most harmful. The runs validate the round's model without each site
+(``cross_site.leave_one_out``), so the ranking is printed twice, side by side: measured,
+and first-order from the local models alone (``measured=False``; kept runs made before
+the option have only the latter). Targets (issue 16): at most 1 % false alarms on clean
 site-runs, at least 95 % detection by round 6, at least 90 % most-harmful ranking.
 
 Every run folder is kept (``--keep``, default ``.bench/monitoring``), so ``--replay`` recomputes
@@ -148,6 +151,8 @@ class SeedResult:
     first_alarm: dict[str, int] = field(default_factory=dict)  # site -> first round flagged
     kinds: dict[str, list[str]] = field(default_factory=dict)  # site -> alarm kinds
     most_harmful: str | None = None
+    most_harmful_first_order: str | None = None  # the estimate without the measured parts
+    measured: int = 0  # site-rounds whose contribution part was measured
     ranking: list[tuple[str, float, str]] = field(default_factory=list)
     wall_s: float = 0.0
     rounds: int = 0
@@ -180,6 +185,9 @@ def score_seed(folder: Path, cfg: AlarmConfig) -> SeedResult:
         est = estimate_contributions(store, cfg=cfg)
         res.ranking = [(e.site, float(e.effect), str(e.verdict)) for e in est]
         res.most_harmful = est[0].site if est else None
+        res.measured = sum(len(e.measured_rounds) for e in est)
+        first = estimate_contributions(store, cfg=cfg, measured=False)
+        res.most_harmful_first_order = first[0].site if first else None
     finally:
         store.close()
     return res
@@ -228,8 +236,12 @@ def report(results: list[SeedResult], detect_by: int, console: Console, out: Pat
     console.print(t)
 
     ranked = [(r, s) for r, s, _ in bad_runs if r.most_harmful == s]
+    first = [(r, s) for r, s, _ in bad_runs if r.most_harmful_first_order == s]
+    n_measured = sum(r.measured for r in results)
     console.print(f"contributions: the mislabeled site ranked most harmful in "
-                  f"{rate(len(ranked), len(bad_runs))} (target >= 90 %)")  # fmt: skip
+                  f"{rate(len(ranked), len(bad_runs))} (target >= 90 %; {n_measured} "
+                  "site-rounds measured on the models without each site); by the first-order "
+                  f"estimate alone in {rate(len(first), len(bad_runs))}")  # fmt: skip
     most = Counter(r.roles.get(r.most_harmful or "", "-") for r in results)
     console.print("most harmful by role over all seeds: "
                   + ", ".join(f"{k} {n}" for k, n in most.most_common()))  # fmt: skip

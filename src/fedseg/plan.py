@@ -160,9 +160,12 @@ class CrossSiteConfig(BaseModel):
     their own cases beside the global model and send summaries back; each site also checks
     its own local model on its cases (no model moves for that). It is what separates a
     site whose labels disagree from one whose data is harder or from another scanner.
-    A site then sees other sites' single local models: ``enabled: null`` (the default)
-    turns it on unless the plan's privacy hides single updates (secure aggregation, HE,
-    site-level DP), ``true`` under such privacy is refused, ``false`` turns it off."""
+    With ``leave_one_out`` an evaluator also gets the round's model without the site;
+    beside the global model it gives that site's share of the mean (its training cases
+    over the round's). A site then sees other sites' single local models: ``enabled:
+    null`` (the default) turns it on unless the plan's privacy hides single updates (secure
+    aggregation, HE, site-level DP), ``true`` under such privacy is refused, ``false``
+    turns it off."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -174,6 +177,12 @@ class CrossSiteConfig(BaseModel):
     models_per_round: int | None = Field(
         None, ge=1, description="local models kept for validation per round, chosen "
         "round-robin (null: all); bounds disk, bytes and site time at many sites",
+    )  # fmt: skip
+    leave_one_out: bool = Field(
+        True, description="under a mean plan (fedavg, fedprox, fastest-k, select-utility) "
+        "each local model travels with the round's model without that site, so the "
+        "contribution estimate is measured, not extrapolated; doubles the models sent and "
+        "validated",
     )  # fmt: skip
 
 

@@ -61,7 +61,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -111,17 +111,36 @@ def crossval_dir(run_dir: Path, rnd: int) -> Path:
     return Path(run_dir) / CROSSVAL_DIR / f"round_{rnd:04d}"
 
 
-def cross_label(site: str, model_round: int) -> str:
-    """The name a local model travels under for cross-site validation: ``site@round``."""
-    return f"{site}@{model_round}"
+#: the sub-folder of a ``crossval_dir`` with the round's models without each kept site
+WITHOUT_DIR = "without"
+#: marks the label of a round's aggregate without one site (``cross_label(without=True)``)
+WITHOUT_MARK = "~"
 
 
-def parse_cross_label(label: str) -> tuple[str, int]:
-    """``site@round`` -> (site, round); ValueError for anything else."""
+class CrossLabel(NamedTuple):
+    """A cross-site model label, parsed: the model site, its round, and whether the model is
+    that round's aggregate *without* the site's update rather than its local model."""
+
+    site: str
+    round: int
+    without: bool = False
+
+
+def cross_label(site: str, model_round: int, without: bool = False) -> str:
+    """The name a model travels under for cross-site validation: ``site@round`` for the
+    site's local model of that round, ``~site@round`` for the round's aggregate without its
+    update (site names begin with a letter or digit, so the mark cannot be part of one)."""
+    return f"{WITHOUT_MARK if without else ''}{site}@{model_round}"
+
+
+def parse_cross_label(label: str) -> CrossLabel:
+    """``site@round`` or ``~site@round`` -> ``CrossLabel``; ValueError for anything else."""
     site, sep, rnd = label.rpartition("@")
-    if not sep or not site or not rnd.isdigit():
-        raise ValueError(f"cross-site model label {label!r} is not site@round")
-    return site, int(rnd)
+    without = site.startswith(WITHOUT_MARK)
+    site = site.removeprefix(WITHOUT_MARK)
+    if not sep or not site or not rnd.isdigit() or site.startswith(WITHOUT_MARK):
+        raise ValueError(f"cross-site model label {label!r} is not site@round or ~site@round")
+    return CrossLabel(site, int(rnd), without)
 
 
 def missing_model_hint(path: Path) -> str:

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedseg.errors import PlanError
@@ -16,7 +17,7 @@ from fedseg.federation.rounds.tasks import TaskReply, TaskRequest
 from fedseg.model.summary import Summary
 from fedseg.plan import CrossSiteConfig
 from fedseg.run_folder import CROSSVAL_DIR, DeclaredCases, crossval_dir, parse_cross_label
-from fedseg.tracking.store import CROSS_DICE, CROSS_DICE_DIFF, RunStore
+from fedseg.tracking.store import CROSS_DICE, CROSS_DICE_DIFF, WITHOUT_DICE_DIFF, RunStore
 from tests.federation.fed_helpers import SITES, ArrayTransport, Dies, tiny_plan, write_run
 
 OFFSETS = {"site1": 0.1, "site2": 0.2, "site3": 0.4}
@@ -121,6 +122,8 @@ class CrossArrayTransport(ArrayTransport):
         super().__init__(OFFSETS, N_TRAIN)
         self.run, self.lie = run, lie
         self.parked: list[list[str]] = []
+        #: each cross-site model label -> its arrays as sent
+        self.seen: dict[str, dict[str, np.ndarray]] = {}
 
     def exchange(
         self, requests: dict[str, TaskRequest], timeout_s: float,
@@ -128,6 +131,9 @@ class CrossArrayTransport(ArrayTransport):
     ) -> None:  # fmt: skip
         root = self.run / CROSSVAL_DIR
         self.parked.append(sorted(p.name for p in root.iterdir()) if root.is_dir() else [])
+        for req in requests.values():  # the parked files go once the round is done
+            for label, arrays in req.cross.items():
+                self.seen.setdefault(label, {k: np.array(v) for k, v in arrays.items()})
 
         def answer(site: str, ex: Exchanged) -> None:
             rep, req = ex.result, requests[site]
@@ -155,13 +161,28 @@ def test_models_travel_once_and_rows_land_and_parked_models_go(tmp_path: Path) -
     assert all(not r.cross and r.home for r in first.values())  # nothing parked before round 1
     # round 2: each model of round 1 at the two other sites, the same object everywhere
     labels = Counter(label for r in second.values() for label in r.cross)
-    assert labels == {"site1@1": 2, "site2@1": 2, "site3@1": 2}
+    locals_, withouts = {"site1@1": 2, "site2@1": 2, "site3@1": 2}, {"~site1@1": 2, "~site2@1": 2,
+                                                                    "~site3@1": 2}  # fmt: skip
+    assert labels == {**locals_, **withouts}
     objs = {label: {id(r.cross[label]) for r in second.values() if label in r.cross}
             for label in labels}  # fmt: skip
     assert all(len(ids) == 1 for ids in objs.values())
     assert all(parse_cross_label(label)[0] != s for s, r in second.items() for label in r.cross)
-    assert {label for r in final.values() for label in r.cross} == {"site1@3", "site2@3",
-                                                                   "site3@3"}  # fmt: skip
+    # each local model travels with the round's model without it, to the same sites
+    for r in second.values():
+        assert {parse_cross_label(x).site for x in r.cross if parse_cross_label(x).without} == {
+            parse_cross_label(x).site for x in r.cross if not parse_cross_label(x).without
+        }
+    # the model without site i is FedAvg's mean of the others (global + their offsets)
+    g0 = t.requests[0]["site1"].weights
+    for site in SITES:
+        rest = [s for s in SITES if s != site]
+        expect = sum(N_TRAIN[s] * OFFSETS[s] for s in rest) / sum(N_TRAIN[s] for s in rest)
+        for k, arr in g0.items():
+            np.testing.assert_allclose(t.seen[f"~{site}@1"][k], arr + expect, atol=1e-6)
+            np.testing.assert_allclose(t.seen[f"{site}@1"][k], arr + OFFSETS[site], atol=1e-6)
+    assert {label for r in final.values() for label in r.cross} == {
+        "site1@3", "site2@3", "site3@3", "~site1@3", "~site2@3", "~site3@3"}  # fmt: skip
     assert not any(r.home for r in final.values())
     # each round saw only the previous round's parked models; none is left
     assert t.parked == [[], ["round_0001"], ["round_0002"], ["round_0003"]]
@@ -174,8 +195,12 @@ def test_models_travel_once_and_rows_land_and_parked_models_go(tmp_path: Path) -
         (1, 1, 0), (2, 2, 1), (3, 3, 2)}  # fmt: skip
     assert {(r.round, r.model_round, r.reference_round) for r in away} == {
         (2, 1, 1), (3, 2, 2), (4, 3, 3)}  # fmt: skip
-    assert len(away) == 3 * 3 * 2 * 4 * 2  # rounds x models x evaluators x regions x metrics
+    # rounds x models x evaluators x regions x metrics x (local model, model without it)
+    assert len(away) == 3 * 3 * 2 * 4 * 2 * 2
     assert all(r.summary.mean == -0.1 for r in away if r.metric == CROSS_DICE_DIFF)
+    assert Counter(r.metric for r in away) == {
+        m: 3 * 3 * 2 * 4 for m in (CROSS_DICE, CROSS_DICE_DIFF, "without_dice", WITHOUT_DICE_DIFF)
+    }
 
 
 def test_restart_uses_the_resumed_rounds_parked_models_and_drops_stale_ones(
@@ -192,11 +217,11 @@ def test_restart_uses_the_resumed_rounds_parked_models_and_drops_stale_ones(
     Coordinator(run, t).run()
     assert not stale.exists() and not (run / CROSSVAL_DIR).exists()
     assert {label for r in t.requests[0].values() for label in r.cross} == {
-        "site1@2", "site2@2", "site3@2"}  # fmt: skip
+        "site1@2", "site2@2", "site3@2", "~site1@2", "~site2@2", "~site3@2"}  # fmt: skip
     with RunStore(run) as store:
         rounds = Counter(r.round for r in store.cross() if not r.home)
         events = " ".join(m for _, _, m in store.events())
-    assert rounds == {2: 48, 3: 48, 4: 48}
+    assert rounds == {2: 96, 3: 96, 4: 96}  # local models and the models without them
     assert "removed the stale round_0007" in events
 
 
@@ -210,8 +235,9 @@ def test_a_parked_model_torn_by_a_crash_is_dropped_on_restart(tmp_path: Path) ->
     torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
     t = CrossArrayTransport(run)
     Coordinator(run, t).run()
+    # the model without site2 is whole but travels only with site2's local model
     assert {label for r in t.requests[0].values() for label in r.cross} == {
-        "site1@2", "site3@2"}  # fmt: skip
+        "site1@2", "site3@2", "~site1@2", "~site3@2"}  # fmt: skip
     with RunStore(run) as store:
         events = [(level, m) for _, level, m in store.events()]
         assert [r["status"] for r in store.rounds()] == ["done"] * 3
@@ -259,6 +285,26 @@ def test_sequential_plans_skip_it_with_a_log_line(tmp_path: Path) -> None:
     assert "cross-site validation off: strategy cyclic trains one site per round" in events
 
 
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"cross_site": {"leave_one_out": False}}, "leave_one_out false"),
+        ({"strategy": {"name": "fedadam"}}, "a server step: the mean is not the model"),
+        ({"strategy": {"name": "median"}}, "a robust statistic"),
+    ],
+)
+def test_only_local_models_travel_without_a_mean_to_take_a_site_from(
+    tmp_path: Path, extra: dict[str, object], why: str
+) -> None:
+    run = write_run(tmp_path / "run", tiny_plan({s: tmp_path / s for s in SITES}, **extra))
+    t = CrossArrayTransport(run)
+    Coordinator(run, t).run()
+    sent = {label for reqs in t.requests for r in reqs.values() for label in r.cross}
+    assert sent == {f"{s}@{r}" for s in SITES for r in (1, 2)}, why
+    with RunStore(run) as store:
+        assert {r.metric for r in store.cross()} == {CROSS_DICE, CROSS_DICE_DIFF}
+
+
 def test_every_and_models_per_round_bound_what_travels(tmp_path: Path) -> None:
     plan = tiny_plan({s: tmp_path / s for s in SITES}, rounds=4,
                      cross_site={"every": 2, "models_per_round": 1})  # fmt: skip
@@ -269,7 +315,7 @@ def test_every_and_models_per_round_bound_what_travels(tmp_path: Path) -> None:
     assert [sorted(s for s, r in reqs.items() if r.home) for reqs in t.requests] == [
         sorted(SITES), [], sorted(SITES), [], []]  # fmt: skip
     sent = [sorted({label for r in reqs.values() for label in r.cross}) for reqs in t.requests]
-    assert sent == [[], ["site1@1"], [], ["site2@3"], []]
+    assert sent == [[], ["site1@1", "~site1@1"], [], ["site2@3", "~site2@3"], []]
     assert t.parked == [[], ["round_0001"], [], ["round_0003"], []]
 
 

@@ -25,7 +25,13 @@ from fedseg.federation.rounds.site import run_task
 from fedseg.federation.rounds.tasks import TaskReply, TaskRequest, recipe_json
 from fedseg.model.summary import Summary
 from fedseg.run_folder import CROSSVAL_DIR, cross_label
-from fedseg.tracking.store import CROSS_DICE, CROSS_DICE_DIFF, RunStore
+from fedseg.tracking.store import (
+    CROSS_DICE,
+    CROSS_DICE_DIFF,
+    WITHOUT_DICE_DIFF,
+    WITHOUT_PREFIX,
+    RunStore,
+)
 from tests.federation.fed_helpers import run_folder_text, tiny_plan, write_run
 
 #: site -> validation fraction of 6 cases: 3, 3, 3 and 2 validation cases
@@ -74,16 +80,21 @@ def test_a_federation_over_local_transport_stores_away_and_home_rows(
     assert Counter(m for m, _ in pairs) == dict.fromkeys(names[:3], 2) | {"small": 3}
     assert all(m != e and e != "small" for m, e in pairs)
     assert {(r.round, r.model_round, r.reference_round) for r in away} == {(2, 1, 1)}
+    # each local model's evaluators also validated the round's model without its site
+    without = {(r.model_site, r.eval_site) for r in away if r.metric == WITHOUT_DICE_DIFF}
+    assert without == pairs
     for r in rows:
         assert r.summary.n == 3 and r.region in ("ET", "TC", "WT", "mean")
-        lo = 0.0 if r.metric == CROSS_DICE else -1.0
-        assert r.metric in (CROSS_DICE, CROSS_DICE_DIFF) and lo <= r.summary.mean <= 1.0
+        metric = r.metric.removeprefix(WITHOUT_PREFIX)
+        lo = 0.0 if metric == CROSS_DICE else -1.0
+        assert metric in (CROSS_DICE, CROSS_DICE_DIFF) and lo <= r.summary.mean <= 1.0
     assert sent[(1, "site1")] > 0
     # the per-case values stayed with the evaluating site, under the model's label
     evaluator = next(r.eval_site for r in away if r.model_site == "small")
     with RunStore(ws[evaluator]) as local:
         labels = {row[1] for row in local.case_metrics()}
     assert cross_label("small", 1) in labels and evaluator in labels
+    assert cross_label("small", 1, without=True) in labels
     assert cross_label(evaluator, 1) in labels  # its home check
     # no case id of any site reached the coordinator's folder
     secrets = {c.case_id for s in names for c in (*load_split(sites[s]).train,

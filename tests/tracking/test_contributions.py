@@ -8,11 +8,12 @@ from fedseg.plan import AlarmConfig
 from fedseg.tracking.contributions import (
     contributions,
     estimate_contributions,
+    estimate_kind,
     leave_one_site_out,
     loso_contributions,
     round_shares,
 )
-from fedseg.tracking.store import RunStore, SiteRound
+from fedseg.tracking.store import CROSS_DICE_DIFF, WITHOUT_DICE_DIFF, CrossRow, RunStore, SiteRound
 from tests.tracking.conftest import rising
 
 
@@ -127,6 +128,58 @@ def test_mislabeled_site_is_the_most_harmful(tmp_path, kind) -> None:
             assert sum(e.per_region[g] for e in est) == pytest.approx(0.0, abs=1e-9)
         assert est[0].n_cases >= 9 and "bad" not in est[0].evaluators
         assert est[0].model_rounds == tuple(range(1, 9))
+
+
+def _away_rows(model_round: int, model: str, evaluator: str, metric: str,
+               mean: dict[str, float], sd: float = 0.02, n: int = 4) -> list[CrossRow]:  # fmt: skip
+    """One model's away rows at one evaluator: ``metric`` per region with that mean."""
+    return [CrossRow(model_round + 1, model, model_round, evaluator, model_round, g, metric,
+                     Summary(m, sd, n)) for g, m in mean.items()]  # fmt: skip
+
+
+def test_measured_models_without_a_site_decide_over_the_first_order(tmp_path) -> None:
+    """Site a's local models lose 0.20 ET on the others' cases (a whole local training
+    away from the mean), but leaving it out of the mean changes nothing; leaving b out
+    gains the others 0.04 ET. The measured estimate finds b harmful, a neutral; the
+    first-order one (the local models alone) blames a. Round 3 has no models without the
+    sites: its part stays first-order."""
+    sites = ("a", "b", "c", "d")
+    local = {"a": -0.20, "b": -0.05, "c": -0.05, "d": -0.05}
+    without = {"a": 0.0, "b": 0.04, "c": -0.01, "d": -0.01}
+    with RunStore(tmp_path / "run") as store:
+        for mr in (1, 2, 3):
+            rows: list[CrossRow] = []
+            for s in sites:
+                store.record_site_round(SiteRound(mr, s, "ok", n_train=10))
+                for e in sites:
+                    if e == s:
+                        continue
+                    rows += _away_rows(mr, s, e, CROSS_DICE_DIFF,
+                                       {"ET": local[s], "TC": -0.02, "WT": -0.02})  # fmt: skip
+                    if mr < 3:
+                        rows += _away_rows(mr, s, e, WITHOUT_DICE_DIFF,
+                                           {"ET": without[s], "TC": 0.0, "WT": 0.0})  # fmt: skip
+            store.record_cross(rows)
+        est = {e.site: e for e in estimate_contributions(store)}
+        first = estimate_contributions(store, measured=False)
+    assert min(est.values(), key=lambda e: e.effect).site == "b"
+    assert first[0].site == "a" and first[0].verdict == "harmful"
+    # b: -0.04 measured in rounds 1 and 2, plus round 3's first-order part (centred: b's
+    # local model is as good as c's and d's, better than a's, so it gains there)
+    scale = (10 / 40) / (1 - 10 / 40)
+    centred = {s: local[s] - sum(local.values()) / 4 for s in sites}
+    for s in sites:
+        assert est[s].per_region["ET"] == pytest.approx(-2 * without[s] + scale * centred[s])
+        assert est[s].measured_rounds == (1, 2) and est[s].model_rounds == (1, 2, 3)
+        assert est[s].evaluators == tuple(e for e in sites if e != s)
+    assert est["b"].verdict == "harmful" and est["b"].region == "ET"
+    assert est["a"].per_region["ET"] == pytest.approx(scale * centred["a"])
+    # the measured parts carry their own spread: 2 rounds of sd 0.02 over 3 x 4 cases
+    assert est["b"].se < est["b"].per_region["ET"] * -0.5
+    assert estimate_kind(list(est.values())) == (
+        "leave-one-out, measured in 8 of 12 site-rounds, first-order in the rest"
+    )
+    assert estimate_kind(first).startswith("first-order")
 
 
 def test_estimate_uses_rounds_up_to_and_is_empty_without_cross_rows(tmp_path) -> None:

@@ -75,7 +75,8 @@ def test_alarm_level_and_evidence_round_trip_and_old_store_reads(tmp_path):
 
 
 def test_cross_label_round_trip():
-    assert parse_cross_label(cross_label("site-1.a", 7)) == ("site-1.a", 7)
+    assert parse_cross_label(cross_label("site-1.a", 7)) == ("site-1.a", 7, False)
+    assert parse_cross_label(cross_label("site-1.a", 7, without=True)) == ("site-1.a", 7, True)
     for bad in ("site", "@3", "s@x"):
         with pytest.raises(ValueError):
             parse_cross_label(bad)

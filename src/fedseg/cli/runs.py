@@ -186,6 +186,7 @@ def contributions_cmd(
         SHARES_NOTE,
         contributions,
         estimate_contributions,
+        estimate_kind,
         unavailable,
     )
     from fedseg.tracking.curves import store_score_spec
@@ -204,7 +205,7 @@ def contributions_cmd(
     extra = ["leave-one-out"] if loso else []
     if estimates:
         t = Table(title=f"site contributions: {label} the other sites gain from each site "
-                  "(first-order leave-one-out from the cross-site validation)")  # fmt: skip
+                  f"({estimate_kind(estimates)})")  # fmt: skip
         # the per-region columns only where they fit: no cell is cut or folded
         wide = console().width >= 110
         regions = ["ET", "TC", "WT", "mean"] if wide else []

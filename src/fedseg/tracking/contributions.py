@@ -3,7 +3,20 @@ run store holds: no re-training.
 
 **From the cross-site evidence** (``estimate_contributions``, the default; needs the
 plan's ``cross_site`` rows). FedAvg: ``g = sum_k p_k w_k``, so the aggregate without site i
-is ``g_{-i} = g - p_i/(1-p_i) (w_i - g)`` and, to first order, what site j's Dice gains
+is ``g_{-i} = g - p_i/(1-p_i) (w_i - g)``.
+
+*Measured* (plan ``cross_site.leave_one_out``, on by default under a mean plan): the
+aggregator sends ``g_{-i}`` with ``w_i`` to i's evaluators, which validate it paired with
+``g`` on their cases (``without_dice_diff`` rows). Site i's part of round r in a region is
+``-(Dice(g_{-i}) - Dice(g))``, case-weighted over its evaluators, with the same SE parts as
+below. This is the exact one-round leave-one-out (what the others' Dice would have been had
+the round left site i out, the rest unchanged; GTG-Shapley's round-wise reconstruction,
+Liu et al. 2022, with one subset per site). It needs no curvature correction: ``g_{-i}``
+is as close to ``g`` as the site's weight makes it, where ``w_i`` is a whole local
+training away.
+
+*First-order*, for rounds whose models without the site did not come back (older runs,
+``leave_one_out: false``, a server-step or robust plan): what site j's Dice gains
 from including i is ``p_i/(1-p_i) * (Dice_j(w_i) - Dice_j(g))``: the scaled paired
 difference the cross-site rows hold. Every local model is a bit worse than the average of
 all (a curvature term common to all sites), so each round's row effects are centred on
@@ -16,6 +29,8 @@ conservative bound), the between-evaluator part (DerSimonian-Laird) in quadratur
 region where a site is worst ranks it; verdict *harmful* when the 95 % interval is below
 0, *helps* above 0, else *neutral*. Under this first-order (additive) utility, Shapley
 values equal these leave-one-out values. It is exact for FedAvg only to first order.
+Measured and first-order parts of different rounds add up to one sum (they estimate the
+same quantity); ``ContributionEstimate.measured_rounds`` says which were measured.
 
 **From update sizes** (``contributions``, the fallback for runs without cross-site rows).
 In round r, with site updates ``u_i = w_i - g`` (``update_norm`` = |u_i|), the aggregate step
@@ -56,7 +71,7 @@ from fedseg.run_folder import SiteRoundStatus, Task
 from fedseg.tracking.cross_matrix import cross_cells
 from fedseg.tracking.curves import Curves, excused_sites, federation_curve, site_curves
 from fedseg.tracking.evidence import ALL_GROUPS, case_variance, dersimonian_laird, with_mean_rows
-from fedseg.tracking.store import CROSS_DICE_DIFF, CrossRow, RunStore
+from fedseg.tracking.store import CROSS_DICE_DIFF, WITHOUT_DICE_DIFF, CrossRow, RunStore
 
 #: what the fallback estimate from update sizes is, in one line
 SHARES_NOTE = (
@@ -100,7 +115,9 @@ class ContributionEstimate:
     in ``region``, the region where it is worst, which ranks it; ``se``, the 95 % interval
     ``low``-``high`` and the ``verdict`` (harmful, neutral, helps) there; ``per_region``
     and ``per_region_se`` for ET, TC, WT and mean; ``n_cases`` the evaluators' cases,
-    ``evaluators`` the sites that validated its local models, ``model_rounds`` theirs."""
+    ``evaluators`` the sites that validated its local models, ``model_rounds`` theirs,
+    ``measured_rounds`` those whose part was measured on the model without the site (the
+    others' part is first-order)."""
 
     site: str
     effect: float
@@ -114,6 +131,7 @@ class ContributionEstimate:
     n_cases: int
     evaluators: tuple[str, ...]
     model_rounds: tuple[int, ...]
+    measured_rounds: tuple[int, ...] = ()
 
 
 def _weights(store: RunStore) -> dict[int, dict[str, float]]:
@@ -125,12 +143,14 @@ def _weights(store: RunStore) -> dict[int, dict[str, float]]:
     return out
 
 
-def _round_effects(rows: list[CrossRow], region: str) -> dict[str, tuple[float, float, float]]:
+def _round_effects(
+    rows: list[CrossRow], region: str, metric: str = CROSS_DICE_DIFF
+) -> dict[str, tuple[float, float, float]]:
     """Per model site, one round's ``(a, case variance, evaluator variance or -1)``."""
     out = {}
     for site in sorted({r.model_site for r in rows}):
         cells = [c for c in cross_cells([r for r in rows if r.model_site == site],
-                                        region=region, metric=CROSS_DICE_DIFF)
+                                        region=region, metric=metric)
                  if c.n > 0 and math.isfinite(c.mean)]  # fmt: skip
         if not cells:
             continue
@@ -144,18 +164,68 @@ def _round_effects(rows: list[CrossRow], region: str) -> dict[str, tuple[float, 
     return out
 
 
+def _tau_floor(eff: dict[str, tuple[float, float, float]]) -> float:
+    """The median of the sites' evaluator variances that could be estimated (0: none)."""
+    taus = [t for _, _, t in eff.values() if t >= 0]
+    return float(np.median(taus)) if taus else 0.0
+
+
+#: one round's part of a site's contribution: (effect, case SE, evaluator variance)
+_Part = tuple[float, float, float]
+
+
+def _first_order(
+    eff: dict[str, tuple[float, float, float]], w_round: dict[str, float]
+) -> dict[str, _Part]:
+    """Each site's first-order part of one round (module docstring) from its local models'
+    row effects ``eff``; {} with fewer than two sites (nothing to centre on)."""
+    if len(eff) < 2:
+        return {}
+    tau_floor = _tau_floor(eff)
+    raw = {s: w_round.get(s, 0.0) for s in eff}
+    if sum(raw.values()) <= 0:
+        raw = dict.fromkeys(eff, 1.0)
+    total = sum(raw.values())
+    p = {s: v / total for s, v in raw.items()}
+    # FedAvg weight of each site among all the round's trainers (not only those seen)
+    all_total = sum(w_round.values()) or total
+    out = {}
+    for s, (a, vc, vt) in eff.items():
+        share = (w_round.get(s, 0.0) or raw[s]) / all_total
+        scale = share / (1 - share) if share < 1 else 0.0
+        centred = a - sum(p[k] * eff[k][0] for k in eff)
+        var_c = (1 - p[s]) ** 2 * vc + sum(p[k] ** 2 * eff[k][1] for k in eff if k != s)
+        var_t = (1 - p[s]) ** 2 * max(vt, tau_floor) + sum(
+            p[k] ** 2 * max(eff[k][2], tau_floor) for k in eff if k != s
+        )
+        out[s] = (scale * centred, scale * math.sqrt(var_c), scale**2 * var_t)
+    return out
+
+
+def _measured(eff: dict[str, tuple[float, float, float]]) -> dict[str, _Part]:
+    """Each site's measured part of one round from the row effects of the round's models
+    *without* it (``Dice(g_-i) - Dice(g)``): the others' gain from including it is minus
+    that, its variance the rows' own (the evaluator part floored by the sites' median)."""
+    tau_floor = _tau_floor(eff)
+    return {s: (-a, math.sqrt(vc), max(vt, tau_floor)) for s, (a, vc, vt) in eff.items()}
+
+
 def estimate_contributions(
-    store: RunStore, *, upto_round: int | None = None, cfg: AlarmConfig | None = None
-) -> list[ContributionEstimate]:
-    """Each site's first-order leave-one-out contribution (module docstring) from the
-    cross-site rows made in rounds ``<= upto_round`` (all when None), most harmful first;
-    [] when the run has none (privacy plans, runs without ``cross_site``, older runs,
-    synthesis runs: see ``contributions`` and ``SHARES_NOTE``). ``cfg``: the alarm
-    settings (``enabled: false`` turns the estimate off too; default the plan's)."""
+    store: RunStore, *, upto_round: int | None = None, cfg: AlarmConfig | None = None,
+    measured: bool = True,
+) -> list[ContributionEstimate]:  # fmt: skip
+    """Each site's leave-one-out contribution (module docstring: measured where the run has
+    the models without each site, first-order elsewhere) from the cross-site rows made in
+    rounds ``<= upto_round`` (all when None), most harmful first; [] when the run has none
+    (privacy plans, runs without ``cross_site``, older runs, synthesis runs: see
+    ``contributions`` and ``SHARES_NOTE``). ``cfg``: the alarm settings (``enabled: false``
+    turns the estimate off too; default the plan's). ``measured: false`` ignores the models
+    without each site (the first-order estimate alone, to compare the two)."""
     if (cfg is not None and not cfg.enabled) or store.meta.task() == Task.SYNTHESIS:
         return []
-    rows = [r for r in store.cross(metric=CROSS_DICE_DIFF, upto_round=upto_round) if not r.home]
-    if not rows:
+    metrics = (CROSS_DICE_DIFF, WITHOUT_DICE_DIFF) if measured else (CROSS_DICE_DIFF,)
+    rows = [r for r in store.cross(upto_round=upto_round) if not r.home and r.metric in metrics]
+    if not any(r.metric == CROSS_DICE_DIFF for r in rows):
         return []
     rows = with_mean_rows(rows)
     weights = _weights(store)
@@ -168,36 +238,23 @@ def estimate_contributions(
     var_tau = dict.fromkeys(effect, 0.0)
     cases: dict[str, dict[str, int]] = {s: {} for s in sites}
     rounds: dict[str, set[int]] = {s: set() for s in sites}
+    measured: dict[str, set[int]] = {s: set() for s in sites}
     for mr, rr in sorted(by_round.items()):
         for g in ALL_GROUPS:
-            eff = _round_effects([r for r in rr if r.region == g], g)
-            if len(eff) < 2:
-                continue
-            taus = [t for _, _, t in eff.values() if t >= 0]
-            tau_floor = float(np.median(taus)) if taus else 0.0
-            w_round = weights.get(mr, {})
-            raw = {s: w_round.get(s, 0.0) for s in eff}
-            if sum(raw.values()) <= 0:
-                raw = dict.fromkeys(eff, 1.0)
-            total = sum(raw.values())
-            p = {s: v / total for s, v in raw.items()}
-            # FedAvg weight of each site among all the round's trainers (not only those seen)
-            all_total = sum(w_round.values()) or total
-            for s, (a, vc, vt) in eff.items():
-                share = (w_round.get(s, 0.0) or raw[s]) / all_total
-                scale = share / (1 - share) if share < 1 else 0.0
-                centred = a - sum(p[k] * eff[k][0] for k in eff)
-                var_c = (1 - p[s]) ** 2 * vc + sum(p[k] ** 2 * eff[k][1] for k in eff if k != s)
-                var_t = (1 - p[s]) ** 2 * max(vt, tau_floor) + sum(
-                    p[k] ** 2 * max(eff[k][2], tau_floor) for k in eff if k != s
-                )
-                effect[(s, g)] += scale * centred
-                se_case[(s, g)] += scale * math.sqrt(var_c)
-                var_tau[(s, g)] += scale**2 * var_t
+            in_g = [r for r in rr if r.region == g]
+            parts = _first_order(_round_effects(in_g, g), weights.get(mr, {}))
+            without = _measured(_round_effects(in_g, g, WITHOUT_DICE_DIFF))
+            parts.update(without)  # measured wherever the models without the site came back
+            for s, (e, se, vt) in parts.items():
+                effect[(s, g)] += e
+                se_case[(s, g)] += se  # the same cases every round: added linearly
+                var_tau[(s, g)] += vt
                 if g == "mean":
                     rounds[s].add(mr)
-                    for r in rr:
-                        if r.model_site == s and r.region == g:
+                    if s in without:
+                        measured[s].add(mr)
+                    for r in in_g:
+                        if r.model_site == s and r.metric == CROSS_DICE_DIFF:
                             cases[s][r.eval_site] = max(cases[s].get(r.eval_site, 0), r.summary.n)
     out = []
     for s in sites:
@@ -211,9 +268,21 @@ def estimate_contributions(
         verdict = "harmful" if high < 0 else "helps" if low > 0 else "neutral"
         out.append(ContributionEstimate(
             s, e, se, low, high, verdict, region, per, per_se, sum(cases[s].values()),
-            tuple(sorted(cases[s])), tuple(sorted(rounds[s])),
+            tuple(sorted(cases[s])), tuple(sorted(rounds[s])), tuple(sorted(measured[s])),
         ))  # fmt: skip
     return sorted(out, key=lambda c: (c.effect, c.site))
+
+
+def estimate_kind(estimates: list[ContributionEstimate]) -> str:
+    """How ``estimates`` were made, for titles: measured (the models without each site came
+    back for every site-round), first-order, or the share of site-rounds measured."""
+    total = sum(len(e.model_rounds) for e in estimates)
+    measured = sum(len(e.measured_rounds) for e in estimates)
+    if total and measured == total:
+        return "leave-one-out measured on the models without each site"
+    if not measured:
+        return "first-order leave-one-out from the local models"
+    return f"leave-one-out, measured in {measured} of {total} site-rounds, first-order in the rest"
 
 
 def unavailable(privacy: PrivacyConfig | None) -> str | None:

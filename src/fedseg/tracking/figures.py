@@ -14,7 +14,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from fedseg.model.summary import Summary
-from fedseg.tracking.contributions import ContributionEstimate, SiteContribution
+from fedseg.tracking.contributions import ContributionEstimate, SiteContribution, estimate_kind
 from fedseg.tracking.cross_matrix import CrossCell, cross_matrix
 from fedseg.tracking.curves import ALL_REGIONS, METRIC_LABELS, Curves, ci95
 from fedseg.tracking.paired_test import CaseTable, paired_test, values
@@ -260,7 +260,7 @@ def estimates_figure(estimates: list[ContributionEstimate], label: str = "Dice")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, [f"{e.site} ({e.region})" for e in estimates])
     ax.set_xlabel(f"{label} the other sites gain from the site (sum over rounds)")
-    ax.set_title("Site contributions (first-order leave-one-out, 95% interval)")
+    ax.set_title(f"Site contributions ({estimate_kind(estimates)}, 95% interval)", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return to_png(fig)

@@ -21,6 +21,8 @@ Conventions:
   against the model it started from (``reference_round = model_round - 1``, evaluated in
   the same round); ``eval_site != model_site`` is an away check, made in round
   ``model_round + 1`` against ``reference_round = model_round`` (the aggregate).
+  ``without_dice`` and ``without_dice_diff`` are the same for the round's model *without*
+  ``model_site``'s update (plan ``cross_site.leave_one_out``), paired with that aggregate.
 - ``alarms`` rows have a ``level`` (``run_folder.AlarmLevel``) and their ``evidence``
   (``run_folder.AlarmEvidence`` as JSON; NULL in stores written before it existed).
 - Metrics are lower-case names (``dice``, ``jaccard``, ``hd95``, ``sensitivity``,
@@ -209,6 +211,17 @@ class Alarm:
 #: the metrics of ``cross_validation`` rows
 CROSS_DICE = "dice"
 CROSS_DICE_DIFF = "dice_diff"
+#: the prefix of a metric measured on the round's model without the model site
+#: (``run_folder.cross_label(without=True)``) instead of its local model
+WITHOUT_PREFIX = "without_"
+#: Dice of the round's model without the site minus the global model's, paired per case
+WITHOUT_DICE_DIFF = WITHOUT_PREFIX + CROSS_DICE_DIFF
+
+
+def without_metric(metric: str) -> str:
+    """The name a cross-site ``metric`` is stored under when measured on the round's model
+    without the model site."""
+    return WITHOUT_PREFIX + metric
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,22 @@ def weighted_average(updates: Sequence[Arrays], weights: Sequence[float]) -> Wei
     return out
 
 
+def without_one(mean: Arrays, total: float, one: Arrays, weight: float) -> Weights:
+    """The weighted mean with one member taken out: ``(total * mean - weight * one) / (total
+    - weight)``, key by key in float64, each array cast back to ``mean``'s dtype. ``mean``:
+    the mean of members whose weights sum to ``total``; ``one``: the member (of ``weight``)
+    to take out. Reads ``mean`` and ``one`` once: no other member is needed. ValueError
+    when nothing would be left (``weight >= total``)."""
+    if not 0 <= weight < total:
+        raise ValueError(f"cannot take weight {weight} out of a mean of total weight {total}")
+    rest = total - weight
+    out: Weights = {}
+    for k, ref in mean.items():
+        acc = (total * ref.astype(np.float64) - weight * one[k].astype(np.float64)) / rest
+        out[k] = _cast_like(acc, ref.dtype)
+    return out
+
+
 def grouped_average(
     updates: Sequence[Arrays],
     weights: Sequence[Mapping[str, float]],

@@ -104,6 +104,7 @@ from fedseg.federation.rounds.aggregation import (
     clip_update,
     difference_norm,
     norm_bound,
+    without_one,
 )
 from fedseg.federation.rounds.bounds import check_cross, check_declaration, check_report
 from fedseg.federation.rounds.central_dp import NOISE_SHARE_SITES, make_site_dp, noise_share_sites
@@ -133,6 +134,7 @@ from fedseg.run_folder import (
     LR_USED,
     PLAN_FILE,
     SPOOL_DIR,
+    WITHOUT_DIR,
     BestModel,
     DeclaredCases,
     LastTrained,
@@ -155,7 +157,7 @@ from fedseg.run_folder import (
 from fedseg.tracking.alarms import check_alarms
 from fedseg.tracking.plateau_stop import plateau_stop
 from fedseg.tracking.selection import best_round
-from fedseg.tracking.store import CrossRow, RunStore, SiteRound
+from fedseg.tracking.store import CrossRow, RunStore, SiteRound, without_metric
 
 _D = TypeVar("_D")
 
@@ -545,7 +547,7 @@ class Coordinator:
                 update_norm=norms[upd.site],
                 update_distance=difference_norm(upd.weights, new),
             )
-        self._park_cross(rnd, arrived, used)  # before the spool goes: it may hold them
+        self._park_cross(rnd, arrived, used, updates, new)  # before the spool goes
         _remove(spool)  # the round's updates are no longer needed
         for sr in records.values():
             store.record_site_round(sr)
@@ -836,16 +838,22 @@ class Coordinator:
                 shutil.rmtree(folder, ignore_errors=True)
                 self.store.log(f"cross-site validation: removed the stale {folder.name}")
                 continue
-            for path in sorted(folder.glob("*.npz")):
+            for path in sorted(folder.rglob("*.npz")):  # the models and without/
                 if not arrays_intact(path):
                     path.unlink(missing_ok=True)
                     self.store.log(f"cross-site validation: {folder.name}/{path.name} is not "
                                    "whole (torn by a crash); that model is not validated",
                                    "warning")  # fmt: skip
 
-    def _park_cross(self, rnd: int, arrived: dict[str, SiteUpdate], used: list[str]) -> None:
+    def _park_cross(
+        self, rnd: int, arrived: dict[str, SiteUpdate], used: list[str],
+        updates: list[SiteUpdate], new: Weights,
+    ) -> None:  # fmt: skip
         """Keep round ``rnd``'s chosen local models (of the sites whose update was used) for
-        the next round's cross-site validation (``cross_site.kept_models``)."""
+        the next round's cross-site validation (``cross_site.kept_models``) and, with
+        ``leave_one_out`` under a mean plan (``Strategy.mean_weights``), beside each the
+        round's model without that site's update (``without/<site>.npz``): the mean
+        ``new`` with the site's update taken out (``aggregation.without_one``)."""
         if self.cross is None or not cross_site.is_cross_round(self.cross, rnd):
             return
         trained = [s for s in used if s in arrived]
@@ -854,6 +862,16 @@ class Coordinator:
         shutil.rmtree(folder, ignore_errors=True)
         for site in keep:  # no fsync each: a torn one is dropped on restart
             save_arrays(folder / f"{site}.npz", arrived[site].weights, sync=False)
+        coefficients = self.strategy.mean_weights(updates) if len(updates) > 1 else None
+        if not self.cross.leave_one_out or coefficients is None:
+            return
+        total = float(sum(coefficients))
+        mine = {u.site: (u, c) for u, c in zip(updates, coefficients, strict=True)}
+        for site in keep:
+            if site in mine and mine[site][1] < total:
+                upd, c = mine[site]
+                save_arrays(folder / WITHOUT_DIR / f"{site}.npz",
+                            without_one(new, total, upd.weights, c), sync=False)  # fmt: skip
 
     def _cross_requests(
         self, model_round: int, sites: list[str]
@@ -871,15 +889,25 @@ class Coordinator:
         evals = cross_site.evaluators(self.declared, sites, floor)
         shares = cross_site.assign(models, evals, self.cross.evaluators_per_model,
                                    self.plan.seed, model_round)  # fmt: skip
-        loaded = {m: ArraysOnDisk(folder / f"{m}.npz")
-                  for m in sorted({m for ms in shares.values() for m in ms})}  # fmt: skip
+        sent: dict[str, Mapping[str, np.ndarray]] = {}  # label -> arrays, read as needed
+        for m in sorted({m for ms in shares.values() for m in ms}):
+            sent[cross_label(m, model_round)] = ArraysOnDisk(folder / f"{m}.npz")
+            if (path := folder / WITHOUT_DIR / f"{m}.npz").is_file():
+                sent[cross_label(m, model_round, without=True)] = ArraysOnDisk(path)
+        n_without = sum(parse_cross_label(label).without for label in sent)
         self.store.log(
-            f"cross-site validation: {len(loaded)} local model(s) of round {model_round} "
-            f"sent to {len(shares)} site(s), each model to up to "
-            f"{self.cross.evaluators_per_model}"
+            f"cross-site validation: {len(sent) - n_without} local model(s) of round "
+            f"{model_round} ({n_without} with the round's model without the site) sent to "
+            f"{len(shares)} site(s), each model to up to {self.cross.evaluators_per_model}"
         )
-        return {e: {cross_label(m, model_round): loaded[m] for m in ms}
-                for e, ms in shares.items()}  # fmt: skip
+        return {
+            e: {
+                label: arrays
+                for label, arrays in sent.items()
+                if parse_cross_label(label).site in ms
+            }
+            for e, ms in shares.items()
+        }
 
     def _record_cross(self, rnd: int, site: str, res: TaskReply, req: TaskRequest) -> None:
         """The reply's cross-site and home summaries as ``cross_validation`` rows, after
@@ -900,14 +928,15 @@ class Coordinator:
         if res.home and req.home:
             parts.append((cross_label(site, rnd), res.home))
         for label, by_region in parts:
-            model_site, model_round = parse_cross_label(label)
+            model_site, model_round, without = parse_cross_label(label)
             home = model_site == site
             ref = model_round - 1 if home else model_round
             for region, by_metric in by_region.items():
                 for metric, summary in by_metric.items():
                     if summary.n > 0:
                         rows.append(CrossRow(rnd, model_site, model_round, site, ref, region,
-                                             metric, summary))  # fmt: skip
+                                             without_metric(metric) if without else metric,
+                                             summary))  # fmt: skip
         self.store.record_cross(rows)
 
     def _on_result(self, rnd: int, site: str, ex: Exchanged) -> None:

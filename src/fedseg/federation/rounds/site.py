@@ -295,7 +295,7 @@ def _cross_summaries(
         return out
     with RunStore(ws) as local:
         for label, per_case in models.items():
-            _, model_round = parse_cross_label(label)
+            model_round = parse_cross_label(label).round
             for c in per_case:
                 local.record_case_metrics(model_round, label, c.case_id, c.metrics)
             out = releasable(summarize_paired(per_case, reference), floor)

@@ -32,6 +32,7 @@ from fedseg.tracking.contributions import (
     SHARES_NOTE,
     contributions,
     estimate_contributions,
+    estimate_kind,
     leave_one_site_out,
     unavailable,
 )
@@ -307,9 +308,10 @@ def contributions_section(store: RunStore, run: Path | None = None) -> str:
             "contributions",
             "Site contributions",
             f"<p>{label} the other sites gain from including each site, summed over the "
-            "rounds: a first-order leave-one-out from the cross-site validation (each "
-            "round's local model against the global one on the other sites' cases, scaled "
-            "by the site's weight p/(1-p), centred on the round's weighted mean), in the "
+            f"rounds ({estimate_kind(estimates)}): per round, the global model against "
+            "the round's model without the site on the other sites' cases (measured), or "
+            "the site's local model against the global one, scaled by its weight p/(1-p) "
+            "and centred on the round's weighted mean (first-order), in the "
             "region where the site is worst, which ranks it. <b>harmful</b>: the whole 95% "
             "interval is below 0; <b>helps</b>: above 0."
             + (" The last column re-trained the federation without the site." if loso else "")

@@ -167,6 +167,13 @@ class Strategy(Generic[P]):
         """The next global model from the round's checked updates (at least one)."""
         raise NotImplementedError
 
+    def mean_weights(self, updates: Sequence[SiteUpdate]) -> list[float] | None:
+        """The weights with which ``combine``'s model *is* the weighted mean of ``updates``
+        (FedAvg and the plans that aggregate as it does), so the model of the round without
+        one site follows from it (``aggregation.without_one``); None for any other rule (a
+        server step, a robust statistic)."""
+        return None
+
     def aggregate(
         self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]
     ) -> Weights:

@@ -81,10 +81,14 @@ def map_arrays(
     return out
 
 
+def fedavg_coefficients(updates: Sequence[SiteUpdate], weighted: bool = True) -> list[float]:
+    """FedAvg's weight of each update, unnormalised: its training cases, or 1 each."""
+    return case_weights(updates) if weighted else [1.0] * len(updates)
+
+
 def fedavg_weights(updates: Sequence[SiteUpdate], weighted: bool = True) -> Weights:
     """The FedAvg mean of the updates (by training cases, or plain)."""
-    w = case_weights(updates) if weighted else [1.0] * len(updates)
-    return weighted_average([u.weights for u in updates], w)
+    return weighted_average([u.weights for u in updates], fedavg_coefficients(updates, weighted))
 
 
 class ParallelStrategy(Strategy[PP]):

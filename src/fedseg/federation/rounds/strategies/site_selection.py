@@ -41,8 +41,7 @@ from pydantic import Field
 from fedseg.federation.rounds.participation import n_participants, sample_sites
 from fedseg.federation.rounds.sim_time import site_round_time, site_speeds
 from fedseg.federation.rounds.strategies.base import SiteUpdate
-from fedseg.federation.rounds.strategies.fedavg import FedAvgParams
-from fedseg.federation.rounds.strategies.parallel import ParallelStrategy, fedavg_weights
+from fedseg.federation.rounds.strategies.fedavg import FedAvgParams, MeanStrategy
 from fedseg.model.weights import Weights, nest, unnest
 
 #: namespace of select-utility's per-site (n_train, loss) in ``state_dict``
@@ -120,11 +119,9 @@ def select_by_utility(
 SP = TypeVar("SP", bound=FastestKParams)
 
 
-class _SpeedAware(ParallelStrategy[SP]):
+class _SpeedAware(MeanStrategy[SP]):
     """Base of the two: the declared case counts, the trainers' expected times (each
     overrides ``trainers``), FedAvg's aggregation."""
-
-    streams = True
 
     def __init__(self, params: SP, local_epochs: int) -> None:
         super().__init__(params, local_epochs)
@@ -140,9 +137,6 @@ class _SpeedAware(ParallelStrategy[SP]):
     def times(self, sites: Sequence[str]) -> dict[str, float]:
         return expected_times(sites, self.cases, self.local_epochs, self.params.speed_seed,
                               self.local_steps or 0)  # fmt: skip
-
-    def combine(self, rnd: int, global_weights: Weights, updates: Sequence[SiteUpdate]) -> Weights:
-        return fedavg_weights(updates, self.params.weighted)
 
 
 class FastestK(_SpeedAware[FastestKParams]):
