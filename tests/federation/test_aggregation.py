@@ -11,6 +11,7 @@ from fedseg.federation.rounds.aggregation import (
     check_update,
     difference_norm,
     weighted_average,
+    without_one,
 )
 from fedseg.federation.rounds.strategies.base import SiteUpdate
 from fedseg.federation.rounds.strategies.registry import STRATEGIES, make_strategy
@@ -103,3 +104,20 @@ def test_strategy_registry_errors() -> None:
         make_strategy(StrategyConfig(name="nope"), 1)
     with pytest.raises(FedsegError, match=r"strategy\.params\.bogus"):
         make_strategy(StrategyConfig(name="fedavg", params={"bogus": 1}), 1)
+
+
+def test_without_one_is_the_mean_of_the_others() -> None:
+    rng = np.random.default_rng(3)
+    members = [{"w": rng.normal(size=(4, 3)).astype(np.float32),
+                "n": rng.integers(0, 9, size=5).astype(np.int64)} for _ in range(4)]  # fmt: skip
+    weights = [3.0, 1.0, 5.0, 2.0]
+    mean = weighted_average(members, weights)
+    for i in range(4):
+        rest = [m for j, m in enumerate(members) if j != i]
+        expect = weighted_average(rest, [w for j, w in enumerate(weights) if j != i])
+        got = without_one(mean, sum(weights), members[i], weights[i])
+        assert got["w"].dtype == np.float32 and got["n"].dtype == np.int64
+        np.testing.assert_allclose(got["w"], expect["w"], atol=1e-5)
+        assert np.abs(got["n"] - expect["n"]).max() <= 1  # integers rounded both ways
+    with pytest.raises(ValueError, match=r"cannot take weight 5\.0 out"):
+        without_one(mean, 5.0, members[0], 5.0)  # nothing would be left
