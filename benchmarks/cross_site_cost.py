@@ -1,14 +1,15 @@
-"""What cross-site validation costs: a small federation run in-process twice, with and
-without it (plan ``cross_site``), on the same synthetic sites.
+"""What cross-site validation costs: a small federation run in-process three times on the
+same synthetic sites: without it, with the local models only (``cross_site.leave_one_out:
+false``), and with each local model's round model without the site too (the default).
 
 The real site code runs for every site (``LocalTransport``: ``run_task``'s training and
 validation, one site after the other), with the aggregator's ``Coordinator``. Per run:
 the mean round wall time, the sites' training and validation seconds per round (summed
-over sites; validation includes the other sites' models and the home check), and the bytes
-sent to the sites per round (the model each site receives, plus the other sites' local
-models with cross-site validation). The first round carries no other site's models (none
-are parked yet), so the rounds after it show the steady cost. A one-round warm-up run
-first fills the sites' case caches, so neither run pays for reading the NIfTI files.
+over sites; validation includes the other sites' models and the home check), and the bytes sent to
+the sites per round (the model each site receives, plus the other sites' local models and
+the models without each site). The first round carries no other site's models (none are
+parked yet), so the rounds after it show the steady cost. A one-round warm-up run
+first fills the sites' case caches, so no run pays for reading the NIfTI files.
 
     python benchmarks/cross_site_cost.py                          # 4 sites, 3 rounds
     python benchmarks/cross_site_cost.py --demo                   # fedseg demo's data and recipe
@@ -40,14 +41,23 @@ from fedseg.plan import PLAN_FILE, PlanConfig, SiteConfig, save_plan
 from fedseg.tracking.store import RunStore
 from fedseg.train.config import TrainConfig
 
+#: the runs side by side: label -> plan ``cross_site``
+MODES: dict[str, dict[str, bool]] = {
+    "cross_site off": {"enabled": False},
+    "local models": {"enabled": True, "leave_one_out": False},
+    "+ models without": {"enabled": True, "leave_one_out": True},
+}
 
-def _plan(sites: dict[str, Path], rounds: int, cross: bool, filters: int, demo: bool) -> PlanConfig:
+
+def _plan(
+    sites: dict[str, Path], rounds: int, cross: dict[str, bool], filters: int, demo: bool
+) -> PlanConfig:
     if demo:  # the demo's recipe: 2 local epochs of 6 patches per case, 8 filters
         plan = demo_plan(Path("."), rounds)
         return plan.model_copy(update={
             "sites": {s: SiteConfig(data=p) for s, p in sites.items()},
             "privacy": plan.privacy.model_copy(update={"min_summary_cases": 3}),
-            "cross_site": plan.cross_site.model_copy(update={"enabled": cross}),
+            "cross_site": plan.cross_site.model_copy(update=cross),
         })  # fmt: skip
     return PlanConfig.model_validate({
         "name": "cross-cost", "sites": {s: SiteConfig(data=p) for s, p in sites.items()},
@@ -56,14 +66,15 @@ def _plan(sites: dict[str, Path], rounds: int, cross: bool, filters: int, demo: 
         "train": TrainConfig.cpu(patch_size=(16, 16, 16), val_roi=(32, 32, 32),
                                  val_overlap=0.0, val_batch_size=4, cache_mb=64),
         "privacy": {"min_summary_cases": 3},
-        "cross_site": {"enabled": cross},
+        "cross_site": cross,
     })  # fmt: skip
 
 
 def _run(
-    work: Path, sites: dict[str, Path], rounds: int, cross: bool, filters: int, demo: bool
+    work: Path, sites: dict[str, Path], rounds: int, mode: str, filters: int, demo: bool
 ) -> dict:
-    run = work / ("cross" if cross else "plain")
+    cross = MODES[mode]
+    run = work / f"run-{list(MODES).index(mode)}"
     run.mkdir(parents=True)
     save_plan(run / PLAN_FILE, _plan(sites, rounds, cross, filters, demo))
     ws = {s: work / f"ws-{run.name}" / s for s in sites}
@@ -108,19 +119,22 @@ def main() -> None:
             for name in made:
                 make_split(work / "data" / name, val_fraction=0.5)
         sites = {p.name: p.resolve() for p in sorted((work / "data").iterdir()) if p.is_dir()}
-        _run(work / "warm-up", sites, 1, False, a.base_filters, a.demo)  # fills the case caches
-        res = {c: _run(work, sites, a.rounds, c, a.base_filters, a.demo) for c in (False, True)}
+        off = next(iter(MODES))
+        _run(work / "warm-up", sites, 1, off, a.base_filters, a.demo)  # fills the case caches
+        res = {m: _run(work, sites, a.rounds, m, a.base_filters, a.demo) for m in MODES}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     what = "the demo's data and recipe" if a.demo else (
         f"{a.sites} sites x {a.cases} cases, {a.base_filters} base filters")  # fmt: skip
     t = Table(title=f"{what}, {a.rounds} rounds (in-process)")
-    for col in ("", "cross_site off", "cross_site on", "on / off"):
+    local, both = list(MODES)[1:]
+    for col in ("", *MODES, f"{local} / off", f"{both} / off"):
         t.add_column(col, justify="right" if col else "left")
-    for key in res[False]:
-        off, on = res[False][key], res[True][key]
-        ratio = f"{on / off:.2f}" if off else "-"
-        t.add_row(key, f"{off:,.2f}", f"{on:,.2f}", ratio)
+    for key in res[off]:
+        base = res[off][key]
+        vals = [res[m][key] for m in MODES]
+        ratios = [f"{v / base:.2f}" if base else "-" for v in vals[1:]]
+        t.add_row(key, *(f"{v:,.2f}" for v in vals), *ratios)
     Console(width=120).print(t)
 
 

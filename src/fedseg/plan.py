@@ -179,10 +179,10 @@ class CrossSiteConfig(BaseModel):
         "round-robin (null: all); bounds disk, bytes and site time at many sites",
     )  # fmt: skip
     leave_one_out: bool = Field(
-        True, description="under a mean plan (fedavg, fedprox, fastest-k, select-utility) "
-        "each local model travels with the round's model without that site, so the "
-        "contribution estimate is measured, not extrapolated; doubles the models sent and "
-        "validated",
+        False, description="under a mean plan (fedavg, fedprox, fastest-k, select-utility) "
+        "each local model travels with the round's model without that site, so each "
+        "site's contribution is measured (the one-round leave-one-out), not extrapolated "
+        "from its local model; doubles the models sent and validated",
     )  # fmt: skip
 
 

@@ -21,6 +21,8 @@ from fedseg.tracking.store import CROSS_DICE, CROSS_DICE_DIFF, WITHOUT_DICE_DIFF
 from tests.federation.fed_helpers import SITES, ArrayTransport, Dies, tiny_plan, write_run
 
 OFFSETS = {"site1": 0.1, "site2": 0.2, "site3": 0.4}
+#: plan ``cross_site`` with the models without each site (off by default)
+LOO = {"leave_one_out": True}
 N_TRAIN = {"site1": 1, "site2": 2, "site3": 5}
 
 
@@ -154,7 +156,8 @@ class DyingCrossTransport(Dies, CrossArrayTransport):
 
 
 def test_models_travel_once_and_rows_land_and_parked_models_go(tmp_path: Path) -> None:
-    run = write_run(tmp_path / "run", tiny_plan({s: tmp_path / s for s in SITES}, rounds=3))
+    plan = tiny_plan({s: tmp_path / s for s in SITES}, rounds=3, cross_site=LOO)
+    run = write_run(tmp_path / "run", plan)
     t = CrossArrayTransport(run)
     Coordinator(run, t).run()
     first, second, final = t.requests[0], t.requests[1], t.requests[3]
@@ -206,7 +209,8 @@ def test_models_travel_once_and_rows_land_and_parked_models_go(tmp_path: Path) -
 def test_restart_uses_the_resumed_rounds_parked_models_and_drops_stale_ones(
     tmp_path: Path,
 ) -> None:
-    run = write_run(tmp_path / "run", tiny_plan({s: tmp_path / s for s in SITES}, rounds=3))
+    plan = tiny_plan({s: tmp_path / s for s in SITES}, rounds=3, cross_site=LOO)
+    run = write_run(tmp_path / "run", plan)
     with pytest.raises(RuntimeError):
         Coordinator(run, DyingCrossTransport(3, run)).run()
     assert (crossval_dir(run, 2)).is_dir() and not crossval_dir(run, 1).exists()
@@ -228,7 +232,8 @@ def test_restart_uses_the_resumed_rounds_parked_models_and_drops_stale_ones(
 def test_a_parked_model_torn_by_a_crash_is_dropped_on_restart(tmp_path: Path) -> None:
     """Parked models are written without an fsync: after a machine crash one may be torn.
     The restart drops it with one warning and validates the others."""
-    run = write_run(tmp_path / "run", tiny_plan({s: tmp_path / s for s in SITES}, rounds=3))
+    plan = tiny_plan({s: tmp_path / s for s in SITES}, rounds=3, cross_site=LOO)
+    run = write_run(tmp_path / "run", plan)
     with pytest.raises(RuntimeError):
         Coordinator(run, DyingCrossTransport(3, run)).run()
     torn = crossval_dir(run, 2) / "site2.npz"
@@ -288,9 +293,9 @@ def test_sequential_plans_skip_it_with_a_log_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "why"),
     [
-        ({"cross_site": {"leave_one_out": False}}, "leave_one_out false"),
-        ({"strategy": {"name": "fedadam"}}, "a server step: the mean is not the model"),
-        ({"strategy": {"name": "median"}}, "a robust statistic"),
+        ({}, "leave_one_out is false by default"),
+        ({"strategy": {"name": "fedadam"}, "cross_site": LOO}, "a server step: not the mean"),
+        ({"strategy": {"name": "median"}, "cross_site": LOO}, "a robust statistic"),
     ],
 )
 def test_only_local_models_travel_without_a_mean_to_take_a_site_from(
@@ -307,7 +312,7 @@ def test_only_local_models_travel_without_a_mean_to_take_a_site_from(
 
 def test_every_and_models_per_round_bound_what_travels(tmp_path: Path) -> None:
     plan = tiny_plan({s: tmp_path / s for s in SITES}, rounds=4,
-                     cross_site={"every": 2, "models_per_round": 1})  # fmt: skip
+                     cross_site={"every": 2, "models_per_round": 1, **LOO})  # fmt: skip
     run = write_run(tmp_path / "run", plan)
     t = CrossArrayTransport(run)
     Coordinator(run, t).run()

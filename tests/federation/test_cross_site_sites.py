@@ -54,7 +54,8 @@ def test_a_federation_over_local_transport_stores_away_and_home_rows(
 ) -> None:
     names = list(sites)
     assert [len(load_split(sites[s]).val) for s in names] == [3, 3, 3, 2]
-    plan = tiny_plan(sites, rounds=1, min_sites=1, privacy={})  # floor 3: "small" can't
+    plan = tiny_plan(sites, rounds=1, min_sites=1, privacy={},  # floor 3: "small" can't
+                     cross_site={"leave_one_out": True})  # fmt: skip
     run = write_run(tmp_path / "run", plan)
     ws = {s: tmp_path / "ws" / s for s in names}
     seen: list[bool] = []

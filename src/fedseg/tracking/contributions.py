@@ -5,7 +5,7 @@ run store holds: no re-training.
 plan's ``cross_site`` rows). FedAvg: ``g = sum_k p_k w_k``, so the aggregate without site i
 is ``g_{-i} = g - p_i/(1-p_i) (w_i - g)``.
 
-*Measured* (plan ``cross_site.leave_one_out``, on by default under a mean plan): the
+*Measured* (plan ``cross_site.leave_one_out: true``, under a mean plan): the
 aggregator sends ``g_{-i}`` with ``w_i`` to i's evaluators, which validate it paired with
 ``g`` on their cases (``without_dice_diff`` rows). Site i's part of round r in a region is
 ``-(Dice(g_{-i}) - Dice(g))``, case-weighted over its evaluators, with the same SE parts as
@@ -15,8 +15,8 @@ Liu et al. 2022, with one subset per site). It needs no curvature correction: ``
 is as close to ``g`` as the site's weight makes it, where ``w_i`` is a whole local
 training away.
 
-*First-order*, for rounds whose models without the site did not come back (older runs,
-``leave_one_out: false``, a server-step or robust plan): what site j's Dice gains
+*First-order* (the default), for rounds whose models without the site did not come back
+(``leave_one_out: false``, older runs, a server-step or robust plan): what site j's Dice gains
 from including i is ``p_i/(1-p_i) * (Dice_j(w_i) - Dice_j(g))``: the scaled paired
 difference the cross-site rows hold. Every local model is a bit worse than the average of
 all (a curvature term common to all sites), so each round's row effects are centred on
