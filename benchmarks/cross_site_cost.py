@@ -1,15 +1,15 @@
 """What cross-site validation costs: a small federation run in-process three times on the
-same synthetic sites: without it, with the local models only (``cross_site.leave_one_out:
-false``), and with each local model's round model without the site too (the default).
+same synthetic sites: without it, with the local models only (the default), and with each
+local model's round model without the site too (``cross_site.leave_one_out: true``).
 
 The real site code runs for every site (``LocalTransport``: ``run_task``'s training and
 validation, one site after the other), with the aggregator's ``Coordinator``. Per run:
 the mean round wall time, the sites' training and validation seconds per round (summed
-over sites; validation includes the other sites' models and the home check), and the bytes sent to
-the sites per round (the model each site receives, plus the other sites' local models and
-the models without each site). The first round carries no other site's models (none are
-parked yet), so the rounds after it show the steady cost. A one-round warm-up run
-first fills the sites' case caches, so no run pays for reading the NIfTI files.
+over sites; validation includes the other sites' models and the home check), and the
+bytes sent to the sites per round (the model each site receives, plus the other sites'
+local models and the models without each site). The first round carries no other site's
+models (none are parked yet), so the rounds after it show the steady cost. A one-round
+warm-up run first fills the sites' case caches, so no run pays for reading the NIfTI files.
 
     python benchmarks/cross_site_cost.py                          # 4 sites, 3 rounds
     python benchmarks/cross_site_cost.py --demo                   # fedseg demo's data and recipe

@@ -889,25 +889,21 @@ class Coordinator:
         evals = cross_site.evaluators(self.declared, sites, floor)
         shares = cross_site.assign(models, evals, self.cross.evaluators_per_model,
                                    self.plan.seed, model_round)  # fmt: skip
-        sent: dict[str, Mapping[str, np.ndarray]] = {}  # label -> arrays, read as needed
+        # model site -> {label: arrays read as needed}: its local model and, when parked,
+        # the round's model without it
+        sent: dict[str, dict[str, Mapping[str, np.ndarray]]] = {}
         for m in sorted({m for ms in shares.values() for m in ms}):
-            sent[cross_label(m, model_round)] = ArraysOnDisk(folder / f"{m}.npz")
+            sent[m] = {cross_label(m, model_round): ArraysOnDisk(folder / f"{m}.npz")}
             if (path := folder / WITHOUT_DIR / f"{m}.npz").is_file():
-                sent[cross_label(m, model_round, without=True)] = ArraysOnDisk(path)
-        n_without = sum(parse_cross_label(label).without for label in sent)
+                sent[m][cross_label(m, model_round, without=True)] = ArraysOnDisk(path)
+        n_without = sum(len(models) - 1 for models in sent.values())
         self.store.log(
-            f"cross-site validation: {len(sent) - n_without} local model(s) of round "
-            f"{model_round} ({n_without} with the round's model without the site) sent to "
+            f"cross-site validation: {len(sent)} local model(s) of round {model_round} "
+            f"({n_without} with the round's model without the site) sent to "
             f"{len(shares)} site(s), each model to up to {self.cross.evaluators_per_model}"
         )
-        return {
-            e: {
-                label: arrays
-                for label, arrays in sent.items()
-                if parse_cross_label(label).site in ms
-            }
-            for e, ms in shares.items()
-        }
+        return {e: {label: arrays for m in ms for label, arrays in sent[m].items()}
+                for e, ms in shares.items()}  # fmt: skip
 
     def _record_cross(self, rnd: int, site: str, res: TaskReply, req: TaskRequest) -> None:
         """The reply's cross-site and home summaries as ``cross_validation`` rows, after
